@@ -1,0 +1,123 @@
+# sonde - Lua-scriptable probe engine.
+#
+#   make              build build/lib/sonde/core.so and build/bin/sonde
+#   make check        build, then run the busted suite under Lua 5.4
+#   make check SANITIZE=1   the same with AddressSanitizer + UBSan
+#   make demo         run the built-in example
+#   make env          print LUA_PATH/LUA_CPATH exports for plain lua5.4
+#   make install PREFIX=/usr/local
+#
+# Variables follow LuaRocks' names so the rockspec can pass its own:
+# LUA_INCDIR, CFLAGS, LIBFLAG, LUADIR, LIBDIR, BINDIR, PREFIX.
+
+VERSION     := 0.1.0
+PKG_CONFIG  ?= pkg-config
+LUA_PC      ?= lua5.4
+LUA         ?= lua5.4
+BUSTED      ?= busted
+
+LUA_INCDIR  ?= $(shell $(PKG_CONFIG) --variable=includedir $(LUA_PC))/lua5.4
+CURL_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl)
+CURL_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl)
+EVENT_CFLAGS:= $(shell $(PKG_CONFIG) --cflags libevent_core)
+EVENT_LIBS  := $(shell $(PKG_CONFIG) --libs libevent_core)
+LUA_LIBS    := $(shell $(PKG_CONFIG) --libs $(LUA_PC))
+
+PREFIX      ?= /usr/local
+LUADIR      ?= $(PREFIX)/share/lua/5.4
+LIBDIR      ?= $(PREFIX)/lib/lua/5.4
+BINDIR      ?= $(PREFIX)/bin
+
+CC          ?= cc
+CFLAGS      ?= -O2 -g
+LIBFLAG     ?= -shared
+WARN        := -Wall -Wextra -Werror -Wshadow -Wundef -Wwrite-strings \
+               -Wmissing-prototypes -Wstrict-prototypes
+ifeq ($(SANITIZE),1)
+SANFLAGS    := -fsanitize=address,undefined -fno-omit-frame-pointer \
+               -fno-sanitize-recover=undefined
+BUILD       := build-san
+else
+SANFLAGS    :=
+BUILD       := build
+endif
+ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
+               -I$(LUA_INCDIR) $(CURL_CFLAGS) $(EVENT_CFLAGS) \
+               -DSONDE_VERSION='"$(VERSION)"'
+
+CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
+               src/curlerr.c src/exec.c src/http.c src/tcp.c src/lsonde.c
+CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
+HOST_OBJ    := $(BUILD)/obj/host/main.o
+MODULE      := $(BUILD)/lib/sonde/core.so
+HOST        := $(BUILD)/bin/sonde
+FIXTURE     := $(BUILD)/test/fixture-server
+
+.PHONY: all check demo env install clean format-check
+all: $(MODULE) $(HOST)
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# The module does not link liblua: the interpreter that loads it provides it.
+$(MODULE): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS)
+
+# The host exports Lua's symbols (-Wl,-E) so that C modules it loads link.
+$(HOST): $(HOST_OBJ) $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(CURL_LIBS) $(EVENT_LIBS) -lm
+
+$(FIXTURE): spec/fixtures/fixture-server.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) $(EVENT_CFLAGS) -o $@ $< \
+	  $(EVENT_LIBS)
+
+# Debian packages the build and the tests need; installed when missing.
+DEB_PKGS := lua5.4 liblua5.4-dev libcurl4-openssl-dev libevent-dev \
+            lua-busted pkg-config gcc make procps
+.PHONY: deps
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+SAN_ENV :=
+ifeq ($(SANITIZE),1)
+SAN_ENV := LD_PRELOAD="$(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-file-name=libubsan.so)" \
+           ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+endif
+
+TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
+            LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
+            SONDE_BUILD="$(CURDIR)/$(BUILD)" SONDE_SANITIZE="$(SANITIZE)"
+
+check: deps
+	$(MAKE) all $(FIXTURE)
+	$(TEST_ENV) $(SAN_ENV) $(BUSTED) --lua=$(LUA) $(BUSTED_ARGS)
+
+demo: deps
+	$(MAKE) all
+	$(HOST) examples/demo.lua
+
+env:
+	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
+	@echo 'export LUA_CPATH="$(CURDIR)/build/lib/?.so;;"'
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/sonde $(DESTDIR)$(LUADIR)/sonde $(DESTDIR)$(BINDIR)
+	install -m 755 $(MODULE) $(DESTDIR)$(LIBDIR)/sonde/core.so
+	install -m 644 lua/sonde/*.lua $(DESTDIR)$(LUADIR)/sonde/
+	install -m 755 $(HOST) $(DESTDIR)$(BINDIR)/sonde
+
+format-check:
+	clang-format --dry-run --Werror src/*.c src/*.h src/host/*.c include/sonde/*.h
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,80 @@
+/*
+ * sonde/http.h - the HTTP prober, on libcurl's multi interface.
+ *
+ * kubelet semantics (reference/kubelet-probes.md section 3):
+ *   - one request per probe on a fresh connection (no keep-alive,
+ *     `Connection: close`), no proxy from the environment, no automatic
+ *     compression, TLS certificates not verified unless tls_verify;
+ *   - default headers `User-Agent: <user_agent>` and `Accept: * / *`; a user
+ *     header User-Agent or Accept whose first value is "" removes the line;
+ *     a Host header sets the request host, the connection still goes to the
+ *     URL's host;
+ *   - redirects (301/302/303/307/308 with Location) are followed while the
+ *     hostname stays the one of the original URL (the port may change), at
+ *     most max_redirects times (then failure, reason redirect); a redirect
+ *     to another hostname ends the probe with that 3xx response, which, like
+ *     any 3xx, is a warning (reason redirect);
+ *   - 2xx success (output = body), 3xx warning (output `Probe terminated
+ *     redirects, Response body: <body>`), else failure (reason http_status,
+ *     output `HTTP probe failed with statuscode: <code>`);
+ *   - the body is read up to max_body bytes; reaching the cap is not an
+ *     error, the transfer ends there;
+ *   - one deadline (timeout) bounds resolution, connect, TLS, every hop,
+ *     headers and body.
+ * A header value holding CR, LF or NUL fails the probe (reason config)
+ * before anything is sent.
+ */
+#ifndef SONDE_HTTP_H
+#define SONDE_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sonde/loop.h"
+
+#define SONDE_MAX_BODY_DEFAULT 10240 /* bytes, kubelet maxRespBodyLength */
+#define SONDE_MAX_REDIRECTS 10
+
+struct sonde_http_opts {
+  const char *url;                      /* absolute http:// or https:// */
+  const char *method;                   /* NULL = "GET" */
+  const char *body;                     /* request body or NULL */
+  size_t body_len;
+  const struct sonde_header *headers;   /* user headers, in order */
+  size_t nheaders;
+  const char *user_agent;               /* default User-Agent value */
+  double timeout;                       /* seconds, > 0 */
+  size_t max_body;                      /* bytes */
+  int max_redirects;
+  int tls_verify;                       /* verify peer and host name */
+  const char *ca_file;                  /* CA bundle, or NULL */
+};
+
+/* Defaults: GET, timeout 1 s, max_body 10240, 10 redirects, no TLS
+ * verification, User-Agent "sonde/<version>". */
+void sonde_http_opts_init(struct sonde_http_opts *opts);
+
+/* Start a request.  Options are copied.  Returns the operation id, or 0
+ * when out of memory (cb is then never called). */
+uint64_t sonde_http_start(struct sonde_loop *loop,
+                          const struct sonde_http_opts *opts,
+                          sonde_result_cb cb, void *arg);
+
+/*
+ * kubelet formatURL (reference section 6.2): scheme://host:port + path,
+ * with an IPv6 host in brackets, a missing leading '/' added, a scheme or
+ * authority inside `path` dropped, the fragment dropped and bytes that
+ * cannot stand in a URL percent-escaped.  Returns a malloc'd string or NULL
+ * when out of memory.
+ */
+char *sonde_http_format_url(const char *scheme, const char *host, long port,
+                            const char *path);
+
+/* 1 if name is a valid header name for a probe ([-A-Za-z0-9]+), else 0. */
+int sonde_http_valid_name(const char *name);
+
+/* Canonicalise a header name in place, Go's CanonicalMIMEHeaderKey:
+ * "x-forwarded-for" -> "X-Forwarded-For". */
+void sonde_http_canonical_name(char *name);
+
+#endif

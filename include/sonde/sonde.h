@@ -1,0 +1,21 @@
+/*
+ * sonde/sonde.h - umbrella header of sonde's C core.
+ *
+ * The core runs exec, HTTP and TCP probes on one libevent loop and reports
+ * each outcome as a struct sonde_result; it can be used from C without Lua.
+ */
+#ifndef SONDE_SONDE_H
+#define SONDE_SONDE_H
+
+#include "sonde/exec.h"
+#include "sonde/expand.h"
+#include "sonde/http.h"
+#include "sonde/loop.h"
+#include "sonde/result.h"
+#include "sonde/tcp.h"
+
+#ifndef SONDE_VERSION
+#define SONDE_VERSION "0.1.0"
+#endif
+
+#endif

@@ -1,0 +1,448 @@
+/*
+ * exec.c - the exec prober (include/sonde/exec.h).
+ *
+ * Life of a run:
+ *   start: look the command up, make two pipes (O_CLOEXEC, parent ends
+ *          non-blocking), posix_spawn it into a new process group, watch
+ *          its pidfd (fallback: poll waitpid), arm the deadline.
+ *   read:  keep the first max_output bytes of each pipe, drop the rest.
+ *   exit:  pidfd readable -> SIGKILL the rest of the group while the leader
+ *          is still an unreaped zombie (its pgid cannot be recycled yet),
+ *          reap the leader, give the pipes a short drain deadline.
+ *   deadline: SIGTERM the group, SIGKILL after kill_grace.
+ *   done:  exit status known and both pipes at EOF (or drained).
+ *
+ * Ownership: struct exec_op owns its fds, events and buffers; all are
+ * released in exec_release, before the callback runs.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "sonde/exec.h"
+
+#define DRAIN_SECONDS 0.5 /* pipe drain after the command's exit */
+#define POLL_USEC 20000   /* waitpid poll when pidfd_open is unavailable */
+
+extern char **environ;
+
+struct pipe_buf {
+  int fd;
+  struct event *ev;
+  char *data;
+  size_t len;
+};
+
+struct exec_op {
+  struct sonde_op op;
+  pid_t pid;
+  int pidfd;
+  struct event *exit_ev;     /* pidfd readable, or the poll timer */
+  struct event *timer;       /* deadline, then grace, then drain */
+  struct pipe_buf out[2];    /* stdout, stderr */
+  size_t max_output;
+  int truncated;
+  int exited;                /* leader reaped; wstatus valid */
+  int wstatus;
+  int timed_out;
+  int term_sent;
+  double kill_grace;
+  sonde_status codes[256];
+  sonde_status timeout_status;
+  char *cmdline;             /* argv joined by spaces, for messages */
+  double timeout;
+};
+
+void sonde_exec_opts_init(struct sonde_exec_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->timeout = 1;
+  o->kill_grace = 1;
+  o->max_output = SONDE_MAX_OUTPUT_DEFAULT;
+  o->codes[0] = SONDE_SUCCESS;
+  for (int i = 1; i < 256; i++) o->codes[i] = SONDE_FAILURE;
+  o->timeout_status = SONDE_FAILURE;
+}
+
+static void set_timer(struct event *ev, double seconds) {
+  if (seconds < 0) seconds = 0;
+  struct timeval tv;
+  tv.tv_sec = (time_t)seconds;
+  tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+  evtimer_add(ev, &tv);
+}
+
+static void close_pipe(struct pipe_buf *p) {
+  if (p->ev) event_free(p->ev);
+  p->ev = NULL;
+  if (p->fd >= 0) close(p->fd);
+  p->fd = -1;
+}
+
+static void exec_release(struct sonde_op *op, int cancelled) {
+  struct exec_op *x = (struct exec_op *)op;
+  if (x->pid > 0 && !x->exited) {
+    /* Cancelled (or torn down) while running: kill the whole group and
+     * leave the leader and the rest to the background reaper. */
+    kill(-x->pid, SIGKILL);
+    sonde_loop_reap_group(op->loop, x->pid);
+  }
+  (void)cancelled;
+  if (x->exit_ev) event_free(x->exit_ev);
+  if (x->timer) event_free(x->timer);
+  x->exit_ev = x->timer = NULL;
+  if (x->pidfd >= 0) close(x->pidfd);
+  x->pidfd = -1;
+  for (int i = 0; i < 2; i++) {
+    close_pipe(&x->out[i]);
+    free(x->out[i].data);
+    x->out[i].data = NULL;
+  }
+  free(x->cmdline);
+  x->cmdline = NULL;
+}
+
+static const struct sonde_op_vtable exec_vt = {"exec", exec_release};
+
+/* Go-style duration text: 500ms, 1s, 1.5s, 2m0s. */
+static void format_duration(char *out, size_t n, double s) {
+  if (s < 1)
+    snprintf(out, n, "%gms", s * 1000);
+  else if (s < 60)
+    snprintf(out, n, "%gs", s);
+  else
+    snprintf(out, n, "%dm%gs", (int)(s / 60), s - 60 * (int)(s / 60));
+}
+
+/* Build the result from what was collected and complete the op. */
+static void finish(struct exec_op *x) {
+  struct sonde_result *r = &x->op.res;
+  size_t n0 = x->out[0].len, n1 = x->out[1].len;
+  if (n0 + n1 > x->max_output) {
+    n1 = x->max_output > n0 ? x->max_output - n0 : 0;
+    if (n0 > x->max_output) n0 = x->max_output;
+    x->truncated = 1;
+  }
+  char *buf = malloc(n0 + n1 + 1);
+  if (buf) {
+    if (n0) memcpy(buf, x->out[0].data, n0);
+    if (n1) memcpy(buf + n0, x->out[1].data, n1);
+    buf[n0 + n1] = '\0';
+    r->output = buf;
+    r->output_len = n0 + n1;
+  }
+  r->pid = x->pid;
+  r->truncated = x->truncated;
+  if (x->exited && WIFEXITED(x->wstatus)) {
+    r->exited = 1;
+    r->exit_code = WEXITSTATUS(x->wstatus);
+  } else if (x->exited && WIFSIGNALED(x->wstatus)) {
+    r->signal = WTERMSIG(x->wstatus);
+  }
+  if (x->timed_out) {
+    char d[32];
+    format_duration(d, sizeof d, x->timeout);
+    r->status = x->timeout_status;
+    r->reason = SONDE_R_TIMEOUT;
+    sonde_result_set_error(r, "command timed out: \"%s\" timed out after %s",
+                           x->cmdline ? x->cmdline : "", d);
+    if (r->output_len == 0 && r->error)
+      sonde_result_set_output(r, r->error, strlen(r->error));
+  } else if (r->exited) {
+    r->status = x->codes[r->exit_code & 255];
+    r->reason = r->status == SONDE_SUCCESS ? SONDE_R_OK : SONDE_R_EXIT_CODE;
+  } else {
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_SIGNAL;
+    sonde_result_set_error(r, "killed by signal %d (%s)", r->signal,
+                           strsignal(r->signal));
+  }
+  sonde_op_complete(&x->op);
+}
+
+static int all_drained(struct exec_op *x) {
+  return x->out[0].fd < 0 && x->out[1].fd < 0;
+}
+
+static void on_pipe(evutil_socket_t fd, short what, void *arg) {
+  struct exec_op *x = arg;
+  struct pipe_buf *p = x->out[0].fd == fd ? &x->out[0] : &x->out[1];
+  char chunk[16384];
+  (void)what;
+  for (;;) {
+    ssize_t n = read(p->fd, chunk, sizeof chunk);
+    if (n > 0) {
+      size_t room = x->max_output > p->len ? x->max_output - p->len : 0;
+      size_t keep = (size_t)n < room ? (size_t)n : room;
+      if (keep < (size_t)n) x->truncated = 1;
+      if (keep) {
+        memcpy(p->data + p->len, chunk, keep);
+        p->len += keep;
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    break; /* EOF or a read error: this pipe is done */
+  }
+  close_pipe(p);
+  if (x->exited && all_drained(x)) finish(x);
+}
+
+/* The leader has exited (it is a zombie, not yet reaped). */
+static void on_leader_exit(struct exec_op *x) {
+  /* Kill what is left of the group before reaping the leader: while the
+   * zombie leader exists its pid (= the pgid) cannot be reused. */
+  kill(-x->pid, SIGKILL);
+  pid_t p;
+  do p = waitpid(x->pid, &x->wstatus, 0);
+  while (p < 0 && errno == EINTR);
+  x->exited = 1;
+  if (x->exit_ev) event_free(x->exit_ev);
+  x->exit_ev = NULL;
+  if (x->pidfd >= 0) close(x->pidfd);
+  x->pidfd = -1;
+  /* Orphans of the group are reaped in the background (subreaper only). */
+  sonde_loop_reap_group(x->op.loop, x->pid);
+  if (all_drained(x)) {
+    finish(x);
+    return;
+  }
+  /* Group members were killed, so the pipes normally reach EOF at once;
+   * a descendant that left the group (setsid) is bounded by the drain. */
+  evtimer_del(x->timer);
+  set_timer(x->timer, DRAIN_SECONDS);
+}
+
+static void on_pidfd(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  on_leader_exit(arg);
+}
+
+/* Fallback without pidfd: poll for the leader's exit without reaping it. */
+static void on_poll(evutil_socket_t fd, short what, void *arg) {
+  struct exec_op *x = arg;
+  siginfo_t si;
+  (void)fd;
+  (void)what;
+  memset(&si, 0, sizeof si);
+  if (waitid(P_PID, (id_t)x->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+      si.si_pid == x->pid)
+    on_leader_exit(x);
+}
+
+/* Deadline, grace and drain share one timer; the state says which. */
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+  struct exec_op *x = arg;
+  (void)fd;
+  (void)what;
+  if (x->exited) {            /* drain deadline: give up on the pipes */
+    close_pipe(&x->out[0]);
+    close_pipe(&x->out[1]);
+    finish(x);
+  } else if (!x->term_sent) { /* the probe's deadline */
+    x->timed_out = 1;
+    x->term_sent = 1;
+    kill(-x->pid, SIGTERM);
+    set_timer(x->timer, x->kill_grace);
+  } else {                    /* grace over */
+    kill(-x->pid, SIGKILL);
+  }
+}
+
+/*
+ * Find argv0 in `path` the way execvp does.  Returns a malloc'd path, or
+ * NULL with errno ENOENT (nowhere) or EACCES (found, not executable).
+ */
+static char *search_path(const char *argv0, const char *path) {
+  int saw_eacces = 0;
+  size_t alen = strlen(argv0);
+  if (!path) path = "/usr/local/bin:/usr/bin:/bin";
+  for (const char *p = path;; p++) {
+    const char *end = strchr(p, ':');
+    size_t dlen = end ? (size_t)(end - p) : strlen(p);
+    char *cand = malloc(dlen + alen + 3);
+    if (!cand) return NULL;
+    if (dlen == 0)
+      snprintf(cand, dlen + alen + 3, "./%s", argv0);
+    else
+      snprintf(cand, dlen + alen + 3, "%.*s/%s", (int)dlen, p, argv0);
+    struct stat st;
+    if (stat(cand, &st) == 0 && S_ISREG(st.st_mode)) {
+      if (access(cand, X_OK) == 0) return cand;
+      saw_eacces = 1;
+    }
+    free(cand);
+    if (!end) break;
+    p = end;
+  }
+  errno = saw_eacces ? EACCES : ENOENT;
+  return NULL;
+}
+
+static const char *env_path(char *const *envp) {
+  for (char *const *e = envp; e && *e; e++)
+    if (strncmp(*e, "PATH=", 5) == 0) return *e + 5;
+  return getenv("PATH");
+}
+
+static char *join_argv(char *const *argv) {
+  size_t n = 1;
+  for (char *const *a = argv; *a; a++) n += strlen(*a) + 1;
+  char *s = malloc(n), *w = s;
+  if (!s) return NULL;
+  for (char *const *a = argv; *a; a++) {
+    size_t l = strlen(*a);
+    if (w != s) *w++ = ' ';
+    memcpy(w, *a, l);
+    w += l;
+  }
+  *w = '\0';
+  return s;
+}
+
+/* A start-time failure: classify errno and complete from the loop. */
+static uint64_t fail_now(struct exec_op *x, int err, const char *what) {
+  struct sonde_result *r = &x->op.res;
+  r->code = err;
+  switch (err) {
+  case ENOENT:
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_NOT_FOUND;
+    break;
+  case EACCES:
+  case EPERM:
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_PERMISSION;
+    break;
+  case EMFILE:
+  case ENFILE:
+  case EAGAIN:
+  case ENOMEM:
+    r->status = SONDE_UNKNOWN;
+    r->reason = SONDE_R_RESOURCE;
+    break;
+  default:
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_SPAWN;
+  }
+  sonde_result_set_error(r, "%s: %s", what, strerror(err));
+  if (r->error) sonde_result_set_output(r, r->error, strlen(r->error));
+  uint64_t id = x->op.id;
+  sonde_op_complete_soon(&x->op);
+  return id;
+}
+
+uint64_t sonde_exec_start(struct sonde_loop *loop,
+                          const struct sonde_exec_opts *o, sonde_result_cb cb,
+                          void *arg) {
+  struct exec_op *x = calloc(1, sizeof *x);
+  if (!x) return 0;
+  x->op.vt = &exec_vt;
+  x->pidfd = -1;
+  x->out[0].fd = x->out[1].fd = -1;
+  x->max_output = o->max_output;
+  x->kill_grace = o->kill_grace > 0 ? o->kill_grace : 1;
+  x->timeout = o->timeout;
+  memcpy(x->codes, o->codes, sizeof x->codes);
+  x->timeout_status = o->timeout_status;
+  x->cmdline = join_argv(o->argv);
+  for (int i = 0; i < 2; i++) {
+    x->out[i].data = malloc(x->max_output ? x->max_output : 1);
+    if (!x->out[i].data || !x->cmdline) {
+      exec_release(&x->op, 0);
+      free(x);
+      return 0;
+    }
+  }
+  sonde_op_start(loop, &x->op, cb, arg);
+  x->timer = evtimer_new(loop->base, on_timer, x);
+  if (!x->timer) return fail_now(x, ENOMEM, "event");
+
+  const char *argv0 = o->argv[0];
+  char *path = NULL;
+  if (!strchr(argv0, '/')) {
+    path = search_path(argv0, env_path(o->envp));
+    if (!path) return fail_now(x, errno, argv0);
+  }
+  if (o->cwd) {
+    struct stat st;
+    if (stat(o->cwd, &st) != 0) return fail_now(x, errno, o->cwd);
+    if (!S_ISDIR(st.st_mode)) return fail_now(x, ENOTDIR, o->cwd);
+  }
+
+  int fds[2][2] = {{-1, -1}, {-1, -1}};
+  for (int i = 0; i < 2; i++) {
+    if (pipe2(fds[i], O_CLOEXEC) != 0) {
+      int err = errno;
+      free(path);
+      for (int j = 0; j < i; j++) { close(fds[j][0]); close(fds[j][1]); }
+      return fail_now(x, err, "pipe");
+    }
+    x->out[i].fd = fds[i][0];
+    fcntl(fds[i][0], F_SETFL, fcntl(fds[i][0], F_GETFL) | O_NONBLOCK);
+  }
+
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_t fa;
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
+                                      POSIX_SPAWN_SETSIGDEF |
+                                      POSIX_SPAWN_SETSIGMASK);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, fds[0][1], 1);
+  posix_spawn_file_actions_adddup2(&fa, fds[1][1], 2);
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+  if (o->cwd) posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
+  pid_t pid;
+  int err = posix_spawn(&pid, path ? path : argv0, &fa, &attr, o->argv,
+                        o->envp ? o->envp : environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  free(path);
+  close(fds[0][1]);
+  close(fds[1][1]);
+  if (err != 0) return fail_now(x, err, argv0);
+  x->pid = pid;
+
+  x->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (x->pidfd >= 0) {
+    x->exit_ev = event_new(loop->base, x->pidfd, EV_READ, on_pidfd, x);
+  } else {
+    x->exit_ev = event_new(loop->base, -1, EV_PERSIST, on_poll, x);
+  }
+  for (int i = 0; i < 2; i++)
+    x->out[i].ev = event_new(loop->base, x->out[i].fd, EV_READ | EV_PERSIST,
+                             on_pipe, x);
+  if (!x->exit_ev || !x->out[0].ev || !x->out[1].ev) {
+    /* Cannot watch it: kill it now (reaped by exec_release's path). */
+    return fail_now(x, ENOMEM, "event");
+  }
+  if (x->pidfd >= 0) {
+    event_add(x->exit_ev, NULL);
+  } else {
+    struct timeval tv = {0, POLL_USEC};
+    event_add(x->exit_ev, &tv);
+  }
+  event_add(x->out[0].ev, NULL);
+  event_add(x->out[1].ev, NULL);
+  set_timer(x->timer, o->timeout);
+  return x->op.id;
+}

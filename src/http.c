@@ -1,0 +1,557 @@
+/*
+ * http.c - the HTTP prober (include/sonde/http.h).
+ *
+ * One easy handle per probe, reused for each redirect hop.  Redirects are
+ * followed here, not by curl (FOLLOWLOCATION is off), so that the hostname
+ * rule is applied before any request leaves for the next hop.
+ *
+ * Ownership: struct http_op owns its easy handle, header list, copies of
+ * the options, and the body/header buffers of the current response.  All
+ * are released in http_release, before the callback runs.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+#include "sonde/http.h"
+
+#ifndef SONDE_VERSION
+#define SONDE_VERSION "0.1.0"
+#endif
+
+#define MAX_RESP_HEADERS 200
+
+struct http_op {
+  struct sonde_op op;
+  struct sonde_curl_owner owner;
+  CURL *easy;
+  struct curl_slist *hdrs;
+  char errbuf[CURL_ERROR_SIZE];
+  char *url;                 /* current hop's URL */
+  char *orig_host;           /* hostname of the original URL */
+  char *method;
+  char *body;
+  size_t body_len;
+  double deadline;           /* monotonic */
+  size_t max_body;
+  int max_redirects;
+  int redirects;
+  int capped;                /* body cap reached on this hop */
+  int in_multi;
+  char *rbody;               /* response body of the current hop */
+  size_t rbody_len;
+  struct sonde_header *rh;   /* response headers of the current hop */
+  size_t nrh;
+};
+
+void sonde_http_opts_init(struct sonde_http_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->method = "GET";
+  o->user_agent = "sonde/" SONDE_VERSION;
+  o->timeout = 1;
+  o->max_body = SONDE_MAX_BODY_DEFAULT;
+  o->max_redirects = SONDE_MAX_REDIRECTS;
+}
+
+int sonde_http_valid_name(const char *name) {
+  if (!*name) return 0;
+  for (const char *p = name; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != '-') return 0;
+  return 1;
+}
+
+void sonde_http_canonical_name(char *name) {
+  int upper = 1;
+  for (char *p = name; *p; p++) {
+    *p = (char)(upper ? toupper((unsigned char)*p) : tolower((unsigned char)*p));
+    upper = *p == '-';
+  }
+}
+
+/* ---- URL formatting (kubelet formatURL) -------------------------------- */
+
+static int is_hex(int c) { return isxdigit((unsigned char)c); }
+
+static int needs_escape(const unsigned char *s) {
+  unsigned c = *s;
+  if (c <= 0x20 || c >= 0x7f) return 1;
+  if (c == '%') return !(is_hex(s[1]) && is_hex(s[2]));
+  return strchr("\"<>\\^`{|}", (int)c) != NULL;
+}
+
+char *sonde_http_format_url(const char *scheme, const char *host, long port,
+                            const char *path) {
+  const char *p = path ? path : "";
+  size_t plen = strcspn(p, "#");            /* the fragment is never sent */
+  /* A scheme ("http://evil/x") or authority ("//other/x") in the path is
+   * parsed away and replaced by ours, as Go's url.Parse + overwrite does. */
+  size_t i = 0;
+  while (i < plen && (isalnum((unsigned char)p[i]) || strchr("+-.", p[i])))
+    i++;
+  if (i > 0 && isalpha((unsigned char)p[0]) && i + 2 < plen + 1 &&
+      strncmp(p + i, "://", 3) == 0 && i + 3 <= plen) {
+    p += i + 1;
+    plen -= i + 1;
+  }
+  if (plen >= 2 && p[0] == '/' && p[1] == '/') {
+    size_t a = 2 + strcspn(p + 2, "/?");
+    if (a > plen) a = plen;
+    p += a;
+    plen -= a;
+  }
+  int add_slash = plen > 0 && p[0] != '/';
+  int v6 = strchr(host, ':') != NULL;
+  size_t cap = strlen(scheme) + strlen(host) + plen * 3 + 32;
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  int n = snprintf(out, cap, "%s://%s%s%s:%ld%s", scheme, v6 ? "[" : "",
+                   host, v6 ? "]" : "", port, add_slash ? "/" : "");
+  char *w = out + n;
+  for (size_t k = 0; k < plen; k++) {
+    const unsigned char *c = (const unsigned char *)p + k;
+    if (needs_escape(c)) {
+      w += sprintf(w, "%%%02X", *c);
+    } else {
+      *w++ = (char)*c;
+    }
+  }
+  *w = '\0';
+  return out;
+}
+
+/* ---- curl callbacks (no curl_multi_* and no Lua in here) --------------- */
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg) {
+  struct http_op *h = arg;
+  size_t n = size * nmemb;
+  size_t room = h->max_body - h->rbody_len;
+  size_t keep = n < room ? n : room;
+  if (keep) {
+    memcpy(h->rbody + h->rbody_len, data, keep);
+    h->rbody_len += keep;
+  }
+  if (h->rbody_len < h->max_body) return n;
+  /* kubelet: reaching the cap is not an error.  Stop the transfer here
+   * (curl ends it with CURLE_WRITE_ERROR, which on_done forgives). */
+  h->capped = 1;
+  return 0;
+}
+
+static void free_resp_headers(struct http_op *h) {
+  for (size_t i = 0; i < h->nrh; i++) {
+    free(h->rh[i].name);
+    free(h->rh[i].value);
+  }
+  free(h->rh);
+  h->rh = NULL;
+  h->nrh = 0;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
+  struct http_op *h = arg;
+  size_t n = size * nmemb, len = n;
+  while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) len--;
+  if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+    free_resp_headers(h);    /* a new response (1xx before, or this hop) */
+    return n;
+  }
+  const char *colon = memchr(data, ':', len);
+  if (!colon || h->nrh >= MAX_RESP_HEADERS) return n;
+  struct sonde_header *rh = realloc(h->rh, (h->nrh + 1) * sizeof *rh);
+  if (!rh) return n;
+  h->rh = rh;
+  const char *v = colon + 1, *end = data + len;
+  while (v < end && (*v == ' ' || *v == '\t')) v++;
+  while (end > v && (end[-1] == ' ' || end[-1] == '\t')) end--;
+  char *name = strndup(data, (size_t)(colon - data));
+  char *value = strndup(v, (size_t)(end - v));
+  if (!name || !value) {
+    free(name);
+    free(value);
+    return n;
+  }
+  rh[h->nrh].name = name;
+  rh[h->nrh].value = value;
+  h->nrh++;
+  return n;
+}
+
+/* kubelet dialer: SO_LINGER {on, 1 s} so closed probe sockets do not sit in
+ * TIME_WAIT for a minute. */
+static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose) {
+  struct linger lg = {1, 1};
+  (void)arg;
+  if (purpose == CURLSOCKTYPE_IPCXN)
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  return CURL_SOCKOPT_OK;
+}
+
+/* ---- the operation -------------------------------------------------------- */
+
+static void http_release(struct sonde_op *op, int cancelled) {
+  struct http_op *h = (struct http_op *)op;
+  (void)cancelled;
+  if (h->easy) {
+    if (h->in_multi) curl_multi_remove_handle(op->loop->multi, h->easy);
+    curl_easy_cleanup(h->easy);
+  }
+  h->easy = NULL;
+  curl_slist_free_all(h->hdrs);
+  h->hdrs = NULL;
+  free(h->url);
+  free(h->orig_host);
+  free(h->method);
+  free(h->body);
+  free(h->rbody);
+  free_resp_headers(h);
+  h->url = h->orig_host = h->method = h->body = h->rbody = NULL;
+}
+
+static const struct sonde_op_vtable http_vt = {"http", http_release};
+
+/* Hostname of an absolute URL (malloc'd), or NULL. */
+static char *url_host(const char *url) {
+  CURLU *u = curl_url();
+  char *host = NULL, *copy = NULL;
+  if (!u) return NULL;
+  if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+    copy = strdup(host);
+    curl_free(host);
+  }
+  curl_url_cleanup(u);
+  return copy;
+}
+
+/* Move the response of the current hop into the result. */
+static void take_response(struct http_op *h) {
+  struct sonde_result *r = &h->op.res;
+  curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &r->http_status);
+  r->body = h->rbody;
+  r->body_len = h->rbody_len;
+  r->body[r->body_len] = '\0';
+  h->rbody = NULL;
+  r->headers = h->rh;
+  r->nheaders = h->nrh;
+  h->rh = NULL;
+  h->nrh = 0;
+  r->truncated = h->capped;
+}
+
+static void set_addr(struct http_op *h) {
+  char *ip = NULL;
+  long port = 0;
+  curl_easy_getinfo(h->easy, CURLINFO_PRIMARY_IP, &ip);
+  curl_easy_getinfo(h->easy, CURLINFO_PRIMARY_PORT, &port);
+  sonde_format_addr(h->op.res.remote_addr, sizeof h->op.res.remote_addr, ip,
+                    port);
+}
+
+static void finish_status(struct http_op *h) {
+  struct sonde_result *r = &h->op.res;
+  char msg[64];
+  take_response(h);
+  r->redirects = h->redirects;
+  r->url = h->url;
+  h->url = NULL;
+  if (r->http_status >= 200 && r->http_status < 300) {
+    r->status = SONDE_SUCCESS;
+    r->reason = SONDE_R_OK;
+    sonde_result_set_output(r, r->body, r->body_len);
+  } else if (r->http_status >= 300 && r->http_status < 400) {
+    static const char pre[] = "Probe terminated redirects, Response body: ";
+    r->status = SONDE_WARNING;
+    r->reason = SONDE_R_REDIRECT;
+    char *o = malloc(sizeof pre + r->body_len);
+    if (o) {
+      memcpy(o, pre, sizeof pre - 1);
+      memcpy(o + sizeof pre - 1, r->body, r->body_len);
+      o[sizeof pre - 1 + r->body_len] = '\0';
+      r->output = o;
+      r->output_len = sizeof pre - 1 + r->body_len;
+    }
+  } else {
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_HTTP_STATUS;
+    snprintf(msg, sizeof msg, "HTTP probe failed with statuscode: %ld",
+             r->http_status);
+    sonde_result_set_output(r, msg, strlen(msg));
+  }
+  sonde_op_complete(&h->op);
+}
+
+/* A failure with a message: output = `<Method> "<url>": <err>` (Go's
+ * client error shape). */
+static void finish_error(struct http_op *h) {
+  struct sonde_result *r = &h->op.res;
+  const char *m = h->method ? h->method : "GET";
+  r->redirects = h->redirects;
+  char *out = NULL;
+  int n = asprintf(&out, "%c%s \"%s\": %s", m[0], m[0] ? m + 1 : "",
+                   h->url ? h->url : "", r->error ? r->error : "error");
+  if (n >= 0) {
+    for (int i = 1; out[i] && out[i] != ' '; i++)
+      out[i] = (char)tolower((unsigned char)out[i]);
+    free(r->output);
+    r->output = out;
+    r->output_len = (size_t)n;
+  }
+  r->url = h->url;
+  h->url = NULL;
+  sonde_op_complete(&h->op);
+}
+
+static int start_hop(struct http_op *h);
+
+static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
+  struct http_op *h = (struct http_op *)(void *)((char *)owner -
+                                                offsetof(struct http_op, owner));
+  struct sonde_result *r = &h->op.res;
+  h->in_multi = 0;
+  set_addr(h);
+  if (code == CURLE_WRITE_ERROR && h->capped) code = CURLE_OK;
+  if (code != CURLE_OK) {
+    sonde_curl_classify(r, h->easy, code, h->errbuf, 0);
+    finish_error(h);
+    return;
+  }
+  long status = 0;
+  char *loc = NULL;
+  curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(h->easy, CURLINFO_REDIRECT_URL, &loc);
+  int is_redirect = (status == 301 || status == 302 || status == 303 ||
+                     status == 307 || status == 308) && loc && *loc;
+  if (!is_redirect) {
+    finish_status(h);
+    return;
+  }
+  char *host = url_host(loc);
+  if (!host || !h->orig_host || strcmp(host, h->orig_host) != 0) {
+    /* kubelet: a redirect to another hostname is not followed; the 3xx
+     * itself is the final response (a warning). */
+    free(host);
+    finish_status(h);
+    return;
+  }
+  free(host);
+  if (h->redirects >= h->max_redirects) {
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_REDIRECT;
+    sonde_result_set_error(r, "stopped after %d redirects", h->max_redirects);
+    take_response(h);
+    finish_error(h);
+    return;
+  }
+  char *next = strdup(loc);
+  if (!next) {
+    r->status = SONDE_UNKNOWN;
+    r->reason = SONDE_R_RESOURCE;
+    finish_error(h);
+    return;
+  }
+  free(h->url);
+  h->url = next;
+  h->redirects++;
+  /* Go's client: 301/302/303 turn a non-GET/HEAD request into GET without
+   * a body; 307/308 keep method and body. */
+  if (status <= 303 && strcmp(h->method, "GET") != 0 &&
+      strcmp(h->method, "HEAD") != 0) {
+    free(h->method);
+    h->method = strdup("GET");
+    free(h->body);
+    h->body = NULL;
+    h->body_len = 0;
+    curl_easy_setopt(h->easy, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(h->easy, CURLOPT_CUSTOMREQUEST, NULL);
+  }
+  if (start_hop(h) != 0) finish_error(h);
+}
+
+/* (Re)start the transfer for h->url with what is left of the deadline.
+ * Returns 0, or -1 with the result's reason/error set. */
+static int start_hop(struct http_op *h) {
+  struct sonde_result *r = &h->op.res;
+  double left = h->deadline - sonde_now();
+  if (left <= 0) {
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_TIMEOUT;
+    sonde_result_set_error(r, "timeout after redirect");
+    return -1;
+  }
+  long ms = (long)(left * 1000);
+  if (ms < 1) ms = 1;
+  h->capped = 0;
+  h->rbody_len = 0;
+  h->errbuf[0] = '\0';
+  free_resp_headers(h);
+  curl_easy_setopt(h->easy, CURLOPT_URL, h->url);
+  curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, ms);
+  curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS, ms);
+  if (curl_multi_add_handle(h->op.loop->multi, h->easy) != CURLM_OK) {
+    r->status = SONDE_UNKNOWN;
+    r->reason = SONDE_R_RESOURCE;
+    sonde_result_set_error(r, "curl_multi_add_handle failed");
+    return -1;
+  }
+  h->in_multi = 1;
+  return 0;
+}
+
+/* First value of header `name` (canonical) among the user's, or NULL. */
+static const struct sonde_header *find_header(const struct sonde_http_opts *o,
+                                              const char *name) {
+  for (size_t i = 0; i < o->nheaders; i++)
+    if (strcasecmp(o->headers[i].name, name) == 0) return &o->headers[i];
+  return NULL;
+}
+
+static int bad_value(const char *v) { return strpbrk(v, "\r\n") != NULL; }
+
+/* Append a printf-formatted line to *l.  Returns 0, or -1 when out of
+ * memory (*l unchanged). */
+static int append(struct curl_slist **l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int append(struct curl_slist **l, const char *fmt, ...) {
+  char *line = NULL;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vasprintf(&line, fmt, ap);
+  va_end(ap);
+  if (n < 0) return -1;
+  struct curl_slist *t = curl_slist_append(*l, line);
+  free(line);
+  if (!t) return -1;
+  *l = t;
+  return 0;
+}
+
+/* Build the request header list (kubelet rules, see sonde/http.h).
+ * Returns 0, or -1 (a bad value: the result is set) or -2 (out of
+ * memory). */
+static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
+  struct sonde_result *r = &h->op.res;
+  const struct sonde_header *ua = find_header(o, "User-Agent");
+  const struct sonde_header *acc = find_header(o, "Accept");
+  const struct sonde_header *hosth = find_header(o, "Host");
+  int drop_accept = acc && acc->value[0] == '\0';
+  struct curl_slist *l = NULL;
+  int err = 0;
+  for (size_t i = 0; i < o->nheaders && !err; i++) {
+    const struct sonde_header *hd = &o->headers[i];
+    if (bad_value(hd->value)) {
+      r->status = SONDE_FAILURE;
+      r->reason = SONDE_R_CONFIG;
+      sonde_result_set_error(r, "invalid value for header %s: contains CR "
+                             "or LF", hd->name);
+      curl_slist_free_all(l);
+      return -1;
+    }
+    if (strcasecmp(hd->name, "Accept") == 0 && drop_accept) continue;
+    if (strcasecmp(hd->name, "Host") == 0 &&
+        (hd != hosth || hd->value[0] == '\0'))
+      continue;                       /* only the first Host counts */
+    if (strcasecmp(hd->name, "User-Agent") == 0 &&
+        (hd != ua || hd->value[0] == '\0'))
+      continue;                       /* "" means: send no User-Agent */
+    if (hd->value[0] == '\0')
+      err = append(&l, "%s;", hd->name);   /* curl: "Name;" sends "Name:" */
+    else
+      err = append(&l, "%s: %s", hd->name, hd->value);
+  }
+  /* "Name:" with nothing after the colon removes a header curl adds. */
+  if (!err && drop_accept) err = append(&l, "Accept:");
+  if (!err && !ua && o->user_agent && *o->user_agent)
+    err = append(&l, "User-Agent: %s", o->user_agent);
+  if (!err && !find_header(o, "Connection"))
+    err = append(&l, "Connection: close");
+  if (!err && o->body && !find_header(o, "Expect"))
+    err = append(&l, "Expect:");
+  if (err) {
+    curl_slist_free_all(l);
+    return -2;
+  }
+  h->hdrs = l;
+  return 0;
+}
+
+uint64_t sonde_http_start(struct sonde_loop *loop,
+                          const struct sonde_http_opts *o, sonde_result_cb cb,
+                          void *arg) {
+  struct http_op *h = calloc(1, sizeof *h);
+  if (!h) return 0;
+  h->op.vt = &http_vt;
+  h->owner.done = on_done;
+  h->max_body = o->max_body;
+  h->max_redirects = o->max_redirects;
+  h->url = strdup(o->url);
+  h->method = strdup(o->method ? o->method : "GET");
+  h->rbody = malloc(o->max_body + 1);
+  h->easy = curl_easy_init();
+  if (o->body) {
+    h->body = malloc(o->body_len + 1);
+    if (h->body) memcpy(h->body, o->body, o->body_len);
+    h->body_len = o->body_len;
+  }
+  if (!h->url || !h->method || !h->rbody || !h->easy ||
+      (o->body && !h->body)) {
+    http_release(&h->op, 0);
+    free(h);
+    return 0;
+  }
+  uint64_t id = sonde_op_start(loop, &h->op, cb, arg);
+  h->deadline = h->op.start + o->timeout;
+  h->orig_host = url_host(o->url);
+  struct sonde_result *r = &h->op.res;
+  int rc = build_headers(h, o);
+  if (rc != 0) {
+    if (rc == -2) {
+      r->status = SONDE_UNKNOWN;
+      r->reason = SONDE_R_RESOURCE;
+      sonde_result_set_error(r, "out of memory");
+    }
+    sonde_result_set_output(r, r->error ? r->error : "",
+                            r->error ? strlen(r->error) : 0);
+    r->url = h->url;
+    h->url = NULL;
+    sonde_op_complete_soon(&h->op);
+    return id;
+  }
+  CURL *e = h->easy;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, &h->owner);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_PROXY, "");      /* ignore *_proxy variables */
+  curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->hdrs);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, h);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
+  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->tls_verify ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->tls_verify ? 2L : 0L);
+  if (o->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+  if (strcmp(h->method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (strcmp(h->method, "GET") != 0) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, h->method);
+  }
+  if (h->body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)h->body_len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, h->body);
+  }
+  if (start_hop(h) != 0) {
+    sonde_result_set_output(r, r->error ? r->error : "",
+                            r->error ? strlen(r->error) : 0);
+    sonde_op_complete_soon(&h->op);
+  }
+  return id;
+}

@@ -1,0 +1,101 @@
+/*
+ * internal.h - what the core's files share and the public headers do not
+ * show: the operation base struct and the loop's internals.
+ *
+ * Ownership: a sonde_loop owns every operation linked into it.  An
+ * operation is malloc'd by its prober, linked by sonde_op_start, and freed
+ * by sonde_op_complete (after its callback) or by cancellation; in both
+ * cases the prober's `release` hook frees the prober's own resources first.
+ */
+#ifndef SONDE_INTERNAL_H
+#define SONDE_INTERNAL_H
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "sonde/loop.h"
+#include "sonde/result.h"
+
+struct sonde_op;
+
+struct sonde_op_vtable {
+  const char *kind;
+  /* Free the prober's resources (events, fds, curl handles) but not the op
+   * itself nor op->res.  `cancelled` is 1 when the op is being cancelled
+   * (an exec op then kills its process group). */
+  void (*release)(struct sonde_op *op, int cancelled);
+};
+
+struct sonde_op {
+  struct sonde_loop *loop;
+  struct sonde_op *prev, *next;
+  uint64_t id;
+  const struct sonde_op_vtable *vt;
+  sonde_result_cb cb;
+  void *arg;
+  struct sonde_result res;
+  double start;              /* sonde_now() at start */
+  struct event *soon;        /* for sonde_op_complete_soon, lazily made */
+};
+
+/* A process group the exec prober has signalled and still reaps. */
+struct sonde_reap {
+  pid_t pgid;
+  double until;              /* give up after this (monotonic) */
+  struct sonde_reap *next;
+};
+
+struct sonde_loop {
+  struct event_base *base;
+  int own_base;
+  CURLM *multi;
+  struct event *curl_timer;
+  struct sonde_op *ops;      /* doubly linked list of pending operations */
+  size_t nops;
+  uint64_t next_id;
+  struct sonde_reap *reaps;  /* groups still being reaped */
+  struct event *reap_timer;
+};
+
+/* Link a freshly allocated op (zeroed by the caller, `vt` set) into the
+ * loop and give it an id.  Returns the id. */
+uint64_t sonde_op_start(struct sonde_loop *loop, struct sonde_op *op,
+                        sonde_result_cb cb, void *arg);
+
+/* End op: set duration if unset, unlink, release, call the callback, clear
+ * the result, free the op.  The op must not be touched afterwards. */
+void sonde_op_complete(struct sonde_op *op);
+
+/* Complete op from the next loop iteration (for results known at start, so
+ * that callbacks never run inside the starting call).  If that cannot be
+ * arranged (out of memory) the op is completed at once. */
+void sonde_op_complete_soon(struct sonde_op *op);
+
+/* Remember a signalled process group for background reaping. */
+void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid);
+
+/* Reap whatever of group `pgid` has become our child; returns the number of
+ * processes reaped, or -1 once no child of ours is left in the group. */
+int sonde_reap_group_now(pid_t pgid);
+
+/* curl multi plumbing (curlsock.c). */
+int sonde_curl_init(struct sonde_loop *loop);
+void sonde_curl_free(struct sonde_loop *loop);
+/* What CURLOPT_PRIVATE of every easy handle on the multi points at: the
+ * transfer's owner, told once when the transfer has ended.  The easy handle
+ * has already been removed from the multi when `done` runs. */
+struct sonde_curl_owner {
+  void (*done)(struct sonde_curl_owner *owner, CURLcode code);
+};
+
+/* Map a finished curl transfer's error onto a reason and detail text
+ * (curlerr.c).  Sets r->reason, r->error, r->code. */
+void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
+                         const char *errbuf, int connect_only);
+
+/* Format "ip:port" or "[ip]:port" of a sockaddr-like pair into out. */
+void sonde_format_addr(char *out, size_t n, const char *ip, long port);
+
+#endif

@@ -1,0 +1,478 @@
+/*
+ * lsonde.c - the Lua binding: module `sonde.core`.
+ *
+ * The user-facing module is lua/sonde/init.lua, which validates specs and
+ * calls these functions with normalised tables; the checks here only guard
+ * against misuse of the core itself (they raise).
+ *
+ * One loop per Lua state, created by luaopen_sonde_core and kept as the
+ * upvalue of every function (a "sonde.Loop" userdata whose __gc frees it).
+ * Callbacks of operations in flight are anchored in a table (upvalue 2)
+ * keyed by operation id, and released when the operation completes or is
+ * cancelled.  Callbacks only ever run inside core.run(), on the thread that
+ * called run(), through one protected call (call_back) that adds a
+ * traceback; an error stops the loop and run() raises it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <event2/event.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sonde/sonde.h"
+
+#define LOOP_MT "sonde.Loop"
+
+struct lcore {
+  struct sonde_loop *loop;
+  lua_State *L;        /* the thread inside run(), or NULL */
+  int err_ref;         /* registry ref of a callback error, or LUA_NOREF */
+};
+
+static struct lcore *get_core(lua_State *L) {
+  struct lcore *c = lua_touserdata(L, lua_upvalueindex(1));
+  if (!c || !c->loop) luaL_error(L, "sonde: the loop is closed");
+  return c;
+}
+
+/* ---- results ------------------------------------------------------------ */
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_num(lua_State *L, const char *k, lua_Number v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_int(lua_State *L, const char *k, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* Push the result table.  Raises only on memory errors. */
+static void push_result(lua_State *L, const struct sonde_result *r) {
+  int is_exec = strcmp(r->kind, "exec") == 0;
+  int is_http = strcmp(r->kind, "http") == 0;
+  lua_createtable(L, 0, 12);
+  set_str(L, "status", sonde_status_name(r->status));
+  set_str(L, "reason", sonde_reason_name(r->reason));
+  lua_pushlstring(L, r->output ? r->output : "", r->output_len);
+  lua_setfield(L, -2, "output");
+  set_num(L, "duration", r->duration);
+  if (r->error) set_str(L, "error", r->error);
+  if (r->code) set_int(L, "code", r->code);
+  if (is_exec) {
+    if (r->pid) set_int(L, "pid", r->pid);
+    if (r->exited) set_int(L, "exit_code", r->exit_code);
+    if (r->signal) set_int(L, "signal", r->signal);
+  }
+  if (is_exec || is_http) {
+    lua_pushboolean(L, r->truncated);
+    lua_setfield(L, -2, "truncated");
+  }
+  if (is_http) {
+    if (r->http_status) set_int(L, "http_status", r->http_status);
+    lua_pushlstring(L, r->body ? r->body : "", r->body_len);
+    lua_setfield(L, -2, "body");
+    lua_createtable(L, 0, (int)r->nheaders);
+    for (size_t i = 0; i < r->nheaders; i++) {
+      /* lowercase name -> value; repeats joined with ", " (RFC 9110) */
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (const char *p = r->headers[i].name; *p; p++)
+        luaL_addchar(&b, (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p));
+      luaL_pushresult(&b);
+      lua_pushvalue(L, -1);
+      lua_rawget(L, -3);
+      if (lua_isstring(L, -1)) {
+        lua_pushliteral(L, ", ");
+        lua_pushstring(L, r->headers[i].value);
+        lua_concat(L, 3);
+      } else {
+        lua_pop(L, 1);
+        lua_pushstring(L, r->headers[i].value);
+      }
+      lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+    if (r->url) set_str(L, "url", r->url);
+    set_int(L, "redirects", r->redirects);
+  }
+  if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
+}
+
+static int msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL && !lua_isnoneornil(L, 1)) return 1; /* keep non-strings */
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static int call_back_body(lua_State *L) {
+  const struct sonde_result *r = lua_touserdata(L, 1);
+  lua_pushvalue(L, 2);          /* the callback */
+  push_result(L, r);
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+/* The one way into Lua from the loop (sonde_result_cb).  Looks the
+ * callback up by operation id, releases it, and calls it protected. */
+static void call_back(const struct sonde_result *r, void *arg) {
+  struct lcore *c = arg;
+  lua_State *L = c->L;
+  if (!L) return;                /* completed outside run(): nobody waits */
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, msgh);
+  lua_pushcfunction(L, call_back_body);
+  lua_pushlightuserdata(L, (void *)r);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, c);          /* pending table */
+  lua_rawgeti(L, -1, (lua_Integer)r->id);        /* its callback */
+  lua_pushnil(L);
+  lua_rawseti(L, -3, (lua_Integer)r->id);        /* released */
+  lua_remove(L, -2);
+  if (lua_pcall(L, 2, 0, top + 1) != LUA_OK) {
+    if (c->err_ref == LUA_NOREF)
+      c->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+      lua_pop(L, 1);
+    event_base_loopbreak(sonde_loop_base(c->loop));
+  }
+  lua_settop(L, top);
+}
+
+/* Anchor the callback at argument `idx` under the new id (or fail). */
+static int started(lua_State *L, struct lcore *c, uint64_t id, int idx) {
+  if (id == 0) return luaL_error(L, "sonde: out of memory");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, c);
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, (lua_Integer)id);
+  lua_pop(L, 1);
+  lua_pushinteger(L, (lua_Integer)id);
+  return 1;
+}
+
+/* ---- option readers (raise on misuse) ---------------------------------- */
+
+static double opt_num(lua_State *L, int t, const char *k, double def) {
+  double v = def;
+  if (lua_getfield(L, t, k) != LUA_TNIL) {
+    if (!lua_isnumber(L, -1)) luaL_error(L, "sonde.core: %s: number expected", k);
+    v = lua_tonumber(L, -1);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* A string field, or NULL.  The string stays anchored in table t. */
+static const char *opt_str(lua_State *L, int t, const char *k, size_t *len) {
+  const char *s = NULL;
+  if (lua_getfield(L, t, k) != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "sonde.core: %s: string expected", k);
+    s = lua_tolstring(L, -1, len);
+  }
+  lua_pop(L, 1);
+  return s;
+}
+
+/* Array of strings t[k] as a NULL-terminated vector in a userdata left on
+ * the stack (so that it is freed by the GC even if we raise). */
+static char **opt_strv(lua_State *L, int t, const char *k, int required) {
+  if (lua_getfield(L, t, k) == LUA_TNIL) {
+    lua_pop(L, 1);
+    if (required) luaL_error(L, "sonde.core: %s: array expected", k);
+    lua_pushnil(L);             /* keep the stack shape */
+    return NULL;
+  }
+  luaL_checktype(L, -1, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, -1);
+  char **v = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 1);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 1);  /* the table anchors the strings */
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, -2, i) != LUA_TSTRING)
+      luaL_error(L, "sonde.core: %s[%d]: string expected", k, (int)i);
+    v[i - 1] = (char *)lua_tostring(L, -1);
+    if (strlen(v[i - 1]) != lua_rawlen(L, -1))
+      luaL_error(L, "sonde.core: %s[%d]: contains a NUL byte", k, (int)i);
+    lua_pop(L, 1);
+  }
+  v[n] = NULL;
+  lua_remove(L, -2);
+  return v;
+}
+
+static sonde_status status_of(lua_State *L, const char *s) {
+  static const char *const names[] = {"success", "warning", "failure",
+                                      "unknown", NULL};
+  for (int i = 0; names[i]; i++)
+    if (strcmp(s, names[i]) == 0) return (sonde_status)i;
+  luaL_error(L, "sonde.core: invalid status '%s'", s);
+  return SONDE_UNKNOWN;
+}
+
+/* ---- probers -------------------------------------------------------------- */
+
+/* core.exec(opts, cb) -> id.  opts: argv, env ("K=V" array), cwd, timeout,
+ * kill_grace, max_output, codes (table code -> status, plus `default`),
+ * timeout_status. */
+static int l_core_exec(lua_State *L) {
+  struct lcore *c = get_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_exec_opts o;
+  sonde_exec_opts_init(&o);
+  o.argv = opt_strv(L, 1, "argv", 1);
+  o.envp = opt_strv(L, 1, "env", 0);
+  if (!o.argv[0]) return luaL_error(L, "sonde.core: argv: empty");
+  o.cwd = opt_str(L, 1, "cwd", NULL);
+  o.timeout = opt_num(L, 1, "timeout", o.timeout);
+  o.kill_grace = opt_num(L, 1, "kill_grace", o.kill_grace);
+  o.max_output = (size_t)opt_num(L, 1, "max_output", (double)o.max_output);
+  const char *ts = opt_str(L, 1, "timeout_status", NULL);
+  if (ts) o.timeout_status = status_of(L, ts);
+  if (lua_getfield(L, 1, "codes") == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "default") == LUA_TSTRING) {
+      sonde_status d = status_of(L, lua_tostring(L, -1));
+      for (int i = 1; i < 256; i++) o.codes[i] = d;
+    }
+    lua_pop(L, 1);
+    for (int i = 0; i < 256; i++) {
+      if (lua_rawgeti(L, -1, i) == LUA_TSTRING)
+        o.codes[i] = status_of(L, lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return started(L, c, sonde_exec_start(c->loop, &o, call_back, c), 2);
+}
+
+/* core.http(opts, cb) -> id.  opts: url, method, body, headers (array of
+ * {name, value}, names canonical), user_agent, timeout, max_body,
+ * max_redirects, tls_verify, ca_file. */
+static int l_core_http(lua_State *L) {
+  struct lcore *c = get_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_http_opts o;
+  sonde_http_opts_init(&o);
+  o.url = opt_str(L, 1, "url", NULL);
+  if (!o.url) return luaL_error(L, "sonde.core: url: string expected");
+  const char *m = opt_str(L, 1, "method", NULL);
+  if (m) o.method = m;
+  o.body = opt_str(L, 1, "body", &o.body_len);
+  const char *ua = opt_str(L, 1, "user_agent", NULL);
+  if (ua) o.user_agent = ua;
+  o.timeout = opt_num(L, 1, "timeout", o.timeout);
+  o.max_body = (size_t)opt_num(L, 1, "max_body", (double)o.max_body);
+  o.max_redirects = (int)opt_num(L, 1, "max_redirects", o.max_redirects);
+  o.ca_file = opt_str(L, 1, "ca_file", NULL);
+  lua_getfield(L, 1, "tls_verify");
+  o.tls_verify = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  struct sonde_header *hv = NULL;
+  if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+    lua_Integer n = luaL_len(L, -1);
+    hv = lua_newuserdatauv(L, sizeof *hv * (size_t)(n + 1), 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -2, i);
+      luaL_checktype(L, -1, LUA_TTABLE);
+      lua_getfield(L, -1, "name");
+      lua_getfield(L, -2, "value");
+      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "sonde.core: headers[%d]: name and value "
+                          "strings expected", (int)i);
+      /* anchored by the header tables, which the headers array anchors */
+      hv[i - 1].name = (char *)lua_tostring(L, -2);
+      hv[i - 1].value = (char *)lua_tostring(L, -1);
+      lua_pop(L, 3);
+    }
+    o.headers = hv;
+    o.nheaders = (size_t)n;
+  }
+  uint64_t id = sonde_http_start(c->loop, &o, call_back, c);
+  return started(L, c, id, 2);
+}
+
+/* core.tcp(opts, cb) -> id.  opts: host, port, timeout. */
+static int l_core_tcp(lua_State *L) {
+  struct lcore *c = get_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_tcp_opts o;
+  o.host = opt_str(L, 1, "host", NULL);
+  if (!o.host) return luaL_error(L, "sonde.core: host: string expected");
+  o.port = (long)opt_num(L, 1, "port", 0);
+  o.timeout = opt_num(L, 1, "timeout", 1);
+  return started(L, c, sonde_tcp_start(c->loop, &o, call_back, c), 2);
+}
+
+/* core.timer(seconds, cb) -> id */
+static int l_core_timer(lua_State *L) {
+  struct lcore *c = get_core(L);
+  double s = luaL_checknumber(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  return started(L, c, sonde_timer_start(c->loop, s, call_back, c), 2);
+}
+
+/* core.cancel(id) -> boolean (true if it was pending) */
+static int l_core_cancel(lua_State *L) {
+  struct lcore *c = get_core(L);
+  lua_Integer id = luaL_checkinteger(L, 1);
+  int was = sonde_loop_cancel(c->loop, (uint64_t)id);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, c);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, id);
+  lua_pushboolean(L, was);
+  return 1;
+}
+
+/* core.run() -> true.  Runs until nothing is pending; raises the error of
+ * a callback that failed (the loop stops there; run() may be called again
+ * to go on). */
+static int l_core_run(lua_State *L) {
+  struct lcore *c = get_core(L);
+  if (c->L) return luaL_error(L, "sonde.run: the loop is already running");
+  c->L = L;
+  event_base_loop(sonde_loop_base(c->loop), 0);
+  c->L = NULL;
+  if (c->err_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->err_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, c->err_ref);
+    c->err_ref = LUA_NOREF;
+    return lua_error(L);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_core_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sonde_loop_pending(get_core(L)->loop));
+  return 1;
+}
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static const char *env_lookup(void *ctx, const char *name, size_t len,
+                              size_t *vlen) {
+  lua_State *L = ctx;
+  const char *v = NULL;
+  lua_pushlstring(L, name, len);
+  if (lua_rawget(L, 2) == LUA_TSTRING) v = lua_tolstring(L, -1, vlen);
+  lua_pop(L, 1);                 /* v stays anchored in the env table */
+  return v;
+}
+
+/* core.expand(str, env) -> string.  env: table of string -> string. */
+static int l_core_expand(lua_State *L) {
+  size_t len, outlen;
+  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "sonde.expand: env: names and values must be "
+                        "strings");
+    lua_pop(L, 1);
+  }
+  char *out = sonde_expand(s, len, env_lookup, L, &outlen);
+  if (!out) return luaL_error(L, "sonde.expand: out of memory");
+  lua_pushlstring(L, out, outlen);
+  free(out);
+  return 1;
+}
+
+/* core.format_url(scheme, host, port, path) -> string */
+static int l_core_format_url(lua_State *L) {
+  char *u = sonde_http_format_url(luaL_checkstring(L, 1), luaL_checkstring(L, 2),
+                                  (long)luaL_checkinteger(L, 3),
+                                  luaL_optstring(L, 4, ""));
+  if (!u) return luaL_error(L, "sonde: out of memory");
+  lua_pushstring(L, u);
+  free(u);
+  return 1;
+}
+
+/* core.header_name(name) -> canonical name, or nil if invalid */
+static int l_core_header_name(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  if (strlen(s) != n || !sonde_http_valid_name(s)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  char *copy = strdup(s);
+  if (!copy) return luaL_error(L, "sonde: out of memory");
+  sonde_http_canonical_name(copy);
+  lua_pushstring(L, copy);
+  free(copy);
+  return 1;
+}
+
+/* core.set_subreaper(on) -> true | nil, err */
+static int l_core_set_subreaper(lua_State *L) {
+  if (sonde_set_subreaper(lua_toboolean(L, 1)) != 0) {
+    int err = errno;
+    luaL_pushfail(L);
+    lua_pushstring(L, strerror(err));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_core_now(lua_State *L) {
+  lua_pushnumber(L, sonde_now());
+  return 1;
+}
+
+static int loop_gc(lua_State *L) {
+  struct lcore *c = luaL_checkudata(L, 1, LOOP_MT);
+  if (c->loop) sonde_loop_free(c->loop);
+  c->loop = NULL;
+  return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"exec", l_core_exec},
+    {"http", l_core_http},
+    {"tcp", l_core_tcp},
+    {"timer", l_core_timer},
+    {"cancel", l_core_cancel},
+    {"run", l_core_run},
+    {"pending", l_core_pending},
+    {"expand", l_core_expand},
+    {"format_url", l_core_format_url},
+    {"header_name", l_core_header_name},
+    {"set_subreaper", l_core_set_subreaper},
+    {"now", l_core_now},
+    {NULL, NULL}};
+
+int luaopen_sonde_core(lua_State *L);
+
+int luaopen_sonde_core(lua_State *L) {
+  luaL_newlibtable(L, core_funcs);
+  struct lcore *c = lua_newuserdatauv(L, sizeof *c, 0);
+  c->loop = NULL;
+  c->L = NULL;
+  c->err_ref = LUA_NOREF;
+  if (luaL_newmetatable(L, LOOP_MT)) {
+    lua_pushcfunction(L, loop_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  c->loop = sonde_loop_new(NULL);
+  if (!c->loop) return luaL_error(L, "sonde: cannot create the event loop");
+  lua_newtable(L);                        /* pending callbacks by id */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, c);
+  luaL_setfuncs(L, core_funcs, 1);        /* upvalue: the loop userdata */
+  lua_pushliteral(L, SONDE_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}
