@@ -103,8 +103,13 @@ check: deps
 	$(TEST_ENV) $(SAN_ENV) $(BUSTED) --lua=$(LUA) $(BUSTED_ARGS)
 
 demo: deps
-	$(MAKE) all
-	$(HOST) examples/demo.lua
+	$(MAKE) all $(FIXTURE)
+	@set -e; log=$$(mktemp); \
+	$(FIXTURE) --max-seconds 60 > $$log & pid=$$!; \
+	for i in 1 2 3 4 5 6 7 8 9 10; do grep -q PORT $$log && break; sleep 0.2; done; \
+	port=$$(sed -n 's/^PORT //p' $$log); rm -f $$log; \
+	$(HOST) examples/demo.lua http://127.0.0.1:$$port; rc=$$?; \
+	kill $$pid; wait $$pid 2>/dev/null || true; exit $$rc
 
 env:
 	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
