@@ -1,0 +1,39 @@
+rockspec_format = "3.0"
+package = "sonde"
+version = "scm-1"
+source = {
+  url = "git+file:///dev/null",  -- built from a checkout: luarocks make
+}
+description = {
+  summary = "Lua-scriptable probe engine: kubelet-style exec, HTTP and TCP probes",
+  detailed = [[
+    A C core running exec, HTTP (libcurl multi) and TCP probes on one
+    libevent loop, with kubelet probe semantics, exposed as a Lua 5.4 module
+    and a host binary, `sonde`.
+  ]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+external_dependencies = {
+  CURL = { header = "curl/curl.h", library = "curl" },
+  LIBEVENT = { header = "event2/event.h", library = "event_core" },
+}
+build = {
+  type = "make",
+  build_variables = {
+    CFLAGS = "$(CFLAGS)",
+    LIBFLAG = "$(LIBFLAG)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
+  },
+  install_variables = {
+    PREFIX = "$(PREFIX)",
+    LUADIR = "$(LUADIR)",
+    LIBDIR = "$(LIBDIR)",
+    BINDIR = "$(BINDIR)",
+  },
+}
+test = {
+  type = "busted",
+}
