@@ -39,8 +39,8 @@ extern char **environ;
 struct pipe_buf {
   int fd;
   struct event *ev;
-  char *data;
-  size_t len;
+  char *data;                /* grows up to max_output */
+  size_t len, cap;
 };
 
 struct exec_op {
@@ -184,6 +184,18 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
       size_t room = x->max_output > p->len ? x->max_output - p->len : 0;
       size_t keep = (size_t)n < room ? (size_t)n : room;
       if (keep < (size_t)n) x->truncated = 1;
+      if (keep && p->len + keep > p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 4096;
+        if (cap < p->len + keep) cap = p->len + keep;
+        if (cap > x->max_output) cap = x->max_output;
+        char *d = realloc(p->data, cap);
+        if (!d) {                  /* keep what we have, drop the rest */
+          x->truncated = 1;
+          continue;
+        }
+        p->data = d;
+        p->cap = cap;
+      }
       if (keep) {
         memcpy(p->data + p->len, chunk, keep);
         p->len += keep;
@@ -357,13 +369,9 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   memcpy(x->codes, o->codes, sizeof x->codes);
   x->timeout_status = o->timeout_status;
   x->cmdline = join_argv(o->argv);
-  for (int i = 0; i < 2; i++) {
-    x->out[i].data = malloc(x->max_output ? x->max_output : 1);
-    if (!x->out[i].data || !x->cmdline) {
-      exec_release(&x->op, 0);
-      free(x);
-      return 0;
-    }
+  if (!x->cmdline) {
+    free(x);
+    return 0;
   }
   sonde_op_start(loop, &x->op, cb, arg);
   x->timer = evtimer_new(loop->base, on_timer, x);

@@ -44,7 +44,7 @@ struct http_op {
   int capped;                /* body cap reached on this hop */
   int in_multi;
   char *rbody;               /* response body of the current hop */
-  size_t rbody_len;
+  size_t rbody_len, rbody_cap; /* grows up to max_body (+1 for a NUL) */
   struct sonde_header *rh;   /* response headers of the current hop */
   size_t nrh;
 };
@@ -131,6 +131,15 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg) {
   size_t n = size * nmemb;
   size_t room = h->max_body - h->rbody_len;
   size_t keep = n < room ? n : room;
+  if (h->rbody_len + keep + 1 > h->rbody_cap) {
+    size_t cap = h->rbody_cap ? h->rbody_cap * 2 : 4096;
+    if (cap < h->rbody_len + keep + 1) cap = h->rbody_len + keep + 1;
+    if (cap > h->max_body + 1) cap = h->max_body + 1;
+    char *d = realloc(h->rbody, cap);
+    if (!d) return 0;          /* out of memory: ends with WRITE_ERROR */
+    h->rbody = d;
+    h->rbody_cap = cap;
+  }
   if (keep) {
     memcpy(h->rbody + h->rbody_len, data, keep);
     h->rbody_len += keep;
@@ -232,10 +241,12 @@ static char *url_host(const char *url) {
 static void take_response(struct http_op *h) {
   struct sonde_result *r = &h->op.res;
   curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &r->http_status);
+  if (!h->rbody) h->rbody = calloc(1, 1);
   r->body = h->rbody;
-  r->body_len = h->rbody_len;
-  r->body[r->body_len] = '\0';
+  r->body_len = h->rbody ? h->rbody_len : 0;
+  if (r->body) r->body[r->body_len] = '\0';
   h->rbody = NULL;
+  h->rbody_len = h->rbody_cap = 0;
   r->headers = h->rh;
   r->nheaders = h->nrh;
   h->rh = NULL;
@@ -490,14 +501,13 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   h->max_redirects = o->max_redirects;
   h->url = strdup(o->url);
   h->method = strdup(o->method ? o->method : "GET");
-  h->rbody = malloc(o->max_body + 1);
   h->easy = curl_easy_init();
   if (o->body) {
     h->body = malloc(o->body_len + 1);
     if (h->body) memcpy(h->body, o->body, o->body_len);
     h->body_len = o->body_len;
   }
-  if (!h->url || !h->method || !h->rbody || !h->easy ||
+  if (!h->url || !h->method || !h->easy ||
       (o->body && !h->body)) {
     http_release(&h->op, 0);
     free(h);
