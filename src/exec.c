@@ -73,14 +73,6 @@ void sonde_exec_opts_init(struct sonde_exec_opts *o) {
   o->timeout_status = SONDE_FAILURE;
 }
 
-static void set_timer(struct event *ev, double seconds) {
-  if (seconds < 0) seconds = 0;
-  struct timeval tv;
-  tv.tv_sec = (time_t)seconds;
-  tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
-  evtimer_add(ev, &tv);
-}
-
 static void close_pipe(struct pipe_buf *p) {
   if (p->ev) event_free(p->ev);
   p->ev = NULL;
@@ -232,7 +224,7 @@ static void on_leader_exit(struct exec_op *x) {
   /* Group members were killed, so the pipes normally reach EOF at once;
    * a descendant that left the group (setsid) is bounded by the drain. */
   evtimer_del(x->timer);
-  set_timer(x->timer, DRAIN_SECONDS);
+  sonde_loop_add_timer(x->op.loop, x->timer, DRAIN_SECONDS);
 }
 
 static void on_pidfd(evutil_socket_t fd, short what, void *arg) {
@@ -266,7 +258,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     x->timed_out = 1;
     x->term_sent = 1;
     kill(-x->pid, SIGTERM);
-    set_timer(x->timer, x->kill_grace);
+    sonde_loop_add_timer(x->op.loop, x->timer, x->kill_grace);
   } else {                    /* grace over */
     kill(-x->pid, SIGKILL);
   }
@@ -382,6 +374,13 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   if (!strchr(argv0, '/')) {
     path = search_path(argv0, env_path(o->envp));
     if (!path) return fail_now(x, errno, argv0);
+  } else {
+    /* Checked here too, so that not_found/permission do not depend on how
+     * the C library's posix_spawn reports exec errors. */
+    struct stat st;
+    if (stat(argv0, &st) != 0) return fail_now(x, errno, argv0);
+    if (!S_ISREG(st.st_mode) || access(argv0, X_OK) != 0)
+      return fail_now(x, EACCES, argv0);
   }
   if (o->cwd) {
     struct stat st;
@@ -451,6 +450,6 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   }
   event_add(x->out[0].ev, NULL);
   event_add(x->out[1].ev, NULL);
-  set_timer(x->timer, o->timeout);
+  sonde_loop_add_timer(loop, x->timer, o->timeout);
   return x->op.id;
 }

@@ -73,6 +73,12 @@ void sonde_op_complete(struct sonde_op *op);
  * arranged (out of memory) the op is completed at once. */
 void sonde_op_complete_soon(struct sonde_op *op);
 
+/* Arm timer event `ev` to fire `seconds` (>= 0) from now.  Refreshes the
+ * base's cached time first: inside a callback libevent would otherwise
+ * count from the start of the loop iteration and fire early. */
+void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
+                          double seconds);
+
 /* Remember a signalled process group for background reaping. */
 void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid);
 

@@ -123,6 +123,16 @@ int sonde_loop_cancel(struct sonde_loop *loop, uint64_t id) {
   return 0;
 }
 
+void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
+                          double seconds) {
+  if (seconds < 0) seconds = 0;
+  struct timeval tv;
+  tv.tv_sec = (time_t)seconds;
+  tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+  event_base_update_cache_time(loop->base);
+  evtimer_add(ev, &tv);
+}
+
 /* ---- background reaping ------------------------------------------------ */
 
 int sonde_reap_group_now(pid_t pgid) {
@@ -150,10 +160,7 @@ static void on_reap_timer(evutil_socket_t fd, short what, void *arg) {
       pp = &r->next;
     }
   }
-  if (loop->reaps) {
-    struct timeval tv = {0, 20000};
-    evtimer_add(loop->reap_timer, &tv);
-  }
+  if (loop->reaps) sonde_loop_add_timer(loop, loop->reap_timer, 0.02);
 }
 
 void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid) {
@@ -167,8 +174,7 @@ void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid) {
   r->until = sonde_now() + 5.0;   /* a member that ignores SIGKILL: D state */
   r->next = loop->reaps;
   loop->reaps = r;
-  struct timeval tv = {0, 20000};
-  evtimer_add(loop->reap_timer, &tv);
+  sonde_loop_add_timer(loop, loop->reap_timer, 0.02);
 }
 
 /* ---- timers -------------------------------------------------------------- */
@@ -203,11 +209,7 @@ uint64_t sonde_timer_start(struct sonde_loop *loop, double seconds,
   t->op.vt = &timer_vt;
   t->ev = evtimer_new(loop->base, on_timer, t);
   if (!t->ev) { free(t); return 0; }
-  if (seconds < 0) seconds = 0;
-  struct timeval tv;
-  tv.tv_sec = (time_t)seconds;
-  tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
-  evtimer_add(t->ev, &tv);
+  sonde_loop_add_timer(loop, t->ev, seconds);
   return sonde_op_start(loop, &t->op, cb, arg);
 }
 
