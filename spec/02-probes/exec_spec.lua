@@ -1,0 +1,453 @@
+-- The exec prober against real child processes:
+--   sonde.exec(spec [, callback])
+-- Inside a sonde task (no callback) it yields and returns the result; with a
+-- callback it returns at once and the callback gets the result from the loop.
+local sonde = require "sonde"
+local helpers = require "helpers"
+
+local run = helpers.run
+
+-- Run one exec probe in a task and return its result.
+local function exec(spec, max_seconds)
+  return run(function() return sonde.exec(spec) end, max_seconds)
+end
+
+-- The error message of calling sonde.exec(spec) inside a task (nil when it
+-- did not raise; then the probe ran to its end inside the task).
+local function exec_error(spec)
+  local ok, err = run(function() return pcall(sonde.exec, spec) end)
+  if ok then return nil end
+  return tostring(err)
+end
+
+local function no_group_left(pids, timeout)
+  local left = helpers.eventually(function()
+    return #helpers.procs_in_groups(pids) == 0
+  end, timeout or 2)
+  return left, helpers.describe_procs(helpers.procs_in_groups(pids))
+end
+
+describe("sonde.exec", function()
+  setup(function()
+    -- Grandchildren left behind by probe commands are re-parented to us, so
+    -- the prober can reap them (no zombies).
+    sonde.set_subreaper(true)
+  end)
+
+  teardown(function()
+    sonde.set_subreaper(false)
+  end)
+
+  describe("exit status", function()
+    it("exit 3 with stdout and stderr -> failure exit_code, stdout then stderr", function()
+      local r = exec { command = { "sh", "-c", "echo out; echo err >&2; exit 3" } }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("exit_code", r.reason)
+      assert.are.equal(3, r.exit_code)
+      assert.are.equal("out\nerr\n", r.output)
+      assert.is_nil(r.signal)
+      assert.is_false(r.truncated)
+    end)
+
+    it("stdout comes before stderr even when stderr is written first", function()
+      local r = exec { command = { "sh", "-c", "echo err >&2; sleep 0.1; echo out" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal("out\nerr\n", r.output)
+    end)
+
+    it("true -> success ok, exit_code 0, empty output", function()
+      local r = exec { command = { "true" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal("ok", r.reason)
+      assert.are.equal(0, r.exit_code)
+      assert.are.equal("", r.output)
+      assert.is_false(r.truncated)
+      assert.is_number(r.duration)
+      assert.is_true(r.duration >= 0 and r.duration < 1)
+    end)
+
+    it("false -> failure exit_code 1", function()
+      local r = exec { command = { "false" } }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("exit_code", r.reason)
+      assert.are.equal(1, r.exit_code)
+      assert.are.equal("", r.output)
+    end)
+
+    -- argv is $(VAR)-expanded (kubelet), where `$$` is an escaped `$`: the
+    -- shell's `$$` is written `$$$$` in a command.
+    it("$$ in argv is one $ (kubelet expansion)", function()
+      local r = exec { command = { "echo", "$$", "$$$$" } }
+      assert.are.equal("$ $$\n", r.output)
+    end)
+
+    it("killed by SIGKILL -> failure signal 9", function()
+      local r = exec { command = { "sh", "-c", "kill -KILL $$$$" } }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("signal", r.reason)
+      assert.are.equal(9, r.signal)
+      assert.is_nil(r.exit_code)
+    end)
+
+    it("sh -c nosuchcmd -> failure exit_code 127", function()
+      local r = exec { command = { "sh", "-c", "nosuchcmd" } }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("exit_code", r.reason)
+      assert.are.equal(127, r.exit_code)
+    end)
+
+    it("pid is the command's pid and its process group id", function()
+      local r = exec { command = { "sh", "-c", "echo $$$$; cut -d' ' -f5 /proc/$$$$/stat" } }
+      assert.are.equal("success", r.status)
+      assert.is_number(r.pid)
+      assert.is_true(r.pid > 1)
+      assert.are.equal(r.pid .. "\n" .. r.pid .. "\n", r.output)
+    end)
+  end)
+
+  describe("start failures", function()
+    it("/nonexistent -> failure not_found", function()
+      local r = exec { command = { "/nonexistent" } }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("not_found", r.reason)
+    end)
+
+    it("a name not on PATH -> failure not_found", function()
+      local r = exec { command = { "sonde-no-such-command-xyz" } }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("not_found", r.reason)
+    end)
+
+    it("a script without the execute bit -> failure permission", function()
+      local dir = helpers.tmpdir()
+      local script = helpers.write(dir .. "/noexec.sh", "#!/bin/sh\necho hi\n", "644")
+      local r = exec { command = { script } }
+      helpers.rmtree(dir)
+      assert.are.equal("failure", r.status)
+      assert.are.equal("permission", r.reason)
+    end)
+  end)
+
+  describe("timeout", function()
+    it("sh -c 'sleep 15' with timeout 2 -> failure timeout with the kubelet text", function()
+      local r = exec { command = { "sh", "-c", "sleep 15" }, timeout = 2 }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("timeout", r.reason)
+      assert.is_true(r.duration >= 1.9 and r.duration <= 3.5, "duration " .. r.duration)
+      assert.are.equal('command timed out: "sh -c sleep 15" timed out after 2s', r.output)
+      local gone, left = no_group_left({ r.pid })
+      assert.is_true(gone, left)
+    end)
+
+    it("the default timeout is 1 s", function()
+      local r = exec { command = { "sleep", "5" } }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("timeout", r.reason)
+      assert.is_true(r.duration >= 0.9 and r.duration <= 2.5, "duration " .. r.duration)
+      assert.are.equal('command timed out: "sleep 5" timed out after 1s', r.output)
+    end)
+
+    it("a fractional timeout is honoured", function()
+      local r = exec { command = { "sleep", "5" }, timeout = 0.3 }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("timeout", r.reason)
+      assert.is_true(r.duration >= 0.25 and r.duration <= 1.5, "duration " .. r.duration)
+    end)
+
+    it("output written before the timeout is kept", function()
+      local r = exec { command = { "sh", "-c", "echo partial; sleep 15" }, timeout = 1 }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("timeout", r.reason)
+      assert.are.equal("partial\n", r.output)
+    end)
+
+    it("10 x sh -c 'sleep 300 & sleep 300' time out and leave no process or zombie", function()
+      local results = {}
+      for i = 1, 10 do
+        sonde.exec({ command = { "sh", "-c", "sleep 300 & sleep 300" }, timeout = 1 },
+          function(r) results[i] = r end)
+      end
+      local t0 = helpers.now()
+      sonde.run()
+      local elapsed = helpers.now() - t0
+      local pids = {}
+      for i = 1, 10 do
+        local r = results[i]
+        assert.is_table(r, "no result for probe " .. i)
+        assert.are.equal("failure", r.status)
+        assert.are.equal("timeout", r.reason)
+        assert.is_number(r.pid)
+        pids[#pids + 1] = r.pid
+      end
+      assert.is_true(elapsed < 5, "10 concurrent 1 s timeouts took " .. elapsed .. " s")
+      local gone, left = no_group_left(pids, 2)
+      assert.is_true(gone, "left behind: " .. left)
+    end)
+
+    it("a command ignoring SIGTERM is killed with SIGKILL after the grace", function()
+      local r = exec { command = { "sh", "-c", 'trap "" TERM; sleep 30' }, timeout = 1 }
+      assert.are.equal("failure", r.status)
+      assert.are.equal("timeout", r.reason)
+      assert.is_true(r.duration < 3.5, "duration " .. r.duration)
+      local gone, left = no_group_left({ r.pid })
+      assert.is_true(gone, "left behind: " .. left)
+    end)
+  end)
+
+  describe("output", function()
+    it("yes with timeout 1: output capped at 10240 bytes, memory bounded", function()
+      collectgarbage()
+      local rss0 = helpers.rss_kb()
+      local r = exec { command = { "yes" }, timeout = 1 }
+      local rss1 = helpers.rss_kb()
+      assert.are.equal("failure", r.status)
+      assert.are.equal("timeout", r.reason)
+      assert.are.equal(10240, #r.output)
+      assert.are.equal(string.rep("y\n", 5120), r.output)
+      assert.is_true(r.truncated)
+      assert.is_true(rss1 - rss0 < 50 * 1024, "VmRSS grew by " .. (rss1 - rss0) .. " kB")
+    end)
+
+    it("1 MB then exit 0: success with the first 10240 bytes, truncated", function()
+      local r = exec { command = { "head", "-c", "1048576", "/dev/zero" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal("ok", r.reason)
+      assert.are.equal(0, r.exit_code)
+      assert.are.equal(string.rep("\0", 10240), r.output)
+      assert.is_true(r.truncated)
+    end)
+
+    it("exactly 10240 bytes is not truncated", function()
+      local r = exec { command = { "head", "-c", "10240", "/dev/zero" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal(10240, #r.output)
+      assert.is_false(r.truncated)
+    end)
+
+    it("max_output = 5 with printf abcdefgh -> abcde", function()
+      local r = exec { command = { "printf", "abcdefgh" }, max_output = 5 }
+      assert.are.equal("success", r.status)
+      assert.are.equal("abcde", r.output)
+      assert.is_true(r.truncated)
+    end)
+
+    it("the cap applies to stdout followed by stderr", function()
+      local r = exec { command = { "sh", "-c", "printf abc; printf def >&2" }, max_output = 5 }
+      assert.are.equal("abcde", r.output)
+      assert.is_true(r.truncated)
+    end)
+
+    it("binary output with NUL bytes is kept byte for byte", function()
+      local r = exec { command = { "printf", [[a\000b\377]] } }
+      assert.are.equal("a\0b\255", r.output)
+    end)
+
+    it("sh -c 'sleep 30 & echo hi' ends when sh exits; its background group is gone", function()
+      local t0 = helpers.now()
+      local r = exec { command = { "sh", "-c", "sleep 30 & echo hi" }, timeout = 5 }
+      local elapsed = helpers.now() - t0
+      assert.are.equal("success", r.status)
+      assert.are.equal("ok", r.reason)
+      assert.are.equal("hi\n", r.output)
+      assert.is_true(r.duration < 1, "duration " .. r.duration)
+      assert.is_true(elapsed < 1.5, "elapsed " .. elapsed)
+      local gone, left = no_group_left({ r.pid }, 2)
+      assert.is_true(gone, "left behind: " .. left)
+    end)
+
+    it("stdin is /dev/null: cat ends at once", function()
+      local r = exec { command = { "cat" }, timeout = 5 }
+      assert.are.equal("success", r.status)
+      assert.are.equal("", r.output)
+      assert.is_true(r.duration < 1, "duration " .. r.duration)
+    end)
+  end)
+
+  describe("command and environment", function()
+    it("expands $(VAR) in argv against env", function()
+      local r = exec { command = { "echo", "$(GREETING)-$$(X)" }, env = { GREETING = "hi" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal("hi-$(X)\n", r.output)
+    end)
+
+    it("does not use a shell: arguments are passed as they are", function()
+      local r = exec { command = { "printf", "%s|", "a b", "$HOME", "*" } }
+      assert.are.equal("a b|$HOME|*|", r.output)
+    end)
+
+    it("the environment is env only (HOME is not inherited)", function()
+      local r = exec { command = { "sh", "-c", 'echo "$FOO|$HOME"' }, env = { FOO = "bar" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal("bar|\n", r.output)
+    end)
+
+    it("the environment is exactly env plus the host's PATH", function()
+      local r = exec { command = { "env" }, env = { A = "1", B = "two words" } }
+      assert.are.equal("success", r.status)
+      local lines = {}
+      for line in r.output:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      table.sort(lines)
+      assert.are.same({ "A=1", "B=two words", "PATH=" .. os.getenv("PATH") }, lines)
+    end)
+
+    it("finds sh through the host's PATH when env has no PATH", function()
+      local r = exec { command = { "sh", "-c", "echo ok" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal("ok\n", r.output)
+    end)
+
+    it("env.PATH replaces the host's PATH", function()
+      local r = exec { command = { "/bin/sh", "-c", 'echo "$PATH"' }, env = { PATH = "/custom/bin" } }
+      assert.are.equal("success", r.status)
+      assert.are.equal("/custom/bin\n", r.output)
+    end)
+
+    it("runs in cwd", function()
+      local dir = helpers.tmpdir()
+      local r = exec { command = { "pwd" }, cwd = dir }
+      helpers.rmtree(dir)
+      assert.are.equal("success", r.status)
+      assert.are.equal(dir .. "\n", r.output)
+    end)
+
+    it("the child inherits no stray file descriptors", function()
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w"))
+      local r = exec { command = { "sh", "-c", "ls /proc/self/fd" } }
+      f:close()
+      os.remove(path)
+      assert.are.equal("success", r.status)
+      -- 0 1 2, and 3: the directory ls itself opened
+      assert.are.equal("0\n1\n2\n3\n", r.output)
+    end)
+  end)
+
+  describe("codes", function()
+    local function code(n, codes)
+      local r = exec { command = { "sh", "-c", "exit " .. n }, codes = codes }
+      return r.status, r.reason, r.exit_code
+    end
+
+    it("kubelet (default): 0 success, anything else failure", function()
+      assert.are.same({ "success", "ok", 0 }, { code(0) })
+      assert.are.same({ "failure", "exit_code", 1 }, { code(1) })
+      assert.are.same({ "failure", "exit_code", 2 }, { code(2, "kubelet") })
+      assert.are.same({ "failure", "exit_code", 3 }, { code(3, "kubelet") })
+    end)
+
+    it("nagios: 0 success, 1 warning, 2 failure, 3 unknown", function()
+      assert.are.same({ "success", "ok", 0 }, { code(0, "nagios") })
+      assert.are.same({ "warning", "exit_code", 1 }, { code(1, "nagios") })
+      assert.are.same({ "failure", "exit_code", 2 }, { code(2, "nagios") })
+      assert.are.same({ "unknown", "exit_code", 3 }, { code(3, "nagios") })
+    end)
+
+    it("consul: 0 success, 1 warning, other failure", function()
+      assert.are.same({ "success", "ok", 0 }, { code(0, "consul") })
+      assert.are.same({ "warning", "exit_code", 1 }, { code(1, "consul") })
+      assert.are.same({ "failure", "exit_code", 2 }, { code(2, "consul") })
+      assert.are.same({ "failure", "exit_code", 3 }, { code(3, "consul") })
+    end)
+
+    it("a custom table with a default", function()
+      local codes = { [0] = "success", [1] = "warning", [2] = "unknown", default = "failure" }
+      assert.are.equal("success", (code(0, codes)))
+      assert.are.equal("warning", (code(1, codes)))
+      assert.are.equal("unknown", (code(2, codes)))
+      assert.are.equal("failure", (code(5, codes)))
+    end)
+  end)
+
+  describe("resources", function()
+    it("the fd count is back to its baseline after 20 probes", function()
+      exec { command = { "true" } } -- warm up whatever the loop opens once
+      local before = helpers.fd_count()
+      for i = 1, 20 do
+        local r = exec { command = { "sh", "-c", "echo " .. i .. "; echo e >&2" } }
+        assert.are.equal(i .. "\ne\n", r.output)
+      end
+      assert.are.equal(before, helpers.fd_count())
+    end)
+
+    it("two probes in two tasks run concurrently", function()
+      local t0 = helpers.now()
+      local a, b
+      sonde.spawn(function() a = sonde.exec { command = { "sleep", "0.4" } } end)
+      sonde.spawn(function() b = sonde.exec { command = { "sleep", "0.4" } } end)
+      sonde.run()
+      local elapsed = helpers.now() - t0
+      assert.are.equal("success", a.status)
+      assert.are.equal("success", b.status)
+      assert.is_true(elapsed < 0.75, "elapsed " .. elapsed)
+    end)
+  end)
+
+  describe("callback style", function()
+    it("returns at once and calls the callback from sonde.run()", function()
+      local got
+      sonde.exec({ command = { "sh", "-c", "echo cb" } }, function(r) got = r end)
+      assert.is_nil(got)
+      sonde.run()
+      assert.is_table(got)
+      assert.are.equal("success", got.status)
+      assert.are.equal("cb\n", got.output)
+    end)
+
+    it("without a callback outside a task raises", function()
+      local ok, err = pcall(sonde.exec, { command = { "true" } })
+      assert.is_false(ok)
+      err = tostring(err)
+      assert.is_truthy(err:find("spawn") or err:find("callback"), err)
+      sonde.run() -- nothing may have been left pending
+    end)
+  end)
+
+  describe("spec validation", function()
+    it("missing command", function()
+      local err = exec_error {}
+      assert.is_truthy(err and err:find("command"), err)
+    end)
+
+    it("empty command", function()
+      local err = exec_error { command = {} }
+      assert.is_truthy(err and err:find("command"), err)
+    end)
+
+    it("command that is a string", function()
+      local err = exec_error { command = "true" }
+      assert.is_truthy(err and err:find("command"), err)
+    end)
+
+    it("command with a non-string element", function()
+      local err = exec_error { command = { "echo", {} } }
+      assert.is_truthy(err and err:find("command"), err)
+    end)
+
+    it("timeout = 0", function()
+      local err = exec_error { command = { "true" }, timeout = 0 }
+      assert.is_truthy(err and err:find("timeout"), err)
+    end)
+
+    it("timeout = -1", function()
+      local err = exec_error { command = { "true" }, timeout = -1 }
+      assert.is_truthy(err and err:find("timeout"), err)
+    end)
+
+    it("unknown key", function()
+      local err = exec_error { command = { "true" }, bogus = 1 }
+      assert.is_truthy(err and err:find("bogus"), err)
+    end)
+
+    it("unknown codes name", function()
+      local err = exec_error { command = { "true" }, codes = "bogus" }
+      assert.is_truthy(err and err:find("codes"), err)
+    end)
+
+    it("the callback style validates too", function()
+      local ok, err = pcall(sonde.exec, { command = {} }, function() end)
+      assert.is_false(ok)
+      assert.is_truthy(tostring(err):find("command"), tostring(err))
+      sonde.run()
+    end)
+  end)
+end)
