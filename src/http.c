@@ -350,7 +350,9 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
     return;
   }
   free(host);
-  if (h->redirects >= h->max_redirects) {
+  /* Go's client (kubelet): with 10 requests made, a further redirect is
+   * an error, "stopped after 10 redirects". */
+  if (h->redirects + 1 >= h->max_redirects) {
     r->status = SONDE_FAILURE;
     r->reason = SONDE_R_REDIRECT;
     sonde_result_set_error(r, "stopped after %d redirects", h->max_redirects);

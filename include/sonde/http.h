@@ -10,8 +10,10 @@
  *     a Host header sets the request host, the connection still goes to the
  *     URL's host;
  *   - redirects (301/302/303/307/308 with Location) are followed while the
- *     hostname stays the one of the original URL (the port may change), at
- *     most max_redirects times (then failure, reason redirect); a redirect
+ *     hostname stays the one of the original URL (the port may change);
+ *     when max_redirects requests (10) have been made and the last answer
+ *     redirects again, the probe fails (reason redirect, "stopped after 10
+ *     redirects"), as Go's client does for the kubelet; a redirect
  *     to another hostname ends the probe with that 3xx response, which, like
  *     any 3xx, is a warning (reason redirect);
  *   - 2xx success (output = body), 3xx warning (output `Probe terminated

@@ -399,8 +399,9 @@ end
 -- reason redirect (output `Probe terminated redirects, Response body:
 -- <body>`); anything else failure, reason http_status (output `HTTP probe
 -- failed with statuscode: <code>`).  Redirects are followed while the
--- hostname stays that of the first URL, at most 10 (then failure, reason
--- redirect); a redirect to another hostname is not followed: the 3xx is
+-- hostname stays that of the first URL, with at most 10 requests in all
+-- (a 10th answer that redirects again is a failure, reason redirect, as
+-- with Go's client in the kubelet); a redirect to another hostname is not followed: the 3xx is
 -- the final response.  Result fields beyond the common ones:
 -- `http_status`, `body`, `headers` (lowercase name -> value, repeats
 -- joined with ", "), `url` (last URL requested), `redirects`,
