@@ -61,6 +61,8 @@ struct exec_op {
   sonde_status timeout_status;
   char *cmdline;             /* argv joined by spaces, for messages */
   double timeout;
+  sonde_output_cb on_output;
+  void *output_arg;
 };
 
 void sonde_exec_opts_init(struct sonde_exec_opts *o) {
@@ -172,6 +174,11 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   for (;;) {
     ssize_t n = read(p->fd, chunk, sizeof chunk);
+    if (n > 0 && x->on_output) {
+      x->on_output(x->op.id, p == &x->out[0] ? 1 : 2, chunk, (size_t)n,
+                   x->output_arg);
+      continue;
+    }
     if (n > 0) {
       size_t room = x->max_output > p->len ? x->max_output - p->len : 0;
       size_t keep = (size_t)n < room ? (size_t)n : room;
@@ -360,6 +367,8 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   x->timeout = o->timeout;
   memcpy(x->codes, o->codes, sizeof x->codes);
   x->timeout_status = o->timeout_status;
+  x->on_output = o->on_output;
+  x->output_arg = o->output_arg;
   x->cmdline = join_argv(o->argv);
   if (!x->cmdline) {
     free(x);
@@ -450,6 +459,32 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   }
   event_add(x->out[0].ev, NULL);
   event_add(x->out[1].ev, NULL);
-  sonde_loop_add_timer(loop, x->timer, o->timeout);
+  if (o->timeout > 0) sonde_loop_add_timer(loop, x->timer, o->timeout);
   return x->op.id;
+}
+
+static struct exec_op *find_exec(struct sonde_loop *loop, uint64_t id) {
+  for (struct sonde_op *op = loop->ops; op; op = op->next)
+    if (op->id == id && op->vt == &exec_vt) return (struct exec_op *)op;
+  return NULL;
+}
+
+int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace) {
+  struct exec_op *x = find_exec(loop, id);
+  if (!x || x->pid <= 0 || x->exited) return -1;
+  if (!x->term_sent) {
+    x->term_sent = 1;
+    kill(-x->pid, SIGTERM);
+    evtimer_del(x->timer);
+    sonde_loop_add_timer(loop, x->timer, grace > 0 ? grace : 0);
+  }
+  return 0;
+}
+
+int sonde_exec_tracks(struct sonde_loop *loop, pid_t pid) {
+  for (struct sonde_op *op = loop->ops; op; op = op->next)
+    if (op->vt == &exec_vt && ((struct exec_op *)op)->pid == pid &&
+        !((struct exec_op *)op)->exited)
+      return 1;
+  return 0;
 }

@@ -6,15 +6,19 @@
  * handle (curlsock.c) and, when it made it, the event_base.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
+#include "sonde/exec.h"
 
 double sonde_now(void) {
   struct timespec ts;
@@ -175,6 +179,34 @@ void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid) {
   r->next = loop->reaps;
   loop->reaps = r;
   sonde_loop_add_timer(loop, loop->reap_timer, 0.02);
+}
+
+int sonde_reap_orphans(struct sonde_loop *loop) {
+  char path[64], buf[4096];
+  int n = 0;
+  pid_t self = getpgrp();
+  DIR *tasks = opendir("/proc/self/task");
+  if (!tasks) return 0;
+  struct dirent *t;
+  while ((t = readdir(tasks)) != NULL) {
+    if (t->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "/proc/self/task/%.20s/children", t->d_name);
+    FILE *f = fopen(path, "re");
+    if (!f) continue;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    for (char *p = buf, *end; *p; p = end) {
+      long pid = strtol(p, &end, 10);
+      if (end == p) break;
+      if (pid <= 0 || sonde_exec_tracks(loop, (pid_t)pid)) continue;
+      pid_t pg = getpgid((pid_t)pid);
+      if (pg < 0 || pg == self) continue;
+      if (waitpid((pid_t)pid, NULL, WNOHANG) > 0) n++;
+    }
+  }
+  closedir(tasks);
+  return n;
 }
 
 /* ---- timers -------------------------------------------------------------- */

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <event2/event.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -27,6 +28,7 @@
 
 struct lcore {
   struct sonde_loop *loop;
+  struct event *sig[NSIG];  /* core.on_signal handlers' events */
   lua_State *L;        /* the thread inside run(), or NULL */
   int err_ref;         /* registry ref of a callback error, or LUA_NOREF */
 };
@@ -106,6 +108,7 @@ static void push_result(lua_State *L, const struct sonde_result *r) {
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
 }
 
+/* Message handler: adds a traceback to string errors. */
 static int msgh(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL && !lua_isnoneornil(L, 1)) return 1; /* keep non-strings */
@@ -113,35 +116,79 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-static int call_back_body(lua_State *L) {
-  const struct sonde_result *r = lua_touserdata(L, 1);
-  lua_pushvalue(L, 2);          /* the callback */
-  push_result(L, r);
-  lua_call(L, 1, 0);
-  return 0;
+/* Call the function below `nargs` arguments on top of c->L's stack,
+ * protected, with a traceback.  An error is kept for run() to raise and
+ * the loop is stopped.  Pops the function and its arguments. */
+/* Keep the error on top of c->L's stack (popped) for run() to raise, and
+ * stop the loop.  Only the first error is kept. */
+static void keep_error(struct lcore *c) {
+  lua_State *L = c->L;
+  if (c->err_ref == LUA_NOREF)
+    c->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
+  event_base_loopbreak(sonde_loop_base(c->loop));
 }
 
-/* The one way into Lua from the loop (sonde_result_cb).  Looks the
- * callback up by operation id, releases it, and calls it protected. */
+static void protected_call(struct lcore *c, int nargs) {
+  lua_State *L = c->L;
+  int base = lua_gettop(L) - nargs;       /* index of the function */
+  lua_pushcfunction(L, msgh);
+  lua_insert(L, base);
+  if (lua_pcall(L, nargs, 0, base) != LUA_OK) keep_error(c);
+  lua_remove(L, base);                    /* msgh */
+}
+
+static int push_result_p(lua_State *L) {
+  push_result(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+/* Take the entry for `id` out of the table kept at registry[key]: pushes
+ * it (or nil). */
+static void take_entry(lua_State *L, const void *key, uint64_t id) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  lua_rawgeti(L, -1, (lua_Integer)id);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, (lua_Integer)id);
+  lua_remove(L, -2);
+}
+
+/* Key of the table of output callbacks (services' streams). */
+static const char streams_key = 's';
+
+/* The one way into Lua for a finished operation (sonde_result_cb).  Looks
+ * the callback up by operation id, releases it, and calls it protected. */
 static void call_back(const struct sonde_result *r, void *arg) {
   struct lcore *c = arg;
   lua_State *L = c->L;
   if (!L) return;                /* completed outside run(): nobody waits */
   int top = lua_gettop(L);
-  lua_pushcfunction(L, msgh);
-  lua_pushcfunction(L, call_back_body);
+  take_entry(L, &streams_key, r->id);
+  lua_pop(L, 1);
+  take_entry(L, c, r->id);       /* the callback */
+  lua_pushcfunction(L, push_result_p);
   lua_pushlightuserdata(L, (void *)r);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, c);          /* pending table */
-  lua_rawgeti(L, -1, (lua_Integer)r->id);        /* its callback */
-  lua_pushnil(L);
-  lua_rawseti(L, -3, (lua_Integer)r->id);        /* released */
-  lua_remove(L, -2);
-  if (lua_pcall(L, 2, 0, top + 1) != LUA_OK) {
-    if (c->err_ref == LUA_NOREF)
-      c->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    else
-      lua_pop(L, 1);
-    event_base_loopbreak(sonde_loop_base(c->loop));
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* a memory error building it */
+    keep_error(c);
+  } else if (lua_isfunction(L, -2)) {
+    protected_call(c, 1);
+  }
+  lua_settop(L, top);
+}
+
+/* Output of a streaming exec operation (sonde_output_cb). */
+static void call_output(uint64_t id, int stream, const char *data, size_t len,
+                        void *arg) {
+  struct lcore *c = arg;
+  lua_State *L = c->L;
+  if (!L) return;
+  int top = lua_gettop(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &streams_key);
+  if (lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TFUNCTION) {
+    lua_pushinteger(L, stream);
+    lua_pushlstring(L, data, len);
+    protected_call(c, 2);
   }
   lua_settop(L, top);
 }
@@ -219,9 +266,11 @@ static sonde_status status_of(lua_State *L, const char *s) {
 
 /* ---- probers -------------------------------------------------------------- */
 
-/* core.exec(opts, cb) -> id.  opts: argv, env ("K=V" array), cwd, timeout,
- * kill_grace, max_output, codes (table code -> status, plus `default`),
- * timeout_status. */
+/* core.exec(opts, cb [, on_output]) -> id.  opts: argv, env ("K=V"
+ * array), cwd, timeout (0: none), kill_grace, max_output, codes (table
+ * code -> status, plus `default`), timeout_status.  With on_output, output
+ * is passed to on_output(stream, bytes) as it arrives (1 stdout, 2
+ * stderr) instead of being kept. */
 static int l_core_exec(lua_State *L) {
   struct lcore *c = get_core(L);
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -250,7 +299,30 @@ static int l_core_exec(lua_State *L) {
     }
   }
   lua_pop(L, 1);
-  return started(L, c, sonde_exec_start(c->loop, &o, call_back, c), 2);
+  int streaming = !lua_isnoneornil(L, 3);
+  if (streaming) {
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    o.on_output = call_output;
+    o.output_arg = c;
+  }
+  uint64_t id = sonde_exec_start(c->loop, &o, call_back, c);
+  if (streaming && id) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &streams_key);
+    lua_pushvalue(L, 3);
+    lua_rawseti(L, -2, (lua_Integer)id);
+    lua_pop(L, 1);
+  }
+  return started(L, c, id, 2);
+}
+
+/* core.terminate(id, grace) -> boolean: SIGTERM the command's group,
+ * SIGKILL after grace seconds; its callback reports the end. */
+static int l_core_terminate(lua_State *L) {
+  struct lcore *c = get_core(L);
+  lua_Integer id = luaL_checkinteger(L, 1);
+  double grace = luaL_optnumber(L, 2, 10);
+  lua_pushboolean(L, sonde_exec_terminate(c->loop, (uint64_t)id, grace) == 0);
+  return 1;
 }
 
 /* core.http(opts, cb) -> id.  opts: url, method, body, headers (array of
@@ -326,9 +398,8 @@ static int l_core_cancel(lua_State *L) {
   struct lcore *c = get_core(L);
   lua_Integer id = luaL_checkinteger(L, 1);
   int was = sonde_loop_cancel(c->loop, (uint64_t)id);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, c);
-  lua_pushnil(L);
-  lua_rawseti(L, -2, id);
+  take_entry(L, c, (uint64_t)id);
+  take_entry(L, &streams_key, (uint64_t)id);
   lua_pushboolean(L, was);
   return 1;
 }
@@ -427,6 +498,52 @@ static int l_core_set_subreaper(lua_State *L) {
   return 1;
 }
 
+/* Key of the table of signal handlers, by signal number. */
+static const char signals_key = 'g';
+
+static void on_signal(evutil_socket_t signum, short what, void *arg) {
+  struct lcore *c = arg;
+  lua_State *L = c->L;
+  (void)what;
+  if (!L) return;
+  int top = lua_gettop(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &signals_key);
+  if (lua_rawgeti(L, -1, (lua_Integer)signum) == LUA_TFUNCTION) {
+    lua_pushinteger(L, (lua_Integer)signum);
+    protected_call(c, 1);
+  }
+  lua_settop(L, top);
+}
+
+/* core.on_signal(signum, fn | nil): call fn(signum) inside run() each time
+ * the signal arrives (libevent signal event), or stop watching it.  While
+ * watched, a signal keeps run() from returning. */
+static int l_core_on_signal(lua_State *L) {
+  struct lcore *c = get_core(L);
+  lua_Integer sig = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, sig > 0 && sig < NSIG && sig != SIGKILL && sig != SIGSTOP,
+                1, "not a signal that can be handled");
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &signals_key);
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, sig);
+  if (lua_isnoneornil(L, 2)) {
+    if (c->sig[sig]) event_free(c->sig[sig]);
+    c->sig[sig] = NULL;
+  } else if (!c->sig[sig]) {
+    c->sig[sig] = evsignal_new(sonde_loop_base(c->loop), (int)sig, on_signal, c);
+    if (!c->sig[sig] || evsignal_add(c->sig[sig], NULL) != 0)
+      return luaL_error(L, "sonde: cannot watch signal %d", (int)sig);
+  }
+  return 0;
+}
+
+/* core.reap_orphans() -> number reaped (see sonde_reap_orphans). */
+static int l_core_reap_orphans(lua_State *L) {
+  lua_pushinteger(L, sonde_reap_orphans(get_core(L)->loop));
+  return 1;
+}
+
 static int l_core_now(lua_State *L) {
   lua_pushnumber(L, sonde_now());
   return 1;
@@ -434,6 +551,9 @@ static int l_core_now(lua_State *L) {
 
 static int loop_gc(lua_State *L) {
   struct lcore *c = luaL_checkudata(L, 1, LOOP_MT);
+  for (int i = 0; i < NSIG; i++)
+    if (c->sig[i]) event_free(c->sig[i]);
+  memset(c->sig, 0, sizeof c->sig);
   if (c->loop) sonde_loop_free(c->loop);
   c->loop = NULL;
   return 0;
@@ -452,6 +572,9 @@ static const luaL_Reg core_funcs[] = {
     {"header_name", l_core_header_name},
     {"set_subreaper", l_core_set_subreaper},
     {"now", l_core_now},
+    {"terminate", l_core_terminate},
+    {"on_signal", l_core_on_signal},
+    {"reap_orphans", l_core_reap_orphans},
     {NULL, NULL}};
 
 int luaopen_sonde_core(lua_State *L);
@@ -459,8 +582,7 @@ int luaopen_sonde_core(lua_State *L);
 int luaopen_sonde_core(lua_State *L) {
   luaL_newlibtable(L, core_funcs);
   struct lcore *c = lua_newuserdatauv(L, sizeof *c, 0);
-  c->loop = NULL;
-  c->L = NULL;
+  memset(c, 0, sizeof *c);
   c->err_ref = LUA_NOREF;
   if (luaL_newmetatable(L, LOOP_MT)) {
     lua_pushcfunction(L, loop_gc);
@@ -472,7 +594,21 @@ int luaopen_sonde_core(lua_State *L) {
   lua_newtable(L);                        /* pending callbacks by id */
   lua_rawsetp(L, LUA_REGISTRYINDEX, c);
   luaL_setfuncs(L, core_funcs, 1);        /* upvalue: the loop userdata */
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &streams_key);
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &signals_key);
   lua_pushliteral(L, SONDE_VERSION);
   lua_setfield(L, -2, "version");
+  static const struct { const char *name; int num; } sigs[] = {
+      {"HUP", SIGHUP}, {"INT", SIGINT}, {"QUIT", SIGQUIT}, {"KILL", SIGKILL},
+      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM},
+      {"CHLD", SIGCHLD}, {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}};
+  lua_createtable(L, 0, (int)(sizeof sigs / sizeof sigs[0]));
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+    lua_pushinteger(L, sigs[i].num);
+    lua_setfield(L, -2, sigs[i].name);
+  }
+  lua_setfield(L, -2, "signals");
   return 1;
 }

@@ -29,16 +29,23 @@
 
 #define SONDE_MAX_OUTPUT_DEFAULT 10240 /* bytes, kubelet maxReadLength */
 
+/* Receives output as it arrives when set in sonde_exec_opts (services):
+ * `stream` is 1 for stdout, 2 for stderr.  Must not cancel the operation. */
+typedef void (*sonde_output_cb)(uint64_t id, int stream, const char *data,
+                                size_t len, void *arg);
+
 struct sonde_exec_opts {
   char *const *argv;     /* NULL-terminated; argv[0] without '/' is looked
                             up in PATH of envp (or the host's PATH) */
   char *const *envp;     /* NULL-terminated child environment */
   const char *cwd;       /* working directory, or NULL to inherit */
-  double timeout;        /* seconds, > 0 */
+  double timeout;        /* seconds; 0 = no deadline (services) */
   double kill_grace;     /* seconds between SIGTERM and SIGKILL */
   size_t max_output;     /* bytes of stdout+stderr kept */
   sonde_status codes[256];      /* status for each exit code */
   sonde_status timeout_status;  /* status of a timed-out run (failure) */
+  sonde_output_cb on_output;    /* stream output instead of keeping it */
+  void *output_arg;
 };
 
 /* Fill opts with the defaults: timeout 1 s, kill_grace 1 s, max_output
@@ -55,5 +62,16 @@ void sonde_exec_opts_init(struct sonde_exec_opts *opts);
 uint64_t sonde_exec_start(struct sonde_loop *loop,
                           const struct sonde_exec_opts *opts,
                           sonde_result_cb cb, void *arg);
+
+/*
+ * Stop a running command: SIGTERM to its process group, SIGKILL after
+ * `grace` seconds.  Its callback then reports how it ended (reason signal
+ * or exit_code; never timeout).  Returns 0, or -1 if `id` is not a running
+ * exec operation.
+ */
+int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace);
+
+/* 1 if pid is the leader of a running exec operation of this loop. */
+int sonde_exec_tracks(struct sonde_loop *loop, pid_t pid);
 
 #endif

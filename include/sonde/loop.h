@@ -57,6 +57,16 @@ uint64_t sonde_timer_start(struct sonde_loop *loop, double seconds,
  */
 int sonde_set_subreaper(int on);
 
+/*
+ * Reap children of this process that have exited and that nothing here
+ * owns: descendants re-parented to a subreaper (daemons that left their
+ * group, orphans of services).  A child is left alone when an exec
+ * operation owns it or when it is in this process's own process group
+ * (io.popen and os.execute children: their pclose/wait reaps them).
+ * Returns the number reaped.  The host calls this on SIGCHLD.
+ */
+int sonde_reap_orphans(struct sonde_loop *loop);
+
 /* Seconds on CLOCK_MONOTONIC. */
 double sonde_now(void);
 
