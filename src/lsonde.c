@@ -275,6 +275,9 @@ static int l_core_exec(lua_State *L) {
   struct lcore *c = get_core(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 3);               /* on_output or nil stays at index 3 */
+  int streaming = !lua_isnil(L, 3);
+  if (streaming) luaL_checktype(L, 3, LUA_TFUNCTION);
   struct sonde_exec_opts o;
   sonde_exec_opts_init(&o);
   o.argv = opt_strv(L, 1, "argv", 1);
@@ -299,9 +302,7 @@ static int l_core_exec(lua_State *L) {
     }
   }
   lua_pop(L, 1);
-  int streaming = !lua_isnoneornil(L, 3);
   if (streaming) {
-    luaL_checktype(L, 3, LUA_TFUNCTION);
     o.on_output = call_output;
     o.output_arg = c;
   }
