@@ -21,6 +21,7 @@
 #include <lua.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "sonde/sonde.h"
 
@@ -545,6 +546,14 @@ static int l_core_reap_orphans(lua_State *L) {
   return 1;
 }
 
+/* core.wall_time() -> seconds since the epoch, fractional (CLOCK_REALTIME) */
+static int l_core_wall_time(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
 static int l_core_now(lua_State *L) {
   lua_pushnumber(L, sonde_now());
   return 1;
@@ -573,6 +582,7 @@ static const luaL_Reg core_funcs[] = {
     {"header_name", l_core_header_name},
     {"set_subreaper", l_core_set_subreaper},
     {"now", l_core_now},
+    {"wall_time", l_core_wall_time},
     {"terminate", l_core_terminate},
     {"on_signal", l_core_on_signal},
     {"reap_orphans", l_core_reap_orphans},

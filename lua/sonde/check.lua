@@ -9,11 +9,34 @@ local fmt = string.format
 local mtype = math.type
 
 --- Raise a spec error for `field` at the user's call site.
--- @tparam table ctx `{ where = "sonde.exec", level = N }`
+-- @tparam table ctx `{ where = "sonde.exec", level = N, prefix = "exec." }`:
+-- `where` names the call or the probe, `prefix` is put before field paths
+-- (a handler inside a probe), `level` is the error level.
 function M.fail(ctx, field, reason, ...)
-  local msg = field and fmt("%s: %s: %s", ctx.where, field, fmt(reason, ...))
-    or fmt("%s: %s", ctx.where, fmt(reason, ...))
-  error(msg, ctx.level or 4)
+  local msg
+  if field then
+    msg = fmt("%s: %s%s: %s", ctx.where, ctx.prefix or "", field,
+      fmt(reason, ...))
+  elseif ctx.prefix then
+    msg = fmt("%s: %s %s", ctx.where, ctx.prefix:sub(1, -2), fmt(reason, ...))
+  else
+    msg = fmt("%s: %s", ctx.where, fmt(reason, ...))
+  end
+  error(msg, M.user_level())
+end
+
+--- The stack level (as error() counts it from its caller) of the first
+-- function outside sonde's own Lua files: the user's call site.
+function M.user_level()
+  local level = 2
+  while true do
+    local info = debug.getinfo(level + 1, "S")
+    if not info then return 1 end
+    if info.what ~= "C" and not info.source:find("sonde/[%w_]+%.lua$") then
+      return level
+    end
+    level = level + 1
+  end
 end
 
 local function show(v)

@@ -17,7 +17,10 @@
 --   * `reason`: one of `ok`, `exit_code`, `signal`, `timeout`, `not_found`,
 --     `permission`, `spawn`, `connect_refused`, `connect_timeout`, `dns`,
 --     `network`, `tls`, `http_status`, `redirect`, `protocol`, `config`,
---     `resource`, `cancelled`;
+--     `resource`, `cancelled`; declared probes add `hook_error` (a hook
+--     raised: status unknown), `check_error` (a custom check raised or
+--     returned nonsense: failure) and `check` (a custom check's own
+--     non-success verdict);
 --   * `output`: string (bytes), kubelet's human-readable output;
 --   * `duration`: seconds (monotonic clock);
 --   * `error`: detail text of a failure, or nil; `code`: errno / CURLcode.
@@ -87,11 +90,15 @@ local function await(where, start)
   return coroutine.yield()
 end
 
---- Run the event loop until no operation is pending.
+--- Run the event loop until no operation is pending.  Probes and
+-- services declared with `sonde.probe` / `sonde.service` start first (and
+-- keep the loop busy: it then runs until they are stopped).
 -- @return true
 -- @raise the error of a callback or task that failed (the loop stops
 -- there; call run() again to go on)
 function sonde.run()
+  local engine = package.loaded["sonde.engine"]
+  if engine then engine.start(engine.current) end
   return core.run()
 end
 
@@ -242,8 +249,9 @@ end
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)
-function sonde.exec(spec, callback)
-  local ctx = { where = "sonde.exec", level = 4 }
+local handlers = {}
+
+local function exec_prepare(ctx, spec)
   check.table(ctx, spec, "spec")
   check.known_keys(ctx, spec, EXEC_KEYS)
   if spec.command == nil then check.fail(ctx, "command", "is required") end
@@ -269,6 +277,13 @@ function sonde.exec(spec, callback)
   for i, k in ipairs(names) do
     opts.env[i] = k .. "=" .. (env[k] or os.getenv(k))
   end
+  return opts
+end
+
+handlers.exec = { prepare = exec_prepare, start = core.exec }
+
+function sonde.exec(spec, callback)
+  local opts = exec_prepare({ where = "sonde.exec", level = 5 }, spec)
   return dispatch("sonde.exec", function(cb) return core.exec(opts, cb) end,
     callback)
 end
@@ -409,8 +424,7 @@ end
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)
-function sonde.http_get(spec, callback)
-  local ctx = { where = "sonde.http_get", level = 4 }
+local function http_prepare(ctx, spec)
   check.table(ctx, spec, "spec")
   check.known_keys(ctx, spec, HTTP_KEYS)
   local tls = spec.tls
@@ -432,6 +446,13 @@ function sonde.http_get(spec, callback)
     tls_verify = tls and check.boolean(ctx, tls.verify, "tls.verify", false),
     ca_file = tls and check.string(ctx, tls.ca_file, "tls.ca_file"),
   }
+  return opts
+end
+
+handlers.http_get = { prepare = http_prepare, start = core.http }
+
+function sonde.http_get(spec, callback)
+  local opts = http_prepare({ where = "sonde.http_get", level = 5 }, spec)
   return dispatch("sonde.http_get", function(cb) return core.http(opts, cb) end,
     callback)
 end
@@ -448,8 +469,7 @@ local TCP_KEYS = { host = true, port = true, ports = true, timeout = true }
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)
-function sonde.tcp_socket(spec, callback)
-  local ctx = { where = "sonde.tcp_socket", level = 4 }
+local function tcp_prepare(ctx, spec)
   check.table(ctx, spec, "spec")
   check.known_keys(ctx, spec, TCP_KEYS)
   local ports = check.ports(ctx, spec.ports, "ports")
@@ -458,8 +478,46 @@ function sonde.tcp_socket(spec, callback)
     port = check.port(ctx, spec.port, ports, "port"),
     timeout = check.seconds(ctx, spec.timeout, "timeout", 1),
   }
+  return opts
+end
+
+handlers.tcp_socket = { prepare = tcp_prepare, start = core.tcp }
+
+function sonde.tcp_socket(spec, callback)
+  local opts = tcp_prepare({ where = "sonde.tcp_socket", level = 5 }, spec)
   return dispatch("sonde.tcp_socket", function(cb) return core.tcp(opts, cb) end,
     callback)
 end
+
+--- Declare a probe: see lua/sonde/probe.lua for the fields and the
+-- kubelet semantics.  Returns the probe object.
+-- @raise `probe "NAME": FIELD: reason` on a bad spec
+function sonde.probe(spec)
+  return require("sonde.engine").probe(spec)
+end
+
+--- Declare a supervised service: see lua/sonde/service.lua.
+-- Returns the service object (for `service =` in probes and
+-- `sonde.action.restart`).
+-- @raise `service "NAME": FIELD: reason` on a bad spec
+function sonde.service(spec)
+  return require("sonde.engine").service(spec)
+end
+
+setmetatable(sonde, { __index = function(t, k)
+  -- loaded on first use: sonde.action, sonde.log, sonde.k8s
+  if k == "action" or k == "log" or k == "k8s" then
+    local m = require("sonde." .. k)
+    rawset(t, k, m)
+    return m
+  end
+end })
+
+-- For the engine (lua/sonde/probe.lua): each handler's `prepare(ctx,
+-- spec) -> opts` (validation, raises) and `start(opts, cb) -> id`.
+sonde._handlers = handlers
+sonde._await = await
+sonde._is_task = is_task
+sonde._waiting = waiting
 
 return sonde

@@ -1,17 +1,15 @@
 /*
- * host/main.c - the `sonde` host binary: runs a Lua script on sonde's loop.
+ * host/main.c - the `sonde` host binary.
  *
- *   sonde SCRIPT.lua [ARGS...]
- *
- * The script runs as a sonde task (it may call the probers, sonde.sleep and
- * sonde.spawn directly), then the loop runs until no work is pending.  The
- * host finds its Lua modules relative to its own executable: in the build
+ * Sets up a Lua state with sonde.core linked in and hands the command line
+ * to lua/sonde/host.lua (`sonde --help` lists the commands).  The host
+ * finds its Lua modules relative to its own executable: in the build
  * tree (build/bin/sonde -> build/lib, lua/) and in an installed prefix
  * (PREFIX/bin/sonde -> PREFIX/lib/lua/5.4, PREFIX/share/lua/5.4), ahead of
  * LUA_PATH/LUA_CPATH and Lua's defaults.  `sonde.core` is linked in.
  *
- * Exit status: 0 when the script and the loop finished, 1 on an error
- * (printed with a traceback on stderr), 2 on a usage error.
+ * Exit status: what host.main returns; 1 on an uncaught error (printed
+ * with a traceback on stderr).
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
@@ -28,13 +26,6 @@
 #include "sonde/sonde.h"
 
 int luaopen_sonde_core(lua_State *L);
-
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: sonde SCRIPT.lua [ARGS...]\n"
-          "       sonde --version | --help\n"
-          "Runs SCRIPT on sonde's event loop until no work is pending.\n");
-}
 
 /* Directory of the running executable (malloc'd), or NULL. */
 static char *exe_dir(void) {
@@ -77,34 +68,23 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-/* Load the script and run it through sonde.main(fn, ...) (lua/sonde). */
-static int run_script(lua_State *L) {
-  const char *path = lua_tostring(L, 1);
-  int nargs = lua_gettop(L) - 1;
+/* host.main(args) -> exit code (lua/sonde/host.lua). */
+static int run_host(lua_State *L) {
+  int n = lua_gettop(L);
   lua_getglobal(L, "require");
-  lua_pushliteral(L, "sonde");
+  lua_pushliteral(L, "sonde.host");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "main");
-  if (luaL_loadfile(L, path) != LUA_OK) return lua_error(L);
-  for (int i = 0; i < nargs; i++) lua_pushvalue(L, 2 + i);
-  lua_call(L, 1 + nargs, 0);
-  return 0;
+  lua_createtable(L, n, 0);
+  for (int i = 1; i <= n; i++) {
+    lua_pushvalue(L, i);
+    lua_rawseti(L, -2, i);
+  }
+  lua_call(L, 1, 1);
+  return 1;
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) {
-    usage(stderr);
-    return 2;
-  }
-  if (strcmp(argv[1], "--version") == 0) {
-    printf("sonde %s (%s, %s)\n", SONDE_VERSION, LUA_RELEASE,
-           curl_version());
-    return 0;
-  }
-  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-    usage(stdout);
-    return 0;
-  }
   signal(SIGPIPE, SIG_IGN);
   lua_State *L = luaL_newstate();
   if (!L) {
@@ -117,20 +97,22 @@ int main(int argc, char **argv) {
   lua_pushcfunction(L, luaopen_sonde_core);
   lua_setfield(L, -2, "sonde.core");
   lua_pop(L, 1);
-  /* script args as the global `arg`, like lua.c */
-  lua_createtable(L, argc - 2, 2);
+  /* the command line as the global `arg`, like lua.c */
+  lua_createtable(L, argc, 1);
   for (int i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
-    lua_rawseti(L, -2, i - 1);
+    lua_rawseti(L, -2, i);
   }
   lua_setglobal(L, "arg");
   lua_pushcfunction(L, msgh);
-  lua_pushcfunction(L, run_script);
+  lua_pushcfunction(L, run_host);
   for (int i = 1; i < argc; i++) lua_pushstring(L, argv[i]);
-  int rc = lua_pcall(L, argc - 1, 0, 1);
-  if (rc != LUA_OK) {
+  int status = 1;
+  if (lua_pcall(L, argc - 1, 1, 1) != LUA_OK) {
     fprintf(stderr, "sonde: %s\n", lua_tostring(L, -1));
+  } else {
+    status = (int)luaL_optinteger(L, -1, 0);
   }
   lua_close(L);
-  return rc == LUA_OK ? 0 : 1;
+  return status;
 }

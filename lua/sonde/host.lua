@@ -1,0 +1,185 @@
+--- The `sonde` host's command line (called by src/host/main.c).
+--
+--   sonde [--log-format text|json] SCRIPT [ARGS...]
+--       run until SIGTERM/SIGINT; SIGHUP reloads SCRIPT
+--   sonde check SCRIPT        load and validate, list probes and services;
+--                             exit 0, or 2 with the error
+--   sonde once [--format text|json] SCRIPT [NAME...]
+--                             run each (named) probe once; exit 0 if all
+--                             succeeded (warnings included), 1 if any
+--                             failed, 3 if any was unknown and none failed
+--   sonde --version | --help
+--
+-- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
+-- script error, 3 unknown (once).
+-- @module sonde.host
+local core = require "sonde.core"
+local log = require "sonde.log"
+
+local M = {}
+
+local USAGE = [[
+usage: sonde [--log-format text|json] SCRIPT [ARGS...]
+       sonde check SCRIPT
+       sonde once [--format text|json] SCRIPT [NAME...]
+       sonde --version | --help
+
+  SCRIPT            run the probes and services the Lua script declares,
+                    until SIGTERM or SIGINT; SIGHUP reloads the script
+  check SCRIPT      load and validate only; list probes and services
+  once SCRIPT       run each probe (or each NAME) once and print results;
+                    exit 0 all succeeded, 1 a failure, 3 unknown only
+  --log-format F    event lines on stderr as text (default) or json
+  --format F        once: results as text (default) or json lines
+]]
+
+-- lua.c's convention for the script: arg[0] the script, arg[1..] its
+-- arguments (also passed as `...`).
+local function set_arg(script, args)
+  _G.arg = table.move(args, 1, #args, 1, { [0] = script })
+end
+
+local function err(fmt, ...)
+  io.stderr:write("sonde: ", string.format(fmt, ...), "\n")
+end
+
+local function cmd_check(script)
+  local engine = require "sonde.engine"
+  set_arg(script, {})
+  local cfg, e = engine.load(script, {})
+  if not cfg then err("%s", e) return 2 end
+  print(string.format("%s: %d service(s), %d probe(s)", script,
+    #cfg.services, #cfg.probes))
+  for _, s in ipairs(cfg.services) do
+    print(string.format("service %-20s %s", s.name,
+      table.concat(s.opts.argv, " ")))
+  end
+  for _, p in ipairs(cfg.probes) do
+    print(string.format("probe   %-20s %-9s %-10s period=%gs timeout=%gs "
+      .. "initial_delay=%gs success_threshold=%d failure_threshold=%d%s",
+      p.name, p.kind, p.handler, p.period, p.timeout, p.initial_delay,
+      p.success_threshold, p.failure_threshold,
+      p.service and (" service=" .. p.service.name) or ""))
+  end
+  return 0
+end
+
+local function cmd_once(script, names, format)
+  local engine = require "sonde.engine"
+  set_arg(script, {})
+  local cfg, e = engine.load(script, {})
+  if not cfg then err("%s", e) return 2 end
+  local results
+  local ok, nerr = engine.once(cfg, names, function(r) results = r end)
+  if not ok then err("%s", nerr) return 2 end
+  core.run()
+  local failed, unknown = false, false
+  for _, r in ipairs(results) do
+    if r.status == "failure" then failed = true end
+    if r.status == "unknown" then unknown = true end
+    if format == "json" then
+      io.stdout:write(log.json {
+        probe = r.probe, kind = r.kind, status = r.status, reason = r.reason,
+        output = r.output, duration = r.duration, time = r.time,
+        exit_code = r.exit_code, signal = r.signal,
+        http_status = r.http_status, error = r.error,
+      }, "\n")
+    else
+      io.stdout:write(string.format("%-20s %-8s %-16s %7.3fs  %s\n", r.probe,
+        r.status, r.reason, r.duration, log.escape_text(r.output or "")))
+    end
+  end
+  io.stdout:flush()
+  return failed and 1 or unknown and 3 or 0
+end
+
+local function cmd_run(script, args)
+  local engine = require "sonde.engine"
+  core.set_subreaper(true)
+  set_arg(script, args)
+  local cfg, e = engine.load(script, args)
+  if not cfg then err("%s", e) return 2 end
+  engine.current, engine.loading = cfg, cfg
+  if #cfg.services == 0 and #cfg.probes == 0 then
+    -- nothing declared: a plain script, run until its work is done
+    core.run()
+    return 0
+  end
+  log.event("info", "host_start", { script = script,
+    services = #cfg.services, probes = #cfg.probes })
+  local S = core.signals
+  local function shutdown(sig)
+    log.event("info", "host_stop", { script = script, signal = sig })
+    for _, s in ipairs { S.TERM, S.INT, S.HUP } do core.on_signal(s, nil) end
+    engine.stop(engine.current, function()
+      core.on_signal(S.CHLD, nil)
+      core.reap_orphans()
+    end)
+  end
+  core.on_signal(S.TERM, shutdown)
+  core.on_signal(S.INT, shutdown)
+  core.on_signal(S.CHLD, function() core.reap_orphans() end)
+  core.on_signal(S.HUP, function()
+    local new, lerr = engine.load(script, args)
+    if not new then
+      log.event("error", "reload", { status = "failed", error = lerr })
+      return
+    end
+    engine.apply(new)
+    log.event("info", "reload", { status = "ok",
+      services = #new.services, probes = #new.probes })
+  end)
+  engine.start(cfg)
+  core.run()
+  return 0
+end
+
+--- Run the command line `args` (argv without the program name).
+-- @treturn integer the exit code
+function M.main(args)
+  local i = 1
+  local function usage_error(fmt, ...)
+    err(fmt, ...)
+    io.stderr:write(USAGE)
+    return 2
+  end
+  while args[i] and args[i]:sub(1, 2) == "--" do
+    local a = args[i]
+    if a == "--version" then
+      print(string.format("sonde %s (%s)", core.version, _VERSION))
+      return 0
+    elseif a == "--help" then
+      io.stdout:write(USAGE)
+      return 0
+    elseif a == "--log-format" then
+      local f = args[i + 1]
+      if f ~= "text" and f ~= "json" then
+        return usage_error("--log-format takes text or json")
+      end
+      log.set_format(f)
+      i = i + 2
+    else
+      return usage_error("unknown option %s", a)
+    end
+  end
+  local cmd = args[i]
+  if cmd == nil then return usage_error("no script given") end
+  if cmd == "-h" then io.stdout:write(USAGE) return 0 end
+  if cmd == "check" and args[i + 1] then
+    return cmd_check(args[i + 1])
+  elseif cmd == "once" and args[i + 1] then
+    local j, format = i + 1, "text"
+    if args[j] == "--format" then
+      format = args[j + 1]
+      if format ~= "text" and format ~= "json" then
+        return usage_error("--format takes text or json")
+      end
+      j = j + 2
+    end
+    if not args[j] then return usage_error("once: no script given") end
+    return cmd_once(args[j], table.move(args, j + 1, #args, 1, {}), format)
+  end
+  return cmd_run(cmd, table.move(args, i + 1, #args, 1, {}))
+end
+
+return M

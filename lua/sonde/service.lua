@@ -1,0 +1,216 @@
+--- Supervised services: processes sonde starts, watches and restarts, the
+-- way the kubelet supervises containers.
+--
+--   sonde.service{
+--     name = "web",                       -- required, unique
+--     command = { "/usr/bin/prog", ... }, -- required; argv, no shell
+--     env = { K = "v" },                  -- environment (+ PATH)
+--     cwd = "/srv",
+--     restart = {
+--       policy = "always",   -- "always" | "on-failure" | "never"
+--       backoff = 10,        -- seconds before the 2nd restart, doubling
+--       max_backoff = 300,   -- seconds, the cap
+--       reset_after = 600,   -- seconds of running that reset the back-off
+--     },
+--     grace = 30,            -- seconds between SIGTERM and SIGKILL
+--   }
+--
+-- The process runs in a new process group; its stdout and stderr go to the
+-- log line by line (`service_output`).  When it exits it is restarted
+-- (policy permitting) with the kubelet's back-off: the first restart at
+-- once, then `backoff` seconds doubling up to `max_backoff`; after it ran
+-- `reset_after` seconds the count starts again.  A liveness or startup
+-- probe that fails restarts it the same way (SIGTERM to the group, SIGKILL
+-- after `grace`).  Stopping it (host shutdown) sends SIGTERM, then SIGKILL
+-- after `grace`, and does not restart it.
+-- @module sonde.service
+local core = require "sonde.core"
+local check = require "sonde.check"
+local log = require "sonde.log"
+
+local M = {}
+local Service = {}
+Service.__index = Service
+M.Service = Service
+
+local KEYS = { name = true, command = true, env = true, cwd = true,
+               restart = true, grace = true }
+local RESTART_KEYS = { policy = true, backoff = true, max_backoff = true,
+                       reset_after = true }
+local POLICIES = { always = true, ["on-failure"] = true, never = true }
+local MAX_LINE = 4096
+
+--- Validate a service spec and make the (not yet started) service.
+-- @raise naming the service and the field
+function M.new(spec)
+  local ctx = { where = "sonde.service" }
+  check.table(ctx, spec, "spec")
+  if type(spec.name) ~= "string" or spec.name == "" then
+    check.fail(ctx, "name", "must be a non-empty string")
+  end
+  ctx.where = string.format("service %q", spec.name)
+  check.known_keys(ctx, spec, KEYS)
+  if spec.command == nil then check.fail(ctx, "command", "is required") end
+  local r = spec.restart or {}
+  check.table(ctx, r, "restart")
+  check.known_keys(ctx, r, RESTART_KEYS, "restart")
+  local policy = check.string(ctx, r.policy, "restart.policy", "always")
+  if not POLICIES[policy] then
+    check.fail(ctx, "restart.policy", "must be always, on-failure or never, "
+      .. "got %s", check.show(policy))
+  end
+  local sonde = require "sonde"
+  -- the exec prober's validation and environment rules
+  local opts = sonde._handlers.exec.prepare(ctx, { command = spec.command,
+    env = spec.env, cwd = spec.cwd })
+  opts.timeout = 0                   -- no deadline: it runs until it ends
+  local self = setmetatable({
+    name = spec.name,
+    spec = spec,
+    opts = opts,
+    policy = policy,
+    backoff = check.seconds(ctx, r.backoff, "restart.backoff", 10, true),
+    max_backoff = check.seconds(ctx, r.max_backoff, "restart.max_backoff",
+      300, true),
+    reset_after = check.seconds(ctx, r.reset_after, "restart.reset_after",
+      600, true),
+    grace = check.seconds(ctx, spec.grace, "grace", 30, true),
+    state = "new",            -- new, running, backoff, stopping, stopped
+    instance = 0,             -- counts starts
+    restarts = 0,             -- total restarts
+    streak = 0,               -- restarts since the back-off was reset
+    probes = {},
+  }, Service)
+  return self
+end
+
+function Service:attach(probe)
+  self.probes[#self.probes + 1] = probe
+end
+
+function Service:detach(probe)
+  for i, p in ipairs(self.probes) do
+    if p == probe then table.remove(self.probes, i) return end
+  end
+end
+
+--- The startup probe of this service, if any.
+function Service:startup_probe()
+  for _, p in ipairs(self.probes) do
+    if p.kind == "startup" and not p.stopped then return p end
+  end
+end
+
+-- Line-buffer one stream's output into the log.
+local function output_sink(self)
+  local partial = { "", "" }
+  return function(stream, data)
+    local buf = partial[stream] .. data
+    for line in buf:gmatch("([^\n]*)\n") do
+      log.event("info", "service_output", { service = self.name,
+        stream = stream == 1 and "stdout" or "stderr",
+        line = line:sub(1, MAX_LINE) })
+    end
+    buf = buf:match("([^\n]*)$")
+    if #buf > MAX_LINE then
+      log.event("info", "service_output", { service = self.name,
+        stream = stream == 1 and "stdout" or "stderr", line = buf })
+      buf = ""
+    end
+    partial[stream] = buf
+  end, partial
+end
+
+--- Start the process now (state new, backoff or stopped).
+function Service:start()
+  if self.state == "running" or self.state == "stopping" then return end
+  self.instance = self.instance + 1
+  self.started_at = core.now()
+  self.restart_why = nil
+  local sink, partial = output_sink(self)
+  local instance = self.instance
+  self.op = core.exec(self.opts, function(r)
+    for s = 1, 2 do
+      if partial[s] ~= "" then sink(s, "\n") end
+    end
+    self:exited(r, instance)
+  end, sink)
+  self.state = "running"
+  self.pid = nil
+  log.event("info", "service_start", { service = self.name,
+    instance = instance, command = table.concat(self.opts.argv, " ") })
+  for _, p in ipairs(self.probes) do p:instance_started() end
+end
+
+function Service:exited(r, instance)
+  local uptime = core.now() - self.started_at
+  self.op = nil
+  self.pid = r.pid
+  log.event(r.reason == "ok" and "info" or "warn", "service_exit", {
+    service = self.name, pid = r.pid, instance = instance,
+    exit_code = r.exit_code, signal = r.signal, status = r.status,
+    reason = r.reason, uptime = uptime,
+    error = r.reason ~= "exit_code" and r.reason ~= "ok" and r.reason ~= "signal"
+      and r.output or nil })
+  for _, p in ipairs(self.probes) do p:instance_stopped() end
+  if self.state == "stopping" then
+    self.state = "stopped"
+    log.event("info", "service_stop", { service = self.name })
+    local waiters = self.stop_waiters or {}
+    self.stop_waiters = nil
+    for _, f in ipairs(waiters) do f() end
+    return
+  end
+  local why = self.restart_why or "exit"
+  if why == "exit" and (self.policy == "never" or
+      (self.policy == "on-failure" and r.exit_code == 0)) then
+    self.state = "stopped"
+    return
+  end
+  if uptime >= self.reset_after then self.streak = 0 end
+  local delay = self.streak == 0 and 0
+    or math.min(self.backoff * 2 ^ (self.streak - 1), self.max_backoff)
+  self.streak = self.streak + 1
+  self.restarts = self.restarts + 1
+  self.state = "backoff"
+  log.event("info", "service_restart", { service = self.name, delay = delay,
+    restarts = self.restarts, why = why })
+  self.timer = core.timer(delay, function()
+    self.timer = nil
+    if self.state == "backoff" then self:start() end
+  end)
+end
+
+--- Restart the process (liveness / startup failure, an action): SIGTERM
+-- to its group, SIGKILL after `grace`; it is started again, with back-off,
+-- once it has exited.
+-- @tparam string why "liveness", "startup", "action"...
+function Service:restart(why)
+  if self.state == "running" and self.op then
+    self.restart_why = why
+    core.terminate(self.op, self.grace)
+  end
+end
+
+--- Stop the process for good (SIGTERM, SIGKILL after grace); `done()` is
+-- called once it has exited (at once if it is not running).
+function Service:stop(done)
+  if self.timer then core.cancel(self.timer) self.timer = nil end
+  if self.state == "running" and self.op then
+    self.state = "stopping"
+    self.stop_waiters = self.stop_waiters or {}
+    if done then table.insert(self.stop_waiters, done) end
+    core.terminate(self.op, self.grace)
+  else
+    if self.state ~= "stopping" then self.state = "stopped" end
+    if done then
+      if self.state == "stopping" then
+        table.insert(self.stop_waiters, done)
+      else
+        done()
+      end
+    end
+  end
+end
+
+return M
