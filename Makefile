@@ -104,12 +104,12 @@ check: deps
 
 demo: deps
 	$(MAKE) all $(FIXTURE)
-	@set -e; log=$$(mktemp); \
+	@log=$$(mktemp); \
 	$(FIXTURE) --max-seconds 60 > $$log & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; rm -f $$log' EXIT; \
 	for i in 1 2 3 4 5 6 7 8 9 10; do grep -q PORT $$log && break; sleep 0.2; done; \
-	port=$$(sed -n 's/^PORT //p' $$log); rm -f $$log; \
-	$(HOST) examples/demo.lua http://127.0.0.1:$$port; rc=$$?; \
-	kill $$pid; wait $$pid 2>/dev/null || true; exit $$rc
+	port=$$(sed -n 's/^PORT //p' $$log); \
+	$(HOST) examples/demo.lua http://127.0.0.1:$$port
 
 env:
 	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'

@@ -26,15 +26,26 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
   r->code = (int)code;
   switch (code) {
   case CURLE_OPERATION_TIMEDOUT:
-    r->reason = (connect_only || connected == 0) ? SONDE_R_CONNECT_TIMEOUT
-                                                 : SONDE_R_TIMEOUT;
+    /* curl says "Connection timed out" while the TCP connect is pending */
+    if (connect_only || (connected == 0 && errbuf &&
+                         strncmp(errbuf, "Connection timed out", 20) == 0))
+      r->reason = SONDE_R_CONNECT_TIMEOUT;
+    else if (errbuf && strstr(errbuf, "SSL"))
+      r->reason = SONDE_R_TLS;      /* the TLS handshake did not finish */
+    else
+      r->reason = SONDE_R_TIMEOUT;
     break;
   case CURLE_COULDNT_RESOLVE_HOST:
     r->reason = SONDE_R_DNS;
     break;
   case CURLE_COULDNT_CONNECT:
-    r->reason = oserr == ECONNREFUSED ? SONDE_R_CONNECT_REFUSED
-                                      : SONDE_R_NETWORK;
+    if (oserr == EMFILE || oserr == ENFILE || oserr == ENOBUFS) {
+      r->status = SONDE_UNKNOWN;    /* the engine's trouble, not the target's */
+      r->reason = SONDE_R_RESOURCE;
+    } else {
+      r->reason = oserr == ECONNREFUSED ? SONDE_R_CONNECT_REFUSED
+                                        : SONDE_R_NETWORK;
+    }
     break;
   case CURLE_SSL_CONNECT_ERROR:
   case CURLE_PEER_FAILED_VERIFICATION:
@@ -54,10 +65,12 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
   case CURLE_HTTP2_STREAM:
   case CURLE_BAD_CONTENT_ENCODING:
   case CURLE_TOO_MANY_REDIRECTS:
+  /* URLs are checked when the spec is; these come from what the server
+   * sent (an HTTP/0.9 or HTTP/2-preface reply, a bad status line). */
+  case CURLE_UNSUPPORTED_PROTOCOL:
+  case CURLE_URL_MALFORMAT:
     r->reason = SONDE_R_PROTOCOL;
     break;
-  case CURLE_URL_MALFORMAT:
-  case CURLE_UNSUPPORTED_PROTOCOL:
   case CURLE_BAD_FUNCTION_ARGUMENT:
     r->reason = SONDE_R_CONFIG;
     break;

@@ -56,6 +56,7 @@ struct exec_op {
   int wstatus;
   int timed_out;
   int term_sent;
+  int lost;                  /* the exit status could not be collected */
   double kill_grace;
   sonde_status codes[256];
   sonde_status timeout_status;
@@ -136,10 +137,10 @@ static void finish(struct exec_op *x) {
   }
   r->pid = x->pid;
   r->truncated = x->truncated;
-  if (x->exited && WIFEXITED(x->wstatus)) {
+  if (x->exited && !x->lost && WIFEXITED(x->wstatus)) {
     r->exited = 1;
     r->exit_code = WEXITSTATUS(x->wstatus);
-  } else if (x->exited && WIFSIGNALED(x->wstatus)) {
+  } else if (x->exited && !x->lost && WIFSIGNALED(x->wstatus)) {
     r->signal = WTERMSIG(x->wstatus);
   }
   if (x->timed_out) {
@@ -151,6 +152,12 @@ static void finish(struct exec_op *x) {
                            x->cmdline ? x->cmdline : "", d);
     if (r->output_len == 0 && r->error)
       sonde_result_set_output(r, r->error, strlen(r->error));
+  } else if (x->lost) {
+    r->status = SONDE_UNKNOWN;
+    r->reason = SONDE_R_RESOURCE;
+    r->exited = 0;
+    sonde_result_set_error(r, "the exit status was lost (reaped elsewhere; "
+                              "is SIGCHLD ignored?)");
   } else if (r->exited) {
     r->status = x->codes[r->exit_code & 255];
     r->reason = r->status == SONDE_SUCCESS ? SONDE_R_OK : SONDE_R_EXIT_CODE;
@@ -218,6 +225,7 @@ static void on_leader_exit(struct exec_op *x) {
   do p = waitpid(x->pid, &x->wstatus, 0);
   while (p < 0 && errno == EINTR);
   x->exited = 1;
+  x->lost = p < 0;   /* ECHILD: someone else reaped it (SIGCHLD ignored?) */
   if (x->exit_ev) event_free(x->exit_ev);
   x->exit_ev = NULL;
   if (x->pidfd >= 0) close(x->pidfd);
@@ -385,11 +393,21 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
     if (!path) return fail_now(x, errno, argv0);
   } else {
     /* Checked here too, so that not_found/permission do not depend on how
-     * the C library's posix_spawn reports exec errors. */
+     * the C library's posix_spawn reports exec errors.  A relative path
+     * is relative to cwd, where the child runs. */
+    char *full = NULL;
+    if (argv0[0] != '/' && o->cwd &&
+        asprintf(&full, "%s/%s", o->cwd, argv0) < 0)
+      full = NULL;
+    const char *check = full ? full : argv0;
     struct stat st;
-    if (stat(argv0, &st) != 0) return fail_now(x, errno, argv0);
-    if (!S_ISREG(st.st_mode) || access(argv0, X_OK) != 0)
-      return fail_now(x, EACCES, argv0);
+    int err = 0;
+    if (stat(check, &st) != 0)
+      err = errno;
+    else if (!S_ISREG(st.st_mode) || access(check, X_OK) != 0)
+      err = EACCES;
+    free(full);
+    if (err) return fail_now(x, err, argv0);
   }
   if (o->cwd) {
     struct stat st;
@@ -402,9 +420,14 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
     if (pipe2(fds[i], O_CLOEXEC) != 0) {
       int err = errno;
       free(path);
-      for (int j = 0; j < i; j++) { close(fds[j][0]); close(fds[j][1]); }
+      for (int j = 0; j < i; j++) {
+        close(fds[j][0]);
+        close(fds[j][1]);
+      }
       return fail_now(x, err, "pipe");
     }
+  }
+  for (int i = 0; i < 2; i++) {
     x->out[i].fd = fds[i][0];
     fcntl(fds[i][0], F_SETFL, fcntl(fds[i][0], F_GETFL) | O_NONBLOCK);
   }

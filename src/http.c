@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <strings.h>
 
 #include "internal.h"
 #include "sonde/http.h"
@@ -144,9 +144,10 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg) {
     memcpy(h->rbody + h->rbody_len, data, keep);
     h->rbody_len += keep;
   }
-  if (h->rbody_len < h->max_body) return n;
-  /* kubelet: reaching the cap is not an error.  Stop the transfer here
-   * (curl ends it with CURLE_WRITE_ERROR, which on_done forgives). */
+  if (keep == n) return n;
+  /* kubelet: reaching the cap is not an error.  Bytes beyond it arrived:
+   * stop the transfer here (curl ends it with CURLE_WRITE_ERROR, which
+   * on_done forgives). */
   h->capped = 1;
   return 0;
 }
@@ -188,16 +189,6 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
   rh[h->nrh].value = value;
   h->nrh++;
   return n;
-}
-
-/* kubelet dialer: SO_LINGER {on, 1 s} so closed probe sockets do not sit in
- * TIME_WAIT for a minute. */
-static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose) {
-  struct linger lg = {1, 1};
-  (void)arg;
-  if (purpose == CURLSOCKTYPE_IPCXN)
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  return CURL_SOCKOPT_OK;
 }
 
 /* ---- the operation -------------------------------------------------------- */
@@ -396,6 +387,7 @@ static int start_hop(struct http_op *h) {
     sonde_result_set_error(r, "timeout after redirect");
     return -1;
   }
+  if (left > SONDE_MAX_SECONDS) left = SONDE_MAX_SECONDS;
   long ms = (long)(left * 1000);
   if (ms < 1) ms = 1;
   h->capped = 0;
@@ -484,6 +476,8 @@ static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
     err = append(&l, "Connection: close");
   if (!err && o->body && !find_header(o, "Expect"))
     err = append(&l, "Expect:");
+  if (!err && o->body && !find_header(o, "Content-Type"))
+    err = append(&l, "Content-Type:");  /* no form-urlencoded default */
   if (err) {
     curl_slist_free_all(l);
     return -2;
@@ -547,19 +541,18 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   curl_easy_setopt(e, CURLOPT_WRITEDATA, h);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
-  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->tls_verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->tls_verify ? 2L : 0L);
   if (o->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
-  if (strcmp(h->method, "HEAD") == 0) {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else if (strcmp(h->method, "GET") != 0) {
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, h->method);
-  }
   if (h->body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)h->body_len);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, h->body);
   }
+  /* POSTFIELDS alone would make it a POST: say the method explicitly. */
+  if (strcmp(h->method, "HEAD") == 0)
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  else if (strcmp(h->method, "GET") != 0 || h->body)
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, h->method);
   if (start_hop(h) != 0) {
     sonde_result_set_output(r, r->error ? r->error : "",
                             r->error ? strlen(r->error) : 0);

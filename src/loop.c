@@ -31,6 +31,15 @@ int sonde_set_subreaper(int on) {
 }
 
 struct sonde_loop *sonde_loop_new(struct event_base *base) {
+  /* With SIGCHLD ignored the kernel reaps children itself and no exit
+   * status can be had: give it back its default (which also ignores it,
+   * but keeps the status for waitpid). */
+  struct sigaction sa;
+  if (sigaction(SIGCHLD, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) {
+    sa.sa_handler = SIG_DFL;
+    sa.sa_flags &= ~SA_NOCLDWAIT;
+    sigaction(SIGCHLD, &sa, NULL);
+  }
   struct sonde_loop *loop = calloc(1, sizeof *loop);
   if (!loop) return NULL;
   loop->next_id = 1;
@@ -129,7 +138,8 @@ int sonde_loop_cancel(struct sonde_loop *loop, uint64_t id) {
 
 void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
                           double seconds) {
-  if (seconds < 0) seconds = 0;
+  if (!(seconds >= 0)) seconds = 0;
+  if (seconds > SONDE_MAX_SECONDS) seconds = SONDE_MAX_SECONDS;
   struct timeval tv;
   tv.tv_sec = (time_t)seconds;
   tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);

@@ -14,6 +14,7 @@
  * traceback; an error stops the loop and run() raises it.
  */
 #define _GNU_SOURCE
+#include <curl/curl.h>
 #include <errno.h>
 #include <signal.h>
 #include <event2/event.h>
@@ -293,7 +294,7 @@ static int l_core_exec(lua_State *L) {
   if (lua_getfield(L, 1, "codes") == LUA_TTABLE) {
     if (lua_getfield(L, -1, "default") == LUA_TSTRING) {
       sonde_status d = status_of(L, lua_tostring(L, -1));
-      for (int i = 1; i < 256; i++) o.codes[i] = d;
+      for (int i = 0; i < 256; i++) o.codes[i] = d;
     }
     lua_pop(L, 1);
     for (int i = 0; i < 256; i++) {
@@ -472,6 +473,33 @@ static int l_core_format_url(lua_State *L) {
   return 1;
 }
 
+/* core.parse_url(url) -> host, port|nil  or  nil, error text.  Parsed by
+ * libcurl's URL API, as the transfer will parse it. */
+static int l_core_parse_url(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  CURLU *u = curl_url();
+  char *host = NULL, *port = NULL;
+  if (!u) return luaL_error(L, "sonde: out of memory");
+  CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
+  if (rc == CURLUE_OK) rc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+  if (rc != CURLUE_OK || !host || !*host) {
+    luaL_pushfail(L);
+    lua_pushstring(L, rc != CURLUE_OK ? curl_url_strerror(rc) : "no host");
+    curl_free(host);
+    curl_url_cleanup(u);
+    return 2;
+  }
+  lua_pushstring(L, host);
+  if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK && port)
+    lua_pushinteger(L, strtol(port, NULL, 10));
+  else
+    lua_pushnil(L);
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return 2;
+}
+
 /* core.header_name(name) -> canonical name, or nil if invalid */
 static int l_core_header_name(lua_State *L) {
   size_t n;
@@ -579,6 +607,7 @@ static const luaL_Reg core_funcs[] = {
     {"pending", l_core_pending},
     {"expand", l_core_expand},
     {"format_url", l_core_format_url},
+    {"parse_url", l_core_parse_url},
     {"header_name", l_core_header_name},
     {"set_subreaper", l_core_set_subreaper},
     {"now", l_core_now},

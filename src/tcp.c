@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "internal.h"
 #include "sonde/tcp.h"
@@ -22,7 +21,7 @@ struct tcp_op {
   struct sonde_curl_owner owner;
   CURL *easy;
   int in_multi;
-  char target[300];          /* "host:port" as given, for messages */
+  char *target;              /* "host:port" as given, for messages */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -34,18 +33,11 @@ static void tcp_release(struct sonde_op *op, int cancelled) {
     curl_easy_cleanup(t->easy);
   }
   t->easy = NULL;
+  free(t->target);
+  t->target = NULL;
 }
 
 static const struct sonde_op_vtable tcp_vt = {"tcp", tcp_release};
-
-/* kubelet dialer: SO_LINGER {on, 1 s}. */
-static int on_sockopt(void *arg, curl_socket_t fd, curlsocktype purpose) {
-  struct linger lg = {1, 1};
-  (void)arg;
-  (void)purpose;
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  return CURL_SOCKOPT_OK;
-}
 
 static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   struct tcp_op *t = (struct tcp_op *)(void *)((char *)owner -
@@ -87,26 +79,33 @@ uint64_t sonde_tcp_start(struct sonde_loop *loop,
     free(t);
     return 0;
   }
-  uint64_t id = sonde_op_start(loop, &t->op, cb, arg);
   int v6 = strchr(o->host, ':') != NULL;
-  char url[320];
-  snprintf(t->target, sizeof t->target, "%s%s%s:%ld", v6 ? "[" : "", o->host,
-           v6 ? "]" : "", o->port);
-  snprintf(url, sizeof url, "http://%s/", t->target);
-  long ms = (long)(o->timeout * 1000);
+  char *url = NULL;
+  if (asprintf(&t->target, "%s%s%s:%ld", v6 ? "[" : "", o->host,
+               v6 ? "]" : "", o->port) < 0)
+    t->target = NULL;
+  if (!t->target || asprintf(&url, "http://%s/", t->target) < 0) {
+    curl_easy_cleanup(t->easy);
+    free(t->target);
+    free(t);
+    return 0;
+  }
+  uint64_t id = sonde_op_start(loop, &t->op, cb, arg);
+  double secs = o->timeout > SONDE_MAX_SECONDS ? SONDE_MAX_SECONDS : o->timeout;
+  long ms = (long)(secs * 1000);
   if (ms < 1) ms = 1;
   CURL *e = t->easy;
   curl_easy_setopt(e, CURLOPT_PRIVATE, &t->owner);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
-  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_URL, url);   /* curl copies it */
+  free(url);
   curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
   curl_easy_setopt(e, CURLOPT_PROXY, "");
   curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
   curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms);
-  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
   if (curl_multi_add_handle(loop->multi, e) != CURLM_OK) {
     t->op.res.status = SONDE_UNKNOWN;
     t->op.res.reason = SONDE_R_RESOURCE;

@@ -15,10 +15,16 @@
 #include "sonde/result.h"
 
 struct event_base;
+
+/* The longest wait any timer or timeout takes, in seconds (about 31
+ * years); longer ones are clamped. */
+#define SONDE_MAX_SECONDS 1e9
 struct sonde_loop;
 
 /* Create a loop on `base`, or on a new base of its own when `base` is NULL
- * (freed with the loop).  Calls curl_global_init on first use.
+ * (freed with the loop).  Calls curl_global_init on first use.  If SIGCHLD
+ * is ignored (inherited SIG_IGN), its default disposition is restored:
+ * otherwise no command's exit status could be collected.
  * Returns NULL when out of memory or libcurl/libevent fail to initialise. */
 struct sonde_loop *sonde_loop_new(struct event_base *base);
 

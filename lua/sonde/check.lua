@@ -62,19 +62,43 @@ function M.table(ctx, v, field)
   return v
 end
 
-function M.string(ctx, v, field, default)
+--- A string; NUL bytes are refused unless `allow_nul` (they would cut
+-- the value short in C).
+function M.string(ctx, v, field, default, allow_nul)
   if v == nil then return default end
   if type(v) ~= "string" then
     M.fail(ctx, field, "must be a string, got %s", type(v))
   end
+  if not allow_nul and v:find("\0", 1, true) then
+    M.fail(ctx, field, "must not contain a NUL byte")
+  end
   return v
 end
 
---- A number in seconds (fractional allowed), > 0 unless `allow_zero`.
+--- Check that `t` is an array: keys exactly 1..#t.
+function M.array(ctx, t, field)
+  M.table(ctx, t, field)
+  local n = #t
+  for k in pairs(t) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      M.fail(ctx, field, "must be an array (bad key %s)", show(k))
+    end
+  end
+  return t
+end
+
+M.MAX_SECONDS = 1e9   -- about 31 years (SONDE_MAX_SECONDS)
+
+--- A number in seconds (fractional allowed), > 0 unless `allow_zero`, at
+-- most 1e9.
 function M.seconds(ctx, v, field, default, allow_zero)
   if v == nil then return default end
   if type(v) ~= "number" or v ~= v or v == math.huge then
     M.fail(ctx, field, "must be a number of seconds, got %s", show(v))
+  end
+  if v > M.MAX_SECONDS then
+    M.fail(ctx, field, "must be at most %g seconds, got %s", M.MAX_SECONDS,
+      show(v))
   end
   if v < 0 or (v == 0 and not allow_zero) then
     M.fail(ctx, field, "must be %s, got %s", allow_zero and ">= 0" or "> 0",
@@ -145,7 +169,7 @@ end
 --- kubelet container ports: array of `{ name = "http", port = 8080 }`.
 function M.ports(ctx, v, field)
   if v == nil then return nil end
-  M.table(ctx, v, field)
+  M.array(ctx, v, field)
   for i, p in ipairs(v) do
     local f = fmt("%s[%d]", field, i)
     M.table(ctx, p, f)
@@ -179,7 +203,8 @@ function M.port(ctx, v, ports, field)
   return M.port_number(ctx, v, field)
 end
 
---- A host name or IP literal; IPv6 is given bare ("::1"), not in brackets.
+--- A host name or IP literal; IPv6 is given bare ("::1"), not in brackets
+-- (an IPv6 zone is allowed: "fe80::1%eth0").
 function M.host(ctx, v, field, default)
   v = M.string(ctx, v, field, default)
   if v == "" then return default end
@@ -187,7 +212,12 @@ function M.host(ctx, v, field, default)
     M.fail(ctx, field, "IPv6 addresses are given without brackets, got %s",
       show(v))
   end
-  if v:find("[%s/?#@%z]") then
+  local colons = select(2, v:gsub(":", ""))
+  if colons == 1 then
+    M.fail(ctx, field, "must not include a port (use port), got %s", show(v))
+  end
+  if #v > 253 or not v:find("^[%w%.%-_:%%]+$") or
+      (colons > 1 and not v:find("^[%x:%.]+%%?[%w%.%-_]*$")) then
     M.fail(ctx, field, "not a host name or IP address: %s", show(v))
   end
   return v

@@ -45,6 +45,7 @@ local is_task = setmetatable({}, { __mode = "k" })
 local waiting = setmetatable({}, { __mode = "k" })
 
 local function resume(co, ...)
+  if coroutine.status(co) ~= "suspended" then return end  -- closed by user
   local ok, err = coroutine.resume(co, ...)
   if not ok then
     error(debug.traceback(co, tostring(err)), 0)
@@ -169,7 +170,8 @@ end
 local function dispatch(where, start, cb)
   if cb ~= nil then
     if type(cb) ~= "function" then
-      error(fmt("%s: callback must be a function, got %s", where, type(cb)), 3)
+      check.fail({ where = where }, nil, "callback must be a function, got %s",
+        type(cb))
     end
     return start(cb)
   end
@@ -307,26 +309,16 @@ local function http_headers(ctx, h)
       check.fail(ctx, field .. ".name", "invalid header name %s (letters, "
         .. "digits and '-' only)", check.show(name))
     end
-    if type(value) ~= "string" then
-      check.fail(ctx, field .. ".value", "must be a string, got %s",
-        type(value))
-    end
+    check.string(ctx, value, field .. ".value")
     out[#out + 1] = { name = canon, value = value }
   end
-  if #h > 0 or next(h) == nil then
+  if next(h) == nil or math.type(next(h)) == "integer" or #h > 0 then
+    check.array(ctx, h, "headers")
     for i, e in ipairs(h) do
       local f = fmt("headers[%d]", i)
       check.table(ctx, e, f)
       check.known_keys(ctx, e, { name = true, value = true }, f)
       add(f, e.name, e.value)
-    end
-    if #out ~= #h or next(h, #h > 0 and #h or nil) ~= nil then
-      for k in pairs(h) do
-        if math.type(k) ~= "integer" then
-          check.fail(ctx, "headers", "mixes an array and a map (key %s)",
-            check.show(k))
-        end
-      end
     end
   else
     local names = {}
@@ -360,6 +352,9 @@ local function http_url(ctx, spec)
       end
     end
     local url = check.string(ctx, spec.url, "url")
+    if #url > 8192 then
+      check.fail(ctx, "url", "is longer than 8192 bytes")
+    end
     local scheme, rest = url:match("^(%a[%w+.-]*)://(.+)$")
     if not scheme or not rest:match("^[^/?#]") then
       check.fail(ctx, "url", "must be an absolute http:// or https:// URL, "
@@ -371,6 +366,13 @@ local function http_url(ctx, spec)
     end
     if url:find("[%z\1-\32\127]") then
       check.fail(ctx, "url", "must not contain spaces or control characters")
+    end
+    local host, port = core.parse_url(url)
+    if not host then
+      check.fail(ctx, "url", "%s: %s", port, check.show(url))
+    end
+    if port and (port < 1 or port > 65535) then
+      check.fail(ctx, "url", "port must be 1..65535, got %d", port)
     end
     return url
   end
@@ -439,7 +441,7 @@ local function http_prepare(ctx, spec)
   local opts = {
     url = http_url(ctx, spec),
     method = method:upper(),
-    body = check.string(ctx, spec.body, "body"),
+    body = check.string(ctx, spec.body, "body", nil, true),
     headers = http_headers(ctx, spec.headers),
     timeout = check.seconds(ctx, spec.timeout, "timeout", 1),
     max_body = check.count(ctx, spec.max_body, "max_body", 10240),
