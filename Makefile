@@ -3,7 +3,8 @@
 #   make              build build/lib/sonde/core.so and build/bin/sonde
 #   make check        build, then run the busted suite under Lua 5.4
 #   make check SANITIZE=1   the same with AddressSanitizer + UBSan
-#   make demo         run the built-in example
+#   make demo         run the liveness-exec example (about 40 s)
+#   make demo-probes  run ten probes at once against a local server
 #   make env          print LUA_PATH/LUA_CPATH exports for plain lua5.4
 #   make install PREFIX=/usr/local
 #
@@ -53,7 +54,7 @@ MODULE      := $(BUILD)/lib/sonde/core.so
 HOST        := $(BUILD)/bin/sonde
 FIXTURE     := $(BUILD)/test/fixture-server
 
-.PHONY: all check demo env install clean format-check
+.PHONY: all check demo demo-probes env install clean format-check
 all: $(MODULE) $(HOST)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h
@@ -102,14 +103,24 @@ check: deps
 	$(MAKE) all $(FIXTURE)
 	$(TEST_ENV) $(SAN_ENV) $(BUSTED) --lua=$(LUA) $(BUSTED_ARGS)
 
+# The Kubernetes liveness-exec example with short timings: the health
+# file goes after 10 s, probes every 2 s; about 40 s show successes, the
+# failures counted, the restart and success again; then SIGTERM stops it.
 demo: deps
+	$(MAKE) all
+	@dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; \
+	SONDE_DEMO_FILE=$$dir/healthy timeout --preserve-status -s TERM 40 \
+	  $(HOST) examples/liveness-exec.lua 10 2
+
+# Ten probes of every kind at once against the fixture server.
+demo-probes: deps
 	$(MAKE) all $(FIXTURE)
 	@log=$$(mktemp); \
 	$(FIXTURE) --max-seconds 60 > $$log & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; rm -f $$log' EXIT; \
 	for i in 1 2 3 4 5 6 7 8 9 10; do grep -q PORT $$log && break; sleep 0.2; done; \
 	port=$$(sed -n 's/^PORT //p' $$log); \
-	$(HOST) examples/demo.lua http://127.0.0.1:$$port
+	$(HOST) examples/concurrent.lua http://127.0.0.1:$$port
 
 env:
 	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'

@@ -504,6 +504,11 @@ int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace) {
   return 0;
 }
 
+pid_t sonde_exec_pid(struct sonde_loop *loop, uint64_t id) {
+  struct exec_op *x = find_exec(loop, id);
+  return x && !x->exited ? x->pid : 0;
+}
+
 int sonde_exec_tracks(struct sonde_loop *loop, pid_t pid) {
   for (struct sonde_op *op = loop->ops; op; op = op->next)
     if (op->vt == &exec_vt && ((struct exec_op *)op)->pid == pid &&

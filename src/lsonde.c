@@ -318,6 +318,15 @@ static int l_core_exec(lua_State *L) {
   return started(L, c, id, 2);
 }
 
+/* core.exec_pid(id) -> pid of a running exec operation, or nil */
+static int l_core_exec_pid(lua_State *L) {
+  struct lcore *c = get_core(L);
+  pid_t pid = sonde_exec_pid(c->loop, (uint64_t)luaL_checkinteger(L, 1));
+  if (pid > 0) lua_pushinteger(L, pid);
+  else lua_pushnil(L);
+  return 1;
+}
+
 /* core.terminate(id, grace) -> boolean: SIGTERM the command's group,
  * SIGKILL after grace seconds; its callback reports the end. */
 static int l_core_terminate(lua_State *L) {
@@ -613,6 +622,7 @@ static const luaL_Reg core_funcs[] = {
     {"now", l_core_now},
     {"wall_time", l_core_wall_time},
     {"terminate", l_core_terminate},
+    {"exec_pid", l_core_exec_pid},
     {"on_signal", l_core_on_signal},
     {"reap_orphans", l_core_reap_orphans},
     {NULL, NULL}};

@@ -24,6 +24,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "sonde/loop.h"
 
@@ -70,6 +71,9 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
  * exec operation.
  */
 int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace);
+
+/* The pid (= process group) of running exec operation `id`, or 0. */
+pid_t sonde_exec_pid(struct sonde_loop *loop, uint64_t id);
 
 /* 1 if pid is the leader of a running exec operation of this loop. */
 int sonde_exec_tracks(struct sonde_loop *loop, pid_t pid);

@@ -12,6 +12,9 @@
 --     on_result = fn, on_change = fn,    -- hooks
 --     on_failure = action(s), on_recovery = action(s),
 --     action_interval = 30,              -- seconds, see sonde.action
+--     termination_grace = nil,           -- seconds: grace of the restart
+--                                        -- this probe triggers (default:
+--                                        -- the service's grace)
 --   }
 --
 -- Defaults are the kubelet's (reference section 9): initial_delay 0,
@@ -128,6 +131,8 @@ function M.new(spec)
       "failure_threshold", 3),
     action_interval = check.seconds(ctx, spec.action_interval,
       "action_interval", 30, true),
+    termination_grace = check.seconds(ctx, spec.termination_grace,
+      "termination_grace", nil),
     last_action = {},
     runs = 0,
   }, Probe)
@@ -325,16 +330,22 @@ function Probe:handle(r)
       end
     end
   end
+  self.last_result = r
+  local v = r.status == "failure" and "failure" or "success"
+  local streak
+  if r.status ~= "unknown" then                 -- unknown moves no counter
+    if v == self.last then self.run = self.run + 1
+    else self.last, self.run = v, 1 end
+    streak = string.format("%s %d/%d", v, self.run, v == "failure"
+      and self.failure_threshold or self.success_threshold)
+  end
   log.event(r.status == "success" and "info" or "warn", "probe_result", {
     probe = self.name, kind = self.kind, status = r.status,
     reason = r.reason, duration = r.duration, output = r.output,
     exit_code = r.exit_code, signal = r.signal, http_status = r.http_status,
+    state = self.state, streak = streak,
   })
-  self.last_result = r
-  if r.status == "unknown" then return end      -- moves neither counter
-  local v = r.status == "failure" and "failure" or "success"
-  if v == self.last then self.run = self.run + 1
-  else self.last, self.run = v, 1 end
+  if r.status == "unknown" then return end
   if (v == "failure" and self.run < self.failure_threshold) or
      (v == "success" and self.run < self.success_threshold) then
     return
@@ -356,7 +367,9 @@ function Probe:handle(r)
       self.kind == "startup") then
     self.on_hold = true
     self.run = 0
-    if v == "failure" then self.service:restart(self.kind) end
+    if v == "failure" then
+      self.service:restart(self.kind, self.termination_grace)
+    end
   end
 end
 
@@ -376,7 +389,16 @@ end
 function Probe:instance_started()
   if self.stopped then return end
   self:cancel_run()
+  local old = self.state
   self:reset()
+  if old ~= self.state then
+    -- kubelet publishes the seed for a new container: a transition
+    log.event("info", "state_change", { probe = self.name, kind = self.kind,
+      from = old, to = self.state, reason = "new_instance" })
+    self:call_hook("on_change", self.state, old, { status = self.state,
+      reason = "new_instance", output = "", probe = self.name,
+      kind = self.kind, time = core.wall_time(), duration = 0 })
+  end
   self:schedule(core.now() + self.initial_delay)
 end
 

@@ -136,8 +136,8 @@ function Service:start()
     self:exited(r, instance)
   end, sink)
   self.state = "running"
-  self.pid = nil
-  log.event("info", "service_start", { service = self.name,
+  self.pid = core.exec_pid(self.op)
+  log.event("info", "service_start", { service = self.name, pid = self.pid,
     instance = instance, command = table.concat(self.opts.argv, " ") })
   for _, p in ipairs(self.probes) do p:instance_started() end
 end
@@ -185,10 +185,11 @@ end
 -- to its group, SIGKILL after `grace`; it is started again, with back-off,
 -- once it has exited.
 -- @tparam string why "liveness", "startup", "action"...
-function Service:restart(why)
+-- @tparam[opt] number grace seconds, instead of the service's grace
+function Service:restart(why, grace)
   if self.state == "running" and self.op then
     self.restart_why = why
-    core.terminate(self.op, self.grace)
+    core.terminate(self.op, grace or self.grace)
   end
 end
 

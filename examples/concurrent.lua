@@ -1,8 +1,8 @@
--- demo.lua: run a handful of probes at once and print their results.
+-- concurrent.lua: run a handful of probes at once and print their results.
 --
---   build/bin/sonde examples/demo.lua [BASE_URL]
+--   build/bin/sonde examples/concurrent.lua [BASE_URL]
 --
--- BASE_URL is an HTTP server to probe (`make demo` starts the project's
+-- BASE_URL is an HTTP server to probe (`make demo-probes` starts the project's
 -- fixture server on 127.0.0.1 and passes its URL); without it the HTTP
 -- probes go to 127.0.0.1:1, where nothing listens.
 local sonde = require "sonde"
