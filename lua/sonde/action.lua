@@ -1,5 +1,8 @@
---- Remediation actions, run by probes on state transitions (`on_failure`,
--- `on_recovery`).
+--- Remediation actions, run by probes on transitions: `on_failure` when
+-- the probe publishes failure (its failure_threshold is reached; the
+-- readiness seed does not count), `on_recovery` when it publishes success
+-- after that (for a liveness probe: the first success of the restarted
+-- service).  Not on every failed run.
 --
 --   * `sonde.action.restart(service)`: restart a supervised service (its
 --     back-off applies);

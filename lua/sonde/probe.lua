@@ -357,11 +357,15 @@ function Probe:handle(r)
       probe = self.name, kind = self.kind, from = old, to = v,
       reason = r.reason })
     self:call_hook("on_change", v, old, r)
-    if v == "failure" then
-      action.run_all(self.on_failure, r, self, core.now())
-    elseif old == "failure" then
-      action.run_all(self.on_recovery, r, self, core.now())
-    end
+  end
+  -- Actions: on_failure when a failure is published (the seed does not
+  -- count), on_recovery at the first success published after it.
+  if v == "failure" and not self.alerted then
+    self.alerted = true
+    action.run_all(self.on_failure, r, self, core.now())
+  elseif v == "success" and self.alerted then
+    self.alerted = false
+    action.run_all(self.on_recovery, r, self, core.now())
   end
   if self.service and ((self.kind == "liveness" and v == "failure") or
       self.kind == "startup") then
