@@ -341,6 +341,17 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
     return;
   }
   free(host);
+  if (strncasecmp(loc, "http://", 7) != 0 &&
+      strncasecmp(loc, "https://", 8) != 0) {
+    /* Go's client refuses such a hop: an error, so a failure */
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_REDIRECT;
+    sonde_result_set_error(r, "unsupported protocol scheme in redirect to "
+                           "%.200s", loc);
+    take_response(h);
+    finish_error(h);
+    return;
+  }
   /* Go's client (kubelet): with 10 requests made, a further redirect is
    * an error, "stopped after 10 redirects". */
   if (h->redirects + 1 >= h->max_redirects) {

@@ -75,14 +75,21 @@ function M.string(ctx, v, field, default, allow_nul)
   return v
 end
 
---- Check that `t` is an array: keys exactly 1..#t.
+--- Check that `t` is an array: keys exactly 1..n, no holes (a `nil` in a
+-- table constructor leaves one).
 function M.array(ctx, t, field)
   M.table(ctx, t, field)
-  local n = #t
+  local count, max = 0, 0
   for k in pairs(t) do
-    if math.type(k) ~= "integer" or k < 1 or k > n then
+    if math.type(k) ~= "integer" or k < 1 then
       M.fail(ctx, field, "must be an array (bad key %s)", show(k))
     end
+    count = count + 1
+    if k > max then max = k end
+  end
+  if max ~= count then
+    M.fail(ctx, field, "must be an array without holes (element %d is nil)",
+      (function() for i = 1, max do if t[i] == nil then return i end end end)())
   end
   return t
 end
@@ -128,13 +135,8 @@ end
 
 --- An array (1..n, no holes, nothing else) of strings without NUL bytes.
 function M.strings(ctx, v, field, nonempty)
-  M.table(ctx, v, field)
+  M.array(ctx, v, field)
   local n = #v
-  for k in pairs(v) do
-    if mtype(k) ~= "integer" or k < 1 or k > n then
-      M.fail(ctx, field, "must be an array of strings (bad key %s)", show(k))
-    end
-  end
   if nonempty and n == 0 then M.fail(ctx, field, "must not be empty") end
   for i = 1, n do
     if type(v[i]) ~= "string" then
