@@ -78,7 +78,7 @@ $(FIXTURE): spec/fixtures/fixture-server.c
 
 # Debian packages the build and the tests need; installed when missing.
 DEB_PKGS := lua5.4 liblua5.4-dev libcurl4-openssl-dev libevent-dev \
-            lua-busted pkg-config gcc make procps
+            lua-busted luarocks pkg-config gcc make procps openssl
 .PHONY: deps
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \

@@ -17,7 +17,9 @@ dependencies = {
   "lua >= 5.4, < 5.5",
 }
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  -- Debian keeps curl/curl.h in a multiarch directory LuaRocks does not
+  -- search: the Makefile finds it through pkg-config.
+  CURL = { library = "curl" },
   LIBEVENT = { header = "event2/event.h", library = "event_core" },
 }
 build = {

@@ -1,0 +1,69 @@
+-- Installing: `luarocks make` from the checkout into a temporary tree, and
+-- `make install PREFIX=...`; then the installed module and host are used
+-- with only that tree's paths (no LUA_PATH/LUA_CPATH from the build).
+local helpers = require "helpers"
+
+local q = helpers.shell_quote
+local root = os.getenv("PWD") or "."
+
+-- Run a shell command with a clean Lua environment; returns ok, output.
+local function sh(cmd)
+  local p = io.popen("env -u LUA_PATH -u LUA_CPATH -u LD_PRELOAD sh -c "
+    .. q(cmd) .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)\n?$"))
+  return rc, out
+end
+
+local function check_tree(tree, luadir, libdir)
+  local paths = "LUA_PATH=" .. q(luadir .. "/?.lua;" .. luadir .. "/?/init.lua")
+    .. " LUA_CPATH=" .. q(libdir .. "/?.so")
+  local rc, out = sh(paths .. " lua5.4 -e 'print(require(\"sonde\").version)'")
+  assert.are.equal(0, rc, out)
+  assert.matches("^%d+%.%d+%.%d+\n", out)
+  rc, out = sh(q(tree .. "/bin/sonde") .. " --version")
+  assert.are.equal(0, rc, out)
+  assert.matches("^sonde %d+%.%d+%.%d+", out)
+  -- `once` on an example: nothing listens on port 1, so both fail (exit 1)
+  rc, out = sh("SONDE_TCP_PORT=1 " .. q(tree .. "/bin/sonde") .. " once "
+    .. q(root .. "/examples/tcp.lua"))
+  assert.are.equal(1, rc, out)
+  assert.matches("db%-tcp%s+failure%s+connect_refused", out)
+  assert.matches("db%-tcp%-v6%s+failure%s+connect_refused", out)
+end
+
+describe("installation", function()
+  local dir
+  before_each(function() dir = helpers.tmpdir() end)
+  after_each(function() helpers.rmtree(dir) end)
+
+  it("luarocks make installs the module, its Lua files and the host", function()
+    local rc, out = sh("cd " .. q(root) .. " && luarocks --lua-version 5.4 make"
+      .. " --tree " .. q(dir) .. " rockspec/sonde-scm-1.rockspec")
+    assert.are.equal(0, rc, out)
+    check_tree(dir, dir .. "/share/lua/5.4", dir .. "/lib/lua/5.4")
+  end)
+
+  it("make install PREFIX=... works the same", function()
+    local rc, out = sh("cd " .. q(root) .. " && make -s install PREFIX=" .. q(dir))
+    assert.are.equal(0, rc, out)
+    check_tree(dir, dir .. "/share/lua/5.4", dir .. "/lib/lua/5.4")
+  end)
+
+  it("the module does not link liblua, and the host loads C modules", function()
+    local build = os.getenv("SONDE_BUILD") or (root .. "/build")
+    local so = build .. "/lib/sonde/core.so"
+    local rc, out = sh("ldd " .. q(so))
+    assert.are.equal(0, rc, out)
+    assert.is_nil(out:find("liblua", 1, true), out)
+    local script = dir .. "/load.lua"
+    helpers.write(script, string.format([[
+      local open = assert(package.loadlib(%q, "luaopen_sonde_core"))
+      print("loaded " .. open().version)
+    ]], so))
+    rc, out = sh(q(build .. "/bin/sonde") .. " " .. q(script))
+    assert.are.equal(0, rc, out)
+    assert.matches("loaded %d+%.%d+%.%d+", out)
+  end)
+end)
