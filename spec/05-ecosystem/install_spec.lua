@@ -8,7 +8,9 @@ local root = os.getenv("PWD") or "."
 
 -- Run a shell command with a clean Lua environment; returns ok, output.
 local function sh(cmd)
-  local p = io.popen("env -u LUA_PATH -u LUA_CPATH -u LD_PRELOAD sh -c "
+  -- (MAKEFLAGS would carry SANITIZE=1 of an outer make into ours)
+  local p = io.popen("env -u LUA_PATH -u LUA_CPATH -u LD_PRELOAD -u MAKEFLAGS"
+    .. " -u MFLAGS -u MAKELEVEL sh -c "
     .. q(cmd) .. " 2>&1; echo \"rc=$?\"")
   local out = p:read("a")
   p:close()
