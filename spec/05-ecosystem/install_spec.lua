@@ -8,9 +8,10 @@ local root = os.getenv("PWD") or "."
 
 -- Run a shell command with a clean Lua environment; returns ok, output.
 local function sh(cmd)
-  -- (MAKEFLAGS would carry SANITIZE=1 of an outer make into ours)
+  -- (MAKEFLAGS and SANITIZE would carry an outer `make check SANITIZE=1`
+  -- into our make)
   local p = io.popen("env -u LUA_PATH -u LUA_CPATH -u LD_PRELOAD -u MAKEFLAGS"
-    .. " -u MFLAGS -u MAKELEVEL sh -c "
+    .. " -u MFLAGS -u MAKELEVEL -u SANITIZE sh -c "
     .. q(cmd) .. " 2>&1; echo \"rc=$?\"")
   local out = p:read("a")
   p:close()
