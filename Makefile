@@ -20,8 +20,8 @@ BUSTED      ?= busted
 LUA_INCDIR  ?= $(shell $(PKG_CONFIG) --variable=includedir $(LUA_PC))/lua5.4
 CURL_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl)
 CURL_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl)
-EVENT_CFLAGS:= $(shell $(PKG_CONFIG) --cflags libevent_core)
-EVENT_LIBS  := $(shell $(PKG_CONFIG) --libs libevent_core)
+EVENT_CFLAGS:= $(shell $(PKG_CONFIG) --cflags libevent_core libevent_extra)
+EVENT_LIBS  := $(shell $(PKG_CONFIG) --libs libevent_core libevent_extra)
 LUA_LIBS    := $(shell $(PKG_CONFIG) --libs $(LUA_PC))
 
 PREFIX      ?= /usr/local
@@ -47,7 +47,8 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
                -DSONDE_VERSION='"$(VERSION)"'
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
-               src/curlerr.c src/exec.c src/http.c src/tcp.c src/lsonde.c
+               src/curlerr.c src/exec.c src/http.c src/tcp.c src/lsonde.c \
+               src/lhttpd.c src/lprocstat.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so
@@ -57,7 +58,7 @@ FIXTURE     := $(BUILD)/test/fixture-server
 .PHONY: all check demo demo-probes env install clean format-check
 all: $(MODULE) $(HOST)
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 

@@ -24,22 +24,17 @@
 #include <string.h>
 #include <time.h>
 
+#include "lsonde.h"
 #include "sonde/sonde.h"
 
 #define LOOP_MT "sonde.Loop"
 
-struct lcore {
-  struct sonde_loop *loop;
-  struct event *sig[NSIG];  /* core.on_signal handlers' events */
-  lua_State *L;        /* the thread inside run(), or NULL */
-  int err_ref;         /* registry ref of a callback error, or LUA_NOREF */
-};
-
-static struct lcore *get_core(lua_State *L) {
+struct lcore *sonde_lua_core(lua_State *L) {
   struct lcore *c = lua_touserdata(L, lua_upvalueindex(1));
   if (!c || !c->loop) luaL_error(L, "sonde: the loop is closed");
   return c;
 }
+
 
 /* ---- results ------------------------------------------------------------ */
 
@@ -118,9 +113,6 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-/* Call the function below `nargs` arguments on top of c->L's stack,
- * protected, with a traceback.  An error is kept for run() to raise and
- * the loop is stopped.  Pops the function and its arguments. */
 /* Keep the error on top of c->L's stack (popped) for run() to raise, and
  * stop the loop.  Only the first error is kept. */
 static void keep_error(struct lcore *c) {
@@ -132,13 +124,19 @@ static void keep_error(struct lcore *c) {
   event_base_loopbreak(sonde_loop_base(c->loop));
 }
 
-static void protected_call(struct lcore *c, int nargs) {
+int sonde_lua_pcall(struct lcore *c, int nargs, int nres) {
   lua_State *L = c->L;
   int base = lua_gettop(L) - nargs;       /* index of the function */
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
-  if (lua_pcall(L, nargs, 0, base) != LUA_OK) keep_error(c);
+  int rc = lua_pcall(L, nargs, nres, base);
+  if (rc != LUA_OK) keep_error(c);
   lua_remove(L, base);                    /* msgh */
+  return rc == LUA_OK ? 0 : -1;
+}
+
+static void protected_call(struct lcore *c, int nargs) {
+  sonde_lua_pcall(c, nargs, 0);
 }
 
 static int push_result_p(lua_State *L) {
@@ -274,7 +272,7 @@ static sonde_status status_of(lua_State *L, const char *s) {
  * is passed to on_output(stream, bytes) as it arrives (1 stdout, 2
  * stderr) instead of being kept. */
 static int l_core_exec(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 3);               /* on_output or nil stays at index 3 */
@@ -320,7 +318,7 @@ static int l_core_exec(lua_State *L) {
 
 /* core.exec_pid(id) -> pid of a running exec operation, or nil */
 static int l_core_exec_pid(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   pid_t pid = sonde_exec_pid(c->loop, (uint64_t)luaL_checkinteger(L, 1));
   if (pid > 0) lua_pushinteger(L, pid);
   else lua_pushnil(L);
@@ -330,7 +328,7 @@ static int l_core_exec_pid(lua_State *L) {
 /* core.terminate(id, grace) -> boolean: SIGTERM the command's group,
  * SIGKILL after grace seconds; its callback reports the end. */
 static int l_core_terminate(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   lua_Integer id = luaL_checkinteger(L, 1);
   double grace = luaL_optnumber(L, 2, 10);
   lua_pushboolean(L, sonde_exec_terminate(c->loop, (uint64_t)id, grace) == 0);
@@ -341,7 +339,7 @@ static int l_core_terminate(lua_State *L) {
  * {name, value}, names canonical), user_agent, timeout, max_body,
  * max_redirects, tls_verify, ca_file. */
 static int l_core_http(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   struct sonde_http_opts o;
@@ -386,7 +384,7 @@ static int l_core_http(lua_State *L) {
 
 /* core.tcp(opts, cb) -> id.  opts: host, port, timeout. */
 static int l_core_tcp(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   struct sonde_tcp_opts o;
@@ -399,7 +397,7 @@ static int l_core_tcp(lua_State *L) {
 
 /* core.timer(seconds, cb) -> id */
 static int l_core_timer(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   double s = luaL_checknumber(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   return started(L, c, sonde_timer_start(c->loop, s, call_back, c), 2);
@@ -407,7 +405,7 @@ static int l_core_timer(lua_State *L) {
 
 /* core.cancel(id) -> boolean (true if it was pending) */
 static int l_core_cancel(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   lua_Integer id = luaL_checkinteger(L, 1);
   int was = sonde_loop_cancel(c->loop, (uint64_t)id);
   take_entry(L, c, (uint64_t)id);
@@ -420,7 +418,7 @@ static int l_core_cancel(lua_State *L) {
  * a callback that failed (the loop stops there; run() may be called again
  * to go on). */
 static int l_core_run(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   if (c->L) return luaL_error(L, "sonde.run: the loop is already running");
   c->L = L;
   event_base_loop(sonde_loop_base(c->loop), 0);
@@ -436,7 +434,7 @@ static int l_core_run(lua_State *L) {
 }
 
 static int l_core_pending(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)sonde_loop_pending(get_core(L)->loop));
+  lua_pushinteger(L, (lua_Integer)sonde_loop_pending(sonde_lua_core(L)->loop));
   return 1;
 }
 
@@ -558,7 +556,7 @@ static void on_signal(evutil_socket_t signum, short what, void *arg) {
  * the signal arrives (libevent signal event), or stop watching it.  While
  * watched, a signal keeps run() from returning. */
 static int l_core_on_signal(lua_State *L) {
-  struct lcore *c = get_core(L);
+  struct lcore *c = sonde_lua_core(L);
   lua_Integer sig = luaL_checkinteger(L, 1);
   luaL_argcheck(L, sig > 0 && sig < NSIG && sig != SIGKILL && sig != SIGSTOP,
                 1, "not a signal that can be handled");
@@ -579,7 +577,7 @@ static int l_core_on_signal(lua_State *L) {
 
 /* core.reap_orphans() -> number reaped (see sonde_reap_orphans). */
 static int l_core_reap_orphans(lua_State *L) {
-  lua_pushinteger(L, sonde_reap_orphans(get_core(L)->loop));
+  lua_pushinteger(L, sonde_reap_orphans(sonde_lua_core(L)->loop));
   return 1;
 }
 
@@ -643,7 +641,12 @@ int luaopen_sonde_core(lua_State *L) {
   if (!c->loop) return luaL_error(L, "sonde: cannot create the event loop");
   lua_newtable(L);                        /* pending callbacks by id */
   lua_rawsetp(L, LUA_REGISTRYINDEX, c);
+  lua_pushvalue(L, -2);                   /* module table */
+  lua_pushvalue(L, -2);                   /* loop userdata */
+  sonde_open_httpd(L);
+  lua_pop(L, 1);
   luaL_setfuncs(L, core_funcs, 1);        /* upvalue: the loop userdata */
+  sonde_open_procstat(L);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &streams_key);
   lua_newtable(L);

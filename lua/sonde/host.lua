@@ -1,7 +1,9 @@
 --- The `sonde` host's command line (called by src/host/main.c).
 --
---   sonde [--log-format text|json] SCRIPT [ARGS...]
---       run until SIGTERM/SIGINT; SIGHUP reloads SCRIPT
+--   sonde [--log-format text|json] [--listen ADDR] SCRIPT [ARGS...]
+--       run until SIGTERM/SIGINT; SIGHUP reloads SCRIPT; --listen serves
+--       /metrics, /healthz, /readyz, /status (see sonde.metrics) on ADDR:
+--       "PORT" or ":PORT" (127.0.0.1 only), "HOST:PORT", "[V6]:PORT"
 --   sonde check SCRIPT        load and validate, list probes and services;
 --                             exit 0, or 2 with the error
 --   sonde once [--format text|json] SCRIPT [NAME...]
@@ -19,7 +21,7 @@ local log = require "sonde.log"
 local M = {}
 
 local USAGE = [[
-usage: sonde [--log-format text|json] SCRIPT [ARGS...]
+usage: sonde [--log-format text|json] [--listen ADDR] SCRIPT [ARGS...]
        sonde check SCRIPT
        sonde once [--format text|json] SCRIPT [NAME...]
        sonde --version | --help
@@ -30,6 +32,8 @@ usage: sonde [--log-format text|json] SCRIPT [ARGS...]
   once SCRIPT       run each probe (or each NAME) once and print results;
                     exit 0 all succeeded, 1 a failure, 3 unknown only
   --log-format F    event lines on stderr as text (default) or json
+  --listen ADDR     serve /metrics, /healthz, /readyz, /status on ADDR
+                    (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
   --format F        once: results as text (default) or json lines
 ]]
 
@@ -93,12 +97,29 @@ local function cmd_once(script, names, format)
   return failed and 1 or unknown and 3 or 0
 end
 
-local function cmd_run(script, args)
+-- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
+local function parse_listen(a)
+  local host, port = a:match("^%[([%x:%.]+)%]:(%d+)$")
+  if not host then host, port = a:match("^([^:]*):(%d+)$") end
+  if not host then port = a:match("^(%d+)$") end
+  port = tonumber(port)
+  if not port or port > 65535 then return nil end
+  if not host or host == "" then host = "127.0.0.1" end
+  return host, port
+end
+
+local function cmd_run(script, args, listen)
   local engine = require "sonde.engine"
   core.set_subreaper(true)
   set_arg(script, args)
   local cfg, e = engine.load(script, args)
   if not cfg then err("%s", e) return 2 end
+  if listen then
+    local port, lerr = require("sonde.metrics").listen(listen.host,
+      listen.port, function() return engine.current end)
+    if not port then err("--listen: %s", lerr) return 2 end
+    log.event("info", "listen", { host = listen.host, port = port })
+  end
   engine.current, engine.loading = cfg, cfg
   if #cfg.services == 0 and #cfg.probes == 0 then
     -- nothing declared: a plain script, run until its work is done
@@ -111,6 +132,7 @@ local function cmd_run(script, args)
   local function shutdown(sig)
     log.event("info", "host_stop", { script = script, signal = sig })
     for _, s in ipairs { S.TERM, S.INT, S.HUP } do core.on_signal(s, nil) end
+    core.unlisten()
     engine.stop(engine.current, function()
       core.on_signal(S.CHLD, nil)
       core.reap_orphans()
@@ -138,6 +160,7 @@ end
 -- @treturn integer the exit code
 function M.main(args)
   local i = 1
+  local listen
   local function usage_error(fmt, ...)
     err(fmt, ...)
     io.stderr:write(USAGE)
@@ -157,6 +180,13 @@ function M.main(args)
         return usage_error("--log-format takes text or json")
       end
       log.set_format(f)
+      i = i + 2
+    elseif a == "--listen" then
+      local host, port = parse_listen(args[i + 1] or "")
+      if not host then
+        return usage_error("--listen takes PORT, :PORT, HOST:PORT or [V6]:PORT")
+      end
+      listen = { host = host, port = port }
       i = i + 2
     else
       return usage_error("unknown option %s", a)
@@ -179,7 +209,7 @@ function M.main(args)
     if not args[j] then return usage_error("once: no script given") end
     return cmd_once(args[j], table.move(args, j + 1, #args, 1, {}), format)
   end
-  return cmd_run(cmd, table.move(args, i + 1, #args, 1, {}))
+  return cmd_run(cmd, table.move(args, i + 1, #args, 1, {}), listen)
 end
 
 return M

@@ -507,8 +507,8 @@ function sonde.service(spec)
 end
 
 setmetatable(sonde, { __index = function(t, k)
-  -- loaded on first use: sonde.action, sonde.log, sonde.k8s
-  if k == "action" or k == "log" or k == "k8s" then
+  -- loaded on first use: sonde.action, sonde.log, sonde.k8s, sonde.metrics
+  if k == "action" or k == "log" or k == "k8s" or k == "metrics" then
     local m = require("sonde." .. k)
     rawset(t, k, m)
     return m

@@ -25,7 +25,9 @@
 --   * `service_output`: service, stream (`stdout`/`stderr`), line;
 --   * `reload`: status (`ok`, `failed`), error;
 --   * `message`: text (sonde.log.info/warn/error from scripts);
---   * `host_start`, `host_stop`: script.
+--   * `host_start`, `host_stop`: script;
+--   * `listen`: host, port (the endpoint of --listen);
+--   * `http_error`: path, error (an endpoint handler failed: 500).
 --
 -- Bytes that are not valid UTF-8 and control characters are escaped
 -- (`\xFF`, `\n` in text; `\u00XX` for controls in JSON, and `\\xFF` text

@@ -54,6 +54,7 @@ local check = require "sonde.check"
 local log = require "sonde.log"
 local hook = require "sonde.hook"
 local action = require "sonde.action"
+local metrics = require "sonde.metrics"
 
 local M = {}
 local Probe = {}
@@ -331,6 +332,7 @@ function Probe:handle(r)
     end
   end
   self.last_result = r
+  metrics.observe(self, r)
   local v = r.status == "failure" and "failure" or "success"
   local streak
   if r.status ~= "unknown" then                 -- unknown moves no counter

@@ -146,7 +146,9 @@ function Service:exited(r, instance)
   local uptime = core.now() - self.started_at
   self.op = nil
   self.pid = r.pid
-  log.event(r.reason == "ok" and "info" or "warn", "service_exit", {
+  local expected = r.reason == "ok" or self.state == "stopping"
+    or self.restart_why ~= nil
+  log.event(expected and "info" or "warn", "service_exit", {
     service = self.name, pid = r.pid, instance = instance,
     exit_code = r.exit_code, signal = r.signal, status = r.status,
     reason = r.reason, uptime = uptime,
