@@ -233,7 +233,10 @@ end
 --   * `max_output`: bytes of output kept, default 10240 (kubelet);
 --   * `codes`: how exit codes map to statuses: `"kubelet"` (default: 0
 --     success, else failure), `"nagios"` (0 success, 1 warning, 2 failure,
---     3 unknown, others failure; a timeout is unknown), `"consul"` (0
+--     3 unknown, others failure; a timeout is unknown, as the plugin
+--     guidelines say; the result also gets `summary`, `long_output` and
+--     `perfdata`, a list of `{ label, value, uom, warn, crit, min, max }`:
+--     see sonde.nagios), `"consul"` (0
 --     success, 1 warning, else failure), or a table
 --     `{ [0] = "success", [1] = "warning", default = "failure" }`.
 --
@@ -268,6 +271,7 @@ local function exec_prepare(ctx, spec)
     max_output = check.count(ctx, spec.max_output, "max_output", 10240),
     codes = codes,
     timeout_status = timeout_status,
+    nagios = spec.codes == "nagios",
   }
   for i, a in ipairs(argv) do opts.argv[i] = core.expand(a, env) end
   local names = {}
@@ -282,11 +286,20 @@ local function exec_prepare(ctx, spec)
   return opts
 end
 
-handlers.exec = { prepare = exec_prepare, start = core.exec }
+-- nagios mode: the result also carries the plugin output parsed
+-- (summary, long_output, perfdata: see sonde.nagios).
+local function exec_start(opts, cb)
+  if not opts.nagios then return core.exec(opts, cb) end
+  return core.exec(opts, function(r)
+    cb(require("sonde.nagios").annotate(r))
+  end)
+end
+
+handlers.exec = { prepare = exec_prepare, start = exec_start }
 
 function sonde.exec(spec, callback)
-  local opts = exec_prepare({ where = "sonde.exec", level = 5 }, spec)
-  return dispatch("sonde.exec", function(cb) return core.exec(opts, cb) end,
+  local opts = exec_prepare({ where = "sonde.exec" }, spec)
+  return dispatch("sonde.exec", function(cb) return exec_start(opts, cb) end,
     callback)
 end
 
@@ -454,7 +467,7 @@ end
 handlers.http_get = { prepare = http_prepare, start = core.http }
 
 function sonde.http_get(spec, callback)
-  local opts = http_prepare({ where = "sonde.http_get", level = 5 }, spec)
+  local opts = http_prepare({ where = "sonde.http_get" }, spec)
   return dispatch("sonde.http_get", function(cb) return core.http(opts, cb) end,
     callback)
 end
@@ -486,7 +499,7 @@ end
 handlers.tcp_socket = { prepare = tcp_prepare, start = core.tcp }
 
 function sonde.tcp_socket(spec, callback)
-  local opts = tcp_prepare({ where = "sonde.tcp_socket", level = 5 }, spec)
+  local opts = tcp_prepare({ where = "sonde.tcp_socket" }, spec)
   return dispatch("sonde.tcp_socket", function(cb) return core.tcp(opts, cb) end,
     callback)
 end

@@ -24,6 +24,10 @@
 --   * `sonde_probe_state{state}` 1 for the current state (success,
 --     failure, unknown), 0 for the others;
 --   * `sonde_probe_run_duration_seconds` histogram of run durations;
+--   * `sonde_perfdata{probe,label,uom}`: performance data of the last run
+--     of a `codes = "nagios"` exec probe, with `sonde_perfdata_warn`,
+--     `_crit` (when the threshold is a plain number, not a range),
+--     `_min` and `_max` beside it;
 --   * `sonde_service_up{service}` 1 while running, `sonde_service_restarts_total{service}`;
 --   * `sonde_build_info{version,lua}` 1;
 --   * `process_resident_memory_bytes`, `process_cpu_seconds_total`,
@@ -237,6 +241,26 @@ function M.render(cfg)
       kind = p.kind, le = "+Inf" }, { "probe", "kind", "le" }), s and s.n or 0)
     sample("sonde_probe_run_duration_seconds_sum", pl(p), s and s.sum or 0)
     sample("sonde_probe_run_duration_seconds_count", pl(p), s and s.n or 0)
+  end
+  -- Nagios plugin performance data of each probe's last run
+  local PERF = { { "sonde_perfdata", "value", "Plugin performance data value." },
+    { "sonde_perfdata_warn", "warn_value", "Plugin warning threshold (plain numbers only)." },
+    { "sonde_perfdata_crit", "crit_value", "Plugin critical threshold (plain numbers only)." },
+    { "sonde_perfdata_min", "min", "Plugin minimum." },
+    { "sonde_perfdata_max", "max", "Plugin maximum." } }
+  local PL = { "probe", "label", "uom" }
+  for _, m in ipairs(PERF) do
+    local first = true
+    for _, p in ipairs(probes) do
+      local pd = p.last_result and p.last_result.perfdata
+      for _, item in ipairs(pd or {}) do
+        if item[m[2]] ~= nil then
+          if first then family(m[1], "gauge", m[3]) first = false end
+          sample(m[1], labels({ probe = p.name, label = item.label,
+            uom = item.uom }, PL), item[m[2]])
+        end
+      end
+    end
   end
   family("sonde_service_up", "gauge", "1 while the service's process runs.")
   for _, s in ipairs(cfg.services) do

@@ -300,14 +300,29 @@ function Probe:run_once(done)
   end)
 end
 
--- Call a hook; on error log it and return nil, err.
+-- Call a hook; on error log it and return false, err.  A hook that hit its
+-- time bound is skipped (false, "disabled ...") for hook.quarantine s.
 function Probe:call_hook(name, ...)
   local f = self.spec[name]
   if not f then return true end
+  local now = core.now()
+  local q = self.quarantined and self.quarantined[name]
+  if q and now < q then
+    local msg = string.format("hook %s skipped for %.1f s more after "
+      .. "exceeding its time limit", name, q - now)
+    log.event("warn", "hook_error", { probe = self.name, hook = name,
+      error = msg })
+    return false, msg
+  end
   local res = table.pack(hook.call(f, nil, ...))
   if not res[1] then
     log.event("error", "hook_error", { probe = self.name, hook = name,
       error = res[2] })
+    if res[3] then       -- timed out: give the loop back to the others
+      self.quarantined = self.quarantined or {}
+      self.quarantined[name] = core.now() + hook.quarantine
+    end
+    return false, res[2]
   end
   return table.unpack(res, 1, res.n)
 end
