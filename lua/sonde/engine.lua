@@ -87,12 +87,15 @@ function M.stop(cfg, done)
   end
 end
 
---- Load a script into a new configuration without starting it.
--- The script runs as a sonde task; its top level must not wait.
+--- Load a script (a path, or a function that declares) into a new
+-- configuration without starting it.  The script runs as a sonde task;
+-- what it declares before it first waits is the configuration.
 -- @return cfg | nil, error message
 function M.load(path, args)
   local sonde = require "sonde"
-  local chunk, err = loadfile(path)
+  local chunk, err
+  if type(path) == "function" then chunk = path
+  else chunk, err = loadfile(path) end
   if not chunk then return nil, err end
   local cfg = new_config()
   local saved = M.loading

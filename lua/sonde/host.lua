@@ -4,6 +4,9 @@
 --       run until SIGTERM/SIGINT; SIGHUP reloads SCRIPT; --listen serves
 --       /metrics, /healthz, /readyz, /status (see sonde.metrics) on ADDR:
 --       "PORT" or ":PORT" (127.0.0.1 only), "HOST:PORT", "[V6]:PORT"
+--   sonde pod [--container NAME] MANIFEST
+--                             run a Kubernetes Pod's (or pod template's)
+--                             container and its probes (see sonde.pod)
 --   sonde check SCRIPT        load and validate, list probes and services;
 --                             exit 0, or 2 with the error
 --   sonde once [--format text|json] SCRIPT [NAME...]
@@ -22,12 +25,15 @@ local M = {}
 
 local USAGE = [[
 usage: sonde [--log-format text|json] [--listen ADDR] SCRIPT [ARGS...]
+       sonde [--log-format F] [--listen ADDR] pod [--container NAME] MANIFEST
        sonde check SCRIPT
        sonde once [--format text|json] SCRIPT [NAME...]
        sonde --version | --help
 
   SCRIPT            run the probes and services the Lua script declares,
                     until SIGTERM or SIGINT; SIGHUP reloads the script
+  pod MANIFEST      run a container of a Kubernetes Pod/Deployment manifest
+                    (YAML or JSON) with its probes, like SCRIPT
   check SCRIPT      load and validate only; list probes and services
   once SCRIPT       run each probe (or each NAME) once and print results;
                     exit 0 all succeeded, 1 a failure, 3 unknown only
@@ -108,11 +114,16 @@ local function parse_listen(a)
   return host, port
 end
 
+-- `script` is a path (SCRIPT) or { name =, load = function } (pod).
 local function cmd_run(script, args, listen)
   local engine = require "sonde.engine"
   core.set_subreaper(true)
+  local source = script
+  if type(script) == "table" then
+    source, script = script.load, script.name
+  end
   set_arg(script, args)
-  local cfg, e = engine.load(script, args)
+  local cfg, e = engine.load(source, args)
   if not cfg then err("%s", e) return 2 end
   if listen then
     local port, lerr = require("sonde.metrics").listen(listen.host,
@@ -142,7 +153,7 @@ local function cmd_run(script, args, listen)
   core.on_signal(S.INT, shutdown)
   core.on_signal(S.CHLD, function() core.reap_orphans() end)
   core.on_signal(S.HUP, function()
-    local new, lerr = engine.load(script, args)
+    local new, lerr = engine.load(source, args)
     if not new then
       log.event("error", "reload", { status = "failed", error = lerr })
       return
@@ -195,6 +206,19 @@ function M.main(args)
   local cmd = args[i]
   if cmd == nil then return usage_error("no script given") end
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
+  if cmd == "pod" and args[i + 1] then
+    local j, container = i + 1, nil
+    if args[j] == "--container" then
+      container = args[j + 1]
+      if not container then return usage_error("--container takes a name") end
+      j = j + 2
+    end
+    local manifest = args[j]
+    if not manifest then return usage_error("pod: no manifest given") end
+    return cmd_run({ name = manifest, load = function()
+      require("sonde.pod").load(manifest, { container = container })
+    end }, {}, listen)
+  end
   if cmd == "check" and args[i + 1] then
     return cmd_check(args[i + 1])
   elseif cmd == "once" and args[i + 1] then

@@ -117,4 +117,10 @@ function M.probe(t)
   return spec
 end
 
+--- Declare the service and probes of a container in a Kubernetes manifest
+-- (see sonde.pod).
+function M.load(path, opts)
+  return require("sonde.pod").load(path, opts)
+end
+
 return M
