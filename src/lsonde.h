@@ -37,4 +37,7 @@ void sonde_open_httpd(lua_State *L);
 /* Register core.process_stats into the table on top. */
 void sonde_open_procstat(lua_State *L);
 
+/* Register core.sd_notify and core.watchdog_usec into the table on top. */
+void sonde_open_notify(lua_State *L);
+
 #endif

@@ -23,6 +23,8 @@ local log = require "sonde.log"
 
 local M = {}
 
+local watchdog_timer       -- the pending WATCHDOG=1 keep-alive
+
 local USAGE = [[
 usage: sonde [--log-format text|json] [--listen ADDR] SCRIPT [ARGS...]
        sonde [--log-format F] [--listen ADDR] pod [--container NAME] MANIFEST
@@ -142,6 +144,9 @@ local function cmd_run(script, args, listen)
   local S = core.signals
   local function shutdown(sig)
     log.event("info", "host_stop", { script = script, signal = sig })
+    if watchdog_timer then core.cancel(watchdog_timer) end
+    watchdog_timer = nil
+    core.sd_notify("STOPPING=1")
     for _, s in ipairs { S.TERM, S.INT, S.HUP } do core.on_signal(s, nil) end
     core.unlisten()
     engine.stop(engine.current, function()
@@ -153,16 +158,32 @@ local function cmd_run(script, args, listen)
   core.on_signal(S.INT, shutdown)
   core.on_signal(S.CHLD, function() core.reap_orphans() end)
   core.on_signal(S.HUP, function()
+    core.sd_notify("RELOADING=1")
     local new, lerr = engine.load(source, args)
     if not new then
       log.event("error", "reload", { status = "failed", error = lerr })
+      core.sd_notify("READY=1\nSTATUS=reload failed: " .. tostring(lerr):match("^[^\n]*"))
       return
     end
     engine.apply(new)
+    core.sd_notify("READY=1\nSTATUS=" .. #new.probes .. " probes, "
+      .. #new.services .. " services")
     log.event("info", "reload", { status = "ok",
       services = #new.services, probes = #new.probes })
   end)
   engine.start(cfg)
+  -- systemd Type=notify: ready once the script is loaded and started;
+  -- with WatchdogSec=, a keep-alive from the loop at half the interval.
+  core.sd_notify("READY=1\nSTATUS=" .. #cfg.probes .. " probes, "
+    .. #cfg.services .. " services")
+  local wd = core.watchdog_usec()
+  if wd then
+    local function ping()
+      core.sd_notify("WATCHDOG=1")
+      watchdog_timer = core.timer(wd / 2e6, ping)
+    end
+    watchdog_timer = core.timer(wd / 2e6, ping)
+  end
   core.run()
   return 0
 end
