@@ -80,7 +80,7 @@ $(FIXTURE): spec/fixtures/fixture-server.c
 # Debian packages the build and the tests need; installed when missing.
 DEB_PKGS := lua5.4 liblua5.4-dev libcurl4-openssl-dev libevent-dev \
             lua-busted luarocks pkg-config gcc make procps openssl \
-            monitoring-plugins-basic prometheus lua-yaml
+            monitoring-plugins-basic prometheus lua-yaml python3
 .PHONY: deps
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
