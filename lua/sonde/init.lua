@@ -520,8 +520,9 @@ function sonde.service(spec)
 end
 
 setmetatable(sonde, { __index = function(t, k)
-  -- loaded on first use: sonde.action, sonde.log, sonde.k8s, sonde.metrics
-  if k == "action" or k == "log" or k == "k8s" or k == "metrics" then
+  -- loaded on first use: sonde.action, .log, .k8s, .metrics, .nagios
+  if k == "action" or k == "log" or k == "k8s" or k == "metrics"
+      or k == "nagios" then
     local m = require("sonde." .. k)
     rawset(t, k, m)
     return m

@@ -253,8 +253,11 @@ function M.render(cfg)
     local first = true
     for _, p in ipairs(probes) do
       local pd = p.last_result and p.last_result.perfdata
+      local seen = {}              -- a repeated label: the first one counts
       for _, item in ipairs(pd or {}) do
-        if item[m[2]] ~= nil then
+        local key = item.label .. "\0" .. item.uom
+        if item[m[2]] ~= nil and not seen[key] then
+          seen[key] = true
           if first then family(m[1], "gauge", m[3]) first = false end
           sample(m[1], labels({ probe = p.name, label = item.label,
             uom = item.uom }, PL), item[m[2]])
@@ -354,6 +357,9 @@ local function route(cfg, method, path)
     return 200, log.json(M.status(cfg)) .. "\n", "application/json"
   end
   local which, name = path:match("^/(%a+)z/(.+)$")
+  if name then                     -- the path comes percent-encoded
+    name = name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  end
   local kind = which == "ready" and "readiness" or which == "live" and "liveness"
   if kind then
     local p = find(cfg, name, kind)

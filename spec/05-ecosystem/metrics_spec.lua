@@ -1,0 +1,588 @@
+-- The host's metrics and health endpoints (`sonde --listen ADDR`, see
+-- lua/sonde/metrics.lua): the host runs as a subprocess with a script that
+-- declares a service and probes of every kind; the endpoints are fetched
+-- with sonde.http_get from this process (no curl), /metrics is checked with
+-- `promtool check metrics` and parsed to compare exact values.  Also the
+-- --listen argument, the shutdown on SIGTERM, and the validation of
+-- sonde.metrics.gauge / counter (in-process).
+local helpers = require "helpers"
+local fixture = require "fixture"
+local E = require "engine_helpers"
+local sonde = require "sonde"
+
+local q = helpers.shell_quote
+
+local PROMTOOL = "/usr/bin/promtool"
+local CHECK_TCP = "/usr/lib/nagios/plugins/check_tcp"
+
+-- The odd probe name: a double quote, a backslash followed by "n" (which
+-- must not come out as a newline) and a real newline.
+local WEIRD = 'we"ird\\na\nme'
+local WEIRD_ESCAPED = 'we\\"ird\\\\na\\nme'
+
+-- The script run by the host; arg[1] is the fixture server's port.
+local SCRIPT = [=[
+local sonde = require "sonde"
+local port = assert(tonumber(arg[1]), "fixture port expected")
+local svc = sonde.service { name = "sleeper", command = { "sleep", "600" } }
+sonde.probe { name = "live", kind = "liveness", service = svc,
+  period = 0.2, exec = { command = { "true" } } }
+sonde.probe { name = "ready-ok", kind = "readiness", period = 0.2,
+  exec = { command = { "true" } } }
+sonde.probe { name = "ready-bad", kind = "readiness", period = 0.2,
+  exec = { command = { "false" } } }
+sonde.probe { name = "web", kind = "readiness", period = 0.2,
+  http_get = { url = "http://127.0.0.1:" .. port .. "/ok" } }
+sonde.probe { name = WEIRD_NAME, kind = "readiness", period = 0.2,
+  exec = { command = { "true" } } }
+sonde.probe { name = "tcp-plugin", kind = "readiness", period = 0.3,
+  timeout = 5, exec = { command = { CHECK_TCP, "-H", "127.0.0.1", "-p",
+  tostring(port) }, codes = "nagios" } }
+sonde.probe { name = "binary", kind = "readiness", period = 0.2,
+  exec = { command = { "printf", "a\\0b\\377c" } } }
+local g = sonde.metrics.gauge("app_queue_depth", "Depth.", { "queue" })
+g:set(3, { queue = "a" })
+]=]
+
+local PROBES = {
+  live = { kind = "liveness", state = "success" },
+  ["ready-ok"] = { kind = "readiness", state = "success" },
+  ["ready-bad"] = { kind = "readiness", state = "failure" },
+  web = { kind = "readiness", state = "success" },
+  [WEIRD] = { kind = "readiness", state = "success" },
+  ["tcp-plugin"] = { kind = "readiness", state = "success" },
+  binary = { kind = "readiness", state = "success" },
+}
+
+local function script_text()
+  return SCRIPT:gsub("WEIRD_NAME", function() return string.format("%q", WEIRD) end)
+    :gsub("CHECK_TCP", function() return string.format("%q", CHECK_TCP) end)
+    .. ""
+end
+
+---------------------------------------------------------------------------
+-- Fetching (sonde.http_get from this process)
+---------------------------------------------------------------------------
+
+local function fetch(port, path, method)
+  return helpers.run(function()
+    return sonde.http_get { url = string.format("http://127.0.0.1:%d%s",
+      port, path), method = method, timeout = 5, max_body = 16 * 1024 * 1024 }
+  end, 20)
+end
+
+local function describe_result(r)
+  return string.format("status=%s reason=%s http_status=%s error=%s body=%q",
+    tostring(r.status), tostring(r.reason), tostring(r.http_status),
+    tostring(r.error), tostring(r.body))
+end
+
+---------------------------------------------------------------------------
+-- A small parser of the text exposition format (samples only)
+---------------------------------------------------------------------------
+
+local UNESCAPE = { ["\\"] = "\\", ['"'] = '"', n = "\n" }
+
+-- Parse `{a="x",b="y"}` starting at s:sub(i); returns labels, next index.
+local function parse_labels(s, i)
+  local lbl = {}
+  assert(s:sub(i, i) == "{")
+  i = i + 1
+  while true do
+    i = s:find("[^%s,]", i) or #s + 1
+    if s:sub(i, i) == "}" then return lbl, i + 1 end
+    local name = s:match("^[%a_][%w_]*", i)
+    assert(name, "label name expected at: " .. s:sub(i))
+    i = i + #name
+    assert(s:sub(i, i + 1) == '="', "=\" expected at: " .. s:sub(i))
+    i = i + 2
+    local parts = {}
+    while true do
+      local c = s:sub(i, i)
+      assert(c ~= "", "unterminated label value in: " .. s)
+      if c == '"' then i = i + 1 break end
+      if c == "\\" then
+        local e = s:sub(i + 1, i + 1)
+        parts[#parts + 1] = assert(UNESCAPE[e], "bad escape \\" .. e .. " in: " .. s)
+        i = i + 2
+      else
+        parts[#parts + 1] = c
+        i = i + 1
+      end
+    end
+    lbl[name] = table.concat(parts)
+  end
+end
+
+local function parse_number(v)
+  if v == "+Inf" then return math.huge end
+  if v == "-Inf" then return -math.huge end
+  if v == "NaN" then return 0 / 0 end
+  return tonumber(v)
+end
+
+-- List of { name, labels, value, line }.
+local function parse_exposition(text)
+  local samples = {}
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, 1) ~= "#" then
+      local name = assert(line:match("^[%a_:][%w_:]*"), "bad line: " .. line)
+      local i = #name + 1
+      local lbl = {}
+      if line:sub(i, i) == "{" then lbl, i = parse_labels(line, i) end
+      local v = line:sub(i):match("^%s+(%S+)")
+      samples[#samples + 1] = { name = name, labels = lbl,
+        value = assert(parse_number(v), "bad value in: " .. line), line = line }
+    end
+  end
+  return samples
+end
+
+-- Samples named `name` whose labels include `where`.
+local function select(samples, name, where)
+  local out = {}
+  for _, s in ipairs(samples) do
+    if s.name == name then
+      local ok = true
+      for k, v in pairs(where or {}) do
+        if s.labels[k] ~= v then ok = false break end
+      end
+      if ok then out[#out + 1] = s end
+    end
+  end
+  return out
+end
+
+-- The value of the one sample named `name` with labels `where` (an
+-- assertion failure when there is none or more than one).
+local function value_of(samples, name, where, text)
+  local found = select(samples, name, where)
+  local w = {}
+  for k, v in pairs(where or {}) do w[#w + 1] = k .. "=" .. string.format("%q", v) end
+  table.sort(w)
+  local what = name .. "{" .. table.concat(w, ",") .. "}"
+  assert(#found == 1, string.format("%d samples of %s in:\n%s", #found, what,
+    text or ""))
+  return found[1].value
+end
+
+---------------------------------------------------------------------------
+-- Listening sockets (/proc/net/tcp, tcp6)
+---------------------------------------------------------------------------
+
+local function hex_to_ipv4(h)
+  -- little-endian 32-bit word
+  local b = {}
+  for i = 7, 1, -2 do b[#b + 1] = tonumber(h:sub(i, i + 1), 16) end
+  return table.concat(b, ".")
+end
+
+-- Local addresses ("127.0.0.1", "::" as raw hex for v6) listening on `port`.
+local function listeners(port)
+  local out = {}
+  for _, f in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
+    local text = helpers.read_file(f) or ""
+    for line in text:gmatch("[^\n]+") do
+      local addr, p, st = line:match("^%s*%d+:%s+(%x+):(%x+)%s+%x+:%x+%s+(%x+)")
+      if addr and tonumber(p, 16) == port and st == "0A" then
+        out[#out + 1] = #addr == 8 and hex_to_ipv4(addr) or ("v6:" .. addr)
+      end
+    end
+  end
+  return out
+end
+
+local function run_promtool(body)
+  local tmp = os.tmpname()
+  helpers.write(tmp, body)
+  local out = os.tmpname()
+  -- (LD_PRELOAD: a SANITIZE=1 run's sanitizer runtimes are not for it)
+  local _, _, code = os.execute(string.format(
+    "env -u LD_PRELOAD %s check metrics < %s > %s 2>&1", q(PROMTOOL), q(tmp),
+    q(out)))
+  local text = helpers.read_file(out) or ""
+  os.remove(tmp)
+  os.remove(out)
+  return code, text
+end
+
+local function listen_port(h)
+  local ok = h:wait_for(function(x) return #x:events("listen") >= 1 end, 15)
+  assert(ok, "no listen event:\n" .. h:stderr())
+  local ev = h:events("listen")[1]
+  return math.tointeger(ev.port), ev
+end
+
+---------------------------------------------------------------------------
+
+describe("metrics endpoints (--listen)", function()
+  local dir, srv, h, port, samples, metrics_text
+
+  setup(function()
+    dir = helpers.tmpdir()
+    srv = fixture.start { host = "127.0.0.1" }
+    local path = helpers.write(dir .. "/metrics.lua", script_text())
+    h = E.host_start { "--log-format", "json", "--listen", "127.0.0.1:0",
+      path, tostring(srv.port) }
+    port = listen_port(h)
+    -- ~1.5 s, and at least 3 results of each period-0.2 probe and one of
+    -- each other probe
+    local t0 = helpers.now()
+    local ok = h:wait_for(function(x)
+      if helpers.now() - t0 < 1.5 then return false end
+      for name in pairs(PROBES) do
+        local need = (name == "tcp-plugin") and 1 or 3
+        if #x:events("probe_result", { probe = name }) < need then
+          return false
+        end
+      end
+      return true
+    end, 20)
+    assert(ok, "probes did not run:\n" .. h:stderr())
+  end)
+
+  teardown(function()
+    if h then h:cleanup() end
+    if srv then srv:stop() end
+    if dir then helpers.rmtree(dir) end
+  end)
+
+  local function get_metrics()
+    local r = fetch(port, "/metrics")
+    assert.are.equal(200, r.http_status, describe_result(r))
+    metrics_text = r.body
+    samples = parse_exposition(r.body)
+    return r
+  end
+
+  it("GET /metrics: 200, text/plain, and promtool accepts it", function()
+    local r = get_metrics()
+    assert.are.equal("success", r.status, describe_result(r))
+    local ct = r.headers and r.headers["content-type"] or ""
+    assert.is_truthy(ct:find("^text/plain"), "Content-Type: " .. ct)
+    assert.is_false(r.truncated)
+    local code, out = run_promtool(r.body)
+    assert.are.equal(0, code, "promtool check metrics: " .. out
+      .. "\n--- body:\n" .. r.body)
+  end)
+
+  it("probe series: probe_success, state, runs, HTTP status", function()
+    get_metrics()
+    local t = metrics_text
+    for name, want in pairs(PROBES) do
+      local v = value_of(samples, "probe_success",
+        { probe = name, kind = want.kind }, t)
+      assert.are.equal(want.state == "success" and 1 or 0, v,
+        "probe_success of " .. name)
+      for _, st in ipairs { "success", "failure", "unknown" } do
+        assert.are.equal(want.state == st and 1 or 0, value_of(samples,
+          "sonde_probe_state", { probe = name, kind = want.kind, state = st }, t),
+          "sonde_probe_state of " .. name .. " state=" .. st)
+      end
+    end
+    assert.are.equal(1, value_of(samples, "sonde_probe_state",
+      { probe = "ready-ok", kind = "readiness", state = "success" }, t))
+    -- period 0.2 for >= 1.5 s
+    for _, name in ipairs { "live", "ready-ok" } do
+      local n = value_of(samples, "sonde_probe_runs_total",
+        { probe = name, kind = PROBES[name].kind, status = "success" }, t)
+      assert.is_true(n >= 3, name .. " runs: " .. n)
+      assert.are.equal(0, value_of(samples, "sonde_probe_runs_total",
+        { probe = name, kind = PROBES[name].kind, status = "failure" }, t))
+    end
+    local bad = value_of(samples, "sonde_probe_runs_total",
+      { probe = "ready-bad", kind = "readiness", status = "failure" }, t)
+    assert.is_true(bad >= 3, "ready-bad failures: " .. bad)
+    assert.are.equal(200, value_of(samples, "probe_http_status_code",
+      { probe = "web", kind = "readiness" }, t))
+    -- only the HTTP probe has an HTTP status
+    assert.are.equal(1, #select(samples, "probe_http_status_code"), t)
+    local d = value_of(samples, "probe_duration_seconds",
+      { probe = "web", kind = "readiness" }, t)
+    assert.is_true(d >= 0 and d < 5, "duration " .. d)
+    -- the histogram's count matches the runs
+    local runs = 0
+    for _, st in ipairs { "success", "warning", "failure", "unknown" } do
+      runs = runs + value_of(samples, "sonde_probe_runs_total",
+        { probe = "live", kind = "liveness", status = st }, t)
+    end
+    assert.are.equal(runs, value_of(samples,
+      "sonde_probe_run_duration_seconds_count",
+      { probe = "live", kind = "liveness" }, t))
+    assert.are.equal(runs, value_of(samples,
+      "sonde_probe_run_duration_seconds_bucket",
+      { probe = "live", kind = "liveness", le = "+Inf" }, t))
+  end)
+
+  it("service, build and process series", function()
+    get_metrics()
+    local t = metrics_text
+    assert.are.equal(1, value_of(samples, "sonde_service_up",
+      { service = "sleeper" }, t))
+    assert.are.equal(0, value_of(samples, "sonde_service_restarts_total",
+      { service = "sleeper" }, t))
+    local bi = select(samples, "sonde_build_info")
+    assert.are.equal(1, #bi, t)
+    assert.are.equal(1, bi[1].value)
+    assert.are.equal(sonde.version, bi[1].labels.version)
+    assert.is_true(value_of(samples, "process_resident_memory_bytes", {}, t) > 0)
+    assert.is_true(value_of(samples, "process_open_fds", {}, t) > 0)
+    local st = value_of(samples, "process_start_time_seconds", {}, t)
+    assert.is_true(math.abs(st - os.time()) < 60,
+      "process_start_time_seconds " .. st .. ", now " .. os.time())
+  end)
+
+  it("a label value with a quote, a backslash and a newline is escaped",
+    function()
+    get_metrics()
+    -- exactly `\"`, `\\` and `\n`, as the exposition format says
+    assert.is_truthy(metrics_text:find('probe="' .. WEIRD_ESCAPED .. '"', 1,
+      true), metrics_text)
+    -- no line is split by the raw newline
+    assert.is_nil(metrics_text:find('we"ird', 1, true), metrics_text)
+    assert.are.equal(1, value_of(samples, "probe_success",
+      { probe = WEIRD, kind = "readiness" }, metrics_text))
+  end)
+
+  it("script-defined gauge and Nagios perfdata", function()
+    get_metrics()
+    local t = metrics_text
+    assert.are.equal(3, value_of(samples, "app_queue_depth", { queue = "a" }, t))
+    assert.is_truthy(t:find("# TYPE app_queue_depth gauge\n", 1, true), t)
+    local where = { probe = "tcp-plugin", label = "time", uom = "s" }
+    local v = value_of(samples, "sonde_perfdata", where, t)
+    assert.is_true(v >= 0 and v < 10, "time " .. v)
+    assert.are.equal(0, value_of(samples, "sonde_perfdata_min", where, t))
+    assert.are.equal(10, value_of(samples, "sonde_perfdata_max", where, t))
+    -- check_tcp gives no thresholds here
+    assert.are.equal(0, #select(samples, "sonde_perfdata_warn", where), t)
+    assert.are.equal(0, #select(samples, "sonde_perfdata_crit", where), t)
+  end)
+
+  it("/healthz, /readyz, /readyz/NAME, /livez/NAME", function()
+    local r = fetch(port, "/healthz")
+    assert.are.equal(200, r.http_status, describe_result(r))
+
+    r = fetch(port, "/readyz")
+    assert.are.equal(503, r.http_status, describe_result(r))
+    local names = {}
+    for line in r.body:gmatch("[^\n]+") do names[line] = true end
+    assert.is_true(names["ready-bad"], r.body)
+    for name in pairs(PROBES) do
+      if name ~= "ready-bad" then
+        -- (the weird name has a newline: look for each piece too)
+        for piece in name:gmatch("[^\n]+") do
+          assert.is_nil(names[piece], "listed " .. name .. ":\n" .. r.body)
+        end
+      end
+    end
+    assert.is_nil(r.body:find("ready-ok", 1, true), r.body)
+
+    local cases = {
+      { "/readyz/ready-ok", 200 }, { "/readyz/web", 200 },
+      { "/readyz/ready-bad", 503 }, { "/readyz/live", 404 },
+      { "/readyz/nosuch", 404 },
+      { "/livez/live", 200 }, { "/livez/nosuch", 404 },
+      { "/livez/ready-ok", 404 },
+    }
+    for _, c in ipairs(cases) do
+      r = fetch(port, c[1])
+      assert.are.equal(c[2], r.http_status, c[1] .. ": " .. describe_result(r))
+    end
+  end)
+
+  it("/status is JSON with every probe's state and the service", function()
+    local r = fetch(port, "/status")
+    assert.are.equal(200, r.http_status, describe_result(r))
+    local st, err = E.json_decode(r.body)
+    assert.is_truthy(st, "invalid JSON (" .. tostring(err) .. "): " .. r.body)
+    assert.are.equal("table", type(st.probes), r.body)
+    for name, want in pairs(PROBES) do
+      local p = st.probes[name]
+      assert.is_truthy(p, "no probe " .. name .. " in " .. r.body)
+      assert.are.equal(want.state, p.state, name)
+      assert.are.equal(want.kind, p.kind, name)
+    end
+    local n = 0
+    for _ in pairs(st.probes) do n = n + 1 end
+    assert.are.equal(7, n, r.body)
+    assert.are.equal("running", st.services.sleeper.state, r.body)
+    assert.are.equal(0, st.services.sleeper.restarts, r.body)
+  end)
+
+  it("/status stays valid JSON with NUL and invalid UTF-8 in an output",
+    function()
+    local r = fetch(port, "/status")
+    assert.are.equal(200, r.http_status, describe_result(r))
+    local st, err = E.json_decode(r.body)
+    assert.is_truthy(st, "invalid JSON (" .. tostring(err) .. "): " .. r.body)
+    local last = st.probes.binary.last
+    assert.is_truthy(last, r.body)
+    local out = last.output
+    -- not cut at the NUL; the \377 byte is shown (as the text \xFF, the
+    -- log's convention), nothing after it dropped
+    assert.is_truthy(out:find("^a%zb"), string.format("%q", out))
+    assert.is_truthy(out:find("c$"), string.format("%q", out))
+    assert.are.equal("a\0b\\xFFc", out)
+  end)
+
+  it("unknown path 404, POST 405, HEAD 200", function()
+    local r = fetch(port, "/nosuch")
+    assert.are.equal(404, r.http_status, describe_result(r))
+    r = fetch(port, "/metrics", "POST")
+    assert.are.equal(405, r.http_status, describe_result(r))
+    r = fetch(port, "/metrics", "HEAD")
+    assert.are.equal(200, r.http_status, describe_result(r))
+    assert.are.equal("", r.body or "")
+    local ct = r.headers and r.headers["content-type"] or ""
+    assert.is_truthy(ct:find("^text/plain"), "Content-Type: " .. ct)
+  end)
+end)
+
+describe("--listen", function()
+  local dir
+  local hosts = {}
+
+  before_each(function() dir = helpers.tmpdir() end)
+
+  after_each(function()
+    for _, x in ipairs(hosts) do x:cleanup() end
+    hosts = {}
+    helpers.rmtree(dir)
+  end)
+
+  local function start(args)
+    local x = E.host_start(args)
+    hosts[#hosts + 1] = x
+    return x
+  end
+
+  local SMALL = [[
+    local sonde = require "sonde"
+    sonde.service { name = "sleeper", command = { "sleep", "600" } }
+    sonde.probe { name = "tick", kind = "readiness", period = 0.2,
+                  exec = { command = { "true" } } }
+  ]]
+
+  it("a port alone (--listen 0) binds 127.0.0.1 only", function()
+    local path = helpers.write(dir .. "/small.lua", SMALL)
+    local x = start { "--log-format", "json", "--listen", "0", path }
+    local p, ev = listen_port(x)
+    assert.are.equal("127.0.0.1", ev.host)
+    assert.is_true(p > 0)
+    assert.are.same({ "127.0.0.1" }, listeners(p))
+    local r = fetch(p, "/healthz")
+    assert.are.equal(200, r.http_status, describe_result(r))
+  end)
+
+  it("a bad value exits 2 with a usage message", function()
+    local path = helpers.write(dir .. "/small.lua", SMALL)
+    for _, bad in ipairs { "nonsense", "127.0.0.1:99999", "127.0.0.1:",
+        "-1", "" } do
+      local code, out, err = E.host_run({ "--listen", bad, path }, nil, 20)
+      assert.are.equal(2, code, "--listen " .. string.format("%q", bad)
+        .. ": " .. out .. err)
+      assert.is_truthy(err:find("usage:", 1, true), err)
+      assert.is_truthy(err:find("--listen", 1, true), err)
+    end
+    -- and no value at all
+    local code, out, err = E.host_run({ "--listen" }, nil, 20)
+    assert.are.equal(2, code, out .. err)
+    assert.is_truthy(err:find("usage:", 1, true), err)
+  end)
+
+  it("after SIGTERM the host exits 0 and nothing listens", function()
+    local path = helpers.write(dir .. "/small.lua", SMALL)
+    local x = start { "--log-format", "json", "--listen", "127.0.0.1:0", path }
+    local p = listen_port(x)
+    assert.is_truthy(x:wait_for(function(y)
+      return #y:events("probe_result", { probe = "tick" }) >= 2 end, 15),
+      x:stderr())
+    local r = fetch(p, "/readyz")
+    assert.are.equal(200, r.http_status, describe_result(r))
+    local pids = x:service_pids()
+    assert.are.equal(1, #pids, x:stderr())
+    x:signal("TERM")
+    assert.are.equal(0, x:wait(10), x:stderr())
+    assert.are.same({}, listeners(p))
+    r = helpers.run(function()
+      return sonde.tcp_socket { host = "127.0.0.1", port = p, timeout = 2 }
+    end)
+    assert.are.equal("failure", r.status)
+    assert.are.equal("connect_refused", r.reason)
+    assert.is_true(E.gone(pids[1]), "service " .. pids[1] .. " still there")
+  end)
+end)
+
+describe("sonde.metrics.gauge / counter validation", function()
+  local metrics = sonde.metrics
+  -- the registry is per process: names unique to this spec
+  local n = 0
+  local function uniq(prefix)
+    n = n + 1
+    return string.format("%s_metricsspec_%d_%d", prefix, helpers.pid(), n)
+  end
+
+  it("accepts valid declarations", function()
+    local g = metrics.gauge(uniq("ok_gauge"), "A gauge.", { "queue", "_x" })
+    g:set(1, { queue = "a", _x = "b" })
+    g:set(-2.5, { queue = "a", _x = "b" })
+    local c = metrics.counter(uniq("ok:counter") .. "_total", "A counter.")
+    c:inc()
+    c:inc(2.5)
+    c:inc(0)
+  end)
+
+  it("invalid names raise", function()
+    for _, name in ipairs { "", "1abc", "a-b", "a b", "é", "a.b" } do
+      assert.has_error(function() metrics.gauge(name, "h") end, nil,
+        string.format("%q", name))
+    end
+    assert.has_error(function() metrics.gauge(nil, "h") end)
+    assert.has_error(function() metrics.gauge(42, "h") end)
+    assert.has_error(function() metrics.counter("1_total", "h") end)
+  end)
+
+  it("reserved prefixes probe_, sonde_, process_ raise", function()
+    for _, prefix in ipairs { "probe_", "sonde_", "process_" } do
+      assert.has_error(function() metrics.gauge(prefix .. "custom", "h") end,
+        nil, prefix)
+      assert.has_error(function()
+        metrics.counter(prefix .. "custom_total", "h") end, nil, prefix)
+    end
+    assert.has_error(function() metrics.gauge("probe_success", "h") end)
+  end)
+
+  it("a counter not ending in _total raises", function()
+    assert.has_error(function() metrics.counter(uniq("requests"), "h") end)
+    assert.has_error(function()
+      metrics.counter(uniq("requests") .. "_totals", "h") end)
+  end)
+
+  it("a duplicate name raises", function()
+    local name = uniq("dup")
+    metrics.gauge(name, "h")
+    assert.has_error(function() metrics.gauge(name, "h") end)
+    local cname = uniq("dup") .. "_total"
+    metrics.counter(cname, "h")
+    assert.has_error(function() metrics.counter(cname, "h") end)
+    assert.has_error(function() metrics.gauge(cname, "h") end)
+    -- a script-defined one cannot shadow a built-in series either
+    assert.has_error(function() metrics.gauge("sonde_build_info", "h") end)
+  end)
+
+  it("bad label names raise", function()
+    for _, l in ipairs { "1a", "a-b", "a b", "", "__reserved" } do
+      assert.has_error(function() metrics.gauge(uniq("lbl"), "h", { l }) end,
+        nil, string.format("%q", l))
+    end
+    assert.has_error(function() metrics.gauge(uniq("lbl"), "h", { 5 }) end)
+  end)
+
+  it("counter:inc with a negative raises", function()
+    local c = metrics.counter(uniq("neg") .. "_total", "h", { "k" })
+    assert.has_error(function() c:inc(-1, { k = "a" }) end)
+    assert.has_error(function() c:inc(-0.5, { k = "a" }) end)
+    c:inc(1, { k = "a" })
+  end)
+end)
