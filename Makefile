@@ -77,13 +77,20 @@ $(FIXTURE): spec/fixtures/fixture-server.c
 	$(CC) -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) $(EVENT_CFLAGS) -o $@ $< \
 	  $(EVENT_LIBS)
 
-# Debian packages the build and the tests need; installed when missing.
-DEB_PKGS := lua5.4 liblua5.4-dev libcurl4-openssl-dev libevent-dev \
-            lua-busted luarocks pkg-config gcc make procps openssl \
-            monitoring-plugins-basic prometheus lua-yaml python3
-.PHONY: deps
+# Debian packages the build needs, and those the tests need too; installed
+# when missing (`make deps`, `make test-deps`).
+DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
+             libevent-dev lua-yaml
+TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
+             prometheus python3 lua-socket lua-cjson
+.PHONY: deps test-deps
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"
+test-deps:
+	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS) $(TEST_PKGS)"
+.PHONY: install-pkgs
+install-pkgs:
+	@missing=""; for p in $(PKGS); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -101,7 +108,7 @@ TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
             LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
             SONDE_BUILD="$(CURDIR)/$(BUILD)" SONDE_SANITIZE="$(SANITIZE)"
 
-check: deps
+check: test-deps
 	$(MAKE) all $(FIXTURE)
 	$(TEST_ENV) $(SAN_ENV) $(BUSTED) --lua=$(LUA) $(BUSTED_ARGS)
 

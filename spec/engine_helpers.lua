@@ -241,7 +241,8 @@ end
 --- Kill (SIGKILL) the process groups of the given pids, if still there.
 function E.kill_groups(pids)
   for _, pid in ipairs(pids) do
-    if math.tointeger(pid) and pid > 1 then
+    pid = math.tointeger(pid)
+    if pid and pid > 1 then
       os.execute(string.format("kill -KILL -- -%d 2>/dev/null; kill -KILL %d "
         .. "2>/dev/null", pid, pid))
     end
@@ -377,7 +378,7 @@ end
 
 function Host:alive()
   if self:rc() then return false end
-  local s = read_file("/proc/" .. self.pid .. "/stat")
+  local s = read_file(string.format("/proc/%d/stat", self.pid))
   return s ~= nil and s:match("^%d+ %b() (%a)") ~= "Z"
 end
 
@@ -448,7 +449,7 @@ end
 
 --- True when process `pid` is gone (or a zombie).
 function E.gone(pid)
-  local s = read_file("/proc/" .. pid .. "/stat")
+  local s = read_file(string.format("/proc/%d/stat", pid))
   return s == nil or s:match("^%d+ %b() (%a)") == "Z"
 end
 

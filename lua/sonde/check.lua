@@ -18,7 +18,7 @@ function M.fail(ctx, field, reason, ...)
     msg = fmt("%s: %s%s: %s", ctx.where, ctx.prefix or "", field,
       fmt(reason, ...))
   elseif ctx.prefix then
-    msg = fmt("%s: %s %s", ctx.where, ctx.prefix:sub(1, -2), fmt(reason, ...))
+    msg = fmt("%s: %s: %s", ctx.where, ctx.prefix:sub(1, -2), fmt(reason, ...))
   else
     msg = fmt("%s: %s", ctx.where, fmt(reason, ...))
   end

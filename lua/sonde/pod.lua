@@ -136,7 +136,8 @@ function M.load(path, opts)
     fail(where, "command/args: none given (sonde does not use the image's "
       .. "entrypoint)")
   end
-  for i, a in ipairs(argv) do argv[i] = sonde.expand(a, env) end
+  -- (argv is `$(VAR)`-expanded against env by the service, like any
+  -- exec command: once)
   local ports = {}
   for i, p in ipairs(c.ports or {}) do
     if type(p) ~= "table" or math.type(p.containerPort) ~= "integer" then

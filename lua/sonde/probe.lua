@@ -76,9 +76,10 @@ local STATUSES = { success = true, warning = true, failure = true,
                    unknown = true }
 
 local function count(ctx, v, field, default)
-  local n = check.count(ctx, v, field, default)
-  if n < 1 then check.fail(ctx, field, "must be >= 1, got %s", n) end
-  return n
+  if type(v) == "number" and v < 1 then
+    check.fail(ctx, field, "must be >= 1, got %s", check.show(v))
+  end
+  return check.count(ctx, v, field, default)
 end
 
 --- Validate a probe spec and make the (not yet started) probe.
@@ -139,6 +140,10 @@ function M.new(spec)
   }, Probe)
   if self.period < 0.1 then
     check.fail(ctx, "period", "must be >= 0.1, got %s", check.show(self.period))
+  end
+  if kind == "readiness" and self.termination_grace then
+    check.fail(ctx, "termination_grace", "must not be set for readiness "
+      .. "probes (they never restart anything)")
   end
   if kind ~= "readiness" and self.success_threshold ~= 1 then
     check.fail(ctx, "success_threshold", "must be 1 for %s probes, got %d",
@@ -353,6 +358,7 @@ function Probe:handle(r)
   if r.status ~= "unknown" then                 -- unknown moves no counter
     if v == self.last then self.run = self.run + 1
     else self.last, self.run = v, 1 end
+    -- the run so far / its threshold; the run keeps counting past it
     streak = string.format("%s %d/%d", v, self.run, v == "failure"
       and self.failure_threshold or self.success_threshold)
   end

@@ -1,0 +1,196 @@
+-- Supervised services: restart policy and the kubelet back-off, stop with
+-- SIGTERM then SIGKILL after the grace, output lines into the log.
+local sonde = require "sonde"
+local helpers = require "helpers"
+local E = require "engine_helpers"
+
+describe("services", function()
+  local svcs
+
+  before_each(function()
+    E.fresh()
+    svcs = {}
+  end)
+
+  after_each(function()
+    E.fresh()
+    local pids = {}
+    for _, s in ipairs(svcs) do if s.pid then pids[#pids + 1] = s.pid end end
+    E.kill_groups(pids)
+  end)
+
+  local function service(spec)
+    local s = sonde.service(spec)
+    svcs[#svcs + 1] = s
+    return s
+  end
+
+  -- run the current configuration for `seconds`; the log's events
+  local function run(seconds, at)
+    local log = E.capture()
+    local ok, err = pcall(E.run_for, seconds, at)
+    local evs = ok and log:all() or {}
+    log:close()
+    assert(ok, err)
+    return evs
+  end
+
+  it("a service that exits at once is restarted with the back-off "
+    .. "0, 0.2, 0.4, 0.4...", function()
+    local s = service {
+      name = "crash", command = { "sh", "-c", "exit 3" },
+      restart = { backoff = 0.2, max_backoff = 0.4 },
+    }
+    local evs = run(3.5)
+    local restarts = E.select(evs, "service_restart", { service = "crash" })
+    assert.is_true(#restarts >= 5, "restarts: " .. #restarts)
+    local delays = {}
+    for i, r in ipairs(restarts) do
+      delays[i] = r.delay
+      assert.are.equal("exit", r.why)
+      assert.are.equal(i, r.restarts)
+    end
+    local want = { 0, 0.2 }
+    for i = 3, #restarts do want[i] = 0.4 end
+    assert.are.same(want, delays)
+    local exits = E.select(evs, "service_exit", { service = "crash" })
+    assert.is_true(#exits >= #restarts)
+    for i, e in ipairs(exits) do
+      assert.are.equal(3, e.exit_code)
+      assert.are.equal("failure", e.status)
+      assert.are.equal("exit_code", e.reason)
+      assert.are.equal(i, e.instance)
+    end
+    local starts = E.select(evs, "service_start", { service = "crash" })
+    assert.is_true(#starts >= #restarts)
+    for i, e in ipairs(starts) do
+      assert.are.equal(i, e.instance)
+      assert.are.equal("sh -c exit 3", e.command)
+    end
+    assert.are.equal(#restarts, s.restarts)
+  end)
+
+  it("the back-off count starts again after reset_after seconds of running",
+    function()
+    service {
+      name = "flaky", command = { "sh", "-c", "sleep 0.4; exit 1" },
+      restart = { backoff = 0.2, max_backoff = 0.4, reset_after = 0.3 },
+    }
+    local evs = run(2.2)
+    local restarts = E.select(evs, "service_restart", { service = "flaky" })
+    assert.is_true(#restarts >= 3, "restarts: " .. #restarts)
+    for _, r in ipairs(restarts) do assert.are.equal(0, r.delay) end
+  end)
+
+  it("restart.policy never: not restarted", function()
+    local s = service {
+      name = "once", command = { "sh", "-c", "exit 3" },
+      restart = { policy = "never", backoff = 0.2 },
+    }
+    local evs = run(1.2)
+    assert.are.equal(0, #E.select(evs, "service_restart"))
+    local exits = E.select(evs, "service_exit", { service = "once" })
+    assert.are.equal(1, #exits)
+    assert.are.equal(3, exits[1].exit_code)
+    assert.are.equal(1, #E.select(evs, "service_start", { service = "once" }))
+    assert.are.equal(0, s.restarts)
+    assert.are.equal(1, s.instance)
+    assert.are.equal("stopped", s.state)
+  end)
+
+  it("restart.policy on-failure: exit 0 is not restarted, exit 3 is",
+    function()
+    local ok0 = service {
+      name = "ok0", command = { "sh", "-c", "exit 0" },
+      restart = { policy = "on-failure", backoff = 0.2 },
+    }
+    local bad = service {
+      name = "bad3", command = { "sh", "-c", "exit 3" },
+      restart = { policy = "on-failure", backoff = 0.2, max_backoff = 0.2 },
+    }
+    local evs = run(1.5)
+    assert.are.equal(0, #E.select(evs, "service_restart", { service = "ok0" }))
+    assert.are.equal(1, #E.select(evs, "service_exit", { service = "ok0" }))
+    assert.are.equal(0, E.select(evs, "service_exit",
+      { service = "ok0" })[1].exit_code)
+    assert.are.equal(0, ok0.restarts)
+    assert.are.equal("stopped", ok0.state)
+    local r3 = E.select(evs, "service_restart", { service = "bad3" })
+    assert.is_true(#r3 >= 2, "restarts of bad3: " .. #r3)
+    assert.are.equal(#r3, bad.restarts)
+  end)
+
+  it("stop() sends SIGTERM, then SIGKILL after the grace (0.5 s), and "
+    .. "leaves no process", function()
+    local s = service {
+      name = "stubborn",
+      command = { "sh", "-c", 'trap "" TERM; sleep 60' },
+      grace = 0.5,
+    }
+    local t_stop
+    local evs
+    local log = E.capture()
+    local ok, err = pcall(E.run_for, 1.0, {
+      { 0.999, function() t_stop = sonde.now() end } })
+    local t_end = sonde.now()
+    evs = ok and log:all() or {}
+    log:close()
+    assert(ok, err)
+    local took = t_end - t_stop
+    assert.is_true(took >= 0.45 and took < 3, "stop took " .. took)
+    local exits = E.select(evs, "service_exit", { service = "stubborn" })
+    assert.are.equal(1, #exits)
+    assert.are.equal(9, exits[1].signal)            -- SIGKILL
+    assert.are.equal("signal", exits[1].reason)
+    assert.are.equal(1, #E.select(evs, "service_stop",
+      { service = "stubborn" }))
+    assert.are.equal(0, #E.select(evs, "service_restart"))
+    assert.are.equal("stopped", s.state)
+    local gone = helpers.eventually(function()
+      return #helpers.procs_in_groups(s.pid) == 0
+    end, 3)
+    assert.is_true(gone, helpers.describe_procs(
+      helpers.procs_in_groups(s.pid)))
+  end)
+
+  it("stop() of a service that obeys SIGTERM does not wait for the grace",
+    function()
+    local s = service {
+      name = "polite", command = { "sleep", "60" }, grace = 10,
+    }
+    local t_stop
+    local log = E.capture()
+    local ok, err = pcall(E.run_for, 0.5, {
+      { 0.499, function() t_stop = sonde.now() end } })
+    local t_end = sonde.now()
+    local exits = ok and log:events("service_exit") or {}
+    log:close()
+    assert(ok, err)
+    assert.is_true(t_end - t_stop < 3, "stop took " .. (t_end - t_stop))
+    assert.are.equal(1, #exits)
+    assert.are.equal(15, exits[1].signal)           -- SIGTERM
+    assert.are.equal("stopped", s.state)
+  end)
+
+  it("stdout and stderr lines are service_output events with the exact "
+    .. "text", function()
+    service {
+      name = "talk",
+      command = { "sh", "-c", [[echo hello; echo "two  words"; echo;
+        printf '%s\n' 'tab	"quoted" \back'; echo err >&2; printf 'no newline']] },
+      restart = { policy = "never" },
+    }
+    local evs = run(1.0)
+    local out, errs = {}, {}
+    for _, e in ipairs(E.select(evs, "service_output", { service = "talk" })) do
+      if e.stream == "stdout" then out[#out + 1] = e.line
+      else
+        assert.are.equal("stderr", e.stream)
+        errs[#errs + 1] = e.line
+      end
+    end
+    assert.are.same({ "hello", "two  words", "", 'tab\t"quoted" \\back',
+      "no newline" }, out)
+    assert.are.same({ "err" }, errs)
+  end)
+end)
