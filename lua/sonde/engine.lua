@@ -64,7 +64,7 @@ end
 --- Start a configuration: services first, then probes.
 function M.start(cfg)
   cfg = cfg or M.current
-  if cfg.started then return end
+  if cfg.started or cfg.stopped then return end
   cfg.started = true
   for _, s in ipairs(cfg.services) do s:start() end
   start_probes(cfg.probes)
@@ -76,6 +76,7 @@ end
 function M.stop(cfg, done)
   cfg = cfg or M.current
   cfg.started = false
+  cfg.stopped = true       -- sonde.run() does not start it again
   for _, p in ipairs(cfg.probes) do p:stop() end
   local left = #cfg.services
   if left == 0 then if done then done() end return end

@@ -511,6 +511,18 @@ function sonde.probe(spec)
   return require("sonde.engine").probe(spec)
 end
 
+--- Stop every declared probe (in-flight runs cancelled) and service
+-- (SIGTERM, SIGKILL after its grace); `done()` is called once every
+-- service has exited.  A stopped configuration is not started again.
+function sonde.stop(done)
+  if done ~= nil and type(done) ~= "function" then
+    error("sonde.stop: done must be a function", 2)
+  end
+  local engine = package.loaded["sonde.engine"]
+  if not engine then if done then done() end return end
+  engine.stop(engine.current, done)
+end
+
 --- Declare a supervised service: see lua/sonde/service.lua.
 -- Returns the service object (for `service =` in probes and
 -- `sonde.action.restart`).

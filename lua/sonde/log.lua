@@ -84,35 +84,33 @@ local function utf8_walk(s, ok, bad)
   end
 end
 
---- Escape a byte string for a text log line: printable UTF-8 kept,
--- `\n \r \t \\ \"` and other controls and invalid bytes as escapes.
-function M.escape_text(s)
-  local out = {}
-  utf8_walk(s, function(chunk)
-    out[#out + 1] = chunk:gsub('[%c"\\]', function(c)
-      if c == "\n" then return "\\n" elseif c == "\r" then return "\\r"
-      elseif c == "\t" then return "\\t" elseif c == '"' then return '\\"'
-      elseif c == "\\" then return "\\\\" end
-      return fmt("\\x%02X", c:byte())
-    end)
-  end, function(b) out[#out + 1] = fmt("\\x%02X", b) end)
-  return table.concat(out)
+local SHORT = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+                ['"'] = '\\"', ["\\"] = "\\\\" }
+
+-- An escaper: printable UTF-8 kept, the SHORT escapes, other control
+-- bytes through `ctrl` (a format for the byte), invalid bytes through `bad`.
+local function escaper(ctrl, bad)
+  return function(s)
+    local out = {}
+    utf8_walk(s, function(chunk)
+      out[#out + 1] = chunk:gsub('[%c"\\]', function(c)
+        return SHORT[c] or fmt(ctrl, c:byte())
+      end)
+    end, function(b) out[#out + 1] = fmt(bad, b) end)
+    return table.concat(out)
+  end
 end
+
+--- Escape a byte string for a text log line: printable UTF-8 kept,
+-- `\n \r \t \\ \"` and other controls and invalid bytes as `\xFF`.
+M.escape_text = escaper("\\x%02X", "\\x%02X")
+
+local json_body = escaper("\\u%04x", "\\\\x%02X")
 
 --- Encode a byte string as a JSON string literal (with quotes).  Invalid
 -- UTF-8 bytes become the text `\xFF` (escaped as `\\xFF`).
 function M.json_string(s)
-  local out = { '"' }
-  utf8_walk(s, function(chunk)
-    out[#out + 1] = chunk:gsub('[%c"\\]', function(c)
-      if c == "\n" then return "\\n" elseif c == "\r" then return "\\r"
-      elseif c == "\t" then return "\\t" elseif c == '"' then return '\\"'
-      elseif c == "\\" then return "\\\\" end
-      return fmt("\\u%04x", c:byte())
-    end)
-  end, function(b) out[#out + 1] = fmt("\\\\x%02X", b) end)
-  out[#out + 1] = '"'
-  return table.concat(out)
+  return '"' .. json_body(s) .. '"'
 end
 
 --- Encode a Lua value as JSON (tables with 1..n keys as arrays, others as
