@@ -55,13 +55,27 @@ local function err(fmt, ...)
   io.stderr:write("sonde: ", string.format(fmt, ...), "\n")
 end
 
+-- A load error without the stack traceback (file:line stays in the
+-- message); SONDE_TRACEBACK=1 keeps it.
+local function load_error(e)
+  e = tostring(e)
+  if os.getenv("SONDE_TRACEBACK") ~= "1" then
+    e = e:gsub("\nstack traceback:.*$", "")
+  end
+  return e
+end
+
+local function plural(n, word)
+  return string.format("%d %s%s", n, word, n == 1 and "" or "s")
+end
+
 local function cmd_check(script)
   local engine = require "sonde.engine"
   set_arg(script, {})
   local cfg, e = engine.load(script, {})
-  if not cfg then err("%s", e) return 2 end
-  print(string.format("%s: %d service(s), %d probe(s)", script,
-    #cfg.services, #cfg.probes))
+  if not cfg then err("%s", load_error(e)) return 2 end
+  print(string.format("%s: %s, %s", script, plural(#cfg.services, "service"),
+    plural(#cfg.probes, "probe")))
   for _, s in ipairs(cfg.services) do
     print(string.format("service %-20s %s", s.name,
       table.concat(s.opts.argv, " ")))
@@ -80,7 +94,7 @@ local function cmd_once(script, names, format)
   local engine = require "sonde.engine"
   set_arg(script, {})
   local cfg, e = engine.load(script, {})
-  if not cfg then err("%s", e) return 2 end
+  if not cfg then err("%s", load_error(e)) return 2 end
   local results
   local ok, nerr = engine.once(cfg, names, function(r) results = r end)
   if not ok then err("%s", nerr) return 2 end
@@ -126,7 +140,7 @@ local function cmd_run(script, args, listen)
   end
   set_arg(script, args)
   local cfg, e = engine.load(source, args)
-  if not cfg then err("%s", e) return 2 end
+  if not cfg then err("%s", load_error(e)) return 2 end
   if listen then
     local port, lerr = require("sonde.metrics").listen(listen.host,
       listen.port, function() return engine.current end)
@@ -161,21 +175,21 @@ local function cmd_run(script, args, listen)
     core.sd_notify("RELOADING=1")
     local new, lerr = engine.load(source, args)
     if not new then
-      log.event("error", "reload", { status = "failed", error = lerr })
+      log.event("error", "reload", { status = "failed", error = load_error(lerr) })
       core.sd_notify("READY=1\nSTATUS=reload failed: " .. tostring(lerr):match("^[^\n]*"))
       return
     end
     engine.apply(new)
-    core.sd_notify("READY=1\nSTATUS=" .. #new.probes .. " probes, "
-      .. #new.services .. " services")
+    core.sd_notify("READY=1\nSTATUS=" .. plural(#new.probes, "probe") .. ", "
+      .. plural(#new.services, "service"))
     log.event("info", "reload", { status = "ok",
       services = #new.services, probes = #new.probes })
   end)
   engine.start(cfg)
   -- systemd Type=notify: ready once the script is loaded and started;
   -- with WatchdogSec=, a keep-alive from the loop at half the interval.
-  core.sd_notify("READY=1\nSTATUS=" .. #cfg.probes .. " probes, "
-    .. #cfg.services .. " services")
+  core.sd_notify("READY=1\nSTATUS=" .. plural(#cfg.probes, "probe") .. ", "
+    .. plural(#cfg.services, "service"))
   local wd = core.watchdog_usec()
   if wd then
     local function ping()

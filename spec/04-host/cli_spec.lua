@@ -76,7 +76,7 @@ describe("sonde host command line", function()
       assert.are.equal(0, rc, err)
       assert.are.equal("", err)
       local lines = E.lines(out)
-      assert.are.equal(path .. ": 1 service(s), 2 probe(s)", lines[1])
+      assert.are.equal(path .. ": 1 service, 2 probes", lines[1])
       assert.are.equal(4, #lines, out)
       assert.is_truthy(lines[2]:match("^service%s+web%s+sleep 600$"), lines[2])
       assert.is_truthy(lines[3]:match("^probe%s+web%-live%s+liveness%s+exec%s+"

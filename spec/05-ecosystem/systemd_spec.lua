@@ -185,6 +185,14 @@ if not name.startswith("@"):
     os.unlink(name)
 ]]
 
+-- Debian's python3 (the Makefile's test packages) when there, so that the
+-- pid we get is python's own and not a version manager's wrapper.
+local PYTHON = "python3"
+do
+  local f = io.open("/usr/bin/python3", "rb")
+  if f then f:close() PYTHON = "/usr/bin/python3" end
+end
+
 local Listener = {}
 Listener.__index = Listener
 
@@ -196,8 +204,8 @@ local function listen(dir, name, secs)
     errf = base .. ".err", pidf = base .. ".pid" }, Listener)
   local script = helpers.write(dir .. "/listener.py", LISTENER)
   -- python must not get the sanitizer runtime of SANITIZE=1 runs
-  os.execute(string.format("env -u LD_PRELOAD python3 -u %s %s %s %g "
-    .. "</dev/null >/dev/null 2>%s & echo $! >%s", q(script), q(name),
+  os.execute(string.format("env -u LD_PRELOAD %s -u %s %s %s %g "
+    .. "</dev/null >/dev/null 2>%s & echo $! >%s", PYTHON, q(script), q(name),
     q(l.out), secs or 20, q(l.errf), q(l.pidf)))
   l.pid = tonumber((read_file(l.pidf) or ""):match("%d+"))
   assert(l.pid, "python3 did not start")
@@ -218,7 +226,7 @@ function Listener:messages()
   return out
 end
 
--- Index of the first message (from `from`) with a line exactly `line`.
+-- Whether the text of a message has a line exactly `line`.
 local function has_line(msg, line)
   for l in (msg .. "\n"):gmatch("([^\n]*)\n") do
     if l == line then return true end
@@ -226,6 +234,7 @@ local function has_line(msg, line)
   return false
 end
 
+-- Index (and message) of the first message from `from` with the line.
 function Listener:find(line, from, msgs)
   msgs = msgs or self:messages()
   for i = from or 1, #msgs do
