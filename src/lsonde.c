@@ -109,6 +109,7 @@ static void push_result(lua_State *L, const struct sonde_result *r) {
 static int msgh(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL && !lua_isnoneornil(L, 1)) return 1; /* keep non-strings */
+  if (msg && strstr(msg, "\nstack traceback:")) return 1; /* a task's own */
   luaL_traceback(L, L, msg, 1);
   return 1;
 }

@@ -198,7 +198,13 @@ local function cmd_run(script, args, listen)
     end
     watchdog_timer = core.timer(wd / 2e6, ping)
   end
-  core.run()
+  -- An error escaping a task or callback (the script's own sonde.spawn,
+  -- code after its top level waited) is logged; the engine goes on.
+  while true do
+    local ok, rerr = pcall(core.run)
+    if ok then break end
+    log.event("error", "task_error", { error = tostring(rerr) })
+  end
   return 0
 end
 

@@ -27,7 +27,9 @@
 --   * `message`: text (sonde.log.info/warn/error from scripts);
 --   * `host_start`, `host_stop`: script;
 --   * `listen`: host, port (the endpoint of --listen);
---   * `http_error`: path, error (an endpoint handler failed: 500).
+--   * `http_error`: path, error (an endpoint handler failed: 500);
+--   * `task_error`: error (a task or callback of the script raised; the
+--     host logs it and goes on).
 --
 -- Bytes that are not valid UTF-8 and control characters are escaped
 -- (`\xFF`, `\n` in text; `\u00XX` for controls in JSON, and `\\xFF` text

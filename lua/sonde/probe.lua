@@ -342,7 +342,10 @@ function Probe:handle(r)
       r.error = status
     elseif status ~= nil then
       if STATUSES[status] then
-        r.status, r.reason = status, reason and tostring(reason) or r.reason
+        r.reason = reason and tostring(reason)
+          or (status == "success" and status ~= r.status and "ok")
+          or r.reason
+        r.status = status
       else
         log.event("error", "hook_error", { probe = self.name,
           hook = "on_result", error = "returned status " .. tostring(status)
