@@ -55,7 +55,7 @@ MODULE      := $(BUILD)/lib/sonde/core.so
 HOST        := $(BUILD)/bin/sonde
 FIXTURE     := $(BUILD)/test/fixture-server
 
-.PHONY: all check demo demo-probes env install clean format-check
+.PHONY: all check demo demo-probes bench env install clean format-check
 all: $(MODULE) $(HOST)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h
@@ -130,6 +130,16 @@ demo-probes: deps
 	for i in 1 2 3 4 5 6 7 8 9 10; do grep -q PORT $$log && break; sleep 0.2; done; \
 	port=$$(sed -n 's/^PORT //p' $$log); \
 	$(HOST) examples/concurrent.lua http://127.0.0.1:$$port
+
+# Benchmarks print ratios against a baseline measured in the same run.
+bench: deps
+	$(MAKE) all $(FIXTURE)
+	@log=$$(mktemp); \
+	$(FIXTURE) --max-seconds 120 > $$log & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; rm -f $$log' EXIT; \
+	for i in 1 2 3 4 5 6 7 8 9 10; do grep -q PORT $$log && break; sleep 0.2; done; \
+	port=$$(sed -n 's/^PORT //p' $$log); \
+	$(HOST) bench/probes.lua http://127.0.0.1:$$port
 
 env:
 	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
