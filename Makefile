@@ -48,7 +48,8 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/tcp.c src/lsonde.c \
-               src/lhttpd.c src/lprocstat.c src/lnotify.c
+               src/lhttpd.c src/lprocstat.c src/lnotify.c \
+               src/ldeadline.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so

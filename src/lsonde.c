@@ -649,6 +649,7 @@ int luaopen_sonde_core(lua_State *L) {
   luaL_setfuncs(L, core_funcs, 1);        /* upvalue: the loop userdata */
   sonde_open_procstat(L);
   sonde_open_notify(L);
+  sonde_open_deadline(L);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &streams_key);
   lua_newtable(L);

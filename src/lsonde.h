@@ -40,4 +40,7 @@ void sonde_open_procstat(lua_State *L);
 /* Register core.sd_notify and core.watchdog_usec into the table on top. */
 void sonde_open_notify(lua_State *L);
 
+/* Register core.set_deadline, deadline_hit, clear_deadline. */
+void sonde_open_deadline(lua_State *L);
+
 #endif

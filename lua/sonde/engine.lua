@@ -31,6 +31,11 @@ function M.service(spec)
   end
   cfg.service_by_name[s.name] = s
   cfg.services[#cfg.services + 1] = s
+  if cfg.plain then
+    log.event("warn", "late_declaration", { service = s.name, detail =
+      "declared after the script first waited: runs without the host's "
+      .. "signal handling; declare services before waiting" })
+  end
   if cfg.started then s:start() end
   return s
 end
@@ -40,11 +45,20 @@ end
 function M.probe(spec)
   local p = probe.new(spec)
   local cfg = M.loading
+  if p.service and cfg.service_by_name[p.service.name] ~= p.service then
+    error(string.format("probe %q: service: %q is not a service declared "
+      .. "by this script (sonde.service)", p.name, p.service.name), 2)
+  end
   if cfg.probe_by_name[p.name] then
     error(string.format("probe %q: name: declared twice", p.name), 2)
   end
   cfg.probe_by_name[p.name] = p
   cfg.probes[#cfg.probes + 1] = p
+  if cfg.plain then
+    log.event("warn", "late_declaration", { probe = p.name, detail =
+      "declared after the script first waited: runs without the host's "
+      .. "signal handling; declare probes before waiting" })
+  end
   if cfg.started then p:start(0) end
   return p
 end
@@ -90,8 +104,9 @@ end
 
 --- Load a script (a path, or a function that declares) into a new
 -- configuration without starting it.  The script runs as a sonde task;
--- what it declares before it first waits is the configuration.
--- @return cfg | nil, error message
+-- what it declares before it first waits is the configuration (what it
+-- declares later goes into the running configuration).
+-- @return cfg, the script's task | nil, error message
 function M.load(path, args)
   local sonde = require "sonde"
   local chunk, err
@@ -101,11 +116,26 @@ function M.load(path, args)
   local cfg = new_config()
   local saved = M.loading
   M.loading = cfg
-  local ok, lerr = pcall(sonde.spawn, chunk, table.unpack(args or {}))
+  local aborted
+  local ok, co = pcall(sonde._bounded_task, chunk, M.load_bound,
+    function(why) aborted = why end, table.unpack(args or {}))
   M.loading = saved
-  if not ok then return nil, lerr end
-  return cfg
+  if not ok then return nil, co end
+  if aborted then
+    return nil, string.format("%s: the script's top level %s", path,
+      aborted == "deadline" and string.format("ran for more than %g s "
+        .. "without finishing or waiting, and was stopped", M.load_bound)
+      or "yielded by itself (use sonde.sleep)")
+  end
+  -- a script that waits goes on later without a bound
+  if coroutine.status(co) == "suspended" then core.clear_deadline(co) end
+  return cfg, co
 end
+
+--- Seconds a script's top level may run before it finishes or first
+-- waits (a script stuck in a loop fails to load instead of wedging the
+-- host).
+M.load_bound = 10
 
 -- A stable text for a spec, to tell whether it changed on reload:
 -- functions compare by their bytecode, services by name.

@@ -141,6 +141,7 @@ local function cmd_run(script, args, listen)
   set_arg(script, args)
   local cfg, e = engine.load(source, args)
   if not cfg then err("%s", load_error(e)) return 2 end
+  local task = e
   if listen then
     local port, lerr = require("sonde.metrics").listen(listen.host,
       listen.port, function() return engine.current end)
@@ -148,8 +149,14 @@ local function cmd_run(script, args, listen)
     log.event("info", "listen", { host = listen.host, port = port })
   end
   engine.current, engine.loading = cfg, cfg
-  if #cfg.services == 0 and #cfg.probes == 0 then
-    -- nothing declared: a plain script, run until its work is done
+  if #cfg.services == 0 and #cfg.probes == 0 and not listen then
+    -- nothing declared: a plain script, run until its work is done.
+    -- Probes or services it declares after it first waited start at once
+    -- but the host does not handle signals for them: declare them first.
+    if coroutine.status(task) ~= "dead" then
+      cfg.started = true
+      cfg.plain = true
+    end
     core.run()
     return 0
   end

@@ -43,14 +43,30 @@ local fmt = string.format
 
 local is_task = setmetatable({}, { __mode = "k" })
 local waiting = setmetatable({}, { __mode = "k" })
+local on_abort = setmetatable({}, { __mode = "k" })
+
+local function text_of(err)
+  local ok, t = pcall(tostring, err)
+  return ok and t or "(error object without a printable form)"
+end
 
 local function resume(co, ...)
   if coroutine.status(co) ~= "suspended" then return end  -- closed by user
   local ok, err = coroutine.resume(co, ...)
   if not ok then
-    error(debug.traceback(co, tostring(err)), 0)
+    on_abort[co] = nil
+    error(debug.traceback(co, text_of(err)), 0)
   end
   if coroutine.status(co) == "suspended" and waiting[co] == nil then
+    -- stopped by its time bound, or a bare coroutine.yield
+    local why = core.deadline_hit(co) and "deadline" or "yield"
+    coroutine.close(co)
+    local h = on_abort[co]
+    on_abort[co] = nil
+    if h then return h(why) end
+    if why == "deadline" then
+      error("sonde: a task ran past its time limit and was stopped", 0)
+    end
     error("sonde: a task yielded by itself; inside a task use sonde.sleep "
       .. "or the probers, not coroutine.yield", 0)
   end
@@ -66,6 +82,19 @@ function sonde.spawn(fn, ...)
   end
   local co = coroutine.create(fn)
   is_task[co] = true
+  resume(co, ...)
+  return co
+end
+
+-- A task with a running-time bound (custom checks, script loads): after
+-- `bound` seconds it is stopped where it runs (src/ldeadline.c) and
+-- `abort(why)` is called with "deadline" (or "yield" for a bare
+-- coroutine.yield).  Returns the coroutine.
+local function bounded_task(fn, bound, abort, ...)
+  local co = coroutine.create(fn)
+  is_task[co] = true
+  on_abort[co] = abort
+  core.set_deadline(co, bound)
   resume(co, ...)
   return co
 end
@@ -545,6 +574,7 @@ end })
 -- spec) -> opts` (validation, raises) and `start(opts, cb) -> id`.
 sonde._handlers = handlers
 sonde._await = await
+sonde._bounded_task = bounded_task
 sonde._is_task = is_task
 sonde._waiting = waiting
 

@@ -28,6 +28,8 @@
 --   * `host_start`, `host_stop`: script;
 --   * `listen`: host, port (the endpoint of --listen);
 --   * `http_error`: path, error (an endpoint handler failed: 500);
+--   * `late_declaration`: probe or service, detail (declared by a script
+--     that had declared nothing before it first waited);
 --   * `task_error`: error (a task or callback of the script raised; the
 --     host logs it and goes on).
 --

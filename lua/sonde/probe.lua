@@ -278,30 +278,47 @@ function Probe:run_once(done)
       output = string.format("check timed out after %gs", self.timeout) }
   end)
   self.inflight_id = deadline
-  self.inflight_task = sonde.spawn(function()
-    local ok, a, b = xpcall(self.spec.check, debug.traceback)
-    if self.inflight ~= token then return end
-    core.cancel(deadline)
+  local function verdict(ok, a, b)
     if not ok then
       log.event("warn", "hook_error", { probe = self.name, hook = "check",
         error = tostring(a) })
-      finish { status = "failure", reason = "check_error",
+      return { status = "failure", reason = "check_error",
         output = tostring(a):match("^[^\n]*") or "" }
-    elseif type(a) == "table" and STATUSES[a.status] then
+    elseif type(a) == "table" and STATUSES[rawget(a, "status")] then
       local r = {}
       for k, v in pairs(a) do r[k] = v end
-      r.reason = r.reason or (r.status == "success" and "ok" or "check")
+      r.reason = type(r.reason) == "string" and r.reason
+        or (r.status == "success" and "ok" or "check")
       r.output = r.output ~= nil and tostring(r.output) or ""
       r.duration = nil
-      finish(r)
+      return r
     elseif STATUSES[a] then
-      finish { status = a, reason = a == "success" and "ok" or "check",
+      return { status = a, reason = a == "success" and "ok" or "check",
         output = b ~= nil and tostring(b) or "" }
-    else
-      finish { status = "failure", reason = "check_error", output =
-        "check returned " .. tostring(a) .. ": expected a status "
-        .. "(success, warning, failure, unknown) or a result table" }
     end
+    return { status = "failure", reason = "check_error", output =
+      "check returned " .. tostring(a) .. ": expected a status "
+      .. "(success, warning, failure, unknown) or a result table" }
+  end
+  -- the probe's timeout bounds the check's running code too, not only its
+  -- waits: a check stuck in a loop is stopped (src/ldeadline.c) and its
+  -- result is a timeout.  The loop stands still while the check's Lua
+  -- code runs.
+  self.inflight_task = sonde._bounded_task(function()
+    local ok, a, b = xpcall(self.spec.check, debug.traceback)
+    if self.inflight ~= token then return end
+    core.cancel(deadline)
+    local pok, r = pcall(verdict, ok, a, b)
+    finish(pok and r or { status = "failure", reason = "check_error",
+      output = "the check's result could not be read: " .. tostring(r) })
+  end, self.timeout, function(why)
+    if self.inflight ~= token then return end
+    core.cancel(deadline)
+    finish { status = "failure", reason = why == "deadline" and "timeout"
+      or "check_error", output = why == "deadline"
+        and string.format("check ran for longer than its timeout of %gs "
+          .. "and was stopped", self.timeout)
+        or "the check yielded by itself (use sonde.sleep or the probers)" }
   end)
 end
 
@@ -354,6 +371,11 @@ function Probe:handle(r)
       end
     end
   end
+  if not STATUSES[r.status] then    -- a hook may have scribbled on it
+    r.status, r.reason = "unknown", "hook_error"
+  end
+  if type(r.duration) ~= "number" then r.duration = 0 end
+  if type(r.reason) ~= "string" then r.reason = tostring(r.reason) end
   self.last_result = r
   metrics.observe(self, r)
   local v = r.status == "failure" and "failure" or "success"
