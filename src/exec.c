@@ -504,15 +504,23 @@ int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace) {
   return 0;
 }
 
+pid_t sonde_exec_op_pid(struct sonde_op *op) {
+  if (op->vt != &exec_vt) return 0;
+  struct exec_op *x = (struct exec_op *)op;
+  return x->exited ? 0 : x->pid;
+}
+
+int sonde_exec_kill_all(struct sonde_loop *loop, int sig) {
+  int n = 0;
+  for (struct sonde_op *op = loop->ops; op; op = op->next) {
+    pid_t pid = sonde_exec_op_pid(op);
+    if (pid > 0 && kill(-pid, sig) == 0) n++;
+  }
+  return n;
+}
+
 pid_t sonde_exec_pid(struct sonde_loop *loop, uint64_t id) {
   struct exec_op *x = find_exec(loop, id);
   return x && !x->exited ? x->pid : 0;
 }
 
-int sonde_exec_tracks(struct sonde_loop *loop, pid_t pid) {
-  for (struct sonde_op *op = loop->ops; op; op = op->next)
-    if (op->vt == &exec_vt && ((struct exec_op *)op)->pid == pid &&
-        !((struct exec_op *)op)->exited)
-      return 1;
-  return 0;
-}

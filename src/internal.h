@@ -79,6 +79,9 @@ void sonde_op_complete_soon(struct sonde_op *op);
 void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
                           double seconds);
 
+/* The leader pid of a running exec operation, or 0 for any other op. */
+pid_t sonde_exec_op_pid(struct sonde_op *op);
+
 /* Remember a signalled process group for background reaping. */
 void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid);
 

@@ -191,31 +191,66 @@ void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid) {
   sonde_loop_add_timer(loop, loop->reap_timer, 0.02);
 }
 
+static int cmp_pid(const void *a, const void *b) {
+  pid_t x = *(const pid_t *)a, y = *(const pid_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Read a whole (small, /proc) file into a malloc'd NUL-terminated buffer. */
+static char *read_all(const char *path) {
+  FILE *f = fopen(path, "re");
+  if (!f) return NULL;
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  while (buf) {
+    len += fread(buf + len, 1, cap - 1 - len, f);
+    if (len < cap - 1) break;
+    char *more = realloc(buf, cap * 2);
+    if (!more) { free(buf); buf = NULL; break; }
+    buf = more;
+    cap *= 2;
+  }
+  fclose(f);
+  if (buf) buf[len] = '\0';
+  return buf;
+}
+
 int sonde_reap_orphans(struct sonde_loop *loop) {
-  char path[64], buf[4096];
+  char path[64];
   int n = 0;
   pid_t self = getpgrp();
+  /* the leaders exec operations own, sorted for bsearch: one pass over
+   * the operations instead of one per child */
+  size_t nt = 0;
+  pid_t *tracked = malloc(sizeof *tracked * (loop->nops + 1));
+  if (!tracked) return 0;
+  for (struct sonde_op *op = loop->ops; op; op = op->next) {
+    pid_t pid = sonde_exec_op_pid(op);
+    if (pid > 0) tracked[nt++] = pid;
+  }
+  qsort(tracked, nt, sizeof *tracked, cmp_pid);
   DIR *tasks = opendir("/proc/self/task");
-  if (!tasks) return 0;
+  if (!tasks) { free(tracked); return 0; }
   struct dirent *t;
   while ((t = readdir(tasks)) != NULL) {
     if (t->d_name[0] == '.') continue;
     snprintf(path, sizeof path, "/proc/self/task/%.20s/children", t->d_name);
-    FILE *f = fopen(path, "re");
-    if (!f) continue;
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[len] = '\0';
+    char *buf = read_all(path);
+    if (!buf) continue;
     for (char *p = buf, *end; *p; p = end) {
       long pid = strtol(p, &end, 10);
       if (end == p) break;
-      if (pid <= 0 || sonde_exec_tracks(loop, (pid_t)pid)) continue;
-      pid_t pg = getpgid((pid_t)pid);
+      pid_t key = (pid_t)pid;
+      if (pid <= 0 || bsearch(&key, tracked, nt, sizeof *tracked, cmp_pid))
+        continue;
+      pid_t pg = getpgid(key);
       if (pg < 0 || pg == self) continue;
-      if (waitpid((pid_t)pid, NULL, WNOHANG) > 0) n++;
+      if (waitpid(key, NULL, WNOHANG) > 0) n++;
     }
+    free(buf);
   }
   closedir(tasks);
+  free(tracked);
   return n;
 }
 

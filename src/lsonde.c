@@ -326,6 +326,14 @@ static int l_core_exec_pid(lua_State *L) {
   return 1;
 }
 
+/* core.kill_all(signum) -> count: signal every running command's group */
+static int l_core_kill_all(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  lua_pushinteger(L, sonde_exec_kill_all(c->loop,
+                                         (int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 /* core.terminate(id, grace) -> boolean: SIGTERM the command's group,
  * SIGKILL after grace seconds; its callback reports the end. */
 static int l_core_terminate(lua_State *L) {
@@ -622,6 +630,7 @@ static const luaL_Reg core_funcs[] = {
     {"wall_time", l_core_wall_time},
     {"terminate", l_core_terminate},
     {"exec_pid", l_core_exec_pid},
+    {"kill_all", l_core_kill_all},
     {"on_signal", l_core_on_signal},
     {"reap_orphans", l_core_reap_orphans},
     {NULL, NULL}};

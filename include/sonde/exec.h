@@ -75,7 +75,8 @@ int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace);
 /* The pid (= process group) of running exec operation `id`, or 0. */
 pid_t sonde_exec_pid(struct sonde_loop *loop, uint64_t id);
 
-/* 1 if pid is the leader of a running exec operation of this loop. */
-int sonde_exec_tracks(struct sonde_loop *loop, pid_t pid);
+/* Send `sig` to the process group of every running command (services
+ * included); returns how many.  For a host that must exit at once. */
+int sonde_exec_kill_all(struct sonde_loop *loop, int sig);
 
 #endif

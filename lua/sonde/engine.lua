@@ -192,15 +192,30 @@ function M.apply(new)
     if not p.kept then p:stop() end
     p.kept = nil
   end
+  local replaced = {}     -- name -> old service still on its way out
   for _, s in ipairs(old.services) do
-    if not s.kept then s:stop() end
+    if not s.kept then
+      s:stop()
+      if new.service_by_name[s.name] then replaced[s.name] = s end
+    end
     s.kept = nil
   end
   M.current, M.loading = new, new
   new.started = true
   local fresh = {}
   for _, s in ipairs(new.services) do
-    if s.state == "new" then s:start() end
+    if s.state == "new" then
+      local o = replaced[s.name]
+      if o then
+        -- the new instance starts once the old one has exited (it may
+        -- hold a port, a lock...)
+        o:stop(function()
+          if M.current == new and s.state == "new" then s:start() end
+        end)
+      else
+        s:start()
+      end
+    end
   end
   for _, p in ipairs(new.probes) do
     if p.timer == nil and p.first_at == nil then fresh[#fresh + 1] = p end

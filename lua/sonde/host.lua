@@ -134,6 +134,17 @@ end
 local function cmd_run(script, args, listen)
   local engine = require "sonde.engine"
   core.set_subreaper(true)
+  -- os.exit from a hook or a task ends the process at once: take the
+  -- services and running commands with it (SIGKILL) rather than leave them
+  -- orphaned.  The Lua state is not closed (that would free the loop
+  -- under its own feet).
+  local real_exit = os.exit
+  os.exit = function(code)
+    core.kill_all(core.signals.KILL)
+    io.stdout:flush()
+    io.stderr:flush()
+    return real_exit(code, false)
+  end
   local source = script
   if type(script) == "table" then
     source, script = script.load, script.name
@@ -177,7 +188,17 @@ local function cmd_run(script, args, listen)
   end
   core.on_signal(S.TERM, shutdown)
   core.on_signal(S.INT, shutdown)
-  core.on_signal(S.CHLD, function() core.reap_orphans() end)
+  -- reap orphans at most every 0.1 s: with many probe commands SIGCHLD
+  -- arrives all the time
+  local reap_pending = false
+  core.on_signal(S.CHLD, function()
+    if reap_pending then return end
+    reap_pending = true
+    core.timer(0.1, function()
+      reap_pending = false
+      core.reap_orphans()
+    end)
+  end)
   core.on_signal(S.HUP, function()
     core.sd_notify("RELOADING=1")
     local new, lerr = engine.load(source, args)

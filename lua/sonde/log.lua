@@ -22,7 +22,9 @@
 --   * `service_restart`: service, delay, restarts, why (`exit`,
 --     `liveness`, `startup`);
 --   * `service_stop`: service;
---   * `service_output`: service, stream (`stdout`/`stderr`), line;
+--   * `service_output`: service, stream (`stdout`/`stderr`), line (at most
+--     4096 bytes; a longer line comes in pieces, all but the last with
+--     `partial` true);
 --   * `reload`: status (`ok`, `failed`), error;
 --   * `message`: text (sonde.log.info/warn/error from scripts);
 --   * `host_start`, `host_stop`: script;

@@ -69,7 +69,7 @@ function M.new(spec)
     spec = spec,
     opts = opts,
     policy = policy,
-    backoff = check.seconds(ctx, r.backoff, "restart.backoff", 10, true),
+    backoff = check.seconds(ctx, r.backoff, "restart.backoff", 10),
     max_backoff = check.seconds(ctx, r.max_backoff, "restart.max_backoff",
       300, true),
     reset_after = check.seconds(ctx, r.reset_after, "restart.reset_after",
@@ -101,21 +101,34 @@ function Service:startup_probe()
   end
 end
 
--- Line-buffer one stream's output into the log.
+-- Line-buffer one stream's output into the log.  Lines longer than
+-- MAX_LINE bytes are logged in MAX_LINE pieces (`partial` true on all but
+-- the last).  Linear in the output: plain find, no patterns that rescan.
 local function output_sink(self)
   local partial = { "", "" }
+  local function emit(stream, line, more)
+    log.event("info", "service_output", { service = self.name,
+      stream = stream == 1 and "stdout" or "stderr", line = line,
+      partial = more or nil })
+  end
   return function(stream, data)
     local buf = partial[stream] .. data
-    for line in buf:gmatch("([^\n]*)\n") do
-      log.event("info", "service_output", { service = self.name,
-        stream = stream == 1 and "stdout" or "stderr",
-        line = line:sub(1, MAX_LINE) })
+    local pos = 1
+    while true do
+      local nl = buf:find("\n", pos, true)
+      if not nl then break end
+      local line = buf:sub(pos, nl - 1)
+      while #line > MAX_LINE do
+        emit(stream, line:sub(1, MAX_LINE), true)
+        line = line:sub(MAX_LINE + 1)
+      end
+      emit(stream, line)
+      pos = nl + 1
     end
-    buf = buf:match("([^\n]*)$")
-    if #buf > MAX_LINE then
-      log.event("info", "service_output", { service = self.name,
-        stream = stream == 1 and "stdout" or "stderr", line = buf })
-      buf = ""
+    buf = buf:sub(pos)
+    while #buf > MAX_LINE do
+      emit(stream, buf:sub(1, MAX_LINE), true)
+      buf = buf:sub(MAX_LINE + 1)
     end
     partial[stream] = buf
   end, partial
