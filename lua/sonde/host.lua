@@ -72,6 +72,9 @@ end
 local function cmd_check(script)
   local engine = require "sonde.engine"
   set_arg(script, {})
+  -- validate only: probers and sonde.sleep called by the script's top
+  -- level start nothing (a task that calls one just stops there)
+  require("sonde")._dry_run = true
   local cfg, e = engine.load(script, {})
   if not cfg then err("%s", load_error(e)) return 2 end
   print(string.format("%s: %s, %s", script, plural(#cfg.services, "service"),
@@ -275,6 +278,10 @@ function M.main(args)
   local cmd = args[i]
   if cmd == nil then return usage_error("no script given") end
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
+  if (cmd == "check" or cmd == "once" or cmd == "pod") and not args[i + 1] then
+    return usage_error("%s: no %s given", cmd, cmd == "pod" and "manifest"
+      or "script")
+  end
   if cmd == "pod" and args[i + 1] then
     local j, container = i + 1, nil
     if args[j] == "--container" then

@@ -138,7 +138,10 @@ function sonde.sleep(seconds)
   check.seconds({ where = "sonde.sleep", level = 3 }, seconds, "seconds", nil,
     true)
   if seconds == nil then error("sonde.sleep: seconds: number expected", 2) end
-  await("sonde.sleep", function(cb) return core.timer(seconds, cb) end)
+  await("sonde.sleep", function(cb)
+    if sonde._dry_run then return 0 end      -- sonde check: nothing runs
+    return core.timer(seconds, cb)
+  end)
 end
 
 --- Call `cb()` after `seconds`.  Returns the operation id.
@@ -196,7 +199,11 @@ end
 -- Probers
 ---------------------------------------------------------------------------
 
+-- `sonde._dry_run` (sonde check): validate, start nothing.
+local function never() return 0 end
+
 local function dispatch(where, start, cb)
+  if sonde._dry_run then start = never end
   if cb ~= nil then
     if type(cb) ~= "function" then
       check.fail({ where = where }, nil, "callback must be a function, got %s",

@@ -41,11 +41,18 @@ local function fail(path, fmt, ...)
   error(string.format("%s: " .. fmt, path, ...), 0)
 end
 
+local MAX_MANIFEST = 8 * 1024 * 1024   -- bytes
+
 local function read_docs(path)
   local f, err = io.open(path, "rb")
   if not f then fail(path, "%s", err) end
-  local text = f:read("a")
+  -- not /dev/zero or a pipe that never ends: read at most MAX_MANIFEST
+  local text = f:read(MAX_MANIFEST + 1)
   f:close()
+  if not text then fail(path, "empty or unreadable") end
+  if #text > MAX_MANIFEST then
+    fail(path, "larger than %d bytes", MAX_MANIFEST)
+  end
   local ok, lyaml = pcall(require, "lyaml")
   if not ok then
     fail(path, "reading manifests needs lua-yaml (Debian: apt-get install "
@@ -176,7 +183,10 @@ function M.load(path, opts)
       local ok, p = pcall(function()
         return sonde.probe(sonde.k8s.probe(t))
       end)
-      if not ok then fail(where, "%s: %s", pk[1], tostring(p)) end
+      if not ok then
+        -- the message without the position inside sonde's own files
+        fail(where, "%s: %s", pk[1], (tostring(p):gsub("^[^\n]-%.lua:%d+: ", "")))
+      end
       probes[#probes + 1] = p
     end
   end
