@@ -64,10 +64,17 @@ E.read_file = read_file
 
 --- Lines of a text ("" -> {}).
 function E.lines(text)
-  local out = {}
-  for line in (text or ""):gmatch("([^\n]*)\n") do out[#out + 1] = line end
-  local last = (text or ""):match("([^\n]+)$")
-  if last then out[#out + 1] = last end
+  -- one pass with plain find: patterns that rescan are quadratic on the
+  -- megabyte-long lines some specs produce
+  local out, pos = {}, 1
+  text = text or ""
+  while true do
+    local nl = text:find("\n", pos, true)
+    if not nl then break end
+    out[#out + 1] = text:sub(pos, nl - 1)
+    pos = nl + 1
+  end
+  if pos <= #text then out[#out + 1] = text:sub(pos) end
   return out
 end
 
