@@ -9,9 +9,10 @@ local fmt = string.format
 local mtype = math.type
 
 --- Raise a spec error for `field` at the user's call site.
--- @tparam table ctx `{ where = "sonde.exec", level = N, prefix = "exec." }`:
--- `where` names the call or the probe, `prefix` is put before field paths
--- (a handler inside a probe), `level` is the error level.
+-- @tparam table ctx `{ where = "sonde.exec", prefix = "exec." }`: `where`
+-- names the call or the probe, `prefix` is put before field paths (a
+-- handler inside a probe).  The error is raised at the user's call site
+-- (see user_level).
 function M.fail(ctx, field, reason, ...)
   local msg
   if field then

@@ -248,6 +248,4 @@ function M.once(cfg, names, done)
   return true
 end
 
-M.log = log
-M.now = core.now
 return M

@@ -135,7 +135,7 @@ end
 --- Wait `seconds` (a number >= 0) in the current task.
 -- @raise outside a task
 function sonde.sleep(seconds)
-  check.seconds({ where = "sonde.sleep", level = 3 }, seconds, "seconds", nil,
+  check.seconds({ where = "sonde.sleep" }, seconds, "seconds", nil,
     true)
   if seconds == nil then error("sonde.sleep: seconds: number expected", 2) end
   await("sonde.sleep", function(cb)
@@ -146,7 +146,7 @@ end
 
 --- Call `cb()` after `seconds`.  Returns the operation id.
 function sonde.after(seconds, cb)
-  check.seconds({ where = "sonde.after", level = 3 }, seconds, "seconds", 0,
+  check.seconds({ where = "sonde.after" }, seconds, "seconds", 0,
     true)
   if type(cb) ~= "function" then
     error("sonde.after: callback function expected", 2)
@@ -580,9 +580,7 @@ end })
 -- For the engine (lua/sonde/probe.lua): each handler's `prepare(ctx,
 -- spec) -> opts` (validation, raises) and `start(opts, cb) -> id`.
 sonde._handlers = handlers
-sonde._await = await
 sonde._bounded_task = bounded_task
-sonde._is_task = is_task
 sonde._waiting = waiting
 
 return sonde

@@ -149,16 +149,12 @@ function M.json(v)
   return M.json_string(tostring(v))
 end
 
+local core = require "sonde.core"
+
 local function now_iso()
-  local t = os.time()
-  local ms = 0
-  local ok, core = pcall(require, "sonde.core")
-  if ok and core.wall_time then
-    local w = core.wall_time()
-    t = math.floor(w)
-    ms = math.floor((w - t) * 1000)
-  end
-  return os.date("!%Y-%m-%dT%H:%M:%S", t) .. fmt(".%03dZ", ms)
+  local w = core.wall_time()
+  local t = math.floor(w)
+  return os.date("!%Y-%m-%dT%H:%M:%S", t) .. fmt(".%03dZ", math.floor((w - t) * 1000))
 end
 
 -- Order of the leading fields in text lines; the rest follow sorted.
