@@ -13,7 +13,10 @@
  *   done:  exit status known and both pipes at EOF (or drained).
  *
  * Ownership: struct exec_op owns its fds, events and buffers; all are
- * released in exec_release, before the callback runs.
+ * released in exec_release, before the result callback runs.  The output
+ * callback of a streaming run is called with the op held (internal.h): if
+ * it cancels the op, on_pipe stops reading and the op is freed when the
+ * callback returns.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -182,8 +185,13 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
   for (;;) {
     ssize_t n = read(p->fd, chunk, sizeof chunk);
     if (n > 0 && x->on_output) {
+      /* The callback may cancel this very op: held, it stays allocated
+       * until the call returns; if it was cancelled, its pipes, events and
+       * buffers are gone and nothing of it may be touched. */
+      sonde_op_hold(&x->op);
       x->on_output(x->op.id, p == &x->out[0] ? 1 : 2, chunk, (size_t)n,
                    x->output_arg);
+      if (sonde_op_unhold(&x->op)) return;
       continue;
     }
     if (n > 0) {

@@ -6,6 +6,17 @@
  * operation is malloc'd by its prober, linked by sonde_op_start, and freed
  * by sonde_op_complete (after its callback) or by cancellation; in both
  * cases the prober's `release` hook frees the prober's own resources first.
+ *
+ * An operation is never freed while one of its own callbacks runs.  The
+ * result callback runs from sonde_op_complete after the op is unlinked
+ * (cancelling it from there finds nothing and returns 0); the op is freed
+ * when the callback returns.  A prober that calls into user code with the
+ * op still linked (exec's output callback) brackets the call with
+ * sonde_op_hold / sonde_op_unhold: a sonde_loop_cancel meanwhile unlinks
+ * the op, releases its resources (`release(op, 1)`) and marks it dead, and
+ * sonde_op_unhold frees it once the call has returned.  After a dead op's
+ * callback returns, the prober must touch nothing of it (its fds, events
+ * and buffers are gone) and must return at once.
  */
 #ifndef SONDE_INTERNAL_H
 #define SONDE_INTERNAL_H
@@ -38,6 +49,9 @@ struct sonde_op {
   struct sonde_result res;
   double start;              /* sonde_now() at start */
   struct event *soon;        /* for sonde_op_complete_soon, lazily made */
+  unsigned busy;             /* depth of its callbacks running now */
+  int dead;                  /* unlinked and released while busy: freed by
+                                whoever calls back, once busy is 0 */
 };
 
 /* A process group the exec prober has signalled and still reaps. */
@@ -65,8 +79,18 @@ uint64_t sonde_op_start(struct sonde_loop *loop, struct sonde_op *op,
                         sonde_result_cb cb, void *arg);
 
 /* End op: set duration if unset, unlink, release, call the callback, clear
- * the result, free the op.  The op must not be touched afterwards. */
+ * the result, free the op (or, when a caller up the stack holds it, leave
+ * the free to its sonde_op_unhold).  The op must not be touched
+ * afterwards. */
 void sonde_op_complete(struct sonde_op *op);
+
+/* Bracket a call into user code made while op is still linked (an output
+ * callback): the op is not freed before sonde_op_unhold, even if the user
+ * cancels it.  sonde_op_unhold returns 1 when the op was cancelled or
+ * completed meanwhile: it has then been released (and freed, if this was
+ * the outermost hold) and the caller must not touch it again; else 0. */
+void sonde_op_hold(struct sonde_op *op);
+int sonde_op_unhold(struct sonde_op *op);
 
 /* Complete op from the next loop iteration (for results known at start, so
  * that callbacks never run inside the starting call).  If that cannot be

@@ -3,7 +3,16 @@
  * background reaping of signalled process groups, timers.
  *
  * Ownership: the loop owns its operations (see internal.h), the curl multi
- * handle (curlsock.c) and, when it made it, the event_base.
+ * handle (curlsock.c) and, when it made it, the event_base.  An operation
+ * is never freed while one of its own callbacks runs: cancelling an op that
+ * is held (sonde_op_hold) unlinks and releases it and leaves the free to
+ * sonde_op_unhold.
+ *
+ * Freeing an event from inside its own callback (a timer op completed,
+ * an exec op cancelled from its output callback) is safe in libevent 2.1:
+ * event_process_active_single_queue does not touch a plain or persistent
+ * event after its callback returns, and a signal event's delivery loop is
+ * aborted by event_del (ev_pncalls).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -105,7 +114,17 @@ void sonde_op_complete(struct sonde_op *op) {
    * other operations. */
   if (op->cb) op->cb(&op->res, op->arg);
   sonde_result_clear(&op->res);
-  free(op);
+  if (op->busy) op->dead = 1;     /* a caller up the stack frees it */
+  else free(op);
+}
+
+void sonde_op_hold(struct sonde_op *op) { op->busy++; }
+
+int sonde_op_unhold(struct sonde_op *op) {
+  op->busy--;
+  if (!op->dead) return 0;
+  if (op->busy == 0) free(op);
+  return 1;
 }
 
 static void on_soon(evutil_socket_t fd, short what, void *arg) {
@@ -130,7 +149,10 @@ int sonde_loop_cancel(struct sonde_loop *loop, uint64_t id) {
     op_unlink(op);
     op_release(op, 1);
     sonde_result_clear(&op->res);
-    free(op);
+    /* One of its own callbacks is running (we are called from inside
+     * it): the code that called it frees the op when it returns. */
+    if (op->busy) op->dead = 1;
+    else free(op);
     return 1;
   }
   return 0;

@@ -31,7 +31,9 @@
 #define SONDE_MAX_OUTPUT_DEFAULT 10240 /* bytes, kubelet maxReadLength */
 
 /* Receives output as it arrives when set in sonde_exec_opts (services):
- * `stream` is 1 for stdout, 2 for stderr.  Must not cancel the operation. */
+ * `stream` is 1 for stdout, 2 for stderr.  It may cancel the operation
+ * (sonde_loop_cancel with `id`): no more output is delivered and the
+ * result callback is never called. */
 typedef void (*sonde_output_cb)(uint64_t id, int stream, const char *data,
                                 size_t len, void *arg);
 

@@ -32,7 +32,8 @@ struct sonde_loop *sonde_loop_new(struct event_base *base);
 struct event_base *sonde_loop_base(struct sonde_loop *loop);
 
 /*
- * Free the loop: cancel every operation (no callbacks are called), kill the
+ * Free the loop (not from inside one of its callbacks: its base may be
+ * running): cancel every operation (no callbacks are called), kill the
  * process groups of running commands with SIGKILL and reap them (bounded
  * wait, at most about 1 s), then free the curl multi handle and, if the loop
  * created it, the base.
@@ -41,7 +42,11 @@ void sonde_loop_free(struct sonde_loop *loop);
 
 /* Cancel operation `id`: its callback is never called, its resources are
  * released now (an exec probe's process group is killed and reaped in the
- * background).  Returns 1 if the operation was pending, 0 if unknown/done. */
+ * background).  Returns 1 if the operation was pending, 0 if unknown/done.
+ * Safe from inside any callback of the loop: an operation is never freed
+ * while one of its own callbacks runs (cancelled from its own output
+ * callback, it is freed when that callback returns; from inside its own
+ * result callback it is already done, and this returns 0). */
 int sonde_loop_cancel(struct sonde_loop *loop, uint64_t id);
 
 /* Number of operations in flight (started, callback not yet called). */
