@@ -5,9 +5,10 @@
  *   core.listen(host, port, handler) -> bound port | nil, err
  *   core.unlisten()
  *
- * handler(method, path, query) -> status, body [, content_type]; it runs in
- * protected mode (an error answers 500 and is kept for run() to raise, like
- * any callback error).  One server per Lua state.
+ * handler(method, path, query) -> status, body [, content_type]; it runs on
+ * the main thread in protected mode, like any callback (an error answers
+ * 500 and goes to core.on_error's handler, or is kept for run() to
+ * raise).  One server per Lua state.
  *
  * Ownership: the evhttp lives in struct lhttpd, a userdata kept in the
  * registry; unlisten and __gc free it.
@@ -50,7 +51,7 @@ static const char *method_name(enum evhttp_cmd_type t) {
 
 static void on_request(struct evhttp_request *req, void *arg) {
   struct lhttpd *h = arg;
-  lua_State *L = h->core->L;
+  lua_State *L = sonde_lua_thread(h->core);
   int status = 500;
   const char *ctype = "text/plain; charset=utf-8";
   struct evbuffer *out = evbuffer_new();

@@ -7,16 +7,37 @@
  *
  * One loop per Lua state, created by luaopen_sonde_core and kept as the
  * upvalue of every function (a "sonde.Loop" userdata whose __gc frees it).
- * Callbacks of operations in flight are anchored in a table (upvalue 2)
- * keyed by operation id, and released when the operation completes or is
- * cancelled.  Callbacks only ever run inside core.run(), on the thread that
- * called run(), through one protected call (call_back) that adds a
- * traceback; an error stops the loop and run() raises it.
+ * Callbacks of operations in flight are anchored in a registry table keyed
+ * by operation id, and released when the operation completes or is
+ * cancelled.
+ *
+ * Calling into Lua (luv's model): every callback (an operation's result,
+ * a streaming exec's output, a signal handler, an HTTP endpoint request)
+ * runs on the state's main thread, remembered at luaopen time, whichever
+ * thread or coroutine called core.run(): a callback never inherits the
+ * stack, hooks (ldeadline.c) or yieldability of the coroutine that runs
+ * the loop.  Callbacks only ever run inside core.run() (one that would
+ * come outside it is dropped), and all go through one protected call,
+ * sonde_lua_pcall, whose message handler adds a traceback.
+ *
+ * core.run() may be called from the main thread or from any coroutine,
+ * but not while it already runs (from a callback): that raises "sonde.run:
+ * the loop is already running".
+ *
+ * Error policy, set once by the host with core.on_error(fn | nil):
+ *   - with a handler, a callback's error (its value, with the traceback)
+ *     is passed to fn(err), called on the main thread in protected mode,
+ *     and the loop goes on; if fn itself raises, "sonde: error in error
+ *     handler: <msg>" is written to stderr and the loop goes on;
+ *   - without one (the default, for library users), the first error is
+ *     kept, the loop is stopped, and core.run() raises it; run() may then
+ *     be called again to go on with what is still pending.
  */
 #define _GNU_SOURCE
 #include <curl/curl.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <event2/event.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -114,35 +135,63 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-/* Keep the error on top of c->L's stack (popped) for run() to raise, and
- * stop the loop.  Only the first error is kept. */
-static void keep_error(struct lcore *c) {
-  lua_State *L = c->L;
+/* Key of core.on_error's handler in the registry. */
+static const char on_error_key = 'e';
+
+/* A callback failed: its error is on top of the main thread's stack
+ * (popped here).  With a handler, call it (protected) and go on; without,
+ * keep the first error for run() to raise and stop the loop. */
+static void callback_error(struct lcore *c) {
+  lua_State *L = c->main;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &on_error_key) == LUA_TFUNCTION) {
+    lua_insert(L, -2);                    /* handler, err */
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      const char *msg = lua_tostring(L, -1);
+      if (msg)
+        fprintf(stderr, "sonde: error in error handler: %s\n", msg);
+      else
+        fprintf(stderr, "sonde: error in error handler: (error object is "
+                "a %s value)\n", luaL_typename(L, -1));
+      fflush(stderr);
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  lua_pop(L, 1);                          /* not a handler */
   if (c->err_ref == LUA_NOREF)
     c->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   else
-    lua_pop(L, 1);
+    lua_pop(L, 1);                        /* only the first is kept */
   event_base_loopbreak(sonde_loop_base(c->loop));
 }
 
+lua_State *sonde_lua_thread(struct lcore *c) {
+  if (!c->running) return NULL;
+  /* the main thread may be anywhere in a call (resuming the coroutine
+   * that runs the loop): make room above its top */
+  if (!lua_checkstack(c->main, LUA_MINSTACK)) return NULL;
+  return c->main;
+}
+
 int sonde_lua_pcall(struct lcore *c, int nargs, int nres) {
-  lua_State *L = c->L;
+  lua_State *L = c->main;
   int base = lua_gettop(L) - nargs;       /* index of the function */
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
   int rc = lua_pcall(L, nargs, nres, base);
-  if (rc != LUA_OK) keep_error(c);
+  if (rc != LUA_OK) callback_error(c);
   lua_remove(L, base);                    /* msgh */
   return rc == LUA_OK ? 0 : -1;
 }
 
-static void protected_call(struct lcore *c, int nargs) {
-  sonde_lua_pcall(c, nargs, 0);
-}
-
-static int push_result_p(lua_State *L) {
-  push_result(L, lua_touserdata(L, 1));
-  return 1;
+/* deliver(cb, result) - the protected part of call_back: build the result
+ * table (which may fail for memory) and call cb with it. */
+static int deliver(lua_State *L) {
+  const struct sonde_result *r = lua_touserdata(L, 2);
+  lua_settop(L, 1);
+  push_result(L, r);
+  lua_call(L, 1, 0);
+  return 0;
 }
 
 /* Take the entry for `id` out of the table kept at registry[key]: pushes
@@ -159,37 +208,37 @@ static void take_entry(lua_State *L, const void *key, uint64_t id) {
 static const char streams_key = 's';
 
 /* The one way into Lua for a finished operation (sonde_result_cb).  Looks
- * the callback up by operation id, releases it, and calls it protected. */
+ * the callback up by operation id, releases it, and calls it protected on
+ * the main thread. */
 static void call_back(const struct sonde_result *r, void *arg) {
   struct lcore *c = arg;
-  lua_State *L = c->L;
+  lua_State *L = sonde_lua_thread(c);
   if (!L) return;                /* completed outside run(): nobody waits */
   int top = lua_gettop(L);
   take_entry(L, &streams_key, r->id);
   lua_pop(L, 1);
+  lua_pushcfunction(L, deliver);
   take_entry(L, c, r->id);       /* the callback */
-  lua_pushcfunction(L, push_result_p);
-  lua_pushlightuserdata(L, (void *)r);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* a memory error building it */
-    keep_error(c);
-  } else if (lua_isfunction(L, -2)) {
-    protected_call(c, 1);
+  if (lua_isfunction(L, -1)) {
+    lua_pushlightuserdata(L, (void *)r);
+    sonde_lua_pcall(c, 2, 0);
   }
   lua_settop(L, top);
 }
 
-/* Output of a streaming exec operation (sonde_output_cb). */
+/* Output of a streaming exec operation (sonde_output_cb).  The exec
+ * prober holds the op meanwhile, so on_output may cancel it. */
 static void call_output(uint64_t id, int stream, const char *data, size_t len,
                         void *arg) {
   struct lcore *c = arg;
-  lua_State *L = c->L;
+  lua_State *L = sonde_lua_thread(c);
   if (!L) return;
   int top = lua_gettop(L);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &streams_key);
   if (lua_rawgeti(L, -1, (lua_Integer)id) == LUA_TFUNCTION) {
     lua_pushinteger(L, stream);
     lua_pushlstring(L, data, len);
-    protected_call(c, 2);
+    sonde_lua_pcall(c, 2, 0);
   }
   lua_settop(L, top);
 }
@@ -412,7 +461,10 @@ static int l_core_timer(lua_State *L) {
   return started(L, c, sonde_timer_start(c->loop, s, call_back, c), 2);
 }
 
-/* core.cancel(id) -> boolean (true if it was pending) */
+/* core.cancel(id) -> boolean (true if it was pending).  Safe from any
+ * callback, the operation's own included: from its on_output it stops the
+ * output and the result callback never runs; from its own result callback
+ * it returns false. */
 static int l_core_cancel(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   lua_Integer id = luaL_checkinteger(L, 1);
@@ -423,15 +475,18 @@ static int l_core_cancel(lua_State *L) {
   return 1;
 }
 
-/* core.run() -> true.  Runs until nothing is pending; raises the error of
- * a callback that failed (the loop stops there; run() may be called again
- * to go on). */
+/* core.run() -> true.  Runs until nothing is pending, from the main
+ * thread or any coroutine (callbacks run on the main thread).  Without an
+ * on_error handler, raises the error of a callback that failed (the loop
+ * stops there; run() may be called again to go on).  Raises if the loop
+ * is already running. */
 static int l_core_run(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
-  if (c->L) return luaL_error(L, "sonde.run: the loop is already running");
-  c->L = L;
+  if (c->running)
+    return luaL_error(L, "sonde.run: the loop is already running");
+  c->running = 1;
   event_base_loop(sonde_loop_base(c->loop), 0);
-  c->L = NULL;
+  c->running = 0;
   if (c->err_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->err_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, c->err_ref);
@@ -440,6 +495,18 @@ static int l_core_run(lua_State *L) {
   }
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* core.on_error(fn | nil): the error policy of callbacks (see the top of
+ * this file).  fn(err) is called on the main thread, protected, for each
+ * error a callback raises, and the loop goes on; nil (the default) makes
+ * run() stop and raise the first error. */
+static int l_core_on_error(lua_State *L) {
+  sonde_lua_core(L);
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &on_error_key);
+  return 0;
 }
 
 static int l_core_pending(lua_State *L) {
@@ -547,23 +614,28 @@ static int l_core_set_subreaper(lua_State *L) {
 /* Key of the table of signal handlers, by signal number. */
 static const char signals_key = 'g';
 
+/* The signal's libevent callback.  It touches nothing of its event after
+ * the Lua handler returns: the handler may free that event
+ * (core.on_signal(sig, nil)), which libevent 2.1 allows from inside the
+ * event's own callback (event_del aborts the signal's delivery loop). */
 static void on_signal(evutil_socket_t signum, short what, void *arg) {
   struct lcore *c = arg;
-  lua_State *L = c->L;
+  lua_State *L = sonde_lua_thread(c);
   (void)what;
   if (!L) return;
   int top = lua_gettop(L);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &signals_key);
   if (lua_rawgeti(L, -1, (lua_Integer)signum) == LUA_TFUNCTION) {
     lua_pushinteger(L, (lua_Integer)signum);
-    protected_call(c, 1);
+    sonde_lua_pcall(c, 1, 0);
   }
   lua_settop(L, top);
 }
 
 /* core.on_signal(signum, fn | nil): call fn(signum) inside run() each time
- * the signal arrives (libevent signal event), or stop watching it.  While
- * watched, a signal keeps run() from returning. */
+ * the signal arrives (libevent signal event), or stop watching it (safe
+ * from inside that signal's own handler).  While watched, a signal keeps
+ * run() from returning. */
 static int l_core_on_signal(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   lua_Integer sig = luaL_checkinteger(L, 1);
@@ -620,6 +692,7 @@ static const luaL_Reg core_funcs[] = {
     {"timer", l_core_timer},
     {"cancel", l_core_cancel},
     {"run", l_core_run},
+    {"on_error", l_core_on_error},
     {"pending", l_core_pending},
     {"expand", l_core_expand},
     {"format_url", l_core_format_url},
@@ -642,6 +715,9 @@ int luaopen_sonde_core(lua_State *L) {
   struct lcore *c = lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
   c->err_ref = LUA_NOREF;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  c->main = lua_tothread(L, -1);          /* never collected */
+  lua_pop(L, 1);
   if (luaL_newmetatable(L, LOOP_MT)) {
     lua_pushcfunction(L, loop_gc);
     lua_setfield(L, -2, "__gc");

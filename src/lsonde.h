@@ -1,5 +1,13 @@
 /*
  * lsonde.h - what the Lua binding's files (lsonde.c, lhttpd.c) share.
+ *
+ * Every call from C into Lua (operation results, exec output, signal
+ * handlers, HTTP endpoint requests) runs on the main thread of the Lua
+ * state, never on the coroutine that called core.run(), and only while a
+ * core.run() is in progress: get the thread with sonde_lua_thread, call
+ * through sonde_lua_pcall.  A callback's error goes to the handler set with
+ * core.on_error (the loop goes on) or, without one, is kept for run() to
+ * raise (the loop stops).  See the top of lsonde.c.
  */
 #ifndef SONDE_LSONDE_H
 #define SONDE_LSONDE_H
@@ -16,7 +24,8 @@ struct event;
 struct lcore {
   struct sonde_loop *loop;
   struct event *sig[NSIG];  /* core.on_signal handlers' events */
-  lua_State *L;             /* the thread inside run(), or NULL */
+  lua_State *main;          /* the main thread: every callback runs on it */
+  int running;              /* a core.run() is in progress */
   int err_ref;              /* registry ref of a callback error, or NOREF */
 };
 
@@ -24,10 +33,19 @@ struct lcore {
 struct lcore *sonde_lua_core(lua_State *L);
 
 /*
- * Call the function below `nargs` arguments on top of c->L's stack,
- * protected, with a traceback.  Returns 0 with `nres` results pushed, or
- * -1: the error is kept for run() to raise, the loop is stopped, nothing
- * is pushed.  Pops the function and its arguments.
+ * The thread to call back into Lua on: c->main, with room for LUA_MINSTACK
+ * more values, when a core.run() is in progress; else NULL, and nothing
+ * may be called.
+ */
+lua_State *sonde_lua_thread(struct lcore *c);
+
+/*
+ * The one protected call into Lua: call the function below `nargs`
+ * arguments on top of the main thread's stack (see sonde_lua_thread), with
+ * a traceback message handler.  Returns 0 with `nres` results pushed, or
+ * -1 with nothing pushed: the error went to the core.on_error handler (the
+ * loop goes on) or, without one, is kept for run() to raise and the loop
+ * is stopped.  Pops the function and its arguments.
  */
 int sonde_lua_pcall(struct lcore *c, int nargs, int nres);
 
