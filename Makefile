@@ -147,9 +147,11 @@ env:
 	@echo 'export LUA_CPATH="$(CURDIR)/build/lib/?.so;;"'
 
 install: all
-	install -d $(DESTDIR)$(LIBDIR)/sonde $(DESTDIR)$(LUADIR)/sonde $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(LIBDIR)/sonde $(DESTDIR)$(LUADIR)/sonde/host \
+	  $(DESTDIR)$(BINDIR)
 	install -m 755 $(MODULE) $(DESTDIR)$(LIBDIR)/sonde/core.so
 	install -m 644 lua/sonde/*.lua $(DESTDIR)$(LUADIR)/sonde/
+	install -m 644 lua/sonde/host/*.lua $(DESTDIR)$(LUADIR)/sonde/host/
 	install -m 755 $(HOST) $(DESTDIR)$(BINDIR)/sonde
 
 format-check:

@@ -5,12 +5,8 @@
 --   local E = require "engine_helpers"
 --
 -- In-process:
---   E.fresh()                 stop the current configuration (if any) and
---                             make a new, empty one current (declarations go
---                             there); the engine has no public "reset", so
---                             the new configuration comes from engine.load of
---                             an empty script (engine.load returns a config
---                             without starting it)
+--   E.fresh()                 stop the current (default) load, so that the
+--                             next declarations go into a new one
 --   local log = E.capture()   log events as JSON lines into a temp file;
 --   log:events("probe_result")  decoded events (all when no name given)
 --   log:close()               restore stderr and the text format
@@ -111,45 +107,23 @@ end
 -- In-process engine
 ---------------------------------------------------------------------------
 
-local empty_script
-local function empty_config()
-  local engine = require "sonde.engine"
-  if not empty_script then
-    empty_script = os.tmpname()
-    helpers.write(empty_script, "-- an empty configuration\n")
-  end
-  return assert(engine.load(empty_script, {}))
-end
-
---- Stop the current configuration and make a fresh, empty one current.
+--- Stop the current (default) load, waiting for its services, so that
+-- the next declarations go into a fresh one.
 function E.fresh()
-  local engine = require "sonde.engine"
-  local sonde = require "sonde"
-  local cur = engine.current
-  if cur and (cur.started or #cur.services > 0) then
+  local config = require "sonde.config"
+  local task = require "sonde.task"
+  local core = require "sonde.core"
+  local cur = config.ambient()
+  if cur.state == "started" or #cur.services > 0 or #cur.probes > 0 then
     local done = false
-    engine.stop(cur, function() done = true end)
-    if not done then
-      -- services still exiting: let the loop finish them (bounded)
-      local guard = sonde.after(10, function()
-        error("engine_helpers.fresh: services did not stop within 10 s", 0)
-      end)
-      -- core.run, not sonde.run: sonde.run would start the current
-      -- (stopped) configuration again
-      local core = require "sonde.core"
-      local ok, err = pcall(function()
-        while not done do
-          sonde.spawn(function() sonde.sleep(0.05) end)
-          core.run()
-        end
-      end)
-      sonde.cancel(guard)
-      if not ok then error(err, 0) end
-    end
+    cur:stop(function() done = true end)
+    local guard = core.timer(10, function()
+      error("engine_helpers.fresh: services did not stop within 10 s", 0)
+    end)
+    while not done do task.run() end
+    core.cancel(guard)
   end
-  local cfg = empty_config()
-  engine.current, engine.loading = cfg, cfg
-  return cfg
+  return config.ambient()
 end
 
 local Capture = {}
@@ -162,7 +136,7 @@ function E.capture()
   local f = assert(io.open(path, "w+b"))
   log.set_sink(f)
   log.set_format("json")
-  log.set_level("info")
+  log.set_level("debug")
   return setmetatable({ path = path, file = f }, Capture)
 end
 
@@ -203,45 +177,40 @@ end
 
 function E.run_for(seconds, at, max_extra)
   local sonde = require "sonde"
-  local engine = require "sonde.engine"
+  local config = require "sonde.config"
+  local core = require "sonde.core"
+  local cfg = config.ambient()
   local timers = {}
   local watchdog
   local stopped, stopping = false, false
   local function stop()
     if stopping then return end
     stopping = true
-    for _, t in ipairs(timers) do sonde.cancel(t) end
-    watchdog = sonde.after(max_extra or 20, function()
+    for _, t in ipairs(timers) do core.cancel(t) end
+    watchdog = core.timer(max_extra or 20, function()
       error(string.format("engine_helpers.run_for: the loop still ran %gs "
         .. "after the stop", max_extra or 20), 0)
     end)
-    engine.stop(nil, function()
+    cfg:stop(function()
       stopped = true
-      if watchdog then sonde.cancel(watchdog) end
+      if watchdog then core.cancel(watchdog) end
     end)
   end
   active = { stop = stop }
   for _, a in ipairs(at or {}) do
     timers[#timers + 1] = sonde.after(a[1], a[2])
   end
-  timers[#timers + 1] = sonde.after(seconds, stop)
+  timers[#timers + 1] = core.timer(seconds, stop)
   local ok, err = pcall(sonde.run)
   active = nil
-  for _, t in ipairs(timers) do sonde.cancel(t) end
-  if watchdog then sonde.cancel(watchdog) end
+  for _, t in ipairs(timers) do core.cancel(t) end
+  if watchdog then core.cancel(watchdog) end
   if not ok then
     -- leave nothing running for the next spec
-    pcall(engine.stop, nil, function() end)
-    E.kill_services(engine.current)
-    local cfg = empty_config()
-    engine.current, engine.loading = cfg, cfg
+    pcall(cfg.stop, cfg, function() end)
+    E.kill_services(cfg)
     error(err, 0)
   end
-  -- a stopped configuration would be started again by the next
-  -- sonde.run() (helpers.run, helpers.eventually): make an empty one
-  -- current; the caller keeps its references to probes and services
-  local cfg = empty_config()
-  engine.current, engine.loading = cfg, cfg
   return stopped
 end
 
@@ -323,7 +292,17 @@ local function env_prefix(env)
   return "env " .. table.concat(parts, " ") .. " "
 end
 
+-- The host runs with --log-level debug unless the args set a level: specs
+-- wait on every probe run, successes included.
 local function argv_text(args)
+  local has_level = false
+  for _, a in ipairs(args) do
+    if a == "--log-level" then has_level = true end
+  end
+  if not has_level and args[1] ~= "--version" and args[1] ~= "--help"
+      and #args > 0 then
+    args = table.move(args, 1, #args, 3, { "--log-level", "debug" })
+  end
   local parts = {}
   for i, a in ipairs(args) do parts[i] = q(a) end
   return table.concat(parts, " ")

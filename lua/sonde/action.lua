@@ -21,10 +21,16 @@
 -- `action_interval` seconds (default 30); a transition inside that window
 -- is logged as `action` with status `suppressed`.  An action that fails is
 -- logged (`action` status `failed`); nothing else stops.
+--
+-- The commands and requests an action starts belong to its probe (see
+-- sonde.task scopes): stopping the probe, or the host, cancels them.
 -- @module sonde.action
 local log = require "sonde.log"
 local hook = require "sonde.hook"
-local check = require "sonde.check"
+local validate = require "sonde.validate"
+local probers = require "sonde.probers"
+local json = require "sonde.json"
+local task = require "sonde.task"
 
 local M = {}
 local Action = {}
@@ -48,8 +54,8 @@ end
 --- Restart a supervised service.
 -- @param service a `sonde.service` object
 function M.restart(service)
-  if type(service) ~= "table" or not service.restart then
-    error("sonde.action.restart: a sonde.service expected", 2)
+  if type(service) ~= "table" or type(service.restart) ~= "function" then
+    validate.raise("sonde.action.restart: a sonde.service expected")
   end
   return new("restart", function(self, result, probe)
     report(probe, self, "started")
@@ -69,14 +75,29 @@ local function result_env(result, probe)
   }
 end
 
+-- Start an operation of handler `h` for action `a` of `probe`, in the
+-- current scope (the probe's), and report how it ended.
+local function start(h, opts, a, probe, ok_detail)
+  report(probe, a, "started")
+  task.start("action", function(k) return h.start(opts, k) end, function(r)
+    if r.status == "success" then
+      report(probe, a, "done", ok_detail(r))
+    else
+      report(probe, a, "failed", string.format("%s %s: %s", r.status,
+        r.reason, r.output))
+    end
+  end)
+end
+
 --- Run a command (see the module doc).
+-- @raise naming the field, on a bad spec
 function M.exec(spec)
-  local sonde = require "sonde"
+  local h = probers.handlers.exec
   local ctx = { where = "sonde.action.exec" }
-  check.table(ctx, spec, "spec")
+  validate.checks.table(ctx, spec, "spec")
   local base = {}
   for k, v in pairs(spec) do base[k] = v end
-  sonde._handlers.exec.prepare(ctx, base)          -- validate now
+  h.prepare(ctx, base)                             -- validate now
   return new("exec", function(self, result, probe)
     local s = {}
     for k, v in pairs(base) do s[k] = v end
@@ -84,36 +105,35 @@ function M.exec(spec)
     for k, v in pairs(spec.env or {}) do env[k] = v end
     for k, v in pairs(result_env(result, probe)) do env[k] = v end
     s.env = env
-    local opts = sonde._handlers.exec.prepare(ctx, s)
-    report(probe, self, "started")
-    sonde._handlers.exec.start(opts, function(r)
-      if r.status == "success" then
-        report(probe, self, "done", r.output)
-      else
-        report(probe, self, "failed", string.format("%s %s: %s", r.status,
-          r.reason, r.output))
-      end
-    end)
+    start(h, h.prepare(ctx, s), self, probe, function(r) return r.output end)
   end, "exec " .. table.concat(spec.command, " "))
 end
 
+local WEBHOOK = validate.schema {
+  { "url", "string", required = true },
+  { "method", "string", default = "POST" },
+  { "headers", "table" },
+  { "body", function(ctx, v, field)
+      if type(v) ~= "string" and type(v) ~= "function" then
+        validate.fail(ctx, field, "must be a string or a function, got %s",
+          type(v))
+      end
+      return v
+    end },
+  { "timeout", "seconds", default = 5 },
+  { "tls", "table" },
+}
+
 --- Call a webhook (see the module doc).
+-- @raise naming the field, on a bad spec
 function M.webhook(spec)
-  local sonde = require "sonde"
+  local h = probers.handlers.http_get
   local ctx = { where = "sonde.action.webhook" }
-  check.table(ctx, spec, "spec")
-  check.known_keys(ctx, spec, { url = true, method = true, headers = true,
-    body = true, timeout = true, tls = true })
-  if spec.url == nil then check.fail(ctx, "url", "is required") end
-  local body = spec.body
-  if body ~= nil and type(body) ~= "string" and type(body) ~= "function" then
-    check.fail(ctx, "body", "must be a string or a function, got %s",
-      type(body))
-  end
-  local base = { url = spec.url, method = spec.method or "POST",
-                 headers = spec.headers, timeout = spec.timeout or 5,
-                 tls = spec.tls }
-  sonde._handlers.http_get.prepare(ctx, base)      -- validate now
+  local w = WEBHOOK:apply(ctx, spec)
+  local body = w.body
+  local base = { url = w.url, method = w.method, headers = w.headers,
+                 timeout = w.timeout, tls = w.tls }
+  h.prepare(ctx, base)                             -- validate now
   return new("webhook", function(self, result, probe)
     local text
     if type(body) == "function" then
@@ -129,7 +149,7 @@ function M.webhook(spec)
     else
       local copy = {}
       for k, v in pairs(result) do copy[k] = v end
-      text = log.json(copy)
+      text = json.encode(copy)
     end
     local s = {}
     for k, v in pairs(base) do s[k] = v end
@@ -137,17 +157,9 @@ function M.webhook(spec)
     if body == nil and s.headers == nil then
       s.headers = { ["Content-Type"] = "application/json" }
     end
-    local opts = sonde._handlers.http_get.prepare(ctx, s)
-    report(probe, self, "started")
-    sonde._handlers.http_get.start(opts, function(r)
-      if r.status == "success" then
-        report(probe, self, "done", tostring(r.http_status))
-      else
-        report(probe, self, "failed", string.format("%s %s: %s", r.status,
-          r.reason, r.output))
-      end
-    end)
-  end, "webhook " .. spec.url)
+    start(h, h.prepare(ctx, s), self, probe,
+      function(r) return tostring(r.http_status) end)
+  end, "webhook " .. w.url)
 end
 
 --- Wrap a Lua function as an action.
@@ -166,7 +178,7 @@ function M.list(ctx, v, field)
   if type(v) == "function" then return { M.fn(v) } end
   if M.is_action(v) then return { v } end
   if type(v) ~= "table" then
-    check.fail(ctx, field, "must be an action, a function or a list of "
+    validate.fail(ctx, field, "must be an action, a function or a list of "
       .. "them, got %s", type(v))
   end
   local out = {}
@@ -174,7 +186,7 @@ function M.list(ctx, v, field)
     if type(a) == "function" then out[i] = M.fn(a)
     elseif M.is_action(a) then out[i] = a
     else
-      check.fail(ctx, string.format("%s[%d]", field, i), "must be an action "
+      validate.fail(ctx, string.format("%s[%d]", field, i), "must be an action "
         .. "or a function, got %s", type(a))
     end
   end
@@ -182,16 +194,21 @@ function M.list(ctx, v, field)
 end
 
 --- Run the actions of a transition, applying the rate limit.
+-- @param list the actions
 -- @param probe the probe (its `action_interval`, `last_action` table)
-function M.run_all(list, result, probe, now)
-  for _, a in ipairs(list) do
-    local last = probe.last_action[a]
+-- @tparam number now monotonic seconds
+-- @tparam string which "on_failure" or "on_recovery": the rate limit is
+-- kept per list and position, so it survives a reload that keeps the probe
+function M.run_all(list, result, probe, now, which)
+  for i, a in ipairs(list) do
+    local key = which .. i
+    local last = probe.last_action[key]
     if last and now - last < probe.action_interval then
       report(probe, a, "suppressed", string.format(
         "ran %.1f s ago (action_interval %g s)", now - last,
         probe.action_interval), "info")
     else
-      probe.last_action[a] = now
+      probe.last_action[key] = now
       local ok, err = pcall(a.run, a, result, probe)
       if not ok then report(probe, a, "failed", tostring(err)) end
     end

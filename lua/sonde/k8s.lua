@@ -18,7 +18,7 @@
 -- `terminationGracePeriodSeconds` becomes the grace of the restart this
 -- probe triggers.
 -- @module sonde.k8s
-local check = require "sonde.check"
+local validate = require "sonde.validate"
 
 local M = {}
 
@@ -33,13 +33,20 @@ local PASS = { name = true, kind = true, service = true, env = true,
                on_failure = true, on_recovery = true,
                action_interval = true }
 
+-- The handlers' fields; their values are checked by sonde.probe.
+local function any(_, v) return v end
+local EXEC = validate.schema { { "command", any } }
+local HTTP_GET = validate.schema { { "path", any }, { "port", any },
+  { "host", any }, { "scheme", any }, { "httpHeaders", any } }
+local TCP_SOCKET = validate.schema { { "port", any }, { "host", any } }
+
 -- Kubernetes: 0 means "use the default".
 local function int(ctx, v, field, default, min)
   if v == nil then return default end
   if math.type(v) ~= "integer" then
-    check.fail(ctx, field, "must be an integer, got %s", check.show(v))
+    validate.fail(ctx, field, "must be an integer, got %s", validate.show(v))
   end
-  if v < min then check.fail(ctx, field, "must be >= %d, got %d", min, v) end
+  if v < min then validate.fail(ctx, field, "must be >= %d, got %d", min, v) end
   if v == 0 then return default end
   return v
 end
@@ -48,17 +55,17 @@ end
 -- @raise naming the Kubernetes field
 function M.probe(t)
   local ctx = { where = "sonde.k8s.probe" }
-  check.table(ctx, t, "probe")
+  validate.checks.table(ctx, t, "probe")
   if type(t.name) == "string" then
     ctx.where = string.format("probe %q", t.name)
   end
   for k in pairs(t) do
     if not K8S[k] and not PASS[k] then
-      check.fail(ctx, nil, "unknown field %s", check.show(k))
+      validate.fail(ctx, nil, "unknown field %s", validate.show(k))
     end
   end
   if t.grpc ~= nil then
-    check.fail(ctx, "grpc", "gRPC probes are not supported yet")
+    validate.fail(ctx, "grpc", "gRPC probes are not supported yet")
   end
   local spec = {}
   for k in pairs(PASS) do spec[k] = t[k] end
@@ -66,22 +73,20 @@ function M.probe(t)
   for _, h in ipairs { "exec", "httpGet", "tcpSocket" } do
     if t[h] ~= nil then n = n + 1 end
   end
-  if n == 0 then check.fail(ctx, nil, "must specify a handler type") end
-  if n > 1 then check.fail(ctx, nil, "may not specify more than 1 handler type") end
+  if n == 0 then validate.fail(ctx, nil, "must specify a handler type") end
+  if n > 1 then validate.fail(ctx, nil, "may not specify more than 1 handler type") end
   if t.exec ~= nil then
-    check.table(ctx, t.exec, "exec")
-    check.known_keys(ctx, t.exec, { command = true }, "exec")
+    EXEC:apply(ctx, t.exec, "exec")
     spec.exec = { command = t.exec.command }
   elseif t.httpGet ~= nil then
-    local h = check.table(ctx, t.httpGet, "httpGet")
-    check.known_keys(ctx, h, { path = true, port = true, host = true,
-      scheme = true, httpHeaders = true }, "httpGet")
+    local h = t.httpGet
+    HTTP_GET:apply(ctx, h, "httpGet")
     local headers
     if h.httpHeaders ~= nil then
-      check.array(ctx, h.httpHeaders, "httpGet.httpHeaders")
+      validate.checks.array(ctx, h.httpHeaders, "httpGet.httpHeaders")
       headers = {}
       for i, e in ipairs(h.httpHeaders) do
-        check.table(ctx, e, string.format("httpGet.httpHeaders[%d]", i))
+        validate.checks.table(ctx, e, string.format("httpGet.httpHeaders[%d]", i))
         headers[i] = { name = e.name, value = e.value }
       end
     end
@@ -90,8 +95,8 @@ function M.probe(t)
     spec.http_get = { path = path, port = h.port, host = h.host,
                       scheme = h.scheme or "HTTP", headers = headers }
   else
-    local h = check.table(ctx, t.tcpSocket, "tcpSocket")
-    check.known_keys(ctx, h, { port = true, host = true }, "tcpSocket")
+    local h = t.tcpSocket
+    TCP_SOCKET:apply(ctx, h, "tcpSocket")
     spec.tcp_socket = { port = h.port, host = h.host }
   end
   spec.initial_delay = int(ctx, t.initialDelaySeconds, "initialDelaySeconds",
@@ -105,22 +110,16 @@ function M.probe(t)
   if t.terminationGracePeriodSeconds ~= nil then
     local g = t.terminationGracePeriodSeconds
     if math.type(g) ~= "integer" or g <= 0 then
-      check.fail(ctx, "terminationGracePeriodSeconds", "must be greater than "
-        .. "0, got %s", check.show(g))
+      validate.fail(ctx, "terminationGracePeriodSeconds", "must be greater than "
+        .. "0, got %s", validate.show(g))
     end
     if t.kind == "readiness" then
-      check.fail(ctx, "terminationGracePeriodSeconds", "must not be set for "
+      validate.fail(ctx, "terminationGracePeriodSeconds", "must not be set for "
         .. "readiness probes")
     end
     spec.termination_grace = g
   end
   return spec
-end
-
---- Declare the service and probes of a container in a Kubernetes manifest
--- (see sonde.pod).
-function M.load(path, opts)
-  return require("sonde.pod").load(path, opts)
 end
 
 return M

@@ -1,18 +1,6 @@
---- Metrics and health endpoints of the host (`sonde --listen ADDR`).
---
--- Endpoints (GET or HEAD; other methods 405, unknown paths 404; nothing
--- here changes state or runs anything):
---
---   * `/metrics`: Prometheus text exposition format 0.0.4;
---   * `/healthz`: 200 while the loop runs;
---   * `/readyz`: 200 when every readiness probe is ready, else 503 with the
---     names of those that are not, one per line;
---   * `/readyz/NAME`, `/livez/NAME`: 200 when that readiness / liveness
---     probe's state is success, 503 when not, 404 when there is no such
---     probe of that kind;
---   * `/status`: JSON `{ probes = { NAME = { kind, state, runs, counts,
---     last = result } }, services = { NAME = { state, restarts, pid,
---     instance } } }`.
+--- The metrics registry: per-probe accounting, script-defined series, and
+-- the Prometheus text exposition (format 0.0.4) of a load, served by
+-- sonde.endpoints on `/metrics`.
 --
 -- Series (names follow blackbox_exporter where one exists; every probe
 -- series has the labels `probe` and `kind`):
@@ -33,11 +21,13 @@
 --   * `process_resident_memory_bytes`, `process_cpu_seconds_total`,
 --     `process_open_fds`, `process_max_fds`, `process_start_time_seconds`.
 --
--- Scripts add their own with `sonde.metrics.gauge(name, help, labels)` and
--- `sonde.metrics.counter(name, help, labels)`.
+-- Scripts add their own series with `sonde.metrics.gauge(name, help,
+-- labels)` and `sonde.metrics.counter(name, help, labels)`.  A series
+-- belongs to the load of the script that defined it (see sonde.config): a
+-- reload defines it anew, and only the running load's series are served.
 -- @module sonde.metrics
 local core = require "sonde.core"
-local log = require "sonde.log"
+local validate = require "sonde.validate"
 
 local M = {}
 
@@ -95,9 +85,7 @@ end
 -- Script-defined series
 ---------------------------------------------------------------------------
 
-local custom = {}      -- name -> series, in declaration order in `order`
-local order = {}
-local RESERVED = { probe_ = true, sonde_ = true, process_ = true }
+local RESERVED = { "probe_", "sonde_", "process_" }
 
 local Series = {}
 Series.__index = Series
@@ -107,7 +95,7 @@ local function key_of(self, values)
   for i, l in ipairs(self.labels) do
     local v = values and values[l]
     if v == nil then
-      error(fmt("metric %s: label %s has no value", self.name, l), 3)
+      validate.raise(fmt("metric %s: label %s has no value", self.name, l))
     end
     parts[i] = tostring(v)
   end
@@ -115,6 +103,7 @@ local function key_of(self, values)
 end
 
 --- Set a gauge: `g:set(value, { label = value, ... })`.
+-- @raise on a counter, a value that is not a number or a missing label
 function Series:set(v, values)
   if self.kind ~= "gauge" then error("set: " .. self.name .. " is a counter", 2) end
   if type(v) ~= "number" then error("set: number expected", 2) end
@@ -122,7 +111,8 @@ function Series:set(v, values)
   self.values[k] = { v = v, l = values }
 end
 
---- Add to a counter (default 1; never negative).
+--- Add to a counter or gauge (default 1; never negative).
+-- @raise on a negative or non-number amount or a missing label
 function Series:inc(n, values)
   n = n or 1
   if type(n) ~= "number" or n < 0 then
@@ -134,46 +124,65 @@ function Series:inc(n, values)
   self.values[k] = e
 end
 
-local function new_series(kind, name, help, lbls)
+local Registry = {}
+Registry.__index = Registry
+
+--- A registry of script-defined series (one per load).
+function M.registry()
+  return setmetatable({ by_name = {}, order = {} }, Registry)
+end
+
+function Registry:define(kind, name, help, lbls)
+  local where = "sonde.metrics." .. kind
   if type(name) ~= "string" or not name:find("^[a-zA-Z_:][a-zA-Z0-9_:]*$") then
-    error(fmt("sonde.metrics.%s: name: not a valid metric name: %s", kind,
-      tostring(name)), 3)
+    validate.raise(fmt("%s: name: not a valid metric name: %s", where,
+      tostring(name)))
   end
-  for prefix in pairs(RESERVED) do
+  for _, prefix in ipairs(RESERVED) do
     if name:sub(1, #prefix) == prefix then
-      error(fmt("sonde.metrics.%s: name: %s is reserved for sonde's own "
-        .. "series", kind, prefix), 3)
+      validate.raise(fmt("%s: name: %s is reserved for sonde's own series",
+        where, prefix))
     end
   end
   if kind == "counter" and not name:find("_total$") then
-    error(fmt("sonde.metrics.counter: name: counters end in _total, got %s",
-      name), 3)
+    validate.raise(fmt("%s: name: counters end in _total, got %s", where,
+      name))
   end
-  if custom[name] then
-    error(fmt("sonde.metrics.%s: name: %s is already defined", kind, name), 3)
+  if self.by_name[name] then
+    validate.raise(fmt("%s: name: %s is already defined", where, name))
   end
   lbls = lbls or {}
+  if type(lbls) ~= "table" then
+    validate.raise(fmt("%s: labels: a list of label names expected, got %s",
+      where, type(lbls)))
+  end
   for i, l in ipairs(lbls) do
     if type(l) ~= "string" or not l:find("^[a-zA-Z_][a-zA-Z0-9_]*$")
         or l:sub(1, 2) == "__" then
-      error(fmt("sonde.metrics.%s: labels[%d]: not a valid label name: %s",
-        kind, i, tostring(l)), 3)
+      validate.raise(fmt("%s: labels[%d]: not a valid label name: %s",
+        where, i, tostring(l)))
     end
   end
   local s = setmetatable({ kind = kind, name = name,
     help = help and tostring(help) or name, labels = lbls, values = {} },
     Series)
-  custom[name] = s
-  order[#order + 1] = s
+  self.by_name[name] = s
+  self.order[#self.order + 1] = s
   return s
 end
 
---- A gauge series: `sonde.metrics.gauge("queue_depth", "help", {"queue"})`.
--- @raise on an invalid or reserved name (probe_, sonde_, process_)
-function M.gauge(name, help, lbls) return new_series("gauge", name, help, lbls) end
+--- A gauge series of this registry: `reg:gauge("queue_depth", "help",
+-- {"queue"})`.
+-- @raise on an invalid, reserved (probe_, sonde_, process_) or repeated name
+function Registry:gauge(name, help, lbls)
+  return self:define("gauge", name, help, lbls)
+end
 
 --- A counter series (name ending in `_total`).
-function M.counter(name, help, lbls) return new_series("counter", name, help, lbls) end
+-- @raise like gauge
+function Registry:counter(name, help, lbls)
+  return self:define("counter", name, help, lbls)
+end
 
 ---------------------------------------------------------------------------
 -- Rendering
@@ -183,7 +192,9 @@ local function help_escape(s)
   return (s:gsub("\\", "\\\\"):gsub("\n", "\\n"))
 end
 
---- The /metrics text for a configuration.
+--- The /metrics text of a load: its probes, services and series.
+-- @tparam table cfg a load (sonde.config): `probes`, `services`, `registry`
+-- @treturn string
 function M.render(cfg)
   local out = {}
   local function family(name, kind, help)
@@ -292,7 +303,7 @@ function M.render(cfg)
       sample(m[1], "", ps[m[4]])
     end
   end
-  for _, s in ipairs(order) do
+  for _, s in ipairs(cfg.registry and cfg.registry.order or {}) do
     family(s.name, s.kind, s.help)
     local keys = {}
     for k in pairs(s.values) do keys[#keys + 1] = k end
@@ -303,84 +314,6 @@ function M.render(cfg)
     end
   end
   return table.concat(out, "\n") .. "\n"
-end
-
---- The /status table for a configuration.
-function M.status(cfg)
-  local probes, services = {}, {}
-  for _, p in ipairs(cfg.probes) do
-    local last
-    if p.last_result then
-      last = {}
-      for k, v in pairs(p.last_result) do
-        if type(v) ~= "function" and type(v) ~= "table" then last[k] = v end
-      end
-    end
-    probes[p.name] = { kind = p.kind, state = p.state, runs = p.runs,
-      counts = p.stats and p.stats.counts or {}, streak = p.run,
-      service = p.service and p.service.name or nil, last = last }
-  end
-  for _, s in ipairs(cfg.services) do
-    services[s.name] = { state = s.state, restarts = s.restarts, pid = s.pid,
-      instance = s.instance }
-  end
-  return { probes = probes, services = services, version = core.version }
-end
-
----------------------------------------------------------------------------
--- The HTTP handler
----------------------------------------------------------------------------
-
-local function find(cfg, name, kind)
-  local p = cfg.probe_by_name[name]
-  if p and p.kind == kind then return p end
-end
-
-local function route(cfg, method, path)
-  if method ~= "GET" and method ~= "HEAD" then
-    return 405, "method not allowed\n"
-  end
-  if path == "/metrics" then
-    return 200, M.render(cfg), "text/plain; version=0.0.4; charset=utf-8"
-  elseif path == "/healthz" then
-    return 200, "ok\n"
-  elseif path == "/readyz" then
-    local bad = {}
-    for _, p in ipairs(cfg.probes) do
-      if p.kind == "readiness" and p.state ~= "success" then
-        bad[#bad + 1] = p.name
-      end
-    end
-    if #bad == 0 then return 200, "ok\n" end
-    return 503, "not ready:\n" .. table.concat(bad, "\n") .. "\n"
-  elseif path == "/status" then
-    return 200, log.json(M.status(cfg)) .. "\n", "application/json"
-  end
-  local which, name = path:match("^/(%a+)z/(.+)$")
-  if name then                     -- the path comes percent-encoded
-    name = name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-  end
-  local kind = which == "ready" and "readiness" or which == "live" and "liveness"
-  if kind then
-    local p = find(cfg, name, kind)
-    if not p then return 404, "no " .. kind .. " probe named " .. name .. "\n" end
-    if p.state == "success" then return 200, "ok\n" end
-    return 503, p.state .. "\n"
-  end
-  return 404, "not found\n"
-end
-
---- Serve the endpoints on host:port (port 0: any free port).
--- @return the bound port | nil, error
-function M.listen(host, port, get_cfg)
-  return core.listen(host, port, function(method, path)
-    local ok, status, body, ctype = pcall(route, get_cfg(), method, path)
-    if not ok then
-      log.event("error", "http_error", { path = path, error = tostring(status) })
-      return 500, "internal error\n"
-    end
-    return status, body, ctype
-  end)
 end
 
 return M

@@ -26,7 +26,10 @@
 -- only matter to a container runtime (image, resources, volumeMounts,
 -- securityContext, ...) are listed in a `pod_ignored` log event.
 -- @module sonde.pod
+local core = require "sonde.core"
 local log = require "sonde.log"
+local k8s = require "sonde.k8s"
+local config = require "sonde.config"
 
 local M = {}
 
@@ -87,8 +90,8 @@ end
 -- @return the service, and the list of probes
 -- @raise with the manifest path and the field, on anything unsupported
 function M.load(path, opts)
-  local sonde = require "sonde"
   opts = opts or {}
+  local cfg = config.ambient()
   local spec, _, objname = M.pod_spec(path)
   local containers = spec.containers
   if type(containers) ~= "table" or #containers == 0 then
@@ -133,7 +136,7 @@ function M.load(path, opts)
         f, e.name)
     end
     local v = e.value == nil and "" or tostring(e.value)
-    env[e.name] = sonde.expand(v, env)
+    env[e.name] = core.expand(v, env)
     order[#order + 1] = e.name
   end
   local argv = {}
@@ -158,7 +161,7 @@ function M.load(path, opts)
     fail(path, "spec.restartPolicy: must be Always, OnFailure or Never, got %s",
       tostring(spec.restartPolicy))
   end
-  local svc = sonde.service {
+  local svc = cfg:service {
     name = c.name,
     command = argv,
     env = env,
@@ -181,7 +184,7 @@ function M.load(path, opts)
       t.ports = #ports > 0 and ports or nil
       if pr.exec and next(env) then t.env = env end
       local ok, p = pcall(function()
-        return sonde.probe(sonde.k8s.probe(t))
+        return cfg:probe(k8s.probe(t))
       end)
       if not ok then
         -- the message without the position inside sonde's own files

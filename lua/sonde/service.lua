@@ -13,10 +13,12 @@
 --       reset_after = 600,   -- seconds of running that reset the back-off
 --     },
 --     grace = 30,            -- seconds between SIGTERM and SIGKILL
+--     output = "log",        -- "log": stdout/stderr lines in the log
+--                            -- (service_output); "discard": dropped
 --   }
 --
 -- The process runs in a new process group; its stdout and stderr go to the
--- log line by line (`service_output`).  When it exits it is restarted
+-- log line by line (`service_output`), unless `output = "discard"`.  When it exits it is restarted
 -- (policy permitting) with the kubelet's back-off: the first restart at
 -- once, then `backoff` seconds doubling up to `max_backoff`; after it ran
 -- `reset_after` seconds the count starts again.  A liveness or startup
@@ -25,56 +27,63 @@
 -- after `grace`, and does not restart it.
 -- @module sonde.service
 local core = require "sonde.core"
-local check = require "sonde.check"
+local validate = require "sonde.validate"
 local log = require "sonde.log"
+local probers = require "sonde.probers"
 
 local M = {}
 local Service = {}
 Service.__index = Service
 M.Service = Service
 
-local KEYS = { name = true, command = true, env = true, cwd = true,
-               restart = true, grace = true }
-local RESTART_KEYS = { policy = true, backoff = true, max_backoff = true,
-                       reset_after = true }
-local POLICIES = { always = true, ["on-failure"] = true, never = true }
 local MAX_LINE = 4096
 
+M.restart_schema = validate.schema {
+  { "policy", "enum", values = { "always", "on-failure", "never" },
+    default = "always" },
+  { "backoff", "seconds", default = 10 },
+  { "max_backoff", "seconds", default = 300, allow_zero = true },
+  { "reset_after", "seconds", default = 600, allow_zero = true },
+}
+
+M.schema = validate.schema {
+  { "name", "string", required = true, nonempty = true },
+  { "command", "strings", required = true, nonempty = true },
+  { "env", "env" },
+  { "cwd", "string" },
+  { "restart", M.restart_schema },
+  { "grace", "seconds", default = 30, allow_zero = true },
+  { "output", "enum", values = { "log", "discard" }, default = "log" },
+}
+
+--- True when `v` is a service (made by `new`).
+function M.is(v) return getmetatable(v) == Service end
+
 --- Validate a service spec and make the (not yet started) service.
--- @raise naming the service and the field
+-- @raise `FILE:LINE: service "NAME": FIELD: reason`, at the user's line
 function M.new(spec)
   local ctx = { where = "sonde.service" }
-  check.table(ctx, spec, "spec")
+  validate.checks.table(ctx, spec, "spec")
   if type(spec.name) ~= "string" or spec.name == "" then
-    check.fail(ctx, "name", "must be a non-empty string")
+    validate.fail(ctx, "name", "must be a non-empty string")
   end
   ctx.where = string.format("service %q", spec.name)
-  check.known_keys(ctx, spec, KEYS)
-  if spec.command == nil then check.fail(ctx, "command", "is required") end
-  local r = spec.restart or {}
-  check.table(ctx, r, "restart")
-  check.known_keys(ctx, r, RESTART_KEYS, "restart")
-  local policy = check.string(ctx, r.policy, "restart.policy", "always")
-  if not POLICIES[policy] then
-    check.fail(ctx, "restart.policy", "must be always, on-failure or never, "
-      .. "got %s", check.show(policy))
-  end
-  local sonde = require "sonde"
-  -- the exec prober's validation and environment rules
-  local opts = sonde._handlers.exec.prepare(ctx, { command = spec.command,
+  local s = M.schema:apply(ctx, spec)
+  local r = s.restart or M.restart_schema:apply(ctx, {}, "restart")
+  -- the exec prober's environment rules
+  local opts = probers.handlers.exec.prepare(ctx, { command = spec.command,
     env = spec.env, cwd = spec.cwd })
   opts.timeout = 0                   -- no deadline: it runs until it ends
   local self = setmetatable({
-    name = spec.name,
+    name = s.name,
     spec = spec,
     opts = opts,
-    policy = policy,
-    backoff = check.seconds(ctx, r.backoff, "restart.backoff", 10),
-    max_backoff = check.seconds(ctx, r.max_backoff, "restart.max_backoff",
-      300, true),
-    reset_after = check.seconds(ctx, r.reset_after, "restart.reset_after",
-      600, true),
-    grace = check.seconds(ctx, spec.grace, "grace", 30, true),
+    policy = r.policy,
+    backoff = r.backoff,
+    max_backoff = r.max_backoff,
+    reset_after = r.reset_after,
+    grace = s.grace,
+    output = s.output,
     state = "new",            -- new, running, backoff, stopping, stopped
     instance = 0,             -- counts starts
     restarts = 0,             -- total restarts
@@ -98,6 +107,15 @@ end
 function Service:startup_probe()
   for _, p in ipairs(self.probes) do
     if p.kind == "startup" and not p.stopped then return p end
+  end
+end
+
+--- Called by the startup probe when it publishes success: the liveness
+-- and readiness probes run at once (kubelet: readiness is triggered when
+-- the container is started but not ready).
+function Service:startup_succeeded()
+  for _, p in ipairs(self.probes) do
+    if p.kind ~= "startup" then p:trigger() end
   end
 end
 
@@ -140,14 +158,19 @@ function Service:start()
   self.instance = self.instance + 1
   self.started_at = core.now()
   self.restart_why = nil
-  local sink, partial = output_sink(self)
   local instance = self.instance
-  self.op = core.exec(self.opts, function(r)
-    for s = 1, 2 do
-      if partial[s] ~= "" then sink(s, "\n") end
-    end
-    self:exited(r, instance)
-  end, sink)
+  if self.output == "discard" then
+    self.op = core.exec(self.opts, function(r) self:exited(r, instance) end,
+      function() end)
+  else
+    local sink, partial = output_sink(self)
+    self.op = core.exec(self.opts, function(r)
+      for s = 1, 2 do
+        if partial[s] ~= "" then sink(s, "\n") end
+      end
+      self:exited(r, instance)
+    end, sink)
+  end
   self.state = "running"
   self.pid = core.exec_pid(self.op)
   log.event("info", "service_start", { service = self.name, pid = self.pid,
@@ -167,7 +190,9 @@ function Service:exited(r, instance)
     reason = r.reason, uptime = uptime,
     error = r.reason ~= "exit_code" and r.reason ~= "ok" and r.reason ~= "signal"
       and r.output or nil })
-  for _, p in ipairs(self.probes) do p:instance_stopped() end
+  local how = r.exit_code and ("exit code " .. r.exit_code)
+    or r.signal and ("signal " .. r.signal) or r.reason
+  for _, p in ipairs(self.probes) do p:instance_stopped(how) end
   if self.state == "stopping" then
     self.state = "stopped"
     log.event("info", "service_stop", { service = self.name })

@@ -102,7 +102,7 @@ describe("sonde.k8s.probe", function()
     assert.are.equal('probe "u": unknown field "periodSecond"',
       k8s_err { name = "u", exec = { command = { "true" } },
                 periodSecond = 5 })
-    assert.are.equal('probe "u": unknown field httpGet.pat',
+    assert.are.equal('probe "u": httpGet: unknown field "pat"',
       k8s_err { name = "u", httpGet = { port = 80, pat = "/x" } })
   end)
 
@@ -143,7 +143,7 @@ describe("sonde.k8s.probe", function()
       sonde.probe(sonde.k8s.probe { name = "implicit",
         exec = { command = { "true" } }, terminationGracePeriodSeconds = 5 })
     end)
-    local declared = require("sonde.engine").loading.probe_by_name.implicit
+    local declared = require("sonde.config").ambient().probe_by_name.implicit
     assert.is_false(ok, "accepted, as a " .. tostring(declared
       and declared.kind) .. " probe with termination_grace "
       .. tostring(declared and declared.termination_grace))

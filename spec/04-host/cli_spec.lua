@@ -43,8 +43,9 @@ describe("sonde host command line", function()
       assert.are.equal(0, rc)
       assert.are.equal("", err)
       assert.is_truthy(out:find("^usage: sonde "), out)
-      for _, s in ipairs { "check SCRIPT", "once [--format text|json] SCRIPT",
-          "--log-format", "--version" } do
+      for _, s in ipairs { "check [--container NAME] SCRIPT|MANIFEST",
+          "once [--format text|json] [--container NAME] SCRIPT|MANIFEST",
+          "--log-format", "--log-level", "--version" } do
         assert.is_truthy(out:find(s, 1, true), s .. " not in:\n" .. out)
       end
     end)

@@ -90,8 +90,8 @@ local function host_start(dir, args, env)
   local base = string.format("%s/host%d", dir, Host.n)
   local h = setmetatable({ errf = base .. ".err", outf = base .. ".out",
     pidf = base .. ".pid", rcf = base .. ".rc" }, Host)
-  local cmd = string.format("exec %s %s %s", env_prefix(env), q(BIN),
-    argv_text(args))
+  local cmd = string.format("exec %s %s --log-level debug %s", env_prefix(env),
+    q(BIN), argv_text(args))
   local inner = string.format("sh -c %s </dev/null >%s 2>%s & echo $! >%s; "
     .. "wait $!; echo $? >%s.tmp; mv %s.tmp %s", q(cmd), q(h.outf), q(h.errf),
     q(h.pidf), q(h.rcf), q(h.rcf), q(h.rcf))

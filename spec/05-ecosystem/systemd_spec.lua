@@ -100,8 +100,8 @@ local function host_start(dir, args, env)
     pidf = base .. ".pid", rcf = base .. ".rc" }, Host)
   local argv = {}
   for i, a in ipairs(args) do argv[i] = q(a) end
-  local cmd = string.format("exec %s %s %s", env_prefix(env), q(BIN),
-    table.concat(argv, " "))
+  local cmd = string.format("exec %s %s --log-level debug %s", env_prefix(env),
+    q(BIN), table.concat(argv, " "))
   local inner = string.format("sh -c %s </dev/null >%s 2>%s & echo $! >%s; "
     .. "wait $!; echo $? >%s.tmp; mv %s.tmp %s", q(cmd), q(h.outf), q(h.errf),
     q(h.pidf), q(h.rcf), q(h.rcf), q(h.rcf))

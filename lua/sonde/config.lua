@@ -1,0 +1,333 @@
+--- A load of a script, and everything it owns.
+--
+-- A load (the first one, and each reload) owns what is created while its
+-- code runs: the probes and services it declares, its tasks (the script's
+-- own top level, `sonde.spawn`), timers (`sonde.after`), operations
+-- started with a callback, and its custom metric series (see sonde.task
+-- scopes and sonde.metrics registries).  Code runs "in" a load when it is
+-- the script's top level or a task of it, or a hook, check or action of
+-- one of its probes.
+--
+--   local cfg, err = config.load("/etc/sonde/probes.lua", args)  -- not started
+--   cfg:start()                        -- services, then probes
+--   new = config.load(...); config.apply(cfg, new)   -- a reload
+--   cfg:stop(done)                     -- the end: done() once services exited
+--
+-- `apply` carries over what did not change (services and probes with the
+-- same spec keep running, with their state and counters; a kept probe
+-- runs the new load's hooks) and ends the rest of the old load: its other
+-- probes and services are stopped, its tasks closed (`coroutine.close`:
+-- `<close>` variables run), its timers and operations cancelled, its
+-- series dropped.  A load that fails leaves the running one untouched and
+-- ends what it had started itself.
+--
+-- A library user (plain `lua5.4`) declares into the default load, which
+-- `sonde.run()` starts; once stopped, the next declarations go into a new
+-- default load.
+-- @module sonde.config
+local validate = require "sonde.validate"
+local log = require "sonde.log"
+local task = require "sonde.task"
+local metrics = require "sonde.metrics"
+local probe = require "sonde.probe"
+local service = require "sonde.service"
+local ticker = require "sonde.ticker"
+
+local M = {}
+local Config = {}
+Config.__index = Config
+M.Config = Config
+
+local fmt = string.format
+
+--- Seconds a script's top level may run before it finishes or first
+-- waits (a script stuck in a loop fails to load instead of wedging the
+-- host).
+M.load_bound = 10
+
+--- A new, empty load.
+-- @tparam[opt] table opts `name` (the script, for messages), `dry` (true:
+-- nothing it calls starts anything: `sonde check`), `scope` (use this
+-- scope instead of a new one)
+function M.new(opts)
+  opts = opts or {}
+  local self = setmetatable({
+    name = opts.name or "script", probes = {}, services = {},
+    probe_by_name = {}, service_by_name = {}, registry = metrics.registry(),
+    state = "loading",        -- loading, started, stopped
+  }, Config)
+  self.scope = opts.scope or task.scope { name = self.name, dry = opts.dry }
+  self.scope.data = self
+  return self
+end
+
+local default
+
+--- The load that code running now belongs to: that of the running task,
+-- hook or callback, else the default load of a library user.
+function M.ambient()
+  local cfg = task.current().data
+  if cfg then return cfg end
+  if not default then
+    default = M.new { name = "default", scope = task.default }
+  end
+  return default
+end
+
+--- Declare a service (see sonde.service).
+-- @raise on a bad spec or a name declared twice, at the user's line
+function Config:service(spec)
+  self:open("sonde.service")
+  local s = service.new(spec)
+  if self.service_by_name[s.name] then
+    validate.raise(fmt("service %q: name: declared twice", s.name))
+  end
+  self.service_by_name[s.name] = s
+  self.services[#self.services + 1] = s
+  if self.state == "started" then
+    self:late(s, "service")
+    s:start()
+  end
+  return s
+end
+
+--- Declare a probe (see sonde.probe).
+-- @raise on a bad spec, a service of another script or a name declared
+-- twice, at the user's line
+function Config:probe(spec)
+  self:open("sonde.probe")
+  local p = probe.new(spec, self)
+  if p.service and self.service_by_name[p.service.name] ~= p.service then
+    validate.raise(fmt("probe %q: service: %q is not a service declared by "
+      .. "this script (sonde.service)", p.name, p.service.name))
+  end
+  if self.probe_by_name[p.name] then
+    validate.raise(fmt("probe %q: name: declared twice", p.name))
+  end
+  self.probe_by_name[p.name] = p
+  self.probes[#self.probes + 1] = p
+  if self.state == "started" then
+    self:late(p, "probe")
+    p:start(0)
+  end
+  return p
+end
+
+-- Declarations into a stopped load are refused.
+function Config:open(where)
+  if self.state == "stopped" then
+    validate.raise(fmt("%s: the script's load (%s) was stopped or replaced",
+      where, self.name))
+  end
+end
+
+-- A declaration into a running load: started at once.  A script run as a
+-- plain one (it declared nothing before it first waited) is warned.
+function Config:late(obj, what)
+  if #self.probes + #self.services == 1 then self.scope:hold() end
+  if self.plain then
+    log.event("warn", "late_declaration", { [what] = obj.name, detail =
+      "declared after the script first waited: runs without the host's "
+      .. "signal handling; declare " .. what .. "s before waiting" })
+  end
+end
+
+-- Start probes that start together, those without an initial delay and
+-- without a service spread over their first period.
+local function start_probes(list)
+  local free = {}
+  for _, p in ipairs(list) do
+    if not p.service and p.initial_delay == 0 then free[#free + 1] = p end
+  end
+  local rank = {}
+  for i, p in ipairs(free) do rank[p] = ticker.spread(i, #free, p.period) end
+  for _, p in ipairs(list) do p:start(rank[p] or 0) end
+end
+
+--- Start what the load declared: services first, then probes.  A stopped
+-- load is not started again.
+function Config:start()
+  if self.state ~= "loading" then return end
+  self.state = "started"
+  if #self.probes + #self.services > 0 then self.scope:hold() end
+  for _, s in ipairs(self.services) do s:start() end
+  start_probes(self.probes)
+end
+
+--- Stop the load for good: probes (in-flight runs cancelled), tasks
+-- closed, timers and operations cancelled, then services (SIGTERM,
+-- SIGKILL after their grace).  `done()` is called once every service has
+-- exited (at once when none runs).  Idempotent; a second `done` is called
+-- too.
+function Config:stop(done)
+  local was = self.state
+  self.state = "stopped"
+  if self == default then
+    -- a library user goes on in a fresh default load
+    default = nil
+    task.default = task.scope { name = "default" }
+  end
+  if was ~= "stopped" then
+    for _, p in ipairs(self.probes) do p:stop() end
+  end
+  self.scope:close()
+  local left = #self.services
+  if left == 0 then if done then done() end return end
+  for _, s in ipairs(self.services) do
+    s:stop(function()
+      left = left - 1
+      if left == 0 and done then done() end
+    end)
+  end
+end
+
+--- Load a script (a path, or a function that declares) into a new load
+-- without starting it.  The script's top level runs as a task of the
+-- load, bounded by `load_bound` seconds until it finishes or first waits;
+-- what it declares by then is the load (later declarations join it).
+-- @tparam string|function source
+-- @tparam[opt] table args the script's `...`
+-- @tparam[opt] table opts `name`, `dry` (see `new`)
+-- @return the load, and its top-level task | nil, error message
+function M.load(source, args, opts)
+  opts = opts or {}
+  local name = opts.name or (type(source) == "string" and source or "script")
+  local chunk, err
+  if type(source) == "function" then chunk = source
+  else chunk, err = loadfile(source) end
+  if not chunk then return nil, err end
+  local cfg = M.new { name = name, dry = opts.dry }
+  local failed
+  local co = task.bounded(cfg.scope, chunk, M.load_bound, function(why, msg)
+    failed = why == "error" and msg or fmt("%s: the script's top level %s",
+      name, why == "deadline" and fmt("ran for more than %g s without "
+        .. "finishing or waiting, and was stopped", M.load_bound)
+      or "yielded by itself (use sonde.sleep)")
+  end, table.unpack(args or {}))
+  if failed then
+    cfg:stop()
+    return nil, failed
+  end
+  -- a script that waits goes on later without a bound
+  task.unbound(co)
+  return cfg, co
+end
+
+-- A stable text for a spec, to tell whether it changed on reload:
+-- functions compare by their bytecode, services by name.
+local function fingerprint(v, seen)
+  seen = seen or {}
+  local t = type(v)
+  if t == "function" then
+    local ok, code = pcall(string.dump, v, true)
+    return "f:" .. (ok and code or tostring(v))
+  elseif t == "table" then
+    if service.is(v) then return "svc:" .. v.name end
+    if seen[v] then return "cycle" end
+    seen[v] = true
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    local parts = {}
+    for _, k in ipairs(keys) do
+      parts[#parts + 1] = tostring(k) .. "=" .. fingerprint(v[k], seen)
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  return t .. ":" .. tostring(v)
+end
+M.fingerprint = fingerprint
+
+--- Replace the running load `old` by `new` (a reload): services and probes
+-- whose spec did not change keep running with their state and counters;
+-- the rest of `old` is ended (see the module doc) and `new` started.
+function M.apply(old, new)
+  local kept = {}
+  for i, s in ipairs(new.services) do
+    local o = old.service_by_name[s.name]
+    if o and fingerprint(o.spec) == fingerprint(s.spec) then
+      new.services[i], new.service_by_name[s.name] = o, o
+      kept[o] = true
+    end
+  end
+  for i, p in ipairs(new.probes) do
+    local o = old.probe_by_name[p.name]
+    local same_service = o and (p.service and p.service.name)
+      == (o.service and o.service.name)
+      and (not p.service or new.service_by_name[p.service.name] == o.service)
+    if o and same_service and fingerprint(o.spec) == fingerprint(p.spec) then
+      o:adopt(p)
+      new.probes[i], new.probe_by_name[p.name] = o, o
+      kept[o] = true
+    elseif p.service then
+      p.service = new.service_by_name[p.service.name]
+    end
+  end
+  local replaced = {}     -- name -> old service still on its way out
+  old.state = "stopped"
+  for _, p in ipairs(old.probes) do
+    if not kept[p] then p:stop() end
+  end
+  for _, s in ipairs(old.services) do
+    if not kept[s] then
+      s:stop()
+      if new.service_by_name[s.name] then replaced[s.name] = s end
+    end
+  end
+  old.scope:close()
+  new.state = "started"
+  if #new.probes + #new.services > 0 then new.scope:hold() end
+  for _, s in ipairs(new.services) do
+    if s.state == "new" then
+      local o = replaced[s.name]
+      if o then
+        -- the new instance starts once the old one has exited (it may
+        -- hold a port, a lock...)
+        o:stop(function()
+          if new.state == "started" and s.state == "new" then s:start() end
+        end)
+      else
+        s:start()
+      end
+    end
+  end
+  local fresh = {}
+  for _, p in ipairs(new.probes) do
+    if not kept[p] then fresh[#fresh + 1] = p end
+  end
+  start_probes(fresh)
+  return new
+end
+
+--- Run every probe (or those named) once, without thresholds, hooks or
+-- services; `done(results)` gets them in declaration order.
+-- @return true | nil, error (no probe of that name)
+function Config:once(names, done)
+  local list = {}
+  if names and #names > 0 then
+    for _, n in ipairs(names) do
+      local p = self.probe_by_name[n]
+      if not p then return nil, fmt("no probe named %q", n) end
+      list[#list + 1] = p
+    end
+  else
+    list = self.probes
+  end
+  local results, left = {}, #list
+  if left == 0 then done(results) return true end
+  for i, p in ipairs(list) do
+    p:run_once(function(r)
+      results[i] = r
+      left = left - 1
+      if left == 0 then done(results) end
+    end)
+  end
+  return true
+end
+
+--- True when the load declared neither probes nor services.
+function Config:empty()
+  return #self.probes == 0 and #self.services == 0
+end
+
+return M

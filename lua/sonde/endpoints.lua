@@ -1,0 +1,108 @@
+--- The host's HTTP endpoints (`sonde --listen ADDR`), on libevent's HTTP
+-- server in the loop (src/lhttpd.c).
+--
+-- GET or HEAD; other methods 405, unknown paths 404; nothing here changes
+-- state or runs anything:
+--
+--   * `/metrics`: Prometheus text exposition format 0.0.4 (sonde.metrics);
+--   * `/healthz`: 200 while the loop runs;
+--   * `/readyz`: 200 when every readiness probe is ready, else 503 with the
+--     names of those that are not, one per line (a readiness probe whose
+--     service is not running is not ready);
+--   * `/readyz/NAME`, `/livez/NAME`: 200 when that readiness / liveness
+--     probe's state is success, 503 when not, 404 when there is no such
+--     probe of that kind (NAME percent-decoded);
+--   * `/status`: JSON `{ probes = { NAME = { kind, state, runs, counts,
+--     streak, service, last = result } }, services = { NAME = { state,
+--     restarts, pid, instance } }, version }`.
+-- @module sonde.endpoints
+local core = require "sonde.core"
+local log = require "sonde.log"
+local json = require "sonde.json"
+local metrics = require "sonde.metrics"
+
+local M = {}
+
+--- The /status table of a load.
+function M.status(cfg)
+  local probes, services = {}, {}
+  for _, p in ipairs(cfg.probes) do
+    local last
+    if p.last_result then
+      last = {}
+      for k, v in pairs(p.last_result) do
+        if type(v) ~= "function" and type(v) ~= "table" then last[k] = v end
+      end
+    end
+    probes[p.name] = { kind = p.kind, state = p.state, runs = p.runs,
+      counts = p.stats and p.stats.counts or {}, streak = p:streak_count(),
+      service = p.service and p.service.name or nil, last = last }
+  end
+  for _, s in ipairs(cfg.services) do
+    services[s.name] = { state = s.state, restarts = s.restarts, pid = s.pid,
+      instance = s.instance }
+  end
+  return { probes = probes, services = services, version = core.version }
+end
+
+local function find(cfg, name, kind)
+  local p = cfg.probe_by_name[name]
+  if p and p.kind == kind then return p end
+end
+
+--- Answer one request.
+-- @treturn integer status
+-- @treturn string body
+-- @treturn[opt] string content type
+function M.route(cfg, method, path)
+  if method ~= "GET" and method ~= "HEAD" then
+    return 405, "method not allowed\n"
+  end
+  if path == "/metrics" then
+    return 200, metrics.render(cfg), "text/plain; version=0.0.4; charset=utf-8"
+  elseif path == "/healthz" then
+    return 200, "ok\n"
+  elseif path == "/readyz" then
+    local bad = {}
+    for _, p in ipairs(cfg.probes) do
+      if p.kind == "readiness" and p.state ~= "success" then
+        bad[#bad + 1] = p.name
+      end
+    end
+    if #bad == 0 then return 200, "ok\n" end
+    return 503, "not ready:\n" .. table.concat(bad, "\n") .. "\n"
+  elseif path == "/status" then
+    return 200, json.encode(M.status(cfg)) .. "\n", "application/json"
+  end
+  local which, name = path:match("^/(%a+)z/(.+)$")
+  if name then                     -- the path comes percent-encoded
+    name = name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  end
+  local kind = which == "ready" and "readiness" or which == "live" and "liveness"
+  if kind then
+    local p = find(cfg, name, kind)
+    if not p then return 404, "no " .. kind .. " probe named " .. name .. "\n" end
+    if p.state == "success" then return 200, "ok\n" end
+    return 503, p.state .. "\n"
+  end
+  return 404, "not found\n"
+end
+
+--- Serve the endpoints on host:port (port 0: any free port), answering
+-- for the load `get_cfg()` returns at each request.
+-- @return the bound port | nil, error
+function M.listen(host, port, get_cfg)
+  return core.listen(host, port, function(method, path)
+    local ok, status, body, ctype = pcall(M.route, get_cfg(), method, path)
+    if not ok then
+      log.event("error", "http_error", { path = path, error = tostring(status) })
+      return 500, "internal error\n"
+    end
+    return status, body, ctype
+  end)
+end
+
+--- Stop serving.
+M.close = core.unlisten
+
+return M

@@ -1,0 +1,141 @@
+--- The `sonde` host's command line (called by src/host/main.c).
+--
+--   sonde [OPTIONS] SCRIPT [ARGS...]      run (sonde.host.run)
+--   sonde [OPTIONS] pod [--container NAME] MANIFEST
+--                                         run a Kubernetes manifest's container
+--   sonde check [--container NAME] SCRIPT|MANIFEST      (sonde.host.check)
+--   sonde once [--format text|json] [--container NAME] SCRIPT|MANIFEST [NAME...]
+--                                                       (sonde.host.once)
+--   sonde --version | --help
+--
+-- OPTIONS: `--log-format text|json`, `--log-level debug|info|warn|error`
+-- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
+-- "HOST:PORT", "[V6]:PORT").  A manifest is a file named *.yaml, *.yml or
+-- *.json, or one that is not Lua and starts like one.
+--
+-- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
+-- script error, 3 unknown (once).
+-- @module sonde.host
+local core = require "sonde.core"
+local log = require "sonde.log"
+local common = require "sonde.host.common"
+local run = require "sonde.host.run"
+local check = require "sonde.host.check"
+local once = require "sonde.host.once"
+
+local M = {}
+
+local USAGE = [[
+usage: sonde [OPTIONS] SCRIPT [ARGS...]
+       sonde [OPTIONS] pod [--container NAME] MANIFEST
+       sonde check [--container NAME] SCRIPT|MANIFEST
+       sonde once [--format text|json] [--container NAME] SCRIPT|MANIFEST [NAME...]
+       sonde --version | --help
+
+  SCRIPT            run the probes and services the Lua script declares,
+                    until SIGTERM or SIGINT; SIGHUP reloads the script
+  pod MANIFEST      run a container of a Kubernetes Pod/Deployment manifest
+                    (YAML or JSON) with its probes, like SCRIPT
+  check             load and validate only; list probes and services
+  once              run each probe (or each NAME) once and print results;
+                    exit 0 all succeeded, 1 a failure, 3 unknown only
+  --container NAME  the manifest's container to use (default: the first)
+  --format F        once: results as text (default) or json lines
+
+OPTIONS:
+  --log-format F    event lines on stderr as text (default) or json
+  --log-level L     debug, info (default), warn or error; at info a
+                    successful probe run is not logged, at debug it is
+  --listen ADDR     serve /metrics, /healthz, /readyz, /status on ADDR
+                    (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
+]]
+
+-- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
+local function parse_listen(a)
+  local host, port = a:match("^%[([%x:%.]+)%]:(%d+)$")
+  if not host then host, port = a:match("^([^:]*):(%d+)$") end
+  if not host then port = a:match("^(%d+)$") end
+  port = tonumber(port)
+  if not port or port > 65535 then return nil end
+  if not host or host == "" then host = "127.0.0.1" end
+  return host, port
+end
+
+local LEVELS = { debug = true, info = true, warn = true, error = true }
+
+--- Run the command line `args` (argv without the program name).
+-- @treturn integer the exit code
+function M.main(args)
+  local i = 1
+  local listen
+  local function usage_error(fmt, ...)
+    common.err(fmt, ...)
+    io.stderr:write(USAGE)
+    return 2
+  end
+  while args[i] and args[i]:sub(1, 2) == "--" do
+    local a, v = args[i], args[i + 1]
+    if a == "--version" then
+      print(string.format("sonde %s (%s)", core.version, _VERSION))
+      return 0
+    elseif a == "--help" then
+      io.stdout:write(USAGE)
+      return 0
+    elseif a == "--log-format" then
+      if v ~= "text" and v ~= "json" then
+        return usage_error("--log-format takes text or json")
+      end
+      log.set_format(v)
+    elseif a == "--log-level" then
+      if not LEVELS[v] then
+        return usage_error("--log-level takes debug, info, warn or error")
+      end
+      log.set_level(v)
+    elseif a == "--listen" then
+      local host, port = parse_listen(v or "")
+      if not host then
+        return usage_error("--listen takes PORT, :PORT, HOST:PORT or [V6]:PORT")
+      end
+      listen = { host = host, port = port }
+    else
+      return usage_error("unknown option %s", a)
+    end
+    i = i + 2
+  end
+  local cmd = args[i]
+  if cmd == nil then return usage_error("no script given") end
+  if cmd == "-h" then io.stdout:write(USAGE) return 0 end
+  if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then
+    return run.main(common.source(cmd), table.move(args, i + 1, #args, 1, {}),
+      listen)
+  end
+  -- the command's own options
+  local j, container, format = i + 1, nil, "text"
+  while args[j] == "--container" or (cmd == "once" and args[j] == "--format") do
+    local v = args[j + 1]
+    if args[j] == "--container" then
+      if not v then return usage_error("--container takes a name") end
+      container = v
+    else
+      if v ~= "text" and v ~= "json" then
+        return usage_error("--format takes text or json")
+      end
+      format = v
+    end
+    j = j + 2
+  end
+  local path = args[j]
+  if not path then
+    return usage_error("%s: no %s given", cmd, cmd == "pod" and "manifest"
+      or "script")
+  end
+  if cmd == "pod" then
+    return run.main(common.source(path, container, true), {}, listen)
+  elseif cmd == "check" then
+    return check.main(common.source(path, container))
+  end
+  return once.main(common.source(path, container),
+    table.move(args, j + 1, #args, 1, {}), format)
+end
+
+return M

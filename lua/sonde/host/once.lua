@@ -1,0 +1,66 @@
+--- `sonde once [--format text|json] SCRIPT|MANIFEST [NAME...]`: run each
+-- probe (or each one named) once, without thresholds, hooks or services,
+-- and print the results.  Exit 0 when all succeeded (warnings included),
+-- 1 when one failed, 3 when one was unknown and none failed, 2 on a
+-- script error.  What the script's top level started (tasks, timers) is
+-- ended once the results are in.
+-- @module sonde.host.once
+local core = require "sonde.core"
+local config = require "sonde.config"
+local task = require "sonde.task"
+local log = require "sonde.log"
+local json = require "sonde.json"
+local common = require "sonde.host.common"
+
+local M = {}
+
+--- Run the command.
+-- @tparam table source see sonde.host.common.source
+-- @tparam table names probe names (all when empty)
+-- @tparam string format "text" or "json"
+-- @treturn integer exit code
+function M.main(source, names, format)
+  common.set_arg(source.name, {})
+  task.hosted = true
+  local cfg, e = config.load(source.load, {}, { name = source.name })
+  if not cfg then common.err("%s", common.load_error(e)) return 2 end
+  local results
+  local ok, nerr = cfg:once(names, function(r)
+    results = r
+    cfg:stop()
+  end)
+  if not ok then
+    cfg:stop()
+    common.err("%s", nerr)
+    return 2
+  end
+  core.on_error(function(err)
+    log.event("error", "task_error", { error = task.text_of(err) })
+  end)
+  task.run()
+  if not results then
+    common.err("%s: the script stopped its probes before they finished",
+      source.name)
+    return 2
+  end
+  local failed, unknown = false, false
+  for _, r in ipairs(results) do
+    if r.status == "failure" then failed = true end
+    if r.status == "unknown" then unknown = true end
+    if format == "json" then
+      io.stdout:write(json.encode {
+        probe = r.probe, kind = r.kind, status = r.status, reason = r.reason,
+        output = r.output, duration = r.duration, time = r.time,
+        exit_code = r.exit_code, signal = r.signal,
+        http_status = r.http_status, error = r.error,
+      }, "\n")
+    else
+      io.stdout:write(string.format("%-20s %-8s %-16s %7.3fs  %s\n", r.probe,
+        r.status, r.reason, r.duration, log.escape_text(r.output or "")))
+    end
+  end
+  io.stdout:flush()
+  return failed and 1 or unknown and 3 or 0
+end
+
+return M

@@ -1,0 +1,149 @@
+--- `sonde [--listen ADDR] SCRIPT [ARGS...]` and `sonde pod MANIFEST`: run
+-- a load until SIGTERM or SIGINT; SIGHUP reloads.
+--
+--   * The script's top level runs as a task of the load (bounded by
+--     sonde.config.load_bound until it finishes or first waits); then
+--     its services and probes start.  A script that declares nothing runs
+--     as a plain Lua script on the loop and the host exits when its work is
+--     done.
+--   * SIGTERM / SIGINT stop the load (sonde.config: probes, tasks, timers,
+--     operations, then services with their grace) and the host exits 0,
+--     within the services' grace plus about a second.
+--   * SIGHUP loads the script again: on success the new load replaces the
+--     old one (what did not change keeps running); on failure the error is
+--     logged (`reload status=failed`) and the running load goes on.
+--   * The host is a child subreaper and reaps orphaned descendants; an
+--     error escaping a task or callback is logged (`task_error`) and the
+--     engine goes on; `os.exit` kills the running commands first.
+--   * systemd `Type=notify`: READY=1 once started, RELOADING=1 / READY=1
+--     around a reload, STOPPING=1, and WATCHDOG=1 every half WatchdogSec.
+-- @module sonde.host.run
+local core = require "sonde.core"
+local log = require "sonde.log"
+local task = require "sonde.task"
+local config = require "sonde.config"
+local endpoints = require "sonde.endpoints"
+local common = require "sonde.host.common"
+
+local M = {}
+
+local S = core.signals
+local plural = common.plural
+
+-- os.exit from a hook or a task ends the process at once: take the
+-- services and running commands with it (SIGKILL) rather than leave them
+-- orphaned.  The Lua state is not closed (that would free the loop under
+-- its own feet).
+local function guard_exit()
+  local real_exit = os.exit
+  os.exit = function(code)
+    core.kill_all(core.signals.KILL)
+    io.stdout:flush()
+    io.stderr:flush()
+    return real_exit(code, false)
+  end
+end
+
+-- The host's error policy (set once, for every callback of the loop): an
+-- error escaping a task or callback is logged and the engine goes on.
+local function run_loop()
+  core.on_error(function(err)
+    log.event("error", "task_error", { error = task.text_of(err) })
+  end)
+  task.run()
+end
+
+local function status_line(cfg)
+  return plural(#cfg.probes, "probe") .. ", " .. plural(#cfg.services, "service")
+end
+
+--- Run the command.
+-- @tparam table source see sonde.host.common.source
+-- @tparam table args the script's arguments
+-- @tparam[opt] table listen `{ host, port }` for the endpoints
+-- @treturn integer exit code
+function M.main(source, args, listen)
+  core.set_subreaper(true)
+  guard_exit()
+  task.hosted = true
+  common.set_arg(source.name, args)
+  local current, err = config.load(source.load, args, { name = source.name })
+  if not current then common.err("%s", common.load_error(err)) return 2 end
+  if listen then
+    local port, lerr = endpoints.listen(listen.host, listen.port,
+      function() return current end)
+    if not port then
+      current:stop()
+      common.err("--listen: %s", lerr)
+      return 2
+    end
+    log.event("info", "listen", { host = listen.host, port = port })
+  end
+  if current:empty() and not listen then
+    -- nothing declared: a plain script, run until its work is done.
+    -- What it declares after it first waited starts at once, but the host
+    -- does not handle signals for it: declare first.
+    current.plain = true
+    current:start()
+    run_loop()
+    return 0
+  end
+  log.event("info", "host_start", { script = source.name,
+    services = #current.services, probes = #current.probes })
+  local watchdog
+  local function shutdown(sig)
+    log.event("info", "host_stop", { script = source.name, signal = sig })
+    if watchdog then core.cancel(watchdog) end
+    watchdog = nil
+    core.sd_notify("STOPPING=1")
+    for _, s in ipairs { S.TERM, S.INT, S.HUP } do core.on_signal(s, nil) end
+    endpoints.close()
+    current:stop(function()
+      core.on_signal(S.CHLD, nil)
+      core.reap_orphans()
+    end)
+  end
+  core.on_signal(S.TERM, shutdown)
+  core.on_signal(S.INT, shutdown)
+  -- reap orphans at most every 0.1 s: with many probe commands SIGCHLD
+  -- arrives all the time
+  local reap_pending = false
+  core.on_signal(S.CHLD, function()
+    if reap_pending then return end
+    reap_pending = true
+    core.timer(0.1, function()
+      reap_pending = false
+      core.reap_orphans()
+    end)
+  end)
+  core.on_signal(S.HUP, function()
+    core.sd_notify("RELOADING=1")
+    local new, lerr = config.load(source.load, args, { name = source.name })
+    if not new then
+      lerr = common.load_error(lerr)
+      log.event("error", "reload", { status = "failed", error = lerr })
+      core.sd_notify("READY=1\nSTATUS=reload failed: " .. lerr:match("^[^\n]*"))
+      return
+    end
+    current = config.apply(current, new)
+    core.sd_notify("READY=1\nSTATUS=" .. status_line(new))
+    log.event("info", "reload", { status = "ok",
+      services = #new.services, probes = #new.probes })
+  end)
+  current:start()
+  -- systemd Type=notify: ready once the script is loaded and started;
+  -- with WatchdogSec=, a keep-alive from the loop at half the interval.
+  core.sd_notify("READY=1\nSTATUS=" .. status_line(current))
+  local wd = core.watchdog_usec()
+  if wd then
+    local function ping()
+      core.sd_notify("WATCHDOG=1")
+      watchdog = core.timer(wd / 2e6, ping)
+    end
+    watchdog = core.timer(wd / 2e6, ping)
+  end
+  run_loop()
+  return 0
+end
+
+return M

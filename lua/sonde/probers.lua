@@ -1,0 +1,260 @@
+--- The probers' specs: one declarative schema per handler (`exec`,
+-- `http_get`, `tcp_socket`), and how a checked spec starts an operation
+-- on the C core.  The public calls and their documentation are in
+-- `sonde` (lua/sonde/init.lua); declared probes, services and actions use
+-- the same handlers.
+--
+--   local h = probers.handlers.exec
+--   local opts = h.prepare({ where = "sonde.exec" }, spec)  -- raises on a bad spec
+--   local id = h.start(opts, function(result) ... end)     -- an operation id
+-- @module sonde.probers
+local core = require "sonde.core"
+local validate = require "sonde.validate"
+local nagios = require "sonde.nagios"
+
+local M = {}
+
+local fmt = string.format
+local fail, show = validate.fail, validate.show
+
+---------------------------------------------------------------------------
+-- exec
+---------------------------------------------------------------------------
+
+local EXEC_CODES = {
+  kubelet = { [0] = "success", default = "failure" },
+  -- monitoring-plugins: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; any other
+  -- code is a broken plugin: failure.
+  nagios = { [0] = "success", "warning", "failure", "unknown",
+             default = "failure" },
+  consul = { [0] = "success", "warning", default = "failure" },
+}
+local STATUSES = { success = true, warning = true, failure = true,
+                   unknown = true }
+M.STATUSES = STATUSES
+
+-- `codes`: a name or a table exit code -> status.
+local function exec_codes(ctx, codes, field)
+  if type(codes) == "string" then
+    if not EXEC_CODES[codes] then
+      fail(ctx, field, "must be \"kubelet\", \"nagios\", \"consul\" or a "
+        .. "table, got %s", show(codes))
+    end
+    return codes
+  end
+  validate.checks.table(ctx, codes, field)
+  for k, v in pairs(codes) do
+    if not (k == "default" or (math.type(k) == "integer" and k >= 0
+        and k <= 255)) then
+      fail(ctx, field, "keys must be exit codes 0..255 or \"default\", got %s",
+        show(k))
+    end
+    if not STATUSES[v] then
+      fail(ctx, fmt("%s[%s]", field, show(k)), "must be a status (success, "
+        .. "warning, failure, unknown), got %s", show(v))
+    end
+  end
+  return codes
+end
+
+M.exec_schema = validate.schema {
+  { "command", "strings", required = true, nonempty = true },
+  { "env", "env" },
+  { "cwd", "string" },
+  { "timeout", "seconds", default = 1 },
+  { "max_output", "count", default = 10240 },
+  { "codes", exec_codes },
+}
+
+--- Check an exec spec and make the core's options: argv `$(VAR)`-expanded
+-- against `env`, the environment as "K=V" strings (plus PATH from this
+-- process unless env sets it).
+-- @raise naming the field
+local function exec_prepare(ctx, spec)
+  local s = M.exec_schema:apply(ctx, spec)
+  local env = s.env or {}
+  local codes = s.codes or "kubelet"
+  local opts = {
+    argv = {}, env = {}, cwd = s.cwd, timeout = s.timeout,
+    max_output = s.max_output,
+    codes = type(codes) == "string" and EXEC_CODES[codes] or codes,
+    -- monitoring-plugins: a plugin that times out is UNKNOWN
+    timeout_status = codes == "nagios" and "unknown" or nil,
+    nagios = codes == "nagios",
+  }
+  for i, a in ipairs(s.command) do opts.argv[i] = core.expand(a, env) end
+  local names = {}
+  for k in pairs(env) do names[#names + 1] = k end
+  if env.PATH == nil and os.getenv("PATH") then names[#names + 1] = "PATH" end
+  table.sort(names)
+  for i, k in ipairs(names) do
+    opts.env[i] = k .. "=" .. (env[k] or os.getenv(k))
+  end
+  return opts
+end
+
+-- nagios mode: the result also carries the plugin output parsed
+-- (summary, long_output, perfdata: see sonde.nagios).
+local function exec_start(opts, cb)
+  if not opts.nagios then return core.exec(opts, cb) end
+  return core.exec(opts, function(r) cb(nagios.annotate(r)) end)
+end
+
+---------------------------------------------------------------------------
+-- http_get
+---------------------------------------------------------------------------
+
+-- kubelet httpHeaders: an array of {name=, value=} in order, or a map
+-- name -> string | array of strings (names sorted for a stable order).
+local HEADER = validate.schema {
+  { "name", "string", required = true },
+  { "value", "string", required = true },
+}
+
+local function http_headers(ctx, h, field)
+  validate.checks.table(ctx, h, field)
+  local out = {}
+  local function add(f, name, value)
+    local canon = core.header_name(name)
+    if not canon then
+      fail(ctx, f .. ".name", "invalid header name %s (letters, digits and "
+        .. "'-' only)", show(name))
+    end
+    out[#out + 1] = { name = canon, value = value }
+  end
+  if next(h) == nil or math.type(next(h)) == "integer" or #h > 0 then
+    validate.checks.array(ctx, h, field)
+    for i, e in ipairs(h) do
+      local f = fmt("%s[%d]", field, i)
+      local one = HEADER:apply(ctx, e, f)
+      add(f, one.name, one.value)
+    end
+  else
+    local names = {}
+    for k in pairs(h) do
+      if type(k) ~= "string" then
+        fail(ctx, field, "keys must be header names, got %s", show(k))
+      end
+      names[#names + 1] = k
+    end
+    table.sort(names)
+    for _, k in ipairs(names) do
+      local v, f = h[k], field .. "." .. k
+      if type(v) == "table" then
+        validate.checks.strings(ctx, v, f)
+        for _, one in ipairs(v) do add(f, k, one) end
+      else
+        add(f, k, validate.checks.string(ctx, v, f))
+      end
+    end
+  end
+  return out
+end
+
+local function http_method(ctx, m, field)
+  validate.checks.string(ctx, m, field)
+  if not m:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+    fail(ctx, field, "not an HTTP method: %s", show(m))
+  end
+  return m:upper()
+end
+
+local function http_scheme(ctx, v, field)
+  validate.checks.string(ctx, v, field)
+  local s = v:lower()
+  if s ~= "http" and s ~= "https" then
+    fail(ctx, field, "must be HTTP or HTTPS, got %s", show(v))
+  end
+  return s
+end
+
+local function absolute_url(ctx, url, field)
+  validate.checks.string(ctx, url, field)
+  if #url > 8192 then fail(ctx, field, "is longer than 8192 bytes") end
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.+)$")
+  if not scheme or not rest:match("^[^/?#]") then
+    fail(ctx, field, "must be an absolute http:// or https:// URL, got %s",
+      show(url))
+  end
+  if scheme:lower() ~= "http" and scheme:lower() ~= "https" then
+    fail(ctx, field, "scheme must be http or https, got %s", show(scheme))
+  end
+  if url:find("[%z\1-\32\127]") then
+    fail(ctx, field, "must not contain spaces or control characters")
+  end
+  local host, port = core.parse_url(url)
+  if not host then fail(ctx, field, "%s: %s", port, show(url)) end
+  if port and (port < 1 or port > 65535) then
+    fail(ctx, field, "port must be 1..65535, got %d", port)
+  end
+  return url
+end
+
+M.tls_schema = validate.schema {
+  { "verify", "boolean", default = false },
+  { "ca_file", "string" },
+}
+
+M.http_schema = validate.schema {
+  { "url", absolute_url },
+  { "scheme", http_scheme },
+  { "host", "host", default = "127.0.0.1" },
+  { "port", "port" },
+  { "path", "string" },
+  { "ports", "ports" },
+  { "headers", http_headers },
+  { "method", http_method, default = "GET" },
+  { "body", "string", allow_nul = true },
+  { "timeout", "seconds", default = 1 },
+  { "max_body", "count", default = 10240 },
+  { "tls", M.tls_schema },
+}
+
+--- Check an http_get spec and make the core's options (the URL built from
+-- the kubelet's parts when `url` is not given).
+-- @raise naming the field
+local function http_prepare(ctx, spec)
+  local s = M.http_schema:apply(ctx, spec)
+  local url = s.url
+  if url then
+    for _, k in ipairs { "scheme", "host", "port", "path", "ports" } do
+      if spec[k] ~= nil then fail(ctx, k, "cannot be combined with url") end
+    end
+  else
+    if s.port == nil then fail(ctx, "port", "is required") end
+    local port = validate.port_of(ctx, s.port, s.ports, "port")
+    url = core.format_url(s.scheme or "http", s.host, port, s.path or "/")
+  end
+  return {
+    url = url, method = s.method, body = s.body, headers = s.headers or {},
+    timeout = s.timeout, max_body = s.max_body,
+    tls_verify = s.tls and s.tls.verify, ca_file = s.tls and s.tls.ca_file,
+  }
+end
+
+---------------------------------------------------------------------------
+-- tcp_socket
+---------------------------------------------------------------------------
+
+M.tcp_schema = validate.schema {
+  { "host", "host", default = "127.0.0.1" },
+  { "port", "port", required = true },
+  { "ports", "ports" },
+  { "timeout", "seconds", default = 1 },
+}
+
+local function tcp_prepare(ctx, spec)
+  local s = M.tcp_schema:apply(ctx, spec)
+  return { host = s.host, port = validate.port_of(ctx, s.port, s.ports, "port"),
+           timeout = s.timeout }
+end
+
+--- The handlers by name: `prepare(ctx, spec) -> opts` (raises on a bad
+-- spec) and `start(opts, cb) -> operation id` (cb gets the result table).
+M.handlers = {
+  exec = { prepare = exec_prepare, start = exec_start },
+  http_get = { prepare = http_prepare, start = core.http },
+  tcp_socket = { prepare = tcp_prepare, start = core.tcp },
+}
+
+return M
