@@ -376,7 +376,7 @@ function Probe:handle(r)
       reason = r.reason, duration = r.duration, output = r.output,
       exit_code = r.exit_code, signal = r.signal,
       http_status = r.http_status, state = self.state,
-      streak = r.status ~= "unknown" and worker.streak(w, self) or nil,
+      streak = r.status ~= "unknown" and worker.streak(w, self, t) or nil,
     })
   end
   self:set(w)

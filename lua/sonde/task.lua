@@ -169,6 +169,7 @@ local function close_task(co)
     end
   end
   local was_live = st == "suspended"
+  if t then t.closing = true end
   local ok, err = coroutine.close(co)
   detach(co)
   if not ok and t and not t.failed then
@@ -279,6 +280,10 @@ function M.await(where, start)
   if not t then
     validate.raise(fmt("%s: not in a sonde task: call it inside "
       .. "sonde.spawn(fn), or pass a callback", where))
+  end
+  if t.closing then
+    validate.raise(fmt("%s: cannot wait while the task is being closed "
+      .. "(in a <close> handler)", where))
   end
   if not coroutine.isyieldable() then
     validate.raise(fmt("%s: cannot wait here (a C call boundary, e.g. a "

@@ -37,8 +37,9 @@ end
 -- (`service`: anything true when the probe watches a service)
 -- @treturn table the new counting state
 -- @treturn table|nil the transition when a result is published:
--- `{ from, to, changed = from ~= to, hold = true when the worker now holds,
--- restart = true for a published liveness or startup failure }`
+-- `{ from, to, changed = from ~= to, run = the run that reached the
+-- threshold, hold = true when the worker now holds (its run is then reset
+-- to 0), restart = true for a published liveness or startup failure }`
 function M.step(w, status, p)
   if status == "unknown" then                 -- moves no counter
     return { state = w.state, last = w.last, run = w.run, hold = w.hold }, nil
@@ -49,7 +50,7 @@ function M.step(w, status, p)
   if run < (v == "failure" and p.failure_threshold or p.success_threshold) then
     return n, nil
   end
-  local t = { from = w.state, to = v, changed = w.state ~= v }
+  local t = { from = w.state, to = v, changed = w.state ~= v, run = run }
   n.state = v
   if p.service and ((p.kind == "liveness" and v == "failure")
       or p.kind == "startup") then
@@ -70,11 +71,13 @@ function M.force(w, to)
 end
 
 --- The run so far toward its threshold, for logs: `"failure 2/3"`; the
--- run keeps counting past the threshold.  nil before the first verdict.
-function M.streak(w, p)
+-- run keeps counting past the threshold.  With the transition `t` of the
+-- same step, the run that published (before a hold reset it).  nil before
+-- the first verdict.
+function M.streak(w, p, t)
   if not w.last then return nil end
-  return string.format("%s %d/%d", w.last, w.run, w.last == "failure"
-    and p.failure_threshold or p.success_threshold)
+  return string.format("%s %d/%d", w.last, t and t.run or w.run,
+    w.last == "failure" and p.failure_threshold or p.success_threshold)
 end
 
 return M
