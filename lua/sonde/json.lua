@@ -68,19 +68,28 @@ local encode
 local function encode_table(v, seen)
   if seen[v] then return '"(cycle)"' end
   seen[v] = true
-  local n = #v
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
+  local keys, n, max = {}, 0, 0
+  local array = true
+  for k in pairs(v) do
+    n = n + 1
+    keys[n] = k
+    if math.type(k) ~= "integer" or k < 1 then array = false
+    elseif k > max then max = k end
+  end
   local out
-  if n > 0 and #keys == n then
+  if array and n > 0 and max == n then        -- keys exactly 1..n
     local parts = {}
     for i = 1, n do parts[i] = encode(v[i], seen) end
     out = "[" .. table.concat(parts, ",") .. "]"
   else
-    local names = {}
-    for i, k in ipairs(keys) do names[i] = tostring(k) end
-    local by_name = {}
-    for i, name in ipairs(names) do by_name[name] = keys[i] end
+    -- keys as strings, sorted; where two keys print alike (1 and "1") the
+    -- string key is kept
+    local by_name, names = {}, {}
+    for _, k in ipairs(keys) do
+      local name = tostring(k)
+      if by_name[name] == nil then names[#names + 1] = name end
+      if by_name[name] == nil or type(k) == "string" then by_name[name] = k end
+    end
     table.sort(names)
     local parts = {}
     for i, name in ipairs(names) do
@@ -109,7 +118,8 @@ end
 
 --- Encode a Lua value as JSON text.  A table whose keys are exactly
 -- 1..n is an array; any other table an object with its keys as strings,
--- sorted (stable output); an empty table is `{}`.  NaN and infinities are
+-- sorted (stable output; of two keys that print alike, 1 and "1", the
+-- string key is kept); an empty table is `{}`.  NaN and infinities are
 -- `null`; functions, threads and userdata are their `tostring` text; a
 -- table met again inside itself is the string `"(cycle)"`.
 -- @param v

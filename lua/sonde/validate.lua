@@ -278,8 +278,9 @@ function checks.enum(ctx, v, field, rule)
     if v == x then return v end
   end
   local last = #rule.values
-  M.fail(ctx, field, "must be %s or %s, got %s",
-    table.concat(rule.values, ", ", 1, last - 1), rule.values[last], show(v))
+  local allowed = last == 1 and rule.values[1] or
+    table.concat(rule.values, ", ", 1, last - 1) .. " or " .. rule.values[last]
+  M.fail(ctx, field, "must be %s, got %s", allowed, show(v))
 end
 
 ---------------------------------------------------------------------------
@@ -319,7 +320,7 @@ end
 -- table itself inside a larger spec (nil at the top).
 -- @return a new table with the checked values (defaults filled in)
 function Schema:apply(ctx, spec, field)
-  checks.table(ctx, spec, field or "spec")
+  checks.table(ctx, spec, field or (not ctx.prefix and "spec" or nil))
   local prefix = field and (field .. ".") or ""
   for k in pairs(spec) do
     if not self.known[k] then
