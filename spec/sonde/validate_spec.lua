@@ -81,6 +81,8 @@ describe("sonde.validate schemas", function()
   it("rejects a spec that is not a table", function()
     assert.equal("w: spec: must be a table, got number",
       err(TCP.apply, TCP, W, 5))
+    assert.equal('probe "x": http_get: must be a table, got number',
+      err(TCP.apply, TCP, { where = 'probe "x"', prefix = "http_get." }, 5))
   end)
 
   describe("nested schemas", function()
