@@ -74,21 +74,27 @@ function M.ambient()
   return default
 end
 
+-- Add a declared probe or service (`what`) to the load; one declared
+-- into a running load starts at once.
+function Config:add(what, obj, start)
+  local by_name, list = self[what .. "_by_name"], self[what .. "s"]
+  if by_name[obj.name] then
+    validate.raise(fmt("%s %q: name: declared twice", what, obj.name))
+  end
+  by_name[obj.name] = obj
+  list[#list + 1] = obj
+  if self.state == "started" then
+    self:late(obj, what)
+    start(obj)
+  end
+  return obj
+end
+
 --- Declare a service (see sonde.service).
 -- @raise on a bad spec or a name declared twice, at the user's line
 function Config:service(spec)
   self:open("sonde.service")
-  local s = service.new(spec)
-  if self.service_by_name[s.name] then
-    validate.raise(fmt("service %q: name: declared twice", s.name))
-  end
-  self.service_by_name[s.name] = s
-  self.services[#self.services + 1] = s
-  if self.state == "started" then
-    self:late(s, "service")
-    s:start()
-  end
-  return s
+  return self:add("service", service.new(spec), function(s) s:start() end)
 end
 
 --- Declare a probe (see sonde.probe).
@@ -101,16 +107,7 @@ function Config:probe(spec)
     validate.raise(fmt("probe %q: service: %q is not a service declared by "
       .. "this script (sonde.service)", p.name, p.service.name))
   end
-  if self.probe_by_name[p.name] then
-    validate.raise(fmt("probe %q: name: declared twice", p.name))
-  end
-  self.probe_by_name[p.name] = p
-  self.probes[#self.probes + 1] = p
-  if self.state == "started" then
-    self:late(p, "probe")
-    p:start(0)
-  end
-  return p
+  return self:add("probe", p, function(x) x:start(0) end)
 end
 
 -- Declarations into a stopped load are refused.

@@ -90,19 +90,19 @@ local show = M.show
 local checks = {}
 M.checks = checks
 
-function checks.table(ctx, v, field)
-  if type(v) ~= "table" then
-    M.fail(ctx, field, "must be a table, got %s", type(v))
+-- A check that the value is of Lua type `name`.
+local function of_type(name)
+  return function(ctx, v, field)
+    if type(v) ~= name then
+      M.fail(ctx, field, "must be a %s, got %s", name, type(v))
+    end
+    return v
   end
-  return v
 end
 
-checks["function"] = function(ctx, v, field)
-  if type(v) ~= "function" then
-    M.fail(ctx, field, "must be a function, got %s", type(v))
-  end
-  return v
-end
+checks.table = of_type("table")
+checks["function"] = of_type("function")
+checks.boolean = of_type("boolean")
 
 --- A string; NUL bytes are refused unless `rule.allow_nul` (they would cut
 -- the value short in C); `rule.nonempty` refuses "".
@@ -115,13 +115,6 @@ function checks.string(ctx, v, field, rule)
   end
   if rule and rule.nonempty and v == "" then
     M.fail(ctx, field, "must be a non-empty string")
-  end
-  return v
-end
-
-function checks.boolean(ctx, v, field)
-  if type(v) ~= "boolean" then
-    M.fail(ctx, field, "must be a boolean, got %s", type(v))
   end
   return v
 end
