@@ -155,7 +155,8 @@ end
 -- closed, timers and operations cancelled, then services (SIGTERM,
 -- SIGKILL after their grace).  `done()` is called once every service has
 -- exited (at once when none runs).  Idempotent; a second `done` is called
--- too.
+-- too.  The first stop calls `self.on_stop()` at its end when set (the
+-- host learns that a script stopped its own load).
 function Config:stop(done)
   local was = self.state
   self.state = "stopped"
@@ -169,13 +170,17 @@ function Config:stop(done)
   end
   self.scope:close()
   local left = #self.services
-  if left == 0 then if done then done() end return end
-  for _, s in ipairs(self.services) do
-    s:stop(function()
-      left = left - 1
-      if left == 0 and done then done() end
-    end)
+  if left == 0 then
+    if done then done() end
+  else
+    for _, s in ipairs(self.services) do
+      s:stop(function()
+        left = left - 1
+        if left == 0 and done then done() end
+      end)
+    end
   end
+  if was ~= "stopped" and self.on_stop then self.on_stop() end
 end
 
 --- Load a script (a path, or a function that declares) into a new load

@@ -38,7 +38,8 @@
 --     `partial` true);
 --   * `reload`: status (`ok`, `failed`), error;
 --   * `message`: text (sonde.log.info/warn/error from scripts);
---   * `host_start`, `host_stop`: script;
+--   * `host_start`: script, services, probes; `host_stop`: script, signal
+--     (the number, or `script` when the script stopped its own load);
 --   * `listen`: host, port (the endpoint of --listen);
 --   * `http_error`: path, error (an endpoint handler failed: 500);
 --   * `late_declaration`: probe or service, detail (declared by a script

@@ -90,8 +90,12 @@ function M.main(source, args, listen)
   end
   log.event("info", "host_start", { script = source.name,
     services = #current.services, probes = #current.probes })
-  local watchdog
+  local watchdog, stopping
+  -- SIGTERM, SIGINT, or the script stopped its own load (sonde.stop()):
+  -- end it all; the loop then runs out and the host exits.
   local function shutdown(sig)
+    if stopping then return end
+    stopping = true
     log.event("info", "host_stop", { script = source.name, signal = sig })
     if watchdog then core.cancel(watchdog) end
     watchdog = nil
@@ -103,6 +107,11 @@ function M.main(source, args, listen)
       core.reap_orphans()
     end)
   end
+  local function own(cfg)
+    cfg.on_stop = function() shutdown("script") end
+    return cfg
+  end
+  own(current)
   core.on_signal(S.TERM, shutdown)
   core.on_signal(S.INT, shutdown)
   -- reap orphans at most every 0.1 s: with many probe commands SIGCHLD
@@ -125,7 +134,7 @@ function M.main(source, args, listen)
       core.sd_notify("READY=1\nSTATUS=reload failed: " .. lerr:match("^[^\n]*"))
       return
     end
-    current = config.apply(current, new)
+    current = config.apply(current, own(new))
     core.sd_notify("READY=1\nSTATUS=" .. status_line(new))
     log.event("info", "reload", { status = "ok",
       services = #new.services, probes = #new.probes })
