@@ -142,9 +142,9 @@ local function start_probes(list)
 end
 
 --- Start what the load declared: services first, then probes.  A stopped
--- load is not started again.
+-- load is not started again; a dry one (`sonde check`) never starts.
 function Config:start()
-  if self.state ~= "loading" then return end
+  if self.state ~= "loading" or self.scope.dry then return end
   self.state = "started"
   if #self.probes + #self.services > 0 then self.scope:hold() end
   for _, s in ipairs(self.services) do s:start() end

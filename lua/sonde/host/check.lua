@@ -7,6 +7,7 @@
 -- and the load is ended at once.
 -- @module sonde.host.check
 local config = require "sonde.config"
+local task = require "sonde.task"
 local common = require "sonde.host.common"
 
 local M = {}
@@ -16,6 +17,7 @@ local M = {}
 -- @treturn integer exit code
 function M.main(source)
   common.set_arg(source.name, {})
+  task.hosted = true           -- sonde.run() in the script waits, runs nothing
   local cfg, e = config.load(source.load, {}, { name = source.name,
     dry = true })
   if not cfg then common.err("%s", common.load_error(e)) return 2 end
