@@ -105,9 +105,9 @@ SAN_ENV := LD_PRELOAD="$(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) 
            ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
 endif
 
-TEST_ENV := LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
-            LUA_CPATH="$(CURDIR)/$(BUILD)/lib/?.so;;" \
-            SONDE_BUILD="$(CURDIR)/$(BUILD)" SONDE_SANITIZE="$(SANITIZE)"
+# .busted holds the module paths; spec/support/setup.lua puts this build's
+# module first and builds nothing when SONDE_BUILD is set.
+TEST_ENV := SONDE_BUILD="$(CURDIR)/$(BUILD)"
 
 check: test-deps
 	$(MAKE) all $(FIXTURE)

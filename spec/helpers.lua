@@ -1,14 +1,125 @@
--- spec/helpers.lua - utilities shared by the specs (`local helpers = require "helpers"`;
--- the Makefile puts spec/?.lua on LUA_PATH).
+-- spec/helpers.lua - the one helper module of the specs:
 --
--- Everything here reads /proc directly or runs short commands with
--- os.execute/io.popen, synchronously: these calls never yield, so they are
--- safe both inside and outside sonde tasks.
-local helpers = {}
+--   local H = require "helpers"
+--
+-- (`.busted` puts spec/?.lua on package.path; spec/support/setup.lua, run
+-- by busted before any spec, loads it once for the whole run, with
+-- sonde.log, sonde.json and sonde.core.)  Nothing here keeps another sonde
+-- module across calls: each call requires what it uses, so it acts on the
+-- modules of the spec file that calls it (busted loads them afresh for
+-- every file).
+--
+-- Paths and files
+--   H.root, H.build            absolute paths: the checkout, its build
+--                              directory ($SONDE_BUILD, default build/)
+--   H.host_bin                 the host binary, H.build .. "/bin/sonde"
+--   H.q(s)                     quote s for /bin/sh
+--   H.read_file(path)          the whole file, or nil
+--   H.write(path, text[, mode]) write (and chmod, e.g. "755"); returns path
+--   H.replace(path, text)      rewrite a file atomically (a host may read it)
+--   H.tmpdir() / H.rmtree(path)  a fresh private directory / remove a tree
+--   H.scratch()                a fresh directory that lasts until busted
+--                              exits (spec/support/setup.lua removes it)
+--   H.script(name, text)       a file `name` in a fresh scratch directory
+--   H.sh(cmd)                  run a shell command: exit code, stdout+stderr
+--   H.registry(method)         remember(x), finish(): x[method](x) for each
+--   H.lua_env()                "LUA_PATH=... LUA_CPATH=..." for a child lua5.4
+--   H.run_lua(code[, opts])    run Lua code in a child lua5.4 (see there)
+--   H.sleep(s)                 sleep outside the loop (only to let something
+--                              that must NOT happen have its chance)
+--
+-- Processes
+--   H.pid()                    this process's pid
+--   H.now()                    monotonic seconds (the core's clock)
+--   H.proc_stat(pid)           { pid, comm, state, ppid, pgid, sid } or nil
+--   H.procs(filter)            processes whose stat (with .cmd) pass filter
+--   H.procs_in_groups(pgids)   processes in these process groups
+--   H.procs_matching(pattern)  processes whose command line matches
+--   H.zombies_of([ppid])       zombie children of ppid (default: us)
+--   H.pids_of(list)            the pids of a list of processes
+--   H.describe_procs(list)     a list of processes as text, for messages
+--   H.gone(pid)                the process is gone (or a zombie)
+--   H.kill_groups(pids)        SIGKILL these process groups (teardown)
+--   H.fd_count() / H.fd_list() our open descriptors: count / `ls -l` text
+--   H.rss_kb()                 our resident set size
+--   H.listening(port)          addresses listening on a TCP port
+--
+-- JSON and event lines
+--   H.json_decode(s)           value, or nil and the error;  H.null
+--   H.lines(text)              the lines of a text (linear, any length)
+--   H.decode_lines(text)       decoded JSON objects, and the other lines
+--   H.select(evs, name, where) events named `name` (any when nil) whose
+--                              fields equal those of `where`
+--   H.index_of(evs, name, where, from)  index of the first such event
+--   H.after(evs, i)            the events after index i
+--
+-- In process: the loop of this busted process (spec/support/engine.lua)
+--   H.drain([max])             sonde.run(): the loop until nothing is
+--                              pending; an error after `max` s (default 30)
+--   H.run(fn[, max])           fn as a task, drain; fn's values or error
+--   H.eventually(pred[, timeout])  poll pred (default 2 s), letting the
+--                              loop run; pred's last value
+--   H.fresh()                  stop the current load: the next declarations
+--                              go into a new one
+--   H.run_for(seconds[, opts]) run the current load for `seconds`, then stop
+--                              it; opts.at = { {t, fn}, ... } called during
+--                              the run, opts.load() = the load to stop,
+--                              opts.max = bound after the stop (20 s)
+--   H.run_logged(seconds[, opts])  run_for with the log captured: the
+--                              events it logged
+--   H.stop_now()               stop the run_for in progress now
+--   H.kill_services(cfg)       SIGKILL the groups of a load's services
+--   H.scripted(dir, codes[, after])  a command exiting with codes in turn
+--   H.error_here(fn, ...)      the message of the error fn(...) raises,
+--                              asserting that its position is a line of
+--                              the calling spec file; and that line (fn is
+--                              a function of that file: sonde names the
+--                              first caller outside its own files)
+--   H.closer(list, name)       a <close> value that appends name to list
+--   H.probe(prober, spec)      prober(spec, callback) and the loop: the result
+--   H.spec_error(prober, spec, ...)  assert that the spec is refused at
+--                              once, the message naming every `...`
+--   H.prober(prober)           function(spec) -> H.probe(prober, spec) and
+--                              function(spec, ...) -> H.spec_error(prober, ...)
+--   H.accepted(prober, spec)   assert that the spec is accepted (the probe
+--                              is cancelled at once)
+--   H.capture()                log events as JSON into a file: :text()
+--                              :all() :events(name, where) :close()
+--   H.quiet_log                the file sonde's log goes to outside captures
+--
+-- The host binary (spec/support/host.lua)
+--   H.host_run(args[, env[, timeout]])  run to its end: code, stdout, stderr
+--   H.host_start(args[, env])  start in the background: a Host with
+--     :stderr() :stdout() :events(name, where) :rc() :alive() :signal(sig)
+--     :wait(timeout) :wait_for(pred, timeout) :term([timeout]) (SIGTERM,
+--     then wait: the exit code) :service_pids() :cleanup()
+--   H.host_until(args, cond[, timeout[, env]])  start, wait until cond(host)
+--                              (15 s), SIGTERM; assert both, and exit 0;
+--                              the host and its stderr
+--   H.cleanup_hosts()          cleanup every host started and not cleaned
+--   H.listen_port(h)           the port of a host started with --listen
+--   H.fetch(port, path[, method])  GET (or method) a host endpoint
+--
+-- The fixture server (spec/support/fixture.lua)
+--   H.fixture(opts)            start one: a Server with :url(path) :log()
+--                              :requests() :connections() :clear_log()
+--                              :stop() :alive(), .port, .host
+--   H.stop_fixtures()          stop every server started and not stopped
+--   H.closed_port()            a port where nothing listens (any more)
+--   H.head_lines(head) H.header_lines(head, name) H.request_line(head)
+--   H.request_target(head)     a logged request head, taken apart
+--   H.urlencode(s)
+--
+-- systemd's notify socket (spec/support/notify.lua)
+--   H.notify_listener(dir[, name[, secs]])  a Listener with :messages()
+--                              :find(line, from, msgs) :count(line, msgs)
+--                              :dump() :stop(), .name
+--   H.has_line(text, line)     text has a line exactly `line`
+local H = {}
 
-local function sonde()
-  return require "sonde"
-end
+---------------------------------------------------------------------------
+-- Paths and files
+---------------------------------------------------------------------------
 
 local function read_file(path)
   local f = io.open(path, "rb")
@@ -17,93 +128,217 @@ local function read_file(path)
   f:close()
   return s
 end
-helpers.read_file = read_file
+H.read_file = read_file
 
--- Quote a string for /bin/sh.
-function helpers.shell_quote(s)
+function H.q(s)
   return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
 end
-local q = helpers.shell_quote
+local q = H.q
 
--- Our own pid, read from /proc/self/stat by this process itself (a child
--- started to look would see its own pid).
+local function cwd()
+  local p = assert(io.popen("pwd", "r"))
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+local function absolute(path, base)
+  if path:sub(1, 1) == "/" then return path end
+  path = path:gsub("^%./", "")
+  return base .. "/" .. path
+end
+
+do
+  local src = debug.getinfo(1, "S").source:gsub("^@", "")
+  local dir = src:match("^(.*)/[^/]*$") or "."
+  H.root = (absolute(dir, cwd()):gsub("/spec$", ""))
+  local b = os.getenv("SONDE_BUILD")
+  H.build = absolute((b and b ~= "") and b or "build", H.root)
+  H.host_bin = H.build .. "/bin/sonde"
+end
+
+function H.write(path, content, mode)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(content))
+  assert(f:close())
+  if mode then
+    assert(os.execute("chmod " .. q(mode) .. " " .. q(path)),
+      "chmod " .. mode .. " " .. path .. " failed")
+  end
+  return path
+end
+
+function H.replace(path, content)
+  H.write(path .. ".new", content)
+  assert(os.rename(path .. ".new", path))
+  return path
+end
+
+function H.tmpdir()
+  local path = os.tmpname()
+  os.remove(path)
+  assert(os.execute("mkdir -m 700 " .. q(path)), "mkdir " .. path .. " failed")
+  return path
+end
+
+--- A fresh directory under the run's scratch directory, which
+-- spec/support/setup.lua removes when busted exits.
+local scratch_root, scratch_n = nil, 0
+function H.scratch()
+  scratch_root = scratch_root or H.tmpdir()
+  scratch_n = scratch_n + 1
+  local d = scratch_root .. "/" .. scratch_n
+  assert(os.execute("mkdir " .. q(d)), "mkdir " .. d .. " failed")
+  return d
+end
+
+function H.remove_scratch()
+  if scratch_root then H.rmtree(scratch_root) end
+  scratch_root = nil
+end
+
+function H.script(name, text)
+  return H.write(H.scratch() .. "/" .. name, text)
+end
+
+function H.rmtree(path)
+  assert(path and path ~= "" and path ~= "/", "refusing to remove " .. tostring(path))
+  os.execute("rm -rf " .. q(path))
+end
+
+--- A list of things to end: remember(x) keeps and returns x; finish()
+-- calls x[method](x) on each kept one, and forgets them.
+function H.registry(method)
+  local list = {}
+  local function remember(x)
+    list[#list + 1] = x
+    return x
+  end
+  local function finish()
+    for _, x in ipairs(list) do x[method](x) end
+    list = {}
+  end
+  return remember, finish
+end
+
+function H.sh(cmd)
+  local p = assert(io.popen("(" .. cmd .. ") </dev/null 2>&1; echo \"rc=$?\"", "r"))
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)\n?$"))
+  return rc, (out:gsub("rc=%d+\n?$", ""))
+end
+
+function H.sleep(s)
+  os.execute(string.format("sleep %.3f", s))
+end
+
+-- The child sees the suite's modules whatever its directory.
+function H.lua_env()
+  local lpath = table.concat({ H.root .. "/lua/?.lua", H.root .. "/lua/?/init.lua",
+    H.root .. "/spec/?.lua", package.path }, ";")
+  local cpath = H.build .. "/lib/?.so;" .. package.cpath
+  return "LUA_PATH=" .. q(lpath) .. " LUA_CPATH=" .. q(cpath)
+end
+
+--- Run Lua `code` in a child lua5.4 ($SONDE_LUA) with the suite's module
+-- paths, under `timeout 30`, stdin /dev/null; returns its stdout and stderr
+-- together, then io.popen's close values (ok, "exit", code).
+--   opts.prefix  shell text run before (e.g. `trap "" CHLD;`)
+--   opts.shell   the shell that runs it (default sh)
+--   opts.loopback_resolver  run it in a private mount namespace whose
+--                /etc/resolv.conf says `nameserver 127.0.0.1` (nothing
+--                listens there: every DNS query fails at once, none leaves)
+function H.run_lua(code, opts)
+  opts = opts or {}
+  local script = os.tmpname()
+  H.write(script, code)
+  local lua = os.getenv("SONDE_LUA") or "lua5.4"
+  local inner = (opts.prefix or "") .. " exec " .. q(lua) .. " " .. q(script)
+  local resolv
+  if opts.loopback_resolver then
+    resolv = os.tmpname()
+    H.write(resolv, "nameserver 127.0.0.1\n")
+    inner = "mount --bind " .. q(resolv) .. " /etc/resolv.conf && grep -qx "
+      .. "'nameserver 127.0.0.1' /etc/resolv.conf && " .. inner
+  end
+  local cmd = string.format("%s timeout 30 %s%s -c %s 2>&1 </dev/null",
+    H.lua_env(), opts.loopback_resolver and "unshare -m " or "",
+    opts.shell or "sh", q(inner))
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("a")
+  local ok, how, status = p:close()
+  os.remove(script)
+  if resolv then os.remove(resolv) end
+  return out, ok, how, status
+end
+
+---------------------------------------------------------------------------
+-- Processes
+---------------------------------------------------------------------------
+
 local our_pid
-function helpers.pid()
+function H.pid()
   if not our_pid then
+    -- read by this process itself (a child started to look would see its own)
     local stat = assert(read_file("/proc/self/stat"), "cannot read /proc/self/stat")
     our_pid = assert(tonumber(stat:match("^(%d+)")), "cannot parse /proc/self/stat")
   end
   return our_pid
 end
 
--- Lines printed by a shell command (io.popen; the pipe is closed on return).
-local function popen_lines(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = {}
-  for line in p:lines() do out[#out + 1] = line end
-  p:close()
-  return out
+function H.now()
+  return require("sonde.core").now()
 end
 
--- Number of open file descriptors of this process.  The listing is written
--- to a temporary file by a child while we hold no extra descriptor (an
--- io.popen pipe would be counted too), then read back.
-function helpers.fd_count()
-  local tmp = os.tmpname()
-  local ok = os.execute("ls -1 /proc/" .. helpers.pid() .. "/fd > " .. q(tmp) .. " 2>/dev/null")
-  local text = read_file(tmp) or ""
-  os.remove(tmp)
-  assert(ok, "listing /proc/" .. helpers.pid() .. "/fd failed")
-  local n = 0
-  for line in text:gmatch("[^\n]+") do
-    if line:match("^%d+$") then n = n + 1 end
-  end
-  return n
-end
-
--- The numeric entries of /proc (all pids).
+-- The numeric entries of /proc.
 local function all_pids()
+  local p = assert(io.popen("ls -1 /proc 2>/dev/null", "r"))
   local pids = {}
-  for _, line in ipairs(popen_lines("ls -1 /proc 2>/dev/null")) do
+  for line in p:lines() do
     local pid = tonumber(line:match("^%d+$"))
     if pid then pids[#pids + 1] = pid end
   end
+  p:close()
   return pids
 end
 
--- Parse /proc/N/stat: comm is in parentheses and may contain spaces and
--- parentheses, so split at the LAST ")".  Returns a table or nil (the
--- process is gone).
-local function proc_stat(pid)
-  local s = read_file("/proc/" .. pid .. "/stat")
-  if not s then return nil end
-  local comm, rest = s:match("^%d+ %((.*)%) (.*)$")
+-- comm is in parentheses and may hold spaces and parentheses: split at
+-- the LAST ")".
+function H.proc_stat(pid)
+  pid = math.tointeger(pid)   -- (a pid decoded from JSON may be a float)
+  local s = pid and read_file(string.format("/proc/%d/stat", pid))
+  local comm, rest = (s or ""):match("^%d+ %((.*)%) (.*)$")
   if not comm then return nil end
   local f = {}
   for w in rest:gmatch("%S+") do f[#f + 1] = w end
-  -- rest starts at field 3: state(3) ppid(4) pgrp(5) session(6)
-  return {
-    pid = pid,
-    comm = comm,
-    state = f[1],
-    ppid = tonumber(f[2]),
-    pgid = tonumber(f[3]),
-    sid = tonumber(f[4]),
-  }
-end
-helpers.proc_stat = proc_stat
-
-local function proc_cmdline(pid)
-  local s = read_file("/proc/" .. pid .. "/cmdline")
-  if not s then return nil end
-  s = s:gsub("%z+$", ""):gsub("%z", " ")
-  return s
+  return { pid = pid, comm = comm, state = f[1], ppid = tonumber(f[2]),
+           pgid = tonumber(f[3]), sid = tonumber(f[4]) }
 end
 
--- Processes (live or zombie) whose process group id is one of `pgids`.
--- `pgids` is a number, a list of numbers, or a set {[pgid] = true}.
--- Returns a list of {pid=, pgid=, ppid=, state=, cmd=}.
-function helpers.procs_in_groups(pgids)
+local function cmdline(pid)
+  local s = read_file(string.format("/proc/%d/cmdline", pid))
+  return s and (s:gsub("%z+$", ""):gsub("%z", " "))
+end
+
+--- Processes (live or zombie) whose stat passes filter(st); each found
+-- one gets `cmd`, its command line (NULs as spaces, or "[comm]").  This
+-- process is left out.
+function H.procs(filter)
+  local me, found = H.pid(), {}
+  for _, pid in ipairs(all_pids()) do
+    local st = pid ~= me and H.proc_stat(pid)
+    if st and filter(st) then
+      local cmd = st.cmd or cmdline(pid)
+      st.cmd = (cmd and cmd ~= "") and cmd or "[" .. st.comm .. "]"
+      found[#found + 1] = st
+    end
+  end
+  return found
+end
+
+--- `pgids`: a number, a list of numbers or a set { [pgid] = true }.
+function H.procs_in_groups(pgids)
   local want = {}
   if type(pgids) == "number" then
     want[pgids] = true
@@ -113,140 +348,171 @@ function helpers.procs_in_groups(pgids)
       if type(v) == "number" then want[v] = true end
     end
   end
-  local found = {}
-  for _, pid in ipairs(all_pids()) do
-    local st = proc_stat(pid)
-    if st and want[st.pgid] then
-      local cmd = proc_cmdline(pid)
-      if not cmd or cmd == "" then cmd = "[" .. st.comm .. "]" end
-      found[#found + 1] = { pid = pid, pgid = st.pgid, ppid = st.ppid, state = st.state, cmd = cmd }
-    end
-  end
-  return found
+  return H.procs(function(st) return want[st.pgid] end)
 end
 
--- Processes whose command line (NULs as spaces) matches the Lua pattern.
--- This process and the `ls` used to list /proc are left out.
-function helpers.procs_matching(pattern)
-  local me = helpers.pid()
-  local found = {}
-  for _, pid in ipairs(all_pids()) do
-    if pid ~= me then
-      local cmd = proc_cmdline(pid)
-      if cmd and cmd ~= "ls -1 /proc" and cmd:find(pattern) then
-        local st = proc_stat(pid) or {}
-        found[#found + 1] = { pid = pid, pgid = st.pgid, ppid = st.ppid, state = st.state, cmd = cmd }
-      end
-    end
-  end
-  return found
+--- (The `ls` that lists /proc is left out.)
+function H.procs_matching(pattern)
+  return H.procs(function(st)
+    st.cmd = cmdline(st.pid)
+    return st.cmd and st.cmd ~= "ls -1 /proc" and st.cmd:find(pattern)
+  end)
 end
 
--- Human-readable list of processes, for assertion messages.
-function helpers.describe_procs(list)
+function H.zombies_of(ppid)
+  ppid = ppid or H.pid()
+  return H.procs(function(st) return st.ppid == ppid and st.state == "Z" end)
+end
+
+function H.pids_of(list)
+  local pids = {}
+  for i, p in ipairs(list) do pids[i] = p.pid end
+  return pids
+end
+
+function H.describe_procs(list)
   local out = {}
   for _, p in ipairs(list) do
-    out[#out + 1] = string.format("%d(pgid %s, %s) %s", p.pid, tostring(p.pgid), tostring(p.state), p.cmd)
+    out[#out + 1] = string.format("%d(pgid %s, %s) %s", p.pid, tostring(p.pgid),
+      tostring(p.state), p.cmd or p.comm)
   end
   return table.concat(out, "; ")
 end
 
--- Monotonic seconds.
-function helpers.now()
-  return sonde().now()
+function H.gone(pid)
+  local st = H.proc_stat(pid)
+  return st == nil or st.state == "Z"
 end
 
--- Resident set size of this process, in kB.
-function helpers.rss_kb()
+function H.kill_groups(pids)
+  for _, pid in ipairs(pids) do
+    pid = math.tointeger(pid)
+    if pid and pid > 1 then
+      os.execute(string.format("kill -KILL -- -%d 2>/dev/null; kill -KILL %d "
+        .. "2>/dev/null", pid, pid))
+    end
+  end
+end
+
+--- The listing is written to a file by a child while we hold no extra
+-- descriptor (an io.popen pipe would count), then read back.
+function H.fd_count()
+  local tmp = os.tmpname()
+  local ok = os.execute("ls -1 /proc/" .. H.pid() .. "/fd > " .. q(tmp) .. " 2>/dev/null")
+  local text = read_file(tmp) or ""
+  os.remove(tmp)
+  assert(ok, "listing /proc/" .. H.pid() .. "/fd failed")
+  local n = 0
+  for line in text:gmatch("[^\n]+") do
+    if line:match("^%d+$") then n = n + 1 end
+  end
+  return n
+end
+
+function H.fd_list()
+  return select(2, H.sh("ls -l /proc/" .. H.pid() .. "/fd"))
+end
+
+function H.rss_kb()
   local s = assert(read_file("/proc/self/status"))
   return assert(tonumber(s:match("VmRSS:%s*(%d+)")))
 end
 
-local function in_task()
-  local _, ismain = coroutine.running()
-  return not ismain
-end
-
--- Run `fn` as a sonde task, run the loop until nothing is pending and return
--- fn's return values.  Errors when fn raised (sonde.run re-raises it), when
--- fn did not finish, or when it took longer than `max_seconds` (default 30):
--- a watchdog task raises then, which makes sonde.run() return with that error
--- instead of hanging the suite.
-function helpers.run(fn, max_seconds)
-  local s = sonde()
-  max_seconds = max_seconds or 30
-  assert(not in_task(), "helpers.run called inside a task")
-  local done, results = false, nil
-  local deadline = s.now() + max_seconds
-  -- fn's error is caught here and re-raised after the loop, so that the
-  -- watchdog ends too and nothing is left pending for the next spec.
-  s.spawn(function()
-    results = table.pack(xpcall(fn, debug.traceback))
-    done = true
-  end)
-  s.spawn(function()
-    while not done do
-      if s.now() > deadline then
-        error(string.format("helpers.run: task did not finish within %gs", max_seconds), 0)
+--- Local addresses listening on TCP `port`: "127.0.0.1" for IPv4, "v6:"
+-- and the raw hex of /proc/net/tcp6 for IPv6.
+function H.listening(port)
+  local out = {}
+  for _, f in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
+    for line in (read_file(f) or ""):gmatch("[^\n]+") do
+      local addr, p, st = line:match("^%s*%d+:%s+(%x+):(%x+)%s+%x+:%x+%s+(%x+)")
+      if addr and tonumber(p, 16) == port and st == "0A" then
+        if #addr == 8 then   -- a little-endian 32-bit word
+          local b = {}
+          for i = 7, 1, -2 do b[#b + 1] = tonumber(addr:sub(i, i + 1), 16) end
+          out[#out + 1] = table.concat(b, ".")
+        else
+          out[#out + 1] = "v6:" .. addr
+        end
       end
-      s.sleep(0.02)
     end
-  end)
-  s.run()
-  if not done then
-    error("helpers.run: task did not finish (sonde.run() returned first)", 2)
   end
-  if not results[1] then
-    error(results[2], 0)
-  end
-  return table.unpack(results, 2, results.n)
+  return out
 end
 
--- Wait until pred() returns a true value or `timeout` seconds (default 2)
--- pass, letting the sonde loop run meanwhile (so it can reap children).
--- Works inside a task (sleeps) or outside one (runs a task).  Returns the
--- last value of pred().
-function helpers.eventually(pred, timeout)
-  local s = sonde()
-  timeout = timeout or 2
-  local function poll()
-    local deadline = s.now() + timeout
-    local v = pred()
-    while not v and s.now() < deadline do
-      s.sleep(0.05)
-      v = pred()
-    end
+---------------------------------------------------------------------------
+-- JSON and event lines
+---------------------------------------------------------------------------
+
+local ok_cjson, cjson = pcall(require, "cjson")
+local dkjson = (not ok_cjson) and require "dkjson" or nil
+
+function H.json_decode(s)
+  if ok_cjson then
+    local ok, v = pcall(cjson.decode, s)
+    if not ok then return nil, v end
     return v
   end
-  if in_task() then
-    return poll()
+  local v, _, err = dkjson.decode(s, 1, nil)
+  if err then return nil, err end
+  return v
+end
+H.null = ok_cjson and cjson.null or dkjson.null
+
+--- One pass with plain find: patterns that rescan are quadratic on the
+-- megabyte-long lines some specs produce.
+function H.lines(text)
+  local out, pos = {}, 1
+  text = text or ""
+  while true do
+    local nl = text:find("\n", pos, true)
+    if not nl then break end
+    out[#out + 1] = text:sub(pos, nl - 1)
+    pos = nl + 1
   end
-  return helpers.run(poll, timeout + 10)
+  if pos <= #text then out[#out + 1] = text:sub(pos) end
+  return out
 end
 
--- A fresh, empty temporary directory.
-function helpers.tmpdir()
-  local path = os.tmpname()
-  os.remove(path)
-  assert(os.execute("mkdir -m 700 " .. q(path)), "mkdir " .. path .. " failed")
-  return path
-end
-
--- Remove a file or directory tree.
-function helpers.rmtree(path)
-  assert(path and path ~= "" and path ~= "/", "refusing to remove " .. tostring(path))
-  os.execute("rm -rf " .. q(path))
-end
-
--- Write `content` to `path` and optionally chmod it (`mode` e.g. "755").
-function helpers.write(path, content, mode)
-  local f = assert(io.open(path, "wb"))
-  assert(f:write(content))
-  assert(f:close())
-  if mode then
-    assert(os.execute("chmod " .. q(mode) .. " " .. q(path)), "chmod " .. mode .. " " .. path .. " failed")
+function H.decode_lines(text)
+  local good, bad = {}, {}
+  for _, line in ipairs(H.lines(text)) do
+    if line ~= "" then
+      local v = H.json_decode(line)
+      if type(v) == "table" then good[#good + 1] = v else bad[#bad + 1] = line end
+    end
   end
-  return path
+  return good, bad
 end
 
-return helpers
+local function matches(e, name, where)
+  if name ~= nil and e.event ~= name then return false end
+  for k, v in pairs(where or {}) do
+    if e[k] ~= v then return false end
+  end
+  return true
+end
+
+function H.select(evs, name, where)
+  local out = {}
+  for _, e in ipairs(evs) do
+    if matches(e, name, where) then out[#out + 1] = e end
+  end
+  return out
+end
+
+function H.index_of(evs, name, where, from)
+  for i = from or 1, #evs do
+    if matches(evs[i], name, where) then return i end
+  end
+end
+
+function H.after(evs, i)
+  return table.move(evs, i + 1, #evs, 1, {})
+end
+
+require("support.engine")(H)
+require("support.host")(H)
+require("support.fixture")(H)
+require("support.notify")(H)
+
+return H
