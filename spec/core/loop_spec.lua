@@ -8,68 +8,27 @@
 --     loop goes on; without a handler core.run() raises the first one;
 --   * a signal handler that removes itself.
 local core = require "sonde.core"
+local helpers = require "helpers"
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- Our pid, read by this process itself.
-local function our_pid()
-  return assert(tonumber(assert(read_file("/proc/self/stat")):match("^(%d+)")))
-end
+local read_file = helpers.read_file
 
 local function open_fds()
   return assert(core.process_stats().open_fds, "open_fds unreadable")
 end
 
--- Pids of the processes (live or zombie) in process group `pgid`, from
--- /proc/N/stat (field 5, after the last ")" of comm).
 local function group_members(pgid)
-  local p = assert(io.popen("ls -1 /proc 2>/dev/null", "r"))
-  local list = p:read("a")
-  p:close()
-  local members = {}
-  for pid in list:gmatch("(%d+)\n") do
-    local stat = read_file("/proc/" .. pid .. "/stat")
-    local rest = stat and stat:match("^%d+ %(.*%) (.*)$")
-    local pg = rest and tonumber(rest:match("^%S+ %S+ (%S+)"))
-    if pg == pgid then members[#members + 1] = tonumber(pid) end
-  end
-  return members
-end
-
--- Run the loop until cond() holds (checked every 10 ms) or `max` seconds
--- have passed; returns cond().
-local function wait_until(cond, max)
-  local deadline = core.now() + (max or 3)
-  local function tick()
-    if not cond() and core.now() < deadline then core.timer(0.01, tick) end
-  end
-  tick()
-  core.run()
-  return cond()
+  return helpers.pids_of(helpers.procs_in_groups(pgid))
 end
 
 local function group_gone(pgid)
-  return wait_until(function() return #group_members(pgid) == 0 end)
+  return helpers.eventually(function() return #group_members(pgid) == 0 end, 3)
 end
 
--- Run a Lua script in a child lua5.4 (same LUA_PATH/LUA_CPATH and, under
--- SANITIZE=1, the same sanitizers); returns its stdout+stderr and whether
--- it exited 0.
+-- Run a Lua script in a child lua5.4 (the same module paths and, under
+-- SANITIZE=1, the same sanitizers); its stdout+stderr and whether it
+-- exited 0.
 local function run_child(script)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(script)
-  f:close()
-  local p = assert(io.popen("lua5.4 " .. path .. " 2>&1", "r"))
-  local out = p:read("a")
-  local ok = p:close()
-  os.remove(path)
+  local out, ok = helpers.run_lua(script)
   return out, ok == true
 end
 
@@ -395,7 +354,7 @@ io.stdout:write(r == true and later and "loop went on\n" or "loop stopped\n")
   describe("signals", function()
     it("a SIGUSR1 handler that removes itself", function()
       local S = core.signals
-      local pid = our_pid()
+      local pid = helpers.pid()
       local calls, got, on_main = 0, nil, nil
       local guard
       core.on_signal(S.USR1, function(sig)

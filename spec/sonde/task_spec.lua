@@ -4,23 +4,32 @@ local sonde = require "sonde"
 local task = require "sonde.task"
 local core = require "sonde.core"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
--- Run the loop until nothing else is pending, at most 10 s: a watch
--- timer looks every 20 ms whether it is the last operation left.
+local closer = helpers.closer
+
+-- Run the loop until nothing else is pending, at most 10 s.
 local function run()
-  local deadline = core.now() + 10
-  local function watch()
-    if core.pending() == 0 then return end     -- only this watch was left
-    if core.now() > deadline then error("task_spec: loop still ran after 10 s", 0) end
-    core.timer(0.02, watch)
-  end
-  core.timer(0.02, watch)
-  assert(pcall(task.run))
+  helpers.drain(10)
 end
 
-local function closer(log, name)
-  return setmetatable({}, { __close = function() log[#log + 1] = name end })
+-- A scope named `name` with a task for each function, which gets `log`
+-- (a list) as its argument: the scope and the log.
+local function spawned(name, ...)
+  local s, log, fns = task.scope { name = name }, {}, { ... }
+  task.within(s, function()
+    for _, fn in ipairs(fns) do task.spawn(fn, log) end
+  end)
+  return s, log
+end
+
+-- Close the scope and run the loop: the task_error events logged.
+local function close_errors(s)
+  local log = helpers.capture()
+  s:close()
+  run()
+  local evs = log:events("task_error")
+  log:close()
+  return evs
 end
 
 describe("sonde.task", function()
@@ -40,8 +49,7 @@ describe("sonde.task", function()
         log[#log + 1] = "exec done"       -- never
       end)
     end)
-    assert.are.equal(1, s.ntasks)
-    assert.are.equal(2, s.nops)
+    assert.are.same({ 1, 2 }, { s.ntasks, s.nops })
     -- the exec's pid, to see its process go
     for id in pairs(s.ops) do pid = pid or core.exec_pid(id) end
     assert.is_number(pid)
@@ -49,9 +57,8 @@ describe("sonde.task", function()
     run()
     assert.are.same({ "sleeper" }, log)
     assert.is_false(fired)
-    assert.are.equal(0, s.ntasks)
-    assert.are.equal(0, s.nops)
-    assert.is_true(helpers.eventually(function() return E.gone(pid) end, 5))
+    assert.are.same({ 0, 0 }, { s.ntasks, s.nops })
+    assert.is_true(helpers.eventually(function() return helpers.gone(pid) end, 5))
     assert.are.equal(0, core.pending())
   end)
 
@@ -69,17 +76,14 @@ describe("sonde.task", function()
   end)
 
   it("a task that closes its own scope is closed at its next wait", function()
-    local s = task.scope { name = "self" }
-    local log = {}
-    task.within(s, function()
-      task.spawn(function()
-        local c <close> = closer(log, "closed")
-        task.sleep(0.01)
-        s:close()
-        log[#log + 1] = "after close"   -- still runs: the task is running
-        task.sleep(0.01)
-        log[#log + 1] = "after wait"    -- never
-      end)
+    local s, log
+    s, log = spawned("self", function(l)
+      local c <close> = closer(l, "closed")
+      task.sleep(0.01)
+      s:close()
+      l[#l + 1] = "after close"   -- still runs: the task is running
+      task.sleep(0.01)
+      l[#l + 1] = "after wait"    -- never
     end)
     run()
     assert.are.same({ "after close", "closed" }, log)
@@ -102,23 +106,14 @@ describe("sonde.task", function()
 
   it("an error in a <close> handler is logged as task_error, the rest goes on",
     function()
-    local log = E.capture()
-    local s = task.scope { name = "bad closer" }
-    local order = {}
-    task.within(s, function()
-      task.spawn(function()
-        local c <close> = setmetatable({}, { __close = function() error("closer boom") end })
-        task.sleep(30)
-      end)
-      task.spawn(function()
-        local c <close> = closer(order, "second")
-        task.sleep(30)
-      end)
+    local s, order = spawned("bad closer", function()
+      local c <close> = setmetatable({}, { __close = function() error("closer boom") end })
+      task.sleep(30)
+    end, function(l)
+      local c <close> = closer(l, "second")
+      task.sleep(30)
     end)
-    s:close()
-    run()
-    local evs = log:events("task_error")
-    log:close()
+    local evs = close_errors(s)
     assert.are.same({ "second" }, order)
     assert.are.equal(1, #evs)
     assert.matches("while closing a task: .*closer boom", evs[1].error)
@@ -126,18 +121,10 @@ describe("sonde.task", function()
 
   it("waiting inside a <close> handler is an error that names the reason",
     function()
-    local log = E.capture()
-    local s = task.scope { name = "waiting closer" }
-    task.within(s, function()
-      task.spawn(function()
-        local c <close> = setmetatable({}, { __close = function() task.sleep(1) end })
-        task.sleep(30)
-      end)
-    end)
-    s:close()
-    run()
-    local evs = log:events("task_error")
-    log:close()
+    local evs = close_errors(spawned("waiting closer", function()
+      local c <close> = setmetatable({}, { __close = function() task.sleep(1) end })
+      task.sleep(30)
+    end))
     assert.are.equal(1, #evs)
     assert.matches("cannot wait while the task is being closed", evs[1].error)
   end)
@@ -158,17 +145,12 @@ describe("sonde.task", function()
   end)
 
   it("wait_idle resumes when nothing else of the scope is pending", function()
-    local s = task.scope { name = "idle" }
-    local log = {}
-    task.within(s, function()
-      task.spawn(function()
-        task.sleep(0.1)
-        log[#log + 1] = "worker done"
-      end)
-      task.spawn(function()
-        task.wait_idle()
-        log[#log + 1] = "idle"
-      end)
+    local _, log = spawned("idle", function(l)
+      task.sleep(0.1)
+      l[#l + 1] = "worker done"
+    end, function(l)
+      task.wait_idle()
+      l[#l + 1] = "idle"
     end)
     run()
     assert.are.same({ "worker done", "idle" }, log)
@@ -220,5 +202,21 @@ describe("sonde.task", function()
     local runner = coroutine.create(function() return task.run() end)
     assert(coroutine.resume(runner))
     assert.are.same({ false, true }, mains)
+  end)
+
+  -- In a child process: were the sleep accepted, its timer would keep
+  -- this process's loop busy for ever.
+  it("sonde.sleep(1e19) inside a task raises", function()
+    local out = helpers.run_lua([[
+      local sonde = require "sonde"
+      sonde.spawn(function()
+        local ok, err = pcall(sonde.sleep, 1e19)
+        io.write(ok and "ACCEPTED\n" or ("RAISED " .. tostring(err) .. "\n"))
+      end)
+      sonde.run()
+      io.write("DONE\n")
+    ]])
+    assert.is_truthy(out:find("RAISED [^\n]*sonde%.sleep"), "child output:\n" .. out)
+    assert.is_truthy(out:find("DONE\n", 1, true), "child output:\n" .. out)
   end)
 end)

@@ -66,56 +66,33 @@ describe("sonde.expand", function()
     end
   end)
 
+  -- name, then { input, env (nil: mapping), want } cases
+  local derived = {
+    { "empty input", { { "", nil, "" }, { "", {}, "" } } },
+    { "a lone $", { { "$", nil, "$" } } },
+    { "$$ is one $", { { "$$", nil, "$" } } },
+    { "$$$ is $$", { { "$$$", nil, "$$" } } },
+    { "$() without an empty-name key stays", { { "$()", nil, "$()" } } },
+    { "$() with an empty-name key is replaced", { { "$()", { [""] = "E" }, "E" } } },
+    { "adjacent references", { { "$(A)$(B)", { A = "1", B = "2" }, "12" } } },
+    { "a value containing ) is inserted verbatim", { { "$(A)", { A = "x)y" }, "x)y" } } },
+    { "the name runs to the first )", { { "$($(VAR_A)", nil, "$($(VAR_A)" } } },
+    { "a name with a space is looked up as is", { { "a$(VAR_A b)c", nil, "a$(VAR_A b)c" } } },
+    { "a multibyte rune after $ is copied intact", { { "$é", nil, "$é" } } },
+    { "an invalid UTF-8 byte after $ is copied through (no U+FFFD)", {
+      { "$\255", nil, "$\255" }, { "a$\255b$$(VAR_A)", nil, "a$\255b$(VAR_A)" } } },
+    { "embedded NUL bytes survive", { { "a\0$(VAR_A)\0b", nil, "a\0A\0b" },
+      { "$(N)", { N = "\0" }, "\0" }, { "$(N\0M)", { ["N\0M"] = "x" }, "x" } } },
+  }
+
   describe("derived vectors", function()
-    it("empty input", function()
-      assert.are.equal("", sonde.expand("", mapping))
-      assert.are.equal("", sonde.expand("", {}))
-    end)
-
-    it("a lone $", function()
-      assert.are.equal("$", sonde.expand("$", mapping))
-    end)
-
-    it("$$ is one $", function()
-      assert.are.equal("$", sonde.expand("$$", mapping))
-    end)
-
-    it("$$$ is $$", function()
-      assert.are.equal("$$", sonde.expand("$$$", mapping))
-    end)
-
-    it("$() without an empty-name key stays", function()
-      assert.are.equal("$()", sonde.expand("$()", mapping))
-    end)
-
-    it("$() with an empty-name key is replaced", function()
-      assert.are.equal("E", sonde.expand("$()", { [""] = "E" }))
-    end)
-
-    it("adjacent references", function()
-      assert.are.equal("12", sonde.expand("$(A)$(B)", { A = "1", B = "2" }))
-    end)
-
-    it("a value containing ) is inserted verbatim", function()
-      assert.are.equal("x)y", sonde.expand("$(A)", { A = "x)y" }))
-    end)
-
-    it("the name runs to the first )", function()
-      assert.are.equal("$($(VAR_A)", sonde.expand("$($(VAR_A)", mapping))
-    end)
-
-    it("a name with a space is looked up as is", function()
-      assert.are.equal("a$(VAR_A b)c", sonde.expand("a$(VAR_A b)c", mapping))
-    end)
-
-    it("a multibyte rune after $ is copied intact", function()
-      assert.are.equal("$é", sonde.expand("$é", mapping))
-    end)
-
-    it("an invalid UTF-8 byte after $ is copied through (no U+FFFD)", function()
-      assert.are.equal("$\255", sonde.expand("$\255", mapping))
-      assert.are.equal("a$\255b$(VAR_A)", sonde.expand("a$\255b$$(VAR_A)", mapping))
-    end)
+    for _, d in ipairs(derived) do
+      it(d[1], function()
+        for _, c in ipairs(d[2]) do
+          assert.are.equal(c[3], sonde.expand(c[1], c[2] or mapping))
+        end
+      end)
+    end
 
     it("ordered env: each entry expands against the earlier results", function()
       local decl = { { "FOO", "bar" }, { "ZOO", "$(FOO)-1" }, { "BLU", "$(ZOO)-2" } }
@@ -124,12 +101,6 @@ describe("sonde.expand", function()
         env[kv[1]] = sonde.expand(kv[2], env)
       end
       assert.are.same({ FOO = "bar", ZOO = "bar-1", BLU = "bar-1-2" }, env)
-    end)
-
-    it("embedded NUL bytes survive", function()
-      assert.are.equal("a\0A\0b", sonde.expand("a\0$(VAR_A)\0b", mapping))
-      assert.are.equal("\0", sonde.expand("$(N)", { N = "\0" }))
-      assert.are.equal("x", sonde.expand("$(N\0M)", { ["N\0M"] = "x" }))
     end)
 
     it("a long input with many references", function()
