@@ -78,6 +78,24 @@ local function recorded(period, clock, on_tick)
   return t, ticks
 end
 
+-- A ticker on a fake clock at t0 (default 0), started at first_at:
+-- clock, ticker, ticks.
+local function started(period, first_at, t0, on_tick)
+  local c = fake_clock(t0)
+  local t, ticks = recorded(period, c, on_tick)
+  t:start(first_at)
+  return c, t, ticks
+end
+
+-- Check those of want's fields that are given: the ticks so far, the
+-- pending timers' times, the missed count, whether the ticker is active.
+local function expect(c, t, ticks, want)
+  if want.ticks then assert.same(want.ticks, ticks) end
+  if want.pending then assert.same(want.pending, c.pending()) end
+  if want.missed then assert.equal(want.missed, t.missed) end
+  if want.active ~= nil then assert.equal(want.active, t:active()) end
+end
+
 describe("sonde.ticker (fake clock)", function()
   it("ticks first exactly at first_at, not before, not inside start",
     function()
@@ -85,146 +103,110 @@ describe("sonde.ticker (fake clock)", function()
     local t, ticks = recorded(2, c)
     assert.is_false(t:active())
     t:start(105)
-    assert.is_true(t:active())
-    assert.same({}, ticks)
-    assert.same({ 105 }, c.pending())
+    expect(c, t, ticks, { active = true, ticks = {}, pending = { 105 } })
     c.advance(104.875)
     assert.same({}, ticks)
     c.advance(105)
-    assert.same({ 105 }, ticks)
-    assert.same({ 107 }, c.pending())
+    expect(c, t, ticks, { ticks = { 105 }, pending = { 107 } })
   end)
 
   it("a first_at now or in the past ticks at the next fire, once",
     function()
-    local c = fake_clock(50)
-    local t, ticks = recorded(4, c)
-    t:start(50)
-    assert.same({}, ticks)          -- from the loop, not inside start
-    assert.same({ 50 }, c.pending())
+    local c, t, ticks = started(4, 50, 50)
+    -- from the loop, not inside start
+    expect(c, t, ticks, { ticks = {}, pending = { 50 } })
     c.advance(50)
-    assert.same({ 50 }, ticks)
-    assert.same({ 54 }, c.pending())
+    expect(c, t, ticks, { ticks = { 50 }, pending = { 54 } })
   end)
 
   it("ticks at first_at + k * period", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(2.5, c)
-    t:start(10)
+    local c, t, ticks = started(2.5, 10)
     c.advance(30)
-    assert.same({ 10, 12.5, 15, 17.5, 20, 22.5, 25, 27.5, 30 }, ticks)
+    expect(c, t, ticks, { missed = 0,
+      ticks = { 10, 12.5, 15, 17.5, 20, 22.5, 25, 27.5, 30 } })
     assert.same({ 10, 12.5, 15, 17.5, 20, 22.5, 25, 27.5, 30, 32.5 }, c.armed)
-    assert.equal(0, t.missed)
     assert.equal(32.5, t.next_at)
   end)
 
+  -- Each of `n` slots from `first` every `period` was armed for itself
+  -- (not for the last fire + period), and its tick came at slot + late(k).
+  local function slots_kept(c, ticks, n, first, period, late)
+    assert.equal(n, #ticks)
+    for k = 0, n - 1 do
+      assert.equal(first + k * period, c.armed[k + 1])
+      if late then assert.equal(first + k * period + late(k), ticks[k + 1]) end
+    end
+  end
+
   it("does not drift when every fire comes late", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(2, c)
-    t:start(10)
+    local c, t, ticks = started(2, 10)
     -- each fire late by a jitter between 0 and 1.75 s (under a period)
     local n = 0
-    local function late()
+    c.advance(10 + 999 * 2 + 1.9, function()
       n = n + 1
       return (n * 3 % 8) * 0.25
-    end
-    c.advance(10 + 999 * 2 + 1.9, late)
-    assert.equal(1000, #ticks)
-    for k = 0, 999 do
-      -- the k-th timer was armed for its own slot, not for the last
-      -- fire + period
-      assert.equal(10 + k * 2, c.armed[k + 1])
-      assert.equal(10 + k * 2 + ((k + 1) * 3 % 8) * 0.25, ticks[k + 1])
-    end
-    assert.same({ 10 + 1000 * 2 }, c.pending())
-    assert.equal(0, t.missed)
+    end)
+    slots_kept(c, ticks, 1000, 10, 2, function(k) return ((k + 1) * 3 % 8) * 0.25 end)
+    expect(c, t, ticks, { pending = { 10 + 1000 * 2 }, missed = 0 })
   end)
 
   it("a period not exact in binary ticks once per slot", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(0.1, c)
-    t:start(0.3)
+    local c, t, ticks = started(0.1, 0.3)
     c.advance(0.3 + 999 * 0.1 + 0.05)
-    assert.equal(1000, #ticks)
-    for k = 0, 999 do assert.equal(0.3 + k * 0.1, c.armed[k + 1]) end
-    assert.equal(0, t.missed)
-    assert.same({ 0.3 + 1000 * 0.1 }, c.pending())
+    slots_kept(c, ticks, 1000, 0.3, 0.1)
+    expect(c, t, ticks, { missed = 0, pending = { 0.3 + 1000 * 0.1 } })
   end)
 
   it("a fire that comes early (a coarse timer clock) ticks once per slot",
     function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(2, c)
-    t:start(10)
+    local c, t, ticks = started(2, 10)
     -- every fire 1/1024 s before its time (the clock does not go back)
     c.advance(10 + 9 * 2, function() return -1 / 1024 end)
-    assert.equal(10, #ticks)
-    for k = 0, 9 do
-      assert.equal(10 + k * 2, c.armed[k + 1])
-      assert.equal(10 + k * 2 - 1 / 1024, ticks[k + 1])
-    end
-    assert.equal(0, t.missed)
-    assert.same({ 30 }, c.pending())
+    slots_kept(c, ticks, 10, 10, 2, function() return -1 / 1024 end)
+    expect(c, t, ticks, { missed = 0, pending = { 30 } })
   end)
 
   it("a fire 3.5 periods late arms the next slot ahead and counts the "
     .. "missed ones, ticking once", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(2, c)
-    t:start(10)
+    local c, t, ticks = started(2, 10)
     c.advance(10)
-    assert.same({ 10 }, ticks)
-    assert.same({ 12 }, c.pending())
+    expect(c, t, ticks, { ticks = { 10 }, pending = { 12 } })
     -- the loop is held up: the slot of 12 fires at 19
     c.advance(12, function(at) return at == 12 and 7 or 0 end)
     assert.equal(19, c.t)
-    assert.same({ 10, 19 }, ticks)  -- one tick, not four
-    assert.equal(3, t.missed)       -- slots 14, 16, 18
-    assert.same({ 20 }, c.pending()) -- the next slot still ahead
+    -- one tick, not four; slots 14, 16, 18 missed; the next slot still ahead
+    expect(c, t, ticks, { ticks = { 10, 19 }, missed = 3, pending = { 20 } })
     assert.equal(20, t.next_at)
     c.advance(19.875)
     assert.same({ 10, 19 }, ticks)  -- nothing more at once
     c.advance(24)
-    assert.same({ 10, 19, 20, 22, 24 }, ticks)
-    assert.equal(3, t.missed)
+    expect(c, t, ticks, { ticks = { 10, 19, 20, 22, 24 }, missed = 3 })
   end)
 
   it("a fire late by exactly whole periods skips those slots", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(1, c)
-    t:start(0)
+    local c, t, ticks = started(1, 0)
     c.advance(0)
     c.advance(1, function(at) return at == 1 and 2 or 0 end)   -- at 3
-    assert.same({ 0, 3 }, ticks)
-    assert.equal(2, t.missed)       -- one tick at 3 for the slots of 1, 2
-                                    -- and 3: two of them missed
-    assert.same({ 4 }, c.pending())
+    -- one tick at 3 for the slots of 1, 2 and 3: two of them missed
+    expect(c, t, ticks, { ticks = { 0, 3 }, missed = 2, pending = { 4 } })
   end)
 
   it("trigger ticks at the next fire and restarts the rate from then",
     function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(4, c)
-    t:start(0)
+    local c, t, ticks = started(4, 0)
     c.advance(9)
-    assert.same({ 0, 4, 8 }, ticks)
-    assert.same({ 12 }, c.pending())
+    expect(c, t, ticks, { ticks = { 0, 4, 8 }, pending = { 12 } })
     t:trigger()
-    assert.same({ 0, 4, 8 }, ticks)  -- not inside trigger
-    assert.same({ 9 }, c.pending())  -- the slot of 12 is cancelled
-    assert.is_true(t:active())
+    -- not inside trigger; the slot of 12 is cancelled
+    expect(c, t, ticks, { ticks = { 0, 4, 8 }, pending = { 9 }, active = true })
     c.advance(9)
-    assert.same({ 0, 4, 8, 9 }, ticks)
-    assert.same({ 13 }, c.pending())
+    expect(c, t, ticks, { ticks = { 0, 4, 8, 9 }, pending = { 13 } })
     c.advance(21.875)
-    assert.same({ 0, 4, 8, 9, 13, 17, 21 }, ticks)
-    assert.equal(0, t.missed)
+    expect(c, t, ticks, { ticks = { 0, 4, 8, 9, 13, 17, 21 }, missed = 0 })
   end)
 
   it("trigger twice before the loop runs ticks once", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(4, c)
-    t:start(0)
+    local c, t, ticks = started(4, 0)
     c.advance(1)
     t:trigger()
     t:trigger()
@@ -234,23 +216,18 @@ describe("sonde.ticker (fake clock)", function()
   end)
 
   it("stop cancels the pending timer and is idempotent", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(1, c)
-    t:start(0)
+    local c, t, ticks = started(1, 0)
     c.advance(2.5)
-    assert.same({ 0, 1, 2 }, ticks)
-    assert.same({ 3 }, c.pending())
+    expect(c, t, ticks, { ticks = { 0, 1, 2 }, pending = { 3 } })
     t:stop()
-    assert.is_false(t:active())
+    expect(c, t, ticks, { active = false, pending = {} })
     assert.is_nil(t.next_at)
-    assert.same({}, c.pending())
     assert.equal(1, c.cancels)
     t:stop()
     t:stop()
     assert.equal(1, c.cancels)      -- nothing more to cancel
-    assert.is_false(t:active())
     c.advance(10)
-    assert.same({ 0, 1, 2 }, ticks)
+    expect(c, t, ticks, { active = false, ticks = { 0, 1, 2 } })
   end)
 
   it("stop before start does nothing", function()
@@ -262,16 +239,13 @@ describe("sonde.ticker (fake clock)", function()
   end)
 
   it("stop from inside on_tick ends the ticks", function()
-    local c = fake_clock(0)
-    local t, ticks
-    t, ticks = recorded(1, c, function(tk)
+    local ticks
+    local c, t
+    c, t, ticks = started(1, 0, 0, function(tk)
       if #ticks == 3 then tk:stop() end
     end)
-    t:start(0)
     c.advance(10)
-    assert.same({ 0, 1, 2 }, ticks)
-    assert.is_false(t:active())
-    assert.same({}, c.pending())
+    expect(c, t, ticks, { ticks = { 0, 1, 2 }, active = false, pending = {} })
   end)
 
   it("active while started, also between ticks", function()
@@ -290,15 +264,12 @@ describe("sonde.ticker (fake clock)", function()
   end)
 
   it("start again restarts from the new first_at", function()
-    local c = fake_clock(0)
-    local t, ticks = recorded(2, c)
-    t:start(0)
+    local c, t, ticks = started(2, 0)
     c.advance(3)
     t:start(7)
     assert.same({ 7 }, c.pending())
     c.advance(11)
-    assert.same({ 0, 2, 7, 9, 11 }, ticks)
-    assert.equal(0, t.missed)
+    expect(c, t, ticks, { ticks = { 0, 2, 7, 9, 11 }, missed = 0 })
   end)
 
   it("calls on_tick with the ticker", function()

@@ -2,6 +2,7 @@
 -- the location rule (errors are raised at the first caller outside
 -- sonde's own Lua directory).
 local validate = require "sonde.validate"
+local helpers = require "helpers"
 local checks = validate.checks
 
 -- This file as error positions name it.
@@ -10,13 +11,10 @@ local HERE = debug.getinfo(1, "S").short_src
 -- The message of the error f(...) raises, without its position, which
 -- must be a line of this file (the caller outside sonde).
 local function err(f, ...)
-  local ok, e = pcall(f, ...)
-  assert(not ok, "expected an error")
-  assert.is_string(e)
-  assert.equal(HERE .. ":", e:sub(1, #HERE + 1))
-  local line, msg = e:sub(#HERE + 2):match("^(%d+): (.*)$")
-  assert(line, "no line number in: " .. e)
-  return msg
+  local args = table.pack(...)
+  return helpers.error_here(function()
+    local _ = f(table.unpack(args, 1, args.n))   -- (not a tail call)
+  end)
 end
 
 local W = { where = "w" }
@@ -404,27 +402,15 @@ describe("sonde.validate location", function()
     local base, dir
 
     setup(function()
-      base = os.tmpname()
-      os.remove(base)
+      base = helpers.tmpdir()
       dir = base .. "/etc/sonde"
-      assert(os.execute("mkdir -p '" .. dir .. "'"))
+      assert(os.execute("mkdir -p " .. helpers.q(dir)))
     end)
 
-    teardown(function()
-      for _, f in ipairs { "probes.lua", "nested.lua" } do
-        os.remove(dir .. "/" .. f)
-      end
-      os.remove(dir)
-      os.remove(base .. "/etc")
-      os.remove(base)
-    end)
+    teardown(function() helpers.rmtree(base) end)
 
     local function write(name, text)
-      local path = dir .. "/" .. name
-      local f = assert(io.open(path, "w"))
-      f:write(text)
-      f:close()
-      return path
+      return helpers.write(dir .. "/" .. name, text)
     end
 
     it("an error through validate.fail is at the user's file and line",

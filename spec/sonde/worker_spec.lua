@@ -59,6 +59,31 @@ local function T(from, to, run, hold, restart)
            hold = hold or false, restart = restart or false }
 end
 
+local STATUS = { S = "success", F = "failure", W = "warning", U = "unknown" }
+
+-- Feed `w` one result per line of `steps` and check each as `feed` does:
+--   RESULT  STATE LAST RUN [hold]  |  FROM>TO RUN [hold] [restart]
+-- (RESULT: S, F, W or U; after the bar the transition published, or "-"
+-- for none).  Returns the last state.
+local function play(w, p, steps)
+  for line in steps:gmatch("[^\n]+") do
+    local left, right = line:match("^%s*(.-)%s*|%s*(.-)%s*$")
+    if left then
+      local r, st, last, run, hold = left:match("^(%a)%s+(%a+)%s+(%a+)%s+(%d+)%s*(%a*)$")
+      assert(r, "bad step: " .. line)
+      local want_t
+      if right ~= "-" then
+        local from, to, trun, flags = right:match("^(%a+)>(%a+)%s+(%d+)%s*(.*)$")
+        assert(from, "bad transition: " .. line)
+        want_t = T(from, to, tonumber(trun), flags:find("hold") ~= nil,
+          flags:find("restart") ~= nil)
+      end
+      w = feed(w, STATUS[r], p, S(st, last, tonumber(run), hold == "hold"), want_t)
+    end
+  end
+  return w
+end
+
 describe("sonde.worker", function()
   describe("seed", function()
     it("seeds each kind as the kubelet does", function()
@@ -81,53 +106,47 @@ describe("sonde.worker", function()
   describe("TestFailureThreshold (readiness, S=1, F=3)", function()
     it("publishes failure at the 3rd failure in a row, success at once",
       function()
-      local p = probe("readiness", 1, 3)
-      local w = worker.seed("readiness")
+      local p, w = probe("readiness", 1, 3), worker.seed("readiness")
       for _ = 1, 2 do
         -- S,S,S: success each time (run 1, 2, 3: past the threshold, the
         -- run keeps counting and every result publishes)
         -- (round 1 from the seed, round 2 after the failures: both failure)
-        w = feed(w, "success", p, S("success", "success", 1),
-          T("failure", "success", 1))
-        w = feed(w, "success", p, S("success", "success", 2),
-          T("success", "success", 2))
-        w = feed(w, "success", p, S("success", "success", 3),
-          T("success", "success", 3))
-        -- F,F: still success, nothing published
-        w = feed(w, "failure", p, S("success", "failure", 1), nil)
-        w = feed(w, "failure", p, S("success", "failure", 2), nil)
-        -- 3rd F: failure; 4th and 5th: failure again (no change)
-        w = feed(w, "failure", p, S("failure", "failure", 3),
-          T("success", "failure", 3))
-        w = feed(w, "failure", p, S("failure", "failure", 4),
-          T("failure", "failure", 4))
-        w = feed(w, "failure", p, S("failure", "failure", 5),
-          T("failure", "failure", 5))
+        -- then F,F: still success, nothing published; 3rd F: failure; 4th
+        -- and 5th: failure again (no change)
+        w = play(w, p, [[
+          S  success success 1 | failure>success 1
+          S  success success 2 | success>success 2
+          S  success success 3 | success>success 3
+          F  success failure 1 | -
+          F  success failure 2 | -
+          F  failure failure 3 | success>failure 3
+          F  failure failure 4 | failure>failure 4
+          F  failure failure 5 | failure>failure 5
+        ]])
       end
       -- next round: the first S is success immediately
-      feed(w, "success", p, S("success", "success", 1),
-        T("failure", "success", 1))
+      play(w, p, "S  success success 1 | failure>success 1")
     end)
   end)
 
   describe("TestSuccessThreshold (readiness, S=3, F=1)", function()
     it("needs 3 successes in a row; one failure publishes at once", function()
-      local p = probe("readiness", 3, 1)
-      local w = worker.seed("readiness")
+      local p, w = probe("readiness", 3, 1), worker.seed("readiness")
       for _ = 1, 2 do
-        w = feed(w, "success", p, S("failure", "success", 1), nil)
-        w = feed(w, "success", p, S("failure", "success", 2), nil)
-        w = feed(w, "success", p, S("success", "success", 3),
-          T("failure", "success", 3))
-        w = feed(w, "failure", p, S("failure", "failure", 1),
-          T("success", "failure", 1))
+        w = play(w, p, [[
+          S  failure success 1 | -
+          S  failure success 2 | -
+          S  success success 3 | failure>success 3
+          F  failure failure 1 | success>failure 1
+        ]])
       end
       -- a success run broken by a failure starts again from 1
-      w = feed(w, "success", p, S("failure", "success", 1), nil)
-      w = feed(w, "success", p, S("failure", "success", 2), nil)
-      w = feed(w, "failure", p, S("failure", "failure", 1),
-        T("failure", "failure", 1))
-      w = feed(w, "success", p, S("failure", "success", 1), nil)
+      play(w, p, [[
+        S  failure success 1 | -
+        S  failure success 2 | -
+        F  failure failure 1 | failure>failure 1
+        S  failure success 1 | -
+      ]])
     end)
   end)
 
@@ -135,30 +154,28 @@ describe("sonde.worker", function()
     it("TestStartupProbeSuccessThreshold: first success publishes and holds",
       function()
       local p = probe("startup", 1, 3, SERVICE)
-      feed(worker.seed("startup"), "success", p,
-        S("success", "success", 0, true), T("unknown", "success", 1, true, false))
+      play(worker.seed("startup"), p,
+        "S  success success 0 hold | unknown>success 1 hold")
     end)
 
     it("TestStartupProbeFailureThreshold: unknown, unknown, then failure "
       .. "with run 0 and hold", function()
       local p = probe("startup", 1, 3, SERVICE)
-      local w = worker.seed("startup")
-      w = feed(w, "failure", p, S("unknown", "failure", 1), nil)
-      w = feed(w, "failure", p, S("unknown", "failure", 2), nil)
-      feed(w, "failure", p, S("failure", "failure", 0, true),
-        T("unknown", "failure", 3, true, true))
+      play(worker.seed("startup"), p, [[
+        F  unknown failure 1 | -
+        F  unknown failure 2 | -
+        F  failure failure 0 hold | unknown>failure 3 hold restart
+      ]])
     end)
 
     it("TestResultRunOnStartupCheckFailure: F,F -> unknown (run 1, 2); "
       .. "F -> failure (run 0)", function()
       local p = probe("startup", 1, 3, SERVICE)
-      local w = worker.seed("startup")
-      w = feed(w, "failure", p, S("unknown", "failure", 1), nil)
+      local w = play(worker.seed("startup"), p, "F  unknown failure 1 | -")
       assert.equal(1, w.run)
-      w = feed(w, "failure", p, S("unknown", "failure", 2), nil)
+      w = play(w, p, "F  unknown failure 2 | -")
       assert.equal(2, w.run)
-      w = feed(w, "failure", p, S("failure", "failure", 0, true),
-        T("unknown", "failure", 3, true, true))
+      w = play(w, p, "F  failure failure 0 hold | unknown>failure 3 hold restart")
       assert.equal(0, w.run)
     end)
   end)
@@ -167,13 +184,12 @@ describe("sonde.worker", function()
     it("S -> success (run 1); F, F -> success (run 1, 2); F -> failure, "
       .. "run 0", function()
       local p = probe("liveness", 1, 3, SERVICE)
-      local w = worker.seed("liveness")
-      w = feed(w, "success", p, S("success", "success", 1),
-        T("success", "success", 1))
-      w = feed(w, "failure", p, S("success", "failure", 1), nil)
-      w = feed(w, "failure", p, S("success", "failure", 2), nil)
-      feed(w, "failure", p, S("failure", "failure", 0, true),
-        T("success", "failure", 3, true, true))
+      play(worker.seed("liveness"), p, [[
+        S  success success 1 | success>success 1
+        F  success failure 1 | -
+        F  success failure 2 | -
+        F  failure failure 0 hold | success>failure 3 hold restart
+      ]])
     end)
   end)
 
@@ -191,25 +207,19 @@ describe("sonde.worker", function()
         w = worker.seed(kind)
         assert.is_false(w.hold)
         -- then a success: liveness is not held, startup holds again
-        if kind == "liveness" then
-          feed(w, "success", p, S("success", "success", 1),
-            T("success", "success", 1))
-        else
-          feed(w, "success", p, S("success", "success", 0, true),
-            T("unknown", "success", 1, true, false))
-        end
+        play(w, p, kind == "liveness"
+          and "S  success success 1 | success>success 1"
+          or "S  success success 0 hold | unknown>success 1 hold")
       end)
     end
 
     it("readiness never holds, even with a service", function()
       local p = probe("readiness", 1, 1, SERVICE)
-      local w = worker.seed("readiness")
-      w = feed(w, "success", p, S("success", "success", 1),
-        T("failure", "success", 1))
-      w = feed(w, "failure", p, S("failure", "failure", 1),
-        T("success", "failure", 1))
-      feed(w, "failure", p, S("failure", "failure", 2),
-        T("failure", "failure", 2))
+      play(worker.seed("readiness"), p, [[
+        S  success success 1 | failure>success 1
+        F  failure failure 1 | success>failure 1
+        F  failure failure 2 | failure>failure 2
+      ]])
     end)
 
     it("only a new instance (the seed) lifts a hold, never a result",
@@ -218,19 +228,15 @@ describe("sonde.worker", function()
       -- the hold stays (kubelet: onHold is cleared only by step 4)
       local p = probe("liveness", 1, 1, SERVICE)
       local held = S("failure", "failure", 0, true)
-      feed(held, "success", p, S("success", "success", 1, true),
-        T("failure", "success", 1))
-      feed(held, "unknown", p, S("failure", "failure", 0, true), nil)
-      local r = probe("readiness", 2, 3)
-      feed(S("failure", "failure", 0, true), "success", r,
-        S("failure", "success", 1, true), nil)
+      play(held, p, "S  success success 1 hold | failure>success 1")
+      play(held, p, "U  failure failure 0 hold | -")
+      play(S("failure", "failure", 0, true), probe("readiness", 2, 3),
+        "S  failure success 1 hold | -")
     end)
 
     it("a published liveness success neither holds nor restarts", function()
       local p = probe("liveness", 1, 3, SERVICE)
-      local w = S("failure", "failure", 3)
-      feed(w, "success", p, S("success", "success", 1),
-        T("failure", "success", 1))
+      play(S("failure", "failure", 3), p, "S  success success 1 | failure>success 1")
     end)
   end)
 
@@ -239,55 +245,47 @@ describe("sonde.worker", function()
       function()
       local p = probe("liveness", 1, 3, nil)
       assert.is_nil(p.service)
-      local w = worker.seed("liveness")
-      w = feed(w, "failure", p, S("success", "failure", 1), nil)
-      w = feed(w, "failure", p, S("success", "failure", 2), nil)
-      w = feed(w, "failure", p, S("failure", "failure", 3),
-        T("success", "failure", 3))
-      w = feed(w, "failure", p, S("failure", "failure", 4),
-        T("failure", "failure", 4))
-      w = feed(w, "failure", p, S("failure", "failure", 5),
-        T("failure", "failure", 5))
+      local w = play(worker.seed("liveness"), p, [[
+        F  success failure 1 | -
+        F  success failure 2 | -
+        F  failure failure 3 | success>failure 3
+        F  failure failure 4 | failure>failure 4
+        F  failure failure 5 | failure>failure 5
+      ]])
       assert.equal("failure 5/3", worker.streak(w, p))
-      w = feed(w, "success", p, S("success", "success", 1),
-        T("failure", "success", 1))
+      play(w, p, "S  success success 1 | failure>success 1")
     end)
 
     it("startup never holds, after a success or a failure", function()
       local p = probe("startup", 1, 2, nil)
-      local w = worker.seed("startup")
-      w = feed(w, "success", p, S("success", "success", 1),
-        T("unknown", "success", 1))
-      w = feed(w, "success", p, S("success", "success", 2),
-        T("success", "success", 2))
-      w = feed(w, "failure", p, S("success", "failure", 1), nil)
-      w = feed(w, "failure", p, S("failure", "failure", 2),
-        T("success", "failure", 2))
-      feed(w, "failure", p, S("failure", "failure", 3),
-        T("failure", "failure", 3))
+      play(worker.seed("startup"), p, [[
+        S  success success 1 | unknown>success 1
+        S  success success 2 | success>success 2
+        F  success failure 1 | -
+        F  failure failure 2 | success>failure 2
+        F  failure failure 3 | failure>failure 3
+      ]])
     end)
   end)
 
   describe("statuses", function()
     it("warning counts as success", function()
       local p = probe("readiness", 2, 3)
-      local w = worker.seed("readiness")
-      w = feed(w, "warning", p, S("failure", "success", 1), nil)
-      w = feed(w, "success", p, S("success", "success", 2),
-        T("failure", "success", 2))
-      w = feed(w, "warning", p, S("success", "success", 3),
-        T("success", "success", 3))
-      -- a warning breaks a failure run
-      w = feed(w, "failure", p, S("success", "failure", 1), nil)
-      w = feed(w, "failure", p, S("success", "failure", 2), nil)
-      w = feed(w, "warning", p, S("success", "success", 1), nil)
-      w = feed(w, "failure", p, S("success", "failure", 1), nil)
+      -- (the last four: a warning breaks a failure run)
+      play(worker.seed("readiness"), p, [[
+        W  failure success 1 | -
+        S  success success 2 | failure>success 2
+        W  success success 3 | success>success 3
+        F  success failure 1 | -
+        F  success failure 2 | -
+        W  success success 1 | -
+        F  success failure 1 | -
+      ]])
     end)
 
     it("a liveness warning never restarts", function()
       local p = probe("liveness", 1, 1, SERVICE)
-      feed(S("failure", "failure", 1), "warning", p,
-        S("success", "success", 1), T("failure", "success", 1))
+      play(S("failure", "failure", 1), p, "W  success success 1 | failure>success 1")
     end)
 
     it("unknown moves no counter and publishes nothing", function()
@@ -309,14 +307,14 @@ describe("sonde.worker", function()
 
     it("unknown inside a run neither breaks nor extends it", function()
       local p = probe("liveness", 1, 3, SERVICE)
-      local w = worker.seed("liveness")
-      w = feed(w, "failure", p, S("success", "failure", 1), nil)
-      w = feed(w, "unknown", p, S("success", "failure", 1), nil)
-      w = feed(w, "failure", p, S("success", "failure", 2), nil)
-      w = feed(w, "unknown", p, S("success", "failure", 2), nil)
-      w = feed(w, "unknown", p, S("success", "failure", 2), nil)
-      feed(w, "failure", p, S("failure", "failure", 0, true),
-        T("success", "failure", 3, true, true))
+      play(worker.seed("liveness"), p, [[
+        F  success failure 1 | -
+        U  success failure 1 | -
+        F  success failure 2 | -
+        U  success failure 2 | -
+        U  success failure 2 | -
+        F  failure failure 0 hold | success>failure 3 hold restart
+      ]])
     end)
   end)
 
@@ -341,15 +339,13 @@ describe("sonde.worker", function()
 
     it("keeps the run going: counting resumes where it was", function()
       local p = probe("readiness", 1, 3)
-      local w = worker.seed("readiness")
-      w = feed(w, "success", p, S("success", "success", 1),
-        T("failure", "success", 1))
+      local w = play(worker.seed("readiness"), p,
+        "S  success success 1 | failure>success 1")
       w = worker.force(w, "failure")
       assert.same(S("failure", "success", 1), state(w))
       -- a failure run starts at 1, a success run would go on at 2
-      feed(w, "failure", p, S("failure", "failure", 1), nil)
-      feed(w, "success", p, S("success", "success", 2),
-        T("failure", "success", 2))
+      play(w, p, "F  failure failure 1 | -")
+      play(w, p, "S  success success 2 | failure>success 2")
     end)
 
     it("keeps the hold", function()
@@ -361,16 +357,14 @@ describe("sonde.worker", function()
 
   describe("streak", function()
     it("is nil before the first verdict", function()
-      local p = probe("readiness", 1, 3)
-      local w = worker.seed("readiness")
+      local p, w = probe("readiness", 1, 3), worker.seed("readiness")
       assert.is_nil(worker.streak(w, p))
       w = worker.step(w, "unknown", p)
       assert.is_nil(worker.streak(w, p))
     end)
 
     it("shows the run toward its own threshold", function()
-      local p = probe("readiness", 2, 3)
-      local w = worker.seed("readiness")
+      local p, w = probe("readiness", 2, 3), worker.seed("readiness")
       w = worker.step(w, "failure", p)
       assert.equal("failure 1/3", worker.streak(w, p))
       w = worker.step(w, "failure", p)

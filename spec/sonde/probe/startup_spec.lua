@@ -4,31 +4,26 @@
 -- restarts the service.
 local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
-local function touch(path)
-  local f = assert(io.open(path, "w"))
-  f:close()
-end
+local function touch(path) return helpers.write(path, "") end
 
 describe("startup probe gating", function()
   local dir, svc
 
   before_each(function()
-    E.fresh()
+    helpers.fresh()
     dir = helpers.tmpdir()
   end)
 
   after_each(function()
-    E.fresh()
-    if svc and svc.pid then E.kill_groups { svc.pid } end
+    helpers.fresh()
+    if svc and svc.pid then helpers.kill_groups { svc.pid } end
     svc = nil
     helpers.rmtree(dir)
   end)
 
   it("liveness runs only after startup succeeded, again after a restart",
     function()
-    local log = E.capture()
     local seq = {}          -- every result, in order
     local t0 = sonde.now()
     svc = sonde.service {
@@ -56,7 +51,7 @@ describe("startup probe gating", function()
         touch(dir .. "/started")
         touch(dir .. "/alive")
       elseif count["app-alive#2#success"] == 3 then
-        sonde.after(0, E.stop_now)
+        sonde.after(0, helpers.stop_now)
       end
     end
     local startup = sonde.probe {
@@ -72,23 +67,20 @@ describe("startup probe gating", function()
       on_result = record,
     }
     touch(dir .. "/alive")
-    local ok, err = pcall(E.run_for, 40, {
+    local evs = helpers.run_logged(40, { at = {
       { 1.0, function()
           t_started = sonde.now() - t0
           touch(dir .. "/started")
         end },
-    })
-    local restarts = ok and log:events("service_restart") or {}
-    local starts = ok and log:events("service_start") or {}
-    log:close()
-    assert(ok, err)
+    } })
+    local restarts = helpers.select(evs, "service_restart")
+    local starts = helpers.select(evs, "service_start")
 
     -- exactly one restart, by liveness, at once
     assert.are.equal(1, #restarts)
     assert.are.equal("liveness", restarts[1].why)
     assert.are.equal(0, restarts[1].delay)
-    assert.are.equal(1, svc.restarts)
-    assert.are.equal(2, svc.instance)
+    assert.are.same({ 1, 2 }, { svc.restarts, svc.instance })
     assert.are.equal(2, #starts)
 
     local function describe_seq()
@@ -166,7 +158,6 @@ describe("startup probe gating", function()
 
   it("a startup probe that never succeeds restarts the service "
     .. "(why=startup); liveness never runs", function()
-    local log = E.capture()
     local seq = {}
     svc = sonde.service {
       name = "slow", command = { "sh", "-c", "sleep 60" },
@@ -187,19 +178,14 @@ describe("startup probe gating", function()
       period = 0.2, timeout = 5,
       on_result = function() live_runs = live_runs + 1 end,
     }
-    local ok, err = pcall(E.run_for, 3.5)
-    local restarts = ok and log:events("service_restart") or {}
-    local changes = ok and log:events("state_change",
-      { probe = "slow-started" }) or {}
-    log:close()
-    assert(ok, err)
+    local evs = helpers.run_logged(3.5)
+    local restarts = helpers.select(evs, "service_restart")
+    local changes = helpers.select(evs, "state_change", { probe = "slow-started" })
 
     assert.are.equal(0, live_runs)
     assert.is_true(#restarts >= 2, "restarts: " .. #restarts)
     for i, r in ipairs(restarts) do
-      assert.are.equal("startup", r.why)
-      assert.are.equal("slow", r.service)
-      assert.are.equal(i, r.restarts)
+      assert.are.same({ "startup", "slow", i }, { r.why, r.service, r.restarts })
     end
     -- kubelet back-off: the first at once, then backoff doubling (0.2, 0.4)
     assert.are.equal(0, restarts[1].delay)

@@ -4,7 +4,6 @@
 -- their schedule.  on_result may also override the verdict.
 local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
 describe("misbehaving hooks and actions in one configuration", function()
   -- A: on_result raises; B: on_result never returns; C: on_failure
@@ -14,8 +13,7 @@ describe("misbehaving hooks and actions in one configuration", function()
   local d_runs, d_times = 0, {}
 
   setup(function()
-    E.fresh()
-    local log = E.capture()
+    helpers.fresh()
     local t0 = sonde.now()
     a = sonde.probe {
       name = "A-raises", kind = "readiness",
@@ -42,25 +40,28 @@ describe("misbehaving hooks and actions in one configuration", function()
         d_times[#d_times + 1] = string.format("%.2f", sonde.now() - t0)
       end,
     }
-    local ok, err = pcall(E.run_for, 3)
-    evs = ok and log:all() or {}
-    log:close()
-    assert(ok, err)
+    evs = helpers.run_logged(3)
   end)
 
-  teardown(function() E.fresh() end)
+  teardown(helpers.fresh)
+
+  -- The probe's results, every one unknown hook_error (at least `min`),
+  -- and its hook_error events: one per result, the first of on_result.
+  local function hook_errors(name, min)
+    local rs = helpers.select(evs, "probe_result", { probe = name })
+    assert.is_true(#rs >= min, name .. " results: " .. #rs)
+    for _, e in ipairs(rs) do
+      assert.are.same({ "unknown", "hook_error" }, { e.status, e.reason })
+    end
+    local hs = helpers.select(evs, "hook_error", { probe = name })
+    assert.are.equal(#rs, #hs)
+    assert.are.equal("on_result", hs[1].hook)
+    return rs, hs
+  end
 
   it("A (on_result raises): every result unknown hook_error, error logged",
     function()
-    local ra = E.select(evs, "probe_result", { probe = "A-raises" })
-    assert.is_true(#ra >= 1)
-    for _, e in ipairs(ra) do
-      assert.are.equal("unknown", e.status)
-      assert.are.equal("hook_error", e.reason)
-    end
-    local ha = E.select(evs, "hook_error", { probe = "A-raises" })
-    assert.are.equal(#ra, #ha)
-    assert.are.equal("on_result", ha[1].hook)
+    local _, ha = hook_errors("A-raises", 1)
     assert.is_truthy(ha[1].error:find("boom from A", 1, true), ha[1].error)
     assert.are.equal("failure", a.state)       -- unknown moved nothing
     assert.are.equal("unknown", a.last_result.status)
@@ -70,15 +71,7 @@ describe("misbehaving hooks and actions in one configuration", function()
   it("B (on_result loops forever): interrupted after the documented "
     .. "bound, then skipped (quarantine); unknown hook_error", function()
     local hook = require "sonde.hook"
-    local rb = E.select(evs, "probe_result", { probe = "B-loops" })
-    assert.is_true(#rb >= 2, "B results: " .. #rb)
-    for _, e in ipairs(rb) do
-      assert.are.equal("unknown", e.status)
-      assert.are.equal("hook_error", e.reason)
-    end
-    local hb = E.select(evs, "hook_error", { probe = "B-loops" })
-    assert.are.equal(#rb, #hb)
-    assert.are.equal("on_result", hb[1].hook)
+    local _, hb = hook_errors("B-loops", 2)
     local bound = string.format("hook exceeded its time limit of %g s",
       hook.default_bound)
     assert.is_truthy(hb[1].error:find(bound, 1, true), hb[1].error)
@@ -99,7 +92,7 @@ describe("misbehaving hooks and actions in one configuration", function()
   it("C (webhook to a closed port): the action failure is logged, once "
     .. "(action_interval)", function()
     assert.are.equal("failure", c.state)
-    local ac = E.select(evs, "action", { probe = "C-webhook" })
+    local ac = helpers.select(evs, "action", { probe = "C-webhook" })
     local statuses = {}
     for i, e in ipairs(ac) do statuses[i] = e.status end
     assert.are.same({ "started", "failed" }, statuses)
@@ -107,7 +100,7 @@ describe("misbehaving hooks and actions in one configuration", function()
     assert.is_truthy(ac[2].detail:find("^failure connect_refused"),
       ac[2].detail)
     -- C kept probing (no service: nothing holds)
-    local rc = E.select(evs, "probe_result", { probe = "C-webhook" })
+    local rc = helpers.select(evs, "probe_result", { probe = "C-webhook" })
     assert.is_true(#rc >= 2, "C results: " .. #rc)
   end)
 
@@ -120,12 +113,11 @@ describe("misbehaving hooks and actions in one configuration", function()
 end)
 
 describe("on_result verdicts", function()
-  before_each(function() E.fresh() end)
-  after_each(function() E.fresh() end)
+  before_each(helpers.fresh)
+  after_each(helpers.fresh)
 
   it("on_result overrides the verdict: return \"warning\", \"custom\"",
     function()
-    local log = E.capture()
     local seen = {}
     local p = sonde.probe {
       name = "override", kind = "readiness",
@@ -133,22 +125,18 @@ describe("on_result verdicts", function()
       period = 0.2, timeout = 5, success_threshold = 1,
       on_result = function(r)
         seen[#seen + 1] = r.status                 -- the raw verdict
-        if #seen >= 3 then sonde.after(0, E.stop_now) end
+        if #seen >= 3 then sonde.after(0, helpers.stop_now) end
         return "warning", "custom"
       end,
     }
-    local ok, err = pcall(E.run_for, 30)
-    local rs = ok and log:events("probe_result", { probe = "override" }) or {}
-    local sc = ok and log:events("state_change", { probe = "override" }) or {}
-    log:close()
-    assert(ok, err)
+    local evs = helpers.run_logged(30)
+    local rs = helpers.select(evs, "probe_result", { probe = "override" })
+    local sc = helpers.select(evs, "state_change", { probe = "override" })
     assert.are.same({ "failure", "failure", "failure" }, seen)
     assert.are.equal(3, #rs)
     for _, e in ipairs(rs) do
-      assert.are.equal("warning", e.status)
-      assert.are.equal("custom", e.reason)
-      assert.are.equal("bad\n", e.output)
-      assert.are.equal(1, e.exit_code)
+      assert.are.same({ "warning", "custom", "bad\n", 1 },
+        { e.status, e.reason, e.output, e.exit_code })
     end
     assert.are.equal("warning", p.last_result.status)
     assert.are.equal("custom", p.last_result.reason)
@@ -161,22 +149,19 @@ describe("on_result verdicts", function()
 
   it("on_result returning something that is not a status -> unknown "
     .. "hook_error", function()
-    local log = E.capture()
     local n = 0
     local p = sonde.probe {
       name = "nonsense", kind = "readiness",
       exec = { command = { "true" } }, period = 0.2, timeout = 5,
       on_result = function()
         n = n + 1
-        if n >= 2 then sonde.after(0, E.stop_now) end
+        if n >= 2 then sonde.after(0, helpers.stop_now) end
         return "fine"
       end,
     }
-    local ok, err = pcall(E.run_for, 30)
-    local rs = ok and log:events("probe_result", { probe = "nonsense" }) or {}
-    local he = ok and log:events("hook_error", { probe = "nonsense" }) or {}
-    log:close()
-    assert(ok, err)
+    local evs = helpers.run_logged(30)
+    local rs = helpers.select(evs, "probe_result", { probe = "nonsense" })
+    local he = helpers.select(evs, "hook_error", { probe = "nonsense" })
     assert.are.equal(2, #rs)
     assert.are.equal("unknown", rs[1].status)
     assert.are.equal("hook_error", rs[1].reason)

@@ -2,21 +2,20 @@
 -- SIGTERM then SIGKILL after the grace, output lines into the log.
 local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
 describe("services", function()
   local svcs
 
   before_each(function()
-    E.fresh()
+    helpers.fresh()
     svcs = {}
   end)
 
   after_each(function()
-    E.fresh()
+    helpers.fresh()
     local pids = {}
     for _, s in ipairs(svcs) do if s.pid then pids[#pids + 1] = s.pid end end
-    E.kill_groups(pids)
+    helpers.kill_groups(pids)
   end)
 
   local function service(spec)
@@ -27,12 +26,7 @@ describe("services", function()
 
   -- run the current configuration for `seconds`; the log's events
   local function run(seconds, at)
-    local log = E.capture()
-    local ok, err = pcall(E.run_for, seconds, at)
-    local evs = ok and log:all() or {}
-    log:close()
-    assert(ok, err)
-    return evs
+    return helpers.run_logged(seconds, { at = at })
   end
 
   it("a service that exits at once is restarted with the back-off "
@@ -42,30 +36,26 @@ describe("services", function()
       restart = { backoff = 0.2, max_backoff = 0.4 },
     }
     local evs = run(3.5)
-    local restarts = E.select(evs, "service_restart", { service = "crash" })
+    local restarts = helpers.select(evs, "service_restart", { service = "crash" })
     assert.is_true(#restarts >= 5, "restarts: " .. #restarts)
     local delays = {}
     for i, r in ipairs(restarts) do
       delays[i] = r.delay
-      assert.are.equal("exit", r.why)
-      assert.are.equal(i, r.restarts)
+      assert.are.same({ "exit", i }, { r.why, r.restarts })
     end
     local want = { 0, 0.2 }
     for i = 3, #restarts do want[i] = 0.4 end
     assert.are.same(want, delays)
-    local exits = E.select(evs, "service_exit", { service = "crash" })
+    local exits = helpers.select(evs, "service_exit", { service = "crash" })
     assert.is_true(#exits >= #restarts)
     for i, e in ipairs(exits) do
-      assert.are.equal(3, e.exit_code)
-      assert.are.equal("failure", e.status)
-      assert.are.equal("exit_code", e.reason)
-      assert.are.equal(i, e.instance)
+      assert.are.same({ 3, "failure", "exit_code", i },
+        { e.exit_code, e.status, e.reason, e.instance })
     end
-    local starts = E.select(evs, "service_start", { service = "crash" })
+    local starts = helpers.select(evs, "service_start", { service = "crash" })
     assert.is_true(#starts >= #restarts)
     for i, e in ipairs(starts) do
-      assert.are.equal(i, e.instance)
-      assert.are.equal("sh -c exit 3", e.command)
+      assert.are.same({ i, "sh -c exit 3" }, { e.instance, e.command })
     end
     assert.are.equal(#restarts, s.restarts)
   end)
@@ -77,7 +67,7 @@ describe("services", function()
       restart = { backoff = 0.2, max_backoff = 0.4, reset_after = 0.3 },
     }
     local evs = run(2.2)
-    local restarts = E.select(evs, "service_restart", { service = "flaky" })
+    local restarts = helpers.select(evs, "service_restart", { service = "flaky" })
     assert.is_true(#restarts >= 3, "restarts: " .. #restarts)
     for _, r in ipairs(restarts) do assert.are.equal(0, r.delay) end
   end)
@@ -88,14 +78,12 @@ describe("services", function()
       restart = { policy = "never", backoff = 0.2 },
     }
     local evs = run(1.2)
-    assert.are.equal(0, #E.select(evs, "service_restart"))
-    local exits = E.select(evs, "service_exit", { service = "once" })
+    assert.are.equal(0, #helpers.select(evs, "service_restart"))
+    local exits = helpers.select(evs, "service_exit", { service = "once" })
     assert.are.equal(1, #exits)
     assert.are.equal(3, exits[1].exit_code)
-    assert.are.equal(1, #E.select(evs, "service_start", { service = "once" }))
-    assert.are.equal(0, s.restarts)
-    assert.are.equal(1, s.instance)
-    assert.are.equal("stopped", s.state)
+    assert.are.equal(1, #helpers.select(evs, "service_start", { service = "once" }))
+    assert.are.same({ 0, 1, "stopped" }, { s.restarts, s.instance, s.state })
   end)
 
   it("restart.policy on-failure: exit 0 is not restarted, exit 3 is",
@@ -109,13 +97,12 @@ describe("services", function()
       restart = { policy = "on-failure", backoff = 0.2, max_backoff = 0.2 },
     }
     local evs = run(1.5)
-    assert.are.equal(0, #E.select(evs, "service_restart", { service = "ok0" }))
-    assert.are.equal(1, #E.select(evs, "service_exit", { service = "ok0" }))
-    assert.are.equal(0, E.select(evs, "service_exit",
+    assert.are.equal(0, #helpers.select(evs, "service_restart", { service = "ok0" }))
+    assert.are.equal(1, #helpers.select(evs, "service_exit", { service = "ok0" }))
+    assert.are.equal(0, helpers.select(evs, "service_exit",
       { service = "ok0" })[1].exit_code)
-    assert.are.equal(0, ok0.restarts)
-    assert.are.equal("stopped", ok0.state)
-    local r3 = E.select(evs, "service_restart", { service = "bad3" })
+    assert.are.same({ 0, "stopped" }, { ok0.restarts, ok0.state })
+    local r3 = helpers.select(evs, "service_restart", { service = "bad3" })
     assert.is_true(#r3 >= 2, "restarts of bad3: " .. #r3)
     assert.are.equal(#r3, bad.restarts)
   end)
@@ -128,23 +115,17 @@ describe("services", function()
       grace = 0.5,
     }
     local t_stop
-    local evs
-    local log = E.capture()
-    local ok, err = pcall(E.run_for, 1.0, {
-      { 0.999, function() t_stop = sonde.now() end } })
+    local evs = run(1.0, { { 0.999, function() t_stop = sonde.now() end } })
     local t_end = sonde.now()
-    evs = ok and log:all() or {}
-    log:close()
-    assert(ok, err)
     local took = t_end - t_stop
     assert.is_true(took >= 0.45 and took < 3, "stop took " .. took)
-    local exits = E.select(evs, "service_exit", { service = "stubborn" })
+    local exits = helpers.select(evs, "service_exit", { service = "stubborn" })
     assert.are.equal(1, #exits)
     assert.are.equal(9, exits[1].signal)            -- SIGKILL
     assert.are.equal("signal", exits[1].reason)
-    assert.are.equal(1, #E.select(evs, "service_stop",
+    assert.are.equal(1, #helpers.select(evs, "service_stop",
       { service = "stubborn" }))
-    assert.are.equal(0, #E.select(evs, "service_restart"))
+    assert.are.equal(0, #helpers.select(evs, "service_restart"))
     assert.are.equal("stopped", s.state)
     local gone = helpers.eventually(function()
       return #helpers.procs_in_groups(s.pid) == 0
@@ -159,13 +140,9 @@ describe("services", function()
       name = "polite", command = { "sleep", "60" }, grace = 10,
     }
     local t_stop
-    local log = E.capture()
-    local ok, err = pcall(E.run_for, 0.5, {
-      { 0.499, function() t_stop = sonde.now() end } })
+    local evs = run(0.5, { { 0.499, function() t_stop = sonde.now() end } })
     local t_end = sonde.now()
-    local exits = ok and log:events("service_exit") or {}
-    log:close()
-    assert(ok, err)
+    local exits = helpers.select(evs, "service_exit")
     assert.is_true(t_end - t_stop < 3, "stop took " .. (t_end - t_stop))
     assert.are.equal(1, #exits)
     assert.are.equal(15, exits[1].signal)           -- SIGTERM
@@ -182,7 +159,7 @@ describe("services", function()
     }
     local evs = run(1.0)
     local out, errs = {}, {}
-    for _, e in ipairs(E.select(evs, "service_output", { service = "talk" })) do
+    for _, e in ipairs(helpers.select(evs, "service_output", { service = "talk" })) do
       if e.stream == "stdout" then out[#out + 1] = e.line
       else
         assert.are.equal("stderr", e.stream)

@@ -8,7 +8,6 @@
 -- the probe_result log events give the streak text.
 local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
 local KUBELET = { S = 0, F = 1 }
 local NAGIOS = { S = 0, W = 1, F = 2, U = 3 }
@@ -24,9 +23,8 @@ local function play(letters, spec, nagios)
     want_status[#want_status + 1] = STATUS[c]
   end
   local dir = helpers.tmpdir()
-  local cmd = E.scripted(dir, codes, 0)
-  E.fresh()
-  local log = E.capture()
+  local cmd = helpers.scripted(dir, codes, 0)
+  helpers.fresh()
   local rec = { statuses = {}, states = {}, changes = {}, outputs = {} }
   local n = #codes
   local p
@@ -39,7 +37,7 @@ local function play(letters, spec, nagios)
       rec.statuses[i] = r.status
       rec.outputs[i] = r.output
       sonde.after(0, function() rec.states[i] = probe.state end)
-      if i >= n then sonde.after(0, E.stop_now) end
+      if i >= n then sonde.after(0, helpers.stop_now) end
     end,
     on_change = function(new, old, r)
       rec.changes[#rec.changes + 1] = { run = p.runs, from = old, to = new,
@@ -49,14 +47,14 @@ local function play(letters, spec, nagios)
   for k, v in pairs(spec or {}) do fields[k] = v end
   p = sonde.probe(fields)
   rec.seed = p.state
-  local ok, err = pcall(E.run_for, n * 0.2 + 30)
-  rec.events = ok and log:events("probe_result", { probe = "seq" }) or {}
-  rec.all = ok and log:all() or {}
-  log:close()
+  local ok, evs = pcall(helpers.run_logged, n * 0.2 + 30)
   helpers.rmtree(dir)
-  if not ok then error(err, 0) end
+  if not ok then error(evs, 0) end
+  rec.events = helpers.select(evs, "probe_result", { probe = "seq" })
+  rec.all = evs
   rec.probe = p
   rec.want_status = want_status
+  rec.nagios = nagios
   return rec
 end
 
@@ -80,139 +78,128 @@ local function check_runs(rec, n)
   end
 end
 
+-- rec.changes as "RUN FROM>TO STATUS" (the run, the transition and the
+-- status of the result that made it).
+local function transitions(rec)
+  local out = {}
+  for i, c in ipairs(rec.changes) do
+    out[i] = string.format("%d %s>%s %s", c.run, c.from, c.to, c.status)
+  end
+  return out
+end
+
+-- The runs, the state after each run ("S F" letters) and the transitions.
+local function verdict(rec, n, states, changes)
+  check_runs(rec, n)
+  assert.are.equal(states, letters(rec.states))
+  assert.are.same(changes, transitions(rec))
+end
+
+-- The streak of each probe_result event (`none` where it has none).
+local function streaks(rec, none)
+  local out = {}
+  for i, e in ipairs(rec.events) do out[i] = e.streak or none end
+  return out
+end
+
 describe("probe thresholds (kubelet worker vectors)", function()
-  before_each(function() E.fresh() end)
-  after_each(function() E.fresh() end)
+  before_each(helpers.fresh)
+  after_each(helpers.fresh)
 
   it("readiness S=2 F=3: exact state after every run", function()
     local rec = play("S S F F F S F S S",
       { success_threshold = 2, failure_threshold = 3 })
     assert.are.equal("failure", rec.seed)
-    check_runs(rec, 9)
     -- state after runs 1..9
-    assert.are.equal("FSSSFFFFS", letters(rec.states))
-    assert.are.same({
-      { run = 2, from = "failure", to = "success", status = "success" },
-      { run = 5, from = "success", to = "failure", status = "failure" },
-      { run = 9, from = "failure", to = "success", status = "success" },
-    }, rec.changes)
+    verdict(rec, 9, "FSSSFFFFS", {
+      "2 failure>success success",
+      "5 success>failure failure",
+      "9 failure>success success",
+    })
     -- the log: state before each result, the streak toward the threshold
     assert.are.equal(9, #rec.events)
-    local streaks, before = {}, {}
+    local before = {}
     for i, e in ipairs(rec.events) do
-      streaks[i] = e.streak
       before[i] = e.state
-      assert.are.equal("readiness", e.kind)
-      assert.are.equal(rec.want_status[i], e.status)
+      assert.are.same({ "readiness", rec.want_status[i] }, { e.kind, e.status })
     end
     assert.are.same({ "success 1/2", "success 2/2", "failure 1/3",
       "failure 2/3", "failure 3/3", "success 1/2", "failure 1/3",
-      "success 1/2", "success 2/2" }, streaks)
+      "success 1/2", "success 2/2" }, streaks(rec))
     assert.are.equal("FFSSSFFFF", letters(before))
-    local sc = E.select(rec.all, "state_change", { probe = "seq" })
+    local sc = helpers.select(rec.all, "state_change", { probe = "seq" })
     assert.are.equal(3, #sc)
-    assert.are.same({ "failure", "success", "ok" },
-      { sc[1].from, sc[1].to, sc[1].reason })
-    assert.are.same({ "success", "failure", "exit_code" },
-      { sc[2].from, sc[2].to, sc[2].reason })
+    local function change(e) return e.from .. ">" .. e.to .. " " .. e.reason end
+    assert.are.same({ "failure>success ok", "success>failure exit_code" },
+      { change(sc[1]), change(sc[2]) })
   end)
 
   it("TestFailureThreshold (readiness S=1 F=3), twice", function()
     local rec = play("SSSFFFFF SSSFFFFF S",
       { success_threshold = 1, failure_threshold = 3 })
-    check_runs(rec, 17)
-    assert.are.equal("SSSSSFFF" .. "SSSSSFFF" .. "S", letters(rec.states))
-    assert.are.same({
-      { run = 1, from = "failure", to = "success", status = "success" },
-      { run = 6, from = "success", to = "failure", status = "failure" },
-      { run = 9, from = "failure", to = "success", status = "success" },
-      { run = 14, from = "success", to = "failure", status = "failure" },
-      { run = 17, from = "failure", to = "success", status = "success" },
-    }, rec.changes)
+    verdict(rec, 17, "SSSSSFFF" .. "SSSSSFFF" .. "S", {
+      "1 failure>success success",
+      "6 success>failure failure",
+      "9 failure>success success",
+      "14 success>failure failure",
+      "17 failure>success success",
+    })
   end)
 
   it("TestSuccessThreshold (readiness S=3 F=1, seeded failure), twice", function()
     local rec = play("SSSF SSSF",
       { success_threshold = 3, failure_threshold = 1 })
     assert.are.equal("failure", rec.seed)
-    check_runs(rec, 8)
-    assert.are.equal("FFSF" .. "FFSF", letters(rec.states))
-    assert.are.same({
-      { run = 3, from = "failure", to = "success", status = "success" },
-      { run = 4, from = "success", to = "failure", status = "failure" },
-      { run = 7, from = "failure", to = "success", status = "success" },
-      { run = 8, from = "success", to = "failure", status = "failure" },
-    }, rec.changes)
+    verdict(rec, 8, "FFSF" .. "FFSF", {
+      "3 failure>success success",
+      "4 success>failure failure",
+      "7 failure>success success",
+      "8 success>failure failure",
+    })
   end)
 
   it("TestResultRunOnLivenessCheckFailure (liveness without a service, "
     .. "S=1 F=3): seeded success, keeps probing after failure", function()
     local rec = play("SFFF FS", { kind = "liveness", failure_threshold = 3 })
     assert.are.equal("success", rec.seed)
-    check_runs(rec, 6)
-    assert.are.equal("SSSF" .. "FS", letters(rec.states))
-    assert.are.same({
-      { run = 4, from = "success", to = "failure", status = "failure" },
-      { run = 6, from = "failure", to = "success", status = "success" },
-    }, rec.changes)
+    verdict(rec, 6, "SSSF" .. "FS", {
+      "4 success>failure failure",
+      "6 failure>success success",
+    })
   end)
 
   it("warning (nagios exit 1) counts as success", function()
     local rec = play("W W F W F F S",
       { success_threshold = 2, failure_threshold = 2 }, true)
-    rec.nagios = true
-    check_runs(rec, 7)
     assert.are.same({ "warning", "warning", "failure", "warning", "failure",
       "failure", "success" }, rec.statuses)
     -- W,W publish success; the W between the failures breaks their run
-    assert.are.equal("FSSSSFF", letters(rec.states))
-    assert.are.same({
-      { run = 2, from = "failure", to = "success", status = "warning" },
-      { run = 6, from = "success", to = "failure", status = "failure" },
-    }, rec.changes)
-    local streaks = {}
-    for i, e in ipairs(rec.events) do streaks[i] = e.streak end
+    verdict(rec, 7, "FSSSSFF", {
+      "2 failure>success warning",
+      "6 success>failure failure",
+    })
     assert.are.same({ "success 1/2", "success 2/2", "failure 1/2",
-      "success 1/2", "failure 1/2", "failure 2/2", "success 1/2" }, streaks)
+      "success 1/2", "failure 1/2", "failure 2/2", "success 1/2" }, streaks(rec))
   end)
 
   it("unknown (nagios exit 3) moves neither counter: S, then F,F,U,F -> "
     .. "failure published at the last F", function()
-    local rec = play("S F F U F", { success_threshold = 1,
-      failure_threshold = 3 }, true)
-    rec.nagios = true
-    check_runs(rec, 5)
-    assert.are.equal("SSSSF", letters(rec.states))
-    assert.are.same({
-      { run = 1, from = "failure", to = "success", status = "success" },
-      { run = 5, from = "success", to = "failure", status = "failure" },
-    }, rec.changes)
+    local rec = play("S F F U F", { success_threshold = 1, failure_threshold = 3 }, true)
+    verdict(rec, 5, "SSSSF", { "1 failure>success success", "5 success>failure failure" })
     -- the unknown result has no streak and did not reset the failure run
-    local streaks = {}
-    for i, e in ipairs(rec.events) do streaks[i] = e.streak or "-" end
     assert.are.same({ "success 1/1", "failure 1/3", "failure 2/3", "-",
-      "failure 3/3" }, streaks)
+      "failure 3/3" }, streaks(rec, "-"))
     assert.are.equal("unknown", rec.events[4].status)
   end)
 
   it("unknown does not break a run of successes either (S=2: S,U,S -> "
     .. "success at the 3rd run)", function()
-    local rec = play("S U S", { success_threshold = 2,
-      failure_threshold = 1 }, true)
-    rec.nagios = true
-    check_runs(rec, 3)
-    assert.are.equal("FFS", letters(rec.states))
-    assert.are.same({
-      { run = 3, from = "failure", to = "success", status = "success" },
-    }, rec.changes)
+    local rec = play("S U S", { success_threshold = 2, failure_threshold = 1 }, true)
+    verdict(rec, 3, "FFS", { "3 failure>success success" })
   end)
 
   it("unknown results only: the readiness seed stays", function()
-    local rec = play("U U U U", { success_threshold = 1,
-      failure_threshold = 1 }, true)
-    rec.nagios = true
-    check_runs(rec, 4)
-    assert.are.equal("FFFF", letters(rec.states))
-    assert.are.same({}, rec.changes)
+    local rec = play("U U U U", { success_threshold = 1, failure_threshold = 1 }, true)
+    verdict(rec, 4, "FFFF", {})
   end)
 end)

@@ -3,7 +3,6 @@
 -- runs and no zombie child of this process remains.
 local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
 describe("probe commands that background children", function()
   local groups = {}
@@ -16,35 +15,29 @@ describe("probe commands that background children", function()
     -- safety: nothing of the groups may outlive the spec
     local pids = {}
     for pg in pairs(groups) do pids[#pids + 1] = pg end
-    E.kill_groups(pids)
+    helpers.kill_groups(pids)
     sonde.set_subreaper(false)
-    E.fresh()
+    helpers.fresh()
   end)
 
-  before_each(function() E.fresh() end)
+  before_each(helpers.fresh)
 
   it("leave no process and no zombie after 5 s of runs every 0.2 s",
     function()
     local results = {}
-    local p = sonde.probe {
-      name = "bg", kind = "readiness",
+    local p = sonde.probe { name = "bg", kind = "readiness", period = 0.2, timeout = 5,
       exec = { command = { "sh", "-c", "sleep 30 & sleep 30 & echo ok" } },
-      period = 0.2, timeout = 5,
       on_result = function(r)
         results[#results + 1] = r
         if r.pid then groups[r.pid] = true end
       end,
     }
-    local log = E.capture()
-    local ok, err = pcall(E.run_for, 5)
-    log:close()
-    assert(ok, err)
+    helpers.run_logged(5)
 
     -- every run succeeded at once: the background sleeps held nothing back
     assert.is_true(#results >= 15, "runs: " .. #results)
     for _, r in ipairs(results) do
-      assert.are.equal("success", r.status)
-      assert.are.equal("ok\n", r.output)
+      assert.are.same({ "success", "ok\n" }, { r.status, r.output })
       assert.is_true(r.duration < 2, "duration " .. r.duration)
       assert.is_number(r.pid)
     end
@@ -58,10 +51,10 @@ describe("probe commands that background children", function()
     assert.is_true(left, "left: "
       .. helpers.describe_procs(helpers.procs_in_groups(groups)))
     local none = helpers.eventually(function()
-      return #E.zombie_children() == 0
+      return #helpers.zombies_of() == 0
     end, 3)
     local z = {}
-    for _, st in ipairs(E.zombie_children()) do
+    for _, st in ipairs(helpers.zombies_of()) do
       z[#z + 1] = st.pid .. " " .. st.comm
     end
     assert.is_true(none, "zombie children: " .. table.concat(z, ", "))

@@ -4,41 +4,41 @@
 -- startup success the liveness and readiness probes run at once.
 local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
-local function closer(log, name)
-  return setmetatable({}, { __close = function() log[#log + 1] = name end })
-end
+local closer = helpers.closer
 
 describe("declared probes", function()
   local log
   before_each(function()
-    E.fresh()
-    log = E.capture()
+    helpers.fresh()
+    log = helpers.capture()
   end)
   after_each(function()
     log:close()
-    E.fresh()
+    helpers.fresh()
   end)
 
   describe("a custom check", function()
+    -- A probe (timeout 0.2 s) whose check is `check`; its first result
+    -- goes into `trace` as "STATUS REASON" and ends the run.
+    local function first_result(name, trace, check)
+      return sonde.probe { name = name, period = 10, timeout = 0.2, check = check,
+        on_result = function(r)
+          trace[#trace + 1] = r.status .. " " .. r.reason
+          sonde.after(0, helpers.stop_now)
+        end }
+    end
+
     it("that times out while waiting is closed: its <close> variables run",
       function()
       local trace = {}
-      local p = sonde.probe {
-        name = "slow", period = 10, timeout = 0.2,
-        check = function()
-          local c <close> = closer(trace, "closed")
-          sonde.sleep(5)
-          trace[#trace + 1] = "woke"     -- never
-          return "success"
-        end,
-        on_result = function(r)
-          trace[#trace + 1] = r.status .. " " .. r.reason
-          sonde.after(0, E.stop_now)
-        end,
-      }
-      assert(E.run_for(10))
+      local p = first_result("slow", trace, function()
+        local c <close> = closer(trace, "closed")
+        sonde.sleep(5)
+        trace[#trace + 1] = "woke"     -- never
+        return "success"
+      end)
+      assert(helpers.run_for(10))
       assert.are.same({ "failure timeout", "closed" }, trace)
       assert.are.equal(0, p.scope.ntasks)
     end)
@@ -54,7 +54,7 @@ describe("declared probes", function()
           return "success"
         end,
       }
-      assert(E.run_for(0.3))
+      assert(helpers.run_for(0.3))
       assert.are.same({ "started", "closed" }, trace)
       assert.is_true(p.stopped)
       assert.are.equal(0, p.scope.ntasks)
@@ -62,18 +62,11 @@ describe("declared probes", function()
 
     it("that busy-loops past its timeout is stopped and closed", function()
       local trace = {}
-      sonde.probe {
-        name = "spinning", period = 10, timeout = 0.2,
-        check = function()
-          local c <close> = closer(trace, "closed")
-          while true do end
-        end,
-        on_result = function(r)
-          trace[#trace + 1] = r.status .. " " .. r.reason
-          sonde.after(0, E.stop_now)
-        end,
-      }
-      assert(E.run_for(10))
+      first_result("spinning", trace, function()
+        local c <close> = closer(trace, "closed")
+        while true do end
+      end)
+      assert(helpers.run_for(10))
       assert.are.same({ "closed", "failure timeout" }, trace)
     end)
 
@@ -88,7 +81,7 @@ describe("declared probes", function()
           end)
         end,
       }
-      assert(E.run_for(0.3))
+      assert(helpers.run_for(0.3))
       assert.are.same({ "hook task closed" }, trace)
       assert.are.equal(0, p.scope.ntasks)
     end)
@@ -112,10 +105,10 @@ describe("declared probes", function()
         on_change = function(new, old, res)
           trace[#trace + 1] = string.format("%s->%s %s #%d", old, new,
             res.reason, svc.instance)
-          if #trace == 4 then sonde.after(0, E.stop_now) end
+          if #trace == 4 then sonde.after(0, helpers.stop_now) end
         end,
       }
-      assert(E.run_for(10))
+      assert(helpers.run_for(10))
       -- instance 1 ready; exits (3): failure at once, with the exit in the
       -- output; the restart comes at once (the first one), no seed change
       -- (failure -> failure); ready again after its own success
@@ -139,10 +132,10 @@ describe("declared probes", function()
         exec = { command = { "true" } },
       }
       local states = {}
-      assert(E.run_for(1.2, {
+      assert(helpers.run_for(1.2, { at = {
         { 0.2, function() states[1] = r.state end },
         { 1.0, function() states[2] = r.state end },
-      }))
+      } }))
       assert.are.same({ "success", "failure" }, states)
       assert.are.equal("stopped", svc.state)
       local failure = log:events("state_change", { probe = "ready-once",
@@ -173,9 +166,9 @@ describe("declared probes", function()
         name = "ready", kind = "readiness", service = svc, period = 30,
         exec = { command = { "true" } }, on_result = at("readiness"),
       }
-      assert(E.run_for(1.5, {
+      assert(helpers.run_for(1.5, { at = {
         { 0.4, function() helpers.write(dir .. "/up", "") end },
-      }))
+      } }))
       assert.is_number(t.startup)
       assert.is_number(t.liveness, "liveness never ran")
       assert.is_number(t.readiness, "readiness never ran")

@@ -4,11 +4,10 @@
 -- its in-flight run.
 local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
 describe("probe scheduling", function()
-  before_each(function() E.fresh() end)
-  after_each(function() E.fresh() end)
+  before_each(helpers.fresh)
+  after_each(helpers.fresh)
 
   it("first run at initial_delay, then at a fixed rate (a run's own time "
     .. "does not push the next one)", function()
@@ -22,7 +21,7 @@ describe("probe scheduling", function()
         starts[#starts + 1] = r.time
       end,
     }
-    E.run_for(3.3)
+    helpers.run_for(3.3)
     assert.is_true(#starts >= 8, "runs: " .. #starts)
     local span = starts[8] - starts[1]
     -- 7 periods: 2.1 s at a fixed rate; 2.8 s with a fixed delay
@@ -38,7 +37,7 @@ describe("probe scheduling", function()
       exec = { command = { "true" } },
       on_result = function() first = first or sonde.now() end,
     }
-    E.run_for(1.2)
+    helpers.run_for(1.2)
     assert.is_not_nil(first, "no run within 1.2 s")
     local d = first - t0
     assert.is_true(d >= 0.55 and d < 1.0, string.format("first run at %.3f s", d))
@@ -47,7 +46,6 @@ describe("probe scheduling", function()
   it("a run longer than the period is never stacked: ticks are skipped",
     function()
     local runs = {}
-    local cap = E.capture()
     sonde.probe {
       name = "slow", period = 0.2, timeout = 2,
       exec = { command = { "sleep", "0.5" } },
@@ -55,9 +53,8 @@ describe("probe scheduling", function()
         runs[#runs + 1] = { start = r.time, stop = r.time + r.duration }
       end,
     }
-    E.run_for(2.2)
-    local skipped = cap:events("probe_skipped", { probe = "slow" })
-    cap:close()
+    local skipped = helpers.select(helpers.run_logged(2.2), "probe_skipped",
+      { probe = "slow" })
     assert.is_true(#runs >= 2, "runs: " .. #runs)
     for i = 2, #runs do
       assert.is_true(runs[i].start >= runs[i - 1].stop - 0.01,
@@ -79,7 +76,7 @@ describe("probe scheduling", function()
         on_result = function() first[name] = first[name] or (sonde.now() - t0) end,
       }
     end
-    E.run_for(1.1)
+    helpers.run_for(1.1)
     local times = {}
     for i = 1, 4 do
       assert.is_not_nil(first["spread" .. i], "spread" .. i .. " never ran")
@@ -102,7 +99,7 @@ describe("probe scheduling", function()
       exec = { command = { "sh", "-c", "echo $$$$ > " .. pidfile .. "; exec sleep 30" } },
       on_result = function() error("the run must not complete") end,
     }
-    E.run_for(1, { { 0.5, function() p:stop() end } })
+    helpers.run_for(1, { at = { { 0.5, function() p:stop() end } } })
     local pid = tonumber(helpers.read_file(pidfile) or "")
     helpers.rmtree(dir)
     assert.is_not_nil(pid, "the command did not start")
