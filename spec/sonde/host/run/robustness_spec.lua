@@ -4,42 +4,14 @@
 -- probes at once, reloads that replace a service, foreign service objects,
 -- late declarations.
 --
--- Every host runs as a subprocess (spec/engine_helpers.lua: E.host_start),
+-- Every host runs as a subprocess (spec/helpers.lua: H.host_start),
 -- with JSON log lines; after_each stops every host started (TERM, then
 -- KILL, and the process groups of its services) even when a spec failed.
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
-local dir
+local script = helpers.script
 
-local function script(name, text)
-  return helpers.write(dir .. "/" .. name, text)
-end
-
--- Replace a script file atomically (the host may read it any time).
-local function replace(path, text)
-  helpers.write(path .. ".new", text)
-  assert(os.rename(path .. ".new", path))
-end
-
--- Index (in evs) of the first event matching name/where from `from`.
-local function index_of(evs, name, where, from)
-  for i = from or 1, #evs do
-    local e = evs[i]
-    if e.event == name then
-      local ok = true
-      for k, v in pairs(where or {}) do
-        if e[k] ~= v then ok = false break end
-      end
-      if ok then return i end
-    end
-  end
-end
-
--- Events after index i.
-local function after(evs, i)
-  return table.move(evs, i + 1, #evs, 1, {})
-end
+local replace, index_of, after = helpers.replace, helpers.index_of, helpers.after
 
 -- Short view of a list of results, for assertion messages.
 local function show(list)
@@ -54,40 +26,10 @@ end
 
 -- Pids of the zombie children of process `ppid`.
 local function zombies_of(ppid)
-  local out = {}
-  local p = assert(io.popen("ls -1 /proc 2>/dev/null"))
-  local pids = {}
-  for line in p:lines() do
-    local pid = tonumber(line:match("^%d+$"))
-    if pid then pids[#pids + 1] = pid end
-  end
-  p:close()
-  for _, pid in ipairs(pids) do
-    local st = helpers.proc_stat(pid)
-    if st and st.ppid == ppid and st.state == "Z" then out[#out + 1] = pid end
-  end
-  return out
-end
-
--- The host's JSON events, optionally filtered (as Host:events).  Lines are
--- split here with one linear pass: E.lines (behind Host:events) ends with
--- an unanchored `([^\n]+)$` match that is quadratic in the length of a
--- line, which takes minutes on a log holding 3 MB of service output in
--- 4 KB pieces.
-local function events(h, name, where)
-  local text = h:stderr()
-  local good = {}
-  for line in text:gmatch("([^\n]*)\n") do
-    if line ~= "" then
-      local v = E.json_decode(line)
-      if type(v) == "table" then good[#good + 1] = v end
-    end
-  end
-  return E.select(good, name, where)
+  return helpers.pids_of(helpers.zombies_of(ppid))
 end
 
 describe("host robustness", function()
-  local hosts = {}
   local tags = {}
 
   -- A unique number for a command line ("1000.123456"): teardown kills
@@ -107,30 +49,24 @@ describe("host robustness", function()
     return live
   end
 
-  before_each(function() dir = helpers.tmpdir() end)
-
   after_each(function()
-    for _, h in ipairs(hosts) do h:cleanup() end
-    hosts = {}
+    helpers.cleanup_hosts()
     for _, t in ipairs(tags) do
       for _, p in ipairs(left_with(t)) do
         os.execute(string.format("kill -KILL %d 2>/dev/null", p.pid))
       end
     end
     tags = {}
-    helpers.rmtree(dir)
   end)
 
   local function start(path)
-    local h = E.host_start { "--log-format", "json", path }
-    hosts[#hosts + 1] = h
-    return h
+    return helpers.host_start { "--log-format", "json", path }
   end
 
   local function results_of(h, probe, where)
     local w = { probe = probe }
     for k, v in pairs(where or {}) do w[k] = v end
-    return events(h, "probe_result", w)
+    return h:events("probe_result", w)
   end
 
   -- SIGTERM: the host exits 0 within `bound` seconds.
@@ -175,7 +111,7 @@ describe("host robustness", function()
     for _, r in ipairs(stub) do
       assert.are.same({ "unknown", "hook_error" }, { r.status, r.reason })
     end
-    local herr = events(h, "hook_error", { probe = "stubborn",
+    local herr = h:events("hook_error", { probe = "stubborn",
       hook = "on_result" })
     assert.is_true(#herr >= 1)
     assert.is_truthy(herr[1].error:find("time limit", 1, true), herr[1].error)
@@ -190,9 +126,10 @@ describe("host robustness", function()
   -------------------------------------------------------------------------
   describe("custom checks and hooks that misbehave", function()
     -- run `decl` (a probe named "bad") next to a healthy probe; wait for
-    -- `n` results of bad and return them; the healthy probe keeps running
-    -- after bad's first result; SIGTERM still works.
-    local function with_bad_probe(decl, n)
+    -- `n` results of bad, each of them `status` and `reason`; the healthy
+    -- probe keeps running after bad's first result; SIGTERM still works.
+    -- Returns the host.
+    local function with_bad_probe(decl, n, status, reason)
       local path = script("bad.lua", [[
         local sonde = require "sonde"
         sonde.probe { name = "healthy", period = 0.2,
@@ -203,63 +140,54 @@ describe("host robustness", function()
         return #results_of(x, "bad") >= n end, 10)
       assert.is_truthy(ok, "results of bad: " .. #results_of(h, "bad")
         .. "\n" .. h:stderr():sub(-3000))
-      local evs = events(h)
+      local evs = h:events()
       local first = index_of(evs, "probe_result", { probe = "bad" })
-      local base = #E.select(after(evs, first), "probe_result",
+      local base = #helpers.select(after(evs, first), "probe_result",
         { probe = "healthy" })
       assert.is_truthy(h:wait_for(function(x)
-        return #E.select(after(events(x), first), "probe_result",
+        return #helpers.select(after(x:events(), first), "probe_result",
           { probe = "healthy" }) >= base + 3
       end, 10), "the healthy probe stopped\n" .. h:stderr():sub(-3000))
       assert.is_true(h:alive())
       local bad = results_of(h, "bad")
       term_ok(h, 5)
-      return bad, h
+      for _, r in ipairs(bad) do
+        assert.are.same({ status, reason }, { r.status, r.reason }, show(bad))
+      end
+      return h
     end
 
     it("a check stuck in `while true do end` fails with timeout",
       function()
-      local bad = with_bad_probe([[
+      with_bad_probe([[
         sonde.probe { name = "bad", period = 1, timeout = 0.5,
           check = function() while true do end end }
-      ]], 2)
-      for _, r in ipairs(bad) do
-        assert.are.same({ "failure", "timeout" }, { r.status, r.reason },
-          show(bad))
-      end
+      ]], 2, "failure", "timeout")
     end)
 
     it("a check calling coroutine.yield() fails with check_error",
       function()
-      local bad = with_bad_probe([[
+      with_bad_probe([[
         sonde.probe { name = "bad", period = 0.3, timeout = 0.5,
           check = function() coroutine.yield() return "success" end }
-      ]], 2)
-      for _, r in ipairs(bad) do
-        assert.are.same({ "failure", "check_error" }, { r.status, r.reason },
-          show(bad))
-      end
+      ]], 2, "failure", "check_error")
     end)
 
     it("a check returning a table whose __index raises fails with "
       .. "check_error", function()
-      local bad = with_bad_probe([[
+      with_bad_probe([[
         sonde.probe { name = "bad", period = 0.3, timeout = 0.5,
           check = function()
             return setmetatable({}, { __index = function()
               error("no fields here")
             end })
           end }
-      ]], 2)
-      for _, r in ipairs(bad) do
-        assert.are.same({ "failure", "check_error" }, { r.status, r.reason },
-          show(bad))
-      end
+      ]], 2, "failure", "check_error")
     end)
 
     it("on_result raising an error object whose __tostring raises: "
       .. "unknown/hook_error", function()
-      local bad, h = with_bad_probe([[
+      local h = with_bad_probe([[
         sonde.probe { name = "bad", period = 0.3,
           exec = { command = { "true" } },
           on_result = function()
@@ -267,14 +195,10 @@ describe("host robustness", function()
               error("cannot print this")
             end }))
           end }
-      ]], 2)
-      for _, r in ipairs(bad) do
-        assert.are.same({ "unknown", "hook_error" }, { r.status, r.reason },
-          show(bad))
-      end
-      assert.is_true(#events(h, "hook_error", { probe = "bad",
+      ]], 2, "unknown", "hook_error")
+      assert.is_true(#h:events("hook_error", { probe = "bad",
         hook = "on_result" }) >= 2)
-      assert.are.equal(0, #events(h, "task_error"))
+      assert.are.equal(0, #h:events("task_error"))
     end)
   end)
 
@@ -289,7 +213,7 @@ describe("host robustness", function()
         while true do end
       ]])
       local t0 = helpers.now()
-      local rc, out, err = E.host_run({ "check", path }, nil, 40)
+      local rc, out, err = helpers.host_run({ "check", path }, nil, 40)
       local took = helpers.now() - t0
       assert.are.equal(2, rc, err)
       assert.are.equal("", out)
@@ -316,16 +240,15 @@ describe("host robustness", function()
       ]])
       h:signal("HUP")
       assert.is_truthy(h:wait_for(function(x)
-        return #events(x, "reload") >= 1 end, 25), h:stderr():sub(-3000))
-      local rel = events(h, "reload")[1]
-      assert.are.equal("failed", rel.status)
-      assert.are.equal("error", rel.level)
+        return #x:events("reload") >= 1 end, 25), h:stderr():sub(-3000))
+      local rel = h:events("reload")[1]
+      assert.are.same({ "failed", "error" }, { rel.status, rel.level })
       assert.is_truthy(rel.error:find("top level ran for more than", 1, true),
         rel.error)
-      local evs = events(h)
+      local evs = h:events()
       local i = index_of(evs, "reload")
       assert.is_truthy(h:wait_for(function(x)
-        return #E.select(after(events(x), i), "probe_result",
+        return #helpers.select(after(x:events(), i), "probe_result",
           { probe = "tick" }) >= 3
       end, 10), h:stderr():sub(-3000))
       assert.is_true(h:alive())
@@ -355,10 +278,10 @@ describe("host robustness", function()
     local h = start(path)
     local rc = h:wait(20)
     assert.are.equal(3, rc, h:stderr():sub(-3000))
-    local starts = events(h, "service_start", { service = "sleeper" })
+    local starts = h:events("service_start", { service = "sleeper" })
     assert.are.equal(1, #starts, h:stderr())
     local pid = starts[1].pid
-    assert.is_truthy(helpers.eventually(function() return E.gone(pid) end, 3),
+    assert.is_truthy(helpers.eventually(function() return helpers.gone(pid) end, 3),
       "service pid " .. pid .. " still there")
     local svc_left = left_with("sleep " .. stag)
     assert.are.equal(0, #svc_left, helpers.describe_procs(svc_left))
@@ -388,7 +311,7 @@ describe("host robustness", function()
       helpers.now() - t0, #results_of(h, "healthy")))
     assert.is_true(h:alive())
     term_ok(h, 5)
-    local out = events(h, "service_output", { service = "flood" })
+    local out = h:events("service_output", { service = "flood" })
     local pieces, partial, too_long = {}, 0, 0
     for _, e in ipairs(out) do
       assert.are.equal("stdout", e.stream)
@@ -425,11 +348,11 @@ describe("host robustness", function()
       end
     ]])
     local h = start(path)
-    os.execute("sleep 4")
+    helpers.sleep(4)
     assert.is_true(h:alive(), h:stderr():sub(-3000))
     -- zombies of the host now must be reaped soon after
     local z1 = zombies_of(h.pid)
-    os.execute("sleep 1")
+    helpers.sleep(1)
     local still = {}
     local z2 = {}
     for _, pid in ipairs(zombies_of(h.pid)) do z2[pid] = true end
@@ -440,7 +363,7 @@ describe("host robustness", function()
       .. table.concat(still, " "))
     term_ok(h, 5.5)
     assert.are.equal(0, #zombies_of(h.pid))
-    local results = events(h, "probe_result")
+    local results = h:events("probe_result")
     assert.is_true(#results >= 300, "only " .. #results .. " results")
     local timeouts, other = {}, {}
     for _, r in ipairs(results) do
@@ -475,18 +398,18 @@ describe("host robustness", function()
     local path = script("svc.lua", v(t1))
     local h = start(path)
     assert.is_truthy(h:wait_for(function(x)
-      return #events(x, "service_start", { service = "svc" }) >= 1
+      return #x:events("service_start", { service = "svc" }) >= 1
         and #results_of(x, "tick") >= 2
     end, 15), h:stderr())
-    local old = events(h, "service_start", { service = "svc" })[1]
+    local old = h:events("service_start", { service = "svc" })[1]
     replace(path, v(t2))
     h:signal("HUP")
     assert.is_truthy(h:wait_for(function(x)
-      return #events(x, "service_start", { service = "svc" }) >= 2 end, 15),
+      return #x:events("service_start", { service = "svc" }) >= 2 end, 15),
       h:stderr():sub(-3000))
-    assert.are.equal("ok", events(h, "reload")[1].status)
-    local evs = events(h)
-    local starts = E.select(evs, "service_start", { service = "svc" })
+    assert.are.equal("ok", h:events("reload")[1].status)
+    local evs = h:events()
+    local starts = helpers.select(evs, "service_start", { service = "svc" })
     assert.are.equal(2, #starts)
     assert.are.equal("sleep " .. t1, old.command)
     assert.are.equal("sleep " .. t2, starts[2].command)
@@ -498,12 +421,12 @@ describe("host robustness", function()
     assert.is_true(i_exit < i_start, "the new service_start (event "
       .. i_start .. ") came before the old service_exit (event " .. i_exit
       .. ")")
-    assert.is_true(E.gone(old.pid))
-    local cmd = E.read_file(string.format("/proc/%d/cmdline", starts[2].pid))
+    assert.is_true(helpers.gone(old.pid))
+    local cmd = helpers.read_file(string.format("/proc/%d/cmdline", starts[2].pid))
       or ""
     assert.are.equal("sleep\0" .. t2, (cmd:gsub("%z$", "")))
     term_ok(h, 5)
-    assert.is_true(E.gone(starts[2].pid))
+    assert.is_true(helpers.gone(starts[2].pid))
   end)
 
   -------------------------------------------------------------------------
@@ -519,7 +442,7 @@ describe("host robustness", function()
         sonde.probe { name = "p", service = x,
           exec = { command = { "true" } } }
       ]])
-      local rc, out, err = E.host_run { "check", path }
+      local rc, out, err = helpers.host_run { "check", path }
       assert.are.equal(2, rc, err)
       assert.are.equal("", out)
       assert.is_truthy(err:find('probe "p": service: ', 1, true), err)
@@ -532,7 +455,7 @@ describe("host robustness", function()
         sonde.service { name = "s", command = { "sleep", "600" },
           restart = { backoff = 0 } }
       ]])
-      local rc, out, err = E.host_run { "check", path }
+      local rc, out, err = helpers.host_run { "check", path }
       assert.are.equal(2, rc, err)
       assert.are.equal("", out)
       assert.is_truthy(err:find('service "s": restart.backoff: must be > 0, '
@@ -554,7 +477,7 @@ describe("host robustness", function()
     local h = start(path)
     assert.is_truthy(h:wait_for(function(x)
       return #results_of(x, "late") >= 3 end, 10), h:stderr():sub(-3000))
-    local late = events(h, "late_declaration", { probe = "late" })
+    local late = h:events("late_declaration", { probe = "late" })
     assert.are.equal(1, #late, h:stderr():sub(-3000))
     assert.are.equal("warn", late[1].level)
     assert.are.equal("string", type(late[1].detail))

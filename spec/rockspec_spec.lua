@@ -3,20 +3,15 @@
 -- with only that tree's paths (no LUA_PATH/LUA_CPATH from the build).
 local helpers = require "helpers"
 
-local q = helpers.shell_quote
-local root = os.getenv("PWD") or "."
+local q = helpers.q
+local root = helpers.root
 
--- Run a shell command with a clean Lua environment; returns ok, output.
+-- Run a shell command with a clean Lua environment: exit code, output.
 local function sh(cmd)
   -- (MAKEFLAGS and SANITIZE would carry an outer `make check SANITIZE=1`
   -- into our make)
-  local p = io.popen("env -u LUA_PATH -u LUA_CPATH -u LD_PRELOAD -u MAKEFLAGS"
-    .. " -u MFLAGS -u MAKELEVEL -u SANITIZE sh -c "
-    .. q(cmd) .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)\n?$"))
-  return rc, out
+  return helpers.sh("env -u LUA_PATH -u LUA_CPATH -u LD_PRELOAD -u MAKEFLAGS"
+    .. " -u MFLAGS -u MAKELEVEL -u SANITIZE sh -c " .. q(cmd))
 end
 
 local function check_tree(tree, luadir, libdir)
@@ -55,7 +50,7 @@ describe("installation", function()
   end)
 
   it("the module does not link liblua, and the host loads C modules", function()
-    local build = os.getenv("SONDE_BUILD") or (root .. "/build")
+    local build = helpers.build
     local so = build .. "/lib/sonde/core.so"
     local rc, out = sh("ldd " .. q(so))
     assert.are.equal(0, rc, out)

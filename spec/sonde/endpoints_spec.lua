@@ -1,16 +1,15 @@
--- The host's metrics and health endpoints (`sonde --listen ADDR`, see
--- lua/sonde/metrics.lua): the host runs as a subprocess with a script that
--- declares a service and probes of every kind; the endpoints are fetched
--- with sonde.http_get from this process (no curl), /metrics is checked with
--- `promtool check metrics` and parsed to compare exact values.  Also the
--- --listen argument, the shutdown on SIGTERM, and the validation of
--- sonde.metrics.gauge / counter (in-process).
-local helpers = require "helpers"
-local fixture = require "fixture"
-local E = require "engine_helpers"
+-- The host's metrics and health endpoints (`sonde --listen ADDR`,
+-- lua/sonde/endpoints.lua, the exposition of lua/sonde/metrics.lua): the
+-- host runs as a subprocess with a script that declares a service and
+-- probes of every kind; the endpoints are fetched with sonde.http_get from
+-- this process (no curl), /metrics is checked with `promtool check metrics`
+-- and parsed to compare exact values.  Also the --listen argument and the
+-- shutdown on SIGTERM.
 local sonde = require "sonde"
+local helpers = require "helpers"
 
-local q = helpers.shell_quote
+local q = helpers.q
+local fetch, listen_port = helpers.fetch, helpers.listen_port
 
 local PROMTOOL = "/usr/bin/promtool"
 local CHECK_TCP = "/usr/lib/nagios/plugins/check_tcp"
@@ -58,17 +57,6 @@ local function script_text()
   return SCRIPT:gsub("WEIRD_NAME", function() return string.format("%q", WEIRD) end)
     :gsub("CHECK_TCP", function() return string.format("%q", CHECK_TCP) end)
     .. ""
-end
-
----------------------------------------------------------------------------
--- Fetching (sonde.http_get from this process)
----------------------------------------------------------------------------
-
-local function fetch(port, path, method)
-  return helpers.run(function()
-    return sonde.http_get { url = string.format("http://127.0.0.1:%d%s",
-      port, path), method = method, timeout = 5, max_body = 16 * 1024 * 1024 }
-  end, 20)
 end
 
 local function describe_result(r)
@@ -166,32 +154,6 @@ local function value_of(samples, name, where, text)
   return found[1].value
 end
 
----------------------------------------------------------------------------
--- Listening sockets (/proc/net/tcp, tcp6)
----------------------------------------------------------------------------
-
-local function hex_to_ipv4(h)
-  -- little-endian 32-bit word
-  local b = {}
-  for i = 7, 1, -2 do b[#b + 1] = tonumber(h:sub(i, i + 1), 16) end
-  return table.concat(b, ".")
-end
-
--- Local addresses ("127.0.0.1", "::" as raw hex for v6) listening on `port`.
-local function listeners(port)
-  local out = {}
-  for _, f in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
-    local text = helpers.read_file(f) or ""
-    for line in text:gmatch("[^\n]+") do
-      local addr, p, st = line:match("^%s*%d+:%s+(%x+):(%x+)%s+%x+:%x+%s+(%x+)")
-      if addr and tonumber(p, 16) == port and st == "0A" then
-        out[#out + 1] = #addr == 8 and hex_to_ipv4(addr) or ("v6:" .. addr)
-      end
-    end
-  end
-  return out
-end
-
 local function run_promtool(body)
   local tmp = os.tmpname()
   helpers.write(tmp, body)
@@ -206,13 +168,6 @@ local function run_promtool(body)
   return code, text
 end
 
-local function listen_port(h)
-  local ok = h:wait_for(function(x) return #x:events("listen") >= 1 end, 15)
-  assert(ok, "no listen event:\n" .. h:stderr())
-  local ev = h:events("listen")[1]
-  return math.tointeger(ev.port), ev
-end
-
 ---------------------------------------------------------------------------
 
 describe("metrics endpoints (--listen)", function()
@@ -220,9 +175,9 @@ describe("metrics endpoints (--listen)", function()
 
   setup(function()
     dir = helpers.tmpdir()
-    srv = fixture.start { host = "127.0.0.1" }
+    srv = helpers.fixture { host = "127.0.0.1" }
     local path = helpers.write(dir .. "/metrics.lua", script_text())
-    h = E.host_start { "--log-format", "json", "--listen", "127.0.0.1:0",
+    h = helpers.host_start { "--log-format", "json", "--listen", "127.0.0.1:0",
       path, tostring(srv.port) }
     port = listen_port(h)
     -- ~1.5 s, and at least 3 results of each period-0.2 probe and one of
@@ -394,7 +349,7 @@ describe("metrics endpoints (--listen)", function()
   it("/status is JSON with every probe's state and the service", function()
     local r = fetch(port, "/status")
     assert.are.equal(200, r.http_status, describe_result(r))
-    local st, err = E.json_decode(r.body)
+    local st, err = helpers.json_decode(r.body)
     assert.is_truthy(st, "invalid JSON (" .. tostring(err) .. "): " .. r.body)
     assert.are.equal("table", type(st.probes), r.body)
     for name, want in pairs(PROBES) do
@@ -414,7 +369,7 @@ describe("metrics endpoints (--listen)", function()
     function()
     local r = fetch(port, "/status")
     assert.are.equal(200, r.http_status, describe_result(r))
-    local st, err = E.json_decode(r.body)
+    local st, err = helpers.json_decode(r.body)
     assert.is_truthy(st, "invalid JSON (" .. tostring(err) .. "): " .. r.body)
     local last = st.probes.binary.last
     assert.is_truthy(last, r.body)
@@ -441,21 +396,15 @@ end)
 
 describe("--listen", function()
   local dir
-  local hosts = {}
 
   before_each(function() dir = helpers.tmpdir() end)
 
   after_each(function()
-    for _, x in ipairs(hosts) do x:cleanup() end
-    hosts = {}
+    helpers.cleanup_hosts()
     helpers.rmtree(dir)
   end)
 
-  local function start(args)
-    local x = E.host_start(args)
-    hosts[#hosts + 1] = x
-    return x
-  end
+  local start = helpers.host_start
 
   local SMALL = [[
     local sonde = require "sonde"
@@ -470,7 +419,7 @@ describe("--listen", function()
     local p, ev = listen_port(x)
     assert.are.equal("127.0.0.1", ev.host)
     assert.is_true(p > 0)
-    assert.are.same({ "127.0.0.1" }, listeners(p))
+    assert.are.same({ "127.0.0.1" }, helpers.listening(p))
     local r = fetch(p, "/healthz")
     assert.are.equal(200, r.http_status, describe_result(r))
   end)
@@ -479,14 +428,14 @@ describe("--listen", function()
     local path = helpers.write(dir .. "/small.lua", SMALL)
     for _, bad in ipairs { "nonsense", "127.0.0.1:99999", "127.0.0.1:",
         "-1", "" } do
-      local code, out, err = E.host_run({ "--listen", bad, path }, nil, 20)
+      local code, out, err = helpers.host_run({ "--listen", bad, path }, nil, 20)
       assert.are.equal(2, code, "--listen " .. string.format("%q", bad)
         .. ": " .. out .. err)
       assert.is_truthy(err:find("usage:", 1, true), err)
       assert.is_truthy(err:find("--listen", 1, true), err)
     end
     -- and no value at all
-    local code, out, err = E.host_run({ "--listen" }, nil, 20)
+    local code, out, err = helpers.host_run({ "--listen" }, nil, 20)
     assert.are.equal(2, code, out .. err)
     assert.is_truthy(err:find("usage:", 1, true), err)
   end)
@@ -504,85 +453,11 @@ describe("--listen", function()
     assert.are.equal(1, #pids, x:stderr())
     x:signal("TERM")
     assert.are.equal(0, x:wait(10), x:stderr())
-    assert.are.same({}, listeners(p))
+    assert.are.same({}, helpers.listening(p))
     r = helpers.run(function()
       return sonde.tcp_socket { host = "127.0.0.1", port = p, timeout = 2 }
     end)
-    assert.are.equal("failure", r.status)
-    assert.are.equal("connect_refused", r.reason)
-    assert.is_true(E.gone(pids[1]), "service " .. pids[1] .. " still there")
-  end)
-end)
-
-describe("sonde.metrics.gauge / counter validation", function()
-  local metrics = sonde.metrics
-  -- the registry is per process: names unique to this spec
-  local n = 0
-  local function uniq(prefix)
-    n = n + 1
-    return string.format("%s_metricsspec_%d_%d", prefix, helpers.pid(), n)
-  end
-
-  it("accepts valid declarations", function()
-    local g = metrics.gauge(uniq("ok_gauge"), "A gauge.", { "queue", "_x" })
-    g:set(1, { queue = "a", _x = "b" })
-    g:set(-2.5, { queue = "a", _x = "b" })
-    local c = metrics.counter(uniq("ok:counter") .. "_total", "A counter.")
-    c:inc()
-    c:inc(2.5)
-    c:inc(0)
-  end)
-
-  it("invalid names raise", function()
-    for _, name in ipairs { "", "1abc", "a-b", "a b", "é", "a.b" } do
-      assert.has_error(function() metrics.gauge(name, "h") end, nil,
-        string.format("%q", name))
-    end
-    assert.has_error(function() metrics.gauge(nil, "h") end)
-    assert.has_error(function() metrics.gauge(42, "h") end)
-    assert.has_error(function() metrics.counter("1_total", "h") end)
-  end)
-
-  it("reserved prefixes probe_, sonde_, process_ raise", function()
-    for _, prefix in ipairs { "probe_", "sonde_", "process_" } do
-      assert.has_error(function() metrics.gauge(prefix .. "custom", "h") end,
-        nil, prefix)
-      assert.has_error(function()
-        metrics.counter(prefix .. "custom_total", "h") end, nil, prefix)
-    end
-    assert.has_error(function() metrics.gauge("probe_success", "h") end)
-  end)
-
-  it("a counter not ending in _total raises", function()
-    assert.has_error(function() metrics.counter(uniq("requests"), "h") end)
-    assert.has_error(function()
-      metrics.counter(uniq("requests") .. "_totals", "h") end)
-  end)
-
-  it("a duplicate name raises", function()
-    local name = uniq("dup")
-    metrics.gauge(name, "h")
-    assert.has_error(function() metrics.gauge(name, "h") end)
-    local cname = uniq("dup") .. "_total"
-    metrics.counter(cname, "h")
-    assert.has_error(function() metrics.counter(cname, "h") end)
-    assert.has_error(function() metrics.gauge(cname, "h") end)
-    -- a script-defined one cannot shadow a built-in series either
-    assert.has_error(function() metrics.gauge("sonde_build_info", "h") end)
-  end)
-
-  it("bad label names raise", function()
-    for _, l in ipairs { "1a", "a-b", "a b", "", "__reserved" } do
-      assert.has_error(function() metrics.gauge(uniq("lbl"), "h", { l }) end,
-        nil, string.format("%q", l))
-    end
-    assert.has_error(function() metrics.gauge(uniq("lbl"), "h", { 5 }) end)
-  end)
-
-  it("counter:inc with a negative raises", function()
-    local c = metrics.counter(uniq("neg") .. "_total", "h", { "k" })
-    assert.has_error(function() c:inc(-1, { k = "a" }) end)
-    assert.has_error(function() c:inc(-0.5, { k = "a" }) end)
-    c:inc(1, { k = "a" })
+    assert.are.same({ "failure", "connect_refused" }, { r.status, r.reason })
+    assert.is_true(helpers.gone(pids[1]), "service " .. pids[1] .. " still there")
   end)
 end)

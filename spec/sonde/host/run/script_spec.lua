@@ -3,21 +3,11 @@
 -- tasks, series and hook values without piling up; a readiness probe of a
 -- dead service makes /readyz answer 503; log levels and discarded service
 -- output.  The host runs as a subprocess.
-local sonde = require "sonde"
 local helpers = require "helpers"
-local E = require "engine_helpers"
 
-local dir, hosts
+local script = helpers.script
 
-local function script(name, text)
-  return helpers.write(dir .. "/" .. name, text)
-end
-
-local function start(args)
-  local h = E.host_start(args)
-  hosts[#hosts + 1] = h
-  return h
-end
+local start, listen_port, fetch = helpers.host_start, helpers.listen_port, helpers.fetch
 
 local function messages(h)
   local out = {}
@@ -30,28 +20,8 @@ local function has_message(h, text)
   return false
 end
 
-local function listen_port(h)
-  assert(h:wait_for(function(x) return #x:events("listen") >= 1 end, 15),
-    "no listen event:\n" .. h:stderr())
-  return math.tointeger(h:events("listen")[1].port)
-end
-
-local function fetch(port, path)
-  return helpers.run(function()
-    return sonde.http_get { url = string.format("http://127.0.0.1:%d%s",
-      port, path), timeout = 5, max_body = 1024 * 1024 }
-  end, 20)
-end
-
 describe("sonde SCRIPT", function()
-  before_each(function()
-    dir = helpers.tmpdir()
-    hosts = {}
-  end)
-  after_each(function()
-    for _, h in ipairs(hosts) do h:cleanup() end
-    helpers.rmtree(dir)
-  end)
+  after_each(helpers.cleanup_hosts)
 
   it("SIGTERM ends the script's tasks, timers and commands, whatever they "
     .. "do, and the host exits 0 soon after its service", function()
@@ -100,7 +70,7 @@ sonde.run()                                           -- the top level waits
   it("50 SIGHUPs: one copy of the task runs, the metric is served once with "
     .. "the new definition, the hook runs the new code with the new values",
     function()
-    local genfile = dir .. "/gen"
+    local genfile = helpers.scratch() .. "/gen"
     helpers.write(genfile, "0")
     local path = script("reload.lua", string.format([[
 local sonde = require "sonde"
@@ -171,8 +141,7 @@ sonde.probe { name = "brief-ready", kind = "readiness", service = svc,
     assert.are.equal(200, r.http_status, r.body)
     assert(h:wait_for(function(x) return #x:events("service_exit") >= 1 end, 10))
     r = fetch(port, "/readyz")
-    assert.are.equal(503, r.http_status)
-    assert.are.equal("not ready:\nbrief-ready\n", r.body)
+    assert.are.same({ 503, "not ready:\nbrief-ready\n" }, { r.http_status, r.body })
     r = fetch(port, "/readyz/brief-ready")
     assert.are.equal(503, r.http_status)
     local ch = h:events("state_change", { to = "failure" })
@@ -244,7 +213,7 @@ sonde.log.debug("a debug message")
     end)
 
     it("an unknown level is a usage error", function()
-      local rc, out, err = E.host_run { "--log-level", "loud", path }
+      local rc, out, err = helpers.host_run { "--log-level", "loud", path }
       assert.are.equal(2, rc)
       assert.are.equal("", out)
       assert.is_truthy(err:find("^sonde: %-%-log%-level takes debug, info, warn "

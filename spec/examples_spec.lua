@@ -1,64 +1,38 @@
 -- Every example in examples/ runs under the host and does what its header
--- says, against loopback servers only.
+-- says, against loopback servers only; the systemd unit is well formed.
 local helpers = require "helpers"
-local fixture = require "fixture"
-local E = require "engine_helpers"
 
 local EXAMPLES = "examples/"
 
 describe("examples", function()
-  local hosts, servers, dirs = {}, {}, {}
-
   teardown(function()
-    for _, h in ipairs(hosts) do h:cleanup() end
-    for _, s in ipairs(servers) do s:stop() end
-    for _, d in ipairs(dirs) do helpers.rmtree(d) end
+    helpers.cleanup_hosts()
+    helpers.stop_fixtures()
   end)
 
-  local function start(args, env)
-    local h = E.host_start(args, env)
-    hosts[#hosts + 1] = h
-    return h
-  end
+  local start, server = helpers.host_start, helpers.fixture
 
-  local function server(opts)
-    local s = fixture.start(opts)
-    servers[#servers + 1] = s
-    return s
-  end
-
-  local function tmpdir()
-    local d = helpers.tmpdir()
-    dirs[#dirs + 1] = d
-    return d
+  -- SIGTERM: the exit code, the log and its events.
+  local function stopped(h)
+    local rc = h:term()
+    return rc, h:stderr(), h:events()
   end
 
   describe("liveness-exec.lua (healthy 3 s, period 1 s)", function()
     local evs, rc, text
 
     setup(function()
-      local d = tmpdir()
+      local d = helpers.scratch()
       local h = start({ "--log-format", "json",
         EXAMPLES .. "liveness-exec.lua", "3", "1" },
         { SONDE_DEMO_FILE = d .. "/healthy" })
       -- the restart comes at about 6 s; then a success of the new instance
       h:wait_for(function(x)
-        local restarted = #x:events("service_restart") >= 1
-        if not restarted then return false end
         local all = x:events()
-        local seen = false
-        for _, e in ipairs(all) do
-          if e.event == "service_restart" then seen = true end
-          if seen and e.event == "probe_result" and e.status == "success" then
-            return true
-          end
-        end
-        return false
+        local r = helpers.index_of(all, "service_restart")
+        return r and helpers.index_of(all, "probe_result", { status = "success" }, r + 1)
       end, 15)
-      h:signal("TERM")
-      rc = h:wait(10)
-      text = h:stderr()
-      evs = h:events()
+      rc, text, evs = stopped(h)
     end)
 
     it("exits 0 on SIGTERM", function()
@@ -66,14 +40,13 @@ describe("examples", function()
     end)
 
     it("success results, then failure results", function()
-      local pr = E.select(evs, "probe_result", { probe = "liveness-exec" })
+      local pr = helpers.select(evs, "probe_result", { probe = "liveness-exec" })
       local seq = {}
       for i, e in ipairs(pr) do seq[i] = e.status == "success" and "S" or "F" end
       seq = table.concat(seq)
       assert.is_truthy(seq:match("^S+FFF"), seq)
-      local f = E.select(pr, nil, { status = "failure" })[1]
-      assert.are.equal("exit_code", f.reason)
-      assert.are.equal(1, f.exit_code)
+      local f = helpers.select(pr, nil, { status = "failure" })[1]
+      assert.are.same({ "exit_code", 1 }, { f.reason, f.exit_code })
       assert.is_truthy(f.output:find("No such file or directory", 1, true),
         f.output)
       assert.are.equal("liveness", f.kind)
@@ -81,14 +54,14 @@ describe("examples", function()
 
     it("a state_change to failure, the on_change message, a restart "
       .. "why=liveness, success after it", function()
-      local sc = E.select(evs, "state_change", { probe = "liveness-exec",
+      local sc = helpers.select(evs, "state_change", { probe = "liveness-exec",
         to = "failure" })
       assert.is_true(#sc >= 1, text)
       assert.are.equal("success", sc[1].from)
-      local msg = E.select(evs, "message",
+      local msg = helpers.select(evs, "message",
         { text = "liveness-exec went success -> failure" })
       assert.is_true(#msg >= 1, text)
-      local r = E.select(evs, "service_restart", { service = "liveness" })
+      local r = helpers.select(evs, "service_restart", { service = "liveness" })
       assert.is_true(#r >= 1, text)
       assert.are.equal("liveness", r[1].why)
       assert.are.equal(0, r[1].delay)
@@ -100,7 +73,7 @@ describe("examples", function()
         end
       end
       assert.is_true(ok, "no success after the restart:\n" .. text)
-      assert.is_true(#E.select(evs, "service_start") >= 2)
+      assert.is_true(#helpers.select(evs, "service_start") >= 2)
     end)
   end)
 
@@ -108,10 +81,10 @@ describe("examples", function()
     it("web-ready: /healthz is 404 -> failure; web-live: / with X-Probe "
       .. "-> success; exit 1", function()
       local srv = server { log = true }
-      local rc, out, err = E.host_run({ "once", "--format", "json",
+      local rc, out, err = helpers.host_run({ "once", "--format", "json",
         EXAMPLES .. "http.lua" }, { SONDE_HTTP_PORT = tostring(srv.port) })
       assert.are.equal(1, rc, out .. err)
-      local objs = E.decode_lines(out)
+      local objs = helpers.decode_lines(out)
       assert.are.equal(2, #objs, out)
       local ready, live = objs[1], objs[2]
       assert.are.same({ "web-ready", "readiness", "failure", "http_status",
@@ -123,10 +96,10 @@ describe("examples", function()
           live.http_status, live.output })
       local targets, probe_header = {}, nil
       for _, head in ipairs(srv:requests()) do
-        local t = fixture.request_target(head)
+        local t = helpers.request_target(head)
         targets[#targets + 1] = t
         if t == "/" then
-          probe_header = fixture.header_lines(head, "X-Probe")[1]
+          probe_header = helpers.header_lines(head, "X-Probe")[1]
         end
       end
       table.sort(targets)
@@ -139,11 +112,11 @@ describe("examples", function()
     it("/login is 404: the check passes the HTTP failure on as is, exit 1",
       function()
       local srv = server { log = true }
-      local rc, out, err = E.host_run({ "once", "--format", "json",
+      local rc, out, err = helpers.host_run({ "once", "--format", "json",
         EXAMPLES .. "custom-check.lua" },
         { SONDE_HTTP_PORT = tostring(srv.port) })
       assert.are.equal(1, rc, out .. err)
-      local objs = E.decode_lines(out)
+      local objs = helpers.decode_lines(out)
       assert.are.equal(1, #objs, out)
       local r = objs[1]
       assert.are.same({ "login-flow", "failure", "http_status", 404,
@@ -152,7 +125,7 @@ describe("examples", function()
       -- it stopped at the login page: no /api/health request
       local targets = {}
       for _, head in ipairs(srv:requests()) do
-        targets[#targets + 1] = fixture.request_target(head)
+        targets[#targets + 1] = helpers.request_target(head)
       end
       assert.are.same({ "/login" }, targets)
     end)
@@ -162,10 +135,10 @@ describe("examples", function()
     it("a listening port (127.0.0.1 and ::1) -> success, exit 0", function()
       local v4 = server {}
       server { host = "::1", port = v4.port }
-      local rc, out, err = E.host_run({ "once", "--format", "json",
+      local rc, out, err = helpers.host_run({ "once", "--format", "json",
         EXAMPLES .. "tcp.lua" }, { SONDE_TCP_PORT = tostring(v4.port) })
       assert.are.equal(0, rc, out .. err)
-      local objs = E.decode_lines(out)
+      local objs = helpers.decode_lines(out)
       assert.are.equal(2, #objs)
       assert.are.same({ "db-tcp", "success", "ok" },
         { objs[1].probe, objs[1].status, objs[1].reason })
@@ -174,17 +147,14 @@ describe("examples", function()
     end)
 
     it("a closed port -> failure connect_refused, exit 1", function()
-      local s = fixture.start {}
-      local port = s.port
-      s:stop()
-      local rc, out, err = E.host_run({ "once", "--format", "json",
+      local port = helpers.closed_port()
+      local rc, out, err = helpers.host_run({ "once", "--format", "json",
         EXAMPLES .. "tcp.lua" }, { SONDE_TCP_PORT = tostring(port) })
       assert.are.equal(1, rc, out .. err)
-      local objs = E.decode_lines(out)
+      local objs = helpers.decode_lines(out)
       assert.are.equal(2, #objs)
       for _, o in ipairs(objs) do
-        assert.are.equal("failure", o.status)
-        assert.are.equal("connect_refused", o.reason)
+        assert.are.same({ "failure", "connect_refused" }, { o.status, o.reason })
       end
     end)
   end)
@@ -193,7 +163,7 @@ describe("examples", function()
     local srv, h, d, actlog, snap0, snap1, snap2, rc, text, evs
 
     setup(function()
-      d = tmpdir()
+      d = helpers.scratch()
       srv = server { log = true }
       actlog = d .. "/actions.log"
       local flag = d .. "/app-ok"
@@ -206,25 +176,22 @@ describe("examples", function()
           status = "success" }) >= 3
       end, 15)
       -- give a transition's actions time to finish before the snapshot
-      os.execute("sleep 0.5")
-      snap0 = E.read_file(actlog) or ""
+      helpers.sleep(0.5)
+      snap0 = helpers.read_file(actlog) or ""
       os.remove(flag)
       h:wait_for(function()
-        return (E.read_file(actlog) or ""):find("app-flag failure exit_code",
+        return (helpers.read_file(actlog) or ""):find("app-flag failure exit_code",
           1, true) and #h:events("action", { status = "done" }) >= 2
       end, 15)
-      snap1 = E.read_file(actlog) or ""
+      snap1 = helpers.read_file(actlog) or ""
       helpers.write(flag, "")
       h:wait_for(function()
-        local s = E.read_file(actlog) or ""
+        local s = helpers.read_file(actlog) or ""
         local i = s:find("app-flag failure exit_code", 1, true)
         return i and s:find("app-flag recovered", i, true)
       end, 15)
-      snap2 = E.read_file(actlog) or ""
-      h:signal("TERM")
-      rc = h:wait(10)
-      text = h:stderr()
-      evs = h:events()
+      snap2 = helpers.read_file(actlog) or ""
+      rc, text, evs = stopped(h)
     end)
 
     it("exits 0 on SIGTERM", function()
@@ -233,21 +200,21 @@ describe("examples", function()
 
     it("flag gone: failure after 2 runs, the webhook POSTs JSON to the "
       .. "fixture", function()
-      local sc = E.select(evs, "state_change", { probe = "app-flag",
+      local sc = helpers.select(evs, "state_change", { probe = "app-flag",
         to = "failure" })
       assert.are.equal(1, #sc, text)
       local posts = {}
       for _, head in ipairs(srv:requests()) do
-        if fixture.request_line(head) == "POST /echo HTTP/1.1" then
+        if helpers.request_line(head) == "POST /echo HTTP/1.1" then
           posts[#posts + 1] = head
         end
       end
       assert.are.equal(1, #posts, srv:log())
       assert.are.same({ "Content-Type: application/json" },
-        fixture.header_lines(posts[1], "Content-Type"))
-      local len = fixture.header_lines(posts[1], "Content-Length")[1]
+        helpers.header_lines(posts[1], "Content-Type"))
+      local len = helpers.header_lines(posts[1], "Content-Length")[1]
       assert.is_truthy(len and tonumber(len:match("%d+")) > 20, len)
-      local wh = E.select(evs, "action", { probe = "app-flag",
+      local wh = helpers.select(evs, "action", { probe = "app-flag",
         action = "webhook " .. srv:url("/echo") })
       local st = {}
       for i, e in ipairs(wh) do st[i] = e.status end
@@ -267,7 +234,7 @@ describe("examples", function()
       local i = snap2:find("app-flag failure exit_code\n", 1, true)
       assert.is_truthy(i, snap2)
       assert.is_truthy(snap2:find("app-flag recovered\n", i, true), snap2)
-      local sc = E.select(evs, "state_change", { probe = "app-flag" })
+      local sc = helpers.select(evs, "state_change", { probe = "app-flag" })
       local tr = {}
       for k, e in ipairs(sc) do tr[k] = e.from .. ">" .. e.to end
       -- the seed (not ready) -> ready at start, then the two transitions
@@ -315,35 +282,32 @@ describe("examples", function()
     ]]
 
     it("is the failure result as JSON, naming the probe", function()
-      local d = tmpdir()
+      local d = helpers.scratch()
       helpers.write(d .. "/recv.lua", RECEIVER)
       local out, portfile = d .. "/request", d .. "/port"
-      os.execute(string.format("cd %s && LUA_PATH=%s LUA_CPATH=%s timeout 40 "
+      os.execute(string.format("cd %s && %s timeout 40 "
         .. "lua5.4 recv.lua %s %s </dev/null >/dev/null 2>&1 & echo $! > %s",
-        E.q(d), E.q(package.path), E.q(package.cpath), E.q(out),
-        E.q(portfile), E.q(d .. "/recv.pid")))
+        helpers.q(d), helpers.lua_env(), helpers.q(out),
+        helpers.q(portfile), helpers.q(d .. "/recv.pid")))
       local rpid
       local ok, err = pcall(function()
-        local t0 = helpers.now()
-        while not E.read_file(portfile) and helpers.now() - t0 < 5 do
-          os.execute("sleep 0.05")
-        end
-        rpid = tonumber((E.read_file(d .. "/recv.pid") or ""):match("%d+"))
-        local port = tonumber((E.read_file(portfile) or ""):match("%d+"))
+        helpers.eventually(function() return helpers.read_file(portfile) end, 5)
+        rpid = tonumber((helpers.read_file(d .. "/recv.pid") or ""):match("%d+"))
+        local port = tonumber((helpers.read_file(portfile) or ""):match("%d+"))
         assert(port, "receiver did not start")
         local h = start({ "--log-format", "json",
           EXAMPLES .. "remediation.lua" }, {
           SONDE_FLAG = d .. "/no-such-flag",
           SONDE_WEBHOOK = "http://127.0.0.1:" .. port .. "/alert",
           SONDE_ACTION_LOG = d .. "/actions.log", SONDE_PERIOD = "0.2" })
-        local got = h:wait_for(function() return E.read_file(out) end, 15)
+        local got = h:wait_for(function() return helpers.read_file(out) end, 15)
         h:signal("TERM")
         assert.are.equal(0, h:wait(10))
         assert.is_truthy(got, h:stderr())
-        local req = E.read_file(out)
+        local req = helpers.read_file(out)
         local head, body = req:match("^(.-)\n\n(.*)$")
         assert.is_truthy(head:find("^POST /alert HTTP/1.1\n"), head)
-        local obj = E.json_decode(body)
+        local obj = helpers.json_decode(body)
         assert.are.equal("table", type(obj), body)
         assert.are.same({ "app-flag", "readiness", "failure", "exit_code", 1 },
           { obj.probe, obj.kind, obj.status, obj.reason, obj.exit_code })
@@ -356,10 +320,10 @@ describe("examples", function()
   describe("concurrent.lua", function()
     it("prints 10 results with the expected statuses", function()
       local srv = server {}
-      local rc, out, err = E.host_run({ EXAMPLES .. "concurrent.lua",
+      local rc, out, err = helpers.host_run({ EXAMPLES .. "concurrent.lua",
         string.format("http://127.0.0.1:%d", srv.port) })
       assert.are.equal(0, rc, out .. err)
-      local lines = E.lines(out)
+      local lines = helpers.lines(out)
       assert.are.equal(12, #lines, out)
       assert.is_truthy(lines[1]:match("^probe%s+status%s+reason%s+time%s+"
         .. "output$"), lines[1])
@@ -386,5 +350,56 @@ describe("examples", function()
       assert.is_truthy(secs, lines[12])
       assert.is_true(secs >= 0.9 and secs < 5, lines[12])
     end)
+  end)
+end)
+
+local UNIT = "examples/sonde.service"
+
+describe("examples/sonde.service", function()
+  -- [Section] -> { key -> { values... } } (systemd keys may repeat)
+  local function parse_unit(text)
+    local units, section = {}, nil
+    for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+      local s = line:match("^%[([^%]]+)%]%s*$")
+      if s then
+        section = s
+        units[s] = units[s] or {}
+      elseif not line:match("^%s*[#;]") and not line:match("^%s*$") then
+        local k, v = line:match("^%s*([%w]+)%s*=%s*(.-)%s*$")
+        assert(k and section, "bad unit line: " .. line)
+        units[section][k] = units[section][k] or {}
+        table.insert(units[section][k], v)
+      end
+    end
+    return units
+  end
+
+  it("is a Type=notify unit with ExecReload sending SIGHUP and a watchdog",
+    function()
+    local text = assert(helpers.read_file(UNIT), UNIT .. " missing")
+    local unit = parse_unit(text)
+    local svc = unit.Service
+    assert.is_truthy(svc, "no [Service] section")
+    assert.are.same({ "notify" }, svc.Type)
+    assert.is_truthy(svc.ExecReload, "no ExecReload=")
+    local reload = svc.ExecReload[1]
+    assert.is_truthy(reload:find("kill", 1, true), reload)
+    assert.is_truthy(reload:find("-HUP", 1, true), reload)
+    assert.is_truthy(reload:find("$MAINPID", 1, true), reload)
+    assert.is_truthy(svc.WatchdogSec, "no WatchdogSec=")
+    local wd = tonumber(svc.WatchdogSec[1]:match("^(%d+)s?$"))
+    assert.is_truthy(wd and wd > 0, svc.WatchdogSec[1])
+    assert.is_truthy(svc.ExecStart, "no ExecStart=")
+    assert.is_truthy(svc.ExecStart[1]:find("--log-format json", 1, true),
+      svc.ExecStart[1])
+    -- only the main process may notify (the services and probes are
+    -- children of sonde)
+    if svc.NotifyAccess then
+      assert.are.same({ "main" }, svc.NotifyAccess)
+    end
+    assert.is_truthy(unit.Install and unit.Install.WantedBy,
+      "no [Install] WantedBy=")
+    -- `systemd-analyze verify` is deliberately not used: systemd need not
+    -- be installed where the suite runs.
   end)
 end)

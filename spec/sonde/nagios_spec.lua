@@ -5,7 +5,6 @@
 -- check_http against the loopback fixture server), and a plugin killed by
 -- the timeout.
 local helpers = require "helpers"
-local fixture = require "fixture"
 local sonde = require "sonde"
 local nagios = require "sonde.nagios"
 
@@ -136,7 +135,7 @@ describe("real plugins with codes = \"nagios\"", function()
   local srv
 
   setup(function()
-    srv = fixture.start { host = "127.0.0.1" }
+    srv = helpers.fixture { host = "127.0.0.1" }
   end)
 
   teardown(function()

@@ -1,0 +1,78 @@
+-- sonde.metrics: the registry's checks of script-defined series
+-- (sonde.metrics.gauge / counter), in this process.  The exposition text
+-- as served is in spec/sonde/endpoints_spec.lua.
+local sonde = require "sonde"
+local helpers = require "helpers"
+
+describe("sonde.metrics.gauge / counter validation", function()
+  local metrics = sonde.metrics
+  -- the registry is per process: names unique to this spec
+  local n = 0
+  local function uniq(prefix)
+    n = n + 1
+    return string.format("%s_metricsspec_%d_%d", prefix, helpers.pid(), n)
+  end
+
+  it("accepts valid declarations", function()
+    local g = metrics.gauge(uniq("ok_gauge"), "A gauge.", { "queue", "_x" })
+    g:set(1, { queue = "a", _x = "b" })
+    g:set(-2.5, { queue = "a", _x = "b" })
+    local c = metrics.counter(uniq("ok:counter") .. "_total", "A counter.")
+    c:inc()
+    c:inc(2.5)
+    c:inc(0)
+  end)
+
+  it("invalid names raise", function()
+    for _, name in ipairs { "", "1abc", "a-b", "a b", "é", "a.b" } do
+      assert.has_error(function() metrics.gauge(name, "h") end, nil,
+        string.format("%q", name))
+    end
+    assert.has_error(function() metrics.gauge(nil, "h") end)
+    assert.has_error(function() metrics.gauge(42, "h") end)
+    assert.has_error(function() metrics.counter("1_total", "h") end)
+  end)
+
+  it("reserved prefixes probe_, sonde_, process_ raise", function()
+    for _, prefix in ipairs { "probe_", "sonde_", "process_" } do
+      assert.has_error(function() metrics.gauge(prefix .. "custom", "h") end,
+        nil, prefix)
+      assert.has_error(function()
+        metrics.counter(prefix .. "custom_total", "h") end, nil, prefix)
+    end
+    assert.has_error(function() metrics.gauge("probe_success", "h") end)
+  end)
+
+  it("a counter not ending in _total raises", function()
+    assert.has_error(function() metrics.counter(uniq("requests"), "h") end)
+    assert.has_error(function()
+      metrics.counter(uniq("requests") .. "_totals", "h") end)
+  end)
+
+  it("a duplicate name raises", function()
+    local name = uniq("dup")
+    metrics.gauge(name, "h")
+    assert.has_error(function() metrics.gauge(name, "h") end)
+    local cname = uniq("dup") .. "_total"
+    metrics.counter(cname, "h")
+    assert.has_error(function() metrics.counter(cname, "h") end)
+    assert.has_error(function() metrics.gauge(cname, "h") end)
+    -- a script-defined one cannot shadow a built-in series either
+    assert.has_error(function() metrics.gauge("sonde_build_info", "h") end)
+  end)
+
+  it("bad label names raise", function()
+    for _, l in ipairs { "1a", "a-b", "a b", "", "__reserved" } do
+      assert.has_error(function() metrics.gauge(uniq("lbl"), "h", { l }) end,
+        nil, string.format("%q", l))
+    end
+    assert.has_error(function() metrics.gauge(uniq("lbl"), "h", { 5 }) end)
+  end)
+
+  it("counter:inc with a negative raises", function()
+    local c = metrics.counter(uniq("neg") .. "_total", "h", { "k" })
+    assert.has_error(function() c:inc(-1, { k = "a" }) end)
+    assert.has_error(function() c:inc(-0.5, { k = "a" }) end)
+    c:inc(1, { k = "a" })
+  end)
+end)
