@@ -23,7 +23,8 @@
 -- logged (`action` status `failed`); nothing else stops.
 --
 -- The commands and requests an action starts belong to its probe (see
--- sonde.task scopes): stopping the probe, or the host, cancels them.
+-- sonde.task scopes): stopping the probe, or the host, cancels them; what
+-- a function action starts belongs to the probe's load.
 -- @module sonde.action
 local log = require "sonde.log"
 local hook = require "sonde.hook"
@@ -137,7 +138,8 @@ function M.webhook(spec)
   return new("webhook", function(self, result, probe)
     local text
     if type(body) == "function" then
-      local ok, v = hook.call(body, nil, result, probe)
+      local ok, v = task.within(probe.owner.scope, hook.call, body, nil,
+        result, probe)
       if not ok or type(v) ~= "string" then
         report(probe, self, "failed", "body function: " ..
           (ok and "did not return a string" or tostring(v)))
@@ -162,10 +164,12 @@ function M.webhook(spec)
   end, "webhook " .. w.url)
 end
 
---- Wrap a Lua function as an action.
+--- Wrap a Lua function as an action (it runs like a hook, in the probe's
+-- load).
 function M.fn(f)
   return new("function", function(self, result, probe)
-    local ok, err = hook.call(f, nil, result, probe)
+    local ok, err = task.within(probe.owner.scope, hook.call, f, nil, result,
+      probe)
     if ok then report(probe, self, "done")
     else report(probe, self, "failed", err) end
   end, "function")

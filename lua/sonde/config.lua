@@ -94,7 +94,8 @@ end
 -- @raise on a bad spec or a name declared twice, at the user's line
 function Config:service(spec)
   self:open("sonde.service")
-  return self:add("service", service.new(spec), function(s) s:start() end)
+  return self:add("service", service.new(spec),
+    function(s) self:start_service(s) end)
 end
 
 --- Declare a probe (see sonde.probe).
@@ -216,82 +217,111 @@ function M.load(source, args, opts)
 end
 
 -- A stable text for a spec, to tell whether it changed on reload:
--- functions compare by their bytecode, services by name.
+-- functions compare by their bytecode, services by name.  Raw access only
+-- (no metamethod runs), so a spec cannot make a reload fail halfway.
+local function text_of(v)
+  local t = type(v)
+  if t == "string" or t == "number" or t == "boolean" then
+    return t .. ":" .. tostring(v)
+  end
+  return t
+end
+
 local function fingerprint(v, seen)
   seen = seen or {}
   local t = type(v)
   if t == "function" then
     local ok, code = pcall(string.dump, v, true)
-    return "f:" .. (ok and code or tostring(v))
+    return "f:" .. (ok and code or "?")
   elseif t == "table" then
     if service.is(v) then return "svc:" .. v.name end
     if seen[v] then return "cycle" end
     seen[v] = true
     local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for k in next, v do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return text_of(a) < text_of(b) end)
     local parts = {}
-    for _, k in ipairs(keys) do
-      parts[#parts + 1] = tostring(k) .. "=" .. fingerprint(v[k], seen)
+    for i, k in ipairs(keys) do
+      parts[i] = text_of(k) .. "=" .. fingerprint(rawget(v, k), seen)
     end
     return "{" .. table.concat(parts, ",") .. "}"
   end
-  return t .. ":" .. tostring(v)
+  return text_of(v)
 end
 M.fingerprint = fingerprint
+
+-- Call fn once service `o`, being replaced, has exited: o's own process,
+-- or, if o never started because it was itself waiting for the one
+-- before it, that one's.
+local function after_exit(o, fn)
+  if o.waiting_for then return after_exit(o.waiting_for, fn) end
+  o:stop(fn)
+end
+
+--- Start service `s` of this load; if a reload replaced a service of the
+-- same name, once that one has exited (it may hold a port, a lock...).
+function Config:start_service(s)
+  local o = self.leaving and self.leaving[s.name]
+  if not o then return s:start() end
+  s.waiting_for = o
+  after_exit(o, function()
+    if s.waiting_for ~= o then return end
+    s.waiting_for = nil
+    if self.state == "started" and s.state == "new" then s:start() end
+  end)
+end
 
 --- Replace the running load `old` by `new` (a reload): services and probes
 -- whose spec did not change keep running with their state and counters;
 -- the rest of `old` is ended (see the module doc) and `new` started.
+-- What to keep is decided before anything changes.
+-- @return new
 function M.apply(old, new)
-  local kept = {}
-  for i, s in ipairs(new.services) do
+  local keep = {}         -- new object -> the old one it is replaced by
+  for _, s in ipairs(new.services) do
     local o = old.service_by_name[s.name]
-    if o and fingerprint(o.spec) == fingerprint(s.spec) then
-      new.services[i], new.service_by_name[s.name] = o, o
-      kept[o] = true
-    end
+    if o and fingerprint(o.spec) == fingerprint(s.spec) then keep[s] = o end
   end
-  for i, p in ipairs(new.probes) do
+  for _, p in ipairs(new.probes) do
     local o = old.probe_by_name[p.name]
-    local same_service = o and (p.service and p.service.name)
-      == (o.service and o.service.name)
-      and (not p.service or new.service_by_name[p.service.name] == o.service)
-    if o and same_service and fingerprint(o.spec) == fingerprint(p.spec) then
-      o:adopt(p)
-      new.probes[i], new.probe_by_name[p.name] = o, o
-      kept[o] = true
-    elseif p.service then
-      p.service = new.service_by_name[p.service.name]
+    local svc = p.service and (keep[p.service] or p.service)
+    if o and svc == o.service and fingerprint(o.spec) == fingerprint(p.spec) then
+      keep[p] = o
     end
   end
-  local replaced = {}     -- name -> old service still on its way out
+  -- the new load takes the kept ones; the old keeps only what ends
+  local kept = {}
+  for _, what in ipairs { "service", "probe" } do
+    local list, by_name = new[what .. "s"], new[what .. "_by_name"]
+    for i, x in ipairs(list) do
+      local o = keep[x]
+      if o then
+        if what == "probe" then o:adopt(x) end
+        list[i], by_name[x.name], kept[o] = o, o, true
+      elseif x.service then
+        x.service = keep[x.service] or x.service
+      end
+    end
+    local left, left_by_name = {}, {}
+    for _, o in ipairs(old[what .. "s"]) do
+      if not kept[o] then
+        left[#left + 1], left_by_name[o.name] = o, o
+      end
+    end
+    old[what .. "s"], old[what .. "_by_name"] = left, left_by_name
+  end
   old.state = "stopped"
-  for _, p in ipairs(old.probes) do
-    if not kept[p] then p:stop() end
-  end
+  new.leaving = {}
+  for _, p in ipairs(old.probes) do p:stop() end
   for _, s in ipairs(old.services) do
-    if not kept[s] then
-      s:stop()
-      if new.service_by_name[s.name] then replaced[s.name] = s end
-    end
+    new.leaving[s.name] = s
+    s:stop()
   end
   old.scope:close()
   new.state = "started"
   if #new.probes + #new.services > 0 then new.scope:hold() end
   for _, s in ipairs(new.services) do
-    if s.state == "new" then
-      local o = replaced[s.name]
-      if o then
-        -- the new instance starts once the old one has exited (it may
-        -- hold a port, a lock...)
-        o:stop(function()
-          if new.state == "started" and s.state == "new" then s:start() end
-        end)
-      else
-        s:start()
-      end
-    end
+    if s.state == "new" then new:start_service(s) end
   end
   local fresh = {}
   for _, p in ipairs(new.probes) do

@@ -11,9 +11,11 @@
 -- schedule.  An error (or the interruption) is returned, with a
 -- traceback, never raised.  Hooks cannot wait: a hook that calls a prober
 -- or sonde.sleep gets an error; start a task with sonde.spawn from the hook
--- for work that waits.
+-- for work that waits (it runs under the hook's bound until it first
+-- waits, so a busy loop there is stopped too).
 -- @module sonde.hook
 local core = require "sonde.core"
+local task = require "sonde.task"
 
 local M = {}
 
@@ -29,7 +31,7 @@ function M.call(fn, bound, ...)
   -- the bound yields the coroutine from a count hook: a pcall inside the
   -- hook cannot catch it (see src/ldeadline.c)
   core.set_deadline(co, bound)
-  local res = table.pack(coroutine.resume(co, ...))
+  local res = table.pack(task.resume_until(co, core.now() + bound, ...))
   if core.deadline_hit(co) then
     coroutine.close(co)
     return false, string.format("hook exceeded its time limit of %g s",

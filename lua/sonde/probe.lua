@@ -50,11 +50,13 @@
 -- cancels its in-flight run; a custom check is closed (`coroutine.close`:
 -- its `<close>` variables run), when it times out too.
 --
--- A probe owns a scope (sonde.task): its custom check and whatever its
--- hooks and actions start belong to it, and end when the probe is stopped
--- or replaced by a reload.  A reload that keeps the probe (same spec) keeps
--- its state, counters and schedule, and runs the new script's hooks, check
--- and actions from then on.
+-- A probe owns a scope (sonde.task): its custom check (and what the check
+-- starts) and its actions' commands and requests belong to it, and end
+-- when the probe is stopped or replaced by a reload.  What its hooks and
+-- function actions start belongs to the script's load.  A reload that
+-- keeps the probe (same spec) keeps its state, counters, schedule and
+-- in-flight run, and runs the new script's hooks, check and actions from
+-- then on.
 --
 -- Every result of a declared probe carries `probe` (name), `kind` and
 -- `time` (wall-clock start of the run, seconds since the epoch).
@@ -310,8 +312,9 @@ function Probe:run_once(done)
   if self.inflight == token then self.inflight_task = co end
 end
 
--- Call a hook in the probe's scope; on error log it and return false,
--- err.  A hook that hit its time bound is skipped (false, "skipped ...")
+-- Call a hook; what it starts belongs to the probe's load (a reload ends
+-- it, and the new load's hooks start their own).  On error log it and
+-- return false, err.  A hook that hit its time bound is skipped (false, "skipped ...")
 -- for hook.quarantine seconds.
 function Probe:call_hook(name, ...)
   local f = self.spec[name]
@@ -325,7 +328,7 @@ function Probe:call_hook(name, ...)
       error = msg })
     return false, msg
   end
-  local res = table.pack(task.within(self.scope, hook.call, f, nil, ...))
+  local res = table.pack(task.within(self.owner.scope, hook.call, f, nil, ...))
   if not res[1] then
     log.event("error", "hook_error", { probe = self.name, hook = name,
       error = res[2] })
@@ -345,7 +348,7 @@ function Probe:apply_on_result(r)
     r.status, r.reason, r.error = "unknown", "hook_error", status
   elseif status ~= nil then
     if STATUSES[status] then
-      r.reason = reason and tostring(reason)
+      r.reason = reason and task.text_of(reason)
         or (status == "success" and status ~= r.status and "ok")
         or r.reason
       r.status = status

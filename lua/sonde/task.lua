@@ -36,6 +36,10 @@ local info = setmetatable({}, { __mode = "k" })   -- co -> task record
 local op_scope = {}      -- operation id -> scope (callback style and timers)
 local ambient            -- scope of code running outside tasks
 local running = false    -- inside M.run()
+local bound_until        -- deadline (monotonic) of the bounded code running
+
+--- Seconds a task's `<close>` handlers may run when it is closed.
+M.close_bound = 0.5
 
 --- Make a scope.
 -- @tparam[opt] table opts `name` (for messages), `dry` (true: probers and
@@ -170,7 +174,12 @@ local function close_task(co)
   end
   local was_live = st == "suspended"
   if t then t.closing = true end
+  -- the closers get a bound of their own (the task's may be spent)
+  core.set_deadline(co, M.close_bound)
+  local prev = bound_until
+  bound_until = core.now() + M.close_bound
   local ok, err = coroutine.close(co)
+  bound_until = prev
   detach(co)
   if not ok and t and not t.failed then
     log.event("error", "task_error", { error = "while closing a task: "
@@ -184,10 +193,10 @@ end
 resume = function(co, ...)
   if coroutine.status(co) ~= "suspended" then return end
   local t = info[co]
-  local prev = ambient
-  ambient = t.scope
+  local prev, prev_bound = ambient, bound_until
+  ambient, bound_until = t.scope, t.bound_until
   local ok, err = coroutine.resume(co, ...)
-  ambient = prev
+  ambient, bound_until = prev, prev_bound
   if not ok then
     local msg = debug.traceback(co, text_of(err))
     t.failed = true
@@ -201,6 +210,7 @@ resume = function(co, ...)
     return
   end
   if core.deadline_hit(co) then            -- stopped by its time bound
+    t.deadline_hit = true
     close_task(co)
     if t.on_abort then return t.on_abort("deadline") end
     error("sonde: a task ran past its time limit and was stopped", 0)
@@ -232,8 +242,40 @@ end
 -- @raise the task's error if it fails before its first wait
 function M.spawn(fn, ...)
   local co = new_task(M.current(), fn, "sonde.spawn")
-  resume(co, ...)
+  local until_ = bound_until
+  if not until_ then
+    resume(co, ...)
+    return co
+  end
+  -- spawned by bounded code (a script's top level while it loads, a hook,
+  -- a check): the same deadline holds until the new task first waits
+  local t = info[co]
+  t.bound_until = until_
+  core.set_deadline(co, math.max(0, until_ - core.now()))
+  local ok, err = pcall(resume, co, ...)
+  if not ok then
+    if t.deadline_hit then
+      validate.raise("sonde.spawn: the new task ran without waiting past the "
+        .. "time limit of the code that started it (a script's top level "
+        .. "while it loads, a hook, a check), and was stopped")
+    end
+    error(err, 0)
+  end
+  t.bound_until = nil
+  if coroutine.status(co) == "suspended" then core.clear_deadline(co) end
   return co
+end
+
+--- Resume the plain coroutine `co` (a hook, not a task) under its
+-- deadline `until_` (monotonic seconds; set with core.set_deadline): tasks
+-- it spawns run under the same deadline until they first wait.
+-- @return what coroutine.resume returns
+function M.resume_until(co, until_, ...)
+  local prev = bound_until
+  bound_until = until_
+  local res = table.pack(coroutine.resume(co, ...))
+  bound_until = prev
+  return table.unpack(res, 1, res.n)
 end
 
 --- Start `fn(...)` as a task of `scope`, with a running-time bound:
@@ -246,6 +288,7 @@ end
 function M.bounded(scope, fn, bound, on_abort, ...)
   local co = new_task(scope, fn, "sonde.task")
   info[co].on_abort = on_abort
+  info[co].bound_until = core.now() + bound
   core.set_deadline(co, bound)
   resume(co, ...)
   return co
@@ -255,7 +298,7 @@ end
 -- are raised as any task's.
 function M.unbound(co)
   local t = info[co]
-  if t then t.on_abort = nil end
+  if t then t.on_abort, t.bound_until = nil, nil end
   core.clear_deadline(co)
 end
 
@@ -290,6 +333,7 @@ function M.await(where, start)
       .. "metamethod or table.sort comparator, is in the way)", where))
   end
   if t.doomed then coroutine.yield() end   -- closed there, never resumed
+  ensure_open(t.scope, where)
   if t.scope.dry then                       -- sonde check: stop here
     t.wait = 0
     return coroutine.yield()
@@ -339,17 +383,18 @@ function M.after(seconds, cb)
     function() cb() end)
 end
 
---- Cancel an operation or timer started with a callback: the callback is
--- never called (an exec operation's process group is killed and reaped).
+--- Cancel an operation or timer started with a callback (`start`,
+-- `after`): the callback is never called (an exec operation's process
+-- group is killed and reaped).  Other ids (sonde's own operations: probe
+-- runs, services, waits of tasks) are left alone.
 -- @treturn boolean true if it was still pending
 function M.cancel(id)
   local scope = op_scope[id]
-  if scope then
-    op_scope[id] = nil
-    scope.ops[id] = nil
-    scope.nops = scope.nops - 1
-    wake_idle(scope)
-  end
+  if not scope then return false end
+  op_scope[id] = nil
+  scope.ops[id] = nil
+  scope.nops = scope.nops - 1
+  wake_idle(scope)
   return core.cancel(id)
 end
 
@@ -357,7 +402,10 @@ end
 -- Closing a scope, and the loop
 ---------------------------------------------------------------------------
 
---- End everything the scope owns (see the module doc).  Idempotent.
+--- End everything the scope owns (see the module doc), except that
+-- tasks waiting in `wait_idle` (`sonde.run()`) are resumed, from the loop:
+-- their run() returns, as it would in a plain script once nothing is
+-- pending (nothing new can start in the closed scope).  Idempotent.
 function Scope:close()
   if self.closed then return end
   self.closed = true
@@ -366,9 +414,21 @@ function Scope:close()
     core.cancel(id)
   end
   self.ops, self.nops = {}, 0
+  local waiters = self.idle_waiters
+  self.idle_waiters = {}
   local list = {}
-  for co in pairs(self.tasks) do list[#list + 1] = co end
+  for co in pairs(self.tasks) do
+    if not info[co].idle then list[#list + 1] = co end
+  end
   for _, co in ipairs(list) do close_task(co) end
+  if #waiters > 0 then
+    core.timer(0, function()
+      for _, co in ipairs(waiters) do
+        local t = info[co]
+        if t and t.idle then t.idle = false resume(co) end
+      end
+    end)
+  end
 end
 
 --- Wait in the running task until its scope is idle: no other task, no

@@ -1,6 +1,9 @@
 --- What the host's commands share: what a command line names (a script
 -- or a Kubernetes manifest), the script's `arg`, and how errors read.
 -- @module sonde.host.common
+local core = require "sonde.core"
+local log = require "sonde.log"
+local task = require "sonde.task"
 local pod = require "sonde.pod"
 
 local M = {}
@@ -13,6 +16,29 @@ end
 --- "1 probe", "2 probes".
 function M.plural(n, word)
   return string.format("%d %s%s", n, word, n == 1 and "" or "s")
+end
+
+--- `os.exit` from a hook or a task ends the process at once: make it
+-- take the services and running commands with it (SIGKILL to their
+-- process groups) rather than leave them orphaned.  The Lua state is not
+-- closed (that would free the loop under its own feet).
+function M.guard_exit()
+  local real_exit = os.exit
+  os.exit = function(code)
+    core.kill_all(core.signals.KILL)
+    io.stdout:flush()
+    io.stderr:flush()
+    return real_exit(code, false)
+  end
+end
+
+--- The commands' error policy, set once for every callback of the loop:
+-- an error escaping a task or callback is logged (`task_error`) and the
+-- engine goes on.
+function M.log_errors()
+  core.on_error(function(err)
+    log.event("error", "task_error", { error = task.text_of(err) })
+  end)
 end
 
 --- A load error without the stack traceback (file:line stays in the

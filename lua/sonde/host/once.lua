@@ -2,8 +2,9 @@
 -- probe (or each one named) once, without thresholds, hooks or services,
 -- and print the results.  Exit 0 when all succeeded (warnings included),
 -- 1 when one failed, 3 when one was unknown and none failed, 2 on a
--- script error.  What the script's top level started (tasks, timers) is
--- ended once the results are in.
+-- script error, 128 + the signal when SIGTERM or SIGINT ends it first.
+-- What the script's top level started (tasks, timers) is ended once the
+-- results are in; `os.exit` and the signals kill the probes' commands.
 -- @module sonde.host.once
 local core = require "sonde.core"
 local config = require "sonde.config"
@@ -21,23 +22,36 @@ local M = {}
 -- @treturn integer exit code
 function M.main(source, names, format)
   common.set_arg(source.name, {})
+  common.guard_exit()
   task.hosted = true
   local cfg, e = config.load(source.load, {}, { name = source.name })
   if not cfg then common.err("%s", common.load_error(e)) return 2 end
-  local results
+  -- the results end it; so do SIGTERM and SIGINT, which cancel the
+  -- probes (their commands are killed)
+  local S = core.signals
+  local results, interrupted
+  local function finish()
+    for _, x in ipairs { S.TERM, S.INT } do core.on_signal(x, nil) end
+    cfg:stop()
+  end
+  local function interrupt(sig)
+    interrupted = sig
+    finish()
+  end
+  core.on_signal(S.TERM, interrupt)
+  core.on_signal(S.INT, interrupt)
   local ok, nerr = cfg:once(names, function(r)
     results = r
-    cfg:stop()
+    finish()
   end)
   if not ok then
-    cfg:stop()
+    finish()
     common.err("%s", nerr)
     return 2
   end
-  core.on_error(function(err)
-    log.event("error", "task_error", { error = task.text_of(err) })
-  end)
+  common.log_errors()
   task.run()
+  if interrupted then return 128 + interrupted end
   if not results then
     common.err("%s: the script stopped its probes before they finished",
       source.name)

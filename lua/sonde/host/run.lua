@@ -30,26 +30,8 @@ local M = {}
 local S = core.signals
 local plural = common.plural
 
--- os.exit from a hook or a task ends the process at once: take the
--- services and running commands with it (SIGKILL) rather than leave them
--- orphaned.  The Lua state is not closed (that would free the loop under
--- its own feet).
-local function guard_exit()
-  local real_exit = os.exit
-  os.exit = function(code)
-    core.kill_all(core.signals.KILL)
-    io.stdout:flush()
-    io.stderr:flush()
-    return real_exit(code, false)
-  end
-end
-
--- The host's error policy (set once, for every callback of the loop): an
--- error escaping a task or callback is logged and the engine goes on.
 local function run_loop()
-  core.on_error(function(err)
-    log.event("error", "task_error", { error = task.text_of(err) })
-  end)
+  common.log_errors()
   task.run()
 end
 
@@ -64,7 +46,7 @@ end
 -- @treturn integer exit code
 function M.main(source, args, listen)
   core.set_subreaper(true)
-  guard_exit()
+  common.guard_exit()
   task.hosted = true
   common.set_arg(source.name, args)
   local current, err = config.load(source.load, args, { name = source.name })
@@ -92,18 +74,28 @@ function M.main(source, args, listen)
     services = #current.services, probes = #current.probes })
   local watchdog, stopping
   -- SIGTERM, SIGINT, or the script stopped its own load (sonde.stop()):
-  -- end it all; the loop then runs out and the host exits.
+  -- end it all; the loop then runs out and the host exits.  A second
+  -- SIGTERM or SIGINT meanwhile kills the services at once (SIGKILL)
+  -- rather than leave them behind; SIGHUP is ignored from now on.
   local function shutdown(sig)
-    if stopping then return end
+    if stopping then
+      if sig ~= "script" then
+        log.event("warn", "host_stop", { script = source.name, signal = sig,
+          detail = "stopping already: services killed" })
+        core.kill_all(S.KILL)
+      end
+      return
+    end
     stopping = true
     log.event("info", "host_stop", { script = source.name, signal = sig })
     if watchdog then core.cancel(watchdog) end
     watchdog = nil
     core.sd_notify("STOPPING=1")
-    for _, s in ipairs { S.TERM, S.INT, S.HUP } do core.on_signal(s, nil) end
     endpoints.close()
     current:stop(function()
-      core.on_signal(S.CHLD, nil)
+      for _, x in ipairs { S.TERM, S.INT, S.HUP, S.CHLD } do
+        core.on_signal(x, nil)
+      end
       core.reap_orphans()
     end)
   end
@@ -126,6 +118,7 @@ function M.main(source, args, listen)
     end)
   end)
   core.on_signal(S.HUP, function()
+    if stopping then return end
     core.sd_notify("RELOADING=1")
     local new, lerr = config.load(source.load, args, { name = source.name })
     if not new then
@@ -134,11 +127,24 @@ function M.main(source, args, listen)
       core.sd_notify("READY=1\nSTATUS=reload failed: " .. lerr:match("^[^\n]*"))
       return
     end
-    current = config.apply(current, own(new))
+    if new.state == "stopped" then          -- its top level called sonde.stop()
+      return shutdown("script")
+    end
+    local ok, aerr = pcall(config.apply, current, own(new))
+    if not ok then                          -- a bug: keep what runs
+      new:stop()
+      log.event("error", "reload", { status = "failed",
+        error = task.text_of(aerr) })
+      return
+    end
+    current = new
     core.sd_notify("READY=1\nSTATUS=" .. status_line(new))
     log.event("info", "reload", { status = "ok",
       services = #new.services, probes = #new.probes })
   end)
+  if current.state == "stopped" then        -- its top level called sonde.stop()
+    shutdown("script")
+  end
   current:start()
   -- systemd Type=notify: ready once the script is loaded and started;
   -- with WatchdogSec=, a keep-alive from the loop at half the interval.
