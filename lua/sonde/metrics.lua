@@ -102,13 +102,20 @@ local function key_of(self, values)
   return table.concat(parts, "\0")
 end
 
+-- A copy of the label values, as strings: the caller may change its table.
+function Series:label_values(values)
+  local out = {}
+  for _, l in ipairs(self.labels) do out[l] = tostring(values[l]) end
+  return out
+end
+
 --- Set a gauge: `g:set(value, { label = value, ... })`.
 -- @raise on a counter, a value that is not a number or a missing label
 function Series:set(v, values)
   if self.kind ~= "gauge" then error("set: " .. self.name .. " is a counter", 2) end
   if type(v) ~= "number" then error("set: number expected", 2) end
   local k = key_of(self, values)
-  self.values[k] = { v = v, l = values }
+  self.values[k] = { v = v, l = self:label_values(values) }
 end
 
 --- Add to a counter or gauge (default 1; never negative).
@@ -119,7 +126,7 @@ function Series:inc(n, values)
     error("inc: a non-negative number expected", 2)
   end
   local k = key_of(self, values)
-  local e = self.values[k] or { v = 0, l = values }
+  local e = self.values[k] or { v = 0, l = self:label_values(values) }
   e.v = e.v + n
   self.values[k] = e
 end
@@ -164,8 +171,8 @@ function Registry:define(kind, name, help, lbls)
     end
   end
   local s = setmetatable({ kind = kind, name = name,
-    help = help and tostring(help) or name, labels = lbls, values = {} },
-    Series)
+    help = help and tostring(help) or name,
+    labels = table.move(lbls, 1, #lbls, 1, {}), values = {} }, Series)
   self.by_name[name] = s
   self.order[#self.order + 1] = s
   return s

@@ -27,6 +27,7 @@
 -- securityContext, ...) are listed in a `pod_ignored` log event.
 -- @module sonde.pod
 local core = require "sonde.core"
+local validate = require "sonde.validate"
 local log = require "sonde.log"
 local k8s = require "sonde.k8s"
 local config = require "sonde.config"
@@ -40,15 +41,17 @@ local USED = { name = true, command = true, args = true, env = true,
                readinessProbe = true, startupProbe = true }
 local POLICY = { Always = "always", OnFailure = "on-failure", Never = "never" }
 
+-- An error about the manifest, at the line of the script that loads it
+-- (sonde.k8s.load), or without a position (sonde pod, check, once).
 local function fail(path, fmt, ...)
-  error(string.format("%s: " .. fmt, path, ...), 0)
+  validate.raise(string.format("%s: " .. fmt, path, ...))
 end
 
 local MAX_MANIFEST = 8 * 1024 * 1024   -- bytes
 
 local function read_docs(path)
   local f, err = io.open(path, "rb")
-  if not f then fail(path, "%s", err) end
+  if not f then validate.raise(err) end   -- "PATH: No such file..."
   -- not /dev/zero or a pipe that never ends: read at most MAX_MANIFEST
   local text = f:read(MAX_MANIFEST + 1)
   f:close()

@@ -40,12 +40,13 @@ function M.is_own_source(source)
 end
 
 --- The stack level (as `error` counts it from its caller) of the first
--- function outside sonde's own files and C: the user's call site.
+-- function outside sonde's own files and C: the user's call site; 0 (no
+-- position) when sonde was not called from a user's file.
 function M.user_level()
   local level = 2
   while true do
     local info = debug.getinfo(level + 1, "S")
-    if not info then return 1 end
+    if not info then return 0 end            -- none: no position
     if info.what ~= "C" and not M.is_own_source(info.source) then
       return level
     end

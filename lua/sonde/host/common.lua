@@ -68,7 +68,7 @@ function M.is_manifest(path)
   if loadfile(path) then return false end
   local f = io.open(path, "rb")
   if not f then return false end
-  local head = f:read(4096) or ""
+  local head = (f:read(4096) or ""):gsub("^\239\187\191", "")   -- a BOM
   f:close()
   for line in head:gmatch("[^\n]+") do
     if not line:match("^%s*#") and line:match("%S") then
