@@ -233,6 +233,146 @@ describe("sonde.config", function()
       assert.matches("# HELP generation generation 50\n# TYPE generation gauge\n"
         .. "generation 50\n", text, 1, true)
     end)
+
+    -- Reload `current` with each generation in turn, `gap` seconds apart,
+    -- and run for `seconds` in all: the events logged, and the last load.
+    local function reloads(gens, gap, seconds)
+      local capture = helpers.capture()
+      local current = assert(config.load(gens[1], {}, { name = "gen1" }))
+      current:start()
+      local i = 1
+      local function reload()
+        i = i + 1
+        current = config.apply(current, assert(config.load(gens[i], {},
+          { name = "gen" .. i })))
+        if i < #gens then core.timer(gap, reload) end
+      end
+      core.timer(gap, reload)
+      local ok, err = pcall(helpers.run_for, seconds, { load = function()
+        return current end, max = 10 })
+      local evs = capture:all()
+      capture:close()
+      assert(ok, err)
+      return evs, current
+    end
+
+    -- At most one instance of each service ran at any time.
+    local function one_at_a_time(evs)
+      local running, most = {}, {}
+      for _, e in ipairs(evs) do
+        local n = e.service
+        if e.event == "service_start" then
+          running[n] = (running[n] or 0) + 1
+          most[n] = math.max(most[n] or 0, running[n])
+        elseif e.event == "service_exit" then
+          running[n] = running[n] - 1
+        end
+      end
+      for n, m in pairs(most) do assert.are.equal(1, m, n) end
+      return most
+    end
+
+    it("tasks the hooks of a kept probe started end with the old load",
+      function()
+      local ticks, closed = {}, {}
+      local function gen(g)
+        return function()
+          local started = false
+          sonde.probe { name = "watched", exec = { command = { "true" } },
+            period = 0.1, on_result = function()
+              if started then return end
+              started = true
+              sonde.spawn(function()
+                local c <close> = closer(closed, g)
+                while true do
+                  ticks[g] = (ticks[g] or 0) + 1
+                  sonde.sleep(0.02)
+                end
+              end)
+            end }
+        end
+      end
+      local _, current = reloads({ gen(1), gen(2), gen(3), gen(4), gen(5) },
+        0.15, 1.2)
+      assert.are.same({ 1, 2, 3, 4, 5 }, closed)
+      assert.is_true(current.probe_by_name.watched.runs >= 8)
+      for g = 1, 5 do assert.is_true(ticks[g] >= 1, "generation " .. g) end
+    end)
+
+    it("an old load's <close> handler that calls sonde.stop() leaves what the "
+      .. "new load kept", function()
+      local svc
+      local evs, current = reloads({
+        function()
+          svc = sonde.service { name = "keep", command = { "sleep", "30" },
+            grace = 1 }
+          sonde.spawn(function()
+            local c <close> = setmetatable({}, { __close = function()
+              sonde.stop()
+            end })
+            sonde.sleep(30)
+          end)
+        end,
+        function()
+          sonde.service { name = "keep", command = { "sleep", "30" }, grace = 1 }
+        end,
+      }, 0.2, 0.6)
+      assert.are.equal(svc, current.service_by_name.keep)
+      -- one instance, stopped only by the end of the run
+      assert.are.equal(1, #helpers.select(evs, "service_start"))
+      local stops = helpers.select(evs, "service_stop")
+      assert.are.equal(1, #stops)
+      assert.are.equal(evs[#evs], stops[1])
+    end)
+
+    it("a replaced service starts only after every earlier instance exited, "
+      .. "however fast the reloads come", function()
+      local function gen(g)
+        return function()
+          sonde.service { name = "slow", grace = 0.4, command = { "sh", "-c",
+            "trap '' TERM; sleep 30; : " .. g } }
+        end
+      end
+      local evs = reloads({ gen(1), gen(2), gen(3) }, 0.1, 1.5)
+      one_at_a_time(evs)
+      local starts = helpers.select(evs, "service_start")
+      assert.are.equal(2, #starts)            -- generation 2 never ran
+      assert.matches(": 3$", starts[2].command)
+    end)
+
+    it("a service declared late waits for the one of the old load", function()
+      local function gen(g)
+        return function()
+          sonde.probe { name = "p", exec = { command = { "true" } }, period = 1 }
+          sonde.sleep(0.01)                   -- then declares, late
+          sonde.service { name = "late", grace = 0.4, command = { "sh", "-c",
+            "trap '' TERM; sleep 30; : " .. g } }
+        end
+      end
+      local evs = reloads({ gen(1), gen(2) }, 0.2, 1.2)
+      one_at_a_time(evs)
+      assert.are.equal(2, #helpers.select(evs, "service_start"))
+    end)
+
+    it("compares specs without running their metamethods", function()
+      local function gen(g)
+        return function()
+          local calls = 0
+          -- pairs works once (the declaration), then raises
+          local spec = setmetatable({ name = "odd", period = 0.1,
+            exec = { command = { "true" } },
+            on_result = function() end }, { __pairs = function(t)
+              calls = calls + 1
+              if calls > 1 then error("no pairs for " .. g) end
+              return next, t, nil
+            end })
+          sonde.probe(spec)
+        end
+      end
+      local evs, current = reloads({ gen(1), gen(2) }, 0.2, 0.5)
+      assert.are.equal(1, #helpers.select(evs, "state_change", { probe = "odd" }))
+      assert.is_true(current.probe_by_name.odd.runs >= 4)
+    end)
   end)
 
   it("declarations into a stopped load are refused at the user's line",

@@ -75,4 +75,17 @@ describe("sonde.metrics.gauge / counter validation", function()
     assert.has_error(function() c:inc(-0.5, { k = "a" }) end)
     c:inc(1, { k = "a" })
   end)
+
+  it("keeps a copy of the label values it was given", function()
+    local m = require "sonde.metrics"
+    local reg = m.registry()
+    local labels = { "queue" }
+    local g = reg:gauge("copied", "help", labels)
+    labels[1] = "changed"
+    local values = { queue = "a" }
+    g:set(1, values)
+    values.queue = "b"
+    local text = m.render { probes = {}, services = {}, registry = reg }
+    assert.is_truthy(text:find('\ncopied{queue="a"} 1\n', 1, true), text)
+  end)
 end)

@@ -219,4 +219,95 @@ describe("sonde.task", function()
     assert.is_truthy(out:find("RAISED [^\n]*sonde%.sleep"), "child output:\n" .. out)
     assert.is_truthy(out:find("DONE\n", 1, true), "child output:\n" .. out)
   end)
+
+  it("a <close> handler that never ends is stopped after close_bound",
+    function()
+    local s, trace = spawned("endless closer", function(log)
+      local c <close> = setmetatable({}, { __close = function()
+        log[#log + 1] = "closing"
+        while true do end
+      end })
+      task.sleep(30)
+    end)
+    local t0 = core.now()
+    local evs = close_errors(s)
+    assert.are.same({ "closing" }, trace)
+    assert.is_true(core.now() - t0 < task.close_bound + 5)  -- loose
+    assert.are.equal(1, #evs)
+    assert.matches("while closing a task: time limit exceeded", evs[1].error)
+  end)
+
+  it("a task spawned by bounded code keeps its bound until it first waits",
+    function()
+    local s = task.scope { name = "bounded" }
+    local trace, err = {}, nil
+    task.bounded(s, function()
+      -- waits at once: free from then on, however long it later runs
+      task.spawn(function()
+        task.sleep(0.01)
+        local t0 = core.now()
+        while core.now() - t0 < 0.4 do end
+        trace[#trace + 1] = "long run after a wait"
+      end)
+      local ok, e = pcall(task.spawn, function() while true do end end)
+      err = not ok and e
+    end, 0.2, function(why) trace[#trace + 1] = "aborted: " .. why end)
+    run()
+    assert.are.same({ "long run after a wait" }, trace)
+    assert.matches("^spec/sonde/task_spec.lua:%d+: sonde.spawn: the new task "
+      .. "ran without waiting past the time limit of the code that started "
+      .. "it", err)
+    s:close()
+  end)
+
+  it("a task spawned by a hook runs under the hook's bound", function()
+    local hook = require "sonde.hook"
+    local s = task.scope { name = "hooked" }
+    local ok, err = task.within(s, hook.call, function()
+      task.spawn(function() while true do end end)
+    end, 0.2)
+    assert.is_false(ok)
+    assert.matches("sonde.spawn: the new task ran without waiting", err)
+    s:close()
+  end)
+
+  it("cancel() leaves alone what user code did not start with a callback",
+    function()
+    local r
+    local s = task.scope { name = "own ops" }
+    task.within(s, function()
+      task.spawn(function() r = sonde.exec { command = { "true" } } end)
+    end)
+    -- the task's wait is sonde's own operation: its id is not the user's.
+    -- Ids are given in order: the one just before a new timer's.
+    local mark = core.timer(10, function() end)
+    core.cancel(mark)
+    local id0 = mark - 1
+    assert.is_number(core.exec_pid(id0))
+    assert.is_false(sonde.cancel(id0))
+    run()
+    assert.are.equal("success", r.status)
+    -- an operation started with a callback is the user's to cancel
+    local id = sonde.exec({ command = { "sleep", "5" } }, function() end)
+    assert.is_true(sonde.cancel(id))
+    assert.is_false(sonde.cancel(id))
+    s:close()
+  end)
+
+  it("run() waiting in a task returns when its scope is closed", function()
+    local s = task.scope { name = "run waiter" }
+    local trace = {}
+    s:hold()                                  -- never idle by itself
+    task.within(s, function()
+      task.spawn(function()
+        task.wait_idle()
+        trace[#trace + 1] = "returned"
+        local ok, err = pcall(task.sleep, 1)  -- nothing waits any more
+        trace[#trace + 1] = ok and "slept" or err:match("owner %b()")
+      end)
+    end)
+    core.timer(0.05, function() s:close() end)
+    run()
+    assert.are.same({ "returned", "owner (run waiter)" }, trace)
+  end)
 end)

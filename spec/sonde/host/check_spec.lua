@@ -56,4 +56,21 @@ describe("sonde check", function()
     assert.is_truthy(err:find('service "db": grace: must be >= 0, got -1',
       1, true), err)
   end)
+
+  it("a script that calls sonde.run() at its top level: listed, nothing "
+    .. "started", function()
+    local dir = helpers.scratch()
+    local path = script("runs.lua", string.format([[
+      local sonde = require "sonde"
+      sonde.service { name = "svc", command = { "touch", %q } }
+      sonde.probe { name = "p", exec = { command = { "touch", %q } },
+                    period = 0.1 }
+      sonde.run()
+    ]], dir .. "/service-ran", dir .. "/probe-ran"))
+    local rc, out, err = helpers.host_run({ "check", path }, nil, 20)
+    assert.are.equal(0, rc, err)
+    assert.are.equal(path .. ": 1 service, 1 probe", helpers.lines(out)[1])
+    assert.is_nil(helpers.read_file(dir .. "/service-ran"))
+    assert.is_nil(helpers.read_file(dir .. "/probe-ran"))
+  end)
 end)

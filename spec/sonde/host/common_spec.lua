@@ -150,4 +150,24 @@ spec:
         .. ": not valid YAML or JSON"), err)
     end)
   end)
+
+  it("sonde.k8s.load of a missing manifest: the script's line, the path once",
+    function()
+    local path = helpers.write(dir .. "/etc/sonde/pod.lua",
+      'local sonde = require "sonde"\n\nsonde.k8s.load("' .. dir
+      .. '/nowhere.yaml")\n')
+    local rc, _, err = helpers.host_run { "check", path }
+    assert.are.equal(2, rc)
+    assert.are.equal(string.format("sonde: %s:3: %s/nowhere.yaml: No such "
+      .. "file or directory\n", path, dir), err)
+  end)
+
+  it("a manifest that starts with a byte-order mark is a manifest", function()
+    local path = helpers.write(dir .. "/pod.txt", "\239\187\191apiVersion: v1\n"
+      .. "kind: Pod\nmetadata:\n  name: b\nspec:\n  containers:\n"
+      .. "  - name: app\n    args: [\"sleep\", \"1\"]\n")
+    local rc, out, err = helpers.host_run { "check", path }
+    assert.are.equal(0, rc, err)
+    assert.are.equal(path .. ": 1 service, 0 probes", helpers.lines(out)[1])
+  end)
 end)

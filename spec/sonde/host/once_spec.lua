@@ -118,4 +118,33 @@ describe("sonde once", function()
     local obj = helpers.decode_lines(out)[1]
     assert.are.equal("a\0b\\xFFc", obj.output)
   end)
+
+  it("SIGINT ends it (128 + 2) and kills the probes' commands", function()
+    local path = script("interrupted.lua", [[
+      local sonde = require "sonde"
+      sonde.probe { name = "long", exec = { command = { "sleep", "87" } },
+                    timeout = 100 }
+    ]])
+    local h = helpers.host_start { "once", path }
+    assert(helpers.eventually(function()
+      return #helpers.procs_matching("^sleep 87$") == 1 end, 10))
+    h:signal("INT")
+    assert.are.equal(130, h:wait(10))
+    assert.is_true(helpers.eventually(function()
+      return #helpers.procs_matching("^sleep 87$") == 0 end, 5))
+  end)
+
+  it("os.exit from the script's task takes the probes' commands with it",
+    function()
+    local path = script("exits.lua", [[
+      local sonde = require "sonde"
+      sonde.probe { name = "long", exec = { command = { "sleep", "88" } },
+                    timeout = 100 }
+      sonde.spawn(function() sonde.sleep(0.3) os.exit(5) end)
+    ]])
+    local rc = helpers.host_run { "once", path }
+    assert.are.equal(5, rc)
+    assert.is_true(helpers.eventually(function()
+      return #helpers.procs_matching("^sleep 88$") == 0 end, 5))
+  end)
 end)

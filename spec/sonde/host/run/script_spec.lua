@@ -220,4 +220,33 @@ sonde.log.debug("a debug message")
         .. "or error\n"), err)
     end)
   end)
+
+  it("a script that calls sonde.stop() ends the host like SIGTERM", function()
+    for _, where in ipairs { "hook", "top level" } do
+      local path = script("selfstop.lua", string.format([[
+        local sonde = require "sonde"
+        sonde.service { name = "svc", command = { "sleep", "60" }, grace = 1 }
+        sonde.probe { name = "p", exec = { command = { "true" } }, period = 0.1,
+          on_result = function(_, p)
+            if %q == "hook" and p.runs == 3 then
+              sonde.stop(function() sonde.log.info("services gone") end)
+            end
+          end }
+        if %q == "top level" then sonde.stop() end
+      ]], where, where))
+      local rc, _, err = helpers.host_run({ "--log-format", "json", path }, nil, 20)
+      assert.are.equal(0, rc, where .. "\n" .. err)
+      local evs = helpers.decode_lines(err)
+      local stop = helpers.select(evs, "host_stop")
+      assert.are.equal(1, #stop, where)
+      assert.are.equal("script", stop[1].signal)
+      if where == "hook" then
+        assert.are.equal(1, #helpers.select(evs, "service_stop"))
+        assert.are.equal(1, #helpers.select(evs, "message",
+          { text = "services gone" }))
+      else
+        assert.are.same({}, helpers.select(evs, "service_start"))
+      end
+    end
+  end)
 end)

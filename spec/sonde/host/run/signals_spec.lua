@@ -192,4 +192,27 @@ describe("host signals", function()
     assert.is_true(tonumber(live[1].streak:match("^success (%d+)/1$")) > 1,
       live[1].streak)
   end)
+
+  it("a second SIGTERM while a service ignores the first kills it: the host "
+    .. "exits and leaves nothing behind", function()
+    local path = script("stubborn.lua", [[
+      local sonde = require "sonde"
+      sonde.service { name = "stubborn", grace = 60,
+        command = { "sh", "-c", "trap '' TERM; sleep 89 & wait; wait" } }
+      sonde.probe { name = "tick", period = 0.2, exec = { command = { "true" } } }
+    ]])
+    local h = start(path)
+    assert(h:wait_for(function(x) return results_of(x, "tick") >= 2 end, 15))
+    local pid = h:events("service_start")[1].pid
+    h:signal("TERM")
+    assert(h:wait_for(function(x) return #x:events("host_stop") == 1 end, 5))
+    assert.is_nil(h:wait(0.5))               -- waits out the grace
+    h:signal("TERM")
+    assert.are.equal(0, h:wait(10), h:stderr())
+    assert.are.equal(2, #h:events("host_stop"))
+    assert.is_true(helpers.eventually(function()
+      return #helpers.procs_in_groups(pid) == 0 end, 5))
+    -- SIGHUP during the stop is ignored: no reload
+    assert.are.same({}, h:events("reload"))
+  end)
 end)
