@@ -170,4 +170,23 @@ describe("on_result verdicts", function()
       he[1].error)
     assert.are.equal("failure", p.state)
   end)
+
+  it("on_result returning a reason that cannot be printed: the run still "
+    .. "counts", function()
+    local bad = setmetatable({}, { __tostring = function() error("no text") end })
+    local p = sonde.probe {
+      name = "odd-reason", kind = "readiness",
+      exec = { command = { "true" } }, period = 0.2, timeout = 5,
+      on_result = function(_, probe)
+        if probe.runs >= 2 then sonde.after(0, helpers.stop_now) end
+        return "failure", bad
+      end,
+    }
+    local evs = helpers.run_logged(30)
+    local rs = helpers.select(evs, "probe_result", { probe = "odd-reason" })
+    assert.are.equal(2, #rs)
+    assert.are.same({ "failure", "(error object without a printable form)" },
+      { rs[1].status, rs[1].reason })
+    assert.are.equal(2, p.runs)
+  end)
 end)
