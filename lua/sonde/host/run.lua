@@ -6,9 +6,11 @@
 --     its services and probes start.  A script that declares nothing runs
 --     as a plain Lua script on the loop and the host exits when its work is
 --     done.
---   * SIGTERM / SIGINT stop the load (sonde.config: probes, tasks, timers,
---     operations, then services with their grace) and the host exits 0,
---     within the services' grace plus about a second.
+--   * SIGTERM / SIGINT, or the script's own `sonde.stop()`, stop the load
+--     (sonde.config: probes, tasks, timers, operations, then services with
+--     their grace) and the host exits 0, within the services' grace plus
+--     about a second; a second SIGTERM / SIGINT meanwhile kills the
+--     services (SIGKILL), and SIGHUP is ignored from then on.
 --   * SIGHUP loads the script again: on success the new load replaces the
 --     old one (what did not change keeps running); on failure the error is
 --     logged (`reload status=failed`) and the running load goes on.
