@@ -63,43 +63,67 @@ end
 
 local LEVELS = { debug = true, info = true, warn = true, error = true }
 
+-- Options and where they go: before the command ("global"), or after
+-- the command named.
+local OPTIONS = {
+  ["--log-format"] = { global = true, pod = true, check = true, once = true },
+  ["--log-level"] = { global = true, pod = true, check = true, once = true },
+  ["--listen"] = { global = true, pod = true },
+  ["--container"] = { pod = true, check = true, once = true },
+  ["--format"] = { once = true },
+}
+
+-- Take option `a` with value `v` into `opts`; an error text when wrong.
+local function take(opts, cmd, a, v)
+  if not OPTIONS[a] then return "unknown option " .. a end
+  if not OPTIONS[a][cmd] then
+    return cmd == "global" and "unknown option " .. a
+      or a .. " is not an option of " .. cmd
+  end
+  if a == "--log-format" then
+    if v ~= "text" and v ~= "json" then return "--log-format takes text or json" end
+    log.set_format(v)
+  elseif a == "--log-level" then
+    if not LEVELS[v] then
+      return "--log-level takes debug, info, warn or error"
+    end
+    log.set_level(v)
+  elseif a == "--listen" then
+    local host, port = parse_listen(v or "")
+    if not host then return "--listen takes PORT, :PORT, HOST:PORT or [V6]:PORT" end
+    opts.listen = { host = host, port = port }
+  elseif a == "--container" then
+    if not v then return "--container takes a name" end
+    opts.container = v
+  elseif a == "--format" then
+    if v ~= "text" and v ~= "json" then return "--format takes text or json" end
+    opts.format = v
+  end
+end
+
 --- Run the command line `args` (argv without the program name).
+-- Options go before SCRIPT (whose own arguments follow it untouched);
+-- `pod`, `check` and `once` also take theirs anywhere after the command.
 -- @treturn integer the exit code
 function M.main(args)
-  local i = 1
-  local listen
   local function usage_error(fmt, ...)
     common.err(fmt, ...)
     io.stderr:write(USAGE)
     return 2
   end
+  local opts = { format = "text" }
+  local i = 1
   while args[i] and args[i]:sub(1, 2) == "--" do
-    local a, v = args[i], args[i + 1]
+    local a = args[i]
     if a == "--version" then
       print(string.format("sonde %s (%s)", core.version, _VERSION))
       return 0
     elseif a == "--help" then
       io.stdout:write(USAGE)
       return 0
-    elseif a == "--log-format" then
-      if v ~= "text" and v ~= "json" then
-        return usage_error("--log-format takes text or json")
-      end
-      log.set_format(v)
-    elseif a == "--log-level" then
-      if not LEVELS[v] then
-        return usage_error("--log-level takes debug, info, warn or error")
-      end
-      log.set_level(v)
-    elseif a == "--listen" then
-      local host, port = parse_listen(v or "")
-      if not host then
-        return usage_error("--listen takes PORT, :PORT, HOST:PORT or [V6]:PORT")
-      end
-      listen = { host = host, port = port }
-    else
-      return usage_error("unknown option %s", a)
     end
+    local e = take(opts, "global", a, args[i + 1])
+    if e then return usage_error("%s", e) end
     i = i + 2
   end
   local cmd = args[i]
@@ -107,35 +131,38 @@ function M.main(args)
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
   if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then
     return run.main(common.source(cmd), table.move(args, i + 1, #args, 1, {}),
-      listen)
+      opts.listen)
   end
-  -- the command's own options
-  local j, container, format = i + 1, nil, "text"
-  while args[j] == "--container" or (cmd == "once" and args[j] == "--format") do
-    local v = args[j + 1]
-    if args[j] == "--container" then
-      if not v then return usage_error("--container takes a name") end
-      container = v
+  -- the command's own arguments: options anywhere, then the path and
+  -- (once) probe names
+  local rest = {}
+  local j = i + 1
+  while args[j] do
+    local a = args[j]
+    if a:sub(1, 2) == "--" then
+      local e = take(opts, cmd, a, args[j + 1])
+      if e then return usage_error("%s: %s", cmd, e) end
+      j = j + 2
     else
-      if v ~= "text" and v ~= "json" then
-        return usage_error("--format takes text or json")
-      end
-      format = v
+      rest[#rest + 1] = a
+      j = j + 1
     end
-    j = j + 2
   end
-  local path = args[j]
+  local path = rest[1]
   if not path then
     return usage_error("%s: no %s given", cmd, cmd == "pod" and "manifest"
       or "script")
   end
-  if cmd == "pod" then
-    return run.main(common.source(path, container, true), {}, listen)
-  elseif cmd == "check" then
-    return check.main(common.source(path, container))
+  if cmd ~= "once" and rest[2] then
+    return usage_error("%s: unexpected argument %s", cmd, rest[2])
   end
-  return once.main(common.source(path, container),
-    table.move(args, j + 1, #args, 1, {}), format)
+  if cmd == "pod" then
+    return run.main(common.source(path, opts.container, true), {}, opts.listen)
+  elseif cmd == "check" then
+    return check.main(common.source(path, opts.container))
+  end
+  return once.main(common.source(path, opts.container),
+    table.move(rest, 2, #rest, 1, {}), opts.format)
 end
 
 return M

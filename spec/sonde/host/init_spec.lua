@@ -105,4 +105,48 @@ describe("sonde host command line", function()
       assert.is_true(n >= 2)
     end)
   end)
+
+  describe("the options of pod, check and once", function()
+    local manifest = [[
+apiVersion: v1
+kind: Pod
+metadata: { name: two }
+spec:
+  containers:
+  - { name: sidecar, args: ["sleep", "60"] }
+  - { name: web, args: ["sleep", "61"] }
+]]
+
+    it("are taken after the manifest too", function()
+      local path = script("two.yaml", manifest)
+      for _, args in ipairs {
+          { "check", "--container", "web", path },
+          { "check", path, "--container", "web" },
+          { "check", path, "--log-level", "warn", "--container", "web" } } do
+        local rc, out, err = helpers.host_run(args)
+        assert.are.equal(0, rc, err)
+        assert.are.equal(path .. ": 1 service, 0 probes\n"
+          .. "service web                  sleep 61\n", out)
+      end
+    end)
+
+    it("are refused where they do not belong, and so are extra arguments",
+      function()
+      local path = script("two.yaml", manifest)
+      for _, c in ipairs {
+          { { "pod", path, "--format", "json" },
+            "sonde: pod: --format is not an option of pod\n" },
+          { { "check", "--listen", "0", path },
+            "sonde: check: --listen is not an option of check\n" },
+          { { "check", path, "extra" },
+            "sonde: check: unexpected argument extra\n" },
+          { { "--container", "web", "check", path },
+            "sonde: unknown option --container\n" } } do
+        local rc, out, err = helpers.host_run(c[1])
+        assert.are.equal(2, rc)
+        assert.are.equal("", out)
+        assert.are.equal(c[2], err:sub(1, #c[2]), table.concat(c[1], " "))
+      end
+    end)
+  end)
 end)
