@@ -28,6 +28,7 @@ PREFIX      ?= /usr/local
 LUADIR      ?= $(PREFIX)/share/lua/5.4
 LIBDIR      ?= $(PREFIX)/lib/lua/5.4
 BINDIR      ?= $(PREFIX)/bin
+DOCDIR      ?= $(PREFIX)/share/doc/sonde
 
 CC          ?= cc
 CFLAGS      ?= -O2 -g
@@ -120,7 +121,7 @@ demo: deps
 	$(MAKE) all
 	@dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; \
 	SONDE_DEMO_FILE=$$dir/healthy timeout --preserve-status -s TERM 40 \
-	  $(HOST) examples/liveness-exec.lua 10 2
+	  $(HOST) --log-level debug examples/liveness-exec.lua 10 2
 
 # Ten probes of every kind at once against the fixture server.
 demo-probes: deps
@@ -152,6 +153,8 @@ install: all
 	install -m 755 $(MODULE) $(DESTDIR)$(LIBDIR)/sonde/core.so
 	install -m 644 lua/sonde/*.lua $(DESTDIR)$(LUADIR)/sonde/
 	install -m 644 lua/sonde/host/*.lua $(DESTDIR)$(LUADIR)/sonde/host/
+	install -d $(DESTDIR)$(DOCDIR)
+	install -m 644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 755 $(HOST) $(DESTDIR)$(BINDIR)/sonde
 
 format-check:

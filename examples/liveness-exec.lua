@@ -7,8 +7,9 @@
 --
 --   build/bin/sonde examples/liveness-exec.lua [HEALTHY_SECONDS [PERIOD]]
 --
--- `make demo` runs it with the file removed after 10 s and a 2 s period, so
--- that within about 40 s the log shows successes, the failures counted, the
+-- `make demo` runs it (with --log-level debug, so that successful runs are
+-- logged too) with the file removed after 10 s and a 2 s period, so that
+-- within about 40 s the log shows successes, the failures counted, the
 -- restart, and success again.
 local sonde = require "sonde"
 

@@ -14,6 +14,7 @@
  * registry; unlisten and __gc free it.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -127,12 +128,15 @@ static int l_core_listen(lua_State *L) {
       EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_PATCH);
   evhttp_set_gencb(h->http, on_request, h);
   evhttp_set_timeout(h->http, 10);
+  errno = 0;
   struct evhttp_bound_socket *bs =
       evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port);
+  int err = errno ? errno : EADDRNOTAVAIL;
   if (!bs) {
     httpd_close(h);
     luaL_pushfail(L);
-    lua_pushfstring(L, "cannot listen on %s port %d", host, (int)port);
+    lua_pushfstring(L, "cannot listen on %s port %d: %s", host, (int)port,
+                    strerror(err));
     return 2;
   }
   struct sockaddr_storage ss;

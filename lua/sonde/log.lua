@@ -24,13 +24,14 @@
 --     or `new_instance` when a service restart resets the probe);
 --   * `probe_skipped`: probe, why (`overrun`: the previous run was still
 --     going at the next tick);
---   * `hook_error`: probe, hook, error (with traceback);
+--   * `hook_error`: probe, hook (`on_result`, `on_change`, `check` for a
+--     custom check that raised), error (with traceback);
 --   * `action`: probe, action, status (`started`, `done`, `failed`,
 --     `suppressed`), detail;
 --   * `service_start`: service, pid, instance;
 --   * `service_exit`: service, pid, exit_code or signal, uptime;
 --   * `service_restart`: service, delay, restarts, why (`exit`,
---     `liveness`, `startup`);
+--     `liveness`, `startup`, `action`);
 --   * `service_stop`: service;
 --   * `service_output` (unless the service has `output = "discard"`):
 --     service, stream (`stdout`/`stderr`), line (at most
@@ -42,6 +43,8 @@
 --     (the number, or `script` when the script stopped its own load);
 --   * `listen`: host, port (the endpoint of --listen);
 --   * `http_error`: path, error (an endpoint handler failed: 500);
+--   * `pod_ignored`: pod, container, fields (of a manifest's container,
+--     the fields only a container runtime uses: image, resources...);
 --   * `late_declaration`: probe or service, detail (declared by a script
 --     that had declared nothing before it first waited);
 --   * `task_error`: error (a task or callback of the script raised, or a

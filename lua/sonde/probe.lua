@@ -294,7 +294,7 @@ function Probe:run_once(done)
     if self.inflight ~= token then return end
     core.cancel(deadline)
     if not ok then
-      log.event("warn", "hook_error", { probe = self.name, hook = "check",
+      log.event("error", "hook_error", { probe = self.name, hook = "check",
         error = task.text_of(a) })
     end
     local pok, r = pcall(verdict, ok, a, b)

@@ -2,9 +2,9 @@
  * host/main.c - the `sonde` host binary.
  *
  * Sets up a Lua state with sonde.core linked in and hands the command line
- * to lua/sonde/host.lua (`sonde --help` lists the commands).  The host
+ * to lua/sonde/host/init.lua (`sonde --help` lists the commands).  The host
  * finds its Lua modules relative to its own executable: in the build
- * tree (build/bin/sonde -> build/lib, lua/) and in an installed prefix
+ * tree (build/bin/sonde -> build/lib, lua/) or in an installed prefix
  * (PREFIX/bin/sonde -> PREFIX/lib/lua/5.4, PREFIX/share/lua/5.4), ahead of
  * LUA_PATH/LUA_CPATH and Lua's defaults.  `sonde.core` is linked in.
  *
@@ -39,20 +39,29 @@ static char *exe_dir(void) {
   return strdup(buf);
 }
 
-/* Prepend the build-tree and installed-prefix locations to package.path
- * and package.cpath. */
+/* Prepend where this host's Lua files are to package.path and
+ * package.cpath: the build tree when the executable is build/bin/sonde of a
+ * checkout (lua/sonde/init.lua two levels up), else its installed prefix.
+ * Nothing outside that tree or prefix is searched before Lua's defaults. */
 static void set_paths(lua_State *L) {
   char *d = exe_dir();
   if (!d) return;
+  char marker[PATH_MAX];
+  snprintf(marker, sizeof marker, "%s/../../lua/sonde/init.lua", d);
+  int build_tree = access(marker, R_OK) == 0;
   lua_getglobal(L, "package");
-  lua_pushfstring(L,
-                  "%s/../../lua/?.lua;%s/../../lua/?/init.lua;"
-                  "%s/../share/lua/5.4/?.lua;%s/../share/lua/5.4/?/init.lua;",
-                  d, d, d, d);
+  if (build_tree)
+    lua_pushfstring(L, "%s/../../lua/?.lua;%s/../../lua/?/init.lua;", d, d);
+  else
+    lua_pushfstring(L, "%s/../share/lua/5.4/?.lua;"
+                       "%s/../share/lua/5.4/?/init.lua;", d, d);
   lua_getfield(L, -2, "path");
   lua_concat(L, 2);
   lua_setfield(L, -2, "path");
-  lua_pushfstring(L, "%s/../lib/?.so;%s/../lib/lua/5.4/?.so;", d, d);
+  if (build_tree)
+    lua_pushfstring(L, "%s/../lib/?.so;", d);
+  else
+    lua_pushfstring(L, "%s/../lib/lua/5.4/?.so;", d);
   lua_getfield(L, -2, "cpath");
   lua_concat(L, 2);
   lua_setfield(L, -2, "cpath");
