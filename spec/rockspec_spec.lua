@@ -29,6 +29,14 @@ local function check_tree(tree, luadir, libdir)
   assert.are.equal(1, rc, out)
   assert.matches("db%-tcp%s+failure%s+connect_refused", out)
   assert.matches("db%-tcp%-v6%s+failure%s+connect_refused", out)
+  -- the installed host searches its own prefix first, nothing outside it
+  local show = tree .. "/paths.lua"
+  helpers.write(show, "print(package.path:match('^[^;]*'))\n"
+    .. "print(package.cpath:match('^[^;]*'))\n")
+  rc, out = sh(q(tree .. "/bin/sonde") .. " " .. q(show))
+  assert.are.equal(0, rc, out)
+  assert.are.equal(tree .. "/bin/../share/lua/5.4/?.lua\n"
+    .. tree .. "/bin/../lib/lua/5.4/?.so\n", out)
 end
 
 describe("installation", function()
@@ -47,6 +55,9 @@ describe("installation", function()
     local rc, out = sh("cd " .. q(root) .. " && make -s install PREFIX=" .. q(dir))
     assert.are.equal(0, rc, out)
     check_tree(dir, dir .. "/share/lua/5.4", dir .. "/lib/lua/5.4")
+    -- where examples/sonde.service's Documentation= points, under PREFIX
+    assert.are.equal(helpers.read_file(root .. "/README.md"),
+      helpers.read_file(dir .. "/share/doc/sonde/README.md"))
   end)
 
   it("the module does not link liblua, and the host loads C modules", function()

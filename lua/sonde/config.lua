@@ -248,7 +248,6 @@ local function fingerprint(v, seen)
   end
   return text_of(v)
 end
-M.fingerprint = fingerprint
 
 -- Call fn once service `o`, being replaced, has exited: o's own process,
 -- or, if o never started because it was itself waiting for the one

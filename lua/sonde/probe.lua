@@ -190,8 +190,7 @@ end
 
 --- Back to the seed state, counters cleared.
 function Probe:reset()
-  self.w = worker.seed(self.kind)
-  self.state = self.w.state
+  self:set(worker.seed(self.kind))
 end
 
 -- The published state, counters and hold, from a worker step.

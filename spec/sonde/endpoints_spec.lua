@@ -440,6 +440,17 @@ describe("--listen", function()
     assert.is_truthy(err:find("usage:", 1, true), err)
   end)
 
+  it("a port in use: exit 2, and the reason", function()
+    local path = helpers.write(dir .. "/small.lua", SMALL)
+    local x = start { "--log-format", "json", "--listen", "0", path }
+    local p = listen_port(x)
+    local code, out, err = helpers.host_run({ "--listen", tostring(p), path },
+      nil, 20)
+    assert.are.equal(2, code, out .. err)
+    assert.are.equal(string.format("sonde: --listen: cannot listen on "
+      .. "127.0.0.1 port %d: Address already in use\n", p), err)
+  end)
+
   it("after SIGTERM the host exits 0 and nothing listens", function()
     local path = helpers.write(dir .. "/small.lua", SMALL)
     local x = start { "--log-format", "json", "--listen", "127.0.0.1:0", path }
