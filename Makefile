@@ -3,6 +3,7 @@
 #   make              build build/lib/sonde/core.so and build/bin/sonde
 #   make check        build, then run the busted suite under Lua 5.4
 #   make check SANITIZE=1   the same with AddressSanitizer + UBSan
+#   make soak         the hostile soak, 60 s (SOAK_SECONDS=600 for the long one)
 #   make demo         run the liveness-exec example (about 40 s)
 #   make demo-probes  run ten probes at once against a local server
 #   make env          print LUA_PATH/LUA_CPATH exports for plain lua5.4
@@ -57,7 +58,7 @@ MODULE      := $(BUILD)/lib/sonde/core.so
 HOST        := $(BUILD)/bin/sonde
 FIXTURE     := $(BUILD)/test/fixture-server
 
-.PHONY: all check demo demo-probes bench env install clean format-check
+.PHONY: all check demo demo-probes bench soak env install clean format-check
 all: $(MODULE) $(HOST)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h
@@ -142,6 +143,14 @@ bench: deps
 	for i in 1 2 3 4 5 6 7 8 9 10; do grep -q PORT $$log && break; sleep 0.2; done; \
 	port=$$(sed -n 's/^PORT //p' $$log); \
 	$(HOST) bench/probes.lua http://127.0.0.1:$$port
+
+# The soak: about 200 probes, half against hostile peers and commands, for
+# SOAK_SECONDS (60); prints figures and "N passed, N failed".
+SOAK_SECONDS ?= 60
+soak: deps
+	$(MAKE) all $(FIXTURE)
+	SOAK_ENV='ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16 UBSAN_OPTIONS=print_stacktrace=1' \
+	  $(LUA) bench/soak.lua $(HOST) $(FIXTURE) $(SOAK_SECONDS)
 
 env:
 	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
