@@ -9,7 +9,8 @@
  *   write: feed `input` to the stdin pipe when writable, one write() per
  *          wake-up, SIGPIPE blocked; close it after the last byte or on
  *          any error (EPIPE: the child does not read).
- *   read:  keep the first max_output bytes of each pipe, drop the rest.
+ *   read:  keep the first max_output bytes of each pipe, drop the rest;
+ *          at most READS_PER_WAKE reads per wake-up (floods).
  *   exit:  pidfd readable -> SIGKILL the rest of the group while the leader
  *          is still an unreaped zombie (its pgid cannot be recycled yet),
  *          reap the leader, give the pipes a short drain deadline.
@@ -41,6 +42,11 @@
 #include "sonde/exec.h"
 
 #define DRAIN_SECONDS 0.5 /* pipe drain after the command's exit */
+#define READ_CHUNK 16384  /* bytes per read() */
+#define READS_PER_WAKE 4  /* read() calls per wake-up of a pipe: a command
+                             writing without pause must not hold the loop;
+                             the pipe's event is level-triggered, so what is
+                             left is read at the next loop iteration */
 #define POLL_USEC 20000   /* waitpid poll when pidfd_open is unavailable */
 
 extern char **environ;
@@ -200,9 +206,10 @@ static int all_drained(struct exec_op *x) {
 static void on_pipe(evutil_socket_t fd, short what, void *arg) {
   struct exec_op *x = arg;
   struct pipe_buf *p = x->out[0].fd == fd ? &x->out[0] : &x->out[1];
-  char chunk[16384];
+  char chunk[READ_CHUNK];
   (void)what;
-  for (;;) {
+  for (int reads = 0;; reads++) {
+    if (reads == READS_PER_WAKE) return;  /* the rest at the next wake-up */
     ssize_t n = read(p->fd, chunk, sizeof chunk);
     if (n > 0 && x->on_output) {
       /* The callback may cancel this very op: held, it stays allocated
