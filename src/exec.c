@@ -14,7 +14,9 @@
  *   exit:  pidfd readable -> SIGKILL the rest of the group while the leader
  *          is still an unreaped zombie (its pgid cannot be recycled yet),
  *          reap the leader, give the pipes a short drain deadline.
- *   deadline: SIGTERM the group, SIGKILL after kill_grace.
+ *   deadline: SIGTERM the group, SIGKILL after kill_grace; unless the
+ *          leader has already exited (exit not yet seen: a stalled host),
+ *          which is then handled as an exit, not a timeout.
  *   done:  exit status known and both pipes at EOF (or drained).
  *
  * Ownership: struct exec_op owns its fds, events and buffers; all are
@@ -325,16 +327,20 @@ static void on_pidfd(evutil_socket_t fd, short what, void *arg) {
   on_leader_exit(arg);
 }
 
+/* Has the leader exited (a zombie not yet reaped)?  Does not reap it. */
+static int leader_exited(struct exec_op *x) {
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  return waitid(P_PID, (id_t)x->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         si.si_pid == x->pid;
+}
+
 /* Fallback without pidfd: poll for the leader's exit without reaping it. */
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
   struct exec_op *x = arg;
-  siginfo_t si;
   (void)fd;
   (void)what;
-  memset(&si, 0, sizeof si);
-  if (waitid(P_PID, (id_t)x->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-      si.si_pid == x->pid)
-    on_leader_exit(x);
+  if (leader_exited(x)) on_leader_exit(x);
 }
 
 /* Deadline, grace and drain share one timer; the state says which. */
@@ -346,6 +352,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     close_pipe(&x->out[0]);
     close_pipe(&x->out[1]);
     finish(x);
+  } else if (!x->term_sent && leader_exited(x)) {
+    /* The deadline fired, but the command has already exited: its exit
+     * was not yet seen (this process was stopped, SIGSTOP/SIGCONT, or the
+     * exit and the deadline came in one loop iteration).  Not a timeout:
+     * the normal result, with what its pipes still hold. */
+    on_leader_exit(x);
   } else if (!x->term_sent) { /* the probe's deadline */
     x->timed_out = 1;
     x->term_sent = 1;

@@ -533,4 +533,79 @@ describe("sonde.exec", function()
       assert.is_truthy(out:find("\nfailure exit_code 1\n", 1, true), "child output:\n" .. out)
     end)
   end)
+
+  describe("under attack", function()
+    -- Start Lua `code` in a background lua5.4 (the suite's module paths),
+    -- arg[1] = dir; its pid is written to dir/pid.  Returns the pid.
+    local function background_lua(dir, code, prefix)
+      helpers.write(dir .. "/engine.lua", code)
+      os.execute(string.format("%s timeout 60 sh -c %s </dev/null >%s 2>&1 &",
+        helpers.lua_env(), helpers.q((prefix or "") .. "echo $$ >" ..
+          helpers.q(dir .. "/pid") .. "; exec lua5.4 " ..
+          helpers.q(dir .. "/engine.lua") .. " " .. helpers.q(dir)),
+        helpers.q(dir .. "/out")))
+      local pid
+      for _ = 1, 500 do
+        pid = tonumber((helpers.read_file(dir .. "/pid") or ""):match("%d+"))
+        if pid then break end
+        helpers.sleep(0.01)
+      end
+      return assert(pid, "the engine did not start")
+    end
+
+    -- wait (outside the loop) until file `path` exists, at most `secs`
+    local function wait_file(path, secs)
+      local deadline = helpers.now() + (secs or 10)
+      repeat
+        local text = helpers.read_file(path)
+        if text and text ~= "" then return text end
+        helpers.sleep(0.02)
+      until helpers.now() > deadline
+      return helpers.read_file(path)
+    end
+
+    it("megabytes on stderr: output capped at max_output, truncated, "
+      .. "promptly", function()
+      local t0 = helpers.now()
+      local r = exec({ command = { "sh", "-c",
+        "echo out; head -c 20000000 /dev/zero | tr '\\0' e >&2; exit 2" },
+        timeout = 10 }, 20)
+      local took = helpers.now() - t0
+      assert.are.same({ "failure", "exit_code", 2, true, 10240 },
+        { r.status, r.reason, r.exit_code, r.truncated, #r.output })
+      assert.are.equal("out\n" .. string.rep("e", 10236), r.output)
+      assert.is_true(took < 8, "took " .. took)
+      -- and a stderr flood that never ends: a timeout, output capped
+      r = exec({ command = { "sh", "-c", "yes >&2" }, timeout = 0.5 }, 20)
+      assert.are.same({ "failure", "timeout", true, 10240 },
+        { r.status, r.reason, r.truncated, #r.output })
+    end)
+
+    it("a host stalled (SIGSTOP) past the timeout while the command ran: "
+      .. "after SIGCONT its result is a success, not a timeout", function()
+      local dir = helpers.tmpdir()
+      local pid = background_lua(dir, [[
+        local sonde = require "sonde"
+        local dir = arg[1]
+        sonde.set_subreaper(true)
+        sonde.spawn(function()
+          local r = sonde.exec { timeout = 1, command = { "sh", "-c",
+            "echo started >" .. dir .. "/started; sleep 0.3; echo done" } }
+          local f = io.open(dir .. "/result.tmp", "w")
+          f:write(r.status, " ", r.reason, " ", r.output)
+          f:close()
+          os.rename(dir .. "/result.tmp", dir .. "/result")
+        end)
+        sonde.run()
+      ]])
+      assert.is_truthy(wait_file(dir .. "/started"), "the command did not start")
+      os.execute("kill -STOP " .. pid)
+      helpers.sleep(2)                      -- the stall: twice the timeout
+      os.execute("kill -CONT " .. pid)
+      local result = wait_file(dir .. "/result")
+      local out = helpers.read_file(dir .. "/out")
+      helpers.rmtree(dir)
+      assert.are.equal("success ok done\n", result, out)
+    end)
+  end)
 end)
