@@ -581,6 +581,43 @@ describe("sonde.exec", function()
         { r.status, r.reason, r.truncated, #r.output })
     end)
 
+    it("out of descriptors: unknown/resource (never failure), and the next "
+      .. "run succeeds once descriptors come back", function()
+      local out = helpers.run_lua([[
+        local sonde = require "sonde"
+        local held = {}
+        local function line(tag, r)
+          io.write(tag, " ", r.status, " ", r.reason, " ", tostring(r.error), "\n")
+        end
+        sonde.spawn(function()
+          line("before", sonde.exec { command = { "true" } })
+          while true do
+            local f = io.open("/dev/null")
+            if not f then break end
+            held[#held + 1] = f
+          end
+          line("none", sonde.exec { command = { "true" } })
+          -- 1 to 8 descriptors free: every step is one or the other
+          for k = 1, 8 do
+            table.remove(held):close()
+            line("free" .. k, sonde.exec { command = { "true" } })
+          end
+          for _, f in ipairs(held) do f:close() end
+          line("after", sonde.exec { command = { "true" } })
+        end)
+        sonde.run()
+      ]], { prefix = "ulimit -n 64;" })
+      assert.is_truthy(out:find("\nnone unknown resource [^\n]*Too many open files\n"),
+        out)
+      assert.is_truthy(out:find("^before success ok nil\n"), out)
+      assert.is_truthy(out:find("\nafter success ok nil\n$"), out)
+      for k = 1, 8 do
+        local l = out:match("\nfree" .. k .. " ([^\n]*)")
+        assert.is_truthy(l and (l:find("^success ok") or l:find("^unknown resource")),
+          out)
+      end
+    end)
+
     it("a host stalled (SIGSTOP) past the timeout while the command ran: "
       .. "after SIGCONT its result is a success, not a timeout", function()
       local dir = helpers.tmpdir()
