@@ -4,7 +4,7 @@
  * kubelet semantics (reference/kubelet-probes.md section 2): argv is run
  * directly, no shell; output is stdout followed by stderr (two pipes, not
  * interleaved), capped at max_output bytes (kubelet: 10240), the rest read
- * and dropped; exit 0 is success, any other exit is failure; a timeout is a
+ * and dropped (stderr too: the cap is on both together); exit 0 is success, any other exit is failure; a timeout is a
  * failure whose output, when the command printed nothing, is
  * `command timed out: "<argv>" timed out after <d>`.
  *
@@ -19,6 +19,13 @@
  * (sonde_set_subreaper).  A command that cannot be found or run is a
  * failure (reason not_found / permission / spawn), not unknown; the engine
  * running out of descriptors or processes is unknown (reason resource).
+ *
+ * Floods: each pipe is read at most 4 x 16 KiB per wake-up of the loop,
+ * so a command writing without pause never holds the loop for long; the
+ * rest is read at the next iteration.  A deadline that fires after the
+ * command has exited (its exit not yet seen: the process running the loop
+ * was stopped, SIGSTOP/SIGCONT, or starved) is handled as that exit, with
+ * the normal result, not as a timeout.
  */
 #ifndef SONDE_EXEC_H
 #define SONDE_EXEC_H

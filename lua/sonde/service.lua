@@ -19,7 +19,9 @@
 --   }
 --
 -- The process runs in a new process group; its stdout and stderr go to the
--- log line by line (`service_output`), unless `output = "discard"`.  When it exits it is restarted
+-- log line by line (`service_output`), unless `output = "discard"`: at
+-- most 1000 lines per 10 s per service, the rest dropped and counted
+-- (`service_output_dropped`; see OUTPUT_BURST).  When it exits it is restarted
 -- (policy permitting) with the kubelet's back-off: the first restart at
 -- once, then `backoff` seconds doubling up to `max_backoff`; after it ran
 -- `reset_after` seconds the count starts again.  A liveness or startup
