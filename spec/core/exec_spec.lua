@@ -535,22 +535,25 @@ describe("sonde.exec", function()
   end)
 
   describe("under attack", function()
-    -- Start Lua `code` in a background lua5.4 (the suite's module paths),
-    -- arg[1] = dir; its pid is written to dir/pid.  Returns the pid.
-    local function background_lua(dir, code, prefix)
+    -- Start Lua `code` in a lua5.4 running beside this process (the
+    -- suite's module paths), arg[1] = dir; its pid is written to dir/pid.
+    -- Returns the pid and the io.popen handle: closing it waits for the
+    -- engine's end (and reaps it: this process is a subreaper here).
+    local function background_lua(dir, code)
       helpers.write(dir .. "/engine.lua", code)
-      os.execute(string.format("%s timeout 60 sh -c %s </dev/null >%s 2>&1 &",
-        helpers.lua_env(), helpers.q((prefix or "") .. "echo $$ >" ..
-          helpers.q(dir .. "/pid") .. "; exec lua5.4 " ..
+      local p = assert(io.popen(string.format(
+        "%s timeout 60 sh -c %s </dev/null >%s 2>&1", helpers.lua_env(),
+        helpers.q("echo $$ >" .. helpers.q(dir .. "/pid") .. "; exec lua5.4 " ..
           helpers.q(dir .. "/engine.lua") .. " " .. helpers.q(dir)),
-        helpers.q(dir .. "/out")))
+        helpers.q(dir .. "/out")), "r"))
       local pid
       for _ = 1, 500 do
         pid = tonumber((helpers.read_file(dir .. "/pid") or ""):match("%d+"))
         if pid then break end
         helpers.sleep(0.01)
       end
-      return assert(pid, "the engine did not start")
+      if not pid then p:close() end
+      return assert(pid, "the engine did not start"), p
     end
 
     -- wait (outside the loop) until file `path` exists, at most `secs`
@@ -621,7 +624,7 @@ describe("sonde.exec", function()
     it("a host stalled (SIGSTOP) past the timeout while the command ran: "
       .. "after SIGCONT its result is a success, not a timeout", function()
       local dir = helpers.tmpdir()
-      local pid = background_lua(dir, [[
+      local pid, engine = background_lua(dir, [[
         local sonde = require "sonde"
         local dir = arg[1]
         sonde.set_subreaper(true)
@@ -640,6 +643,8 @@ describe("sonde.exec", function()
       helpers.sleep(2)                      -- the stall: twice the timeout
       os.execute("kill -CONT " .. pid)
       local result = wait_file(dir .. "/result")
+      if not result then os.execute("kill -KILL " .. pid) end
+      engine:close()                        -- it ends after the result
       local out = helpers.read_file(dir .. "/out")
       helpers.rmtree(dir)
       assert.are.equal("success ok done\n", result, out)
