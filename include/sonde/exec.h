@@ -4,13 +4,14 @@
  * kubelet semantics (reference/kubelet-probes.md section 2): argv is run
  * directly, no shell; output is stdout followed by stderr (two pipes, not
  * interleaved), capped at max_output bytes (kubelet: 10240), the rest read
- * and dropped; exit 0 is success, any other exit is failure; a timeout is a
+ * and dropped (stderr too: the cap is on both together); exit 0 is success, any other exit is failure; a timeout is a
  * failure whose output, when the command printed nothing, is
  * `command timed out: "<argv>" timed out after <d>`.
  *
  * sonde's differences (hygiene): the command runs in a new process group
  * with default signal dispositions, an empty signal mask, /dev/null on
- * stdin and no inherited descriptor above 2.  When the command exits, the
+ * stdin (or a pipe fed with `input`, see sonde_exec_opts) and no
+ * inherited descriptor above 2.  When the command exits, the
  * rest of its group is killed (SIGKILL) so that background children cannot
  * hold the result back; on timeout the group gets SIGTERM, then SIGKILL
  * after kill_grace seconds.  The command's own process is always reaped;
@@ -18,6 +19,13 @@
  * (sonde_set_subreaper).  A command that cannot be found or run is a
  * failure (reason not_found / permission / spawn), not unknown; the engine
  * running out of descriptors or processes is unknown (reason resource).
+ *
+ * Floods: each pipe is read at most 4 x 16 KiB per wake-up of the loop,
+ * so a command writing without pause never holds the loop for long; the
+ * rest is read at the next iteration.  A deadline that fires after the
+ * command has exited (its exit not yet seen: the process running the loop
+ * was stopped, SIGSTOP/SIGCONT, or starved) is handled as that exit, with
+ * the normal result, not as a timeout.
  */
 #ifndef SONDE_EXEC_H
 #define SONDE_EXEC_H
@@ -29,6 +37,7 @@
 #include "sonde/loop.h"
 
 #define SONDE_MAX_OUTPUT_DEFAULT 10240 /* bytes, kubelet maxReadLength */
+#define SONDE_MAX_INPUT 1048576        /* bytes of `input`, at most (1 MiB) */
 
 /* Receives output as it arrives when set in sonde_exec_opts (services):
  * `stream` is 1 for stdout, 2 for stderr.  It may cancel the operation
@@ -49,6 +58,16 @@ struct sonde_exec_opts {
   sonde_status timeout_status;  /* status of a timed-out run (failure) */
   sonde_output_cb on_output;    /* stream output instead of keeping it */
   void *output_arg;
+  /* stdin: NULL for /dev/null (the default); else the child's stdin is a
+   * pipe fed these input_len bytes (NULs allowed; copied at start) from
+   * the loop without blocking, then closed (EOF; at once when input_len
+   * is 0).  A child that exits or closes its stdin before reading it all
+   * just loses the rest: EPIPE is ignored and never raises SIGPIPE in
+   * this process.  Bytes not yet written when the command exits are
+   * dropped.  More than SONDE_MAX_INPUT bytes: the run fails at once
+   * (failure, reason spawn, code E2BIG). */
+  const char *input;
+  size_t input_len;
 };
 
 /* Fill opts with the defaults: timeout 1 s, kill_grace 1 s, max_output

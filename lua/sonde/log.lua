@@ -36,7 +36,10 @@
 --   * `service_output` (unless the service has `output = "discard"`):
 --     service, stream (`stdout`/`stderr`), line (at most
 --     4096 bytes; a longer line comes in pieces, all but the last with
---     `partial` true);
+--     `partial` true); rate-limited per service: at most 1000 lines per
+--     10 s window (sonde.service OUTPUT_BURST, OUTPUT_WINDOW);
+--   * `service_output_dropped` (warn): service, dropped (lines over the
+--     limit), window (seconds); when the window ends and at the exit;
 --   * `reload`: status (`ok`, `failed`), error;
 --   * `message`: text (sonde.log.info/warn/error from scripts);
 --   * `host_start`: script, services, probes; `host_stop`: script, signal

@@ -14,11 +14,14 @@
 --     },
 --     grace = 30,            -- seconds between SIGTERM and SIGKILL
 --     output = "log",        -- "log": stdout/stderr lines in the log
---                            -- (service_output); "discard": dropped
+--                            -- (service_output), rate-limited (see
+--                            -- OUTPUT_BURST); "discard": dropped
 --   }
 --
 -- The process runs in a new process group; its stdout and stderr go to the
--- log line by line (`service_output`), unless `output = "discard"`.  When it exits it is restarted
+-- log line by line (`service_output`), unless `output = "discard"`: at
+-- most 1000 lines per 10 s per service, the rest dropped and counted
+-- (`service_output_dropped`; see OUTPUT_BURST).  When it exits it is restarted
 -- (policy permitting) with the kubelet's back-off: the first restart at
 -- once, then `backoff` seconds doubling up to `max_backoff`; after it ran
 -- `reset_after` seconds the count starts again.  A liveness or startup
@@ -89,6 +92,7 @@ function M.new(spec)
     restarts = 0,             -- total restarts
     streak = 0,               -- restarts since the back-off was reset
     probes = {},
+    out_limit = { ends = -math.huge, count = 0, dropped = 0 },
   }, Service)
   return self
 end
@@ -119,12 +123,84 @@ function Service:startup_succeeded()
   end
 end
 
+--- Service output in the log is rate-limited per service (over all its
+-- instances, so a crash loop counts as one flood): at most OUTPUT_BURST
+-- lines (pieces of long lines count as lines) per window of
+-- OUTPUT_WINDOW seconds, a window starting at the first line after the
+-- previous one ended.  Lines over the limit are dropped and counted (a
+-- long line dropped whole counts as one); the
+-- count is logged as `service_output_dropped` (warn: service, dropped,
+-- window) when the window ends, and at the service's exit.
+M.OUTPUT_BURST = 1000
+M.OUTPUT_WINDOW = 10
+
+-- Log the count of dropped lines, if any, and end the window's timer.
+local function report_dropped(self)
+  local l = self.out_limit
+  if l.timer then core.cancel(l.timer) l.timer = nil end
+  if l.dropped > 0 then
+    log.event("warn", "service_output_dropped", { service = self.name,
+      dropped = l.dropped, window = M.OUTPUT_WINDOW })
+    l.dropped = 0
+  end
+end
+
+-- May one more line be logged now?  Starts a new window when the last
+-- one is over.
+local function room(self)
+  local l = self.out_limit
+  local now = core.now()
+  if now >= l.ends then
+    report_dropped(self)
+    l.ends, l.count = now + M.OUTPUT_WINDOW, 0
+  end
+  return l.count < M.OUTPUT_BURST
+end
+
+-- room(), and count the line in.
+local function take(self)
+  if not room(self) then return false end
+  self.out_limit.count = self.out_limit.count + 1
+  return true
+end
+
+local function drop(self, n)
+  local l = self.out_limit
+  l.dropped = l.dropped + n
+  if not l.timer then
+    l.timer = core.timer(math.max(l.ends - core.now(), 0), function()
+      l.timer = nil
+      report_dropped(self)
+    end)
+  end
+end
+
+-- The number of complete lines of `s` (a long one counts once) plus the
+-- MAX_LINE pieces of its unfinished tail, and what is left of that tail:
+-- counted in linear time, without splitting.
+local function count_lines(s)
+  local i = s:reverse():find("\n", 1, true)
+  local n, tail = 0, s
+  if i then
+    tail = s:sub(#s - i + 2)
+    n = select(2, s:gsub("\n", ""))
+  end
+  if #tail > MAX_LINE then
+    local k = (#tail - 1) // MAX_LINE
+    n = n + k
+    tail = tail:sub(k * MAX_LINE + 1)
+  end
+  return n, tail
+end
+
 -- Line-buffer one stream's output into the log.  Lines longer than
 -- MAX_LINE bytes are logged in MAX_LINE pieces (`partial` true on all but
 -- the last).  Linear in the output: plain find, no patterns that rescan.
+-- Over the rate limit, whole chunks are counted, not split.
 local function output_sink(self)
   local partial = { "", "" }
   local function emit(stream, line, more)
+    if not take(self) then drop(self, 1) return end
     log.event("info", "service_output", { service = self.name,
       stream = stream == 1 and "stdout" or "stderr", line = line,
       partial = more or nil })
@@ -135,6 +211,13 @@ local function output_sink(self)
     while true do
       local nl = buf:find("\n", pos, true)
       if not nl then break end
+      if not room(self) then
+        -- over the limit: count the rest of this chunk's lines at once
+        local n, tail = count_lines(buf:sub(pos))
+        drop(self, n)
+        partial[stream] = tail
+        return
+      end
       local line = buf:sub(pos, nl - 1)
       while #line > MAX_LINE do
         emit(stream, line:sub(1, MAX_LINE), true)
@@ -168,6 +251,7 @@ function Service:start()
       for s = 1, 2 do
         if partial[s] ~= "" then sink(s, "\n") end
       end
+      report_dropped(self)
       self:exited(r, instance)
     end, sink)
   end

@@ -289,6 +289,92 @@ describe("sonde.exec", function()
     end)
   end)
 
+  -- `input`: bytes written to the command's stdin (a pipe fed from the
+  -- loop without blocking, closed after the last byte).
+  describe("input", function()
+    it("cat gets the input byte for byte, NULs included, then EOF", function()
+      local r = exec { command = { "cat" }, input = "hello\0world\n", timeout = 5 }
+      assert.are.same({ "success", "hello\0world\n" }, { r.status, r.output })
+    end)
+
+    it("1 MiB (the cap) reaches the command whole", function()
+      local r = exec { command = { "wc", "-c" }, input = string.rep("x", 1048576),
+        timeout = 10 }
+      assert.are.same({ "success", "1048576" }, { r.status, r.output:match("%d+") })
+    end)
+
+    it("empty input: stdin is at EOF at once", function()
+      local r = exec { command = { "cat" }, input = "", timeout = 5 }
+      assert.are.same({ "success", "" }, { r.status, r.output })
+    end)
+
+    it("a command that closed its stdin: EPIPE is ignored, no SIGPIPE here", function()
+      -- the write gets EPIPE; without care SIGPIPE would kill this process
+      local r = exec { command = { "sh", "-c", "exec 0<&-; sleep 0.3; echo done" },
+        input = string.rep("x", 200000), timeout = 5 }
+      assert.are.same({ "success", "done\n" }, { r.status, r.output })
+      r = exec { command = { "true" }, input = string.rep("y", 1048576), timeout = 5 }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    end)
+
+    it("a command that never reads does not hold the loop: its timeout applies", function()
+      local t0 = helpers.now()
+      local ticks = 0
+      local r = run(function()
+        local done = false
+        sonde.spawn(function()
+          while not done do sonde.sleep(0.05) ticks = ticks + 1 end
+        end)
+        local res = sonde.exec { command = { "sleep", "30" },
+          input = string.rep("z", 1048576), timeout = 0.5 }
+        done = true
+        return res
+      end, 20)
+      assert.are.same({ "failure", "timeout" }, { r.status, r.reason })
+      assert.is_true(helpers.now() - t0 < 5, "took " .. (helpers.now() - t0))
+      assert.is_true(ticks >= 3, "the loop ran " .. ticks .. " timer ticks")
+    end)
+
+    it("more than 1 MiB is refused naming input", function()
+      local err = exec_error { command = { "cat" }, input = string.rep("x", 1048577) }
+      assert.is_truthy(err and err:find("input"), err)
+      err = exec_error { command = { "cat" }, input = 42 }
+      assert.is_truthy(err and err:find("input"), err)
+    end)
+  end)
+
+  -- `env_data`: environment variables set in the child that the $(VAR)
+  -- expansion of argv never sees (untrusted values stay data).
+  describe("env_data", function()
+    local show = { "sh", "-c", 'printf "%s|%s" "$1" "$X"', "sh", "$(X)" }
+
+    it("$(X) stays literal when X is only in env_data; the child sees X", function()
+      local r = exec { command = show, env_data = { X = "$(rm -rf /); `id`" } }
+      assert.are.same({ "success", "$(X)|$(rm -rf /); `id`" }, { r.status, r.output })
+    end)
+
+    it("a name in env and env_data: env expands argv, env_data is in the child", function()
+      local r = exec { command = show, env = { X = "from env" },
+        env_data = { X = "from data" } }
+      assert.are.same({ "success", "from env|from data" }, { r.status, r.output })
+    end)
+
+    it("the environment is env, env_data and the host's PATH", function()
+      local r = exec { command = { "env" }, env = { A = "1" }, env_data = { B = "2" } }
+      local lines = {}
+      for line in r.output:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      table.sort(lines)
+      assert.are.same({ "A=1", "B=2", "PATH=" .. os.getenv("PATH") }, lines)
+    end)
+
+    it("bad names or values are refused naming env_data", function()
+      for _, bad in ipairs { { ["A=B"] = "x" }, { A = 1 }, { A = "a\0b" }, "x" } do
+        local err = exec_error { command = { "true" }, env_data = bad }
+        assert.is_truthy(err and err:find("env_data"), err)
+      end
+    end)
+  end)
+
   describe("codes", function()
     local custom = { [0] = "success", [1] = "warning", [2] = "unknown", default = "failure" }
     -- name, then { exit code, codes, status, reason (nil: not compared) }
@@ -445,6 +531,123 @@ describe("sonde.exec", function()
       -- the precondition: the child really started with SIGCHLD ignored
       assert.is_truthy(out:find("SIGCHLD ignored\n", 1, true), "child output:\n" .. out)
       assert.is_truthy(out:find("\nfailure exit_code 1\n", 1, true), "child output:\n" .. out)
+    end)
+  end)
+
+  describe("under attack", function()
+    -- Start Lua `code` in a lua5.4 running beside this process (the
+    -- suite's module paths), arg[1] = dir; its pid is written to dir/pid.
+    -- Returns the pid and the io.popen handle: closing it waits for the
+    -- engine's end (and reaps it: this process is a subreaper here).
+    local function background_lua(dir, code)
+      helpers.write(dir .. "/engine.lua", code)
+      local p = assert(io.popen(string.format(
+        "%s timeout 60 sh -c %s </dev/null >%s 2>&1", helpers.lua_env(),
+        helpers.q("echo $$ >" .. helpers.q(dir .. "/pid") .. "; exec lua5.4 " ..
+          helpers.q(dir .. "/engine.lua") .. " " .. helpers.q(dir)),
+        helpers.q(dir .. "/out")), "r"))
+      local pid
+      for _ = 1, 500 do
+        pid = tonumber((helpers.read_file(dir .. "/pid") or ""):match("%d+"))
+        if pid then break end
+        helpers.sleep(0.01)
+      end
+      if not pid then p:close() end
+      return assert(pid, "the engine did not start"), p
+    end
+
+    -- wait (outside the loop) until file `path` exists, at most `secs`
+    local function wait_file(path, secs)
+      local deadline = helpers.now() + (secs or 10)
+      repeat
+        local text = helpers.read_file(path)
+        if text and text ~= "" then return text end
+        helpers.sleep(0.02)
+      until helpers.now() > deadline
+      return helpers.read_file(path)
+    end
+
+    it("megabytes on stderr: output capped at max_output, truncated, "
+      .. "promptly", function()
+      local t0 = helpers.now()
+      local r = exec({ command = { "sh", "-c",
+        "echo out; head -c 20000000 /dev/zero | tr '\\0' e >&2; exit 2" },
+        timeout = 10 }, 20)
+      local took = helpers.now() - t0
+      assert.are.same({ "failure", "exit_code", 2, true, 10240 },
+        { r.status, r.reason, r.exit_code, r.truncated, #r.output })
+      assert.are.equal("out\n" .. string.rep("e", 10236), r.output)
+      assert.is_true(took < 8, "took " .. took)
+      -- and a stderr flood that never ends: a timeout, output capped
+      r = exec({ command = { "sh", "-c", "yes >&2" }, timeout = 0.5 }, 20)
+      assert.are.same({ "failure", "timeout", true, 10240 },
+        { r.status, r.reason, r.truncated, #r.output })
+    end)
+
+    it("out of descriptors: unknown/resource (never failure), and the next "
+      .. "run succeeds once descriptors come back", function()
+      local out = helpers.run_lua([[
+        local sonde = require "sonde"
+        local held = {}
+        local function line(tag, r)
+          io.write(tag, " ", r.status, " ", r.reason, " ", tostring(r.error), "\n")
+        end
+        sonde.spawn(function()
+          line("before", sonde.exec { command = { "true" } })
+          while true do
+            local f = io.open("/dev/null")
+            if not f then break end
+            held[#held + 1] = f
+          end
+          line("none", sonde.exec { command = { "true" } })
+          -- 1 to 8 descriptors free: every step is one or the other
+          for k = 1, 8 do
+            table.remove(held):close()
+            line("free" .. k, sonde.exec { command = { "true" } })
+          end
+          for _, f in ipairs(held) do f:close() end
+          line("after", sonde.exec { command = { "true" } })
+        end)
+        sonde.run()
+      ]], { prefix = "ulimit -n 64;" })
+      assert.is_truthy(out:find("\nnone unknown resource [^\n]*Too many open files\n"),
+        out)
+      assert.is_truthy(out:find("^before success ok nil\n"), out)
+      assert.is_truthy(out:find("\nafter success ok nil\n$"), out)
+      for k = 1, 8 do
+        local l = out:match("\nfree" .. k .. " ([^\n]*)")
+        assert.is_truthy(l and (l:find("^success ok") or l:find("^unknown resource")),
+          out)
+      end
+    end)
+
+    it("a host stalled (SIGSTOP) past the timeout while the command ran: "
+      .. "after SIGCONT its result is a success, not a timeout", function()
+      local dir = helpers.tmpdir()
+      local pid, engine = background_lua(dir, [[
+        local sonde = require "sonde"
+        local dir = arg[1]
+        sonde.set_subreaper(true)
+        sonde.spawn(function()
+          local r = sonde.exec { timeout = 1, command = { "sh", "-c",
+            "echo started >" .. dir .. "/started; sleep 0.3; echo done" } }
+          local f = io.open(dir .. "/result.tmp", "w")
+          f:write(r.status, " ", r.reason, " ", r.output)
+          f:close()
+          os.rename(dir .. "/result.tmp", dir .. "/result")
+        end)
+        sonde.run()
+      ]])
+      assert.is_truthy(wait_file(dir .. "/started"), "the command did not start")
+      os.execute("kill -STOP " .. pid)
+      helpers.sleep(2)                      -- the stall: twice the timeout
+      os.execute("kill -CONT " .. pid)
+      local result = wait_file(dir .. "/result")
+      if not result then os.execute("kill -KILL " .. pid) end
+      engine:close()                        -- it ends after the result
+      local out = helpers.read_file(dir .. "/out")
+      helpers.rmtree(dir)
+      assert.are.equal("success ok done\n", result, out)
     end)
   end)
 end)

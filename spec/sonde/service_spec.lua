@@ -170,4 +170,74 @@ describe("services", function()
       "no newline" }, out)
     assert.are.same({ "err" }, errs)
   end)
+
+  describe("output rate limit", function()
+    local service_mod = require "sonde.service"
+    local burst, window = service_mod.OUTPUT_BURST, service_mod.OUTPUT_WINDOW
+
+    after_each(function()
+      service_mod.OUTPUT_BURST, service_mod.OUTPUT_WINDOW = burst, window
+    end)
+
+    it("5000 lines: the first 1000 (the burst) are logged, the count of the "
+      .. "rest is logged at the exit", function()
+      assert.are.same({ 1000, 10 }, { burst, window })     -- as documented
+      service {
+        name = "chatty", command = { "seq", "5000" },
+        restart = { policy = "never" },
+      }
+      local evs = run(1.5)
+      local out = helpers.select(evs, "service_output", { service = "chatty" })
+      assert.are.equal(1000, #out)
+      for i, e in ipairs(out) do assert.are.equal(tostring(i), e.line) end
+      local dropped = helpers.select(evs, "service_output_dropped",
+        { service = "chatty" })
+      assert.are.equal(1, #dropped)
+      assert.are.same({ "warn", 4000, 10 },
+        { dropped[1].level, dropped[1].dropped, dropped[1].window })
+      local i = helpers.index_of(evs, "service_output_dropped")
+      assert.is_true(i > helpers.index_of(evs, "service_output", { line = "1000" }))
+      assert.is_true(i < helpers.index_of(evs, "service_exit"))
+    end)
+
+    it("the count is logged when the window ends, then lines are logged "
+      .. "again", function()
+      service_mod.OUTPUT_BURST, service_mod.OUTPUT_WINDOW = 10, 0.5
+      service {
+        name = "bursty",
+        command = { "sh", "-c", "seq 100; sleep 1; echo again; sleep 30" },
+        restart = { policy = "never" },
+      }
+      local evs = run(2)
+      local out = helpers.select(evs, "service_output", { service = "bursty" })
+      assert.are.equal(11, #out)
+      assert.are.same({ "1", "10", "again" }, { out[1].line, out[10].line, out[11].line })
+      local dropped = helpers.select(evs, "service_output_dropped",
+        { service = "bursty" })
+      assert.are.equal(1, #dropped)
+      assert.are.equal(90, dropped[1].dropped)
+      -- at the window's end, before the next line, long before the stop
+      local i = helpers.index_of(evs, "service_output_dropped")
+      assert.is_true(i < helpers.index_of(evs, "service_output", { line = "again" }))
+    end)
+
+    it("a crash loop is one flood: the limit spans the service's instances",
+      function()
+      service {
+        name = "crashy", command = { "sh", "-c", "seq 600; exit 1" },
+        restart = { backoff = 0.1, max_backoff = 0.1 },
+      }
+      local evs = run(1.5)
+      local out = helpers.select(evs, "service_output", { service = "crashy" })
+      assert.are.equal(1000, #out)
+      local exits = helpers.select(evs, "service_exit", { service = "crashy" })
+      assert.is_true(#exits >= 3, "exits " .. #exits)
+      local total = 0
+      for _, e in ipairs(helpers.select(evs, "service_output_dropped",
+          { service = "crashy" })) do
+        total = total + e.dropped
+      end
+      assert.are.equal(600 * #exits - 1000, total)
+    end)
+  end)
 end)
