@@ -460,7 +460,7 @@ static int scan(struct sonde_loop *loop, int adopt, uint64_t **done,
    * a library user's other children are not ours to reap */
   if ((adopt || loop->mark_owners) && children_of(0, &kids, &nk, &capk) != 0)
     goto out;
-  qsort(kids, nk, sizeof *kids, cmp_pid);
+  if (nk) qsort(kids, nk, sizeof *kids, cmp_pid);
   seen = malloc(sizeof *seen * (nk + 1));
   waiting = malloc(sizeof *waiting * (nk + 1));
   if (!seen || !waiting) goto out;
@@ -473,8 +473,9 @@ static int scan(struct sonde_loop *loop, int adopt, uint64_t **done,
     if (waitpid(key, NULL, WNOHANG) > 0) { n++; continue; }
     /* alive (or not yet a zombie): attribute it, once */
     struct sonde_orphan probe = {key, 0, 0}, *o = &seen[ns];
-    struct sonde_orphan *old = bsearch(&probe, loop->orphans, loop->norphans,
-                                       sizeof probe, cmp_orphan);
+    struct sonde_orphan *old = loop->norphans ?
+        bsearch(&probe, loop->orphans, loop->norphans, sizeof probe,
+                cmp_orphan) : NULL;
     *o = old ? *old : (struct sonde_orphan){key, owner_of(loop, key), 0};
     ns++;
     /* the endings that cover it; the earliest SIGKILL wins */
