@@ -92,6 +92,26 @@ describe("host: escaped descendants", function()
     assert.are.equal(0, h:term())
   end)
 
+  it("an exec action's setsid -f child ends once the action has ended",
+    function()
+    local t1 = tag(313)
+    local path = script("action_escape.lua", string.format([[
+      local sonde = require "sonde"
+      sonde.probe { name = "bad", kind = "liveness", period = 60,
+        timeout = 5, failure_threshold = 1,
+        exec = { command = { "false" } },
+        on_failure = sonde.action.exec { command = %s } }
+    ]], lit(sh(string.format("setsid -f sleep %s; echo done", t1)))))
+    local h = start(path)
+    assert.is_truthy(h:wait_for(function(x)
+      return #x:events("action", { probe = "bad", status = "done" }) >= 1
+    end, 15), h:stderr())
+    local gone = h:wait_for(function() return #left_with(t1) == 0 end, 10)
+    assert.is_truthy(gone, "left: " .. helpers.describe_procs(left_with(t1)))
+    assert.is_true(h:alive())
+    assert.are.equal(0, h:term())
+  end)
+
   it("a service that daemonizes a child and exits: the child ends with "
     .. "each instance; another service's escaped child survives those "
     .. "restarts until SIGTERM", function()
