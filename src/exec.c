@@ -558,8 +558,11 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);
   if (o->cwd) posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
   pid_t pid;
+  char *const *envp = o->envp ? o->envp : environ;
+  char **marked = sonde_owner_env(loop, x->op.id, envp);  /* SONDE_OWNER */
   int err = posix_spawn(&pid, path ? path : argv0, &fa, &attr, o->argv,
-                        o->envp ? o->envp : environ);
+                        marked ? marked : envp);
+  free(marked);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   free(path);

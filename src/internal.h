@@ -61,6 +61,13 @@ struct sonde_reap {
   struct sonde_reap *next;
 };
 
+/* A child of this process that the orphan scan has seen (loop.c). */
+struct sonde_orphan {
+  pid_t pid;
+  uint64_t owner;            /* the operation that started it; 0: nobody */
+  int termed;                /* SIGTERM sent */
+};
+
 struct sonde_loop {
   struct event_base *base;
   int own_base;
@@ -71,6 +78,15 @@ struct sonde_loop {
   uint64_t next_id;
   struct sonde_reap *reaps;  /* groups still being reaped */
   struct event *reap_timer;
+  /* escaped processes (sonde_reap_orphans, sonde_end_orphans) */
+  unsigned serial;           /* tells this loop's marks from another's */
+  int mark_owners;           /* SONDE_OWNER in the commands' environment */
+  struct sonde_orphan *orphans;  /* seen at the last scan, sorted by pid */
+  size_t norphans;
+  uint64_t *waiting;         /* running owners of orphans, sorted */
+  size_t nwaiting;
+  struct event *scan_timer;  /* next scan while an ending runs */
+  int scanning;
 };
 
 /* Link a freshly allocated op (zeroed by the caller, `vt` set) into the
@@ -105,6 +121,13 @@ void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
 
 /* The leader pid of a running exec operation, or 0 for any other op. */
 pid_t sonde_exec_op_pid(struct sonde_op *op);
+
+/* The environment to spawn operation `id` with: a malloc'd copy of envp
+ * (one block, one free) with SONDE_OWNER set for this loop and `id`, or
+ * NULL when the loop does not mark its commands (or out of memory): then
+ * use envp itself. */
+char **sonde_owner_env(struct sonde_loop *loop, uint64_t id,
+                       char *const *envp);
 
 /* Remember a signalled process group for background reaping. */
 void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid);

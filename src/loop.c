@@ -29,6 +29,9 @@
 #include "internal.h"
 #include "sonde/exec.h"
 
+static unsigned loop_serial;
+static void owner_ended(struct sonde_loop *loop, uint64_t id);
+
 double sonde_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -52,6 +55,7 @@ struct sonde_loop *sonde_loop_new(struct event_base *base) {
   struct sonde_loop *loop = calloc(1, sizeof *loop);
   if (!loop) return NULL;
   loop->next_id = 1;
+  loop->serial = ++loop_serial;
   if (base) {
     loop->base = base;
   } else {
@@ -110,6 +114,7 @@ void sonde_op_complete(struct sonde_op *op) {
   if (op->res.duration == 0) op->res.duration = sonde_now() - op->start;
   op_unlink(op);
   op_release(op, 0);
+  owner_ended(op->loop, op->id);
   /* C state is final: now the user may do anything, even free the loop's
    * other operations. */
   if (op->cb) op->cb(&op->res, op->arg);
@@ -148,6 +153,7 @@ int sonde_loop_cancel(struct sonde_loop *loop, uint64_t id) {
     if (op->id != id) continue;
     op_unlink(op);
     op_release(op, 1);
+    owner_ended(loop, op->id);
     sonde_result_clear(&op->res);
     /* One of its own callbacks is running (we are called from inside
      * it): the code that called it frees the op when it returns. */
@@ -218,8 +224,19 @@ static int cmp_pid(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* Read a whole (small, /proc) file into a malloc'd NUL-terminated buffer. */
-static char *read_all(const char *path) {
+static int cmp_id(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+static int cmp_orphan(const void *a, const void *b) {
+  return cmp_pid(&((const struct sonde_orphan *)a)->pid,
+                 &((const struct sonde_orphan *)b)->pid);
+}
+
+/* Read a whole (small, /proc) file into a malloc'd NUL-terminated buffer;
+ * its length (it may hold NUL bytes) in *lenp when lenp is not NULL. */
+static char *read_all(const char *path, size_t *lenp) {
   FILE *f = fopen(path, "re");
   if (!f) return NULL;
   size_t cap = 4096, len = 0;
@@ -234,46 +251,331 @@ static char *read_all(const char *path) {
   }
   fclose(f);
   if (buf) buf[len] = '\0';
+  if (lenp) *lenp = len;
   return buf;
 }
 
-int sonde_reap_orphans(struct sonde_loop *loop) {
-  char path[64];
-  int n = 0;
-  pid_t self = getpgrp();
-  /* the leaders exec operations own, sorted for bsearch: one pass over
-   * the operations instead of one per child */
-  size_t nt = 0;
-  pid_t *tracked = malloc(sizeof *tracked * (loop->nops + 1));
-  if (!tracked) return 0;
-  for (struct sonde_op *op = loop->ops; op; op = op->next) {
-    pid_t pid = sonde_exec_op_pid(op);
-    if (pid > 0) tracked[nt++] = pid;
-  }
-  qsort(tracked, nt, sizeof *tracked, cmp_pid);
-  DIR *tasks = opendir("/proc/self/task");
-  if (!tasks) { free(tracked); return 0; }
+/* Append the children of every thread of `pid` (0: this process) to the
+ * growing array *v (*n entries, *cap allocated).  Returns -1 when out of
+ * memory. */
+static int children_of(pid_t pid, pid_t **v, size_t *n, size_t *cap) {
+  char path[96];
+  if (pid) snprintf(path, sizeof path, "/proc/%ld/task", (long)pid);
+  else snprintf(path, sizeof path, "/proc/self/task");
+  DIR *tasks = opendir(path);
+  if (!tasks) return 0;
   struct dirent *t;
-  while ((t = readdir(tasks)) != NULL) {
+  int rc = 0;
+  while (rc == 0 && (t = readdir(tasks)) != NULL) {
     if (t->d_name[0] == '.') continue;
-    snprintf(path, sizeof path, "/proc/self/task/%.20s/children", t->d_name);
-    char *buf = read_all(path);
+    if (pid)
+      snprintf(path, sizeof path, "/proc/%ld/task/%.20s/children", (long)pid,
+               t->d_name);
+    else
+      snprintf(path, sizeof path, "/proc/self/task/%.20s/children",
+               t->d_name);
+    char *buf = read_all(path, NULL);
     if (!buf) continue;
     for (char *p = buf, *end; *p; p = end) {
-      long pid = strtol(p, &end, 10);
+      long c = strtol(p, &end, 10);
       if (end == p) break;
-      pid_t key = (pid_t)pid;
-      if (pid <= 0 || bsearch(&key, tracked, nt, sizeof *tracked, cmp_pid))
-        continue;
-      pid_t pg = getpgid(key);
-      if (pg < 0 || pg == self) continue;
-      if (waitpid(key, NULL, WNOHANG) > 0) n++;
+      if (c <= 0) continue;
+      if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        pid_t *m = realloc(*v, ncap * sizeof *m);
+        if (!m) { rc = -1; break; }
+        *v = m;
+        *cap = ncap;
+      }
+      (*v)[(*n)++] = (pid_t)c;
     }
     free(buf);
   }
   closedir(tasks);
+  return rc;
+}
+
+/* ---- escaped processes --------------------------------------------------- */
+
+#define OWNER_VAR "SONDE_OWNER="
+#define ORPHAN_GRACE 1.0   /* an orphan found after its command ended */
+#define GIVE_UP 5.0        /* after SIGKILL: a process in D state */
+#define SCAN_POLL 0.1      /* rescans while an ending runs */
+#define TREE_MAX 4096      /* processes signalled per tree and call */
+
+struct end_op {
+  struct sonde_op op;
+  uint64_t owner;          /* 0: every escaped process */
+  double kill_at, until;
+  size_t pending;          /* its processes found at the last scan */
+};
+
+static void end_release(struct sonde_op *op, int cancelled) {
+  (void)op;
+  (void)cancelled;
+}
+
+static const struct sonde_op_vtable end_vt = {"orphans", end_release};
+
+int sonde_loop_set_subreaper(struct sonde_loop *loop, int on) {
+  if (sonde_set_subreaper(on) != 0) return -1;
+  loop->mark_owners = on != 0;
+  return 0;
+}
+
+char **sonde_owner_env(struct sonde_loop *loop, uint64_t id,
+                       char *const *envp) {
+  if (!loop->mark_owners) return NULL;
+  char mark[96];
+  int ml = snprintf(mark, sizeof mark, OWNER_VAR "%ld.%u.%llu",
+                    (long)getpid(), loop->serial, (unsigned long long)id);
+  size_t n = 0;
+  for (char *const *e = envp; e && *e; e++) n++;
+  char **v = malloc((n + 2) * sizeof *v + (size_t)ml + 1);
+  if (!v) return NULL;
+  char *m = (char *)(v + n + 2);
+  memcpy(m, mark, (size_t)ml + 1);
+  size_t k = 0;
+  for (char *const *e = envp; e && *e; e++)
+    if (strncmp(*e, OWNER_VAR, sizeof OWNER_VAR - 1) != 0) v[k++] = *e;
+  v[k++] = m;
+  v[k] = NULL;
+  return v;
+}
+
+/* The operation of this loop that started `pid`, from its initial
+ * environment; 0 when it carries no mark of this loop (or cannot be read:
+ * another user's process, a zombie). */
+static uint64_t owner_of(struct sonde_loop *loop, pid_t pid) {
+  char path[64];
+  size_t len;
+  snprintf(path, sizeof path, "/proc/%ld/environ", (long)pid);
+  char *buf = read_all(path, &len);
+  if (!buf) return 0;
+  uint64_t owner = 0;
+  for (size_t i = 0; i < len; i += strlen(buf + i) + 1) {
+    if (strncmp(buf + i, OWNER_VAR, sizeof OWNER_VAR - 1) != 0) continue;
+    long p;
+    unsigned serial;
+    unsigned long long id;
+    char tail;
+    if (sscanf(buf + i + sizeof OWNER_VAR - 1, "%ld.%u.%llu%c", &p, &serial,
+               &id, &tail) == 3 &&
+        p == (long)getpid() && serial == loop->serial)
+      owner = id;
+    break;
+  }
+  free(buf);
+  return owner;
+}
+
+/* Signal `root` (a child of this process: its pid cannot be recycled before
+ * we reap it) and every descendant of it, parents before children, at most
+ * TREE_MAX of them; a stopped process is continued after SIGTERM. */
+static void signal_tree(pid_t root, int sig) {
+  pid_t *v = NULL;
+  size_t n = 0, cap = 0, done = 0;
+  kill(root, sig);
+  if (sig == SIGTERM) kill(root, SIGCONT);
+  children_of(root, &v, &n, &cap);
+  while (done < n && done < TREE_MAX) {
+    pid_t p = v[done++];
+    kill(p, sig);
+    if (sig == SIGTERM) kill(p, SIGCONT);
+    if (children_of(p, &v, &n, &cap) != 0) break;
+  }
+  free(v);
+}
+
+static void on_scan_timer(evutil_socket_t fd, short what, void *arg);
+
+static void arm_scan(struct sonde_loop *loop, double seconds) {
+  if (!loop->scan_timer) {
+    loop->scan_timer = evtimer_new(loop->base, on_scan_timer, loop);
+    if (!loop->scan_timer) return;
+  }
+  sonde_loop_add_timer(loop, loop->scan_timer, seconds);
+}
+
+static uint64_t end_start(struct sonde_loop *loop, uint64_t owner,
+                          double grace, sonde_result_cb cb, void *arg) {
+  struct end_op *e = calloc(1, sizeof *e);
+  if (!e) return 0;
+  e->op.vt = &end_vt;
+  e->owner = owner;
+  if (!(grace >= 0)) grace = 0;
+  if (grace > SONDE_MAX_SECONDS) grace = SONDE_MAX_SECONDS;
+  e->kill_at = sonde_now() + grace;
+  e->until = e->kill_at + GIVE_UP;
+  return sonde_op_start(loop, &e->op, cb, arg);
+}
+
+/* An operation has ended (completed or cancelled): if it left orphans
+ * behind, scan again from the loop. */
+static void owner_ended(struct sonde_loop *loop, uint64_t id) {
+  if (loop->nwaiting &&
+      bsearch(&id, loop->waiting, loop->nwaiting, sizeof id, cmp_id))
+    arm_scan(loop, 0);
+}
+
+static struct end_op *find_end(struct sonde_loop *loop, uint64_t id) {
+  for (struct sonde_op *op = loop->ops; op; op = op->next)
+    if (op->id == id && op->vt == &end_vt) return (struct end_op *)op;
+  return NULL;
+}
+
+/* The scan itself; fills *done with the endings to complete (ids). */
+static int scan(struct sonde_loop *loop, int adopt, uint64_t **done,
+                size_t *ndone) {
+  int n = 0;
+  double now = sonde_now();
+  pid_t self = getpgrp();
+  *done = NULL;
+  *ndone = 0;
+  /* what runs: the leaders exec operations own, every operation id and
+   * the endings, sorted for bsearch: one pass over the operations */
+  size_t nt = 0, ni = 0, ne = 0, nexec = 0;
+  pid_t *tracked = malloc(sizeof *tracked * (loop->nops + 1));
+  uint64_t *live = malloc(sizeof *live * (loop->nops + 1));
+  struct end_op **ends = malloc(sizeof *ends * (loop->nops + 1));
+  pid_t *kids = NULL;
+  size_t nk = 0, capk = 0;
+  struct sonde_orphan *seen = NULL;
+  uint64_t *waiting = NULL;
+  size_t ns = 0, nw = 0;
+  if (!tracked || !live || !ends) goto out;
+  for (struct sonde_op *op = loop->ops; op; op = op->next) {
+    pid_t pid = sonde_exec_op_pid(op);
+    if (pid > 0) tracked[nt++] = pid;
+    if (strcmp(op->vt->kind, "exec") == 0) nexec++;
+    live[ni++] = op->id;
+    if (op->vt == &end_vt) {
+      ends[ne] = (struct end_op *)op;
+      ends[ne++]->pending = 0;
+    }
+  }
+  qsort(tracked, nt, sizeof *tracked, cmp_pid);
+  qsort(live, ni, sizeof *live, cmp_id);
+  /* without marks (not a subreaper) an ending only looks when asked to:
+   * a library user's other children are not ours to reap */
+  if ((adopt || loop->mark_owners) && children_of(0, &kids, &nk, &capk) != 0)
+    goto out;
+  if (nk) qsort(kids, nk, sizeof *kids, cmp_pid);
+  seen = malloc(sizeof *seen * (nk + 1));
+  waiting = malloc(sizeof *waiting * (nk + 1));
+  if (!seen || !waiting) goto out;
+  for (size_t i = 0; i < nk; i++) {
+    pid_t key = kids[i];
+    if (i > 0 && kids[i - 1] == key) continue;   /* listed by two threads */
+    if (bsearch(&key, tracked, nt, sizeof *tracked, cmp_pid)) continue;
+    pid_t pg = getpgid(key);
+    if (pg < 0 || pg == self) continue;
+    if (waitpid(key, NULL, WNOHANG) > 0) { n++; continue; }
+    /* alive (or not yet a zombie): attribute it, once */
+    struct sonde_orphan probe = {key, 0, 0}, *o = &seen[ns];
+    struct sonde_orphan *old = loop->norphans ?
+        bsearch(&probe, loop->orphans, loop->norphans, sizeof probe,
+                cmp_orphan) : NULL;
+    *o = old ? *old : (struct sonde_orphan){key, owner_of(loop, key), 0};
+    ns++;
+    /* the endings that cover it; the earliest SIGKILL wins */
+    double kill_at = -1;
+    for (size_t j = 0; j < ne; j++) {
+      struct end_op *e = ends[j];
+      if (e->owner != 0 && e->owner != o->owner) continue;
+      e->pending++;
+      if (kill_at < 0 || e->kill_at < kill_at) kill_at = e->kill_at;
+    }
+    if (kill_at < 0 && o->owner) {
+      if (bsearch(&o->owner, live, ni, sizeof *live, cmp_id)) {
+        waiting[nw++] = o->owner;              /* its command still runs */
+        continue;
+      }
+      /* its command has ended and nothing ends it yet */
+      uint64_t id = end_start(loop, o->owner, ORPHAN_GRACE, NULL, NULL);
+      struct end_op *e = id ? find_end(loop, id) : NULL;
+      struct end_op **more = e ? realloc(ends, sizeof *ends * (ne + 1)) : NULL;
+      if (!more) continue;
+      ends = more;
+      ends[ne++] = e;
+      e->pending = 1;
+      kill_at = e->kill_at;
+    }
+    if (kill_at < 0) continue;                 /* nobody's: left alone */
+    if (now >= kill_at) {
+      signal_tree(key, SIGKILL);
+    } else if (!o->termed) {
+      signal_tree(key, SIGTERM);
+      o->termed = 1;
+    }
+  }
+  qsort(waiting, nw, sizeof *waiting, cmp_id);
+  free(loop->orphans);
+  loop->orphans = seen;
+  loop->norphans = ns;
+  seen = NULL;
+  free(loop->waiting);
+  loop->waiting = waiting;
+  loop->nwaiting = nw;
+  waiting = NULL;
+  /* endings done: none of their processes left (for the ending of
+   * everything, no command running either), or given up */
+  double next = now + SCAN_POLL;
+  *done = malloc(sizeof **done * (ne + 1));
+  for (size_t j = 0; j < ne; j++) {
+    struct end_op *e = ends[j];
+    int over = e->pending == 0 && (e->owner != 0 || nexec == 0);
+    if (over || now > e->until) {
+      e->op.res.status = over ? SONDE_SUCCESS : SONDE_UNKNOWN;
+      e->op.res.reason = over ? SONDE_R_OK : SONDE_R_RESOURCE;
+      if (*done) (*done)[(*ndone)++] = e->op.id;
+    } else if (e->kill_at > now && e->kill_at < next) {
+      next = e->kill_at;
+    }
+  }
+  if (ne > *ndone || (ne && !*done)) arm_scan(loop, next - now);
+out:
   free(tracked);
+  free(live);
+  free(ends);
+  free(kids);
+  free(seen);
+  free(waiting);
   return n;
+}
+
+static int reap(struct sonde_loop *loop, int adopt) {
+  if (loop->scanning) {          /* from a callback of an ending: later */
+    arm_scan(loop, 0);
+    return 0;
+  }
+  uint64_t *done;
+  size_t ndone;
+  loop->scanning = 1;
+  int n = scan(loop, adopt, &done, &ndone);
+  loop->scanning = 0;
+  /* callbacks last: they may start or cancel anything */
+  for (size_t i = 0; i < ndone; i++) {
+    struct end_op *e = find_end(loop, done[i]);
+    if (e) sonde_op_complete(&e->op);
+  }
+  free(done);
+  return n;
+}
+
+int sonde_reap_orphans(struct sonde_loop *loop) { return reap(loop, 1); }
+
+static void on_scan_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  reap(arg, 0);
+}
+
+uint64_t sonde_end_orphans(struct sonde_loop *loop, uint64_t owner,
+                           double grace, sonde_result_cb cb, void *arg) {
+  uint64_t id = end_start(loop, owner, grace, cb, arg);
+  if (id) arm_scan(loop, 0);
+  return id;
 }
 
 /* ---- timers -------------------------------------------------------------- */
@@ -340,6 +642,9 @@ void sonde_loop_free(struct sonde_loop *loop) {
     free(r);
   }
   if (loop->reap_timer) event_free(loop->reap_timer);
+  if (loop->scan_timer) event_free(loop->scan_timer);
+  free(loop->orphans);
+  free(loop->waiting);
   sonde_curl_free(loop);
   if (loop->own_base) event_base_free(loop->base);
   free(loop);

@@ -601,9 +601,11 @@ static int l_core_header_name(lua_State *L) {
   return 1;
 }
 
-/* core.set_subreaper(on) -> true | nil, err */
+/* core.set_subreaper(on) -> true | nil, err.  While on, the commands
+ * this loop starts carry SONDE_OWNER (see sonde_loop_set_subreaper). */
 static int l_core_set_subreaper(lua_State *L) {
-  if (sonde_set_subreaper(lua_toboolean(L, 1)) != 0) {
+  struct lcore *c = sonde_lua_core(L);
+  if (sonde_loop_set_subreaper(c->loop, lua_toboolean(L, 1)) != 0) {
     int err = errno;
     luaL_pushfail(L);
     lua_pushstring(L, strerror(err));
@@ -664,6 +666,21 @@ static int l_core_reap_orphans(lua_State *L) {
   return 1;
 }
 
+/* core.end_orphans(grace [, owner] [, cb]) -> id: end the escaped
+ * processes of the exec operation `owner`, or every escaped process
+ * (owner nil or 0): SIGTERM, SIGKILL after grace seconds; cb(result) once
+ * none is left (see sonde_end_orphans). */
+static int l_core_end_orphans(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  double grace = luaL_checknumber(L, 1);
+  lua_Integer owner = luaL_optinteger(L, 2, 0);
+  luaL_argcheck(L, owner >= 0, 2, "not an operation id");
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  return started(L, c, sonde_end_orphans(c->loop, (uint64_t)owner, grace,
+                                         call_back, c), 3);
+}
+
 /* core.wall_time() -> seconds since the epoch, fractional (CLOCK_REALTIME) */
 static int l_core_wall_time(lua_State *L) {
   struct timespec ts;
@@ -708,6 +725,7 @@ static const luaL_Reg core_funcs[] = {
     {"kill_all", l_core_kill_all},
     {"on_signal", l_core_on_signal},
     {"reap_orphans", l_core_reap_orphans},
+    {"end_orphans", l_core_end_orphans},
     {NULL, NULL}};
 
 int luaopen_sonde_core(lua_State *L);

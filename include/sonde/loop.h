@@ -69,14 +69,60 @@ uint64_t sonde_timer_start(struct sonde_loop *loop, double seconds,
 int sonde_set_subreaper(int on);
 
 /*
+ * sonde_set_subreaper for a loop that also takes care of what its commands
+ * leave behind.  While on, every command the loop starts (exec probes,
+ * actions, services) gets SONDE_OWNER=<pid>.<loop>.<operation id> in its
+ * environment (replacing any inherited one), and sonde_reap_orphans
+ * attributes an orphan re-parented to this process to the operation that
+ * started it by reading that variable back from /proc/PID/environ (the
+ * environment the process was executed with: a process group or session
+ * id is changed by setsid, the initial environment is not, except by a
+ * process that overwrites its own argument area or execs with another
+ * environment, `env -i`: such an orphan belongs to nobody).  Returns 0,
+ * or -1 with errno set (prctl).
+ */
+int sonde_loop_set_subreaper(struct sonde_loop *loop, int on);
+
+/*
  * Reap children of this process that have exited and that nothing here
  * owns: descendants re-parented to a subreaper (daemons that left their
  * group, orphans of services).  A child is left alone when an exec
  * operation owns it or when it is in this process's own process group
  * (io.popen and os.execute children: their pclose/wait reaps them).
  * Returns the number reaped.  The host calls this on SIGCHLD.
+ *
+ * It also ends escaped processes (orphans re-parented here, not in this
+ * process's group, and with each of them its whole tree of descendants):
+ *   - an orphan attributed (see sonde_loop_set_subreaper) to a command
+ *     that is still running is left alone until that command's operation
+ *     has ended (completed or cancelled); then it gets SIGTERM (and
+ *     SIGCONT), and SIGKILL 1 s later, unless an ending started with
+ *     sonde_end_orphans for that operation gives another grace;
+ *   - an orphan attributed to nobody is left alone, unless an ending of
+ *     everything runs (sonde_end_orphans with owner 0).
+ * Cost: one read of /proc/self/task/N/children per call, and one read of
+ * /proc/PID/environ per orphan the first time it is seen; a tree of
+ * descendants is walked only when its orphan is signalled.
  */
 int sonde_reap_orphans(struct sonde_loop *loop);
+
+/*
+ * End escaped processes (see sonde_reap_orphans): those attributed to the
+ * operation `owner`, or, with owner 0, every one (the host's shutdown).
+ * Each gets SIGTERM and SIGCONT when it is found, SIGKILL from `grace`
+ * seconds after this call on (found later than that: SIGKILL at once);
+ * their trees of descendants get the same signals.  The ending is an
+ * operation: cb is called (from the loop, never from this call) once none
+ * of its processes is left, with owner 0 once no command of the loop runs
+ * either, or after grace + 5 s at the latest (a process in
+ * uninterruptible sleep; status "unknown", reason "resource").  Several
+ * endings may cover one process: the earliest SIGKILL wins.  Without
+ * sonde_loop_set_subreaper nothing is re-parented here and only what is
+ * already a child of this process is found.  Returns the id, 0 when out
+ * of memory.
+ */
+uint64_t sonde_end_orphans(struct sonde_loop *loop, uint64_t owner,
+                           double grace, sonde_result_cb cb, void *arg);
 
 /* Seconds on CLOCK_MONOTONIC. */
 double sonde_now(void);

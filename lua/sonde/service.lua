@@ -27,7 +27,10 @@
 -- `reset_after` seconds the count starts again.  A liveness or startup
 -- probe that fails restarts it the same way (SIGTERM to the group, SIGKILL
 -- after `grace`).  Stopping it (host shutdown) sends SIGTERM, then SIGKILL
--- after `grace`, and does not restart it.
+-- after `grace`, and does not restart it.  Under the host (a subreaper),
+-- what the process left behind outside its group (`setsid`, a double
+-- fork, a daemon) ends with it, whichever way it ended: SIGTERM, then
+-- SIGKILL after `grace` (see sonde.core.end_orphans).
 -- @module sonde.service
 local core = require "sonde.core"
 local validate = require "sonde.validate"
@@ -264,6 +267,9 @@ end
 
 function Service:exited(r, instance)
   local uptime = core.now() - self.started_at
+  -- what it left behind (escaped its process group) ends with it: SIGTERM,
+  -- SIGKILL after grace; another service's or instance's is not touched
+  if self.op then core.end_orphans(self.grace, self.op) end
   self.op = nil
   self.pid = r.pid
   local expected = r.reason == "ok" or self.state == "stopping"

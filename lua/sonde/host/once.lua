@@ -5,6 +5,10 @@
 -- script error, 128 + the signal when SIGTERM or SIGINT ends it first.
 -- What the script's top level started (tasks, timers) is ended once the
 -- results are in; `os.exit` and the signals kill the probes' commands.
+-- It is a child subreaper: what the commands left behind outside their
+-- process group (`setsid`, a double fork) gets SIGTERM once the results
+-- are in (or at the signal) and SIGKILL 1 s later, and the command exits
+-- once none is left (a second SIGTERM or SIGINT: SIGKILL at once).
 -- @module sonde.host.once
 local core = require "sonde.core"
 local config = require "sonde.config"
@@ -21,6 +25,7 @@ local M = {}
 -- @tparam string format "text" or "json"
 -- @treturn integer exit code
 function M.main(source, names, format)
+  core.set_subreaper(true)
   common.set_arg(source.name, {})
   common.guard_exit()
   task.hosted = true
@@ -29,12 +34,22 @@ function M.main(source, names, format)
   -- the results end it; so do SIGTERM and SIGINT, which cancel the
   -- probes (their commands are killed)
   local S = core.signals
-  local results, interrupted
+  local results, interrupted, finished
   local function finish()
-    for _, x in ipairs { S.TERM, S.INT } do core.on_signal(x, nil) end
+    if finished then return end
+    finished = true
     cfg:stop()
+    -- what escaped the commands' groups: SIGTERM, SIGKILL after 1 s; the
+    -- signals are watched until it is done
+    core.end_orphans(1, nil, function()
+      for _, x in ipairs { S.TERM, S.INT } do core.on_signal(x, nil) end
+    end)
   end
   local function interrupt(sig)
+    if finished then                -- ending the escaped: SIGKILL them now
+      core.end_orphans(0)
+      return
+    end
     interrupted = sig
     finish()
   end

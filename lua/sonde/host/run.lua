@@ -14,7 +14,13 @@
 --   * SIGHUP loads the script again: on success the new load replaces the
 --     old one (what did not change keeps running); on failure the error is
 --     logged (`reload status=failed`) and the running load goes on.
---   * The host is a child subreaper and reaps orphaned descendants; an
+--   * The host is a child subreaper and reaps orphaned descendants.  What
+--     a command leaves behind outside its process group (`setsid`, a
+--     double fork, a daemon) is ended (SIGTERM, SIGKILL after a grace):
+--     a probe's or action's once that command has ended, a service's when
+--     its process exits (with the service's grace), and at shutdown every
+--     one that is left, with the longest grace of the services (at least
+--     1 s) counted from the signal; the host exits once none is left.  An
 --     error escaping a task or callback is logged (`task_error`) and the
 --     engine goes on; `os.exit` kills the running commands first.
 --   * systemd `Type=notify`: READY=1 once started, RELOADING=1 / READY=1
@@ -35,6 +41,20 @@ local plural = common.plural
 local function run_loop()
   common.log_errors()
   task.run()
+end
+
+-- The grace of the shutdown's ending of escaped processes: the longest of
+-- the services', at least 1 s (the exec prober's kill grace).
+local function shutdown_grace(cfg)
+  local g = 1
+  for _, s in ipairs(cfg.services) do g = math.max(g, s.grace) end
+  return g
+end
+
+-- A plain script has ended: end what its commands left behind.
+local function sweep_plain()
+  core.end_orphans(1, nil, function() end)
+  run_loop()
 end
 
 local function status_line(cfg)
@@ -70,6 +90,7 @@ function M.main(source, args, listen)
     current.plain = true
     current:start()
     run_loop()
+    sweep_plain()
     return 0
   end
   log.event("info", "host_start", { script = source.name,
@@ -85,6 +106,7 @@ function M.main(source, args, listen)
         log.event("warn", "host_stop", { script = source.name, signal = sig,
           detail = "stopping already: services killed" })
         core.kill_all(S.KILL)
+        core.end_orphans(0)                 -- and what escaped: SIGKILL
       end
       return
     end
@@ -94,12 +116,20 @@ function M.main(source, args, listen)
     watchdog = nil
     core.sd_notify("STOPPING=1")
     endpoints.close()
-    current:stop(function()
+    -- the load stops, and every escaped descendant (the services' too)
+    -- gets SIGTERM now and SIGKILL when the services' grace is over; the
+    -- signals are watched until both are done
+    local left = 2
+    local function done()
+      left = left - 1
+      if left > 0 then return end
       for _, x in ipairs { S.TERM, S.INT, S.HUP, S.CHLD } do
         core.on_signal(x, nil)
       end
       core.reap_orphans()
-    end)
+    end
+    core.end_orphans(shutdown_grace(current), nil, done)
+    current:stop(done)
   end
   local function own(cfg)
     cfg.on_stop = function() shutdown("script") end
