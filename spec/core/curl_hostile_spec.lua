@@ -57,6 +57,11 @@ describe("curl probers under attack", function()
       assert.are.same({ "success", "hostile", 90000 }, { r.status, r.body, #r.headers["x-big"] })
     end)
 
+    it("header values are data: returned byte for byte, control bytes included", function()
+      local r = http { url = srv:url("/badheader") }
+      assert.are.same({ "success", "a\1b\27[31mc\127" }, { r.status, r.headers["x-bad"] })
+    end)
+
     it("the body buffer out of memory is unknown, reason resource (a child under ulimit -v)", function()
       if under_sanitizers() then
         pending("the sanitizers' shadow memory does not fit under ulimit -v")
@@ -214,7 +219,10 @@ describe("curl probers under attack", function()
           probe("http_get", { url = "http://localhost:%d/ok" }, "http-name")
           probe("tcp_socket", { host = "127.0.0.1", port = %d }, "tcp")
           probe("tcp_socket", { host = "localhost", port = %d }, "tcp-name")
-        ]]):format(port, port, port, port),
+          -- libcurl cannot start its resolver thread: no query leaves
+          probe("http_get", { url = "http://sonde-test.invalid:%d/ok" }, "http-dns")
+          probe("tcp_socket", { host = "sonde-test.invalid", port = %d }, "tcp-dns")
+        ]]):format(port, port, port, port, port, port),
         after = ([[
           probe("http_get", { url = "http://127.0.0.1:%d/ok" }, "http-after")
           probe("tcp_socket", { host = "127.0.0.1", port = %d }, "tcp-after")
@@ -226,6 +234,8 @@ describe("curl probers under attack", function()
         "http-name\tunknown\tresource",
         "tcp\tunknown\tresource",
         "tcp-name\tunknown\tresource",
+        "http-dns\tunknown\tresource",
+        "tcp-dns\tunknown\tresource",
         "http-after\tsuccess\tok",
         "tcp-after\tsuccess\tok",
       }, helpers.lines(out))
