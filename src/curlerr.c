@@ -194,7 +194,8 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
     }
     break;
   case CURLE_COULDNT_CONNECT:
-    if (owner->sock_errno && resource_errno(owner->sock_errno)) {
+    /* (a refusal on one address beats a socket() failure on another) */
+    if (oserr != ECONNREFUSED && resource_errno(owner->sock_errno)) {
       /* no socket: the engine's trouble, not the target's */
       r->status = SONDE_UNKNOWN;
       r->reason = SONDE_R_RESOURCE;

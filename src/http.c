@@ -231,9 +231,9 @@ static void http_release(struct sonde_op *op, int cancelled) {
 
 static const struct sonde_op_vtable http_vt = {"http", http_release};
 
-/* Scheme, hostname and port (the scheme's default when none is given) of
- * an absolute URL: malloc'd strings, or 0 -1 when it does not parse or out
- * of memory. */
+/* Scheme and hostname (malloc'd) and port (the scheme's default when none
+ * is given) of an absolute URL.  Returns 0, or -1 when it does not parse or
+ * out of memory (*scheme and *host are then NULL). */
 static int url_origin(const char *url, char **scheme, char **host,
                       long *port) {
   CURLU *u = curl_url();
