@@ -5,7 +5,12 @@
  * is sent or read.  Connected: success (reason ok, output "").  Refused:
  * failure connect_refused.  No connection by the deadline: failure
  * connect_timeout.  Name not resolved: failure dns.  Other errors: failure
- * network.  Resolution and connect go through libcurl (CURLOPT_CONNECT_ONLY)
+ * network.  No socket (socket() failing with EMFILE, ENFILE, ENOBUFS or
+ * ENOMEM), or a name not resolved while the process has no descriptor
+ * left: unknown resource (the engine's trouble, not the target's).  A port
+ * that accepts and then stays silent is a success: connecting is all this
+ * probe does.  Control bytes in the error text are replaced with '?'.
+ * Resolution and connect go through libcurl (CURLOPT_CONNECT_ONLY)
  * on the loop's multi handle, so nothing blocks.
  */
 #ifndef SONDE_TCP_H
