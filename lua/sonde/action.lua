@@ -32,6 +32,7 @@ local validate = require "sonde.validate"
 local probers = require "sonde.probers"
 local json = require "sonde.json"
 local task = require "sonde.task"
+local redact = require "sonde.redact"
 
 local M = {}
 local Action = {}
@@ -65,6 +66,9 @@ function M.restart(service)
   end, "restart " .. service.name)
 end
 
+-- The result as environment variables of an exec action.  Values a target
+-- chose (output, reason) reach the command only this way and on its stdin,
+-- never through `$(VAR)` expansion of its argv.
 local function result_env(result, probe)
   local out = result.output or ""
   if #out > 4096 then out = out:sub(1, 4096) end
@@ -77,20 +81,23 @@ local function result_env(result, probe)
 end
 
 -- Start an operation of handler `h` for action `a` of `probe`, in the
--- current scope (the probe's), and report how it ended.
-local function start(h, opts, a, probe, ok_detail)
+-- current scope (the probe's), and report how it ended; `clean(text)`
+-- takes secrets out of a failure's message.
+local function start(h, opts, a, probe, ok_detail, clean)
   report(probe, a, "started")
   task.start("action", function(k) return h.start(opts, k) end, function(r)
     if r.status == "success" then
       report(probe, a, "done", ok_detail(r))
     else
-      report(probe, a, "failed", string.format("%s %s: %s", r.status,
-        r.reason, r.output))
+      local detail = string.format("%s %s: %s", r.status, r.reason, r.output)
+      report(probe, a, "failed", clean and clean(detail) or detail)
     end
   end)
 end
 
---- Run a command (see the module doc).
+--- Run a command (see the module doc).  Its argv is `$(VAR)`-expanded
+-- against the spec's own `env` only, once, when the action is made: the
+-- result's values are in its environment, never in its argv.
 -- @raise naming the field, on a bad spec
 function M.exec(spec)
   local h = probers.handlers.exec
@@ -98,15 +105,22 @@ function M.exec(spec)
   validate.checks.table(ctx, spec, "spec")
   local base = {}
   for k, v in pairs(spec) do base[k] = v end
-  h.prepare(ctx, base)                             -- validate now
+  local prepared = h.prepare(ctx, base)           -- validates, expands argv
   return new("exec", function(self, result, probe)
-    local s = {}
-    for k, v in pairs(base) do s[k] = v end
+    local opts = {}
+    for k, v in pairs(prepared) do opts[k] = v end
+    -- the environment: the spec's (and PATH), the result's on top
+    local extra = result_env(result, probe)
     local env = {}
-    for k, v in pairs(spec.env or {}) do env[k] = v end
-    for k, v in pairs(result_env(result, probe)) do env[k] = v end
-    s.env = env
-    start(h, h.prepare(ctx, s), self, probe, function(r) return r.output end)
+    for _, kv in ipairs(prepared.env) do
+      if extra[kv:match("^[^=]*")] == nil then env[#env + 1] = kv end
+    end
+    local names = {}
+    for k in pairs(extra) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do env[#env + 1] = k .. "=" .. extra[k] end
+    opts.env = env
+    start(h, opts, self, probe, function(r) return r.output end)
   end, "exec " .. table.concat(spec.command, " "))
 end
 
@@ -132,9 +146,18 @@ function M.webhook(spec)
   local ctx = { where = "sonde.action.webhook" }
   local w = WEBHOOK:apply(ctx, spec)
   local body = w.body
+  -- not a probe: TLS is verified unless the spec says otherwise
+  local tls = { verify = true }
+  for k, v in pairs(w.tls or {}) do tls[k] = v end
   local base = { url = w.url, method = w.method, headers = w.headers,
-                 timeout = w.timeout, tls = w.tls }
+                 timeout = w.timeout, tls = tls }
   h.prepare(ctx, base)                             -- validate now
+  -- events name it without userinfo, query string or fragment
+  local name = redact.endpoint(w.url)
+  local masked = redact.url(w.url)
+  local function clean(text)
+    return redact.replace(redact.replace(text, w.url, name), masked, name)
+  end
   return new("webhook", function(self, result, probe)
     local text
     if type(body) == "function" then
@@ -159,9 +182,12 @@ function M.webhook(spec)
     if body == nil and s.headers == nil then
       s.headers = { ["Content-Type"] = "application/json" }
     end
-    start(h, h.prepare(ctx, s), self, probe,
-      function(r) return tostring(r.http_status) end)
-  end, "webhook " .. w.url)
+    local opts = h.prepare(ctx, s)
+    -- no redirect is followed: a 3xx is the webhook's answer (a failure)
+    opts.max_redirects = 1
+    start(h, opts, self, probe,
+      function(r) return tostring(r.http_status) end, clean)
+  end, "webhook " .. name)
 end
 
 --- Wrap a Lua function as an action (it runs like a hook, in the probe's
