@@ -3,8 +3,12 @@
  *
  * Life of a run:
  *   start: look the command up, make two pipes (O_CLOEXEC, parent ends
- *          non-blocking), posix_spawn it into a new process group, watch
- *          its pidfd (fallback: poll waitpid), arm the deadline.
+ *          non-blocking; a third for stdin when there is input),
+ *          posix_spawn it into a new process group, watch its pidfd
+ *          (fallback: poll waitpid), arm the deadline.
+ *   write: feed `input` to the stdin pipe when writable, one write() per
+ *          wake-up, SIGPIPE blocked; close it after the last byte or on
+ *          any error (EPIPE: the child does not read).
  *   read:  keep the first max_output bytes of each pipe, drop the rest.
  *   exit:  pidfd readable -> SIGKILL the rest of the group while the leader
  *          is still an unreaped zombie (its pgid cannot be recycled yet),
@@ -21,6 +25,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -29,6 +34,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -67,6 +73,10 @@ struct exec_op {
   double timeout;
   sonde_output_cb on_output;
   void *output_arg;
+  int in_fd;                 /* write end of the stdin pipe, or -1 */
+  struct event *in_ev;
+  char *input;               /* what is left to write: input + in_off */
+  size_t input_len, in_off;
 };
 
 void sonde_exec_opts_init(struct sonde_exec_opts *o) {
@@ -86,8 +96,18 @@ static void close_pipe(struct pipe_buf *p) {
   p->fd = -1;
 }
 
+static void close_stdin(struct exec_op *x) {
+  if (x->in_ev) event_free(x->in_ev);
+  x->in_ev = NULL;
+  if (x->in_fd >= 0) close(x->in_fd);
+  x->in_fd = -1;
+  free(x->input);
+  x->input = NULL;
+}
+
 static void exec_release(struct sonde_op *op, int cancelled) {
   struct exec_op *x = (struct exec_op *)op;
+  close_stdin(x);
   if (x->pid > 0 && !x->exited) {
     /* Cancelled (or torn down) while running: kill the whole group and
      * leave the leader and the rest to the background reaper. */
@@ -224,6 +244,47 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
   if (x->exited && all_drained(x)) finish(x);
 }
 
+/* write() that never raises SIGPIPE in this process: SIGPIPE is blocked
+ * in this thread meanwhile (a pipe's SIGPIPE goes to the writing thread)
+ * and one it caused is consumed before the mask is restored. */
+static ssize_t write_nosigpipe(int fd, const void *buf, size_t n) {
+  sigset_t pipe_set, old, pending;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  sigemptyset(&pending);
+  sigpending(&pending);
+  int was_pending = sigismember(&pending, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  ssize_t w = write(fd, buf, n);
+  int err = errno;
+  if (w < 0 && err == EPIPE && !was_pending) {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  errno = err;
+  return w;
+}
+
+/* stdin writable: one write() per wake-up (level-triggered, it fires
+ * again), so a large input never holds the loop. */
+static void on_stdin(evutil_socket_t fd, short what, void *arg) {
+  struct exec_op *x = arg;
+  (void)what;
+  if (x->in_off < x->input_len) {
+    ssize_t w = write_nosigpipe(fd, x->input + x->in_off,
+                                x->input_len - x->in_off);
+    if (w > 0) x->in_off += (size_t)w;
+    else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
+                       errno == EINTR))
+      return;
+    else
+      x->in_off = x->input_len;  /* EPIPE or another error: give up */
+  }
+  if (x->in_off >= x->input_len) close_stdin(x);
+}
+
 /* The leader has exited (it is a zombie, not yet reaped). */
 static void on_leader_exit(struct exec_op *x) {
   /* Kill what is left of the group before reaping the leader: while the
@@ -234,6 +295,7 @@ static void on_leader_exit(struct exec_op *x) {
   while (p < 0 && errno == EINTR);
   x->exited = 1;
   x->lost = p < 0;   /* ECHILD: someone else reaped it (SIGCHLD ignored?) */
+  close_stdin(x);    /* nobody is left to read the rest */
   if (x->exit_ev) event_free(x->exit_ev);
   x->exit_ev = NULL;
   if (x->pidfd >= 0) close(x->pidfd);
@@ -377,6 +439,7 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   if (!x) return 0;
   x->op.vt = &exec_vt;
   x->pidfd = -1;
+  x->in_fd = -1;
   x->out[0].fd = x->out[1].fd = -1;
   x->max_output = o->max_output;
   x->kill_grace = o->kill_grace > 0 ? o->kill_grace : 1;
@@ -393,6 +456,14 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   sonde_op_start(loop, &x->op, cb, arg);
   x->timer = evtimer_new(loop->base, on_timer, x);
   if (!x->timer) return fail_now(x, ENOMEM, "event");
+  if (o->input && o->input_len > SONDE_MAX_INPUT)
+    return fail_now(x, E2BIG, "input longer than SONDE_MAX_INPUT (1 MiB)");
+  if (o->input) {
+    x->input = malloc(o->input_len ? o->input_len : 1);
+    if (!x->input) return fail_now(x, ENOMEM, "input");
+    memcpy(x->input, o->input, o->input_len);
+    x->input_len = o->input_len;
+  }
 
   const char *argv0 = o->argv[0];
   char *path = NULL;
@@ -423,8 +494,10 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
     if (!S_ISDIR(st.st_mode)) return fail_now(x, ENOTDIR, o->cwd);
   }
 
-  int fds[2][2] = {{-1, -1}, {-1, -1}};
-  for (int i = 0; i < 2; i++) {
+  /* fds[0], fds[1]: stdout, stderr; fds[2]: stdin when there is input */
+  int fds[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}};
+  int npipes = x->input ? 3 : 2;
+  for (int i = 0; i < npipes; i++) {
     if (pipe2(fds[i], O_CLOEXEC) != 0) {
       int err = errno;
       free(path);
@@ -438,6 +511,10 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   for (int i = 0; i < 2; i++) {
     x->out[i].fd = fds[i][0];
     fcntl(fds[i][0], F_SETFL, fcntl(fds[i][0], F_GETFL) | O_NONBLOCK);
+  }
+  if (x->input) {
+    x->in_fd = fds[2][1];
+    fcntl(x->in_fd, F_SETFL, fcntl(x->in_fd, F_GETFL) | O_NONBLOCK);
   }
 
   posix_spawnattr_t attr;
@@ -453,7 +530,10 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  if (x->input)
+    posix_spawn_file_actions_adddup2(&fa, fds[2][0], 0);
+  else
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, fds[0][1], 1);
   posix_spawn_file_actions_adddup2(&fa, fds[1][1], 2);
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);
@@ -466,6 +546,7 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   free(path);
   close(fds[0][1]);
   close(fds[1][1]);
+  if (fds[2][0] >= 0) close(fds[2][0]);
   if (err != 0) return fail_now(x, err, argv0);
   x->pid = pid;
 
@@ -478,7 +559,13 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   for (int i = 0; i < 2; i++)
     x->out[i].ev = event_new(loop->base, x->out[i].fd, EV_READ | EV_PERSIST,
                              on_pipe, x);
-  if (!x->exit_ev || !x->out[0].ev || !x->out[1].ev) {
+  if (x->in_fd >= 0 && x->input_len > 0)
+    x->in_ev = event_new(loop->base, x->in_fd, EV_WRITE | EV_PERSIST,
+                         on_stdin, x);
+  else
+    close_stdin(x);             /* empty input: EOF at once */
+  if (!x->exit_ev || !x->out[0].ev || !x->out[1].ev ||
+      (x->in_fd >= 0 && !x->in_ev)) {
     /* Cannot watch it: kill it now (reaped by exec_release's path). */
     return fail_now(x, ENOMEM, "event");
   }
@@ -490,6 +577,7 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   }
   event_add(x->out[0].ev, NULL);
   event_add(x->out[1].ev, NULL);
+  if (x->in_ev) event_add(x->in_ev, NULL);
   if (o->timeout > 0) sonde_loop_add_timer(loop, x->timer, o->timeout);
   return x->op.id;
 }

@@ -318,7 +318,8 @@ static sonde_status status_of(lua_State *L, const char *s) {
 
 /* core.exec(opts, cb [, on_output]) -> id.  opts: argv, env ("K=V"
  * array), cwd, timeout (0: none), kill_grace, max_output, codes (table
- * code -> status, plus `default`), timeout_status.  With on_output, output
+ * code -> status, plus `default`), timeout_status, input (string written
+ * to the child's stdin, NULs allowed; nil: /dev/null).  With on_output, output
  * is passed to on_output(stream, bytes) as it arrives (1 stdout, 2
  * stderr) instead of being kept. */
 static int l_core_exec(lua_State *L) {
@@ -334,6 +335,7 @@ static int l_core_exec(lua_State *L) {
   o.envp = opt_strv(L, 1, "env", 0);
   if (!o.argv[0]) return luaL_error(L, "sonde.core: argv: empty");
   o.cwd = opt_str(L, 1, "cwd", NULL);
+  o.input = opt_str(L, 1, "input", &o.input_len);
   o.timeout = opt_num(L, 1, "timeout", o.timeout);
   o.kill_grace = opt_num(L, 1, "kill_grace", o.kill_grace);
   o.max_output = (size_t)opt_num(L, 1, "max_output", (double)o.max_output);

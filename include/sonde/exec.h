@@ -10,7 +10,8 @@
  *
  * sonde's differences (hygiene): the command runs in a new process group
  * with default signal dispositions, an empty signal mask, /dev/null on
- * stdin and no inherited descriptor above 2.  When the command exits, the
+ * stdin (or a pipe fed with `input`, see sonde_exec_opts) and no
+ * inherited descriptor above 2.  When the command exits, the
  * rest of its group is killed (SIGKILL) so that background children cannot
  * hold the result back; on timeout the group gets SIGTERM, then SIGKILL
  * after kill_grace seconds.  The command's own process is always reaped;
@@ -29,6 +30,7 @@
 #include "sonde/loop.h"
 
 #define SONDE_MAX_OUTPUT_DEFAULT 10240 /* bytes, kubelet maxReadLength */
+#define SONDE_MAX_INPUT 1048576        /* bytes of `input`, at most (1 MiB) */
 
 /* Receives output as it arrives when set in sonde_exec_opts (services):
  * `stream` is 1 for stdout, 2 for stderr.  It may cancel the operation
@@ -49,6 +51,16 @@ struct sonde_exec_opts {
   sonde_status timeout_status;  /* status of a timed-out run (failure) */
   sonde_output_cb on_output;    /* stream output instead of keeping it */
   void *output_arg;
+  /* stdin: NULL for /dev/null (the default); else the child's stdin is a
+   * pipe fed these input_len bytes (NULs allowed; copied at start) from
+   * the loop without blocking, then closed (EOF; at once when input_len
+   * is 0).  A child that exits or closes its stdin before reading it all
+   * just loses the rest: EPIPE is ignored and never raises SIGPIPE in
+   * this process.  Bytes not yet written when the command exits are
+   * dropped.  More than SONDE_MAX_INPUT bytes: the run fails at once
+   * (failure, reason spawn, code E2BIG). */
+  const char *input;
+  size_t input_len;
 };
 
 /* Fill opts with the defaults: timeout 1 s, kill_grace 1 s, max_output

@@ -183,6 +183,13 @@ end
 --   * `env`: table name -> string; the command's whole environment, plus
 --     `PATH` from this process unless env sets it (kubelet: the container's
 --     static env only);
+--   * `env_data`: table name -> string; more environment variables, set in
+--     the child (over `env`) but never used by the `$(VAR)` expansion of
+--     `command`: `$(X)` of a name X only given here stays literal.  For
+--     values that must stay data (what a probed target printed);
+--   * `input`: string (NULs allowed, at most 1 MiB) written to the
+--     command's stdin, which is then closed; default: stdin is /dev/null.
+--     A command that does not read it all loses the rest, nothing fails;
 --   * `cwd`: working directory (default: this process's);
 --   * `timeout`: seconds, > 0, default 1.  At the deadline the command's
 --     process group gets SIGTERM, then SIGKILL one second later;

@@ -58,9 +58,22 @@ local function exec_codes(ctx, codes, field)
   return codes
 end
 
+--- The most bytes `input` may hold (SONDE_MAX_INPUT in the C core).
+M.MAX_INPUT = 1048576
+
+local function exec_input(ctx, v, field)
+  validate.checks.string(ctx, v, field, { allow_nul = true })
+  if #v > M.MAX_INPUT then
+    fail(ctx, field, "must be at most %d bytes, got %d", M.MAX_INPUT, #v)
+  end
+  return v
+end
+
 M.exec_schema = validate.schema {
   { "command", "strings", required = true, nonempty = true },
   { "env", "env" },
+  { "env_data", "env" },
+  { "input", exec_input },
   { "cwd", "string" },
   { "timeout", "seconds", default = 1 },
   { "max_output", "count", default = 10240 },
@@ -68,8 +81,14 @@ M.exec_schema = validate.schema {
 }
 
 --- Check an exec spec and make the core's options: argv `$(VAR)`-expanded
--- against `env`, the environment as "K=V" strings (plus PATH from this
--- process unless env sets it).
+-- against `env` only, the environment as "K=V" strings: `env`, then
+-- `env_data` over it (a name in both gets env_data's value in the child),
+-- plus PATH from this process unless one of them sets it.  `env_data` is
+-- for values that must stay data (a probe's output given to an action):
+-- they reach the child's environment but never the `$(VAR)` expansion of
+-- argv, where `$(NAME)` of a name only in env_data stays literal.
+-- `input` (a string, NULs allowed, at most MAX_INPUT bytes) is written to
+-- the command's stdin, then closed; without it stdin is /dev/null.
 -- @raise naming the field
 local function exec_prepare(ctx, spec)
   local s = M.exec_schema:apply(ctx, spec)
@@ -77,7 +96,7 @@ local function exec_prepare(ctx, spec)
   local codes = s.codes or "kubelet"
   local opts = {
     argv = {}, env = {}, cwd = s.cwd, timeout = s.timeout,
-    max_output = s.max_output,
+    max_output = s.max_output, input = s.input,
     codes = type(codes) == "string" and EXEC_CODES[codes] or codes,
     -- monitoring-plugins: a plugin that times out is UNKNOWN
     timeout_status = codes == "nagios" and "unknown" or nil,
@@ -89,12 +108,15 @@ local function exec_prepare(ctx, spec)
   opts.shown = { shown = table.concat(s.command, " "),
     cmdline = table.concat(opts.argv, " "), shown0 = s.command[1],
     argv0 = opts.argv[1] }
+  local child = {}
+  for k, v in pairs(env) do child[k] = v end
+  for k, v in pairs(s.env_data or {}) do child[k] = v end
   local names = {}
-  for k in pairs(env) do names[#names + 1] = k end
-  if env.PATH == nil and os.getenv("PATH") then names[#names + 1] = "PATH" end
+  for k in pairs(child) do names[#names + 1] = k end
+  if child.PATH == nil and os.getenv("PATH") then names[#names + 1] = "PATH" end
   table.sort(names)
   for i, k in ipairs(names) do
-    opts.env[i] = k .. "=" .. (env[k] or os.getenv(k))
+    opts.env[i] = k .. "=" .. (child[k] or os.getenv(k))
   end
   return opts
 end

@@ -289,6 +289,92 @@ describe("sonde.exec", function()
     end)
   end)
 
+  -- `input`: bytes written to the command's stdin (a pipe fed from the
+  -- loop without blocking, closed after the last byte).
+  describe("input", function()
+    it("cat gets the input byte for byte, NULs included, then EOF", function()
+      local r = exec { command = { "cat" }, input = "hello\0world\n", timeout = 5 }
+      assert.are.same({ "success", "hello\0world\n" }, { r.status, r.output })
+    end)
+
+    it("1 MiB (the cap) reaches the command whole", function()
+      local r = exec { command = { "wc", "-c" }, input = string.rep("x", 1048576),
+        timeout = 10 }
+      assert.are.same({ "success", "1048576" }, { r.status, r.output:match("%d+") })
+    end)
+
+    it("empty input: stdin is at EOF at once", function()
+      local r = exec { command = { "cat" }, input = "", timeout = 5 }
+      assert.are.same({ "success", "" }, { r.status, r.output })
+    end)
+
+    it("a command that closed its stdin: EPIPE is ignored, no SIGPIPE here", function()
+      -- the write gets EPIPE; without care SIGPIPE would kill this process
+      local r = exec { command = { "sh", "-c", "exec 0<&-; sleep 0.3; echo done" },
+        input = string.rep("x", 200000), timeout = 5 }
+      assert.are.same({ "success", "done\n" }, { r.status, r.output })
+      r = exec { command = { "true" }, input = string.rep("y", 1048576), timeout = 5 }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    end)
+
+    it("a command that never reads does not hold the loop: its timeout applies", function()
+      local t0 = helpers.now()
+      local ticks = 0
+      local r = run(function()
+        local done = false
+        sonde.spawn(function()
+          while not done do sonde.sleep(0.05) ticks = ticks + 1 end
+        end)
+        local res = sonde.exec { command = { "sleep", "30" },
+          input = string.rep("z", 1048576), timeout = 0.5 }
+        done = true
+        return res
+      end, 20)
+      assert.are.same({ "failure", "timeout" }, { r.status, r.reason })
+      assert.is_true(helpers.now() - t0 < 5, "took " .. (helpers.now() - t0))
+      assert.is_true(ticks >= 3, "the loop ran " .. ticks .. " timer ticks")
+    end)
+
+    it("more than 1 MiB is refused naming input", function()
+      local err = exec_error { command = { "cat" }, input = string.rep("x", 1048577) }
+      assert.is_truthy(err and err:find("input"), err)
+      err = exec_error { command = { "cat" }, input = 42 }
+      assert.is_truthy(err and err:find("input"), err)
+    end)
+  end)
+
+  -- `env_data`: environment variables set in the child that the $(VAR)
+  -- expansion of argv never sees (untrusted values stay data).
+  describe("env_data", function()
+    local show = { "sh", "-c", 'printf "%s|%s" "$1" "$X"', "sh", "$(X)" }
+
+    it("$(X) stays literal when X is only in env_data; the child sees X", function()
+      local r = exec { command = show, env_data = { X = "$(rm -rf /); `id`" } }
+      assert.are.same({ "success", "$(X)|$(rm -rf /); `id`" }, { r.status, r.output })
+    end)
+
+    it("a name in env and env_data: env expands argv, env_data is in the child", function()
+      local r = exec { command = show, env = { X = "from env" },
+        env_data = { X = "from data" } }
+      assert.are.same({ "success", "from env|from data" }, { r.status, r.output })
+    end)
+
+    it("the environment is env, env_data and the host's PATH", function()
+      local r = exec { command = { "env" }, env = { A = "1" }, env_data = { B = "2" } }
+      local lines = {}
+      for line in r.output:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      table.sort(lines)
+      assert.are.same({ "A=1", "B=2", "PATH=" .. os.getenv("PATH") }, lines)
+    end)
+
+    it("bad names or values are refused naming env_data", function()
+      for _, bad in ipairs { { ["A=B"] = "x" }, { A = 1 }, { A = "a\0b" }, "x" } do
+        local err = exec_error { command = { "true" }, env_data = bad }
+        assert.is_truthy(err and err:find("env_data"), err)
+      end
+    end)
+  end)
+
   describe("codes", function()
     local custom = { [0] = "success", [1] = "warning", [2] = "unknown", default = "failure" }
     -- name, then { exit code, codes, status, reason (nil: not compared) }
