@@ -8,12 +8,20 @@
 --     back-off applies);
 --   * `sonde.action.exec{ command, env, timeout, cwd }`: run a command with
 --     the exec prober's machinery; its environment also gets `SONDE_PROBE`,
---     `SONDE_KIND`, `SONDE_STATUS`, `SONDE_REASON`, `SONDE_OUTPUT`,
---     `SONDE_SERVICE` (when the probe has one);
---   * `sonde.action.webhook{ url, method = "POST", headers, body, timeout }`:
---     an HTTP request through libcurl; `body` is a string or a
+--     `SONDE_KIND`, `SONDE_STATUS`, `SONDE_REASON`, `SONDE_OUTPUT` (the
+--     first 4096 bytes, NULs dropped), `SONDE_SERVICE` (when the probe has
+--     one), and its stdin the result as a JSON document (as a webhook's
+--     default body).  The argv is `$(VAR)`-expanded against `env` only:
+--     `$(SONDE_OUTPUT)` stays literal, since what a target printed must
+--     never become shell code.  Use `sh -c '... "$SONDE_OUTPUT" ...'`
+--     (quoted) or read stdin (`jq -r .output`);
+--   * `sonde.action.webhook{ url, method = "POST", headers, body, timeout,
+--     tls }`: an HTTP request through libcurl; `body` is a string or a
 --     `function(result, probe) -> string`, by default the result as JSON
---     (with `Content-Type: application/json`);
+--     (with `Content-Type: application/json`).  Unlike probes, a webhook
+--     verifies TLS (`tls.verify` defaults to true; `tls = { verify =
+--     false }` opts out) and follows no redirect: a 3xx answer is a failed
+--     action.  Events name it without userinfo, query string or fragment;
 --   * any Lua function `function(result, probe)` (run like a hook: bounded,
 --     errors contained).
 --
@@ -67,17 +75,35 @@ function M.restart(service)
 end
 
 -- The result as environment variables of an exec action.  Values a target
--- chose (output, reason) reach the command only this way and on its stdin,
--- never through `$(VAR)` expansion of its argv.
+-- chose (output, reason) reach the command only this way (`env_data`: never
+-- in the `$(VAR)` expansion of its argv) and on its stdin.
 local function result_env(result, probe)
-  local out = result.output or ""
+  local out = tostring(result.output or "")
   if #out > 4096 then out = out:sub(1, 4096) end
-  return {
+  local env = {
     SONDE_PROBE = probe.name, SONDE_KIND = probe.kind,
     SONDE_STATUS = result.status, SONDE_REASON = result.reason,
-    SONDE_OUTPUT = (out:gsub("%z", "")),
+    SONDE_OUTPUT = out,
     SONDE_SERVICE = probe.service and probe.service.name or nil,
   }
+  for k, v in pairs(env) do env[k] = (tostring(v):gsub("%z", "")) end
+  return env
+end
+
+-- The result as a JSON document (a webhook's default body, an exec
+-- action's stdin); at most probers.MAX_INPUT bytes: a bigger one goes
+-- without `body` and with `output` cut to 4096 bytes (`truncated` true).
+local function result_doc(result)
+  local copy = {}
+  for k, v in pairs(result) do copy[k] = v end
+  local doc = json.encode(copy)
+  if #doc > probers.MAX_INPUT then
+    copy.body = nil
+    if type(copy.output) == "string" then copy.output = copy.output:sub(1, 4096) end
+    copy.truncated = true
+    doc = json.encode(copy)
+  end
+  return doc
 end
 
 -- Start an operation of handler `h` for action `a` of `probe`, in the
@@ -96,8 +122,9 @@ local function start(h, opts, a, probe, ok_detail, clean)
 end
 
 --- Run a command (see the module doc).  Its argv is `$(VAR)`-expanded
--- against the spec's own `env` only, once, when the action is made: the
--- result's values are in its environment, never in its argv.
+-- against the spec's own `env` only: the result's values are in its
+-- environment (`env_data` of the exec prober) and, as a JSON document, on
+-- its stdin, never in its argv.
 -- @raise naming the field, on a bad spec
 function M.exec(spec)
   local h = probers.handlers.exec
@@ -105,22 +132,16 @@ function M.exec(spec)
   validate.checks.table(ctx, spec, "spec")
   local base = {}
   for k, v in pairs(spec) do base[k] = v end
-  local prepared = h.prepare(ctx, base)           -- validates, expands argv
+  h.prepare(ctx, base)                             -- validate now
   return new("exec", function(self, result, probe)
-    local opts = {}
-    for k, v in pairs(prepared) do opts[k] = v end
-    -- the environment: the spec's (and PATH), the result's on top
-    local extra = result_env(result, probe)
-    local env = {}
-    for _, kv in ipairs(prepared.env) do
-      if extra[kv:match("^[^=]*")] == nil then env[#env + 1] = kv end
-    end
-    local names = {}
-    for k in pairs(extra) do names[#names + 1] = k end
-    table.sort(names)
-    for _, k in ipairs(names) do env[#env + 1] = k .. "=" .. extra[k] end
-    opts.env = env
-    start(h, opts, self, probe, function(r) return r.output end)
+    local s = {}
+    for k, v in pairs(base) do s[k] = v end
+    local data = {}
+    for k, v in pairs(spec.env_data or {}) do data[k] = v end
+    for k, v in pairs(result_env(result, probe)) do data[k] = v end
+    s.env_data = data
+    s.input = result_doc(result)
+    start(h, h.prepare(ctx, s), self, probe, function(r) return r.output end)
   end, "exec " .. table.concat(spec.command, " "))
 end
 
@@ -172,9 +193,7 @@ function M.webhook(spec)
     elseif type(body) == "string" then
       text = body
     else
-      local copy = {}
-      for k, v in pairs(result) do copy[k] = v end
-      text = json.encode(copy)
+      text = result_doc(result)
     end
     local s = {}
     for k, v in pairs(base) do s[k] = v end

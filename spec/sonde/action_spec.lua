@@ -33,7 +33,7 @@ local function actions(evs, probe, status)
 end
 
 describe("exec actions and a hostile target", function()
-  local dir, srv, evs, body
+  local dir, srv, evs, body, res
 
   setup(function()
     helpers.fresh()
@@ -47,6 +47,7 @@ describe("exec actions and a hostile target", function()
       failure_threshold = 1, action_interval = 60,
       http_get = { url = srv:url("/echo"), headers = { ["X-Evil"] = evil } },
       on_result = function(r) body = r.body return "failure" end,
+      on_change = function(_, _, r) res = r end,
       on_failure = {
         -- the safe form: the output from the environment, quoted
         sonde.action.exec { command = { "sh", "-c",
@@ -87,6 +88,18 @@ describe("exec actions and a hostile target", function()
     assert.is_string(body)
     assert.are.equal(body:sub(1, 4096):gsub("%z", ""), got)
     assert.is_truthy(got:find("X-Evil: $(touch ", 1, true), got)
+  end)
+
+  it("stdin holds the result as JSON", function()
+    local got = helpers.read_file(dir .. "/stdin-out")
+    assert.is_string(got)
+    local doc, err = helpers.json_decode(got)
+    assert.is_table(doc, tostring(err) .. ": " .. got)
+    assert.is_table(res)
+    local want = helpers.json_decode(require("sonde.json").encode(res))
+    assert.are.same(want, doc)
+    assert.are.equal(body, doc.body)
+    assert.are.same({ "failure", "hostile" }, { doc.status, doc.probe })
   end)
 
   it("$(SONDE_OUTPUT) in an argv is not expanded with the output", function()
