@@ -7,10 +7,161 @@
  * on CURL_POLL_REMOVE.  No curl_multi_* call is made from inside a curl
  * callback: the timer callback only (re)arms the event, and finished
  * transfers are handed to their owners after socket_action returns.
+ *
+ * Every transfer's sockets are opened and closed here too
+ * (CURLOPT_OPENSOCKETFUNCTION / CLOSESOCKETFUNCTION): the errno of a
+ * socket() that fails is kept on the transfer's owner (out of descriptors
+ * is the engine's trouble, not the target's), and a socket that is closed
+ * connected marks its transfer as having completed a TCP connect (a
+ * timeout after that is not a connect timeout).  Sockets are mapped to
+ * their owner through loop->fd_owner, not through the callback's data
+ * pointer, because libcurl may close a connection after the easy handle
+ * (and the owner) are gone.
+ *
+ * libcurl's allocations go through counting wrappers (curl_global_init_mem)
+ * so that a CURLE_OUT_OF_MEMORY that no failed allocation explains is known
+ * for what it is: libcurl's own size limit (a response header line over
+ * 100 KB), a fault of the peer.
  */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "internal.h"
+
+/* ---- libcurl's memory --------------------------------------------------- */
+
+static atomic_uint alloc_failures;
+static int alloc_counted;  /* the wrappers are libcurl's (set once, at init,
+                              before any transfer or resolver thread) */
+static int alloc_probe;    /* a wrapper ran while alloc_counted was 0 */
+
+#define SEEN() do { if (!alloc_counted) alloc_probe = 1; } while (0)
+
+static void *c_malloc(size_t n) {
+  void *p = malloc(n);
+  SEEN();
+  if (!p) atomic_fetch_add_explicit(&alloc_failures, 1, memory_order_relaxed);
+  return p;
+}
+
+static void *c_calloc(size_t n, size_t size) {
+  void *p = calloc(n, size);
+  SEEN();
+  if (!p) atomic_fetch_add_explicit(&alloc_failures, 1, memory_order_relaxed);
+  return p;
+}
+
+static void *c_realloc(void *old, size_t n) {
+  void *p = realloc(old, n);
+  SEEN();
+  if (!p && n)
+    atomic_fetch_add_explicit(&alloc_failures, 1, memory_order_relaxed);
+  return p;
+}
+
+static char *c_strdup(const char *s) {
+  char *p = strdup(s);
+  SEEN();
+  if (!p) atomic_fetch_add_explicit(&alloc_failures, 1, memory_order_relaxed);
+  return p;
+}
+
+unsigned sonde_curl_alloc_failures(void) {
+  return atomic_load_explicit(&alloc_failures, memory_order_relaxed);
+}
+
+int sonde_curl_alloc_counted(void) { return alloc_counted; }
+
+/* ---- the sockets of transfers ------------------------------------------ */
+
+static void fd_forget(struct sonde_curl_owner *o, curl_socket_t fd) {
+  for (int i = 0; i < SONDE_OWNER_FDS; i++)
+    if (o->fds[i] == fd) o->fds[i] = CURL_SOCKET_BAD;
+}
+
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose,
+                                 struct curl_sockaddr *a) {
+  struct sonde_curl_owner *o = clientp;
+  struct sonde_loop *loop = o->loop;
+  (void)purpose;
+  curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC,
+                            a->protocol);
+  if (fd == CURL_SOCKET_BAD) {
+    o->sock_errno = errno;
+    return CURL_SOCKET_BAD;
+  }
+  size_t need = (size_t)fd + 1;
+  if (need > loop->nfd_owner) {
+    size_t n = loop->nfd_owner ? loop->nfd_owner : 64;
+    while (n < need) n *= 2;
+    struct sonde_curl_owner **t = realloc(loop->fd_owner, n * sizeof *t);
+    if (!t) return fd;      /* works, only unwatched: no connect mark */
+    memset(t + loop->nfd_owner, 0, (n - loop->nfd_owner) * sizeof *t);
+    loop->fd_owner = t;
+    loop->nfd_owner = n;
+  }
+  for (int i = 0; i < SONDE_OWNER_FDS; i++) {
+    if (o->fds[i] == CURL_SOCKET_BAD) {
+      o->fds[i] = fd;
+      loop->fd_owner[fd] = o;
+      break;
+    }
+  }
+  return fd;
+}
+
+static int close_socket(void *clientp, curl_socket_t fd) {
+  struct sonde_loop *loop = clientp;
+  if (fd >= 0 && (size_t)fd < loop->nfd_owner && loop->fd_owner[fd]) {
+    struct sonde_curl_owner *o = loop->fd_owner[fd];
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (!o->tcp_connected &&
+        getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
+      o->tcp_connected = 1;
+    fd_forget(o, fd);
+    loop->fd_owner[fd] = NULL;
+  }
+  return close(fd);
+}
+
+void sonde_curl_setup(CURL *e, struct sonde_curl_owner *o,
+                      struct sonde_loop *loop) {
+  o->loop = loop;
+  for (int i = 0; i < SONDE_OWNER_FDS; i++) o->fds[i] = CURL_SOCKET_BAD;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, o);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_VERBOSE, 0L);     /* never a line on stderr */
+  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 1L);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, o);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, loop);
+}
+
+void sonde_curl_owner_reset(struct sonde_curl_owner *o) {
+  o->sock_errno = 0;
+  o->tcp_connected = 0;
+  o->alloc_failures = sonde_curl_alloc_failures();
+}
+
+void sonde_curl_owner_forget(struct sonde_curl_owner *o) {
+  struct sonde_loop *loop = o->loop;
+  if (!loop) return;
+  for (int i = 0; i < SONDE_OWNER_FDS; i++) {
+    curl_socket_t fd = o->fds[i];
+    if (fd >= 0 && (size_t)fd < loop->nfd_owner && loop->fd_owner[fd] == o)
+      loop->fd_owner[fd] = NULL;
+    o->fds[i] = CURL_SOCKET_BAD;
+  }
+}
+
+/* ---- multi plumbing ------------------------------------------------------ */
 
 struct sock {
   struct sonde_loop *loop;
@@ -101,8 +252,16 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
 int sonde_curl_init(struct sonde_loop *loop) {
   static int global_done;
   if (!global_done) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return -1;
+    if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, c_malloc, free, c_realloc,
+                             c_strdup, c_calloc) != CURLE_OK)
+      return -1;
     global_done = 1;
+    /* Had the process initialised libcurl before, the call above kept the
+     * memory functions it had: see whether an allocation comes here. */
+    alloc_probe = 0;
+    CURLU *u = curl_url();
+    alloc_counted = alloc_probe;
+    curl_url_cleanup(u);
   }
   loop->multi = curl_multi_init();
   if (!loop->multi) return -1;
@@ -124,4 +283,7 @@ void sonde_curl_free(struct sonde_loop *loop) {
   if (loop->curl_timer) event_free(loop->curl_timer);
   loop->multi = NULL;
   loop->curl_timer = NULL;
+  free(loop->fd_owner);
+  loop->fd_owner = NULL;
+  loop->nfd_owner = 0;
 }

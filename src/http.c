@@ -2,8 +2,14 @@
  * http.c - the HTTP prober (include/sonde/http.h).
  *
  * One easy handle per probe, reused for each redirect hop.  Redirects are
- * followed here, not by curl (FOLLOWLOCATION is off), so that the hostname
- * rule is applied before any request leaves for the next hop.
+ * followed here, not by curl (FOLLOWLOCATION is off), so that the redirect
+ * policy (same host, same origin or none) is applied before any request
+ * leaves for the next hop.
+ *
+ * Text that reaches the result from the peer or from curl (error messages,
+ * redirect locations, the URL) goes through sonde_clean_text: passwords in
+ * URLs masked, control bytes replaced.  Response headers and the body are
+ * data and are returned as they came.
  *
  * Ownership: struct http_op owns its easy handle, header list, copies of
  * the options, and the body/header buffers of the current response.  All
@@ -33,15 +39,19 @@ struct http_op {
   struct curl_slist *hdrs;
   char errbuf[CURL_ERROR_SIZE];
   char *url;                 /* current hop's URL */
-  char *orig_host;           /* hostname of the original URL */
+  char *orig_scheme;         /* the original URL's parts, taken at the */
+  char *orig_host;           /* first redirect (NULL before) */
+  long orig_port;
   char *method;
   char *body;
   size_t body_len;
   double deadline;           /* monotonic */
   size_t max_body;
   int max_redirects;
+  int follow;                /* SONDE_FOLLOW_* */
   int redirects;
   int capped;                /* body cap reached on this hop */
+  int oom;                   /* a body buffer could not grow */
   int in_multi;
   char *rbody;               /* response body of the current hop */
   size_t rbody_len, rbody_cap; /* grows up to max_body (+1 for a NUL) */
@@ -56,6 +66,7 @@ void sonde_http_opts_init(struct sonde_http_opts *o) {
   o->timeout = 1;
   o->max_body = SONDE_MAX_BODY_DEFAULT;
   o->max_redirects = SONDE_MAX_REDIRECTS;
+  o->follow_redirects = SONDE_FOLLOW_SAME_HOST;
 }
 
 int sonde_http_valid_name(const char *name) {
@@ -136,7 +147,10 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg) {
     if (cap < h->rbody_len + keep + 1) cap = h->rbody_len + keep + 1;
     if (cap > h->max_body + 1) cap = h->max_body + 1;
     char *d = realloc(h->rbody, cap);
-    if (!d) return 0;          /* out of memory: ends with WRITE_ERROR */
+    if (!d) {                  /* out of memory: ends with WRITE_ERROR */
+      h->oom = 1;
+      return 0;
+    }
     h->rbody = d;
     h->rbody_cap = cap;
   }
@@ -198,34 +212,66 @@ static void http_release(struct sonde_op *op, int cancelled) {
   (void)cancelled;
   if (h->easy) {
     if (h->in_multi) curl_multi_remove_handle(op->loop->multi, h->easy);
+    sonde_curl_owner_forget(&h->owner);
     curl_easy_cleanup(h->easy);
   }
   h->easy = NULL;
   curl_slist_free_all(h->hdrs);
   h->hdrs = NULL;
   free(h->url);
+  free(h->orig_scheme);
   free(h->orig_host);
   free(h->method);
   free(h->body);
   free(h->rbody);
   free_resp_headers(h);
-  h->url = h->orig_host = h->method = h->body = h->rbody = NULL;
+  h->url = h->orig_scheme = h->orig_host = h->method = h->body = NULL;
+  h->rbody = NULL;
 }
 
 static const struct sonde_op_vtable http_vt = {"http", http_release};
 
-/* Hostname of an absolute URL (malloc'd), or NULL. */
-static char *url_host(const char *url) {
+/* Scheme, hostname and port (the scheme's default when none is given) of
+ * an absolute URL: malloc'd strings, or 0 -1 when it does not parse or out
+ * of memory. */
+static int url_origin(const char *url, char **scheme, char **host,
+                      long *port) {
   CURLU *u = curl_url();
-  char *host = NULL, *copy = NULL;
-  if (!u) return NULL;
+  char *sc = NULL, *ho = NULL, *po = NULL;
+  int rc = -1;
+  *scheme = *host = NULL;
+  if (!u) return -1;
   if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-    copy = strdup(host);
-    curl_free(host);
+      curl_url_get(u, CURLUPART_SCHEME, &sc, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &ho, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_PORT, &po, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+    *scheme = strdup(sc);
+    *host = strdup(ho);
+    *port = strtol(po, NULL, 10);
+    if (*scheme && *host) {
+      rc = 0;
+    } else {
+      free(*scheme);
+      free(*host);
+      *scheme = *host = NULL;
+    }
   }
+  curl_free(sc);
+  curl_free(ho);
+  curl_free(po);
   curl_url_cleanup(u);
-  return copy;
+  return rc;
+}
+
+/* The result's URL: passwords masked, made printable. */
+static void set_result_url(struct http_op *h) {
+  struct sonde_result *r = &h->op.res;
+  r->url = h->url;
+  h->url = NULL;
+  if (r->url && sonde_clean_text(&r->url, NULL) != 0) {
+    free(r->url);
+    r->url = NULL;
+  }
 }
 
 /* Move the response of the current hop into the result. */
@@ -259,8 +305,7 @@ static void finish_status(struct http_op *h) {
   char msg[64];
   take_response(h);
   r->redirects = h->redirects;
-  r->url = h->url;
-  h->url = NULL;
+  set_result_url(h);
   if (r->http_status >= 200 && r->http_status < 300) {
     r->status = SONDE_SUCCESS;
     r->reason = SONDE_R_OK;
@@ -288,14 +333,19 @@ static void finish_status(struct http_op *h) {
 }
 
 /* A failure with a message: output = `<Method> "<url>": <err>` (Go's
- * client error shape). */
+ * client error shape), the URL's password masked. */
 static void finish_error(struct http_op *h) {
   struct sonde_result *r = &h->op.res;
   const char *m = h->method ? h->method : "GET";
   r->redirects = h->redirects;
+  if (r->error && sonde_clean_text(&r->error, NULL) != 0) {
+    free(r->error);
+    r->error = NULL;
+  }
+  set_result_url(h);
   char *out = NULL;
   int n = asprintf(&out, "%c%s \"%s\": %s", m[0], m[0] ? m + 1 : "",
-                   h->url ? h->url : "", r->error ? r->error : "error");
+                   r->url ? r->url : "", r->error ? r->error : "error");
   if (n >= 0) {
     for (int i = 1; out[i] && out[i] != ' '; i++)
       out[i] = (char)tolower((unsigned char)out[i]);
@@ -303,8 +353,6 @@ static void finish_error(struct http_op *h) {
     r->output = out;
     r->output_len = (size_t)n;
   }
-  r->url = h->url;
-  h->url = NULL;
   sonde_op_complete(&h->op);
 }
 
@@ -317,8 +365,16 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   h->in_multi = 0;
   set_addr(h);
   if (code == CURLE_WRITE_ERROR && h->capped) code = CURLE_OK;
+  if (code == CURLE_WRITE_ERROR && h->oom) {
+    r->status = SONDE_UNKNOWN;
+    r->reason = SONDE_R_RESOURCE;
+    r->code = (int)code;
+    sonde_result_set_error(r, "out of memory for the response body");
+    finish_error(h);
+    return;
+  }
   if (code != CURLE_OK) {
-    sonde_curl_classify(r, h->easy, code, h->errbuf, 0);
+    sonde_curl_classify(r, h->easy, code, h->errbuf, &h->owner, 0);
     finish_error(h);
     return;
   }
@@ -332,15 +388,28 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
     finish_status(h);
     return;
   }
-  char *host = url_host(loc);
-  if (!host || !h->orig_host || strcmp(host, h->orig_host) != 0) {
+  if (h->follow == SONDE_FOLLOW_NONE) {
+    finish_status(h);         /* the 3xx is the final response */
+    return;
+  }
+  if (!h->orig_host &&        /* first redirect: h->url is the original */
+      url_origin(h->url, &h->orig_scheme, &h->orig_host, &h->orig_port) != 0)
+    h->orig_host = NULL;
+  char *scheme = NULL, *host = NULL;
+  long port = 0;
+  int same = h->orig_host && url_origin(loc, &scheme, &host, &port) == 0 &&
+             strcmp(host, h->orig_host) == 0;
+  if (same && h->follow == SONDE_FOLLOW_SAME_ORIGIN)
+    same = strcasecmp(scheme, h->orig_scheme) == 0 && port == h->orig_port;
+  free(scheme);
+  free(host);
+  if (!same) {
     /* kubelet: a redirect to another hostname is not followed; the 3xx
-     * itself is the final response (a warning). */
-    free(host);
+     * itself is the final response (a warning).  Same origin: nor one to
+     * another scheme or port. */
     finish_status(h);
     return;
   }
-  free(host);
   if (strncasecmp(loc, "http://", 7) != 0 &&
       strncasecmp(loc, "https://", 8) != 0) {
     /* Go's client refuses such a hop: an error, so a failure */
@@ -402,8 +471,10 @@ static int start_hop(struct http_op *h) {
   long ms = (long)(left * 1000);
   if (ms < 1) ms = 1;
   h->capped = 0;
+  h->oom = 0;
   h->rbody_len = 0;
   h->errbuf[0] = '\0';
+  sonde_curl_owner_reset(&h->owner);
   free_resp_headers(h);
   curl_easy_setopt(h->easy, CURLOPT_URL, h->url);
   curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, ms);
@@ -506,6 +577,7 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   h->owner.done = on_done;
   h->max_body = o->max_body;
   h->max_redirects = o->max_redirects;
+  h->follow = o->follow_redirects;
   h->url = strdup(o->url);
   h->method = strdup(o->method ? o->method : "GET");
   h->easy = curl_easy_init();
@@ -522,7 +594,6 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   }
   uint64_t id = sonde_op_start(loop, &h->op, cb, arg);
   h->deadline = h->op.start + o->timeout;
-  h->orig_host = url_host(o->url);
   struct sonde_result *r = &h->op.res;
   int rc = build_headers(h, o);
   if (rc != 0) {
@@ -533,14 +604,12 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
     }
     sonde_result_set_output(r, r->error ? r->error : "",
                             r->error ? strlen(r->error) : 0);
-    r->url = h->url;
-    h->url = NULL;
+    set_result_url(h);
     sonde_op_complete_soon(&h->op);
     return id;
   }
   CURL *e = h->easy;
-  curl_easy_setopt(e, CURLOPT_PRIVATE, &h->owner);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  sonde_curl_setup(e, &h->owner, loop);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);

@@ -30,6 +30,7 @@
 #include "sonde/result.h"
 
 struct sonde_op;
+struct sonde_curl_owner;
 
 struct sonde_op_vtable {
   const char *kind;
@@ -71,6 +72,8 @@ struct sonde_loop {
   uint64_t next_id;
   struct sonde_reap *reaps;  /* groups still being reaped */
   struct event *reap_timer;
+  struct sonde_curl_owner **fd_owner; /* curl's sockets: fd -> transfer */
+  size_t nfd_owner;
 };
 
 /* Link a freshly allocated op (zeroed by the caller, `vt` set) into the
@@ -118,15 +121,59 @@ int sonde_curl_init(struct sonde_loop *loop);
 void sonde_curl_free(struct sonde_loop *loop);
 /* What CURLOPT_PRIVATE of every easy handle on the multi points at: the
  * transfer's owner, told once when the transfer has ended.  The easy handle
- * has already been removed from the multi when `done` runs. */
+ * has already been removed from the multi when `done` runs.
+ *
+ * The other fields are kept by curlsock.c's socket callbacks (see
+ * sonde_curl_setup) and read by sonde_curl_classify; the prober zeroes the
+ * owner with the op and calls sonde_curl_owner_reset before each transfer
+ * and sonde_curl_owner_forget before cleaning the easy handle up. */
+#define SONDE_OWNER_FDS 4
 struct sonde_curl_owner {
   void (*done)(struct sonde_curl_owner *owner, CURLcode code);
+  struct sonde_loop *loop;
+  int sock_errno;            /* errno of a socket() that failed, or 0 */
+  int tcp_connected;         /* a TCP connect of the transfer completed */
+  unsigned alloc_failures;   /* curl's failed allocations at the start */
+  curl_socket_t fds[SONDE_OWNER_FDS]; /* its open sockets (-1: none) */
 };
 
+/* Set the options every sonde transfer shares on `easy`: CURLOPT_PRIVATE
+ * = owner, no signals, nothing ever written to stderr (no verbose, no
+ * progress meter), and the socket callbacks that record a socket() errno
+ * and whether a TCP connect completed.  owner->loop is set. */
+void sonde_curl_setup(CURL *easy, struct sonde_curl_owner *owner,
+                      struct sonde_loop *loop);
+
+/* Before each transfer (each redirect hop): clear what the last one
+ * recorded. */
+void sonde_curl_owner_reset(struct sonde_curl_owner *owner);
+
+/* Before the easy handle is cleaned up: the owner's sockets, still open or
+ * not, no longer point at it. */
+void sonde_curl_owner_forget(struct sonde_curl_owner *owner);
+
+/* Failed allocations made by libcurl so far (all threads), and whether they
+ * are counted at all (libcurl was initialised by sonde with its memory
+ * callbacks; not so when the process had initialised it before). */
+unsigned sonde_curl_alloc_failures(void);
+int sonde_curl_alloc_counted(void);
+
 /* Map a finished curl transfer's error onto a reason and detail text
- * (curlerr.c).  Sets r->reason, r->error, r->code. */
+ * (curlerr.c).  Sets r->status, r->reason, r->error (sanitised, URL
+ * credentials masked), r->code.  `connect_only`: a TCP probe. */
 void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
-                         const char *errbuf, int connect_only);
+                         const char *errbuf,
+                         const struct sonde_curl_owner *owner,
+                         int connect_only);
+
+/* Text that came from a peer or from curl, made safe to show (curlerr.c):
+ * userinfo passwords in URLs masked as Go's url.Redacted does
+ * ("user:xxxxx@"), then control bytes and bytes that are not UTF-8 replaced
+ * with '?'.  sonde_clean_text works on *s (a malloc'd string of *len bytes,
+ * len may be NULL; NUL-terminated), replacing it only when a password is
+ * masked; returns -1 when out of memory (*s is then left as it was, but
+ * still sanitised), else 0. */
+int sonde_clean_text(char **s, size_t *len);
 
 /* Format "ip:port" or "[ip]:port" of a sockaddr-like pair into out. */
 void sonde_format_addr(char *out, size_t n, const char *ip, long port);

@@ -397,7 +397,8 @@ static int l_core_terminate(lua_State *L) {
 
 /* core.http(opts, cb) -> id.  opts: url, method, body, headers (array of
  * {name, value}, names canonical), user_agent, timeout, max_body,
- * max_redirects, tls_verify, ca_file. */
+ * max_redirects, follow_redirects ("same-host" | "same-origin" | "none",
+ * see sonde/http.h), tls_verify, ca_file. */
 static int l_core_http(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -414,6 +415,14 @@ static int l_core_http(lua_State *L) {
   o.timeout = opt_num(L, 1, "timeout", o.timeout);
   o.max_body = (size_t)opt_num(L, 1, "max_body", (double)o.max_body);
   o.max_redirects = (int)opt_num(L, 1, "max_redirects", o.max_redirects);
+  const char *fr = opt_str(L, 1, "follow_redirects", NULL);
+  if (fr) {
+    static const char *const names[] = {"same-host", "same-origin", "none",
+                                        NULL};
+    lua_pushstring(L, fr);
+    o.follow_redirects = luaL_checkoption(L, -1, NULL, names);
+    lua_pop(L, 1);
+  }
   o.ca_file = opt_str(L, 1, "ca_file", NULL);
   lua_getfield(L, 1, "tls_verify");
   o.tls_verify = lua_toboolean(L, -1);

@@ -30,6 +30,7 @@ static void tcp_release(struct sonde_op *op, int cancelled) {
   (void)cancelled;
   if (t->easy) {
     if (t->in_multi) curl_multi_remove_handle(op->loop->multi, t->easy);
+    sonde_curl_owner_forget(&t->owner);
     curl_easy_cleanup(t->easy);
   }
   t->easy = NULL;
@@ -54,7 +55,7 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
     r->reason = SONDE_R_OK;
     sonde_result_set_output(r, "", 0);
   } else {
-    sonde_curl_classify(r, t->easy, code, t->errbuf, 1);
+    sonde_curl_classify(r, t->easy, code, t->errbuf, &t->owner, 1);
     /* kubelet's output shape: "dial tcp <addr>: <error>" */
     char *out = NULL;
     int n = asprintf(&out, "dial tcp %s: %s", t->target,
@@ -62,6 +63,11 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
     if (n >= 0) {
       r->output = out;
       r->output_len = (size_t)n;
+      if (sonde_clean_text(&r->output, &r->output_len) != 0) {
+        free(r->output);
+        r->output = NULL;
+        r->output_len = 0;
+      }
     }
   }
   sonde_op_complete(&t->op);
@@ -95,8 +101,8 @@ uint64_t sonde_tcp_start(struct sonde_loop *loop,
   long ms = (long)(secs * 1000);
   if (ms < 1) ms = 1;
   CURL *e = t->easy;
-  curl_easy_setopt(e, CURLOPT_PRIVATE, &t->owner);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  sonde_curl_setup(e, &t->owner, loop);
+  sonde_curl_owner_reset(&t->owner);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
   curl_easy_setopt(e, CURLOPT_URL, url);   /* curl copies it */
   free(url);

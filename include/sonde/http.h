@@ -10,7 +10,8 @@
  *     a Host header sets the request host, the connection still goes to the
  *     URL's host;
  *   - redirects (301/302/303/307/308 with Location) are followed while the
- *     hostname stays the one of the original URL (the port may change);
+ *     hostname stays the one of the original URL (the port and the scheme
+ *     may change: follow_redirects SONDE_FOLLOW_SAME_HOST, the default);
  *     when max_redirects requests (10) have been made and the last answer
  *     redirects again, the probe fails (reason redirect, "stopped after 10
  *     redirects"), as Go's client does for the kubelet; a redirect
@@ -25,6 +26,30 @@
  *     headers and body.
  * A header value holding CR, LF or NUL fails the probe (reason config)
  * before anything is sent.
+ *
+ * Not kubelet's, for callers that must not be sent elsewhere (webhooks):
+ * follow_redirects SONDE_FOLLOW_SAME_ORIGIN follows a redirect only when
+ * scheme, hostname and port (the scheme's default port when the URL has
+ * none) are all those of the original URL; SONDE_FOLLOW_NONE follows none.
+ * A redirect not followed ends the probe with its 3xx response: a warning,
+ * reason redirect, http_status the 3xx, as for another hostname.  Hostnames
+ * are compared as written (no resolution, case-sensitive, as kubelet).
+ *
+ * Out of the engine's hands (status unknown, reason resource, no threshold
+ * moves): socket() failing with EMFILE, ENFILE, ENOBUFS or ENOMEM; a name
+ * that does not resolve while the process has no descriptor left; libcurl
+ * or the body buffer out of memory.
+ * The peer's fault (failure, reason protocol): a response header line or
+ * status line over 100 KB (libcurl's CURL_MAX_HTTP_HEADER, which libcurl
+ * reports as out of memory: sonde tells the two apart by counting libcurl's
+ * failed allocations), response headers over 300 KB in all.
+ * Timeouts: no TCP connection by the deadline is connect_timeout; a TCP
+ * connection made but a TLS handshake not finished, or a response not
+ * complete, is timeout (the error says "TLS handshake not finished").
+ * result.url, result.error and result.output: a password in a URL is
+ * masked ("user:xxxxx@", Go's url.Redacted) and control bytes or bytes that
+ * are not UTF-8 are replaced with '?'; body and headers are as received.
+ * libcurl never writes to stderr (no verbose mode, no progress meter).
  */
 #ifndef SONDE_HTTP_H
 #define SONDE_HTTP_H
@@ -37,6 +62,13 @@
 #define SONDE_MAX_BODY_DEFAULT 10240 /* bytes, kubelet maxRespBodyLength */
 #define SONDE_MAX_REDIRECTS 10
 
+/* Which redirects are followed (sonde_http_opts.follow_redirects). */
+enum {
+  SONDE_FOLLOW_SAME_HOST = 0, /* same hostname, any port/scheme (kubelet) */
+  SONDE_FOLLOW_SAME_ORIGIN,   /* same scheme, hostname and port */
+  SONDE_FOLLOW_NONE           /* none: a 3xx ends the probe */
+};
+
 struct sonde_http_opts {
   const char *url;                      /* absolute http:// or https:// */
   const char *method;                   /* NULL = "GET" */
@@ -48,12 +80,13 @@ struct sonde_http_opts {
   double timeout;                       /* seconds, > 0 */
   size_t max_body;                      /* bytes */
   int max_redirects;
+  int follow_redirects;                 /* SONDE_FOLLOW_* */
   int tls_verify;                       /* verify peer and host name */
   const char *ca_file;                  /* CA bundle, or NULL */
 };
 
-/* Defaults: GET, timeout 1 s, max_body 10240, 10 redirects, no TLS
- * verification, User-Agent "sonde/<version>". */
+/* Defaults: GET, timeout 1 s, max_body 10240, 10 redirects on the same
+ * host, no TLS verification, User-Agent "sonde/<version>". */
 void sonde_http_opts_init(struct sonde_http_opts *opts);
 
 /* Start a request.  Options are copied.  Returns the operation id, or 0

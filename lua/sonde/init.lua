@@ -243,7 +243,10 @@ end
 --   * `max_body`: bytes of body read, default 10240 (kubelet); reaching it
 --     is not an error;
 --   * `tls = { verify = false, ca_file = nil }`: certificates are not
---     verified unless verify is true (kubelet).
+--     verified unless verify is true (kubelet);
+--   * `follow_redirects`: "same-host" (default, kubelet), "same-origin"
+--     (scheme, hostname and port unchanged) or "none"; a redirect not
+--     followed ends the probe with its 3xx (a warning, reason redirect).
 --
 -- Classification (kubelet): 2xx success (output = body); 3xx warning,
 -- reason redirect (output `Probe terminated redirects, Response body:
@@ -255,7 +258,12 @@ end
 -- the final response.  Result fields beyond the common ones:
 -- `http_status`, `body`, `headers` (lowercase name -> value, repeats
 -- joined with ", "), `url` (last URL requested), `redirects`,
--- `remote_addr`, `truncated`.
+-- `remote_addr`, `truncated`.  A password in a URL shown in `url`,
+-- `error` or `output` is masked (`user:xxxxx@`).  Status unknown, reason
+-- resource: no socket could be opened (out of descriptors) or out of
+-- memory; failure, reason protocol: a header line over 100 KB or headers
+-- over 300 KB; a TLS handshake stalled after the TCP connect is timeout,
+-- not connect_timeout.
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)

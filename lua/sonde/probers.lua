@@ -229,6 +229,15 @@ M.tls_schema = validate.schema {
   { "ca_file", "string" },
 }
 
+--- Which redirects an http_get probe follows (`follow_redirects`):
+-- "same-host" (the default, kubelet: the hostname of the first URL, any
+-- port or scheme), "same-origin" (scheme, hostname and port all those of
+-- the first URL; a URL without a port has its scheme's default), "none".
+-- A redirect not followed ends the probe with its 3xx response: status
+-- warning, reason redirect, `http_status` the 3xx.  Webhooks use
+-- "same-origin" or "none" together with `tls = { verify = true }`.
+M.FOLLOW_REDIRECTS = { "same-host", "same-origin", "none" }
+
 M.http_schema = validate.schema {
   { "url", absolute_url },
   { "scheme", http_scheme },
@@ -242,6 +251,8 @@ M.http_schema = validate.schema {
   { "timeout", "seconds", default = 1 },
   { "max_body", "count", default = 10240 },
   { "tls", M.tls_schema },
+  { "follow_redirects", "enum", values = M.FOLLOW_REDIRECTS,
+    default = "same-host" },
 }
 
 --- Check an http_get spec and make the core's options (the URL built from
@@ -262,6 +273,7 @@ local function http_prepare(ctx, spec)
   return {
     url = url, method = s.method, body = s.body, headers = s.headers or {},
     timeout = s.timeout, max_body = s.max_body,
+    follow_redirects = s.follow_redirects,
     tls_verify = s.tls and s.tls.verify, ca_file = s.tls and s.tls.ca_file,
   }
 end

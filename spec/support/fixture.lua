@@ -8,8 +8,9 @@
 --   srv:connections()   --> number of accepted connections
 --   srv:stop()
 --
--- opts: host ("127.0.0.1"), mode ("http", or "tcp-full": a full accept
--- queue), log (keep the requests), port (0: any), max_seconds (300).
+-- opts: host ("127.0.0.1"), mode ("http"; "tcp-full": a full accept queue;
+-- "silent": accepts, never reads nor answers), log (keep the requests), port
+-- (0: any), max_seconds (300).
 return function(H)
   local q = H.q
   local Server = {}
