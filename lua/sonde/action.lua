@@ -20,8 +20,9 @@
 --     `function(result, probe) -> string`, by default the result as JSON
 --     (with `Content-Type: application/json`).  Unlike probes, a webhook
 --     verifies TLS (`tls.verify` defaults to true; `tls = { verify =
---     false }` opts out) and follows no redirect: a 3xx answer is a failed
---     action.  Events name it without userinfo, query string or fragment;
+--     false }` opts out) and follows a redirect only to the same scheme, host
+--     and port (`follow_redirects = "same-origin"` of the http prober): a
+--     3xx to anywhere else is its answer, a failed action.  Events name it without userinfo, query string or fragment;
 --   * any Lua function `function(result, probe)` (run like a hook: bounded,
 --     errors contained).
 --
@@ -170,8 +171,11 @@ function M.webhook(spec)
   -- not a probe: TLS is verified unless the spec says otherwise
   local tls = { verify = true }
   for k, v in pairs(w.tls or {}) do tls[k] = v end
+  -- and follows a redirect only to the same scheme, host and port: a 3xx
+  -- to elsewhere is its answer (a warning, so a failed action)
   local base = { url = w.url, method = w.method, headers = w.headers,
-                 timeout = w.timeout, tls = tls }
+                 timeout = w.timeout, tls = tls,
+                 follow_redirects = "same-origin" }
   h.prepare(ctx, base)                             -- validate now
   -- events name it without userinfo, query string or fragment
   local name = redact.endpoint(w.url)
@@ -201,10 +205,7 @@ function M.webhook(spec)
     if body == nil and s.headers == nil then
       s.headers = { ["Content-Type"] = "application/json" }
     end
-    local opts = h.prepare(ctx, s)
-    -- no redirect is followed: a 3xx is the webhook's answer (a failure)
-    opts.max_redirects = 1
-    start(h, opts, self, probe,
+    start(h, h.prepare(ctx, s), self, probe,
       function(r) return tostring(r.http_status) end, clean)
   end, "webhook " .. name)
 end

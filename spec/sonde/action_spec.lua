@@ -140,8 +140,18 @@ describe("webhooks", function()
         url = srv:url("/redirect?code=307&to=" .. helpers.urlencode(
           other:url("/stolen"))), timeout = 2 },
     }
+    -- a 307 to the same origin: followed
+    sonde.probe {
+      name = "same-origin", kind = "liveness", period = 0.2, timeout = 5,
+      failure_threshold = 1, action_interval = 60,
+      exec = { command = { "false" } },
+      on_failure = sonde.action.webhook {
+        url = srv:url("/redirect?code=307&to=%2Fok"), timeout = 2 },
+    }
     evs = run_until(function(e)
-      return #actions(e, "to-closed", "failed") >= 1
+      return #actions(e, "same-origin", "done")
+          + #actions(e, "same-origin", "failed") >= 1
+        and #actions(e, "to-closed", "failed") >= 1
         and #actions(e, "redirected", "failed")
           + #actions(e, "redirected", "done") >= 1
     end)
@@ -166,7 +176,14 @@ describe("webhooks", function()
     end
   end)
 
-  it("follow no redirect: a 3xx is a failed action", function()
+  it("follow a redirect to the same scheme, host and port", function()
+    assert.are.equal(1, #actions(evs, "same-origin", "done"),
+      require("sonde.json").encode(helpers.select(evs, "action",
+        { probe = "same-origin" })))
+  end)
+
+  it("follow no redirect to another port: a 3xx is a failed action",
+    function()
     local f = actions(evs, "redirected", "failed")
     assert.are.equal(1, #f, require("sonde.json").encode(
       helpers.select(evs, "action", { probe = "redirected" })))
