@@ -8,12 +8,21 @@
 --     back-off applies);
 --   * `sonde.action.exec{ command, env, timeout, cwd }`: run a command with
 --     the exec prober's machinery; its environment also gets `SONDE_PROBE`,
---     `SONDE_KIND`, `SONDE_STATUS`, `SONDE_REASON`, `SONDE_OUTPUT`,
---     `SONDE_SERVICE` (when the probe has one);
---   * `sonde.action.webhook{ url, method = "POST", headers, body, timeout }`:
---     an HTTP request through libcurl; `body` is a string or a
+--     `SONDE_KIND`, `SONDE_STATUS`, `SONDE_REASON`, `SONDE_OUTPUT` (the
+--     first 4096 bytes, NULs dropped), `SONDE_SERVICE` (when the probe has
+--     one), and its stdin the result as a JSON document (as a webhook's
+--     default body).  The argv is `$(VAR)`-expanded against `env` only:
+--     `$(SONDE_OUTPUT)` stays literal, since what a target printed must
+--     never become shell code.  Use `sh -c '... "$SONDE_OUTPUT" ...'`
+--     (quoted) or read stdin (`jq -r .output`);
+--   * `sonde.action.webhook{ url, method = "POST", headers, body, timeout,
+--     tls }`: an HTTP request through libcurl; `body` is a string or a
 --     `function(result, probe) -> string`, by default the result as JSON
---     (with `Content-Type: application/json`);
+--     (with `Content-Type: application/json`).  Unlike probes, a webhook
+--     verifies TLS (`tls.verify` defaults to true; `tls = { verify =
+--     false }` opts out) and follows a redirect only to the same scheme, host
+--     and port (`follow_redirects = "same-origin"` of the http prober): a
+--     3xx to anywhere else is its answer, a failed action.  Events name it without userinfo, query string or fragment;
 --   * any Lua function `function(result, probe)` (run like a hook: bounded,
 --     errors contained).
 --
@@ -32,6 +41,7 @@ local validate = require "sonde.validate"
 local probers = require "sonde.probers"
 local json = require "sonde.json"
 local task = require "sonde.task"
+local redact = require "sonde.redact"
 
 local M = {}
 local Action = {}
@@ -65,32 +75,57 @@ function M.restart(service)
   end, "restart " .. service.name)
 end
 
+-- The result as environment variables of an exec action.  Values a target
+-- chose (output, reason) reach the command only this way (`env_data`: never
+-- in the `$(VAR)` expansion of its argv) and on its stdin.
 local function result_env(result, probe)
-  local out = result.output or ""
+  local out = tostring(result.output or "")
   if #out > 4096 then out = out:sub(1, 4096) end
-  return {
+  local env = {
     SONDE_PROBE = probe.name, SONDE_KIND = probe.kind,
     SONDE_STATUS = result.status, SONDE_REASON = result.reason,
-    SONDE_OUTPUT = (out:gsub("%z", "")),
+    SONDE_OUTPUT = out,
     SONDE_SERVICE = probe.service and probe.service.name or nil,
   }
+  for k, v in pairs(env) do env[k] = (tostring(v):gsub("%z", "")) end
+  return env
+end
+
+-- The result as a JSON document (a webhook's default body, an exec
+-- action's stdin); at most probers.MAX_INPUT bytes: a bigger one goes
+-- without `body` and with `output` cut to 4096 bytes (`truncated` true).
+local function result_doc(result)
+  local copy = {}
+  for k, v in pairs(result) do copy[k] = v end
+  local doc = json.encode(copy)
+  if #doc > probers.MAX_INPUT then
+    copy.body = nil
+    if type(copy.output) == "string" then copy.output = copy.output:sub(1, 4096) end
+    copy.truncated = true
+    doc = json.encode(copy)
+  end
+  return doc
 end
 
 -- Start an operation of handler `h` for action `a` of `probe`, in the
--- current scope (the probe's), and report how it ended.
-local function start(h, opts, a, probe, ok_detail)
+-- current scope (the probe's), and report how it ended; `clean(text)`
+-- takes secrets out of a failure's message.
+local function start(h, opts, a, probe, ok_detail, clean)
   report(probe, a, "started")
   task.start("action", function(k) return h.start(opts, k) end, function(r)
     if r.status == "success" then
       report(probe, a, "done", ok_detail(r))
     else
-      report(probe, a, "failed", string.format("%s %s: %s", r.status,
-        r.reason, r.output))
+      local detail = string.format("%s %s: %s", r.status, r.reason, r.output)
+      report(probe, a, "failed", clean and clean(detail) or detail)
     end
   end)
 end
 
---- Run a command (see the module doc).
+--- Run a command (see the module doc).  Its argv is `$(VAR)`-expanded
+-- against the spec's own `env` only: the result's values are in its
+-- environment (`env_data` of the exec prober) and, as a JSON document, on
+-- its stdin, never in its argv.
 -- @raise naming the field, on a bad spec
 function M.exec(spec)
   local h = probers.handlers.exec
@@ -102,10 +137,11 @@ function M.exec(spec)
   return new("exec", function(self, result, probe)
     local s = {}
     for k, v in pairs(base) do s[k] = v end
-    local env = {}
-    for k, v in pairs(spec.env or {}) do env[k] = v end
-    for k, v in pairs(result_env(result, probe)) do env[k] = v end
-    s.env = env
+    local data = {}
+    for k, v in pairs(spec.env_data or {}) do data[k] = v end
+    for k, v in pairs(result_env(result, probe)) do data[k] = v end
+    s.env_data = data
+    s.input = result_doc(result)
     start(h, h.prepare(ctx, s), self, probe, function(r) return r.output end)
   end, "exec " .. table.concat(spec.command, " "))
 end
@@ -132,9 +168,21 @@ function M.webhook(spec)
   local ctx = { where = "sonde.action.webhook" }
   local w = WEBHOOK:apply(ctx, spec)
   local body = w.body
+  -- not a probe: TLS is verified unless the spec says otherwise
+  local tls = { verify = true }
+  for k, v in pairs(w.tls or {}) do tls[k] = v end
+  -- and follows a redirect only to the same scheme, host and port: a 3xx
+  -- to elsewhere is its answer (a warning, so a failed action)
   local base = { url = w.url, method = w.method, headers = w.headers,
-                 timeout = w.timeout, tls = w.tls }
+                 timeout = w.timeout, tls = tls,
+                 follow_redirects = "same-origin" }
   h.prepare(ctx, base)                             -- validate now
+  -- events name it without userinfo, query string or fragment
+  local name = redact.endpoint(w.url)
+  local masked = redact.url(w.url)
+  local function clean(text)
+    return redact.replace(redact.replace(text, w.url, name), masked, name)
+  end
   return new("webhook", function(self, result, probe)
     local text
     if type(body) == "function" then
@@ -149,9 +197,7 @@ function M.webhook(spec)
     elseif type(body) == "string" then
       text = body
     else
-      local copy = {}
-      for k, v in pairs(result) do copy[k] = v end
-      text = json.encode(copy)
+      text = result_doc(result)
     end
     local s = {}
     for k, v in pairs(base) do s[k] = v end
@@ -160,8 +206,8 @@ function M.webhook(spec)
       s.headers = { ["Content-Type"] = "application/json" }
     end
     start(h, h.prepare(ctx, s), self, probe,
-      function(r) return tostring(r.http_status) end)
-  end, "webhook " .. w.url)
+      function(r) return tostring(r.http_status) end, clean)
+  end, "webhook " .. name)
 end
 
 --- Wrap a Lua function as an action (it runs like a hook, in the probe's

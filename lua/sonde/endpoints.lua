@@ -14,17 +14,29 @@
 --     probe of that kind (NAME percent-decoded);
 --   * `/status`: JSON `{ probes = { NAME = { kind, state, runs, counts,
 --     streak, service, last = result } }, services = { NAME = { state,
---     restarts, pid, instance } }, version }`.
+--     restarts, pid, instance } }, version }`.  `last` holds the result's
+--     plain fields, but not the response `body`, and its `output` cut to
+--     its first `STATUS_OUTPUT` (256) bytes, with `output_bytes` the whole
+--     length when cut: the endpoint does not republish what targets sent.
+--     `/status?output=1` gives `output` whole and `body` too.  URL
+--     credentials are masked (`user:xxxxx@`, sonde.redact).
 -- @module sonde.endpoints
 local core = require "sonde.core"
 local log = require "sonde.log"
 local json = require "sonde.json"
 local metrics = require "sonde.metrics"
+local redact = require "sonde.redact"
 
 local M = {}
 
+--- Bytes of a result's output /status shows unless asked for all.
+M.STATUS_OUTPUT = 256
+
 --- The /status table of a load.
-function M.status(cfg)
+-- @tparam table cfg a load (sonde.config)
+-- @tparam[opt] boolean full with each last result's whole `output` and its
+-- `body` (`/status?output=1`)
+function M.status(cfg, full)
   local probes, services = {}, {}
   for _, p in ipairs(cfg.probes) do
     local last
@@ -32,6 +44,15 @@ function M.status(cfg)
       last = {}
       for k, v in pairs(p.last_result) do
         if type(v) ~= "function" and type(v) ~= "table" then last[k] = v end
+      end
+      last.url = redact.url(last.url)
+      if not full then
+        last.body = nil
+        local out = last.output
+        if type(out) == "string" and #out > M.STATUS_OUTPUT then
+          last.output = out:sub(1, M.STATUS_OUTPUT)
+          last.output_bytes = #out
+        end
       end
     end
     probes[p.name] = { kind = p.kind, state = p.state, runs = p.runs,
@@ -45,16 +66,28 @@ function M.status(cfg)
   return { probes = probes, services = services, version = core.version }
 end
 
+-- The value of `name` in a query string (`a=1&b=2`), or nil.
+local function query_arg(query, name)
+  if type(query) ~= "string" then return nil end
+  for k, v in query:gmatch("([^&=]+)=?([^&]*)") do
+    if k == name then return v end
+  end
+end
+
 local function find(cfg, name, kind)
   local p = cfg.probe_by_name[name]
   if p and p.kind == kind then return p end
 end
 
 --- Answer one request.
+-- @tparam table cfg the load
+-- @tparam string method
+-- @tparam string path percent-encoded, without the query
+-- @tparam[opt] string query the query string (`output=1`)
 -- @treturn integer status
 -- @treturn string body
 -- @treturn[opt] string content type
-function M.route(cfg, method, path)
+function M.route(cfg, method, path, query)
   if method ~= "GET" and method ~= "HEAD" then
     return 405, "method not allowed\n"
   end
@@ -72,7 +105,9 @@ function M.route(cfg, method, path)
     if #bad == 0 then return 200, "ok\n" end
     return 503, "not ready:\n" .. table.concat(bad, "\n") .. "\n"
   elseif path == "/status" then
-    return 200, json.encode(M.status(cfg)) .. "\n", "application/json"
+    local full = query_arg(query, "output")
+    return 200, json.encode(M.status(cfg, full ~= nil and full ~= "0"
+      and full ~= "")) .. "\n", "application/json"
   end
   local which, name = path:match("^/(%a+)z/(.+)$")
   if name then                     -- the path comes percent-encoded
@@ -92,8 +127,9 @@ end
 -- for the load `get_cfg()` returns at each request.
 -- @return the bound port | nil, error
 function M.listen(host, port, get_cfg)
-  return core.listen(host, port, function(method, path)
-    local ok, status, body, ctype = pcall(M.route, get_cfg(), method, path)
+  return core.listen(host, port, function(method, path, query)
+    local ok, status, body, ctype = pcall(M.route, get_cfg(), method, path,
+      query)
     if not ok then
       log.event("error", "http_error", { path = path, error = tostring(status) })
       return 500, "internal error\n"

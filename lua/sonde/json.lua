@@ -32,6 +32,22 @@ local function utf8_walk(s, ok, bad)
   end
 end
 
+--- `s` as valid UTF-8: each byte that is not part of a valid sequence
+-- (RFC 3629: no overlongs, surrogates or code points past U+10FFFF)
+-- replaced by `repl` (default U+FFFD, the replacement character).
+-- Returns `s` itself when it is valid (all-ASCII text: one `find`).
+-- @tparam string s
+-- @tparam[opt] string repl
+-- @treturn string
+function M.valid_utf8(s, repl)
+  if not s:find("[\128-\255]") or utf8.len(s) then return s end
+  repl = repl or "\239\191\189"
+  local out = {}
+  utf8_walk(s, function(chunk) out[#out + 1] = chunk end,
+    function() out[#out + 1] = repl end)
+  return table.concat(out)
+end
+
 local SHORT = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
                 ['"'] = '\\"', ["\\"] = "\\\\" }
 

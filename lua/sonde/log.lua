@@ -58,9 +58,14 @@
 -- (`\xFF`, `\n` in text; `\u00XX` for controls in JSON, and `\\xFF` text
 -- for invalid bytes), never dropped, so output with NUL bytes or binary
 -- junk is shown whole.
+--
+-- Secrets: a URL's password in any string field is masked as Go's
+-- `url.URL.Redacted` prints it (`https://user:xxxxx@host/`, sonde.redact),
+-- whoever wrote the field.
 -- @module sonde.log
 local core = require "sonde.core"
 local json = require "sonde.json"
+local redact = require "sonde.redact"
 
 local M = {}
 
@@ -132,7 +137,7 @@ function M.event(level, event, fields)
   local line
   if format == "json" then
     local obj = { time = now_iso(), level = level, event = event }
-    for k, v in pairs(fields) do obj[k] = v end
+    for k, v in pairs(fields) do obj[k] = redact.text(v) end
     line = json.encode(obj)
   else
     local parts = { now_iso(), level, event }
@@ -144,6 +149,7 @@ function M.event(level, event, fields)
       if type(v) == "number" then
         v = math.type(v) == "integer" and tostring(v) or fmt("%.6g", v)
       elseif type(v) == "string" then
+        v = redact.text(v)
         v = v:find("^[%w%._/:%-]+$") and v or '"' .. M.escape_text(v) .. '"'
       else
         v = '"' .. M.escape_text(tostring(v)) .. '"'

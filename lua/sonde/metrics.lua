@@ -28,16 +28,36 @@
 -- @module sonde.metrics
 local core = require "sonde.core"
 local validate = require "sonde.validate"
+local json = require "sonde.json"
 
 local M = {}
 
 local BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
 local fmt = string.format
 
---- Escape a label value (exposition format: backslash, quote, newline).
+local byte = string.byte
+local REPLACEMENT = "\239\191\189"          -- U+FFFD
+local LABEL_ESC = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
+
+-- Valid UTF-8 with the exposition's escapes (`ESC`) applied; other control
+-- bytes, for which the format has no escape, as the text `\xHH` (the
+-- backslash escaped, so the value reads `\x01`).
+local function text_escape(v, pattern, esc)
+  if not v:find("[\\\"%c\128-\255]") then return v end  -- the common case
+  v = json.valid_utf8(v, REPLACEMENT)
+  return (v:gsub(pattern, function(c)
+    return esc[c] or fmt("\\\\x%02X", byte(c))
+  end))
+end
+
+--- Escape a label value (exposition format 0.0.4: backslash, quote and
+-- newline escaped).  Whatever bytes it is given, the text is valid UTF-8
+-- (Prometheus and promtool refuse anything else): an invalid byte becomes
+-- U+FFFD, another control character the text `\xHH`.
+-- @param v any value (tostring)
+-- @treturn string
 function M.escape(v)
-  return (tostring(v):gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"',
-    ["\n"] = "\\n" }))
+  return text_escape(tostring(v), '[\\"%c]', LABEL_ESC)
 end
 
 local function num(v)
@@ -195,8 +215,10 @@ end
 -- Rendering
 ---------------------------------------------------------------------------
 
+local HELP_ESC = { ["\\"] = "\\\\", ["\n"] = "\\n" }
+-- HELP text: backslash and newline escaped, valid UTF-8 (like labels).
 local function help_escape(s)
-  return (s:gsub("\\", "\\\\"):gsub("\n", "\\n"))
+  return text_escape(s, "[\\%c]", HELP_ESC)
 end
 
 --- The /metrics text of a load: its probes, services and series.
@@ -208,8 +230,14 @@ function M.render(cfg)
     out[#out + 1] = fmt("# HELP %s %s", name, help_escape(help))
     out[#out + 1] = fmt("# TYPE %s %s", name, kind)
   end
+  -- Two series that print alike (label values that differ only in bytes
+  -- the escaping replaced) would be a duplicate sample: the first counts.
+  local seen = {}
   local function sample(name, lbl, v)
-    out[#out + 1] = name .. lbl .. " " .. num(v)
+    local series = name .. lbl
+    if seen[series] then return end
+    seen[series] = true
+    out[#out + 1] = series .. " " .. num(v)
   end
   local PK = { "probe", "kind" }
   local probes = cfg.probes
@@ -271,14 +299,12 @@ function M.render(cfg)
     local first = true
     for _, p in ipairs(probes) do
       local pd = p.last_result and p.last_result.perfdata
-      local seen = {}              -- a repeated label: the first one counts
-      for _, item in ipairs(pd or {}) do
-        local key = item.label .. "\0" .. item.uom
-        if item[m[2]] ~= nil and not seen[key] then
-          seen[key] = true
+      for _, item in ipairs(pd or {}) do  -- a repeated label: the first counts
+        local lbl = labels({ probe = p.name, label = item.label,
+          uom = item.uom }, PL)
+        if item[m[2]] ~= nil and not seen[m[1] .. lbl] then
           if first then family(m[1], "gauge", m[3]) first = false end
-          sample(m[1], labels({ probe = p.name, label = item.label,
-            uom = item.uom }, PL), item[m[2]])
+          sample(m[1], lbl, item[m[2]])
         end
       end
     end

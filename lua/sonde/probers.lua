@@ -11,6 +11,7 @@
 local core = require "sonde.core"
 local validate = require "sonde.validate"
 local nagios = require "sonde.nagios"
+local redact = require "sonde.redact"
 
 local M = {}
 
@@ -102,6 +103,11 @@ local function exec_prepare(ctx, spec)
     nagios = codes == "nagios",
   }
   for i, a in ipairs(s.command) do opts.argv[i] = core.expand(a, env) end
+  -- what messages show: the command as written, never the values of env
+  -- it was expanded with (sonde.redact.exec_result)
+  opts.shown = { shown = table.concat(s.command, " "),
+    cmdline = table.concat(opts.argv, " "), shown0 = s.command[1],
+    argv0 = opts.argv[1] }
   local child = {}
   for k, v in pairs(env) do child[k] = v end
   for k, v in pairs(s.env_data or {}) do child[k] = v end
@@ -116,10 +122,16 @@ local function exec_prepare(ctx, spec)
 end
 
 -- nagios mode: the result also carries the plugin output parsed
--- (summary, long_output, perfdata: see sonde.nagios).
+-- (summary, long_output, perfdata: see sonde.nagios).  Messages echo the
+-- command as written (sonde.redact.exec_result).
 local function exec_start(opts, cb)
-  if not opts.nagios then return core.exec(opts, cb) end
-  return core.exec(opts, function(r) cb(nagios.annotate(r)) end)
+  local shown = opts.shown
+  if not opts.nagios then
+    return core.exec(opts, function(r) cb(redact.exec_result(r, shown)) end)
+  end
+  return core.exec(opts, function(r)
+    cb(nagios.annotate(redact.exec_result(r, shown)))
+  end)
 end
 
 ---------------------------------------------------------------------------
@@ -196,7 +208,7 @@ local function absolute_url(ctx, url, field)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.+)$")
   if not scheme or not rest:match("^[^/?#]") then
     fail(ctx, field, "must be an absolute http:// or https:// URL, got %s",
-      show(url))
+      show(redact.url(url)))
   end
   if scheme:lower() ~= "http" and scheme:lower() ~= "https" then
     fail(ctx, field, "scheme must be http or https, got %s", show(scheme))
@@ -205,7 +217,7 @@ local function absolute_url(ctx, url, field)
     fail(ctx, field, "must not contain spaces or control characters")
   end
   local host, port = core.parse_url(url)
-  if not host then fail(ctx, field, "%s: %s", port, show(url)) end
+  if not host then fail(ctx, field, "%s: %s", port, show(redact.url(url))) end
   if port and (port < 1 or port > 65535) then
     fail(ctx, field, "port must be 1..65535, got %d", port)
   end
@@ -287,7 +299,10 @@ end
 -- spec) and `start(opts, cb) -> operation id` (cb gets the result table).
 M.handlers = {
   exec = { prepare = exec_prepare, start = exec_start },
-  http_get = { prepare = http_prepare, start = core.http },
+  -- URL credentials are masked in the result (sonde.redact.http_result)
+  http_get = { prepare = http_prepare, start = function(opts, cb)
+    return core.http(opts, function(r) cb(redact.http_result(r)) end)
+  end },
   tcp_socket = { prepare = tcp_prepare, start = core.tcp },
 }
 

@@ -36,6 +36,7 @@ local core = require "sonde.core"
 local validate = require "sonde.validate"
 local log = require "sonde.log"
 local probers = require "sonde.probers"
+local redact = require "sonde.redact"
 
 local M = {}
 local Service = {}
@@ -261,11 +262,12 @@ function Service:start()
   self.state = "running"
   self.pid = core.exec_pid(self.op)
   log.event("info", "service_start", { service = self.name, pid = self.pid,
-    instance = instance, command = table.concat(self.opts.argv, " ") })
+    instance = instance, command = self.opts.shown.shown })
   for _, p in ipairs(self.probes) do p:instance_started() end
 end
 
 function Service:exited(r, instance)
+  redact.exec_result(r, self.opts.shown)       -- argv as written, no secrets
   local uptime = core.now() - self.started_at
   -- what it left behind (escaped its process group) ends with it: SIGTERM,
   -- SIGKILL after grace; another service's or instance's is not touched

@@ -39,6 +39,13 @@ sonde.probe { name = "tcp-plugin", kind = "readiness", period = 0.3,
   tostring(port) }, codes = "nagios" } }
 sonde.probe { name = "binary", kind = "readiness", period = 0.2,
   exec = { command = { "printf", "a\\0b\\377c" } } }
+-- a plugin printing bytes that are not UTF-8 and a control in its labels
+sonde.probe { name = "plugin-bytes", kind = "readiness", period = 0.2,
+  exec = { command = { "printf",
+    "OK | 'a\\377b'=1;2;3 'a\\376b'=5 c\\001d=2 'q\"'=3\\n" },
+    codes = "nagios" } }
+sonde.probe { name = "big", kind = "readiness", period = 0.2,
+  http_get = { url = "http://127.0.0.1:" .. port .. "/big?n=1000" } }
 local g = sonde.metrics.gauge("app_queue_depth", "Depth.", { "queue" })
 g:set(3, { queue = "a" })
 ]=]
@@ -51,6 +58,8 @@ local PROBES = {
   [WEIRD] = { kind = "readiness", state = "success" },
   ["tcp-plugin"] = { kind = "readiness", state = "success" },
   binary = { kind = "readiness", state = "success" },
+  ["plugin-bytes"] = { kind = "readiness", state = "success" },
+  big = { kind = "readiness", state = "success" },
 }
 
 local function script_text()
@@ -250,8 +259,8 @@ describe("metrics endpoints (--listen)", function()
     assert.is_true(bad >= 3, "ready-bad failures: " .. bad)
     assert.are.equal(200, value_of(samples, "probe_http_status_code",
       { probe = "web", kind = "readiness" }, t))
-    -- only the HTTP probe has an HTTP status
-    assert.are.equal(1, #select(samples, "probe_http_status_code"), t)
+    -- only the HTTP probes have an HTTP status
+    assert.are.equal(2, #select(samples, "probe_http_status_code"), t)
     local d = value_of(samples, "probe_duration_seconds",
       { probe = "web", kind = "readiness" }, t)
     assert.is_true(d >= 0 and d < 5, "duration " .. d)
@@ -314,6 +323,37 @@ describe("metrics endpoints (--listen)", function()
     assert.are.equal(0, #select(samples, "sonde_perfdata_crit", where), t)
   end)
 
+  it("perfdata labels with bytes that are not UTF-8 are valid UTF-8",
+    function()
+    get_metrics()
+    local t = metrics_text
+    assert.are.equal(t, utf8.len(t) and t, "invalid UTF-8 in /metrics")
+    local where = { probe = "plugin-bytes", label = "a\u{FFFD}b", uom = "" }
+    -- \377 and \376 both print as U+FFFD: one series, the first one's
+    assert.are.equal(1, value_of(samples, "sonde_perfdata", where, t))
+    assert.are.equal(2, value_of(samples, "sonde_perfdata_warn", where, t))
+    assert.are.equal(2, value_of(samples, "sonde_perfdata", { probe =
+      "plugin-bytes", label = "c\\x01d", uom = "" }, t))
+    assert.are.equal(3, value_of(samples, "sonde_perfdata", { probe =
+      "plugin-bytes", label = 'q"', uom = "" }, t))
+  end)
+
+  it("/status cuts outputs and leaves bodies out unless ?output=1",
+    function()
+    local r = fetch(port, "/status")
+    local st = assert(helpers.json_decode(r.body))
+    local last = st.probes.big.last
+    assert.are.equal(256, #last.output)
+    assert.are.equal(1000, last.output_bytes)
+    assert.is_nil(last.body)
+    r = fetch(port, "/status?output=1")
+    st = assert(helpers.json_decode(r.body))
+    last = st.probes.big.last
+    assert.are.equal(string.rep("a", 1000), last.output)
+    assert.are.equal(string.rep("a", 1000), last.body)
+    assert.is_nil(last.output_bytes)
+  end)
+
   it("/healthz, /readyz, /readyz/NAME, /livez/NAME", function()
     local r = fetch(port, "/healthz")
     assert.are.equal(200, r.http_status, describe_result(r))
@@ -360,7 +400,7 @@ describe("metrics endpoints (--listen)", function()
     end
     local n = 0
     for _ in pairs(st.probes) do n = n + 1 end
-    assert.are.equal(7, n, r.body)
+    assert.are.equal(9, n, r.body)
     assert.are.equal("running", st.services.sleeper.state, r.body)
     assert.are.equal(0, st.services.sleeper.restarts, r.body)
   end)

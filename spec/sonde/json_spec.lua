@@ -239,3 +239,31 @@ describe("sonde.json tables", function()
     assert.equal('{"duration":', s:sub(1, 12))
   end)
 end)
+
+describe("sonde.json whatever the bytes", function()
+  local json = require "sonde.json"
+
+  it("random byte strings encode to valid UTF-8 that decodes back", function()
+    math.randomseed(4)
+    for _ = 1, 500 do
+      local t = {}
+      for i = 1, math.random(0, 40) do t[i] = string.char(math.random(0, 255)) end
+      local s = table.concat(t)
+      local text = json.encode({ [s] = s })
+      assert.is_truthy(utf8.len(text), string.format("%q", s))
+      assert.is_nil(text:find("%c"), string.format("%q", text))
+      local v = helpers.json_decode(text)
+      assert.is_table(v, text)
+      -- valid input comes back as it was
+      if utf8.len(s) and not s:find("%c") then assert.are.equal(s, v[s]) end
+    end
+  end)
+
+  it("valid_utf8 replaces each invalid byte, and is s itself when valid",
+    function()
+    local s = "plain ascii"
+    assert.are.equal(s, json.valid_utf8(s))
+    assert.are.equal("a\239\191\189\239\191\189b", json.valid_utf8("a\192\128b"))
+    assert.are.equal("a?b", json.valid_utf8("a\255b", "?"))
+  end)
+end)

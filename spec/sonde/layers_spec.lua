@@ -82,7 +82,7 @@ describe("the Lua modules", function()
     assert.are.same({}, cycles)
     -- the bottom layers require nothing of sonde's
     for _, m in ipairs { "sonde.json", "sonde.validate", "sonde.worker",
-        "sonde.nagios" } do
+        "sonde.nagios", "sonde.redact" } do
       assert.are.same({}, deps[m], m)
     end
   end)

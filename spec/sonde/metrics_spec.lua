@@ -89,3 +89,38 @@ describe("sonde.metrics.gauge / counter validation", function()
     assert.is_truthy(text:find('\ncopied{queue="a"} 1\n', 1, true), text)
   end)
 end)
+
+describe("sonde.metrics label values", function()
+  local metrics = require "sonde.metrics"
+
+  it("plain text as it is", function()
+    assert.are.equal("web-1 ok", metrics.escape("web-1 ok"))
+  end)
+
+  it("quote, backslash and newline escaped; other controls as \\xHH text",
+    function()
+    assert.are.equal('a\\"b\\\\c\\nd\\\\x01e\\\\x7F',
+      metrics.escape('a"b\\c\nd\1e\127'))
+  end)
+
+  it("valid UTF-8 kept, every invalid byte U+FFFD, whatever the bytes",
+    function()
+    assert.are.equal("é€😀", metrics.escape("é€😀"))
+    for _, bad in ipairs { "\255", "\192\128", "\237\160\128", "\244\144\128\128",
+        "\226\130", "a\128b" } do
+      local e = metrics.escape(bad)
+      assert.is_truthy(utf8.len(e), string.format("%q", bad))
+      assert.is_truthy(e:find("\239\191\189", 1, true), string.format("%q", bad))
+    end
+    -- random bytes: always valid UTF-8, never a raw control or lone quote
+    math.randomseed(8)
+    for _ = 1, 500 do
+      local t = {}
+      for i = 1, math.random(0, 40) do t[i] = string.char(math.random(0, 255)) end
+      local e = metrics.escape(table.concat(t))
+      assert.is_truthy(utf8.len(e), string.format("%q", table.concat(t)))
+      assert.is_nil(e:find("%c"), string.format("%q", e))
+      assert.is_nil(e:gsub("\\\\", ""):gsub('\\"', ""):find('"'), e)
+    end
+  end)
+end)

@@ -457,10 +457,11 @@ data:
       assert.is_true(has_line(h, "envc", "ARG=hello-bar"), log)
       -- an unknown name stays as written
       assert.is_true(has_line(h, "envc", "$(NOPE)"), log)
+      -- the log shows the command as written, not the values of env
       local start = h:events("service_start", { service = "envc" })[1]
       assert.is_truthy(start, log)
-      assert.is_truthy(start.command:find("echo ARG=hello-bar", 1, true),
-        start.command)
+      assert.is_truthy(start.command:find("echo ARG=$(GREETING)-$(FOO)", 1,
+        true), start.command)
     end)
 
     -- The kubelet expands command/args once: "$$(FOO)" becomes the
@@ -479,8 +480,8 @@ data:
       value: "$$(FOO)"]], 2)
       assert.is_true(has_line(h, "esc", "VAL=$(FOO)"), log)
       local start = h:events("service_start", { service = "esc" })[1]
-      assert.are.equal("sh -c echo 'ARG=$(FOO)'; echo \"VAL=$ESCAPED\"; "
-        .. "sleep 60", start.command)
+      assert.are.equal("sh -c echo 'ARG=$$(FOO)'; echo \"VAL=$ESCAPED\"; "
+        .. "sleep 60", start.command)       -- as written
       assert.is_true(has_line(h, "esc", "ARG=$(FOO)"), log)
     end)
 
