@@ -175,9 +175,15 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
   wake();
 }
 
+/* Sinks alive: when the last goes (lua_close), libevent's log callback
+ * goes back to its default, before this module may be unloaded. */
+static int nsinks;
+
 static int sink_gc(lua_State *L) {
   struct sink *s = luaL_checkudata(L, 1, LOGQ_MT);
   if (Q.owner == s) Q.owner = NULL;
+  if (s->core && --nsinks == 0) event_set_log_callback(NULL);
+  s->core = NULL;
   if (s->flush) event_free(s->flush);
   if (s->tick) event_free(s->tick);
   s->flush = s->tick = NULL;
@@ -211,11 +217,12 @@ void sonde_open_logq(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  s->core = c;
   struct event_base *base = sonde_loop_base(c->loop);
   s->flush = event_new(base, -1, 0, on_flush, s);
   s->tick = evtimer_new(base, on_tick, s);
   if (!s->flush || !s->tick) luaL_error(L, "sonde: cannot create the log events");
+  s->core = c;
+  nsinks++;
   lua_rawsetp(L, LUA_REGISTRYINDEX, &sink_key);
   lua_pushvalue(L, -1);                  /* the loop */
   lua_pushcclosure(L, l_core_on_log, 1);

@@ -156,3 +156,13 @@ describe("the --listen endpoint under attack", function()
     assert.are.equal(0, h:term())
   end)
 end)
+
+describe("examples/sonde.service", function()
+  it("sets LimitNOFILE= above what the endpoint and a few hundred probes take",
+    function()
+    local text = assert(helpers.read_file(helpers.root .. "/examples/sonde.service"))
+    local n = tonumber(text:match("\nLimitNOFILE=(%d+)\n"))
+    assert.is_truthy(n, "no LimitNOFILE= in examples/sonde.service")
+    assert.is_true(n >= CAP + 4 * 1000, tostring(n))
+  end)
+end)
