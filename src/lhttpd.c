@@ -27,7 +27,8 @@
  *                     whole; a client sending a byte now and then (a
  *                     slowloris) is cut there (10).
  *   max_header_bytes  the request line and headers together (8192); more
- *                     is answered 413 and the connection closed.
+ *                     is answered 400 (evhttp's answer to a bad header)
+ *                     and the connection closed.
  * No request may carry a body: one announced (Content-Length above 0, or
  * chunked) is answered 413 before any of it is read, and the connection
  * is closed.
@@ -43,10 +44,12 @@
  * Counting connections (libevent 2.1 has no cap of its own): evhttp asks
  * new_bev (evhttp_set_bevcb) for the bufferevent of each connection it
  * accepts, before it makes the evhttp_connection: a struct conn is made and
- * counted there.  On the next loop pass on_attach finds the connection
- * (the bufferevent's callback argument) and sets its close callback, which
- * evhttp calls exactly once whichever way it frees an incoming connection
- * (the end of an exchange, a timeout, an error, evhttp_free); a reference
+ * counted there.  Once the accept callback has returned, on_attach (an
+ * event made active there, run before any I/O of the new connection) finds
+ * the connection (the bufferevent's callback argument) and sets its close
+ * callback, which evhttp (2.1.12, http.c: evhttp_connection_free) calls
+ * exactly once whichever way it frees an incoming connection (the end of an
+ * exchange, a timeout, an error, evhttp_free); a reference
  * of ours on the bufferevent until then tells a connection evhttp failed to
  * set up (callbacks unset) from one that lives.  Connections that never
  * send a byte are counted like the others.  Closing the server forgets
