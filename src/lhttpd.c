@@ -35,8 +35,9 @@
  *
  * Out of descriptors (accept() fails with EMFILE, ENFILE, ENOBUFS or
  * ENOMEM), the listener pauses, 50 ms then doubling up to 1 s while the
- * failures go on, and resumes by itself; each pause is logged
- * (`http_accept`, through logq.h: rate-limited).
+ * failures go on, and resumes by itself; the first failure is logged at
+ * once (`http_accept`, through logq.h), then one line every 10 s with the
+ * count while they go on.
  *
  * Ownership: the server state (struct server) is malloc'd and pointed to
  * by a userdata kept in the registry; unlisten and __gc close it.
@@ -79,6 +80,7 @@
 #define DEFAULT_MAX_HEADER_BYTES 8192
 #define BACKOFF_FIRST 0.05
 #define BACKOFF_MAX 1.0
+#define ACCEPT_LOG_EVERY 10.0    /* seconds between http_accept lines */
 
 struct server;
 
@@ -101,6 +103,8 @@ struct server {
   int nconns, max_conns;
   struct timeval request_tv;
   double backoff;                /* current pause after accept errors, s */
+  unsigned long accept_errors;   /* since the last http_accept line */
+  double accept_logged;          /* when it was written (sonde_now) */
   int paused;                    /* by an accept error */
   int in_request;                /* inside the Lua handler */
   int closing;                   /* unlisten: no more Lua, freed soon */
@@ -170,9 +174,18 @@ static void on_accept_error(struct evconnlistener *lev, void *arg) {
   s->paused = 1;
   struct timeval tv = to_tv(s->backoff);
   evtimer_add(s->resume, &tv);
-  sonde_logq_push(SONDE_LOG_WARN, "http_accept",
-                  "accept failed: %s; not accepting for %g s", strerror(err),
-                  s->backoff);
+  /* the first failure at once, then one line per ACCEPT_LOG_EVERY with
+   * the count, however long the shortage lasts */
+  s->accept_errors++;
+  double now = sonde_now();
+  if (s->accept_logged == 0 || now - s->accept_logged >= ACCEPT_LOG_EVERY) {
+    sonde_logq_push(SONDE_LOG_WARN, "http_accept",
+                    "accept failed %lu time%s: %s; not accepting for %g s",
+                    s->accept_errors, s->accept_errors == 1 ? "" : "s",
+                    strerror(err), s->backoff);
+    s->accept_logged = now;
+    s->accept_errors = 0;
+  }
 }
 
 /* ---- connections ---------------------------------------------------------- */
