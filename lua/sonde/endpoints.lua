@@ -24,7 +24,8 @@
 -- sending a byte now and then is cut; the request line and headers may
 -- take 8 KiB (more: 400); a request announcing a body is answered 413
 -- without reading it.  Out of descriptors the listener pauses (50 ms,
--- doubling to 1 s) instead of spinning, and logs `http_accept`.
+-- doubling to 1 s) instead of spinning, and logs `http_accept` (at once,
+-- then every 10 s with the count).
 -- @module sonde.endpoints
 local core = require "sonde.core"
 local log = require "sonde.log"

@@ -44,7 +44,8 @@
 --   * `listen`: host, port (the endpoint of --listen);
 --   * `http_error`: path, error (an endpoint handler failed: 500);
 --   * `http_accept` (warn): text (the endpoint's accept() failed, e.g. out
---     of descriptors: it stops accepting for a while, 50 ms doubling to 1 s);
+--     of descriptors: it stops accepting for a while, 50 ms doubling to 1 s;
+--     logged at the first failure, then every 10 s with the count);
 --   * `libevent`: text (libevent's own messages, at their level);
 --   * `log_dropped` (warn): dropped (messages from C beyond 10 a second,
 --     src/logq.h; a later such message carries `dropped` too);
