@@ -90,8 +90,13 @@ function Server:sockets()
   return n
 end
 
+-- Every client socket, closed after each test (a socket left to the
+-- garbage collector would close in a later spec file's fd count).
+local clients = {}
+
 local function connect(port)
   local c = assert(socket.tcp())
+  clients[#clients + 1] = c
   c:settimeout(5)
   assert(c:connect("127.0.0.1", port))
   return c
@@ -131,6 +136,8 @@ end
 
 describe("core.listen bounds", function()
   after_each(function()
+    for _, c in ipairs(clients) do c:close() end
+    clients = {}
     for _, s in ipairs(servers) do s:kill() end
     servers = {}
   end)
