@@ -51,7 +51,7 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/tcp.c src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
-               src/ldeadline.c
+               src/ldeadline.c src/logq.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so
@@ -61,7 +61,8 @@ FIXTURE     := $(BUILD)/test/fixture-server
 .PHONY: all check demo demo-probes bench soak env install clean format-check
 all: $(MODULE) $(HOST)
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h \
+                   src/logq.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 

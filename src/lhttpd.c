@@ -2,38 +2,132 @@
  * lhttpd.c - the host's HTTP endpoint (/metrics, /healthz, ...): libevent's
  * evhttp server on the loop's event_base, answering through a Lua handler.
  *
- *   core.listen(host, port, handler) -> bound port | nil, err
+ *   core.listen(host, port, handler [, limits]) -> bound port | nil, err
  *   core.unlisten()
  *
  * handler(method, path, query) -> status, body [, content_type]; it runs on
  * the main thread in protected mode, like any callback (an error answers
  * 500 and goes to core.on_error's handler, or is kept for run() to
- * raise).  One server per Lua state.
+ * raise).  One server per Lua state.  The handler may call core.unlisten
+ * (or core.listen): the server is then freed from the loop once the
+ * handler has returned, never under evhttp's feet.
  *
- * Ownership: the evhttp lives in struct lhttpd, a userdata kept in the
- * registry; unlisten and __gc free it.
+ * limits (every field optional; the defaults in parentheses):
+ *   max_connections   connections open at once (64).  At the cap the
+ *                     listener stops accepting: new connections wait in the
+ *                     kernel's accept queue (evhttp's backlog, 128) until
+ *                     one closes, and beyond it the kernel drops their SYNs
+ *                     (clients retry, then time out).  Nothing is refused
+ *                     outright: refusing takes an accept() per attempt.
+ *   idle_timeout      seconds a connection may stay without reading or
+ *                     writing anything, between requests or inside one
+ *                     (evhttp_set_timeout_tv) (5).
+ *   request_timeout   seconds from a connection's accept, or from the
+ *                     previous answer on it, until its request is read
+ *                     whole; a client sending a byte now and then (a
+ *                     slowloris) is cut there (10).
+ *   max_header_bytes  the request line and headers together (8192); more
+ *                     is answered 400 (evhttp's answer to a bad header)
+ *                     and the connection closed.
+ * No request may carry a body: one announced (Content-Length above 0, or
+ * chunked) is answered 413 before any of it is read, and the connection
+ * is closed.
+ *
+ * Out of descriptors (accept() fails with EMFILE, ENFILE, ENOBUFS or
+ * ENOMEM), the listener pauses, 50 ms then doubling up to 1 s while the
+ * failures go on, and resumes by itself; the first failure is logged at
+ * once (`http_accept`, through logq.h), then one line every 10 s with the
+ * count while they go on.
+ *
+ * Ownership: the server state (struct server) is malloc'd and pointed to
+ * by a userdata kept in the registry; unlisten and __gc close it.
+ *
+ * Counting connections (libevent 2.1 has no cap of its own): evhttp asks
+ * new_bev (evhttp_set_bevcb) for the bufferevent of each connection it
+ * accepts, before it makes the evhttp_connection: a struct conn is made and
+ * counted there.  Once the accept callback has returned, on_attach (an
+ * event made active there, run before any I/O of the new connection) finds
+ * the connection (the bufferevent's callback argument) and sets its close
+ * callback, which evhttp (2.1.12, http.c: evhttp_connection_free) calls
+ * exactly once whichever way it frees an incoming connection (the end of an
+ * exchange, a timeout, an error, evhttp_free); a reference
+ * of ours on the bufferevent until then tells a connection evhttp failed to
+ * set up (callbacks unset) from one that lives.  Connections that never
+ * send a byte are counted like the others.  Closing the server forgets
+ * every conn (close callbacks unset) before evhttp frees the connections.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "logq.h"
 #include "lsonde.h"
 
-struct lhttpd {
+#define DEFAULT_MAX_CONNECTIONS 64
+#define DEFAULT_IDLE_TIMEOUT 5.0
+#define DEFAULT_REQUEST_TIMEOUT 10.0
+#define DEFAULT_MAX_HEADER_BYTES 8192
+#define BACKOFF_FIRST 0.05
+#define BACKOFF_MAX 1.0
+#define ACCEPT_LOG_EVERY 10.0    /* seconds between http_accept lines */
+
+struct server;
+
+struct conn {
+  struct server *s;
+  struct bufferevent *bev;       /* until on_attach (a reference of ours) */
+  struct evhttp_connection *evcon;   /* from on_attach */
+  struct event *deadline;        /* request_timeout */
+  struct conn *prev, *next;
+};
+
+struct server {
   struct evhttp *http;
+  struct evconnlistener *listener;
+  struct event_base *base;
   struct lcore *core;
+  struct event *resume;          /* ends an accept back-off */
+  struct event *attach;          /* on_attach, after accepts */
+  struct conn *conns;
+  int nconns, max_conns;
+  struct timeval request_tv;
+  double backoff;                /* current pause after accept errors, s */
+  unsigned long accept_errors;   /* since the last http_accept line */
+  double accept_logged;          /* when it was written (sonde_now) */
+  int paused;                    /* by an accept error */
+  int in_request;                /* inside the Lua handler */
+  int closing;                   /* unlisten: no more Lua, freed soon */
+  struct server *next_server;    /* all open servers (errorcb lookup) */
+};
+
+struct lhttpd {
+  struct server *s;
 };
 
 static const char httpd_key = 'h';      /* registry: the lhttpd userdata */
 static const char handler_key = 'f';    /* registry: the Lua handler */
+
+/* evconnlistener's error callback gets the listener's user data, which
+ * evhttp sets to the evhttp: find the server by it. */
+static struct server *servers;
+
+static struct timeval to_tv(double s) {
+  struct timeval tv;
+  tv.tv_sec = (time_t)s;
+  tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+  return tv;
+}
 
 static const char *method_name(enum evhttp_cmd_type t) {
   switch (t) {
@@ -50,10 +144,150 @@ static const char *method_name(enum evhttp_cmd_type t) {
   return "UNKNOWN";
 }
 
+/* ---- accepting ------------------------------------------------------------ */
+
+/* Accept again, unless at the cap, in a back-off, or closing. */
+static void maybe_accept(struct server *s) {
+  if (s->closing || s->paused || !s->listener) return;
+  if (s->nconns < s->max_conns) evconnlistener_enable(s->listener);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+  struct server *s = arg;
+  (void)fd;
+  (void)what;
+  s->paused = 0;
+  maybe_accept(s);
+}
+
+/* accept() failed with an error that retrying at once cannot cure
+ * (EMFILE, ENFILE, ENOBUFS, ENOMEM...): without this callback libevent
+ * logs it and the listener, still readable, fails again at once. */
+static void on_accept_error(struct evconnlistener *lev, void *arg) {
+  int err = EVUTIL_SOCKET_ERROR();
+  struct server *s = servers;
+  while (s && s->http != arg) s = s->next_server;
+  evconnlistener_disable(lev);
+  if (!s || s->closing) return;
+  s->backoff = s->backoff > 0 ? s->backoff * 2 : BACKOFF_FIRST;
+  if (s->backoff > BACKOFF_MAX) s->backoff = BACKOFF_MAX;
+  s->paused = 1;
+  struct timeval tv = to_tv(s->backoff);
+  evtimer_add(s->resume, &tv);
+  /* the first failure at once, then one line per ACCEPT_LOG_EVERY with
+   * the count, however long the shortage lasts */
+  s->accept_errors++;
+  double now = sonde_now();
+  if (s->accept_logged == 0 || now - s->accept_logged >= ACCEPT_LOG_EVERY) {
+    sonde_logq_push(SONDE_LOG_WARN, "http_accept",
+                    "accept failed %lu time%s: %s; not accepting for %g s",
+                    s->accept_errors, s->accept_errors == 1 ? "" : "s",
+                    strerror(err), s->backoff);
+    s->accept_logged = now;
+    s->accept_errors = 0;
+  }
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+static void conn_free(struct conn *c) {
+  struct server *s = c->s;
+  if (c->prev) c->prev->next = c->next;
+  else s->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->nconns--;
+  if (c->deadline) event_free(c->deadline);
+  free(c);
+}
+
+/* evhttp frees the connection (end of the exchange, idle timeout, error,
+ * request_timeout below, evhttp_free). */
+static void on_close(struct evhttp_connection *evcon, void *arg) {
+  struct conn *c = arg;
+  struct server *s = c->s;
+  (void)evcon;
+  conn_free(c);
+  maybe_accept(s);
+}
+
+/* request_timeout: the request did not come whole in time. */
+static void on_deadline(evutil_socket_t fd, short what, void *arg) {
+  struct conn *c = arg;
+  (void)fd;
+  (void)what;
+  if (c->evcon) evhttp_connection_free(c->evcon);   /* on_close frees c */
+}
+
+/* From the loop, right after the accepts: the bufferevents new_bev made
+ * now have their evhttp_connection (the callback argument evhttp set), or
+ * evhttp failed to make it and freed them (callbacks unset; our reference
+ * kept the memory).  Watch the close of the first, count the others gone. */
+static void on_attach(evutil_socket_t fd, short what, void *arg) {
+  struct server *s = arg;
+  (void)fd;
+  (void)what;
+  struct conn *next;
+  for (struct conn *c = s->conns; c; c = next) {
+    next = c->next;
+    if (!c->bev) continue;
+    struct bufferevent *bev = c->bev;
+    bufferevent_event_cb eventcb = NULL;
+    void *evcon = NULL;
+    bufferevent_getcb(bev, NULL, NULL, &eventcb, &evcon);
+    c->bev = NULL;
+    if (eventcb && evcon) {
+      c->evcon = evcon;
+      evhttp_connection_set_closecb(c->evcon, on_close, c);
+    } else {
+      conn_free(c);
+    }
+    bufferevent_decref(bev);
+  }
+  maybe_accept(s);
+}
+
+/* evhttp's bevcb, called for each accepted connection before evhttp makes
+ * its evhttp_connection: the same bufferevent evhttp would make, counted,
+ * with a reference of ours until on_attach.  NULL lets evhttp make its
+ * own (uncounted). */
+static struct bufferevent *new_bev(struct event_base *base, void *arg) {
+  struct server *s = arg;
+  struct conn *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->bev = bufferevent_socket_new(base, -1, 0);
+  c->deadline = evtimer_new(base, on_deadline, c);
+  if (!c->bev || !c->deadline) {
+    if (c->bev) bufferevent_free(c->bev);
+    if (c->deadline) event_free(c->deadline);
+    free(c);
+    return NULL;
+  }
+  bufferevent_incref(c->bev);
+  c->s = s;
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  s->nconns++;
+  s->backoff = 0;                       /* accept works again */
+  evtimer_add(c->deadline, &s->request_tv);
+  event_active(s->attach, EV_TIMEOUT, 0);
+  if (s->nconns >= s->max_conns) evconnlistener_disable(s->listener);
+  return c->bev;
+}
+
+static struct conn *conn_of(struct server *s, struct evhttp_request *req) {
+  struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+  for (struct conn *c = s->conns; c && evcon; c = c->next)
+    if (c->evcon == evcon) return c;
+  return NULL;
+}
+
+/* ---- requests ------------------------------------------------------------- */
+
 static void on_request(struct evhttp_request *req, void *arg) {
-  struct lhttpd *h = arg;
-  lua_State *L = sonde_lua_thread(h->core);
-  int status = 500;
+  struct server *s = arg;
+  lua_State *L = s->closing ? NULL : sonde_lua_thread(s->core);
+  int status = s->closing ? 503 : 500;
   const char *ctype = "text/plain; charset=utf-8";
   struct evbuffer *out = evbuffer_new();
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -70,7 +304,8 @@ static void on_request(struct evhttp_request *req, void *arg) {
     lua_pushstring(L, path && *path ? path : "/");
     if (query) lua_pushstring(L, query);
     else lua_pushnil(L);
-    if (sonde_lua_pcall(h->core, 3, 3) == 0) {
+    s->in_request++;
+    if (sonde_lua_pcall(s->core, 3, 3) == 0) {
       status = (int)luaL_optinteger(L, -3, 500);
       size_t n = 0;
       const char *body = lua_tolstring(L, -2, &n);
@@ -79,20 +314,73 @@ static void on_request(struct evhttp_request *req, void *arg) {
       evhttp_add_header(evhttp_request_get_output_headers(req),
                         "Content-Type", ctype);
     }
+    s->in_request--;
     lua_settop(L, top);
   }
   if (status < 100 || status > 599) status = 500;
+  if (!s->closing) {              /* the next request's deadline */
+    struct conn *c = conn_of(s, req);
+    if (c && c->deadline) evtimer_add(c->deadline, &s->request_tv);
+  }
+  struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+  struct bufferevent *bev =
+      evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
   evhttp_send_reply(req, status, NULL, out);
   evbuffer_free(out);
+  /* closed by the handler: evhttp goes before this answer is written,
+   * write what the socket takes now (best effort) */
+  if (s->closing && bev)
+    evbuffer_write(bufferevent_get_output(bev), bufferevent_getfd(bev));
 }
 
-static void httpd_close(struct lhttpd *h) {
-  if (h->http) evhttp_free(h->http);
-  h->http = NULL;
+/* ---- the server ----------------------------------------------------------- */
+
+static void server_free(struct server *s) {
+  if (s->http) evhttp_free(s->http);   /* frees the listener too */
+  free(s);
+}
+
+static void on_deferred_free(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  server_free(arg);
+}
+
+/* Stop serving: no more accepts nor Lua calls at once; evhttp is freed now,
+ * or from the loop when the handler called this (evhttp goes on with the
+ * request after the handler returns). */
+static void server_close(struct server *s) {
+  if (!s || s->closing) return;
+  s->closing = 1;
+  for (struct server **p = &servers; *p; p = &(*p)->next_server)
+    if (*p == s) {
+      *p = s->next_server;
+      break;
+    }
+  while (s->conns) {              /* forget them: evhttp closes them */
+    struct conn *c = s->conns;
+    if (c->evcon) evhttp_connection_set_closecb(c->evcon, NULL, NULL);
+    if (c->bev) bufferevent_decref(c->bev);
+    conn_free(c);
+  }
+  if (s->resume) event_free(s->resume);
+  if (s->attach) event_free(s->attach);
+  s->resume = s->attach = NULL;
+  if (s->listener) evconnlistener_disable(s->listener);
+  if (s->in_request) {
+    struct timeval now = {0, 0};
+    if (event_base_once(s->base, -1, EV_TIMEOUT, on_deferred_free, s, &now) == 0)
+      return;
+    /* no memory for the event: leave the server allocated, closed */
+    return;
+  }
+  server_free(s);
 }
 
 static int httpd_gc(lua_State *L) {
-  httpd_close(lua_touserdata(L, 1));
+  struct lhttpd *h = lua_touserdata(L, 1);
+  server_close(h->s);
+  h->s = NULL;
   return 0;
 }
 
@@ -100,45 +388,95 @@ static int httpd_gc(lua_State *L) {
 static int l_core_unlisten(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &httpd_key);
   struct lhttpd *h = lua_touserdata(L, -1);
-  if (h) httpd_close(h);
+  if (h) {
+    server_close(h->s);
+    h->s = NULL;
+  }
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &httpd_key);
   return 0;
 }
 
-/* core.listen(host, port, handler) -> bound port | nil, err */
+static double opt_number(lua_State *L, int t, const char *k, double dflt,
+                         double min, double max) {
+  if (lua_isnoneornil(L, t)) return dflt;
+  lua_getfield(L, t, k);
+  double v = dflt;
+  if (!lua_isnil(L, -1)) {
+    int ok;
+    v = (double)lua_tonumberx(L, -1, &ok);
+    if (!ok || !(v >= min && v <= max))
+      luaL_error(L, "core.listen: %s must be a number in %g..%g", k, min, max);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* core.listen(host, port, handler [, limits]) -> bound port | nil, err */
 static int l_core_listen(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
   luaL_argcheck(L, port >= 0 && port <= 65535, 2, "port must be 0..65535");
   luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+  int max_conns = (int)opt_number(L, 4, "max_connections",
+                                  DEFAULT_MAX_CONNECTIONS, 1, 100000);
+  double idle = opt_number(L, 4, "idle_timeout", DEFAULT_IDLE_TIMEOUT, 0.001,
+                           86400);
+  double request = opt_number(L, 4, "request_timeout",
+                              DEFAULT_REQUEST_TIMEOUT, 0.001, 86400);
+  double max_header = opt_number(L, 4, "max_header_bytes",
+                                 DEFAULT_MAX_HEADER_BYTES, 256, 1 << 24);
+  lua_settop(L, 3);
   l_core_unlisten(L);
   struct lhttpd *h = lua_newuserdatauv(L, sizeof *h, 0);
-  h->http = NULL;
-  h->core = c;
+  h->s = NULL;
   lua_newtable(L);
   lua_pushcfunction(L, httpd_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  h->http = evhttp_new(sonde_loop_base(c->loop));
-  if (!h->http) return luaL_error(L, "sonde: cannot create the HTTP server");
-  evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD |
+  struct server *s = calloc(1, sizeof *s);
+  if (!s) return luaL_error(L, "sonde: cannot create the HTTP server");
+  h->s = s;
+  s->core = c;
+  s->base = sonde_loop_base(c->loop);
+  s->max_conns = max_conns;
+  s->request_tv = to_tv(request);
+  s->http = evhttp_new(s->base);
+  s->resume = evtimer_new(s->base, on_resume, s);
+  s->attach = event_new(s->base, -1, 0, on_attach, s);
+  if (!s->http || !s->resume || !s->attach) {
+    if (s->resume) event_free(s->resume);
+    if (s->attach) event_free(s->attach);
+    s->resume = s->attach = NULL;
+    return luaL_error(L, "sonde: cannot create the HTTP server");
+  }
+  evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD |
       EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
       EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_PATCH);
-  evhttp_set_gencb(h->http, on_request, h);
-  evhttp_set_timeout(h->http, 10);
+  evhttp_set_gencb(s->http, on_request, s);
+  evhttp_set_bevcb(s->http, new_bev, s);
+  struct timeval idle_tv = to_tv(idle);
+  evhttp_set_timeout_tv(s->http, &idle_tv);
+  evhttp_set_max_headers_size(s->http, (ev_ssize_t)max_header);
+  evhttp_set_max_body_size(s->http, 0);
+  s->next_server = servers;
+  servers = s;
   errno = 0;
   struct evhttp_bound_socket *bs =
-      evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port);
+      evhttp_bind_socket_with_handle(s->http, host, (ev_uint16_t)port);
   int err = errno ? errno : EADDRNOTAVAIL;
   if (!bs) {
-    httpd_close(h);
+    server_close(s);
+    h->s = NULL;
     luaL_pushfail(L);
     lua_pushfstring(L, "cannot listen on %s port %d: %s", host, (int)port,
                     strerror(err));
     return 2;
   }
+  s->listener = evhttp_bound_socket_get_listener(bs);
+  evconnlistener_set_error_cb(s->listener, on_accept_error);
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   int bound = (int)port;
@@ -160,5 +498,6 @@ static const luaL_Reg funcs[] = {
     {"listen", l_core_listen}, {"unlisten", l_core_unlisten}, {NULL, NULL}};
 
 void sonde_open_httpd(lua_State *L) {
+  sonde_open_logq(L);           /* [module, loop] -> [module, loop] */
   luaL_setfuncs(L, funcs, 1);   /* [module, loop] -> [module] */
 }

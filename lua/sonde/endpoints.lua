@@ -20,6 +20,17 @@
 --     length when cut: the endpoint does not republish what targets sent.
 --     `/status?output=1` gives `output` whole and `body` too.  URL
 --     credentials are masked (`user:xxxxx@`, sonde.redact).
+--
+-- Bounds (M.limits; src/lhttpd.c has the details): at most 64 connections
+-- at once (at the cap the listener stops accepting: new connections wait
+-- in the kernel's accept queue until one closes); a connection idle for
+-- 5 s is closed; a request must arrive whole within 10 s of the
+-- connection's accept (or of the previous answer on it), so a client
+-- sending a byte now and then is cut; the request line and headers may
+-- take 8 KiB (more: 400); a request announcing a body is answered 413
+-- without reading it.  Out of descriptors the listener pauses (50 ms,
+-- doubling to 1 s) instead of spinning, and logs `http_accept` (at once,
+-- then every 10 s with the count).
 -- @module sonde.endpoints
 local core = require "sonde.core"
 local log = require "sonde.log"
@@ -123,10 +134,20 @@ function M.route(cfg, method, path, query)
   return 404, "not found\n"
 end
 
+--- The endpoint's bounds (core.listen's limits): connections open at
+-- once, seconds idle, seconds for a whole request, bytes of request line
+-- and headers.
+M.limits = { max_connections = 64, idle_timeout = 5, request_timeout = 10,
+  max_header_bytes = 8192 }
+
 --- Serve the endpoints on host:port (port 0: any free port), answering
 -- for the load `get_cfg()` returns at each request.
+-- @tparam[opt] table limits fields of M.limits to override
 -- @return the bound port | nil, error
-function M.listen(host, port, get_cfg)
+function M.listen(host, port, get_cfg, limits)
+  local l = {}
+  for k, v in pairs(M.limits) do l[k] = v end
+  for k, v in pairs(limits or {}) do l[k] = v end
   return core.listen(host, port, function(method, path, query)
     local ok, status, body, ctype = pcall(M.route, get_cfg(), method, path,
       query)
@@ -135,7 +156,7 @@ function M.listen(host, port, get_cfg)
       return 500, "internal error\n"
     end
     return status, body, ctype
-  end)
+  end, l)
 end
 
 --- Stop serving.

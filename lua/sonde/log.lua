@@ -46,6 +46,12 @@
 --     (the number, or `script` when the script stopped its own load);
 --   * `listen`: host, port (the endpoint of --listen);
 --   * `http_error`: path, error (an endpoint handler failed: 500);
+--   * `http_accept` (warn): text (the endpoint's accept() failed, e.g. out
+--     of descriptors: it stops accepting for a while, 50 ms doubling to 1 s;
+--     logged at the first failure, then every 10 s with the count);
+--   * `libevent`: text (libevent's own messages, at their level);
+--   * `log_dropped` (warn): dropped (messages from C beyond 10 a second,
+--     src/logq.h; a later such message carries `dropped` too);
 --   * `pod_ignored`: pod, container, fields (of a manifest's container,
 --     the fields only a container runtime uses: image, resources...);
 --   * `late_declaration`: probe or service, detail (declared by a script
@@ -166,6 +172,13 @@ function M.event(level, event, fields)
   sink:write(line, "\n")
   sink:flush()
 end
+
+-- Messages from C (libevent's own, the endpoint's listener), rate-limited
+-- there and delivered from the loop.
+core.on_log(function(level, event, text, dropped)
+  M.event(level, event, { text = text ~= "" and text or nil,
+    dropped = dropped > 0 and dropped or nil })
+end)
 
 --- Script messages: `sonde.log.info(fmt, ...)` (string.format style).
 for _, level in ipairs { "debug", "info", "warn", "error" } do
