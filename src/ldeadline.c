@@ -65,7 +65,7 @@ static void deadline_hook(lua_State *L, lua_Debug *ar) {
     lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
   }
   if (lua_isyieldable(L)) {
-    lua_yield(L, 0);          /* a hook may yield with no values */
+    lua_yield(L, 0); /* a hook may yield with no values */
     return;
   }
   luaL_error(L, "time limit exceeded");
@@ -102,6 +102,4 @@ static const luaL_Reg funcs[] = {{"set_deadline", l_core_set_deadline},
                                  {"clear_deadline", l_core_clear_deadline},
                                  {NULL, NULL}};
 
-void sonde_open_deadline(lua_State *L) {
-  luaL_setfuncs(L, funcs, 0);
-}
+void sonde_open_deadline(lua_State *L) { luaL_setfuncs(L, funcs, 0); }
