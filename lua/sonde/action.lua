@@ -187,7 +187,7 @@ function M.webhook(spec)
     local text
     if type(body) == "function" then
       local ok, v = task.within(probe.owner.scope, hook.call, body, nil,
-        result, probe)
+        hook.plain(result), probe)
       if not ok or type(v) ~= "string" then
         report(probe, self, "failed", "body function: " ..
           (ok and "did not return a string" or tostring(v)))
@@ -214,8 +214,8 @@ end
 -- load).
 function M.fn(f)
   return new("function", function(self, result, probe)
-    local ok, err = task.within(probe.owner.scope, hook.call, f, nil, result,
-      probe)
+    local ok, err = task.within(probe.owner.scope, hook.call, f, nil,
+      hook.plain(result), probe)
     if ok then report(probe, self, "done")
     else report(probe, self, "failed", err) end
   end, "function")

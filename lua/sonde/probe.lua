@@ -5,6 +5,7 @@
 --     kind = "liveness",                 -- liveness | readiness | startup
 --     -- exactly one handler:
 --     exec = {...} | http_get = {...} | tcp_socket = {...} | check = fn,
+--     check_cpu = 0.25,                  -- seconds a check may run per run
 --     initial_delay = 0, period = 10, timeout = 1,  -- seconds
 --     success_threshold = 1, failure_threshold = 3,
 --     env = {...}, ports = {...},        -- for the handler
@@ -58,6 +59,24 @@
 -- in-flight run, and runs the new script's hooks, check and actions from
 -- then on.
 --
+-- Bounded user code: hooks run under sonde.hook's bound (0.5 s), and one
+-- that hits it is skipped for `hook.quarantine` seconds (10): each call
+-- meanwhile is logged (`hook_error`) and makes the result `unknown`
+-- (hook_error).  A custom check is bounded twice: by `timeout` (running or
+-- waiting) and by `check_cpu` (default 0.25 s): the time it spends
+-- *running* in one run (its slices between waits, while the loop stands
+-- still; its waits on probers and sonde.sleep do not count).  A check that
+-- runs past `check_cpu` is stopped and closed: that run is `failure`
+-- (reason `timeout`, the output names check_cpu; logged as `hook_error`
+-- hook=check), and the check is quarantined like a hook: for the next
+-- `hook.quarantine` seconds its runs do not start, each is `unknown`
+-- (hook_error) and logged, so a busy check does not freeze the loop
+-- period after period, and moves no counter while it does not run.
+-- What leaves a hook or a check (results, reasons, outputs, error values)
+-- is converted inside its bound with raw access only (see sonde.hook),
+-- and hooks and actions get a copy of the result, so no user metamethod
+-- runs later in the engine.
+--
 -- Every result of a declared probe carries `probe` (name), `kind` and
 -- `time` (wall-clock start of the run, seconds since the epoch).
 -- @module sonde.probe
@@ -99,6 +118,7 @@ M.schema = validate.schema {
   { "http_get", "table" },
   { "tcp_socket", "table" },
   { "check", "function" },
+  { "check_cpu", "seconds", default = 0.25 },
   { "initial_delay", "seconds", default = 0, allow_zero = true },
   { "period", "seconds", default = 10, min = 0.1 },
   { "timeout", "seconds", default = 1 },
@@ -161,6 +181,9 @@ function M.new(spec, owner)
     fail(ctx, nil, "must specify a handler type (exec, http_get, tcp_socket "
       .. "or check)")
   end
+  if handler ~= "check" and spec.check_cpu ~= nil then
+    fail(ctx, "check_cpu", "is only for a custom check (check = function)")
+  end
   if kind == "readiness" and s.termination_grace then
     fail(ctx, "termination_grace", "must not be set for readiness probes "
       .. "(they never restart anything)")
@@ -173,6 +196,7 @@ function M.new(spec, owner)
     name = s.name, kind = kind, spec = spec, handler = handler,
     service = s.service, owner = owner,
     initial_delay = s.initial_delay, period = s.period, timeout = s.timeout,
+    check_cpu = s.check_cpu,
     success_threshold = s.success_threshold,
     failure_threshold = s.failure_threshold,
     action_interval = s.action_interval,
@@ -234,26 +258,48 @@ function Probe:trigger()
   if self.ticker:active() then self.ticker:trigger() end
 end
 
--- What a custom check returned, as a result table.
+local text, plain = hook.text, hook.plain
+
+-- What a custom check returned, as a result table.  Runs inside the
+-- check's bound: only raw access, and the values kept are plain copies
+-- (sonde.hook), so nothing of the user's runs later in the engine.
 local function verdict(ok, a, b)
   if not ok then
+    local msg = text(a)
     return { status = "failure", reason = "check_error",
-      output = task.text_of(a):match("^[^\n]*") or "", error = a }
-  elseif type(a) == "table" and STATUSES[rawget(a, "status")] then
-    local r = {}
-    for k, v in pairs(a) do r[k] = v end
-    r.reason = type(r.reason) == "string" and r.reason
-      or (r.status == "success" and "ok" or "check")
-    r.output = r.output ~= nil and tostring(r.output) or ""
+      output = msg:match("^[^\n]*") or "", error = msg }
+  end
+  local st = type(a) == "table" and rawget(a, "status")
+  if type(st) == "string" and STATUSES[st] then
+    local r = plain(a)
+    local reason, output = rawget(a, "reason"), rawget(a, "output")
+    r.reason = type(reason) == "string" and reason
+      or (st == "success" and "ok" or "check")
+    r.output = output ~= nil and text(output) or ""
     r.duration = nil
     return r
-  elseif STATUSES[a] then
+  elseif type(a) == "string" and STATUSES[a] then
     return { status = a, reason = a == "success" and "ok" or "check",
-      output = b ~= nil and tostring(b) or "" }
+      output = b ~= nil and text(b) or "" }
   end
   return { status = "failure", reason = "check_error", output =
-    "check returned " .. tostring(a) .. ": expected a status (success, "
+    "check returned " .. text(a) .. ": expected a status (success, "
     .. "warning, failure, unknown) or a result table" }
+end
+
+-- The message of a hook (or the check) skipped by its quarantine, or nil.
+function Probe:quarantine_left(name)
+  local q = self.quarantined and self.quarantined[name]
+  local now = core.now()
+  if not q or now >= q then return nil end
+  return fmt("%s skipped for %.1f s more after exceeding its %stime limit",
+    name == "check" and "check" or "hook " .. name, q - now,
+    name == "check" and "running " or "")
+end
+
+function Probe:quarantine(name)
+  self.quarantined = self.quarantined or {}
+  self.quarantined[name] = core.now() + hook.quarantine
 end
 
 --- Run the handler once; `done(result)` gets the result (with probe, kind
@@ -276,9 +322,16 @@ function Probe:run_once(done)
   end
   -- A custom check: a task of the probe's scope, bounded by the timeout
   -- both while it waits (this timer) and while it runs (the task's bound:
-  -- a check stuck in a loop is stopped, src/ldeadline.c).  Either way it
-  -- is closed, so its <close> variables run.
-  local timeout = self.timeout
+  -- a check stuck in a loop is stopped, src/ldeadline.c), and by check_cpu
+  -- while it runs.  Either way it is closed, so its <close> variables run.
+  local skipped = self:quarantine_left("check")
+  if skipped then
+    log.event("warn", "hook_error", { probe = self.name, hook = "check",
+      error = skipped })
+    finish { status = "unknown", reason = "hook_error", output = skipped }
+    return
+  end
+  local timeout, cpu = self.timeout, self.check_cpu
   local deadline = core.timer(timeout, function()
     local co = self.inflight_task
     finish { status = "failure", reason = "timeout",
@@ -288,20 +341,34 @@ function Probe:run_once(done)
   self.inflight_id = deadline
   local co = task.bounded(self.scope, function()
     local ok, a, b = xpcall(self.spec.check, task.traceback)
-    -- what follows (hooks, actions) is not the check's: no bound
+    -- its verdict is read under its bounds (nothing of the user's runs
+    -- after them); what follows (hooks, actions) is not the check's
+    local pok, r = pcall(verdict, ok, a, b)
+    if not pok then
+      r = { status = "failure", reason = "check_error",
+        output = "the check's result could not be read: " .. text(r) }
+    end
     task.unbound(coroutine.running())
     if self.inflight ~= token then return end
     core.cancel(deadline)
     if not ok then
       log.event("error", "hook_error", { probe = self.name, hook = "check",
-        error = task.text_of(a) })
+        error = r.error })
     end
-    local pok, r = pcall(verdict, ok, a, b)
-    finish(pok and r or { status = "failure", reason = "check_error",
-      output = "the check's result could not be read: " .. task.text_of(r) })
-  end, timeout, function(why)
+    finish(r)
+  end, { timeout, running = cpu }, function(why)
     if self.inflight ~= token then return end
     core.cancel(deadline)
+    if why == "running" then
+      local msg = fmt("check ran for more than its check_cpu of %g s without "
+        .. "waiting and was stopped; not run for the next %g s", cpu,
+        hook.quarantine)
+      log.event("error", "hook_error", { probe = self.name, hook = "check",
+        error = msg })
+      self:quarantine("check")
+      finish { status = "failure", reason = "timeout", output = msg }
+      return
+    end
     finish { status = "failure", reason = why == "deadline" and "timeout"
       or "check_error", output = why == "deadline"
         and fmt("check ran for longer than its timeout of %gs and was "
@@ -312,57 +379,74 @@ function Probe:run_once(done)
 end
 
 -- Call a hook; what it starts belongs to the probe's load (a reload ends
--- it, and the new load's hooks start their own).  On error log it and
--- return false, err.  A hook that hit its time bound is skipped (false, "skipped ...")
--- for hook.quarantine seconds.
-function Probe:call_hook(name, ...)
+-- it, and the new load's hooks start their own).  Its results go through
+-- `convert` inside its bound (default: hook.plain_all).  On error log it
+-- and return false, err.  A hook that hit its time bound is skipped
+-- (false, "skipped ...") for hook.quarantine seconds.
+function Probe:call_hook(name, convert, ...)
   local f = self.spec[name]
   if not f then return true end
-  local now = core.now()
-  local q = self.quarantined and self.quarantined[name]
-  if q and now < q then
-    local msg = fmt("hook %s skipped for %.1f s more after exceeding its "
-      .. "time limit", name, q - now)
+  local msg = self:quarantine_left(name)
+  if msg then
     log.event("warn", "hook_error", { probe = self.name, hook = name,
       error = msg })
     return false, msg
   end
-  local res = table.pack(task.within(self.owner.scope, hook.call, f, nil, ...))
+  local res = table.pack(task.within(self.owner.scope, hook.call_with,
+    convert or hook.plain_all, f, nil, ...))
   if not res[1] then
     log.event("error", "hook_error", { probe = self.name, hook = name,
       error = res[2] })
-    if res[3] then       -- timed out: give the loop back to the others
-      self.quarantined = self.quarantined or {}
-      self.quarantined[name] = core.now() + hook.quarantine
-    end
+    if res[3] then self:quarantine(name) end -- give the loop back to the others
     return false, res[2]
   end
   return table.unpack(res, 1, res.n)
 end
 
--- on_result may override the verdict.
+-- The fields of a result as plain data (raw copy; reason and output text).
+local function plain_result(r)
+  local c = plain(r)
+  if c.output ~= nil and type(c.output) ~= "string" then
+    c.output = text(rawget(r, "output"))
+  end
+  return c
+end
+
+-- on_result may override the verdict; it gets a copy of the result, and
+-- what it made of that copy is taken back inside its bound.  Returns the
+-- result to go on with.
 function Probe:apply_on_result(r)
-  local ok, status, reason = self:call_hook("on_result", r, self)
+  local mine = plain(r)
+  local ok, status, reason, bad, after = self:call_hook("on_result",
+    function(st, rs)
+      local kept = plain_result(mine)       -- what the hook left in it
+      if st == nil then return nil, nil, nil, kept end
+      if type(st) ~= "string" or not STATUSES[st] then
+        return nil, nil, text(st), kept
+      end
+      return st, rs and text(rs) or nil, nil, kept
+    end, mine, self)
   if not ok then
     r.status, r.reason, r.error = "unknown", "hook_error", status
-  elseif status ~= nil then
-    if STATUSES[status] then
-      r.reason = reason and task.text_of(reason)
-        or (status == "success" and status ~= r.status and "ok")
-        or r.reason
-      r.status = status
-    else
-      log.event("error", "hook_error", { probe = self.name,
-        hook = "on_result", error = "returned status " .. tostring(status)
-          .. " (not success, warning, failure or unknown)" })
-      r.status, r.reason = "unknown", "hook_error"
-    end
+    return r
   end
+  r = after
+  if bad then
+    log.event("error", "hook_error", { probe = self.name,
+      hook = "on_result", error = "returned status " .. bad
+        .. " (not success, warning, failure or unknown)" })
+    r.status, r.reason = "unknown", "hook_error"
+  elseif status ~= nil then
+    r.reason = reason or (status == "success" and status ~= r.status and "ok")
+      or r.reason
+    r.status = status
+  end
+  return r
 end
 
 --- Take one result through hooks, thresholds and transitions.
 function Probe:handle(r)
-  if self.spec.on_result then self:apply_on_result(r) end
+  if self.spec.on_result then r = self:apply_on_result(r) end
   if not STATUSES[r.status] then    -- a hook may have scribbled on it
     r.status, r.reason = "unknown", "hook_error"
   end
@@ -394,17 +478,17 @@ function Probe:publish(t, r)
     log.event(v == "success" and "info" or "warn", "state_change", {
       probe = self.name, kind = self.kind, from = t.from, to = v,
       reason = r.reason })
-    self:call_hook("on_change", v, t.from, r)
+    self:call_hook("on_change", nil, v, t.from, plain(r))
   end
   -- Actions: on_failure when a failure is published (the seed does not
   -- count), on_recovery at the first success published after it.
   if v == "failure" and not self.alerted then
     self.alerted = true
-    task.within(self.scope, action.run_all, self.on_failure, r, self,
+    task.within(self.scope, action.run_all, self.on_failure, plain(r), self,
       core.now(), "on_failure")
   elseif v == "success" and self.alerted then
     self.alerted = false
-    task.within(self.scope, action.run_all, self.on_recovery, r, self,
+    task.within(self.scope, action.run_all, self.on_recovery, plain(r), self,
       core.now(), "on_recovery")
   end
   if self.service then
@@ -434,7 +518,7 @@ function Probe:instance_started()
     -- kubelet publishes the seed for a new container: a transition
     log.event("info", "state_change", { probe = self.name, kind = self.kind,
       from = old, to = self.state, reason = "new_instance" })
-    self:call_hook("on_change", self.state, old, { status = self.state,
+    self:call_hook("on_change", nil, self.state, old, { status = self.state,
       reason = "new_instance", output = "", probe = self.name,
       kind = self.kind, time = core.wall_time(), duration = 0 })
   end

@@ -56,9 +56,31 @@ end
 --- The scope of a library user's code (plain `lua5.4`).
 M.default = M.scope { name = "default" }
 
+--- Seconds a `__tostring` may run when `text_of` converts a value.
+M.text_bound = 0.1
+
+local UNPRINTABLE = "(error object without a printable form)"
+
+--- The text of a value (an error object, usually), by `tostring`, safe to
+-- call from the engine: a `__tostring` (or `__name`) metamethod runs in a
+-- coroutine of its own bounded by `text_bound` seconds
+-- (src/ldeadline.c), so a looping one is stopped.  A value that cannot be
+-- printed (its `__tostring` fails, loops or returns no string) gives
+-- `(error object without a printable form)`.
+-- @treturn string
 local function text_of(err)
-  local ok, t = pcall(tostring, err)
-  return ok and t or "(error object without a printable form)"
+  if type(err) == "string" then return err end
+  if debug.getmetatable(err) == nil then return tostring(err) end
+  local co = coroutine.create(tostring)
+  core.set_deadline(co, M.text_bound)
+  local ok, t = coroutine.resume(co, err)
+  if coroutine.status(co) ~= "dead" then
+    core.set_deadline(co, M.text_bound)
+    coroutine.close(co)
+    return UNPRINTABLE
+  end
+  if ok and type(t) == "string" then return t end
+  return UNPRINTABLE
 end
 M.text_of = text_of
 
@@ -194,11 +216,22 @@ resume = function(co, ...)
   if coroutine.status(co) ~= "suspended" then return end
   local t = info[co]
   local prev, prev_bound = ambient, bound_until
-  ambient, bound_until = t.scope, t.bound_until
+  local started, limit = core.now(), t.bound_until
+  if t.running then
+    -- a running-time bound: what is left of it bounds this slice (and
+    -- what the task spawns in it), unless the task's deadline comes first
+    limit = math.min(limit or math.huge, started + t.running)
+    t.running_hit = limit == started + t.running
+    core.set_deadline(co, limit - started)
+  end
+  ambient, bound_until = t.scope, limit
   local ok, err = coroutine.resume(co, ...)
   ambient, bound_until = prev, prev_bound
+  if t.running then t.running = t.running - (core.now() - started) end
   if not ok then
-    local msg = debug.traceback(co, text_of(err))
+    local text = text_of(err)
+    local msg = text:find("\nstack traceback:", 1, true) and text
+      or debug.traceback(co, text)
     t.failed = true
     t.wait = nil
     close_task(co)
@@ -212,7 +245,10 @@ resume = function(co, ...)
   if core.deadline_hit(co) then            -- stopped by its time bound
     t.deadline_hit = true
     close_task(co)
-    if t.on_abort then return t.on_abort("deadline") end
+    if t.on_abort then
+      return t.on_abort(t.running and t.running_hit and "running"
+        or "deadline")
+    end
     error("sonde: a task ran past its time limit and was stopped", 0)
   end
   if t.doomed then                         -- its owner closed it meanwhile
@@ -278,27 +314,35 @@ function M.resume_until(co, until_, ...)
   return table.unpack(res, 1, res.n)
 end
 
---- Start `fn(...)` as a task of `scope`, with a running-time bound:
--- after `bound` seconds of running it is stopped where it runs (even a
--- pcall cannot catch that: src/ldeadline.c) and closed.  `on_abort(why,
--- msg)` is called with why `"deadline"`, `"yield"` (a bare
+--- Start `fn(...)` as a task of `scope`, with time bounds: once `bound`
+-- seconds have passed (running or waiting) it is stopped where it runs
+-- (even a pcall cannot catch that: src/ldeadline.c) and closed; with
+-- `running` (seconds), it is stopped too once it has *run* that long in
+-- all (the time of its slices between waits, which hold the loop; its
+-- waits do not count).  `on_abort(why, msg)` is called with why
+-- `"deadline"`, `"running"` (the running bound), `"yield"` (a bare
 -- coroutine.yield) or `"error"` (msg: the error with traceback) instead
--- of raising.  The bound ends when the task finishes or `unbound(co)`.
+-- of raising.  The bounds end when the task finishes or `unbound(co)`.
+-- @tparam number|table bound seconds, or `{ seconds, running = seconds }`
 -- @return the coroutine
 function M.bounded(scope, fn, bound, on_abort, ...)
+  local running
+  if type(bound) == "table" then bound, running = bound[1], bound.running end
   local co = new_task(scope, fn, "sonde.task")
-  info[co].on_abort = on_abort
-  info[co].bound_until = core.now() + bound
+  local t = info[co]
+  t.on_abort = on_abort
+  t.bound_until = core.now() + bound
+  t.running = running
   core.set_deadline(co, bound)
   resume(co, ...)
   return co
 end
 
---- Lift the bound of a task made by `bounded`; from now on its errors
+--- Lift the bounds of a task made by `bounded`; from now on its errors
 -- are raised as any task's.
 function M.unbound(co)
   local t = info[co]
-  if t then t.on_abort, t.bound_until = nil, nil end
+  if t then t.on_abort, t.bound_until, t.running = nil, nil, nil end
   core.clear_deadline(co)
 end
 

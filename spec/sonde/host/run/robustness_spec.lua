@@ -157,10 +157,10 @@ describe("host robustness", function()
       return h
     end
 
-    it("a check stuck in `while true do end` fails with timeout",
-      function()
+    it("a check stuck in `while true do end` past its timeout (check_cpu "
+      .. "above it) fails with timeout", function()
       with_bad_probe([[
-        sonde.probe { name = "bad", period = 1, timeout = 0.5,
+        sonde.probe { name = "bad", period = 1, timeout = 0.5, check_cpu = 1,
           check = function() while true do end end }
       ]], 2, "failure", "timeout")
     end)
