@@ -93,11 +93,13 @@ end
 -- Peers: the fixture server (HTTP routes that misbehave) and a TCP port
 -- whose accept queue is full.
 ---------------------------------------------------------------------------
+local nfixture = 0
 local function fixture(mode)
-  local out = dir .. "/fixture-" .. mode .. ".out"
+  nfixture = nfixture + 1
+  local out = fmt("%s/fixture-%d.out", dir, nfixture)
   local pid = spawn(fmt("%s --mode %s --max-seconds %d", q(FIXTURE), mode,
     SECONDS + 120), out)
-  pids["fixture-" .. mode] = pid
+  pids["fixture-" .. nfixture] = pid
   local port = wait_for(function()
     local s = read(out)
     return s and tonumber(s:match("PORT (%d+)"))
@@ -105,9 +107,11 @@ local function fixture(mode)
   return assert(port, "fixture server (" .. mode .. ") did not start")
 end
 
-local HTTP = fixture("http")
+local HTTP = fixture("http")          -- benign probes' target
+local BAD = fixture("http")           -- hostile routes
 local FULL = fixture("tcp-full")
 local BASE = "http://127.0.0.1:" .. HTTP
+local BAD_BASE = "http://127.0.0.1:" .. BAD
 
 -- A port nothing listens on: bind, read the port, close.
 local CLOSED = 1
@@ -169,7 +173,7 @@ local hostile_http = {
 }
 for i = 1, 40 do
   local path = hostile_http[(i - 1) % #hostile_http + 1]
-  probe("http_bad", 1, 0.5, fmt("http_get = { url = %q }", BASE .. path))
+  probe("http_bad", 1, 0.5, fmt("http_get = { url = %q }", BAD_BASE .. path))
 end
 for _ = 1, 8 do probe("tcp_full", 1, 0.5, "tcp_socket = { port = " .. FULL .. " }") end
 for _ = 1, 4 do probe("tcp_closed", 1, 0.5, "tcp_socket = { port = " .. CLOSED .. " }") end
@@ -273,6 +277,15 @@ local function rss_kb(pid)
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
+-- CPU seconds (user + system) the process has used.
+local TICK = tonumber(select(2, sh("getconf CLK_TCK"))) or 100
+local function cpu_s(pid)
+  local s = read("/proc/" .. pid .. "/stat")
+  if not s then return nil end
+  local ut, st = s:match("^%d+ %b() " .. ("%S+ "):rep(11) .. "(%d+) (%d+)")
+  return (tonumber(ut) + tonumber(st)) / TICK
+end
+
 local function nfds(pid)
   local c = 0
   local p = io.popen("ls /proc/" .. pid .. "/fd 2>/dev/null")
@@ -285,6 +298,7 @@ local samples = {}
 local scrape_fail, scrape_n, promtool_fail = 0, 0, 0
 local promtool = sh("command -v promtool") == 0
 local t0 = now()
+local cpu0 = cpu_s(host) or 0
 local alive = LISTEN ~= nil
 while alive and now() - t0 < SECONDS do
   sleep(1)
@@ -297,6 +311,7 @@ while alive and now() - t0 < SECONDS do
     if st == "Z" then zombies = zombies + 1 end
   end
   samples[#samples + 1] = { t = now() - t0, rss = rss_kb(host),
+    cpu = (cpu_s(host) or cpu0) - cpu0,
     fds = nfds(host), kids = kids, zombies = zombies }
   for _, path in ipairs { "/metrics", "/status", "/healthz" } do
     scrape_n = scrape_n + 1
@@ -396,6 +411,8 @@ print(fmt("soak: %d probes, %.0f s, %d results, %d scrapes", n, span,
 print(fmt("host: RSS %d KB after warm-up, max %d KB later; descriptors %d, "
   .. "max %d later; descendants max %d; zombies max %d", base_rss, max_rss,
   base_fds, max_fds, max_kids, max_zombies))
+local last = samples[#samples] or { t = 1, cpu = 0 }
+print(fmt("host CPU: %.0f %% of one core on average", 100 * last.cpu / last.t))
 print(fmt("stop: SIGTERM to exit %.1f s", stop_s))
 
 check(LISTEN ~= nil, "the host started and listened")
