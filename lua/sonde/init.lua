@@ -18,7 +18,8 @@
 --     `permission`, `spawn`, `connect_refused`, `connect_timeout`, `dns`,
 --     `network`, `tls`, `http_status`, `redirect`, `protocol`, `config`,
 --     `resource`, `cancelled`; declared probes add `hook_error` (a hook
---     raised: status unknown), `check_error` (a custom check raised or
+--     raised or hit its bound, or the hook or check is quarantined:
+--     status unknown), `check_error` (a custom check raised or
 --     returned nonsense: failure) and `check` (a custom check's own
 --     non-success verdict);
 --   * `output`: string (bytes), kubelet's human-readable output;

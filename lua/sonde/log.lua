@@ -25,10 +25,12 @@
 --   * `probe_skipped`: probe, why (`overrun`: the previous run was still
 --     going at the next tick);
 --   * `hook_error`: probe, hook (`on_result`, `on_change`, `check` for a
---     custom check that raised), error (with traceback);
+--     custom check that raised or ran past `check_cpu`), error (with
+--     traceback); at warn while a hook or check is quarantined;
 --   * `action`: probe, action, status (`started`, `done`, `failed`,
 --     `suppressed`), detail;
---   * `service_start`: service, pid, instance;
+--   * `service_start`: service, pid, instance, command (as written, with
+--     `$(VAR)` unexpanded);
 --   * `service_exit`: service, pid, exit_code or signal, uptime;
 --   * `service_restart`: service, delay, restarts, why (`exit`,
 --     `liveness`, `startup`, `action`);
