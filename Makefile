@@ -86,7 +86,7 @@ $(FIXTURE): spec/fixtures/fixture-server.c
 DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
              libevent-dev lua-yaml
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
-             prometheus python3 lua-socket lua-cjson
+             prometheus python3 lua-socket lua-cjson curl
 .PHONY: deps test-deps
 deps:
 	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"
@@ -148,7 +148,7 @@ bench: deps
 # The soak: about 200 probes, half against hostile peers and commands, for
 # SOAK_SECONDS (60); prints figures and "N passed, N failed".
 SOAK_SECONDS ?= 60
-soak: deps
+soak: test-deps
 	$(MAKE) all $(FIXTURE)
 	SOAK_ENV='ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16 UBSAN_OPTIONS=print_stacktrace=1' \
 	  $(LUA) bench/soak.lua $(HOST) $(FIXTURE) $(SOAK_SECONDS)
