@@ -128,7 +128,7 @@ local scripts = {
   flood_stdout = "exec yes 'flood flood flood flood flood flood'",
   flood_stderr = "exec yes 'error error error error error' >&2",
   not_utf8 = [[printf 'bad \377\376 bytes \300\200 | l\377bel=1;2;3\n'; exit 2]],
-  ignore_term = "trap '' TERM; sleep 30 & wait; sleep 30",
+  ignore_term = "trap '' TERM; sleep 29.5 & wait; sleep 29.5",
   daemonize = "setsid sleep 300 < /dev/null > /dev/null 2>&1 & exit 0",
   double_fork = "( ( sleep 300 < /dev/null > /dev/null 2>&1 & ) & ) ; exit 0",
   big_output = "head -c 5000000 /dev/zero | tr '\\0' 'x'; exit 1",
