@@ -10,17 +10,30 @@
  *          wake-up, SIGPIPE blocked; close it after the last byte or on
  *          any error (EPIPE: the child does not read).
  *   read:  keep the first max_output bytes of each pipe, drop the rest;
- *          at most READS_PER_WAKE reads per wake-up (floods).
+ *          at most READS_PER_WAKE reads per wake-up; a pipe that filled
+ *          them all (a flood) is paused: its read event is removed and the
+ *          op's resume timer reads it again PAUSE_USEC later (and keeps
+ *          doing so while it floods), so a flood costs the loop at most
+ *          64 KiB per pipe per 5 ms and the writer waits on its full pipe.
  *   exit:  pidfd readable -> SIGKILL the rest of the group while the leader
  *          is still an unreaped zombie (its pgid cannot be recycled yet),
  *          reap the leader, give the pipes a short drain deadline.
- *   deadline: SIGTERM the group, SIGKILL after kill_grace; unless the
- *          leader has already exited (exit not yet seen: a stalled host),
- *          which is then handled as an exit, not a timeout.
- *   done:  exit status known and both pipes at EOF (or drained).
+ *   deadline: take what the pipes hold now, SIGTERM the group and hand
+ *          it over to the loop (sonde_loop_end_group: SIGKILL after
+ *          kill_grace, reaping), and finish at once: the timeout result
+ *          comes at the deadline.  Unless the leader has already exited
+ *          (exit not yet seen: a stalled host), which is then handled as
+ *          an exit, not a timeout.
+ *   terminate: SIGTERM the group, SIGKILL after the grace (same timer),
+ *          the result when the leader has exited.
+ *   done:  exit status known and both pipes at EOF (or drained); or the
+ *          deadline.
  *
  * Ownership: struct exec_op owns its fds, events and buffers; all are
- * released in exec_release, before the result callback runs.  The output
+ * released in exec_release, before the result callback runs.  It owns its
+ * process group until the leader is reaped, or until the deadline hands
+ * the group over to the loop (`handed`); a cancelled op SIGKILLs the group
+ * and leaves the reaping to the loop too.  The output
  * callback of a streaming run is called with the op held (internal.h): if
  * it cancels the op, on_pipe stops reading and the op is freed when the
  * callback returns.
@@ -49,13 +62,16 @@
                              writing without pause must not hold the loop;
                              the pipe's event is level-triggered, so what is
                              left is read at the next loop iteration */
+#define PAUSE_USEC 5000   /* a flooding pipe's pause between two reads: caps
+                             a flood at 64 KiB per 5 ms per pipe */
 #define POLL_USEC 20000   /* waitpid poll when pidfd_open is unavailable */
 
 extern char **environ;
 
 struct pipe_buf {
   int fd;
-  struct event *ev;
+  struct event *ev;          /* read event; removed while paused */
+  int paused;                /* flooding: read again by the resume timer */
   char *data;                /* grows up to max_output */
   size_t len, cap;
 };
@@ -66,6 +82,7 @@ struct exec_op {
   int pidfd;
   struct event *exit_ev;     /* pidfd readable, or the poll timer */
   struct event *timer;       /* deadline, then grace, then drain */
+  struct event *resume;      /* reads paused (flooding) pipes again */
   struct pipe_buf out[2];    /* stdout, stderr */
   size_t max_output;
   int truncated;
@@ -74,6 +91,7 @@ struct exec_op {
   int timed_out;
   int term_sent;
   int lost;                  /* the exit status could not be collected */
+  int handed;                /* timed out: the loop ends the group now */
   double kill_grace;
   sonde_status codes[256];
   sonde_status timeout_status;
@@ -100,6 +118,7 @@ void sonde_exec_opts_init(struct sonde_exec_opts *o) {
 static void close_pipe(struct pipe_buf *p) {
   if (p->ev) event_free(p->ev);
   p->ev = NULL;
+  p->paused = 0;
   if (p->fd >= 0) close(p->fd);
   p->fd = -1;
 }
@@ -116,7 +135,7 @@ static void close_stdin(struct exec_op *x) {
 static void exec_release(struct sonde_op *op, int cancelled) {
   struct exec_op *x = (struct exec_op *)op;
   close_stdin(x);
-  if (x->pid > 0 && !x->exited) {
+  if (x->pid > 0 && !x->exited && !x->handed) {
     /* Cancelled (or torn down) while running: kill the whole group and
      * leave the leader and the rest to the background reaper. */
     kill(-x->pid, SIGKILL);
@@ -125,7 +144,8 @@ static void exec_release(struct sonde_op *op, int cancelled) {
   (void)cancelled;
   if (x->exit_ev) event_free(x->exit_ev);
   if (x->timer) event_free(x->timer);
-  x->exit_ev = x->timer = NULL;
+  if (x->resume) event_free(x->resume);
+  x->exit_ev = x->timer = x->resume = NULL;
   if (x->pidfd >= 0) close(x->pidfd);
   x->pidfd = -1;
   for (int i = 0; i < 2; i++) {
@@ -205,13 +225,17 @@ static int all_drained(struct exec_op *x) {
   return x->out[0].fd < 0 && x->out[1].fd < 0;
 }
 
-static void on_pipe(evutil_socket_t fd, short what, void *arg) {
-  struct exec_op *x = arg;
-  struct pipe_buf *p = x->out[0].fd == fd ? &x->out[0] : &x->out[1];
+/* What read_pipe found. */
+enum { PIPE_EMPTY, PIPE_FULL, PIPE_END, PIPE_GONE };
+
+/* Read what pipe p holds, at most READS_PER_WAKE x READ_CHUNK bytes.
+ * Returns PIPE_EMPTY (nothing more for now), PIPE_FULL (the budget was
+ * used up: it floods), PIPE_END (EOF or a read error; the caller closes
+ * it), or PIPE_GONE (the output callback cancelled the op: touch nothing
+ * of it). */
+static int read_pipe(struct exec_op *x, struct pipe_buf *p) {
   char chunk[READ_CHUNK];
-  (void)what;
-  for (int reads = 0;; reads++) {
-    if (reads == READS_PER_WAKE) return;  /* the rest at the next wake-up */
+  for (int reads = 0; reads < READS_PER_WAKE; reads++) {
     ssize_t n = read(p->fd, chunk, sizeof chunk);
     if (n > 0 && x->on_output) {
       /* The callback may cancel this very op: held, it stays allocated
@@ -220,10 +244,8 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
       sonde_op_hold(&x->op);
       x->on_output(x->op.id, p == &x->out[0] ? 1 : 2, chunk, (size_t)n,
                    x->output_arg);
-      if (sonde_op_unhold(&x->op)) return;
-      continue;
-    }
-    if (n > 0) {
+      if (sonde_op_unhold(&x->op)) return PIPE_GONE;
+    } else if (n > 0) {
       size_t room = x->max_output > p->len ? x->max_output - p->len : 0;
       size_t keep = (size_t)n < room ? (size_t)n : room;
       if (keep < (size_t)n) x->truncated = 1;
@@ -234,23 +256,80 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
         char *d = realloc(p->data, cap);
         if (!d) {                  /* keep what we have, drop the rest */
           x->truncated = 1;
-          continue;
+          keep = 0;
+        } else {
+          p->data = d;
+          p->cap = cap;
         }
-        p->data = d;
-        p->cap = cap;
       }
       if (keep) {
         memcpy(p->data + p->len, chunk, keep);
         p->len += keep;
       }
-      continue;
     }
+    /* a short read took all the pipe held (EOF shows at the next one) */
+    if (n > 0 && (size_t)n < sizeof chunk) return PIPE_EMPTY;
+    if (n > 0) continue;
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    break; /* EOF or a read error: this pipe is done */
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return PIPE_EMPTY;
+    return PIPE_END;
+  }
+  return PIPE_FULL;
+}
+
+/* Pause flooding pipe p: no read event until the resume timer. */
+static void pause_pipe(struct exec_op *x, struct pipe_buf *p) {
+  event_del(p->ev);
+  p->paused = 1;
+  if (!evtimer_pending(x->resume, NULL))
+    sonde_loop_add_timer(x->op.loop, x->resume, PAUSE_USEC / 1e6);
+}
+
+static void on_pipe(evutil_socket_t fd, short what, void *arg) {
+  struct exec_op *x = arg;
+  struct pipe_buf *p = x->out[0].fd == fd ? &x->out[0] : &x->out[1];
+  (void)what;
+  switch (read_pipe(x, p)) {
+  case PIPE_GONE:
+  case PIPE_EMPTY:
+    return;
+  case PIPE_FULL:
+    pause_pipe(x, p);
+    return;
   }
   close_pipe(p);
   if (x->exited && all_drained(x)) finish(x);
+}
+
+/* The pause is over: read the paused pipes; one that floods still stays
+ * paused (no event_add / event_del while it floods), the others get their
+ * read event back. */
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+  struct exec_op *x = arg;
+  int again = 0;
+  (void)fd;
+  (void)what;
+  for (int i = 0; i < 2; i++) {
+    struct pipe_buf *p = &x->out[i];
+    if (!p->paused) continue;
+    p->paused = 0;
+    switch (read_pipe(x, p)) {
+    case PIPE_GONE:
+      return;
+    case PIPE_FULL:
+      p->paused = again = 1;
+      break;
+    case PIPE_EMPTY:
+      event_add(p->ev, NULL);
+      break;
+    default:
+      close_pipe(p);
+    }
+  }
+  if (again)
+    sonde_loop_add_timer(x->op.loop, x->resume, PAUSE_USEC / 1e6);
+  else if (x->exited && all_drained(x))
+    finish(x);
 }
 
 /* write() that never raises SIGPIPE in this process: SIGPIPE is blocked
@@ -358,12 +437,21 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
      * exit and the deadline came in one loop iteration).  Not a timeout:
      * the normal result, with what its pipes still hold. */
     on_leader_exit(x);
-  } else if (!x->term_sent) { /* the probe's deadline */
+  } else if (!x->term_sent) { /* the probe's deadline: the result now */
     x->timed_out = 1;
     x->term_sent = 1;
+    /* what the pipes hold at the deadline is part of the output */
+    for (int i = 0; i < 2; i++)
+      if (x->out[i].fd >= 0 && read_pipe(x, &x->out[i]) == PIPE_GONE)
+        return;
+    /* The leader is not reaped: its pgid is still the group's.  From here
+     * the loop SIGKILLs the group after the grace and reaps it; the pipes,
+     * the pidfd and the events go with the op (finish -> exec_release). */
     kill(-x->pid, SIGTERM);
-    sonde_loop_add_timer(x->op.loop, x->timer, x->kill_grace);
-  } else {                    /* grace over */
+    sonde_loop_end_group(x->op.loop, x->pid, x->op.id, x->kill_grace);
+    x->handed = 1;
+    finish(x);
+  } else {                    /* terminate's grace over */
     kill(-x->pid, SIGKILL);
   }
 }
@@ -474,7 +562,8 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   }
   sonde_op_start(loop, &x->op, cb, arg);
   x->timer = evtimer_new(loop->base, on_timer, x);
-  if (!x->timer) return fail_now(x, ENOMEM, "event");
+  x->resume = evtimer_new(loop->base, on_resume, x);
+  if (!x->timer || !x->resume) return fail_now(x, ENOMEM, "event");
   if (o->input && o->input_len > SONDE_MAX_INPUT)
     return fail_now(x, E2BIG, "input longer than SONDE_MAX_INPUT (1 MiB)");
   if (o->input) {
@@ -625,11 +714,12 @@ int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace) {
 pid_t sonde_exec_op_pid(struct sonde_op *op) {
   if (op->vt != &exec_vt) return 0;
   struct exec_op *x = (struct exec_op *)op;
-  return x->exited ? 0 : x->pid;
+  return x->exited || x->handed ? 0 : x->pid;
 }
 
 int sonde_exec_kill_all(struct sonde_loop *loop, int sig) {
-  int n = 0;
+  /* the groups of timed-out commands the loop still ends too */
+  int n = sonde_loop_signal_groups(loop, sig);
   for (struct sonde_op *op = loop->ops; op; op = op->next) {
     pid_t pid = sonde_exec_op_pid(op);
     if (pid > 0 && kill(-pid, sig) == 0) n++;

@@ -55,9 +55,15 @@ struct sonde_op {
                                 whoever calls back, once busy is 0 */
 };
 
-/* A process group the exec prober has signalled and still reaps. */
+/* A process group the exec prober has signalled and still reaps; or one
+ * the loop still ends (sonde_loop_end_group): its leader not yet reaped. */
 struct sonde_reap {
   pid_t pgid;
+  int leader;                /* the leader (pid pgid) is not reaped yet:
+                                its pgid cannot be recycled meanwhile */
+  int killed;                /* SIGKILL sent to the group */
+  uint64_t owner;            /* the finished operation that ran it, or 0 */
+  double kill_at;            /* SIGKILL the group then (leader only) */
   double until;              /* give up after this (monotonic) */
   struct sonde_reap *next;
 };
@@ -134,6 +140,24 @@ char **sonde_owner_env(struct sonde_loop *loop, uint64_t id,
 
 /* Remember a signalled process group for background reaping. */
 void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid);
+
+/* Take over the process group `pgid` of operation `owner`, finished
+ * (a timed-out command: its result is out) while its leader, a child of
+ * this process, is still running and has been sent SIGTERM: SIGKILL the
+ * group `grace` seconds from now, or as soon as the leader has exited,
+ * whichever comes first; reap the leader (never before that SIGKILL: the
+ * pgid cannot be recycled while the leader is unreaped), then the rest
+ * like sonde_loop_reap_group.  Until the leader is reaped the loop owns
+ * the group: the orphan scan counts it as a running command of `owner`
+ * (its escaped processes wait for it; an ending of everything waits for
+ * it and SIGKILLs it at its own deadline), sonde_loop_signal_groups
+ * signals it, sonde_loop_free kills it.  Polled every 20 ms. */
+void sonde_loop_end_group(struct sonde_loop *loop, pid_t pgid, uint64_t owner,
+                          double grace);
+
+/* Send `sig` to every group the loop still ends (sonde_loop_end_group);
+ * returns how many. */
+int sonde_loop_signal_groups(struct sonde_loop *loop, int sig);
 
 /* Reap whatever of group `pgid` has become our child; returns the number of
  * processes reaped, or -1 once no child of ours is left in the group. */

@@ -188,6 +188,48 @@ int sonde_reap_group_now(pid_t pgid) {
   }
 }
 
+#define REAP_POLL 0.02     /* seconds between polls of the reaped groups */
+#define REAP_GIVE_UP 5.0   /* after SIGKILL: a member in D state */
+
+/* Has process `pid` (a child) exited?  1: a zombie, not reaped by this;
+ * 0: running; -1: not our child any more (reaped elsewhere). */
+static int child_exited(pid_t pid) {
+  siginfo_t si;
+  int rc;
+  memset(&si, 0, sizeof si);
+  do rc = waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT);
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0) return -1;
+  return si.si_pid == pid;
+}
+
+/* One poll of r; returns 1 once r is done with. */
+static int reap_step(struct sonde_loop *loop, struct sonde_reap *r,
+                     double now) {
+  if (r->leader) {
+    int ex = child_exited(r->pgid);
+    if (ex != 0 || (!r->killed && now >= r->kill_at)) {
+      /* the leader is still unreaped: the pgid is still this group's */
+      kill(-r->pgid, SIGKILL);
+      if (!r->killed) r->until = now + REAP_GIVE_UP;
+      r->killed = 1;
+    }
+    if (ex == 1) {
+      pid_t p;
+      do p = waitpid(r->pgid, NULL, WNOHANG);
+      while (p < 0 && errno == EINTR);
+    }
+    if (ex != 0 || now > r->until) {
+      /* reaped, or given up (D state: the scan reaps it later) */
+      r->leader = 0;
+      owner_ended(loop, r->owner);
+    } else {
+      return 0;
+    }
+  }
+  return sonde_reap_group_now(r->pgid) < 0 || now > r->until;
+}
+
 static void on_reap_timer(evutil_socket_t fd, short what, void *arg) {
   struct sonde_loop *loop = arg;
   double now = sonde_now();
@@ -195,28 +237,62 @@ static void on_reap_timer(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   for (struct sonde_reap **pp = &loop->reaps; *pp;) {
     struct sonde_reap *r = *pp;
-    if (sonde_reap_group_now(r->pgid) < 0 || now > r->until) {
+    if (reap_step(loop, r, now)) {
       *pp = r->next;
       free(r);
     } else {
       pp = &r->next;
     }
   }
-  if (loop->reaps) sonde_loop_add_timer(loop, loop->reap_timer, 0.02);
+  if (loop->reaps) sonde_loop_add_timer(loop, loop->reap_timer, REAP_POLL);
+}
+
+static int add_reap(struct sonde_loop *loop, struct sonde_reap *r) {
+  if (!loop->reap_timer) loop->reap_timer = evtimer_new(loop->base,
+                                                        on_reap_timer, loop);
+  if (!loop->reap_timer) return -1;
+  r->next = loop->reaps;
+  loop->reaps = r;
+  if (!evtimer_pending(loop->reap_timer, NULL))
+    sonde_loop_add_timer(loop, loop->reap_timer, REAP_POLL);
+  return 0;
 }
 
 void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid) {
   if (sonde_reap_group_now(pgid) < 0) return;
-  struct sonde_reap *r = malloc(sizeof *r);
+  struct sonde_reap *r = calloc(1, sizeof *r);
   if (!r) return;
-  if (!loop->reap_timer) loop->reap_timer = evtimer_new(loop->base,
-                                                        on_reap_timer, loop);
-  if (!loop->reap_timer) { free(r); return; }
   r->pgid = pgid;
-  r->until = sonde_now() + 5.0;   /* a member that ignores SIGKILL: D state */
-  r->next = loop->reaps;
-  loop->reaps = r;
-  sonde_loop_add_timer(loop, loop->reap_timer, 0.02);
+  r->killed = 1;
+  r->until = sonde_now() + REAP_GIVE_UP;
+  if (add_reap(loop, r) != 0) free(r);
+}
+
+void sonde_loop_end_group(struct sonde_loop *loop, pid_t pgid, uint64_t owner,
+                          double grace) {
+  struct sonde_reap *r = calloc(1, sizeof *r);
+  if (!(grace >= 0)) grace = 0;
+  if (grace > SONDE_MAX_SECONDS) grace = SONDE_MAX_SECONDS;
+  if (r) {
+    r->pgid = pgid;
+    r->leader = 1;
+    r->owner = owner;
+    r->kill_at = sonde_now() + grace;
+    r->until = r->kill_at + REAP_GIVE_UP;
+    if (add_reap(loop, r) == 0) return;
+    free(r);
+  }
+  /* out of memory: no grace, and the leader is left to the reaping of
+   * the group (or to the orphan scan) */
+  kill(-pgid, SIGKILL);
+  sonde_loop_reap_group(loop, pgid);
+}
+
+int sonde_loop_signal_groups(struct sonde_loop *loop, int sig) {
+  int n = 0;
+  for (struct sonde_reap *r = loop->reaps; r; r = r->next)
+    if (r->leader && kill(-r->pgid, sig) == 0) n++;
+  return n;
 }
 
 static int cmp_pid(const void *a, const void *b) {
@@ -434,9 +510,11 @@ static int scan(struct sonde_loop *loop, int adopt, uint64_t **done,
   *ndone = 0;
   /* what runs: the leaders exec operations own, every operation id and
    * the endings, sorted for bsearch: one pass over the operations */
-  size_t nt = 0, ni = 0, ne = 0, nexec = 0;
-  pid_t *tracked = malloc(sizeof *tracked * (loop->nops + 1));
-  uint64_t *live = malloc(sizeof *live * (loop->nops + 1));
+  size_t nt = 0, ni = 0, ne = 0, nexec = 0, ndying = 0;
+  for (struct sonde_reap *r = loop->reaps; r; r = r->next)
+    if (r->leader) ndying++;
+  pid_t *tracked = malloc(sizeof *tracked * (loop->nops + ndying + 1));
+  uint64_t *live = malloc(sizeof *live * (loop->nops + ndying + 1));
   struct end_op **ends = malloc(sizeof *ends * (loop->nops + 1));
   pid_t *kids = NULL;
   size_t nk = 0, capk = 0;
@@ -452,6 +530,24 @@ static int scan(struct sonde_loop *loop, int adopt, uint64_t **done,
     if (op->vt == &end_vt) {
       ends[ne] = (struct end_op *)op;
       ends[ne++]->pending = 0;
+    }
+  }
+  /* a group the loop still ends (a timed-out command) runs on: its
+   * leader is not an orphan, its operation counts as running, and an
+   * ending that covers it SIGKILLs it at the ending's deadline */
+  for (struct sonde_reap *r = loop->reaps; r; r = r->next) {
+    if (!r->leader) continue;
+    tracked[nt++] = r->pgid;
+    if (r->owner) live[ni++] = r->owner;
+    nexec++;
+    for (size_t j = 0; j < ne; j++) {
+      struct end_op *e = ends[j];
+      if ((e->owner == 0 || e->owner == r->owner) && now >= e->kill_at &&
+          !r->killed) {
+        kill(-r->pgid, SIGKILL);
+        r->killed = 1;
+        r->until = now + REAP_GIVE_UP;
+      }
     }
   }
   qsort(tracked, nt, sizeof *tracked, cmp_pid);
@@ -619,6 +715,8 @@ uint64_t sonde_timer_start(struct sonde_loop *loop, double seconds,
 void sonde_loop_free(struct sonde_loop *loop) {
   if (!loop) return;
   while (loop->ops) sonde_loop_cancel(loop, loop->ops->id);
+  /* Groups still being ended (timed-out commands): no more grace. */
+  sonde_loop_signal_groups(loop, SIGKILL);
   /* Bounded final reap: members were sent SIGKILL by the cancellations. */
   double until = sonde_now() + 1.0;
   while (loop->reaps && sonde_now() < until) {

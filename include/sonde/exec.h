@@ -13,16 +13,37 @@
  * stdin (or a pipe fed with `input`, see sonde_exec_opts) and no
  * inherited descriptor above 2.  When the command exits, the
  * rest of its group is killed (SIGKILL) so that background children cannot
- * hold the result back; on timeout the group gets SIGTERM, then SIGKILL
- * after kill_grace seconds.  The command's own process is always reaped;
+ * hold the result back.  The command's own process is always reaped;
  * orphaned descendants are reaped too when the process is a child subreaper
  * (sonde_set_subreaper).  A command that cannot be found or run is a
  * failure (reason not_found / permission / spawn), not unknown; the engine
  * running out of descriptors or processes is unknown (reason resource).
  *
+ * Timeout (as kubelet): the result comes at the deadline, with the
+ * output read so far (what the pipes hold at the deadline included) and
+ * no exit code or signal; the pipes are closed then.  The group gets
+ * SIGTERM at the deadline and the loop takes it over: SIGKILL kill_grace
+ * seconds later, or as soon as the command's own process has exited,
+ * whichever comes first; then the reaping (polled every 20 ms).  Until
+ * that process is reaped the loop owns the group: sonde_loop_free and
+ * sonde_exec_kill_all still reach it, an ending of escaped processes
+ * (sonde_end_orphans) covering it SIGKILLs it at its own deadline, the
+ * escaped processes the command left behind are ended only once it is
+ * gone (see sonde_reap_orphans), and the loop keeps running (it has a
+ * timer) until it is.  sonde_exec_terminate and runs without a deadline
+ * (services) are not concerned: their result comes when the process has
+ * exited.
+ *
  * Floods: each pipe is read at most 4 x 16 KiB per wake-up of the loop,
- * so a command writing without pause never holds the loop for long; the
- * rest is read at the next iteration.  A deadline that fires after the
+ * so a command writing without pause never holds the loop for long.  A
+ * pipe that filled that budget (a flood) is then paused for 5 ms (its read
+ * event removed; one timer per run, no allocation) before it is read
+ * again: a flood costs the engine at most 64 KiB per 5 ms per pipe (about
+ * 12 MB/s), and the command waits on its full pipe meanwhile
+ * (back-pressure).  This applies to output kept, dropped past max_output,
+ * and streamed to on_output alike (services get all their output, rate
+ * limited).  A command that writes a few MB and exits still finishes with
+ * its exit code (5 MB: about 0.4 s).  A deadline that fires after the
  * command has exited (its exit not yet seen: the process running the loop
  * was stopped, SIGSTOP/SIGCONT, or starved) is handled as that exit, with
  * the normal result, not as a timeout.
@@ -51,8 +72,10 @@ struct sonde_exec_opts {
                             up in PATH of envp (or the host's PATH) */
   char *const *envp;     /* NULL-terminated child environment */
   const char *cwd;       /* working directory, or NULL to inherit */
-  double timeout;        /* seconds; 0 = no deadline (services) */
-  double kill_grace;     /* seconds between SIGTERM and SIGKILL */
+  double timeout;        /* seconds; 0 = no deadline (services); the
+                            result comes at the deadline (see above) */
+  double kill_grace;     /* seconds between SIGTERM and SIGKILL after the
+                            deadline (the loop kills; default 1) */
   size_t max_output;     /* bytes of stdout+stderr kept */
   sonde_status codes[256];      /* status for each exit code */
   sonde_status timeout_status;  /* status of a timed-out run (failure) */
@@ -97,7 +120,9 @@ int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace);
 pid_t sonde_exec_pid(struct sonde_loop *loop, uint64_t id);
 
 /* Send `sig` to the process group of every running command (services
- * included); returns how many.  For a host that must exit at once. */
+ * included) and of every timed-out command the loop is still ending
+ * (within its kill_grace); returns how many.  For a host that must exit
+ * at once. */
 int sonde_exec_kill_all(struct sonde_loop *loop, int sig);
 
 #endif

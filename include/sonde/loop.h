@@ -34,7 +34,8 @@ struct event_base *sonde_loop_base(struct sonde_loop *loop);
 /*
  * Free the loop (not from inside one of its callbacks: its base may be
  * running): cancel every operation (no callbacks are called), kill the
- * process groups of running commands with SIGKILL and reap them (bounded
+ * process groups of running commands, and of timed-out commands still in
+ * their kill_grace (see sonde/exec.h), with SIGKILL and reap them (bounded
  * wait, at most about 1 s), then free the curl multi handle and, if the loop
  * created it, the base.
  */
@@ -95,7 +96,9 @@ int sonde_loop_set_subreaper(struct sonde_loop *loop, int on);
  * process's group, and with each of them its whole tree of descendants):
  *   - an orphan attributed (see sonde_loop_set_subreaper) to a command
  *     that is still running is left alone until that command's operation
- *     has ended (completed or cancelled); then it gets SIGTERM (and
+ *     has ended (completed or cancelled; a timed-out command's: once its
+ *     process has been reaped, after its kill_grace at the latest); then
+ *     it gets SIGTERM (and
  *     SIGCONT), and SIGKILL 1 s later, unless an ending started with
  *     sonde_end_orphans for that operation gives another grace;
  *   - an orphan attributed to nobody is left alone, unless an ending of

@@ -170,7 +170,64 @@ describe("sonde.exec", function()
       local r = exec { command = { "sh", "-c", 'trap "" TERM; sleep 30' }, timeout = 1 }
       assert.are.same({ "failure", "timeout" }, { r.status, r.reason })
       assert.is_true(r.duration < 3.5, "duration " .. r.duration)
-      local gone, left = no_group_left({ r.pid })
+      local gone, left = no_group_left({ r.pid }, 10)
+      assert.is_true(gone, "left behind: " .. left)
+    end)
+
+    -- kubelet reports a timeout at the deadline: the killing (SIGTERM, then
+    -- SIGKILL after kill_grace) and the reaping go on in the background.
+    it("a command ignoring SIGTERM: the timeout result comes at the deadline, "
+      .. "not after kill_grace; the group is killed after the grace, no zombie", function()
+      local core = require "sonde.core"
+      local r, took, alive
+      local t0 = helpers.now()
+      core.exec({ argv = { "sh", "-c", 'trap "" TERM; echo started; sleep 30' },
+                  timeout = 0.3, kill_grace = 2 },
+        function(res)
+          r, took = res, helpers.now() - t0
+          -- it ignores SIGTERM: still there during the grace
+          alive = #helpers.procs_in_groups({ res.pid }) > 0
+        end)
+      -- (the loop runs until the group has been ended too)
+      assert.is_true(helpers.eventually(function() return r ~= nil end, 10))
+      assert.are.same({ "failure", "timeout", "started\n" },
+        { r.status, r.reason, r.output })
+      assert.is_true(took < 1.5, "the result took " .. took .. " s")
+      assert.is_nil(r.exit_code)
+      assert.is_true(alive, "the group was gone at the deadline")
+      local gone, left = no_group_left({ r.pid }, 10)
+      assert.is_true(gone, "left behind: " .. left)
+      local z = helpers.zombies_of()
+      assert.are.equal(0, #z, helpers.describe_procs(z))
+    end)
+
+    it("a timed-out command's descriptors are closed at the deadline, and "
+      .. "freeing the engine's loop kills a group still in its grace", function()
+      local out = helpers.run_lua([[
+        local core = require "sonde.core"
+        core.set_subreaper(true)             -- as the host is
+        local me = io.open("/proc/self/stat"):read("n")
+        local function fds()
+          local n, p = 0, io.popen("ls /proc/" .. me .. "/fd")
+          for _ in p:lines() do n = n + 1 end
+          p:close()
+          return n
+        end
+        local before = fds()
+        local r
+        core.exec({ argv = { "sh", "-c", 'trap "" TERM; sleep 30' },
+                    timeout = 0.2, kill_grace = 60 },
+          function(res) r = res; error("stop the loop") end)
+        pcall(core.run)
+        io.write(r.reason, " ", r.pid, " ", fds() - before, "\n")
+        io.flush()
+        os.exit(0, true)     -- closes the state: the loop is freed
+      ]])
+      local reason, pid, extra = out:match("^(%S+) (%d+) (%-?%d+)\n")
+      assert.are.equal("timeout", reason, out)
+      assert.are.equal("0", extra, out)
+      -- the engine exited (its loop freed) well before the 60 s grace
+      local gone, left = no_group_left({ tonumber(pid) }, 10)
       assert.is_true(gone, "left behind: " .. left)
     end)
   end)
@@ -186,6 +243,47 @@ describe("sonde.exec", function()
       assert.are.equal(string.rep("y\n", 5120), r.output)
       assert.is_true(r.truncated)
       assert.is_true(rss1 - rss0 < 50 * 1024, "VmRSS grew by " .. (rss1 - rss0) .. " kB")
+    end)
+
+    -- A flooding pipe is paused between two bounded reads: the engine
+    -- reads at most 64 KiB per 5 ms of it and the writer waits.
+    it("yes for its whole timeout: the engine spends little CPU on it", function()
+      local hz = tonumber((select(2, helpers.sh("getconf CLK_TCK")))) or 100
+      local function cpu()
+        local s = helpers.read_file("/proc/self/stat")
+        local f = {}
+        for w in s:match("%) (.*)$"):gmatch("%S+") do f[#f + 1] = w end
+        return (tonumber(f[12]) + tonumber(f[13])) / hz   -- utime + stime
+      end
+      local c0, t0 = cpu(), helpers.now()
+      local r = exec { command = { "yes" }, timeout = 1 }
+      local used, wall = cpu() - c0, helpers.now() - t0
+      assert.are.same({ "failure", "timeout", 10240 }, { r.status, r.reason, #r.output })
+      assert.is_true(used < 0.3 * wall,
+        string.format("the engine used %.2f s of CPU in %.2f s", used, wall))
+    end)
+
+    it("5 MB then exit 0 with timeout 2: success (dropped past max_output, "
+      .. "not a timeout)", function()
+      local r = exec { command = { "head", "-c", "5000000", "/dev/zero" }, timeout = 2 }
+      assert.are.same({ "success", "ok", 0, 10240, true },
+        { r.status, r.reason, r.exit_code, #r.output, r.truncated })
+    end)
+
+    it("a flood from an escaped child holding the pipe (paused) does not "
+      .. "keep the run past its drain after the command's exit", function()
+      local tag = string.format("drain%d.%06d", helpers.pid(), math.random(0, 999999))
+      local r = exec { command = { "sh", "-c",
+        "setsid yes " .. tag .. " & sleep 0.2; exit 3" }, timeout = 5 }
+      assert.are.same({ "failure", "exit_code", 3, true },
+        { r.status, r.reason, r.exit_code, r.truncated })
+      assert.is_true(r.duration < 4, "duration " .. r.duration)
+      -- the escaped `yes` dies of SIGPIPE once the pipe is closed
+      local core = require "sonde.core"
+      assert.is_true(helpers.eventually(function()
+        core.reap_orphans()
+        return #helpers.procs_matching(tag:gsub("%p", "%%%0")) == 0
+      end, 10), helpers.describe_procs(helpers.procs_matching(tag:gsub("%p", "%%%0"))))
     end)
 
     it("1 MB then exit 0: success with the first 10240 bytes, truncated", function()
@@ -368,7 +466,10 @@ describe("sonde.exec", function()
     it("the environment is env, env_data and the host's PATH", function()
       local r = exec { command = { "env" }, env = { A = "1" }, env_data = { B = "2" } }
       local lines = {}
-      for line in r.output:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      for line in r.output:gmatch("[^\n]+") do
+        -- (SONDE_OWNER: this spec makes us a subreaper, see above)
+        if not line:find("^SONDE_OWNER=") then lines[#lines + 1] = line end
+      end
       table.sort(lines)
       assert.are.same({ "A=1", "B=2", "PATH=" .. os.getenv("PATH") }, lines)
     end)

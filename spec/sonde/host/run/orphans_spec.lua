@@ -92,6 +92,32 @@ describe("host: escaped descendants", function()
     assert.are.equal(0, h:term())
   end)
 
+  -- The timeout result comes at the deadline; the host kills the command
+  -- (SIGKILL after its 1 s grace) and then ends what it left behind.
+  it("a timed-out probe command ignoring SIGTERM: the result at the "
+    .. "deadline; the command and its escaped child end afterwards", function()
+    local t1, t2 = tag(321), tag(322)
+    local path = script("timeout_escape.lua", string.format([[
+      local sonde = require "sonde"
+      sonde.probe { name = "slow", period = 60, timeout = 0.5,
+        exec = { command = %s } }
+    ]], lit(sh(string.format(
+      "setsid -f sleep %s; trap '' TERM; exec sleep %s", t1, t2)))))
+    local h = start(path)
+    assert.is_truthy(h:wait_for(function(x)
+      return #x:events("probe_result", { probe = "slow" }) >= 1
+    end, 15), h:stderr())
+    local r = h:events("probe_result", { probe = "slow" })[1]
+    assert.are.same({ "failure", "timeout" }, { r.status, r.reason })
+    assert.is_true(r.duration < 1.4, "duration " .. tostring(r.duration))
+    local gone = h:wait_for(function()
+      return #left_all { t1, t2 } == 0
+    end, 10)
+    assert.is_truthy(gone, "left: " .. helpers.describe_procs(left_all { t1, t2 }))
+    assert.is_true(h:alive())
+    assert.are.equal(0, h:term())
+  end)
+
   it("an exec action's setsid -f child ends once the action has ended",
     function()
     local t1 = tag(313)
