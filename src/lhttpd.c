@@ -8,9 +8,10 @@
  * handler(method, path, query) -> status, body [, content_type]; it runs on
  * the main thread in protected mode, like any callback (an error answers
  * 500 and goes to core.on_error's handler, or is kept for run() to
- * raise).  One server per Lua state.  The handler may call core.unlisten
- * (or core.listen): the server is then freed from the loop once the
- * handler has returned, never under evhttp's feet.
+ * raise).  To a HEAD request the answer is the headers only, with the
+ * body's Content-Length.  One server per Lua state.  The handler may call
+ * core.unlisten (or core.listen): the server is then freed from the loop
+ * once the handler has returned, never under evhttp's feet.
  *
  * limits (every field optional; the defaults in parentheses):
  *   max_connections   connections open at once (64).  At the cap the
@@ -67,6 +68,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -309,7 +311,17 @@ static void on_request(struct evhttp_request *req, void *arg) {
       status = (int)luaL_optinteger(L, -3, 500);
       size_t n = 0;
       const char *body = lua_tolstring(L, -2, &n);
-      if (body) evbuffer_add(out, body, n);
+      /* HEAD: the length GET would have, no body (evhttp 2.1 writes
+       * whatever is in the buffer, and a body after a HEAD answer would
+       * be read as the start of the next answer on a kept connection) */
+      if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        char len[32];
+        snprintf(len, sizeof len, "%zu", body ? n : (size_t)0);
+        evhttp_add_header(evhttp_request_get_output_headers(req),
+                          "Content-Length", len);
+      } else if (body) {
+        evbuffer_add(out, body, n);
+      }
       if (lua_type(L, -1) == LUA_TSTRING) ctype = lua_tostring(L, -1);
       evhttp_add_header(evhttp_request_get_output_headers(req),
                         "Content-Type", ctype);

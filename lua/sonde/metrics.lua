@@ -139,10 +139,10 @@ function Series:set(v, values)
 end
 
 --- Add to a counter or gauge (default 1; never negative).
--- @raise on a negative or non-number amount or a missing label
+-- @raise on a negative, NaN or non-number amount or a missing label
 function Series:inc(n, values)
   n = n or 1
-  if type(n) ~= "number" or n < 0 then
+  if type(n) ~= "number" or not (n >= 0) then
     error("inc: a non-negative number expected", 2)
   end
   local k = key_of(self, values)

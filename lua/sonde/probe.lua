@@ -302,6 +302,10 @@ function Probe:quarantine(name)
   self.quarantined[name] = core.now() + hook.quarantine
 end
 
+-- A custom check's deadline that fires more than STALL_LATE seconds late
+-- gives what completed during the stall STALL_GRACE seconds to come in.
+local STALL_LATE, STALL_GRACE = 0.25, 0.1
+
 --- Run the handler once; `done(result)` gets the result (with probe, kind
 -- and time set).  Used by the schedule and by `sonde once`.
 function Probe:run_once(done)
@@ -332,11 +336,23 @@ function Probe:run_once(done)
     return
   end
   local timeout, cpu = self.timeout, self.check_cpu
-  local deadline = core.timer(timeout, function()
+  local deadline
+  local function expire()
     local co = self.inflight_task
     finish { status = "failure", reason = "timeout",
       output = fmt("check timed out after %gs", timeout) }
     if co then task.close(co) end
+  end
+  deadline = core.timer(timeout, function()
+    -- fired late: the loop was stalled (SIGSTOP/SIGCONT, a paused VM, a
+    -- frozen loop) and what the check waits on may have finished
+    -- meanwhile (a command's exit, not yet seen): let that come in first
+    if core.now() - started - timeout > STALL_LATE then
+      deadline = core.timer(STALL_GRACE, expire)
+      if self.inflight == token then self.inflight_id = deadline end
+      return
+    end
+    expire()
   end)
   self.inflight_id = deadline
   local co = task.bounded(self.scope, function()

@@ -252,6 +252,23 @@ describe("core.listen bounds", function()
     assert.is_true(s:rss() > 0)     -- the server is still there
   end)
 
+  it("a HEAD answer has the body's length and no body (kept connection)",
+    function()
+    local s = start("{}")
+    local c = connect(s.port)
+    c:send("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    local head = {}
+    repeat
+      local line = assert(c:receive("*l"))
+      head[#head + 1] = line
+    until line == ""
+    assert.are.equal("HTTP/1.1 200 OK", head[1])
+    assert.is_truthy(table.concat(head, "\n"):find("Content-Length: 3", 1, true))
+    -- the next answer on the connection starts right after the head
+    c:send("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert.are.equal("HTTP/1.1 200 OK", (c:receive("*l")))
+  end)
+
   it("core.unlisten from inside the handler: the answer, then the loop ends",
     function()
     local s = start("{}")

@@ -76,6 +76,14 @@ describe("sonde.metrics.gauge / counter validation", function()
     c:inc(1, { k = "a" })
   end)
 
+  it("counter:inc with NaN raises (a counter stuck at NaN for good)",
+    function()
+    local c = metrics.counter(uniq("nan") .. "_total", "h", { "k" })
+    c:inc(1, { k = "a" })
+    assert.has_error(function() c:inc(0 / 0, { k = "a" }) end)
+    assert.are.equal(1, c.values[next(c.values)].v)
+  end)
+
   it("keeps a copy of the label values it was given", function()
     local m = require "sonde.metrics"
     local reg = m.registry()

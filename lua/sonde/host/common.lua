@@ -20,12 +20,21 @@ end
 
 --- `os.exit` from a hook or a task ends the process at once: make it
 -- take the services and running commands with it (SIGKILL to their
--- process groups) rather than leave them orphaned.  The Lua state is not
--- closed (that would free the loop under its own feet).
+-- process groups) rather than leave them orphaned, and, as a subreaper,
+-- what escaped those groups (setsid, a double fork): SIGKILL to every
+-- descendant outside the host's own group, scanning for EXIT_SWEEP
+-- seconds so that the children of the leaders just killed are caught
+-- once they are re-parented to the host.  The Lua state is not closed
+-- (that would free the loop under its own feet).
+local EXIT_SWEEP = 0.1
+
 function M.guard_exit()
   local real_exit = os.exit
   os.exit = function(code)
     core.kill_all(core.signals.KILL)
+    core.end_orphans(0)
+    local stop = core.now() + EXIT_SWEEP
+    repeat core.reap_orphans() until core.now() >= stop
     io.stdout:flush()
     io.stderr:flush()
     return real_exit(code, false)

@@ -218,6 +218,35 @@ describe("host: escaped descendants", function()
     assert.are.same({}, left_with(t1), helpers.describe_procs(left_with(t1)))
   end)
 
+  it("os.exit from a hook ends them too: a running service's and a "
+    .. "running probe command's escaped children, one already re-parented",
+    function()
+    local t1, t2, t3 = tag(314), tag(315), tag(316)
+    local go = helpers.scratch() .. "/go"
+    local path = script("exit_escape.lua", string.format([[
+      local sonde = require "sonde"
+      sonde.service { name = "daemons", grace = 1, command = %s }
+      sonde.probe { name = "slow", period = 60, timeout = 30,
+        exec = { command = %s } }
+      sonde.probe { name = "quit", period = 0.2, initial_delay = 0.5,
+        exec = { command = { "cat", %q } },
+        on_result = function(r) if r.status == "success" then os.exit(4) end end }
+    ]], lit(sh(string.format(
+        "setsid sh -c \"trap '' TERM; exec sleep %s\" & "
+        .. "setsid -f sleep %s; exec sleep 1000", t1, t2))),
+      lit(sh(string.format("setsid sleep %s & exec sleep 1000", t3))),
+      go))
+    local h = start(path)
+    local all = { t1, t2, t3 }
+    assert.is_truthy(h:wait_for(function() return #left_all(all) == 3 end,
+      15), h:stderr() .. helpers.describe_procs(left_all(all)))
+    helpers.write(go, "")           -- the hook calls os.exit(4)
+    assert.are.equal(4, h:wait(20), h:stderr())
+    assert.is_truthy(helpers.eventually(function()
+      return #left_all(all) == 0
+    end, 3), helpers.describe_procs(left_all(all)))
+  end)
+
   it("sonde once ends what its probes left behind before it exits",
     function()
     local t1, t2 = tag(311), tag(312)
