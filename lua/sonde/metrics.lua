@@ -221,6 +221,32 @@ local function help_escape(s)
   return text_escape(s, "[\\%c]", HELP_ESC)
 end
 
+local STATUSES = { "success", "warning", "failure", "unknown" }
+local STATES = { "success", "failure", "unknown" }
+
+-- The label sets of a probe's series, made once per probe (its name and
+-- kind never change): `{probe="..",kind=".."}` and the same with status,
+-- state and le; `clean` when escaping left the name as it was.
+local label_cache = setmetatable({}, { __mode = "k" })
+local function probe_labels(p)
+  local c = label_cache[p]
+  if c and c.name == p.name and c.kind == p.kind then return c end
+  local name, kind = M.escape(p.name), M.escape(p.kind)
+  local base = fmt('probe="%s",kind="%s"', name, kind)
+  c = { name = p.name, kind = p.kind, clean = name == p.name,
+        pl = "{" .. base .. "}", status = {}, state = {}, le = {},
+        le_inf = fmt('{%s,le="+Inf"}', base) }
+  for _, st in ipairs(STATUSES) do
+    c.status[st] = fmt('{%s,status="%s"}', base, st)
+  end
+  for _, st in ipairs(STATES) do
+    c.state[st] = fmt('{%s,state="%s"}', base, st)
+  end
+  for i, b in ipairs(BUCKETS) do c.le[i] = fmt('{%s,le="%s"}', base, num(b)) end
+  label_cache[p] = c
+  return c
+end
+
 --- The /metrics text of a load: its probes, services and series.
 -- @tparam table cfg a load (sonde.config): `probes`, `services`, `registry`
 -- @treturn string
@@ -239,54 +265,67 @@ function M.render(cfg)
     seen[series] = true
     out[#out + 1] = series .. " " .. num(v)
   end
-  local PK = { "probe", "kind" }
+  -- A probe's own series: probe names are unique, so they can only print
+  -- alike when escaping changed a name; then (rarely) `seen` decides.
   local probes = cfg.probes
-  local function pl(p) return labels({ probe = p.name, kind = p.kind }, PK) end
+  local clean = true
+  for _, p in ipairs(probes) do
+    if not probe_labels(p).clean then clean = false end
+  end
+  local function psample(_, name, lbl, v)
+    if clean then
+      out[#out + 1] = name .. lbl .. " " .. num(v)
+    else
+      sample(name, lbl, v)
+    end
+  end
   family("probe_success", "gauge", "1 when the probe's state is success.")
   for _, p in ipairs(probes) do
-    sample("probe_success", pl(p), p.state == "success" and 1 or 0)
+    local c = probe_labels(p)
+    psample(c, "probe_success", c.pl, p.state == "success" and 1 or 0)
   end
   family("probe_duration_seconds", "gauge", "Duration of the last run.")
   for _, p in ipairs(probes) do
     if p.last_result then
-      sample("probe_duration_seconds", pl(p), p.last_result.duration or 0)
+      local c = probe_labels(p)
+      psample(c, "probe_duration_seconds", c.pl, p.last_result.duration or 0)
     end
   end
   family("probe_http_status_code", "gauge", "HTTP status of the last run.")
   for _, p in ipairs(probes) do
     if p.handler == "http_get" and p.last_result then
-      sample("probe_http_status_code", pl(p),
+      local c = probe_labels(p)
+      psample(c, "probe_http_status_code", c.pl,
         p.last_result.http_status or 0)
     end
   end
   family("sonde_probe_runs_total", "counter", "Probe runs by result status.")
   for _, p in ipairs(probes) do
-    for _, st in ipairs { "success", "warning", "failure", "unknown" } do
-      local c = p.stats and p.stats.counts[st] or 0
-      sample("sonde_probe_runs_total", labels({ probe = p.name, kind = p.kind,
-        status = st }, { "probe", "kind", "status" }), c)
+    local c = probe_labels(p)
+    for _, st in ipairs(STATUSES) do
+      psample(c, "sonde_probe_runs_total", c.status[st],
+        p.stats and p.stats.counts[st] or 0)
     end
   end
   family("sonde_probe_state", "gauge", "1 for the probe's current state.")
   for _, p in ipairs(probes) do
-    for _, st in ipairs { "success", "failure", "unknown" } do
-      sample("sonde_probe_state", labels({ probe = p.name, kind = p.kind,
-        state = st }, { "probe", "kind", "state" }), p.state == st and 1 or 0)
+    local c = probe_labels(p)
+    for _, st in ipairs(STATES) do
+      psample(c, "sonde_probe_state", c.state[st], p.state == st and 1 or 0)
     end
   end
   family("sonde_probe_run_duration_seconds", "histogram",
     "Durations of probe runs.")
   for _, p in ipairs(probes) do
-    local s = p.stats
-    for i, b in ipairs(BUCKETS) do
-      sample("sonde_probe_run_duration_seconds_bucket", labels({ probe = p.name,
-        kind = p.kind, le = num(b) }, { "probe", "kind", "le" }),
+    local s, c = p.stats, probe_labels(p)
+    for i = 1, #BUCKETS do
+      psample(c, "sonde_probe_run_duration_seconds_bucket", c.le[i],
         s and s.buckets[i] or 0)
     end
-    sample("sonde_probe_run_duration_seconds_bucket", labels({ probe = p.name,
-      kind = p.kind, le = "+Inf" }, { "probe", "kind", "le" }), s and s.n or 0)
-    sample("sonde_probe_run_duration_seconds_sum", pl(p), s and s.sum or 0)
-    sample("sonde_probe_run_duration_seconds_count", pl(p), s and s.n or 0)
+    psample(c, "sonde_probe_run_duration_seconds_bucket", c.le_inf,
+      s and s.n or 0)
+    psample(c, "sonde_probe_run_duration_seconds_sum", c.pl, s and s.sum or 0)
+    psample(c, "sonde_probe_run_duration_seconds_count", c.pl, s and s.n or 0)
   end
   -- Nagios plugin performance data of each probe's last run
   local PERF = { { "sonde_perfdata", "value", "Plugin performance data value." },

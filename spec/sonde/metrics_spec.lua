@@ -132,3 +132,46 @@ describe("sonde.metrics label values", function()
     end
   end)
 end)
+
+describe("sonde.metrics.render", function()
+  local metrics = require "sonde.metrics"
+  local function probe(name)
+    return { name = name, kind = "readiness", handler = "exec",
+      state = "success", last_result = { duration = 0.01 } }
+  end
+
+  it("probes whose names print alike once escaped: each series once, the "
+    .. "first probe's", function()
+    local text = metrics.render({ services = {}, probes = {
+      probe("a\255"), probe("a\254"), probe("a\239\191\189"), probe("b") } })
+    local n = 0
+    for _ in text:gmatch('\nprobe_success{probe="a\239\191\189",kind="readiness"} 1') do
+      n = n + 1
+    end
+    assert.are.equal(1, n, text)
+    assert.is_truthy(text:find('\nprobe_success{probe="b",kind="readiness"} 1',
+      1, true))
+    -- every series once
+    local seen = {}
+    for line in text:gmatch("[^\n]+") do
+      if not line:find("^#") then
+        local series = line:match("^(.-) [^ ]+$")
+        assert.is_nil(seen[series], series)
+        seen[series] = true
+      end
+    end
+  end)
+
+  it("the same text, series for series, when rendered again (label sets "
+    .. "are kept per probe)", function()
+    local ps = { probe("x"), probe("y") }
+    metrics.observe(ps[1], { status = "failure", duration = 0.2 })
+    local a = metrics.render({ services = {}, probes = ps }):gsub("process_[^\n]*\n", "")
+    local b = metrics.render({ services = {}, probes = ps }):gsub("process_[^\n]*\n", "")
+    assert.are.equal(a, b)
+    assert.is_truthy(a:find('sonde_probe_runs_total{probe="x",kind="readiness",'
+      .. 'status="failure"} 1', 1, true), a)
+    assert.is_truthy(a:find('sonde_probe_run_duration_seconds_bucket{probe="x",'
+      .. 'kind="readiness",le="0.25"} 1', 1, true), a)
+  end)
+end)
