@@ -150,9 +150,14 @@ bench: deps
 # The soak: about 200 probes, half against hostile peers and commands, for
 # SOAK_SECONDS (60); prints figures and "N passed, N failed".
 SOAK_SECONDS ?= 60
+ifeq ($(SANITIZE),1)
+SOAK_SLACK  ?= 0.3
+else
+SOAK_SLACK  ?= 0.1
+endif
 soak: test-deps
 	$(MAKE) all $(FIXTURE)
-	SOAK_ENV='ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16 UBSAN_OPTIONS=print_stacktrace=1' \
+	SOAK_SLACK=$(SOAK_SLACK) SOAK_ENV='ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16 UBSAN_OPTIONS=print_stacktrace=1' \
 	  $(LUA) bench/soak.lua $(HOST) $(FIXTURE) $(SOAK_SECONDS)
 
 env:
