@@ -236,8 +236,8 @@ end
 --     Defaults: `User-Agent: sonde/<version>`, `Accept: */*`,
 --     `Connection: close`; a User-Agent or Accept of "" removes the line; a
 --     `Host` header sets the request host (the connection still goes to
---     `host`).  A value containing CR or LF fails the probe (reason
---     config) before anything is sent;
+--     `host`).  A value containing CR, LF or NUL is refused with the
+--     spec (raised, naming the field: it would inject a header line);
 --   * `method` (default "GET"), `body` (string);
 --   * `timeout`: seconds, > 0, default 1: one deadline for resolution,
 --     connect, TLS, every redirect hop, headers and body;

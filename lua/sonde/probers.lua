@@ -154,6 +154,11 @@ local function http_headers(ctx, h, field)
       fail(ctx, f .. ".name", "invalid header name %s (letters, digits and "
         .. "'-' only)", show(name))
     end
+    -- a CR or LF would start another header line (injection); NUL ends it
+    if value:find("[\r\n%z]") then
+      fail(ctx, f, "header %s: the value must not contain CR, LF or NUL",
+        canon)
+    end
     out[#out + 1] = { name = canon, value = value }
   end
   if next(h) == nil or math.type(next(h)) == "integer" or #h > 0 then
