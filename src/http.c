@@ -332,8 +332,14 @@ static void finish_status(struct http_op *h) {
   sonde_op_complete(&h->op);
 }
 
+/* Bytes of the URL a failure's message shows; the rest is cut ("...").  A
+ * target's redirect can make the URL as long as curl's header limit
+ * (100 KB), and the message goes into every log line of the run. */
+#define SHOWN_URL_MAX 2048
+
 /* A failure with a message: output = `<Method> "<url>": <err>` (Go's
- * client error shape), the URL's password masked. */
+ * client error shape), the URL's password masked and cut at SHOWN_URL_MAX
+ * bytes (`url` keeps it whole). */
 static void finish_error(struct http_op *h) {
   struct sonde_result *r = &h->op.res;
   const char *m = h->method ? h->method : "GET";
@@ -344,8 +350,12 @@ static void finish_error(struct http_op *h) {
   }
   set_result_url(h);
   char *out = NULL;
-  int n = asprintf(&out, "%c%s \"%s\": %s", m[0], m[0] ? m + 1 : "",
-                   r->url ? r->url : "", r->error ? r->error : "error");
+  const char *url = r->url ? r->url : "";
+  size_t ulen = strlen(url);
+  int shown = ulen > SHOWN_URL_MAX ? SHOWN_URL_MAX : (int)ulen;
+  int n = asprintf(&out, "%c%s \"%.*s%s\": %s", m[0], m[0] ? m + 1 : "",
+                   shown, url, ulen > SHOWN_URL_MAX ? "..." : "",
+                   r->error ? r->error : "error");
   if (n >= 0) {
     for (int i = 1; out[i] && out[i] != ' '; i++)
       out[i] = (char)tolower((unsigned char)out[i]);

@@ -167,6 +167,16 @@ describe("curl probers under attack", function()
       assert.matches("admin:xxxxx@", r.output, 1, true)
     end)
 
+    it("a failure's message shows at most 2048 bytes of a long redirect "
+      .. "location (url keeps it whole)", function()
+      local to = ("http://127.0.0.1:%d/close?%s"):format(srv.port, ("a"):rep(6000))
+      local r = http { url = srv:url("/redirect?to=" .. helpers.urlencode(to)) }
+      assert.are.same({ "failure", 1 }, { r.status, r.redirects })
+      assert.is_true(#r.output < 2200, tostring(#r.output))
+      assert.matches('^Get "http://127%.0%.0%.1:%d+/close%?a+%.%.%.": Empty reply', r.output)
+      assert.are.equal(to, r.url)
+    end)
+
     it("a user without a password is shown as it is (Go's Redacted)", function()
       local r = http { url = ("http://someone@127.0.0.1:%d/close"):format(srv.port) }
       assert.matches(("\"http://someone@127.0.0.1:%d/close\""):format(srv.port), r.output, 1, true)
