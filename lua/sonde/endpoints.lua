@@ -85,6 +85,14 @@ local function query_arg(query, name)
   end
 end
 
+-- A name as text bodies show it: valid UTF-8 (U+FFFD for a bad byte),
+-- control bytes as `\xHH`, so a line is a line (a probe name is the
+-- script's, a requested one the client's).
+local function text(s)
+  s = json.valid_utf8(s, "\u{FFFD}")
+  return (s:gsub("%c", function(c) return ("\\x%02X"):format(c:byte()) end))
+end
+
 local function find(cfg, name, kind)
   local p = cfg.probe_by_name[name]
   if p and p.kind == kind then return p end
@@ -110,7 +118,7 @@ function M.route(cfg, method, path, query)
     local bad = {}
     for _, p in ipairs(cfg.probes) do
       if p.kind == "readiness" and p.state ~= "success" then
-        bad[#bad + 1] = p.name
+        bad[#bad + 1] = text(p.name)
       end
     end
     if #bad == 0 then return 200, "ok\n" end
@@ -127,7 +135,9 @@ function M.route(cfg, method, path, query)
   local kind = which == "ready" and "readiness" or which == "live" and "liveness"
   if kind then
     local p = find(cfg, name, kind)
-    if not p then return 404, "no " .. kind .. " probe named " .. name .. "\n" end
+    if not p then
+      return 404, "no " .. kind .. " probe named " .. text(name) .. "\n"
+    end
     if p.state == "success" then return 200, "ok\n" end
     return 503, p.state .. "\n"
   end

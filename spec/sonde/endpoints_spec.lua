@@ -512,3 +512,23 @@ describe("--listen", function()
     assert.is_true(helpers.gone(pids[1]), "service " .. pids[1] .. " still there")
   end)
 end)
+
+describe("sonde.endpoints.route: text bodies", function()
+  local endpoints = require "sonde.endpoints"
+
+  it("a name in /readyz's list or a 404 is valid UTF-8 on one line, "
+    .. "whatever bytes the script or the client gave", function()
+    local p = { name = "a\nb\255", kind = "readiness", state = "failure" }
+    local cfg = { probes = { p }, probe_by_name = { [p.name] = p },
+      services = {} }
+    local status, body = endpoints.route(cfg, "GET", "/readyz")
+    assert.are.equal(503, status)
+    assert.are.equal("not ready:\na\\x0Ab\u{FFFD}\n", body)
+    status, body = endpoints.route(cfg, "GET", "/readyz/x%0Ay%FF%00")
+    assert.are.equal(404, status)
+    assert.are.equal("no readiness probe named x\\x0Ay\u{FFFD}\\x00\n", body)
+    -- the probe is still found by its own bytes
+    status = endpoints.route(cfg, "GET", "/readyz/a%0Ab%FF")
+    assert.are.equal(503, status)
+  end)
+end)
