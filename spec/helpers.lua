@@ -35,6 +35,8 @@
 --   H.procs(filter)            processes whose stat (with .cmd) pass filter
 --   H.procs_in_groups(pgids)   processes in these process groups
 --   H.procs_matching(pattern)  processes whose command line matches
+--   H.tags()                   unique numbers for command lines: :new(base)
+--                              :add(t) :left(t) :left_all(list) :kill()
 --   H.zombies_of([ppid])       zombie children of ppid (default: us)
 --   H.pids_of(list)            the pids of a list of processes
 --   H.describe_procs(list)     a list of processes as text, for messages
@@ -109,6 +111,9 @@
 --   H.head_lines(head) H.header_lines(head, name) H.request_line(head)
 --   H.request_target(head)     a logged request head, taken apart
 --   H.urlencode(s)
+--   H.self_signed(dir)         dir/cert.pem, dir/key.pem for 127.0.0.1
+--   H.tls_server(dir)          openssl s_server -www with them: { port,
+--                              pid, stop() }
 --
 -- systemd's notify socket (spec/support/notify.lua)
 --   H.notify_listener(dir[, name[, secs]])  a Listener with :messages()
@@ -357,6 +362,45 @@ function H.procs_matching(pattern)
     st.cmd = cmdline(st.pid)
     return st.cmd and st.cmd ~= "ls -1 /proc" and st.cmd:find(pattern)
   end)
+end
+
+--- Unique numbers to put in command lines ("301.123456", e.g. as a
+-- `sleep` duration), to find or clean up what a spec started:
+-- `tags.new(base)` makes and remembers one (`tags.add(t)` remembers one
+-- made otherwise); `tags.left(t)` the live
+-- processes (zombies left out) whose command line holds `t`;
+-- `tags.left_all(list)` the same for every tag of `list`; `tags.kill()`
+-- SIGKILLs, by pid, whatever still carries a remembered tag, and forgets
+-- them (for after_each).
+function H.tags()
+  local tags, made = {}, {}
+  function tags.new(base)
+    local t = string.format("%d.%06d", base, math.random(0, 999999))
+    made[#made + 1] = t
+    return t
+  end
+  function tags.add(t) made[#made + 1] = t end
+  function tags.left(t)
+    local live = {}
+    for _, p in ipairs(H.procs_matching(t:gsub("%p", "%%%0"))) do
+      if p.state ~= "Z" then live[#live + 1] = p end
+    end
+    return live
+  end
+  function tags.left_all(list)
+    local all = {}
+    for _, t in ipairs(list) do
+      for _, p in ipairs(tags.left(t)) do all[#all + 1] = p end
+    end
+    return all
+  end
+  function tags.kill()
+    for _, p in ipairs(tags.left_all(made)) do
+      os.execute(string.format("kill -KILL %d 2>/dev/null", p.pid))
+    end
+    made = {}
+  end
+  return tags
 end
 
 function H.zombies_of(ppid)

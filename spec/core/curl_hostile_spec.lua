@@ -297,23 +297,8 @@ describe("curl error text from a hostile certificate", function()
       .. " openssl req -x509 -newkey rsa:2048 -nodes -days 2 -config " .. q(dir .. "/req.cnf")
       .. " -keyout " .. q(dir .. "/key.pem") .. " -out " .. q(dir .. "/cert.pem")
       .. " >/dev/null 2>&1"), "openssl req failed")
-    for _ = 1, 20 do
-      port = math.random(20000, 60000)
-      local out = dir .. "/server.out"
-      local p = io.popen("openssl s_server -accept 127.0.0.1:" .. port
-        .. " -cert " .. q(dir .. "/cert.pem") .. " -key " .. q(dir .. "/key.pem")
-        .. " -www > " .. q(out) .. " 2>&1 & echo $!")
-      pid = tonumber(p:read("l"))
-      p:close()
-      local ok = helpers.eventually(function()
-        local text = helpers.read_file(out) or ""
-        return text:find("ACCEPT", 1, true) or text:find("error", 1, true)
-      end, 5)
-      if ok and (helpers.read_file(out) or ""):find("ACCEPT", 1, true) then return end
-      os.execute("kill " .. pid .. " 2>/dev/null")
-      pid = nil
-    end
-    error("could not start openssl s_server")
+    local server = helpers.tls_server(dir)
+    pid, port = server.pid, server.port
   end)
 
   lazy_teardown(function()

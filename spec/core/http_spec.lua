@@ -633,30 +633,9 @@ describe("https", function()
 
   lazy_setup(function()
     dir = helpers.tmpdir()
-    assert(os.execute("openssl req -x509 -newkey rsa:2048 -nodes -days 2"
-      .. " -keyout " .. q(dir .. "/key.pem") .. " -out " .. q(dir .. "/cert.pem")
-      .. " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
-      .. " >/dev/null 2>&1"), "openssl req failed")
-    -- find a free port: try a few until s_server says ACCEPT
-    for _ = 1, 20 do
-      port = math.random(20000, 60000)
-      local out = dir .. "/server.out"
-      local p = io.popen("openssl s_server -accept 127.0.0.1:" .. port
-        .. " -cert " .. q(dir .. "/cert.pem") .. " -key " .. q(dir .. "/key.pem")
-        .. " -www > " .. q(out) .. " 2>&1 & echo $!")
-      pid = tonumber(p:read("l"))
-      p:close()
-      local ok = helpers.eventually(function()
-        local text = helpers.read_file(out) or ""
-        return text:find("ACCEPT", 1, true) or text:find("error", 1, true)
-      end, 5)
-      if ok and (helpers.read_file(out) or ""):find("ACCEPT", 1, true) then
-        return
-      end
-      os.execute("kill " .. pid .. " 2>/dev/null")
-      pid = nil
-    end
-    error("could not start openssl s_server")
+    helpers.self_signed(dir)
+    local server = helpers.tls_server(dir)
+    pid, port = server.pid, server.port
   end)
 
   lazy_teardown(function()

@@ -169,4 +169,39 @@ return function(H)
   function H.request_target(head)
     return (H.request_line(head) or ""):match("^%S+ (%S+) ")
   end
+
+  --- A self-signed certificate for 127.0.0.1 (CN and subjectAltName):
+  -- dir/cert.pem and dir/key.pem.
+  function H.self_signed(dir)
+    assert(os.execute("openssl req -x509 -newkey rsa:2048 -nodes -days 2"
+      .. " -keyout " .. q(dir .. "/key.pem") .. " -out " .. q(dir .. "/cert.pem")
+      .. " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+      .. " >/dev/null 2>&1"), "openssl req failed")
+  end
+
+  --- `openssl s_server -www` on 127.0.0.1 with dir/cert.pem and
+  -- dir/key.pem, on a free port (tries random ones until it says ACCEPT).
+  -- @treturn table { port, pid, stop = function() }
+  function H.tls_server(dir)
+    local out = dir .. "/server.out"
+    for _ = 1, 20 do
+      local port = math.random(20000, 60000)
+      local p = io.popen("openssl s_server -accept 127.0.0.1:" .. port
+        .. " -cert " .. q(dir .. "/cert.pem") .. " -key " .. q(dir .. "/key.pem")
+        .. " -www > " .. q(out) .. " 2>&1 & echo $!")
+      local pid = tonumber(p:read("l"))
+      p:close()
+      local ok = H.eventually(function()
+        local text = H.read_file(out) or ""
+        return text:find("ACCEPT", 1, true) or text:find("error", 1, true)
+      end, 5)
+      if ok and (H.read_file(out) or ""):find("ACCEPT", 1, true) then
+        return { port = port, pid = pid, stop = function()
+          os.execute("kill " .. pid .. " 2>/dev/null")
+        end }
+      end
+      os.execute("kill " .. pid .. " 2>/dev/null")
+    end
+    error("could not start openssl s_server", 2)
+  end
 end

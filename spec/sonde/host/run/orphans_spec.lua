@@ -20,38 +20,13 @@ local function lit(list)
 end
 
 describe("host: escaped descendants", function()
-  local tags = {}
-
-  -- A unique sleep duration: "<base>.<random>".
-  local function tag(base)
-    local t = string.format("%d.%06d", base, math.random(0, 999999))
-    tags[#tags + 1] = t
-    return t
-  end
-
-  -- Live processes whose command line holds `t`.
-  local function left_with(t)
-    local live = {}
-    for _, p in ipairs(helpers.procs_matching(t:gsub("%p", "%%%0"))) do
-      if p.state ~= "Z" then live[#live + 1] = p end
-    end
-    return live
-  end
-
-  local function left_all(list)
-    local all = {}
-    for _, t in ipairs(list) do
-      for _, p in ipairs(left_with(t)) do all[#all + 1] = p end
-    end
-    return all
-  end
+  -- unique sleep durations "<base>.<random>" (spec/helpers.lua)
+  local tags = helpers.tags()
+  local tag, left_with, left_all = tags.new, tags.left, tags.left_all
 
   after_each(function()
     helpers.cleanup_hosts()
-    for _, p in ipairs(left_all(tags)) do
-      os.execute(string.format("kill -KILL %d 2>/dev/null", p.pid))
-    end
-    tags = {}
+    tags.kill()
   end)
 
   local function start(path)

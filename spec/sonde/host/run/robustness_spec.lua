@@ -30,33 +30,15 @@ local function zombies_of(ppid)
 end
 
 describe("host robustness", function()
-  local tags = {}
-
-  -- A unique number for a command line ("1000.123456"): teardown kills
-  -- (by pid) whatever process still has it in its command line, in case a
-  -- broken host left a service or a probe command behind.
-  local function tag(base)
-    local t = string.format("%d.%06d", base, math.random(0, 999999))
-    tags[#tags + 1] = t
-    return t
-  end
-
-  local function left_with(t)
-    local live = {}
-    for _, p in ipairs(helpers.procs_matching(t:gsub("%p", "%%%0"))) do
-      if p.state ~= "Z" then live[#live + 1] = p end
-    end
-    return live
-  end
+  -- unique numbers for command lines ("1000.123456"): after_each kills
+  -- (by pid) whatever process still has one, in case a broken host left a
+  -- service or a probe command behind (spec/helpers.lua)
+  local tags = helpers.tags()
+  local tag, left_with = tags.new, tags.left
 
   after_each(function()
     helpers.cleanup_hosts()
-    for _, t in ipairs(tags) do
-      for _, p in ipairs(left_with(t)) do
-        os.execute(string.format("kill -KILL %d 2>/dev/null", p.pid))
-      end
-    end
-    tags = {}
+    tags.kill()
   end)
 
   local function start(path)
@@ -386,7 +368,7 @@ describe("host robustness", function()
     -- the command carries the generation: sleep 1000.N, then 1001.N
     local t1 = tag(1000)
     local t2 = "1001" .. t1:sub(5)
-    tags[#tags + 1] = t2
+    tags.add(t2)
     local function v(arg)
       return string.format([[
         local sonde = require "sonde"
