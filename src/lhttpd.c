@@ -330,6 +330,11 @@ static void on_request(struct evhttp_request *req, void *arg) {
     lua_settop(L, top);
   }
   if (status < 100 || status > 599) status = 500;
+  /* RFC 9110 15.5.6: a 405 names the methods allowed; the endpoints
+   * (sonde.endpoints) answer GET and HEAD only */
+  if (status == 405)
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                      "GET, HEAD");
   if (!s->closing) {              /* the next request's deadline */
     struct conn *c = conn_of(s, req);
     if (c && c->deadline) evtimer_add(c->deadline, &s->request_tv);
