@@ -34,6 +34,8 @@
 --   H.proc_stat(pid)           { pid, comm, state, ppid, pgid, sid } or nil
 --   H.procs(filter)            processes whose stat (with .cmd) pass filter
 --   H.procs_in_groups(pgids)   processes in these process groups
+--   H.sockets_of(pid)          sockets process pid holds open
+--   H.cpu_seconds([pid])       user + system CPU seconds it has used
 --   H.procs_matching(pattern)  processes whose command line matches
 --   H.tags()                   unique numbers for command lines: :new(base)
 --                              :add(t) :left(t) :left_all(list) :kill()
@@ -455,6 +457,28 @@ end
 
 function H.fd_list()
   return select(2, H.sh("ls -l /proc/" .. H.pid() .. "/fd"))
+end
+
+--- Sockets process `pid` holds open.
+function H.sockets_of(pid)
+  local p = assert(io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null"))
+  local n = 0
+  for line in p:lines() do
+    if line:find("socket:", 1, true) then n = n + 1 end
+  end
+  p:close()
+  return n
+end
+
+local clk_tck
+--- CPU seconds (user + system) process `pid` (default: this one) has used.
+function H.cpu_seconds(pid)
+  clk_tck = clk_tck or tonumber((select(2, H.sh("getconf CLK_TCK")))) or 100
+  local st = assert(read_file("/proc/" .. (pid or H.pid()) .. "/stat"))
+  local f = {}
+  for w in st:match("%) (.*)$"):gmatch("%S+") do f[#f + 1] = w end
+  -- fields 14 and 15 of stat (utime, stime); f[1] is field 3
+  return (tonumber(f[12]) + tonumber(f[13])) / clk_tck
 end
 
 function H.rss_kb()

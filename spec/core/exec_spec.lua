@@ -248,13 +248,7 @@ describe("sonde.exec", function()
     -- A flooding pipe is paused between two bounded reads: the engine
     -- reads at most 64 KiB per 5 ms of it and the writer waits.
     it("yes for its whole timeout: the engine spends little CPU on it", function()
-      local hz = tonumber((select(2, helpers.sh("getconf CLK_TCK")))) or 100
-      local function cpu()
-        local s = helpers.read_file("/proc/self/stat")
-        local f = {}
-        for w in s:match("%) (.*)$"):gmatch("%S+") do f[#f + 1] = w end
-        return (tonumber(f[12]) + tonumber(f[13])) / hz   -- utime + stime
-      end
+      local cpu = helpers.cpu_seconds
       local c0, t0 = cpu(), helpers.now()
       local r = exec { command = { "yes" }, timeout = 1 }
       local used, wall = cpu() - c0, helpers.now() - t0

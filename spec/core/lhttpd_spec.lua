@@ -81,13 +81,7 @@ end
 
 -- Sockets the server holds open.
 function Server:sockets()
-  local p = assert(io.popen("ls -l /proc/" .. self.pid .. "/fd 2>/dev/null"))
-  local n = 0
-  for line in p:lines() do
-    if line:find("socket:", 1, true) then n = n + 1 end
-  end
-  p:close()
-  return n
+  return helpers.sockets_of(self.pid)
 end
 
 -- Every client socket, closed after each test (a socket left to the

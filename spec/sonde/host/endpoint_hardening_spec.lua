@@ -13,33 +13,7 @@ local fetch, listen_port = helpers.fetch, helpers.listen_port
 
 local CAP = require("sonde.endpoints").limits.max_connections
 
-local function clk_tck()
-  local p = assert(io.popen("getconf CLK_TCK"))
-  local n = tonumber(p:read("l"))
-  p:close()
-  return n or 100
-end
-
--- CPU seconds (user + system) process `pid` used so far.
-local function cpu_seconds(pid)
-  local s = assert(helpers.read_file("/proc/" .. pid .. "/stat"))
-  local rest = s:match("^%d+ %(.*%) (.*)$")
-  local f = {}
-  for w in rest:gmatch("%S+") do f[#f + 1] = w end
-  -- fields 14 and 15 of stat (utime, stime); f[1] is field 3
-  return (tonumber(f[12]) + tonumber(f[13])) / clk_tck()
-end
-
--- Sockets process `pid` holds open.
-local function sockets(pid)
-  local p = assert(io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null"))
-  local n = 0
-  for line in p:lines() do
-    if line:find("socket:", 1, true) then n = n + 1 end
-  end
-  p:close()
-  return n
-end
+local cpu_seconds, sockets = helpers.cpu_seconds, helpers.sockets_of
 
 -- A connection started without waiting for it to be accepted.
 local function open(port)
