@@ -105,9 +105,9 @@ local function exec_prepare(ctx, spec)
   for i, a in ipairs(s.command) do opts.argv[i] = core.expand(a, env) end
   -- what messages show: the command as written, never the values of env
   -- it was expanded with (sonde.redact.exec_result)
-  opts.shown = { shown = table.concat(s.command, " "),
-    cmdline = table.concat(opts.argv, " "), shown0 = s.command[1],
-    argv0 = opts.argv[1] }
+  opts.written = { command = table.concat(s.command, " "),
+    argv0 = s.command[1], expanded = table.concat(opts.argv, " "),
+    expanded0 = opts.argv[1] }
   local child = {}
   for k, v in pairs(env) do child[k] = v end
   for k, v in pairs(s.env_data or {}) do child[k] = v end
@@ -125,12 +125,12 @@ end
 -- (summary, long_output, perfdata: see sonde.nagios).  Messages echo the
 -- command as written (sonde.redact.exec_result).
 local function exec_start(opts, cb)
-  local shown = opts.shown
+  local written = opts.written
   if not opts.nagios then
-    return core.exec(opts, function(r) cb(redact.exec_result(r, shown)) end)
+    return core.exec(opts, function(r) cb(redact.exec_result(r, written)) end)
   end
   return core.exec(opts, function(r)
-    cb(nagios.annotate(redact.exec_result(r, shown)))
+    cb(nagios.annotate(redact.exec_result(r, written)))
   end)
 end
 

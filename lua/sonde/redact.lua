@@ -108,21 +108,20 @@ end
 -- argv[0]), the expanded form, which may hold values of `env`, is put back
 -- to the command as written (`$(TOKEN)`).  Changes `r` in place.
 -- @tparam table r a result of the exec prober
--- @tparam table shown { cmdline = expanded, shown = as written,
---   argv0 = expanded argv[0], shown0 = argv[0] as written }
+-- @tparam table w the command { command = as written, argv0 = argv[0] as
+--   written, expanded = the command expanded, expanded0 = argv[0]
+--   expanded } (sonde.probers makes it: opts.written)
 -- @treturn table r
-function M.exec_result(r, shown)
-  if shown.cmdline == shown.shown and shown.argv0 == shown.shown0 then
-    return r
-  end
+function M.exec_result(r, w)
+  if w.expanded == w.command and w.expanded0 == w.argv0 then return r end
   local e = r.error
   if type(e) ~= "string" then return r end
   local same = r.output == e        -- the message stands in for no output
-  e = M.replace(e, shown.cmdline, shown.shown)
+  e = M.replace(e, w.expanded, w.command)
   -- a start-time failure: "<argv0>: No such file or directory"
-  if shown.argv0 ~= shown.shown0
-      and sub(e, 1, #shown.argv0 + 2) == shown.argv0 .. ": " then
-    e = shown.shown0 .. sub(e, #shown.argv0 + 1)
+  if w.expanded0 ~= w.argv0
+      and sub(e, 1, #w.expanded0 + 2) == w.expanded0 .. ": " then
+    e = w.argv0 .. sub(e, #w.expanded0 + 1)
   end
   r.error = e
   if same then r.output = e end

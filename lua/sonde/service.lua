@@ -262,12 +262,12 @@ function Service:start()
   self.state = "running"
   self.pid = core.exec_pid(self.op)
   log.event("info", "service_start", { service = self.name, pid = self.pid,
-    instance = instance, command = self.opts.shown.shown })
+    instance = instance, command = self.opts.written.command })
   for _, p in ipairs(self.probes) do p:instance_started() end
 end
 
 function Service:exited(r, instance)
-  redact.exec_result(r, self.opts.shown)       -- argv as written, no secrets
+  redact.exec_result(r, self.opts.written)       -- argv as written, no secrets
   local uptime = core.now() - self.started_at
   -- what it left behind (escaped its process group) ends with it: SIGTERM,
   -- SIGKILL after grace; another service's or instance's is not touched
