@@ -51,7 +51,7 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/tcp.c src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
-               src/ldeadline.c src/logq.c
+               src/ldeadline.c src/logq.c src/worker.c src/lworker.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so
@@ -69,7 +69,7 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsond
 # The module does not link liblua: the interpreter that loads it provides it.
 $(MODULE): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS)
+	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS) -lm
 
 # The host exports Lua's symbols (-Wl,-E) so that C modules it loads link.
 $(HOST): $(HOST_OBJ) $(CORE_OBJ)

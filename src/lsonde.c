@@ -75,7 +75,7 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
 }
 
 /* Push the result table.  Raises only on memory errors. */
-static void push_result(lua_State *L, const struct sonde_result *r) {
+void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
   int is_exec = strcmp(r->kind, "exec") == 0;
   int is_http = strcmp(r->kind, "http") == 0;
   lua_createtable(L, 0, 12);
@@ -189,7 +189,7 @@ int sonde_lua_pcall(struct lcore *c, int nargs, int nres) {
 static int deliver(lua_State *L) {
   const struct sonde_result *r = lua_touserdata(L, 2);
   lua_settop(L, 1);
-  push_result(L, r);
+  sonde_lua_push_result(L, r);
   lua_call(L, 1, 0);
   return 0;
 }
@@ -316,6 +316,37 @@ static sonde_status status_of(lua_State *L, const char *s) {
 
 /* ---- probers -------------------------------------------------------------- */
 
+/* Read core.exec's options (below) from the table at index t; see
+ * lsonde.h. */
+int sonde_lua_exec_opts(lua_State *L, int t, struct sonde_exec_opts *o) {
+  int top = lua_gettop(L);
+  sonde_exec_opts_init(o);
+  o->argv = opt_strv(L, t, "argv", 1);
+  o->envp = opt_strv(L, t, "env", 0);
+  if (!o->argv[0]) return luaL_error(L, "sonde.core: argv: empty");
+  o->cwd = opt_str(L, t, "cwd", NULL);
+  o->input = opt_str(L, t, "input", &o->input_len);
+  o->timeout = opt_num(L, t, "timeout", o->timeout);
+  o->kill_grace = opt_num(L, t, "kill_grace", o->kill_grace);
+  o->max_output = (size_t)opt_num(L, t, "max_output", (double)o->max_output);
+  const char *ts = opt_str(L, t, "timeout_status", NULL);
+  if (ts) o->timeout_status = status_of(L, ts);
+  if (lua_getfield(L, t, "codes") == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "default") == LUA_TSTRING) {
+      sonde_status d = status_of(L, lua_tostring(L, -1));
+      for (int i = 0; i < 256; i++) o->codes[i] = d;
+    }
+    lua_pop(L, 1);
+    for (int i = 0; i < 256; i++) {
+      if (lua_rawgeti(L, -1, i) == LUA_TSTRING)
+        o->codes[i] = status_of(L, lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return lua_gettop(L) - top;
+}
+
 /* core.exec(opts, cb [, on_output]) -> id.  opts: argv, env ("K=V"
  * array), cwd, timeout (0: none), kill_grace, max_output, codes (table
  * code -> status, plus `default`), timeout_status, input (string written
@@ -330,30 +361,7 @@ static int l_core_exec(lua_State *L) {
   int streaming = !lua_isnil(L, 3);
   if (streaming) luaL_checktype(L, 3, LUA_TFUNCTION);
   struct sonde_exec_opts o;
-  sonde_exec_opts_init(&o);
-  o.argv = opt_strv(L, 1, "argv", 1);
-  o.envp = opt_strv(L, 1, "env", 0);
-  if (!o.argv[0]) return luaL_error(L, "sonde.core: argv: empty");
-  o.cwd = opt_str(L, 1, "cwd", NULL);
-  o.input = opt_str(L, 1, "input", &o.input_len);
-  o.timeout = opt_num(L, 1, "timeout", o.timeout);
-  o.kill_grace = opt_num(L, 1, "kill_grace", o.kill_grace);
-  o.max_output = (size_t)opt_num(L, 1, "max_output", (double)o.max_output);
-  const char *ts = opt_str(L, 1, "timeout_status", NULL);
-  if (ts) o.timeout_status = status_of(L, ts);
-  if (lua_getfield(L, 1, "codes") == LUA_TTABLE) {
-    if (lua_getfield(L, -1, "default") == LUA_TSTRING) {
-      sonde_status d = status_of(L, lua_tostring(L, -1));
-      for (int i = 0; i < 256; i++) o.codes[i] = d;
-    }
-    lua_pop(L, 1);
-    for (int i = 0; i < 256; i++) {
-      if (lua_rawgeti(L, -1, i) == LUA_TSTRING)
-        o.codes[i] = status_of(L, lua_tostring(L, -1));
-      lua_pop(L, 1);
-    }
-  }
-  lua_pop(L, 1);
+  sonde_lua_exec_opts(L, 1, &o);
   if (streaming) {
     o.on_output = call_output;
     o.output_arg = c;
@@ -395,42 +403,40 @@ static int l_core_terminate(lua_State *L) {
   return 1;
 }
 
-/* core.http(opts, cb) -> id.  opts: url, method, body, headers (array of
+/* Read core.http's options from the table at index t (see lsonde.h):
+ * url, method, body, headers (array of
  * {name, value}, names canonical), user_agent, timeout, max_body,
  * max_redirects, follow_redirects ("same-host" | "same-origin" | "none",
  * see sonde/http.h), tls_verify, ca_file. */
-static int l_core_http(lua_State *L) {
-  struct lcore *c = sonde_lua_core(L);
-  luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  struct sonde_http_opts o;
-  sonde_http_opts_init(&o);
-  o.url = opt_str(L, 1, "url", NULL);
-  if (!o.url) return luaL_error(L, "sonde.core: url: string expected");
-  const char *m = opt_str(L, 1, "method", NULL);
-  if (m) o.method = m;
-  o.body = opt_str(L, 1, "body", &o.body_len);
-  const char *ua = opt_str(L, 1, "user_agent", NULL);
-  if (ua) o.user_agent = ua;
-  o.timeout = opt_num(L, 1, "timeout", o.timeout);
-  o.max_body = (size_t)opt_num(L, 1, "max_body", (double)o.max_body);
-  o.max_redirects = (int)opt_num(L, 1, "max_redirects", o.max_redirects);
-  const char *fr = opt_str(L, 1, "follow_redirects", NULL);
+int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
+  int top = lua_gettop(L);
+  sonde_http_opts_init(o);
+  o->url = opt_str(L, t, "url", NULL);
+  if (!o->url) return luaL_error(L, "sonde.core: url: string expected");
+  const char *m = opt_str(L, t, "method", NULL);
+  if (m) o->method = m;
+  o->body = opt_str(L, t, "body", &o->body_len);
+  const char *ua = opt_str(L, t, "user_agent", NULL);
+  if (ua) o->user_agent = ua;
+  o->timeout = opt_num(L, t, "timeout", o->timeout);
+  o->max_body = (size_t)opt_num(L, t, "max_body", (double)o->max_body);
+  o->max_redirects = (int)opt_num(L, t, "max_redirects", o->max_redirects);
+  const char *fr = opt_str(L, t, "follow_redirects", NULL);
   if (fr) {
     static const char *const names[] = {"same-host", "same-origin", "none",
                                         NULL};
     lua_pushstring(L, fr);
-    o.follow_redirects = luaL_checkoption(L, -1, NULL, names);
+    o->follow_redirects = luaL_checkoption(L, -1, NULL, names);
     lua_pop(L, 1);
   }
-  o.ca_file = opt_str(L, 1, "ca_file", NULL);
-  lua_getfield(L, 1, "tls_verify");
-  o.tls_verify = lua_toboolean(L, -1);
+  o->ca_file = opt_str(L, t, "ca_file", NULL);
+  lua_getfield(L, t, "tls_verify");
+  o->tls_verify = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  struct sonde_header *hv = NULL;
-  if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+  if (lua_getfield(L, t, "headers") == LUA_TTABLE) {
     lua_Integer n = luaL_len(L, -1);
-    hv = lua_newuserdatauv(L, sizeof *hv * (size_t)(n + 1), 0);
+    struct sonde_header *hv =
+        lua_newuserdatauv(L, sizeof *hv * (size_t)(n + 1), 0);
     for (lua_Integer i = 1; i <= n; i++) {
       lua_rawgeti(L, -2, i);
       luaL_checktype(L, -1, LUA_TTABLE);
@@ -444,23 +450,38 @@ static int l_core_http(lua_State *L) {
       hv[i - 1].value = (char *)lua_tostring(L, -1);
       lua_pop(L, 3);
     }
-    o.headers = hv;
-    o.nheaders = (size_t)n;
+    o->headers = hv;
+    o->nheaders = (size_t)n;
   }
+  return lua_gettop(L) - top;
+}
+
+/* core.http(opts, cb) -> id (options: see above). */
+static int l_core_http(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_http_opts o;
+  sonde_lua_http_opts(L, 1, &o);
   uint64_t id = sonde_http_start(c->loop, &o, call_back, c);
   return started(L, c, id, 2);
 }
 
-/* core.tcp(opts, cb) -> id.  opts: host, port, timeout. */
+/* Read core.tcp's options (host, port, timeout) from the table at t. */
+void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
+  o->host = opt_str(L, t, "host", NULL);
+  if (!o->host) luaL_error(L, "sonde.core: host: string expected");
+  o->port = (long)opt_num(L, t, "port", 0);
+  o->timeout = opt_num(L, t, "timeout", 1);
+}
+
+/* core.tcp(opts, cb) -> id */
 static int l_core_tcp(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   struct sonde_tcp_opts o;
-  o.host = opt_str(L, 1, "host", NULL);
-  if (!o.host) return luaL_error(L, "sonde.core: host: string expected");
-  o.port = (long)opt_num(L, 1, "port", 0);
-  o.timeout = opt_num(L, 1, "timeout", 1);
+  sonde_lua_tcp_opts(L, 1, &o);
   return started(L, c, sonde_tcp_start(c->loop, &o, call_back, c), 2);
 }
 
@@ -759,6 +780,10 @@ int luaopen_sonde_core(lua_State *L) {
   lua_pushvalue(L, -2);                   /* module table */
   lua_pushvalue(L, -2);                   /* loop userdata */
   sonde_open_httpd(L);
+  lua_pop(L, 1);
+  lua_pushvalue(L, -2);                   /* module table */
+  lua_pushvalue(L, -2);                   /* loop userdata */
+  sonde_open_worker(L);
   lua_pop(L, 1);
   luaL_setfuncs(L, core_funcs, 1);        /* upvalue: the loop userdata */
   sonde_open_procstat(L);

@@ -16,6 +16,7 @@
 #include <signal.h>
 
 #include "sonde/loop.h"
+#include "sonde/worker.h"
 
 struct event;
 
@@ -27,6 +28,7 @@ struct lcore {
   lua_State *main;          /* the main thread: every callback runs on it */
   int running;              /* a core.run() is in progress */
   int err_ref;              /* registry ref of a callback error, or NOREF */
+  struct sonde_sched_stats sched; /* its workers' schedule (lworker.c) */
 };
 
 /* The lcore of the calling core function; raises if the loop is closed. */
@@ -48,6 +50,30 @@ lua_State *sonde_lua_thread(struct lcore *c);
  * is stopped.  Pops the function and its arguments.
  */
 int sonde_lua_pcall(struct lcore *c, int nargs, int nres);
+
+struct sonde_result;
+struct sonde_exec_opts;
+struct sonde_http_opts;
+struct sonde_tcp_opts;
+
+/* Push a prober's result as the table core's callbacks get. */
+void sonde_lua_push_result(lua_State *L, const struct sonde_result *r);
+
+/*
+ * Read the options of core.exec / core.http / core.tcp from the table at
+ * index t into *o (raises on misuse).  Strings are not copied: they stay
+ * anchored in that table, and vectors (argv, env, headers) in values the
+ * readers push on the stack; the exec and http readers return how many
+ * they pushed.  Keep the table unchanged and those values referenced for
+ * as long as *o is used.
+ */
+int sonde_lua_exec_opts(lua_State *L, int t, struct sonde_exec_opts *o);
+int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o);
+void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o);
+
+/* Register core.worker, core.schedule_stats, core.step and
+ * core.next_slot (lworker.c): stack [module, loop] -> [module]. */
+void sonde_open_worker(lua_State *L);
 
 /* Register core.listen / core.unlisten: stack [module, loop] -> [module]. */
 void sonde_open_httpd(lua_State *L);

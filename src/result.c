@@ -25,6 +25,16 @@ const char *sonde_reason_name(sonde_reason r) {
   return (unsigned)r < SONDE_R__COUNT ? reason_names[r] : "unknown";
 }
 
+void sonde_result_take(struct sonde_result *dst,
+                       const struct sonde_result *r) {
+  /* the callback's result belongs to the finished operation, which only
+   * clears it once the callback has returned */
+  struct sonde_result *src = (struct sonde_result *)(uintptr_t)r;
+  sonde_result_clear(dst);
+  *dst = *src;
+  memset(src, 0, sizeof *src);
+}
+
 void sonde_result_clear(struct sonde_result *r) {
   free(r->output);
   free(r->error);

@@ -101,6 +101,11 @@ const char *sonde_reason_name(sonde_reason r);
 /* Free everything a result owns and zero it.  Safe on a zeroed result. */
 void sonde_result_clear(struct sonde_result *r);
 
+/* Move everything `r` owns into *dst (cleared first) and leave `r` zeroed.
+ * A result callback may take its result this way instead of copying it:
+ * the prober then has nothing of it left to free. */
+void sonde_result_take(struct sonde_result *dst, const struct sonde_result *r);
+
 /* Replace r->output with a copy of the given bytes.  Returns 0, or -1 when
  * out of memory (output left unchanged). */
 int sonde_result_set_output(struct sonde_result *r, const char *s, size_t n);

@@ -82,6 +82,13 @@ local format = "text"      -- or "json"
 local LEVELS = { debug = 1, info = 2, warn = 3, error = 4 }
 local min_level = LEVELS.info
 local sink = io.stderr
+local level_listeners = {}
+
+--- Call `f()` after each set_level (the probes' workers skip Lua for the
+-- results that would not be logged).
+function M.on_level(f)
+  level_listeners[#level_listeners + 1] = f
+end
 
 --- Choose the line format: `"text"` (default) or `"json"`.
 -- @raise on another value
@@ -106,6 +113,7 @@ function M.set_level(l)
       .. "got %s", tostring(l)), 2)
   end
   min_level = LEVELS[l]
+  for _, f in ipairs(level_listeners) do f() end
 end
 
 --- The lowest level written.

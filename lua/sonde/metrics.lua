@@ -32,7 +32,8 @@ local json = require "sonde.json"
 
 local M = {}
 
-local BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
+-- bounds of the run-duration histogram, counted in place by the C worker
+local BUCKETS = core.DURATION_BUCKETS
 local fmt = string.format
 
 local byte = string.byte
@@ -78,27 +79,6 @@ local function labels(t, keys)
     parts[#parts + 1] = fmt('%s="%s"', k, M.escape(t[k] or ""))
   end
   return "{" .. table.concat(parts, ",") .. "}"
-end
-
----------------------------------------------------------------------------
--- Per-probe accounting (called by the probe worker for every result)
----------------------------------------------------------------------------
-
---- Count one result of probe `p`.
-function M.observe(p, r)
-  local s = p.stats
-  if not s then
-    s = { counts = { success = 0, warning = 0, failure = 0, unknown = 0 },
-          buckets = {}, sum = 0, n = 0 }
-    for i = 1, #BUCKETS do s.buckets[i] = 0 end
-    p.stats = s
-  end
-  s.counts[r.status] = (s.counts[r.status] or 0) + 1
-  local d = tonumber(r.duration) or 0
-  s.sum, s.n = s.sum + d, s.n + 1
-  for i, b in ipairs(BUCKETS) do
-    if d <= b then s.buckets[i] = s.buckets[i] + 1 end
-  end
 end
 
 ---------------------------------------------------------------------------
@@ -268,6 +248,11 @@ function M.render(cfg)
   -- A probe's own series: probe names are unique, so they can only print
   -- alike when escaping changed a name; then (rarely) `seen` decides.
   local probes = cfg.probes
+  -- what the C workers hold, read once per probe
+  local state, last, stats = {}, {}, {}
+  for _, p in ipairs(probes) do
+    state[p], last[p], stats[p] = p.state, p.last_result, p.stats
+  end
   local clean = true
   for _, p in ipairs(probes) do
     if not probe_labels(p).clean then clean = false end
@@ -282,21 +267,21 @@ function M.render(cfg)
   family("probe_success", "gauge", "1 when the probe's state is success.")
   for _, p in ipairs(probes) do
     local c = probe_labels(p)
-    psample(c, "probe_success", c.pl, p.state == "success" and 1 or 0)
+    psample(c, "probe_success", c.pl, state[p] == "success" and 1 or 0)
   end
   family("probe_duration_seconds", "gauge", "Duration of the last run.")
   for _, p in ipairs(probes) do
-    if p.last_result then
+    if last[p] then
       local c = probe_labels(p)
-      psample(c, "probe_duration_seconds", c.pl, p.last_result.duration or 0)
+      psample(c, "probe_duration_seconds", c.pl, last[p].duration or 0)
     end
   end
   family("probe_http_status_code", "gauge", "HTTP status of the last run.")
   for _, p in ipairs(probes) do
-    if p.handler == "http_get" and p.last_result then
+    if p.handler == "http_get" and last[p] then
       local c = probe_labels(p)
       psample(c, "probe_http_status_code", c.pl,
-        p.last_result.http_status or 0)
+        last[p].http_status or 0)
     end
   end
   family("sonde_probe_runs_total", "counter", "Probe runs by result status.")
@@ -304,20 +289,20 @@ function M.render(cfg)
     local c = probe_labels(p)
     for _, st in ipairs(STATUSES) do
       psample(c, "sonde_probe_runs_total", c.status[st],
-        p.stats and p.stats.counts[st] or 0)
+        stats[p].counts[st])
     end
   end
   family("sonde_probe_state", "gauge", "1 for the probe's current state.")
   for _, p in ipairs(probes) do
     local c = probe_labels(p)
     for _, st in ipairs(STATES) do
-      psample(c, "sonde_probe_state", c.state[st], p.state == st and 1 or 0)
+      psample(c, "sonde_probe_state", c.state[st], state[p] == st and 1 or 0)
     end
   end
   family("sonde_probe_run_duration_seconds", "histogram",
     "Durations of probe runs.")
   for _, p in ipairs(probes) do
-    local s, c = p.stats, probe_labels(p)
+    local s, c = stats[p], probe_labels(p)
     for i = 1, #BUCKETS do
       psample(c, "sonde_probe_run_duration_seconds_bucket", c.le[i],
         s and s.buckets[i] or 0)
@@ -337,7 +322,7 @@ function M.render(cfg)
   for _, m in ipairs(PERF) do
     local first = true
     for _, p in ipairs(probes) do
-      local pd = p.last_result and p.last_result.perfdata
+      local pd = last[p] and last[p].perfdata
       for _, item in ipairs(pd or {}) do  -- a repeated label: the first counts
         local lbl = labels({ probe = p.name, label = item.label,
           uom = item.uom }, PL)

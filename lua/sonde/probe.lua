@@ -44,7 +44,7 @@
 -- probes to their seeds.  Without a service nothing holds: a liveness probe
 -- keeps probing and its actions do the remediation.
 --
--- Scheduling (sonde.ticker): the first run is `initial_delay` after the
+-- Scheduling (the worker's; sonde.ticker shows the arithmetic): the first run is `initial_delay` after the
 -- service (or the probe) started, then runs follow at a fixed rate without
 -- drift.  A run still going at the next tick makes that tick skip
 -- (`probe_skipped`, why overrun): runs are never stacked.  Stopping a probe
@@ -79,6 +79,15 @@
 --
 -- Every result of a declared probe carries `probe` (name), `kind` and
 -- `time` (wall-clock start of the run, seconds since the epoch).
+--
+-- The worker (schedule, runs of exec / http_get / tcp_socket, threshold
+-- step, counters) is the C core's (`core.worker`, src/worker.c): a run
+-- whose result changes nothing and is not logged never enters Lua.  Lua
+-- is called for what the script asked for (hooks, custom checks,
+-- actions), for published transitions that change something, and for
+-- results that are logged.  Fields read from the worker: `p.state`,
+-- `p.runs`, `p.last_result` (built when first read after a run), and
+-- `p.stats` (`{ counts, buckets, sum, n, runs, skipped, missed }`).
 -- @module sonde.probe
 local core = require "sonde.core"
 local validate = require "sonde.validate"
@@ -86,16 +95,35 @@ local log = require "sonde.log"
 local task = require "sonde.task"
 local hook = require "sonde.hook"
 local action = require "sonde.action"
-local metrics = require "sonde.metrics"
 local probers = require "sonde.probers"
 local worker = require "sonde.worker"
-local ticker = require "sonde.ticker"
 local service = require "sonde.service"
 
 local M = {}
 local Probe = {}
-Probe.__index = Probe
 M.Probe = Probe
+
+-- Fields read from the C worker when asked for (`runs`: runs ended).
+local PROPS = {
+  state = function(p) return p.worker:state() end,
+  runs = function(p) return p.worker:runs() end,
+  stats = function(p) return p.worker:stats() end,
+  last_result = function(p) return p:last() end,
+}
+Probe.__index = function(p, k)
+  local f = PROPS[k]
+  if f then return f(p) end
+  return Probe[k]
+end
+
+-- The C worker's handler for each built-in handler (nil: a custom check).
+local C_HANDLER = { exec = "exec", http_get = "http", tcp_socket = "tcp" }
+
+-- Probes whose worker is told the log level (weak).
+local live = setmetatable({}, { __mode = "k" })
+log.on_level(function()
+  for p in pairs(live) do p:notify_level() end
+end)
 
 local fmt = string.format
 local fail = validate.fail
@@ -203,38 +231,92 @@ function M.new(spec, owner)
     termination_grace = s.termination_grace,
     on_failure = s.on_failure, on_recovery = s.on_recovery,
     opts = handler ~= "check" and handler_opts(ctx, s, spec, handler) or nil,
-    last_action = {}, runs = 0,
+    last_action = {},
   }, Probe)
   self.scope = task.scope { name = ctx.where, data = owner }
-  self.ticker = ticker.new(self.period, function() self:tick() end)
+  self.worker = core.worker {
+    kind = kind, period = self.period, service = self.service ~= nil,
+    success_threshold = self.success_threshold,
+    failure_threshold = self.failure_threshold,
+    handler = C_HANDLER[handler], opts = self.opts,
+    on_event = function(ev, t) return self:on_event(ev, t) end,
+  }
+  self.worker:set_filter(spec.on_result ~= nil)
   self.on_done = function(r) self:handle(r) end
-  self:reset()
   return self
 end
 
---- Back to the seed state, counters cleared.
+--- Back to the seed state (the counting state; counters stay).
 function Probe:reset()
-  self:set(worker.seed(self.kind))
-end
-
--- The published state, counters and hold, from a worker step.
-function Probe:set(w)
-  self.w = w
-  self.state = w.state
+  self.worker:reset()
+  if self.kind == "startup" and self.service then
+    self.service:update_gates()
+  end
 end
 
 --- The run of equal results so far (for /status).
-function Probe:streak_count() return self.w.run end
+function Probe:streak_count()
+  local _, _, run = self.worker:count()
+  return run
+end
+
+-- The counting state as sonde.worker's table (for logs).
+function Probe:count()
+  local state, last, run, hold = self.worker:count()
+  return { state = state, last = last, run = run, hold = hold }
+end
+
+--- The last result (nil before the first): a handler's is built from the
+-- worker's when first read after its run.
+function Probe:last()
+  if self.handler == "check" then return rawget(self, "last_r") end
+  local seq = self.worker:seq()
+  if rawget(self, "last_seq") ~= seq then
+    local r, wall = self.worker:last()
+    if r then
+      r = probers.handlers[self.handler].finish(self.opts, r)
+      r.probe, r.kind, r.time = self.name, self.kind, wall
+    end
+    self.last_r, self.last_seq = r, seq
+  end
+  return rawget(self, "last_r")
+end
+
+-- The worker's log notifications follow the log level: successes are
+-- logged at debug, the rest at warn.
+function Probe:notify_level()
+  self.worker:set_notify(log.enabled("debug"), log.enabled("warn"))
+end
+
+-- What the C worker tells (see core.worker).
+function Probe:on_event(ev, t)
+  if ev == "committed" then
+    self:after(self:last(), t, true)
+  elseif ev == "result" then
+    self:handle(self:last())
+  elseif ev == "skipped" then
+    log.event("warn", "probe_skipped", { probe = self.name, why = "overrun" })
+  elseif ev == "tick" then
+    return self:tick()
+  end
+end
+
+--- Whether the service's startup probe keeps this one from running.
+function Probe:update_gate()
+  self.worker:set_gated(self:gated())
+end
 
 --- Start scheduling: the first run `initial_delay` (+ `spread`) from now,
 -- or from the start of the service's instance.
 function Probe:start(spread)
   self.stopped = false
+  live[self] = true
+  self:notify_level()
   if self.service then
     self.service:attach(self)
     if self.service.state ~= "running" then return end
   end
-  self.ticker:start(core.now() + self.initial_delay + (spread or 0))
+  self.worker:start(core.now() + self.initial_delay + (spread or 0))
 end
 
 function Probe:gated()
@@ -243,19 +325,21 @@ function Probe:gated()
   return sp ~= nil and sp.state ~= "success"
 end
 
+-- A custom check's tick (the worker has checked hold and gate): true
+-- when a run starts.
 function Probe:tick()
-  if self.w.hold or self:gated() then return end
   if self.inflight then
     log.event("warn", "probe_skipped", { probe = self.name, why = "overrun" })
-    return
+    return false
   end
   self:run_once(self.on_done)
+  return true
 end
 
 --- Run now (and keep the period from now on): a startup probe's success
 -- triggers its service's liveness and readiness probes.
 function Probe:trigger()
-  if self.ticker:active() then self.ticker:trigger() end
+  if self.worker:active() then self.worker:start(core.now()) end
 end
 
 local text, plain = hook.text, hook.plain
@@ -317,7 +401,7 @@ function Probe:run_once(done)
     self.inflight, self.inflight_id, self.inflight_task = nil, nil, nil
     r.probe, r.kind, r.time = self.name, self.kind, wall
     r.duration = r.duration or (core.now() - started)
-    self.runs = self.runs + 1
+    if self.handler == "check" then self.worker:finished() end
     done(r)
   end
   if self.handler ~= "check" then
@@ -460,7 +544,8 @@ function Probe:apply_on_result(r)
   return r
 end
 
---- Take one result through hooks, thresholds and transitions.
+--- Take one result (a custom check's, or a handler's the worker filters
+-- through on_result) through hooks, then count it in the worker.
 function Probe:handle(r)
   if self.spec.on_result then r = self:apply_on_result(r) end
   if not STATUSES[r.status] then    -- a hook may have scribbled on it
@@ -468,21 +553,26 @@ function Probe:handle(r)
   end
   if type(r.duration) ~= "number" then r.duration = 0 end
   if type(r.reason) ~= "string" then r.reason = tostring(r.reason) end
-  self.last_result = r
-  metrics.observe(self, r)
-  local w, t = worker.step(self.w, r.status, self)
+  self.last_r, self.last_seq = r, self.worker:seq()
+  self:after(r, self.worker:commit(r.status, r.duration))
+end
+
+-- A counted result: its log line, then what its transition `t` (or nil)
+-- publishes.  `told`: the worker counted it itself and told us.
+function Probe:after(r, t, told)
   local level = r.status == "success" and "debug" or "warn"
   if log.enabled(level) then
+    local c = self:count()
     log.event(level, "probe_result", {
       probe = self.name, kind = self.kind, status = r.status,
       reason = r.reason, duration = r.duration, output = r.output,
       exit_code = r.exit_code, signal = r.signal,
-      http_status = r.http_status, state = self.state,
-      streak = r.status ~= "unknown" and worker.streak(w, self, t) or nil,
+      http_status = r.http_status, state = t and t.from or c.state,
+      streak = r.status ~= "unknown" and worker.streak(c, self, t) or nil,
     })
   end
-  self:set(w)
   if t then self:publish(t, r) end
+  return told
 end
 
 --- A published result: state change, hooks, actions, and what it does to
@@ -490,20 +580,22 @@ end
 -- success lets the other probes run at once).
 function Probe:publish(t, r)
   local v = t.to
+  if self.kind == "startup" and self.service then
+    self.service:update_gates()
+  end
   if t.changed then
     log.event(v == "success" and "info" or "warn", "state_change", {
       probe = self.name, kind = self.kind, from = t.from, to = v,
       reason = r.reason })
     self:call_hook("on_change", nil, v, t.from, plain(r))
   end
-  -- Actions: on_failure when a failure is published (the seed does not
-  -- count), on_recovery at the first success published after it.
-  if v == "failure" and not self.alerted then
-    self.alerted = true
+  -- Actions (decided by the worker): on_failure when a failure is
+  -- published (the seed does not count), on_recovery at the first success
+  -- published after it.
+  if t.actions == "on_failure" then
     task.within(self.scope, action.run_all, self.on_failure, plain(r), self,
       core.now(), "on_failure")
-  elseif v == "success" and self.alerted then
-    self.alerted = false
+  elseif t.actions == "on_recovery" then
     task.within(self.scope, action.run_all, self.on_recovery, plain(r), self,
       core.now(), "on_recovery")
   end
@@ -522,6 +614,7 @@ function Probe:cancel_run()
   self.inflight, self.inflight_id, self.inflight_task = nil, nil, nil
   if id then core.cancel(id) end
   if co then task.close(co) end
+  self.worker:cancel()
 end
 
 --- Called by the service: a new instance runs.
@@ -538,18 +631,17 @@ function Probe:instance_started()
       reason = "new_instance", output = "", probe = self.name,
       kind = self.kind, time = core.wall_time(), duration = 0 })
   end
-  self.ticker:start(core.now() + self.initial_delay)
+  self.worker:start(core.now() + self.initial_delay)
 end
 
 --- Called by the service: its instance has exited.  A readiness probe
 -- publishes failure (kubelet: a container that is not running is not
 -- ready); the others keep their state until the next instance.
 function Probe:instance_stopped(exit)
-  self.ticker:stop()
+  self.worker:stop()
   self:cancel_run()
   if self.stopped or self.kind ~= "readiness" then return end
-  local w, t = worker.force(self.w, "failure")
-  self:set(w)
+  local t = self.worker:force("failure")
   self:publish(t, { status = "failure", reason = "not_running",
     output = fmt("service %s is not running (%s)", self.service.name,
       exit or "exited"),
@@ -563,6 +655,8 @@ end
 function Probe:adopt(new)
   self.spec = new.spec
   self.on_failure, self.on_recovery = new.on_failure, new.on_recovery
+  self.worker:set_filter(new.spec.on_result ~= nil)
+  new.worker:stop()
   self.owner = new.owner
   self.scope.data = new.owner
   new.scope:close()
@@ -572,7 +666,8 @@ end
 -- probe's scope owns (tasks its hooks started, actions in flight) ended.
 function Probe:stop()
   self.stopped = true
-  self.ticker:stop()
+  live[self] = nil
+  self.worker:stop()
   self:cancel_run()
   if self.service then self.service:detach(self) end
   self.scope:close()

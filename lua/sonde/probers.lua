@@ -121,17 +121,18 @@ local function exec_prepare(ctx, spec)
   return opts
 end
 
--- nagios mode: the result also carries the plugin output parsed
--- (summary, long_output, perfdata: see sonde.nagios).  Messages echo the
--- command as written (sonde.redact.exec_result).
+-- What a run's result becomes before anyone sees it: messages echo the
+-- command as written (sonde.redact.exec_result); in nagios mode the result
+-- also carries the plugin output parsed (summary, long_output, perfdata:
+-- see sonde.nagios).
+local function exec_finish(opts, r)
+  r = redact.exec_result(r, opts.written)
+  if opts.nagios then return nagios.annotate(r) end
+  return r
+end
+
 local function exec_start(opts, cb)
-  local written = opts.written
-  if not opts.nagios then
-    return core.exec(opts, function(r) cb(redact.exec_result(r, written)) end)
-  end
-  return core.exec(opts, function(r)
-    cb(nagios.annotate(redact.exec_result(r, written)))
-  end)
+  return core.exec(opts, function(r) cb(exec_finish(opts, r)) end)
 end
 
 ---------------------------------------------------------------------------
@@ -301,14 +302,17 @@ local function tcp_prepare(ctx, spec)
 end
 
 --- The handlers by name: `prepare(ctx, spec) -> opts` (raises on a bad
--- spec) and `start(opts, cb) -> operation id` (cb gets the result table).
+-- spec), `start(opts, cb) -> operation id` (cb gets the result table) and
+-- `finish(opts, r) -> r`, what `start` does to the core's result table
+-- before cb gets it (for results the C worker kept: sonde.probe).
 M.handlers = {
-  exec = { prepare = exec_prepare, start = exec_start },
+  exec = { prepare = exec_prepare, start = exec_start, finish = exec_finish },
   -- URL credentials are masked in the result (sonde.redact.http_result)
   http_get = { prepare = http_prepare, start = function(opts, cb)
     return core.http(opts, function(r) cb(redact.http_result(r)) end)
-  end },
-  tcp_socket = { prepare = tcp_prepare, start = core.tcp },
+  end, finish = function(_, r) return redact.http_result(r) end },
+  tcp_socket = { prepare = tcp_prepare, start = core.tcp,
+    finish = function(_, r) return r end },
 }
 
 return M

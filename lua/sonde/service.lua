@@ -103,12 +103,24 @@ end
 
 function Service:attach(probe)
   self.probes[#self.probes + 1] = probe
+  self:update_gates()
 end
 
 function Service:detach(probe)
   for i, p in ipairs(self.probes) do
-    if p == probe then table.remove(self.probes, i) return end
+    if p == probe then
+      table.remove(self.probes, i)
+      self:update_gates()
+      return
+    end
   end
+end
+
+--- Tell each probe whether the startup probe gates it: its runs wait
+-- until the startup probe has succeeded (called when the probes or the
+-- startup probe's state change).
+function Service:update_gates()
+  for _, p in ipairs(self.probes) do p:update_gate() end
 end
 
 --- The startup probe of this service, if any.

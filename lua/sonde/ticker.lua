@@ -12,6 +12,8 @@
 -- `t.missed`).  `on_tick(t)` runs once per tick; whether a tick starts a
 -- run (or is skipped because one is still going) is the caller's choice.
 --
+-- The arithmetic is the C core's (sonde_next_slot in src/worker.c, which
+-- the probes' workers run on the loop); this module runs it on any clock.
 -- `clock` is `{ now = fn() -> seconds, after = fn(seconds, cb) -> handle,
 -- cancel = fn(handle) }`; the default is the C core's monotonic clock and
 -- timers.  Specs pass a fake clock and run without sleeping.
@@ -46,10 +48,9 @@ end
 
 -- A tick is due: arm the next slot ahead of now, then call on_tick.
 function Ticker:fire()
-  local now = self.clock.now()
-  local k = math.floor((now - self.first_at) / self.period) + 1
-  if k <= self.ticks then k = self.ticks + 1 end
-  self.missed = self.missed + (k - self.ticks - 1)
+  local k, missed = core.next_slot(self.first_at, self.period, self.ticks,
+    self.clock.now())
+  self.missed = self.missed + missed
   self.ticks = k
   self:arm(self.first_at + k * self.period)
   self.on_tick(self)

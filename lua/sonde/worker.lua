@@ -14,10 +14,14 @@
 --     a probe without a service never holds: nothing replaces it).
 --
 -- `step` takes one result status and returns a new state table and the
--- transition it makes, if any; it changes nothing it is given.  Warning
+-- transition it makes, if any; it changes nothing it is given.  It is the
+-- C core's step (sonde_step in src/worker.c, which the probes' workers
+-- run), so that specs feed it vectors without a loop.  Warning
 -- counts as success; unknown counts toward neither (the engine's own
 -- trouble never restarts a healthy service).
 -- @module sonde.worker
+local core = require "sonde.core"
+
 local M = {}
 
 --- The seed state of a probe kind (kubelet): readiness starts not ready,
@@ -41,24 +45,14 @@ end
 -- threshold, hold = true when the worker now holds (its run is then reset
 -- to 0), restart = true for a published liveness or startup failure }`
 function M.step(w, status, p)
-  if status == "unknown" then                 -- moves no counter
-    return { state = w.state, last = w.last, run = w.run, hold = w.hold }, nil
-  end
-  local v = status == "failure" and "failure" or "success"
-  local run = v == w.last and w.run + 1 or 1
-  local n = { state = w.state, last = v, run = run, hold = w.hold }
-  if run < (v == "failure" and p.failure_threshold or p.success_threshold) then
-    return n, nil
-  end
-  local t = { from = w.state, to = v, changed = w.state ~= v, run = run }
-  n.state = v
-  if p.service and ((p.kind == "liveness" and v == "failure")
-      or p.kind == "startup") then
-    n.hold, n.run = true, 0
-    t.hold = true
-    t.restart = v == "failure"
-  end
-  return n, t
+  local state, last, run, hold, from, to, changed, trun, thold, restart =
+    core.step(w.state, w.last, w.run, w.hold, status, p.kind,
+      p.success_threshold, p.failure_threshold, p.service ~= nil and
+      p.service ~= false)
+  local n = { state = state, last = last, run = run, hold = hold }
+  if not from then return n, nil end
+  return n, { from = from, to = to, changed = changed, run = trun,
+    hold = thold or nil, restart = thold and restart or nil }
 end
 
 --- Publish `to` without counting (kubelet step 6: a readiness probe whose

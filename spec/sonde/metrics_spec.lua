@@ -135,9 +135,15 @@ end)
 
 describe("sonde.metrics.render", function()
   local metrics = require "sonde.metrics"
+  local core = require "sonde.core"
+  -- a probe as render reads it: `stats` in the shape of the C worker's
   local function probe(name)
+    local buckets = {}
+    for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
     return { name = name, kind = "readiness", handler = "exec",
-      state = "success", last_result = { duration = 0.01 } }
+      state = "success", last_result = { duration = 0.01 },
+      stats = { counts = { success = 0, warning = 0, failure = 0,
+        unknown = 0 }, buckets = buckets, sum = 0, n = 0 } }
   end
 
   it("probes whose names print alike once escaped: each series once, the "
@@ -165,7 +171,12 @@ describe("sonde.metrics.render", function()
   it("the same text, series for series, when rendered again (label sets "
     .. "are kept per probe)", function()
     local ps = { probe("x"), probe("y") }
-    metrics.observe(ps[1], { status = "failure", duration = 0.2 })
+    -- one failure of 0.2 s, as the worker counts it
+    local st = ps[1].stats
+    st.counts.failure, st.sum, st.n = 1, 0.2, 1
+    for i, b in ipairs(core.DURATION_BUCKETS) do
+      if 0.2 <= b then st.buckets[i] = 1 end
+    end
     local a = metrics.render({ services = {}, probes = ps }):gsub("process_[^\n]*\n", "")
     local b = metrics.render({ services = {}, probes = ps }):gsub("process_[^\n]*\n", "")
     assert.are.equal(a, b)

@@ -1,0 +1,493 @@
+/*
+ * lworker.c - the Lua binding of a declared probe's worker
+ * (include/sonde/worker.h): core.worker, core.schedule_stats, and the two
+ * pure functions core.step and core.next_slot.
+ *
+ *   local w = core.worker {
+ *     kind = "liveness" | "readiness" | "startup",
+ *     success_threshold = 1, failure_threshold = 3, service = false,
+ *     period = 10,                         -- seconds
+ *     handler = "exec" | "http" | "tcp" | nil,   -- nil: a custom check
+ *     opts = {...},                        -- core.exec/http/tcp options
+ *     on_event = function(event, t) ... end,
+ *   }
+ *
+ * on_event(event, t) runs on the main thread like every callback
+ * (lsonde.c) and is told:
+ *   "tick"       a worker without a handler is due: start the run and
+ *                return true, or return false when the last still goes;
+ *   "skipped"    a tick found the handler's last run still going;
+ *   "result"     a handler's result, not counted yet (set_filter(true)):
+ *                read it with w:last(), count it with w:commit();
+ *   "committed"  a result the worker counted itself that must be seen
+ *                (set_notify, and every result that changes something);
+ *                `t` is its transition table or nil.
+ * A transition table: { from, to, changed, run, hold, restart, actions },
+ * states "success" | "failure" | "unknown", actions "on_failure" |
+ * "on_recovery" | nil.
+ *
+ * Methods: start(first_at), stop(), cancel(), active(), busy(),
+ * set_gated(b), set_filter(b), set_notify(success, other),
+ * commit(status, duration) -> t | nil, force(to) -> t, reset(),
+ * count() -> state, last|nil, run, hold, state() -> string,
+ * stats() -> table, last() -> result table | nil, wall time, runs() ->
+ * runs finished (their results came in), seq() -> handler results so far
+ * (tells a new last()), finished() (a custom check's run has ended).
+ *
+ * Ownership: the userdata owns its worker; the options table, the values
+ * anchoring its C view and the loop's userdata are kept in the userdata's
+ * user value, so that they outlive the worker.  A worker no longer
+ * referenced is stopped and freed by its __gc; while on_event runs, the
+ * userdata is anchored on the stack.
+ */
+#define _GNU_SOURCE
+#include <lauxlib.h>
+#include <lua.h>
+#include <string.h>
+
+#include "lsonde.h"
+#include "sonde/sonde.h"
+#include "sonde/worker.h"
+
+#define WORKER_MT "sonde.Worker"
+
+struct lworker {
+  struct sonde_worker *w;
+  struct lcore *c;
+  union {
+    struct sonde_exec_opts exec;
+    struct sonde_http_opts http;
+    struct sonde_tcp_opts tcp;
+  } o;
+};
+
+/* Registry key of the weak table lightuserdata(struct lworker) -> userdata. */
+static const char workers_key = 'w';
+
+static const char *const PSTATES[] = {"success", "failure", "unknown", NULL};
+static const char *const KINDS[] = {"liveness", "readiness", "startup", NULL};
+
+static void push_pstate(lua_State *L, sonde_pstate s) {
+  if (s == SONDE_PS_NONE) lua_pushnil(L);
+  else lua_pushstring(L, PSTATES[s]);
+}
+
+static void push_transition(lua_State *L, const struct sonde_transition *t) {
+  lua_createtable(L, 0, 7);
+  push_pstate(L, t->from);
+  lua_setfield(L, -2, "from");
+  push_pstate(L, t->to);
+  lua_setfield(L, -2, "to");
+  lua_pushboolean(L, t->changed);
+  lua_setfield(L, -2, "changed");
+  lua_pushinteger(L, t->run);
+  lua_setfield(L, -2, "run");
+  if (t->hold) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "hold");
+  }
+  if (t->restart) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "restart");
+  }
+  if (t->actions) {
+    lua_pushstring(L, t->actions == SONDE_ACT_ON_FAILURE ? "on_failure"
+                                                         : "on_recovery");
+    lua_setfield(L, -2, "actions");
+  }
+}
+
+/* Call on_event(ev, t) protected.  Returns the truth of its result, or -1
+ * when it could not be called or raised (the error went to the loop's
+ * error policy). */
+static int call_event(struct lworker *lw, const char *ev,
+                      const struct sonde_transition *t) {
+  lua_State *L = sonde_lua_thread(lw->c);
+  if (!L) return -1;
+  int top = lua_gettop(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &workers_key);
+  if (lua_rawgetp(L, -1, lw) != LUA_TUSERDATA) {
+    lua_settop(L, top);
+    return -1;
+  }
+  lua_getiuservalue(L, -1, 1);            /* anchored: the userdata below */
+  lua_getfield(L, -1, "on_event");
+  lua_pushstring(L, ev);
+  if (t) push_transition(L, t);
+  else lua_pushnil(L);
+  int rc = sonde_lua_pcall(lw->c, 2, 1);
+  int res = rc == 0 ? lua_toboolean(L, -1) : -1;
+  lua_settop(L, top);
+  return res;
+}
+
+static int hk_tick(struct sonde_worker *w, void *arg) {
+  (void)w;
+  return call_event(arg, "tick", NULL) == 1;
+}
+
+static void hk_skipped(struct sonde_worker *w, void *arg) {
+  (void)w;
+  call_event(arg, "skipped", NULL);
+}
+
+static void hk_result(struct sonde_worker *w, void *arg) {
+  (void)w;
+  call_event(arg, "result", NULL);
+}
+
+static void hk_committed(struct sonde_worker *w,
+                         const struct sonde_transition *t, void *arg) {
+  (void)w;
+  call_event(arg, "committed", t);
+}
+
+static const struct sonde_worker_hooks hooks = {hk_tick, hk_skipped,
+                                                hk_result, hk_committed};
+
+static struct lworker *check(lua_State *L) {
+  struct lworker *lw = luaL_checkudata(L, 1, WORKER_MT);
+  if (!lw->w) luaL_error(L, "sonde: the worker is closed");
+  if (!lw->c->loop) luaL_error(L, "sonde: the loop is closed");
+  return lw;
+}
+
+static unsigned opt_count(lua_State *L, int t, const char *k) {
+  lua_getfield(L, t, k);
+  lua_Integer n = luaL_optinteger(L, -1, 1);
+  lua_pop(L, 1);
+  if (n < 1) luaL_error(L, "sonde.core.worker: %s: must be at least 1", k);
+  return (unsigned)n;
+}
+
+/* core.worker(spec) -> worker */
+static int l_worker(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  struct sonde_thresholds th;
+  lua_getfield(L, 1, "kind");
+  th.kind = (sonde_kind)luaL_checkoption(L, -1, NULL, KINDS);
+  lua_pop(L, 1);
+  th.success = opt_count(L, 1, "success_threshold");
+  th.failure = opt_count(L, 1, "failure_threshold");
+  lua_getfield(L, 1, "service");
+  th.service = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "period");
+  double period = luaL_checknumber(L, -1);
+  lua_pop(L, 1);
+  if (!(period > 0))
+    return luaL_error(L, "sonde.core.worker: period: must be > 0");
+  if (lua_getfield(L, 1, "on_event") != LUA_TFUNCTION)
+    return luaL_error(L, "sonde.core.worker: on_event: function expected");
+  lua_pop(L, 1);
+  static const char *const HANDLERS[] = {"none", "exec", "http", "tcp", NULL};
+  lua_getfield(L, 1, "handler");
+  sonde_handler h = (sonde_handler)luaL_checkoption(L, -1, "none", HANDLERS);
+  lua_pop(L, 1);
+
+  struct lworker *lw = lua_newuserdatauv(L, sizeof *lw, 1);   /* 2 */
+  memset(lw, 0, sizeof *lw);
+  lw->c = c;
+  luaL_setmetatable(L, WORKER_MT);
+  lua_createtable(L, 0, 4);                                     /* 3 */
+  lua_getfield(L, 1, "on_event");
+  lua_setfield(L, 3, "on_event");
+  lua_pushvalue(L, lua_upvalueindex(1));                        /* the loop */
+  lua_setfield(L, 3, "loop");
+  const void *opts = NULL;
+  if (h != SONDE_H_NONE) {
+    if (lua_getfield(L, 1, "opts") != LUA_TTABLE)               /* 4 */
+      return luaL_error(L, "sonde.core.worker: opts: table expected");
+    lua_pushvalue(L, 4);
+    lua_setfield(L, 3, "opts");
+    int n = 0;
+    if (h == SONDE_H_EXEC) n = sonde_lua_exec_opts(L, 4, &lw->o.exec);
+    else if (h == SONDE_H_HTTP) n = sonde_lua_http_opts(L, 4, &lw->o.http);
+    else sonde_lua_tcp_opts(L, 4, &lw->o.tcp);
+    /* the values anchoring the C view of the options */
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; i++) {
+      lua_pushvalue(L, 4 + i);
+      lua_rawseti(L, -2, i);
+    }
+    lua_setfield(L, 3, "anchors");
+    lua_settop(L, 3);
+    opts = &lw->o;
+  }
+  lua_setiuservalue(L, 2, 1);
+  lw->w = sonde_worker_new(c->loop, &th, period, h, opts, &hooks, lw,
+                           &c->sched);
+  if (!lw->w) return luaL_error(L, "sonde: out of memory");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &workers_key);
+  lua_pushvalue(L, 2);
+  lua_rawsetp(L, -2, lw);
+  lua_pop(L, 1);
+  return 1;
+}
+
+static int w_gc(lua_State *L) {
+  struct lworker *lw = luaL_checkudata(L, 1, WORKER_MT);
+  if (lw->w) {
+    if (lw->c->loop) sonde_worker_free(lw->w);
+    else sonde_worker_abandon(lw->w);
+  }
+  lw->w = NULL;
+  return 0;
+}
+
+static int w_start(lua_State *L) {
+  struct lworker *lw = check(L);
+  sonde_worker_start(lw->w, luaL_checknumber(L, 2));
+  return 0;
+}
+
+static int w_stop(lua_State *L) {
+  sonde_worker_stop(check(L)->w);
+  return 0;
+}
+
+static int w_cancel(lua_State *L) {
+  sonde_worker_cancel(check(L)->w);
+  return 0;
+}
+
+static int w_active(lua_State *L) {
+  lua_pushboolean(L, sonde_worker_active(check(L)->w));
+  return 1;
+}
+
+static int w_busy(lua_State *L) {
+  lua_pushboolean(L, sonde_worker_busy(check(L)->w));
+  return 1;
+}
+
+static int w_set_gated(lua_State *L) {
+  sonde_worker_set_gated(check(L)->w, lua_toboolean(L, 2));
+  return 0;
+}
+
+static int w_set_filter(lua_State *L) {
+  sonde_worker_set_filter(check(L)->w, lua_toboolean(L, 2));
+  return 0;
+}
+
+static int w_set_notify(lua_State *L) {
+  sonde_worker_set_notify(check(L)->w, lua_toboolean(L, 2),
+                          lua_toboolean(L, 3));
+  return 0;
+}
+
+static sonde_status status_arg(lua_State *L, int i) {
+  static const char *const names[] = {"success", "warning", "failure",
+                                      "unknown", NULL};
+  return (sonde_status)luaL_checkoption(L, i, NULL, names);
+}
+
+static int w_commit(lua_State *L) {
+  struct lworker *lw = check(L);
+  struct sonde_transition t;
+  if (!sonde_worker_commit(lw->w, status_arg(L, 2), luaL_optnumber(L, 3, 0),
+                           &t))
+    return 0;
+  push_transition(L, &t);
+  return 1;
+}
+
+static int w_force(lua_State *L) {
+  struct lworker *lw = check(L);
+  struct sonde_transition t;
+  sonde_worker_force(lw->w,
+                     (sonde_pstate)luaL_checkoption(L, 2, NULL, PSTATES), &t);
+  push_transition(L, &t);
+  return 1;
+}
+
+static int w_reset(lua_State *L) {
+  sonde_worker_reset(check(L)->w);
+  return 0;
+}
+
+static int w_count(lua_State *L) {
+  const struct sonde_count *n = sonde_worker_count(check(L)->w);
+  push_pstate(L, n->state);
+  push_pstate(L, n->last);
+  lua_pushinteger(L, n->run);
+  lua_pushboolean(L, n->hold);
+  return 4;
+}
+
+static int w_runs(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sonde_worker_stats(check(L)->w)->results);
+  return 1;
+}
+
+/* finished(): a custom check's result came in (counted in runs()). */
+static int w_finished(lua_State *L) {
+  sonde_worker_finished(check(L)->w);
+  return 0;
+}
+
+static int w_seq(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sonde_worker_stats(check(L)->w)->results);
+  return 1;
+}
+
+static int w_state(lua_State *L) {
+  push_pstate(L, sonde_worker_count(check(L)->w)->state);
+  return 1;
+}
+
+static void set_u64(lua_State *L, const char *k, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+/* stats() -> { counts = { success, warning, failure, unknown }, buckets =
+ * { cumulative counts, one per sonde_duration_buckets bound }, sum
+ * (seconds), n, runs, skipped, missed, results } */
+static int w_stats(lua_State *L) {
+  const struct sonde_probe_stats *s = sonde_worker_stats(check(L)->w);
+  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 4);
+  static const char *const names[] = {"success", "warning", "failure",
+                                      "unknown"};
+  for (int i = 0; i < 4; i++) set_u64(L, names[i], s->counts[i]);
+  lua_setfield(L, -2, "counts");
+  lua_createtable(L, SONDE_DURATION_BUCKETS, 0);
+  for (int i = 0; i < SONDE_DURATION_BUCKETS; i++) {
+    lua_pushinteger(L, (lua_Integer)s->buckets[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "buckets");
+  lua_pushnumber(L, s->sum);
+  lua_setfield(L, -2, "sum");
+  set_u64(L, "n", s->n);
+  set_u64(L, "runs", s->runs);
+  set_u64(L, "skipped", s->skipped);
+  set_u64(L, "missed", s->missed);
+  set_u64(L, "results", s->results);
+  return 1;
+}
+
+/* last() -> the last handler result as core's callbacks get it, and the
+ * wall-clock start of its run; nil before the first */
+static int w_last(lua_State *L) {
+  double wall;
+  const struct sonde_result *r = sonde_worker_last(check(L)->w, &wall);
+  if (!r) return 0;
+  sonde_lua_push_result(L, r);
+  lua_pushnumber(L, wall);
+  return 2;
+}
+
+/* core.schedule_stats([reset]) -> { runs, skipped, missed, p50, p99, max }
+ * of every worker of this loop: lateness (seconds) is the start of a run
+ * minus its slot; `reset` clears the figures after reading them. */
+static int l_schedule_stats(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  struct sonde_sched_stats *s = &c->sched;
+  lua_createtable(L, 0, 6);
+  set_u64(L, "runs", s->runs);
+  set_u64(L, "skipped", s->skipped);
+  set_u64(L, "missed", s->missed);
+  lua_pushnumber(L, sonde_sched_quantile(s, 0.5));
+  lua_setfield(L, -2, "p50");
+  lua_pushnumber(L, sonde_sched_quantile(s, 0.99));
+  lua_setfield(L, -2, "p99");
+  lua_pushnumber(L, s->max);
+  lua_setfield(L, -2, "max");
+  if (lua_toboolean(L, 1)) memset(s, 0, sizeof *s);
+  return 1;
+}
+
+/* core.step(state, last, run, hold, status, kind, success_threshold,
+ * failure_threshold, service) -> state, last, run, hold [, from, to,
+ * changed, run, hold, restart]: sonde_step, pure. */
+static int l_step(lua_State *L) {
+  struct sonde_count w, n;
+  struct sonde_thresholds p;
+  struct sonde_transition t;
+  w.state = (sonde_pstate)luaL_checkoption(L, 1, NULL, PSTATES);
+  w.last = lua_isnil(L, 2) ? SONDE_PS_NONE
+                           : (sonde_pstate)luaL_checkoption(L, 2, NULL, PSTATES);
+  w.run = (unsigned)luaL_checkinteger(L, 3);
+  w.hold = lua_toboolean(L, 4);
+  sonde_status st = status_arg(L, 5);
+  p.kind = (sonde_kind)luaL_checkoption(L, 6, NULL, KINDS);
+  p.success = (unsigned)luaL_checkinteger(L, 7);
+  p.failure = (unsigned)luaL_checkinteger(L, 8);
+  p.service = lua_toboolean(L, 9);
+  int has = sonde_step(&w, st, &p, &n, &t);
+  push_pstate(L, n.state);
+  push_pstate(L, n.last);
+  lua_pushinteger(L, n.run);
+  lua_pushboolean(L, n.hold);
+  if (!has) return 4;
+  push_pstate(L, t.from);
+  push_pstate(L, t.to);
+  lua_pushboolean(L, t.changed);
+  lua_pushinteger(L, t.run);
+  lua_pushboolean(L, t.hold);
+  lua_pushboolean(L, t.restart);
+  return 10;
+}
+
+/* core.next_slot(first_at, period, ticks, now) -> k, missed:
+ * sonde_next_slot, pure. */
+static int l_next_slot(lua_State *L) {
+  double first = luaL_checknumber(L, 1), period = luaL_checknumber(L, 2);
+  lua_Integer ticks = luaL_checkinteger(L, 3);
+  double now = luaL_checknumber(L, 4);
+  luaL_argcheck(L, period > 0, 2, "must be > 0");
+  luaL_argcheck(L, ticks >= 0, 3, "must be >= 0");
+  uint64_t missed = 0;
+  uint64_t k = sonde_next_slot(first, period, (uint64_t)ticks, now, &missed);
+  lua_pushinteger(L, (lua_Integer)k);
+  lua_pushinteger(L, (lua_Integer)missed);
+  return 2;
+}
+
+static const luaL_Reg methods[] = {
+    {"start", w_start},         {"stop", w_stop},
+    {"cancel", w_cancel},       {"active", w_active},
+    {"busy", w_busy},           {"set_gated", w_set_gated},
+    {"set_filter", w_set_filter}, {"set_notify", w_set_notify},
+    {"commit", w_commit},       {"force", w_force},
+    {"reset", w_reset},         {"count", w_count},
+    {"state", w_state},         {"stats", w_stats},
+    {"last", w_last},           {"runs", w_runs},
+    {"seq", w_seq},             {"finished", w_finished},
+    {NULL, NULL}};
+
+static const luaL_Reg funcs[] = {{"worker", l_worker},
+                                 {"schedule_stats", l_schedule_stats},
+                                 {NULL, NULL}};
+
+void sonde_open_worker(lua_State *L) {
+  if (luaL_newmetatable(L, WORKER_MT)) {
+    lua_pushcfunction(L, w_gc);
+    lua_setfield(L, -2, "__gc");
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);                      /* weak: workers by address */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &workers_key);
+  luaL_setfuncs(L, funcs, 1);           /* [module, loop] -> [module] */
+  lua_pushcfunction(L, l_step);
+  lua_setfield(L, -2, "step");
+  lua_pushcfunction(L, l_next_slot);
+  lua_setfield(L, -2, "next_slot");
+  lua_createtable(L, SONDE_DURATION_BUCKETS, 0);
+  for (int i = 0; i < SONDE_DURATION_BUCKETS; i++) {
+    lua_pushnumber(L, sonde_duration_buckets[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "DURATION_BUCKETS");
+}
