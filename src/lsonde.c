@@ -42,6 +42,9 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string.h>
 #include <time.h>
 
@@ -724,6 +727,17 @@ static int l_core_now(lua_State *L) {
   return 1;
 }
 
+/* core.trim(): give the heap's free memory back to the system
+ * (malloc_trim; glibc only, else nothing).  After a load's garbage has
+ * been collected. */
+static int l_core_trim(lua_State *L) {
+  (void)L;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+  return 0;
+}
+
 static int loop_gc(lua_State *L) {
   struct lcore *c = luaL_checkudata(L, 1, LOOP_MT);
   for (int i = 0; i < NSIG; i++)
@@ -756,6 +770,7 @@ static const luaL_Reg core_funcs[] = {
     {"on_signal", l_core_on_signal},
     {"reap_orphans", l_core_reap_orphans},
     {"end_orphans", l_core_end_orphans},
+    {"trim", l_core_trim},
     {NULL, NULL}};
 
 int luaopen_sonde_core(lua_State *L);

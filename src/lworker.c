@@ -43,6 +43,7 @@
 #define _GNU_SOURCE
 #include <lauxlib.h>
 #include <lua.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "lsonde.h"
@@ -54,12 +55,24 @@
 struct lworker {
   struct sonde_worker *w;
   struct lcore *c;
-  union {
-    struct sonde_exec_opts exec;
-    struct sonde_http_opts http;
-    struct sonde_tcp_opts tcp;
-  } o;
+  /* the handler's options (struct sonde_exec_opts, sonde_http_opts or
+   * sonde_tcp_opts) follow in the same block: only the size of its own */
+  unsigned char opts[];
 };
+/* Lua aligns a userdata's block for pointers and doubles, all the options
+ * hold */
+_Static_assert(offsetof(struct lworker, opts) % sizeof(double) == 0 &&
+                   offsetof(struct lworker, opts) % sizeof(void *) == 0,
+               "the options are aligned");
+
+static size_t opts_size(sonde_handler h) {
+  switch (h) {
+  case SONDE_H_EXEC: return sizeof(struct sonde_exec_opts);
+  case SONDE_H_HTTP: return sizeof(struct sonde_http_opts);
+  case SONDE_H_TCP: return sizeof(struct sonde_tcp_opts);
+  default: return 0;
+  }
+}
 
 /* Registry key of the weak table lightuserdata(struct lworker) -> userdata. */
 static const char workers_key = 'w';
@@ -187,8 +200,9 @@ static int l_worker(lua_State *L) {
   sonde_handler h = (sonde_handler)luaL_checkoption(L, -1, "none", HANDLERS);
   lua_pop(L, 1);
 
-  struct lworker *lw = lua_newuserdatauv(L, sizeof *lw, 1);   /* 2 */
-  memset(lw, 0, sizeof *lw);
+  size_t size = sizeof(struct lworker) + opts_size(h);
+  struct lworker *lw = lua_newuserdatauv(L, size, 1);          /* 2 */
+  memset(lw, 0, size);
   lw->c = c;
   luaL_setmetatable(L, WORKER_MT);
   lua_createtable(L, 0, 4);                                     /* 3 */
@@ -203,9 +217,10 @@ static int l_worker(lua_State *L) {
     lua_pushvalue(L, 4);
     lua_setfield(L, 3, "opts");
     int n = 0;
-    if (h == SONDE_H_EXEC) n = sonde_lua_exec_opts(L, 4, &lw->o.exec);
-    else if (h == SONDE_H_HTTP) n = sonde_lua_http_opts(L, 4, &lw->o.http);
-    else sonde_lua_tcp_opts(L, 4, &lw->o.tcp);
+    void *o = lw->opts;
+    if (h == SONDE_H_EXEC) n = sonde_lua_exec_opts(L, 4, o);
+    else if (h == SONDE_H_HTTP) n = sonde_lua_http_opts(L, 4, o);
+    else sonde_lua_tcp_opts(L, 4, o);
     /* the values anchoring the C view of the options */
     lua_createtable(L, n, 0);
     for (int i = 1; i <= n; i++) {
@@ -214,7 +229,7 @@ static int l_worker(lua_State *L) {
     }
     lua_setfield(L, 3, "anchors");
     lua_settop(L, 3);
-    opts = &lw->o;
+    opts = lw->opts;
   }
   lua_setiuservalue(L, 2, 1);
   lw->w = sonde_worker_new(c->loop, &th, period, h, opts, &hooks, lw,

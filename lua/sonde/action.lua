@@ -245,20 +245,23 @@ end
 
 --- Run the actions of a transition, applying the rate limit.
 -- @param list the actions
--- @param probe the probe (its `action_interval`, `last_action` table)
+-- @param probe the probe (its `action_interval`, `last_action` table, made
+-- here when first needed)
 -- @tparam number now monotonic seconds
 -- @tparam string which "on_failure" or "on_recovery": the rate limit is
 -- kept per list and position, so it survives a reload that keeps the probe
 function M.run_all(list, result, probe, now, which)
   for i, a in ipairs(list) do
     local key = which .. i
-    local last = probe.last_action[key]
+    local times = probe.last_action
+    if not times then times = {} probe.last_action = times end
+    local last = times[key]
     if last and now - last < probe.action_interval then
       report(probe, a, "suppressed", string.format(
         "ran %.1f s ago (action_interval %g s)", now - last,
         probe.action_interval), "info")
     else
-      probe.last_action[key] = now
+      times[key] = now
       local ok, err = pcall(a.run, a, result, probe)
       if not ok then report(probe, a, "failed", tostring(err)) end
     end

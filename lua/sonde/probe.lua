@@ -109,6 +109,12 @@ local PROPS = {
   runs = function(p) return p.worker:runs() end,
   stats = function(p) return p.worker:stats() end,
   last_result = function(p) return p:last() end,
+  -- made when first needed: most probes never start a task
+  scope = function(p)
+    local sc = task.scope { name = p.where, data = p.owner }
+    rawset(p, "scope", sc)
+    return sc
+  end,
 }
 Probe.__index = function(p, k)
   local f = PROPS[k]
@@ -231,9 +237,8 @@ function M.new(spec, owner)
     termination_grace = s.termination_grace,
     on_failure = s.on_failure, on_recovery = s.on_recovery,
     opts = handler ~= "check" and handler_opts(ctx, s, spec, handler) or nil,
-    last_action = {},
   }, Probe)
-  self.scope = task.scope { name = ctx.where, data = owner }
+  self.where = ctx.where
   self.worker = core.worker {
     kind = kind, period = self.period, service = self.service ~= nil,
     success_threshold = self.success_threshold,
@@ -242,7 +247,9 @@ function M.new(spec, owner)
     on_event = function(ev, t) return self:on_event(ev, t) end,
   }
   self.worker:set_filter(spec.on_result ~= nil)
-  self.on_done = function(r) self:handle(r) end
+  if handler == "check" then
+    self.on_done = function(r) self:handle(r) end
+  end
   return self
 end
 
@@ -658,8 +665,9 @@ function Probe:adopt(new)
   self.worker:set_filter(new.spec.on_result ~= nil)
   new.worker:stop()
   self.owner = new.owner
-  self.scope.data = new.owner
-  new.scope:close()
+  local mine, theirs = rawget(self, "scope"), rawget(new, "scope")
+  if mine then mine.data = new.owner end
+  if theirs then theirs:close() end
 end
 
 --- Stop for good: schedule and in-flight run cancelled, and whatever the
@@ -670,7 +678,7 @@ function Probe:stop()
   self.worker:stop()
   self:cancel_run()
   if self.service then self.service:detach(self) end
-  self.scope:close()
+  self.scope:close()     -- (made now if it was never needed: closed)
 end
 
 return M

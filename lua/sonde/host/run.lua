@@ -170,6 +170,8 @@ function M.main(source, args, listen)
       return
     end
     current = new
+    collectgarbage()      -- the old load's garbage, as after the first
+    core.trim()
     core.sd_notify("READY=1\nSTATUS=" .. status_line(new))
     log.event("info", "reload", { status = "ok",
       services = #new.services, probes = #new.probes })
@@ -178,6 +180,10 @@ function M.main(source, args, listen)
     shutdown("script")
   end
   current:start()
+  -- what loading left behind (validation, the top level's garbage) goes
+  -- back to the system: with thousands of probes it is most of the peak
+  collectgarbage()
+  core.trim()
   -- systemd Type=notify: ready once the script is loaded and started;
   -- with WatchdogSec=, a keep-alive from the loop at half the interval.
   core.sd_notify("READY=1\nSTATUS=" .. status_line(current))
