@@ -59,7 +59,16 @@ struct sonde_loop *sonde_loop_new(struct event_base *base) {
   if (base) {
     loop->base = base;
   } else {
-    loop->base = event_base_new();
+    /* libevent's default clock is CLOCK_MONOTONIC_COARSE, a tick (1 to
+     * 10 ms) behind: a timer armed at "now" + s fired up to a tick before
+     * its deadline, or up to a tick after it (and epoll_wait's millisecond
+     * timeout on top).  The precise timer reads CLOCK_MONOTONIC and sleeps
+     * on a timerfd (one more system call per loop iteration). */
+    struct event_config *cfg = event_config_new();
+    if (!cfg) goto fail;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    loop->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
     loop->own_base = 1;
     if (!loop->base) goto fail;
   }
