@@ -1,7 +1,10 @@
 /*
  * http.c - the HTTP prober (include/sonde/http.h).
  *
- * One easy handle per probe, reused for each redirect hop.  Redirects are
+ * One easy handle per probe, reused for each redirect hop, taken from the
+ * loop's pool of idle handles and given back to it when the probe ends
+ * (internal.h, sonde_curl_easy_put: nothing of one probe stays set for the
+ * next, and each makes its own connection).  Redirects are
  * followed here, not by curl (FOLLOWLOCATION is off), so that the redirect
  * policy (same host, same origin or none) is applied before any request
  * leaves for the next hop.
@@ -37,6 +40,8 @@ struct http_op {
   struct sonde_curl_owner owner;
   CURL *easy;
   struct curl_slist *hdrs;
+  int user_expect;           /* the user sent an Expect header: the easy
+                                handle is not pooled (internal.h) */
   char errbuf[CURL_ERROR_SIZE];
   char *url;                 /* current hop's URL */
   char *orig_scheme;         /* the original URL's parts, taken at the */
@@ -212,8 +217,9 @@ static void http_release(struct sonde_op *op, int cancelled) {
   (void)cancelled;
   if (h->easy) {
     if (h->in_multi) curl_multi_remove_handle(op->loop->multi, h->easy);
+    h->in_multi = 0;
     sonde_curl_owner_forget(&h->owner);
-    curl_easy_cleanup(h->easy);
+    sonde_curl_easy_put(op->loop, h->easy, !h->user_expect);
   }
   h->easy = NULL;
   curl_slist_free_all(h->hdrs);
@@ -532,6 +538,7 @@ static int append(struct curl_slist **l, const char *fmt, ...) {
  * memory). */
 static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
   struct sonde_result *r = &h->op.res;
+  h->user_expect = find_header(o, "Expect") != NULL;
   const struct sonde_header *ua = find_header(o, "User-Agent");
   const struct sonde_header *acc = find_header(o, "Accept");
   const struct sonde_header *hosth = find_header(o, "Host");
@@ -566,7 +573,7 @@ static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
     err = append(&l, "User-Agent: %s", o->user_agent);
   if (!err && !find_header(o, "Connection"))
     err = append(&l, "Connection: close");
-  if (!err && o->body && !find_header(o, "Expect"))
+  if (!err && o->body && !h->user_expect)
     err = append(&l, "Expect:");
   if (!err && o->body && !find_header(o, "Content-Type"))
     err = append(&l, "Content-Type:");  /* no form-urlencoded default */
@@ -584,13 +591,14 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   struct http_op *h = calloc(1, sizeof *h);
   if (!h) return 0;
   h->op.vt = &http_vt;
+  h->op.loop = loop;          /* (for http_release before sonde_op_start) */
   h->owner.done = on_done;
   h->max_body = o->max_body;
   h->max_redirects = o->max_redirects;
   h->follow = o->follow_redirects;
   h->url = strdup(o->url);
   h->method = strdup(o->method ? o->method : "GET");
-  h->easy = curl_easy_init();
+  h->easy = sonde_curl_easy_get(loop);
   if (o->body) {
     h->body = malloc(o->body_len + 1);
     if (h->body) memcpy(h->body, o->body, o->body_len);

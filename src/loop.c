@@ -3,10 +3,10 @@
  * background reaping of signalled process groups, timers.
  *
  * Ownership: the loop owns its operations (see internal.h), the curl multi
- * handle (curlsock.c) and, when it made it, the event_base.  An operation
- * is never freed while one of its own callbacks runs: cancelling an op that
- * is held (sonde_op_hold) unlinks and releases it and leaves the free to
- * sonde_op_unhold.
+ * handle and the idle easy handles (curlsock.c) and, when it made it, the
+ * event_base.  An operation is never freed while one of its own callbacks
+ * runs: cancelling an op that is held (sonde_op_hold) unlinks and releases
+ * it and leaves the free to sonde_op_unhold.
  *
  * Freeing an event from inside its own callback (a timer op completed,
  * an exec op cancelled from its output callback) is safe in libevent 2.1:
