@@ -102,6 +102,9 @@ struct sonde_loop {
   size_t nfd_owner;
   CURL *easy_pool[SONDE_EASY_POOL_MAX]; /* idle easy handles, reset */
   size_t neasy_pool;
+  struct curl_slist *http_hdrs; /* http.c: the request headers of a probe */
+  char *http_hdrs_ua;           /* with no header nor body of its own, for
+                                   this default User-Agent (or NULL) */
 };
 
 /* Link a freshly allocated op (zeroed by the caller, `vt` set) into the
@@ -197,6 +200,9 @@ void sonde_curl_free(struct sonde_loop *loop);
  * (CURLOPT_FRESH_CONNECT, CURLOPT_FORBID_REUSE), closed when it ends. */
 CURL *sonde_curl_easy_get(struct sonde_loop *loop);
 void sonde_curl_easy_put(struct sonde_loop *loop, CURL *easy, int keep);
+
+/* Free what http.c keeps per loop (loop->http_hdrs). */
+void sonde_http_loop_free(struct sonde_loop *loop);
 /* What CURLOPT_PRIVATE of every easy handle on the multi points at: the
  * transfer's owner, told once when the transfer has ended.  The easy handle
  * has already been removed from the multi when `done` runs.

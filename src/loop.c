@@ -3,10 +3,11 @@
  * background reaping of signalled process groups, timers.
  *
  * Ownership: the loop owns its operations (see internal.h), the curl multi
- * handle and the idle easy handles (curlsock.c) and, when it made it, the
- * event_base.  An operation is never freed while one of its own callbacks
- * runs: cancelling an op that is held (sonde_op_hold) unlinks and releases
- * it and leaves the free to sonde_op_unhold.
+ * handle and the idle easy handles (curlsock.c), the shared default header
+ * list of HTTP probes (http.c) and, when it made it, the event_base.  An
+ * operation is never freed while one of its own callbacks runs: cancelling
+ * an op that is held (sonde_op_hold) unlinks and releases it and leaves the
+ * free to sonde_op_unhold.
  *
  * Freeing an event from inside its own callback (a timer op completed,
  * an exec op cancelled from its output callback) is safe in libevent 2.1:
@@ -753,6 +754,7 @@ void sonde_loop_free(struct sonde_loop *loop) {
   free(loop->orphans);
   free(loop->waiting);
   sonde_curl_free(loop);
+  sonde_http_loop_free(loop);
   if (loop->own_base) event_base_free(loop->base);
   free(loop);
 }
