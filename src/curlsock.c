@@ -18,6 +18,12 @@
  * pointer, because libcurl may close a connection after the easy handle
  * (and the owner) are gone.
  *
+ * Easy handles are reused: each loop keeps up to SONDE_EASY_POOL_MAX idle
+ * ones, reset (curl_easy_reset) when given back; a new one costs libcurl
+ * two large zeroed allocations and its defaults, a reset only the defaults.
+ * What a reset leaves of a transfer is listed in internal.h
+ * (sonde_curl_easy_put) and kept out of the next one.
+ *
  * libcurl's allocations go through counting wrappers (curl_global_init_mem)
  * so that a CURLE_OUT_OF_MEMORY that no failed allocation explains is known
  * for what it is: libcurl's own size limit (a response header line over
@@ -138,6 +144,10 @@ void sonde_curl_setup(CURL *e, struct sonde_curl_owner *o,
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_VERBOSE, 0L);     /* never a line on stderr */
   curl_easy_setopt(e, CURLOPT_NOPROGRESS, 1L);
+  /* The session cache is the easy handle's and curl_easy_reset keeps it:
+   * a pooled handle would resume another run's TLS session.  Go's client
+   * (kubelet) resumes none either: no ClientSessionCache. */
+  curl_easy_setopt(e, CURLOPT_SSL_SESSIONID_CACHE, 0L);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, o);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
@@ -159,6 +169,29 @@ void sonde_curl_owner_forget(struct sonde_curl_owner *o) {
       loop->fd_owner[fd] = NULL;
     o->fds[i] = CURL_SOCKET_BAD;
   }
+}
+
+/* ---- the pool of easy handles ------------------------------------------ */
+
+CURL *sonde_curl_easy_get(struct sonde_loop *loop) {
+  if (loop->neasy_pool) return loop->easy_pool[--loop->neasy_pool];
+  return curl_easy_init();
+}
+
+void sonde_curl_easy_put(struct sonde_loop *loop, CURL *easy, int keep) {
+  if (!easy) return;
+  long oserr = 0;
+  /* libcurl never sets the last socket error back to 0: a refusal of this
+   * transfer would show as the next one's */
+  if (curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &oserr) != CURLE_OK ||
+      oserr != 0)
+    keep = 0;
+  if (!keep || loop->neasy_pool >= SONDE_EASY_POOL_MAX) {
+    curl_easy_cleanup(easy);
+    return;
+  }
+  curl_easy_reset(easy);
+  loop->easy_pool[loop->neasy_pool++] = easy;
 }
 
 /* ---- multi plumbing ------------------------------------------------------ */
@@ -279,6 +312,8 @@ int sonde_curl_init(struct sonde_loop *loop) {
 }
 
 void sonde_curl_free(struct sonde_loop *loop) {
+  while (loop->neasy_pool)
+    curl_easy_cleanup(loop->easy_pool[--loop->neasy_pool]);
   if (loop->multi) curl_multi_cleanup(loop->multi);
   if (loop->curl_timer) event_free(loop->curl_timer);
   loop->multi = NULL;

@@ -1,7 +1,10 @@
 /*
  * http.c - the HTTP prober (include/sonde/http.h).
  *
- * One easy handle per probe, reused for each redirect hop.  Redirects are
+ * One easy handle per probe, reused for each redirect hop, taken from the
+ * loop's pool of idle handles and given back to it when the probe ends
+ * (internal.h, sonde_curl_easy_put: nothing of one probe stays set for the
+ * next, and each makes its own connection).  Redirects are
  * followed here, not by curl (FOLLOWLOCATION is off), so that the redirect
  * policy (same host, same origin or none) is applied before any request
  * leaves for the next hop.
@@ -11,13 +14,13 @@
  * URLs masked, control bytes replaced.  Response headers and the body are
  * data and are returned as they came.
  *
- * Ownership: struct http_op owns its easy handle, header list, copies of
- * the options, and the body/header buffers of the current response.  All
- * are released in http_release, before the callback runs.
+ * Ownership: struct http_op owns its easy handle, header list (unless it
+ * is the loop's shared list: see build_headers), copies of the options,
+ * and the body/header buffers of the current response.  All are released
+ * in http_release, before the callback runs.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +40,10 @@ struct http_op {
   struct sonde_curl_owner owner;
   CURL *easy;
   struct curl_slist *hdrs;
+  int shared_hdrs;           /* hdrs is loop->http_hdrs: not ours to free */
+  int user_expect;           /* the user sent an Expect header: the easy
+                                handle is not pooled (internal.h) */
+  long status;               /* response code of the current hop */
   char errbuf[CURL_ERROR_SIZE];
   char *url;                 /* current hop's URL */
   char *orig_scheme;         /* the original URL's parts, taken at the */
@@ -212,11 +219,12 @@ static void http_release(struct sonde_op *op, int cancelled) {
   (void)cancelled;
   if (h->easy) {
     if (h->in_multi) curl_multi_remove_handle(op->loop->multi, h->easy);
+    h->in_multi = 0;
     sonde_curl_owner_forget(&h->owner);
-    curl_easy_cleanup(h->easy);
+    sonde_curl_easy_put(op->loop, h->easy, !h->user_expect);
   }
   h->easy = NULL;
-  curl_slist_free_all(h->hdrs);
+  if (!h->shared_hdrs) curl_slist_free_all(h->hdrs);
   h->hdrs = NULL;
   free(h->url);
   free(h->orig_scheme);
@@ -277,7 +285,7 @@ static void set_result_url(struct http_op *h) {
 /* Move the response of the current hop into the result. */
 static void take_response(struct http_op *h) {
   struct sonde_result *r = &h->op.res;
-  curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &r->http_status);
+  r->http_status = h->status;
   if (!h->rbody) h->rbody = calloc(1, 1);
   r->body = h->rbody;
   r->body_len = h->rbody ? h->rbody_len : 0;
@@ -391,6 +399,7 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   long status = 0;
   char *loc = NULL;
   curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &status);
+  h->status = status;
   curl_easy_getinfo(h->easy, CURLINFO_REDIRECT_URL, &loc);
   int is_redirect = (status == 301 || status == 302 || status == 303 ||
                      status == 307 || status == 308) && loc && *loc;
@@ -509,29 +518,49 @@ static const struct sonde_header *find_header(const struct sonde_http_opts *o,
 
 static int bad_value(const char *v) { return strpbrk(v, "\r\n") != NULL; }
 
-/* Append a printf-formatted line to *l.  Returns 0, or -1 when out of
- * memory (*l unchanged). */
-static int append(struct curl_slist **l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static int append(struct curl_slist **l, const char *fmt, ...) {
-  char *line = NULL;
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vasprintf(&line, fmt, ap);
-  va_end(ap);
-  if (n < 0) return -1;
+/* Append the line a + b + c to *l (curl_slist_append copies it).  Returns
+ * 0, or -1 when out of memory (*l unchanged).  (No printf: this runs for
+ * every header of every probe run.) */
+static int append(struct curl_slist **l, const char *a, const char *b,
+                  const char *c) {
+  size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+  char small[256], *line = small;
+  if (la + lb + lc >= sizeof small && !(line = malloc(la + lb + lc + 1)))
+    return -1;
+  memcpy(line, a, la);
+  memcpy(line + la, b, lb);
+  memcpy(line + la + lb, c, lc + 1);
   struct curl_slist *t = curl_slist_append(*l, line);
-  free(line);
+  if (line != small) free(line);
   if (!t) return -1;
   *l = t;
   return 0;
 }
 
+void sonde_http_loop_free(struct sonde_loop *loop) {
+  curl_slist_free_all(loop->http_hdrs);
+  free(loop->http_hdrs_ua);
+  loop->http_hdrs = NULL;
+  loop->http_hdrs_ua = NULL;
+}
+
 /* Build the request header list (kubelet rules, see sonde/http.h).
+ * A probe with no header nor body of its own gets the same list as every
+ * other such probe with its User-Agent: the first one's is kept by the loop
+ * (loop->http_hdrs, for that User-Agent) and shared, libcurl only reads it.
  * Returns 0, or -1 (a bad value: the result is set) or -2 (out of
  * memory). */
 static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
   struct sonde_result *r = &h->op.res;
+  struct sonde_loop *loop = h->op.loop;
+  const char *dua = o->user_agent ? o->user_agent : "";
+  int plain = o->nheaders == 0 && !o->body;
+  if (plain && loop->http_hdrs && strcmp(loop->http_hdrs_ua, dua) == 0) {
+    h->hdrs = loop->http_hdrs;
+    h->shared_hdrs = 1;
+    return 0;
+  }
+  h->user_expect = find_header(o, "Expect") != NULL;
   const struct sonde_header *ua = find_header(o, "User-Agent");
   const struct sonde_header *acc = find_header(o, "Accept");
   const struct sonde_header *hosth = find_header(o, "Host");
@@ -556,25 +585,30 @@ static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
         (hd != ua || hd->value[0] == '\0'))
       continue;                       /* "" means: send no User-Agent */
     if (hd->value[0] == '\0')
-      err = append(&l, "%s;", hd->name);   /* curl: "Name;" sends "Name:" */
+      err = append(&l, hd->name, ";", "");   /* curl: "Name;" sends "Name:" */
     else
-      err = append(&l, "%s: %s", hd->name, hd->value);
+      err = append(&l, hd->name, ": ", hd->value);
   }
   /* "Name:" with nothing after the colon removes a header curl adds. */
-  if (!err && drop_accept) err = append(&l, "Accept:");
+  if (!err && drop_accept) err = append(&l, "Accept:", "", "");
   if (!err && !ua && o->user_agent && *o->user_agent)
-    err = append(&l, "User-Agent: %s", o->user_agent);
+    err = append(&l, "User-Agent: ", o->user_agent, "");
   if (!err && !find_header(o, "Connection"))
-    err = append(&l, "Connection: close");
-  if (!err && o->body && !find_header(o, "Expect"))
-    err = append(&l, "Expect:");
+    err = append(&l, "Connection: close", "", "");
+  if (!err && o->body && !h->user_expect)
+    err = append(&l, "Expect:", "", "");
   if (!err && o->body && !find_header(o, "Content-Type"))
-    err = append(&l, "Content-Type:");  /* no form-urlencoded default */
+    err = append(&l, "Content-Type:", "", "");  /* no form-urlencoded default */
   if (err) {
     curl_slist_free_all(l);
     return -2;
   }
   h->hdrs = l;
+  if (plain && !loop->http_hdrs &&
+      (loop->http_hdrs_ua = strdup(dua)) != NULL) {
+    loop->http_hdrs = l;
+    h->shared_hdrs = 1;
+  }
   return 0;
 }
 
@@ -584,13 +618,14 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   struct http_op *h = calloc(1, sizeof *h);
   if (!h) return 0;
   h->op.vt = &http_vt;
+  h->op.loop = loop;          /* (for http_release before sonde_op_start) */
   h->owner.done = on_done;
   h->max_body = o->max_body;
   h->max_redirects = o->max_redirects;
   h->follow = o->follow_redirects;
   h->url = strdup(o->url);
   h->method = strdup(o->method ? o->method : "GET");
-  h->easy = curl_easy_init();
+  h->easy = sonde_curl_easy_get(loop);
   if (o->body) {
     h->body = malloc(o->body_len + 1);
     if (h->body) memcpy(h->body, o->body, o->body_len);

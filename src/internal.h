@@ -68,6 +68,10 @@ struct sonde_reap {
   struct sonde_reap *next;
 };
 
+/* Idle curl easy handles a loop keeps for its next transfers
+ * (sonde_curl_easy_get). */
+#define SONDE_EASY_POOL_MAX 64
+
 /* A child of this process that the orphan scan has seen (loop.c). */
 struct sonde_orphan {
   pid_t pid;
@@ -96,6 +100,11 @@ struct sonde_loop {
   int scanning;
   struct sonde_curl_owner **fd_owner; /* curl's sockets: fd -> transfer */
   size_t nfd_owner;
+  CURL *easy_pool[SONDE_EASY_POOL_MAX]; /* idle easy handles, reset */
+  size_t neasy_pool;
+  struct curl_slist *http_hdrs; /* http.c: the request headers of a probe */
+  char *http_hdrs_ua;           /* with no header nor body of its own, for
+                                   this default User-Agent (or NULL) */
 };
 
 /* Link a freshly allocated op (zeroed by the caller, `vt` set) into the
@@ -163,9 +172,37 @@ int sonde_loop_signal_groups(struct sonde_loop *loop, int sig);
  * processes reaped, or -1 once no child of ours is left in the group. */
 int sonde_reap_group_now(pid_t pgid);
 
-/* curl multi plumbing (curlsock.c). */
+/* curl multi plumbing (curlsock.c).  sonde_curl_free frees the multi
+ * handle and the idle easy handles (after every operation is gone). */
 int sonde_curl_init(struct sonde_loop *loop);
 void sonde_curl_free(struct sonde_loop *loop);
+
+/* Easy handles reused from a per-loop pool instead of a curl_easy_init and
+ * curl_easy_cleanup per transfer.
+ *
+ * sonde_curl_easy_get: an idle handle of the loop (every option at its
+ * default: curl_easy_reset ran when it was put back) or a new one; NULL
+ * when out of memory.
+ *
+ * sonde_curl_easy_put: give back a handle that is in no multi (removed
+ * first) and whose transfer is over.  It is reset (options, header list,
+ * error buffer, private pointer, callbacks: nothing of the last transfer
+ * stays set) and kept, up to SONDE_EASY_POOL_MAX idle ones, else cleaned
+ * up.  Some state of a handle survives curl_easy_reset (libcurl 7.88):
+ *   - its TLS session cache: never filled, sonde_curl_setup turns it off
+ *     for every transfer;
+ *   - the last socket error (CURLINFO_OS_ERRNO, never set back to 0):
+ *     a handle that has one is cleaned up, not kept;
+ *   - "no Expect: 100-continue any more" after a 417: the caller passes
+ *     keep = 0 when the transfer could have set it (a request with an
+ *     Expect header of the user's), and the handle is cleaned up.
+ * The connection is not the handle's: every transfer makes its own
+ * (CURLOPT_FRESH_CONNECT, CURLOPT_FORBID_REUSE), closed when it ends. */
+CURL *sonde_curl_easy_get(struct sonde_loop *loop);
+void sonde_curl_easy_put(struct sonde_loop *loop, CURL *easy, int keep);
+
+/* Free what http.c keeps per loop (loop->http_hdrs). */
+void sonde_http_loop_free(struct sonde_loop *loop);
 /* What CURLOPT_PRIVATE of every easy handle on the multi points at: the
  * transfer's owner, told once when the transfer has ended.  The easy handle
  * has already been removed from the multi when `done` runs.
@@ -173,7 +210,8 @@ void sonde_curl_free(struct sonde_loop *loop);
  * The other fields are kept by curlsock.c's socket callbacks (see
  * sonde_curl_setup) and read by sonde_curl_classify; the prober zeroes the
  * owner with the op and calls sonde_curl_owner_reset before each transfer
- * and sonde_curl_owner_forget before cleaning the easy handle up. */
+ * and sonde_curl_owner_forget before giving the easy handle back
+ * (sonde_curl_easy_put) or cleaning it up. */
 #define SONDE_OWNER_FDS 4
 struct sonde_curl_owner {
   void (*done)(struct sonde_curl_owner *owner, CURLcode code);
@@ -186,8 +224,9 @@ struct sonde_curl_owner {
 
 /* Set the options every sonde transfer shares on `easy`: CURLOPT_PRIVATE
  * = owner, no signals, nothing ever written to stderr (no verbose, no
- * progress meter), and the socket callbacks that record a socket() errno
- * and whether a TCP connect completed.  owner->loop is set. */
+ * progress meter), no TLS session cached or resumed, and the socket
+ * callbacks that record a socket() errno and whether a TCP connect
+ * completed.  owner->loop is set. */
 void sonde_curl_setup(CURL *easy, struct sonde_curl_owner *owner,
                       struct sonde_loop *loop);
 

@@ -3,10 +3,11 @@
  * background reaping of signalled process groups, timers.
  *
  * Ownership: the loop owns its operations (see internal.h), the curl multi
- * handle (curlsock.c) and, when it made it, the event_base.  An operation
- * is never freed while one of its own callbacks runs: cancelling an op that
- * is held (sonde_op_hold) unlinks and releases it and leaves the free to
- * sonde_op_unhold.
+ * handle and the idle easy handles (curlsock.c), the shared default header
+ * list of HTTP probes (http.c) and, when it made it, the event_base.  An
+ * operation is never freed while one of its own callbacks runs: cancelling
+ * an op that is held (sonde_op_hold) unlinks and releases it and leaves the
+ * free to sonde_op_unhold.
  *
  * Freeing an event from inside its own callback (a timer op completed,
  * an exec op cancelled from its output callback) is safe in libevent 2.1:
@@ -59,7 +60,16 @@ struct sonde_loop *sonde_loop_new(struct event_base *base) {
   if (base) {
     loop->base = base;
   } else {
-    loop->base = event_base_new();
+    /* libevent's default clock is CLOCK_MONOTONIC_COARSE, a tick (1 to
+     * 10 ms) behind: a timer armed at "now" + s fired up to a tick before
+     * its deadline, or up to a tick after it (and epoll_wait's millisecond
+     * timeout on top).  The precise timer reads CLOCK_MONOTONIC and sleeps
+     * on a timerfd (one more system call per loop iteration). */
+    struct event_config *cfg = event_config_new();
+    if (!cfg) goto fail;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    loop->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
     loop->own_base = 1;
     if (!loop->base) goto fail;
   }
@@ -744,6 +754,7 @@ void sonde_loop_free(struct sonde_loop *loop) {
   free(loop->orphans);
   free(loop->waiting);
   sonde_curl_free(loop);
+  sonde_http_loop_free(loop);
   if (loop->own_base) event_base_free(loop->base);
   free(loop);
 }

@@ -3,8 +3,10 @@
  *
  * kubelet semantics (reference/kubelet-probes.md section 3):
  *   - one request per probe on a fresh connection (no keep-alive,
- *     `Connection: close`), no proxy from the environment, no automatic
- *     compression, TLS certificates not verified unless tls_verify;
+ *     `Connection: close`), no TLS session resumed (not another probe's,
+ *     not a redirect hop's: Go's client has no session cache), no proxy
+ *     from the environment, no automatic compression, TLS certificates not
+ *     verified unless tls_verify;
  *   - default headers `User-Agent: <user_agent>` and `Accept: * / *`; a user
  *     header User-Agent or Accept whose first value is "" removes the line;
  *     a Host header sets the request host, the connection still goes to the
@@ -50,6 +52,13 @@
  * masked ("user:xxxxx@", Go's url.Redacted) and control bytes or bytes that
  * are not UTF-8 are replaced with '?'; body and headers are as received.
  * libcurl never writes to stderr (no verbose mode, no progress meter).
+ *
+ * Cost: libcurl easy handles are reused from a pool the loop keeps (up to
+ * 64 idle, freed with the loop); a probe sees nothing of the probes that
+ * ran on its handle before (options, headers, body, TLS settings, errors).
+ * A host name is resolved by libcurl's threaded resolver (one thread per
+ * lookup, answers cached by the loop for 60 s); an IP literal and
+ * "localhost" (127.0.0.1 and ::1) start no thread.
  */
 #ifndef SONDE_HTTP_H
 #define SONDE_HTTP_H

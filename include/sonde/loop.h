@@ -22,9 +22,14 @@ struct event_base;
 struct sonde_loop;
 
 /* Create a loop on `base`, or on a new base of its own when `base` is NULL
- * (freed with the loop).  Calls curl_global_init on first use.  If SIGCHLD
- * is ignored (inherited SIG_IGN), its default disposition is restored:
- * otherwise no command's exit status could be collected.
+ * (freed with the loop).  The loop's own base has precise timers
+ * (EVENT_BASE_FLAG_PRECISE_TIMER: CLOCK_MONOTONIC and a timerfd, one more
+ * system call per loop iteration): a timer fires at its deadline, not up
+ * to a tick of the coarse clock (1 to 10 ms, the kernel's HZ) later; a
+ * base of the caller's is used as it was made.  Calls curl_global_init on
+ * first use.  If SIGCHLD is ignored (inherited SIG_IGN), its default
+ * disposition is restored: otherwise no command's exit status could be
+ * collected.
  * Returns NULL when out of memory or libcurl/libevent fail to initialise. */
 struct sonde_loop *sonde_loop_new(struct event_base *base);
 
