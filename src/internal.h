@@ -122,11 +122,12 @@ int sonde_op_unhold(struct sonde_op *op);
  * arranged (out of memory) the op is completed at once. */
 void sonde_op_complete_soon(struct sonde_op *op);
 
-/* Arm timer event `ev` to fire `seconds` (>= 0) from now.  Refreshes the
- * base's cached time first: inside a callback libevent would otherwise
- * count from the start of the loop iteration and fire early. */
-void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
-                          double seconds);
+/* Arm timer event `ev` to fire `seconds` (>= 0) from now (or an I/O
+ * event's timeout).  Refreshes the base's cached time first: inside a
+ * callback libevent would otherwise count from the start of the loop
+ * iteration and fire early.  Returns event_add's 0 or -1. */
+int sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
+                         double seconds);
 
 /* The leader pid of a running exec operation, or 0 for any other op. */
 pid_t sonde_exec_op_pid(struct sonde_op *op);
@@ -221,6 +222,14 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
  * masked; returns -1 when out of memory (*s is then left as it was, but
  * still sanitised), else 0. */
 int sonde_clean_text(char **s, size_t *len);
+
+/* EMFILE or ENFILE when the process cannot open one more descriptor now
+ * (tried with /dev/null), else 0 (curlerr.c). */
+int sonde_out_of_descriptors(void);
+
+/* errno `e` says the engine is short of descriptors, buffers or memory
+ * (EMFILE, ENFILE, ENOBUFS, ENOMEM): not the target's fault. */
+int sonde_resource_errno(int e);
 
 /* Format "ip:port" or "[ip]:port" of a sockaddr-like pair into out. */
 void sonde_format_addr(char *out, size_t n, const char *ip, long port);

@@ -164,15 +164,15 @@ int sonde_loop_cancel(struct sonde_loop *loop, uint64_t id) {
   return 0;
 }
 
-void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
-                          double seconds) {
+int sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
+                         double seconds) {
   if (!(seconds >= 0)) seconds = 0;
   if (seconds > SONDE_MAX_SECONDS) seconds = SONDE_MAX_SECONDS;
   struct timeval tv;
   tv.tv_sec = (time_t)seconds;
   tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
   event_base_update_cache_time(loop->base);
-  evtimer_add(ev, &tv);
+  return event_add(ev, &tv);
 }
 
 /* ---- background reaping ------------------------------------------------ */
