@@ -3,7 +3,8 @@
  * background reaping of signalled process groups, timers.
  *
  * Ownership: the loop owns its operations (see internal.h), the curl multi
- * handle (curlsock.c) and, when it made it, the event_base.  An operation
+ * handle (curlsock.c), the resolver (resolve.c) and, when it made it, the
+ * event_base.  An operation
  * is never freed while one of its own callbacks runs: cancelling an op that
  * is held (sonde_op_hold) unlinks and releases it and leaves the free to
  * sonde_op_unhold.
@@ -743,6 +744,7 @@ void sonde_loop_free(struct sonde_loop *loop) {
   if (loop->scan_timer) event_free(loop->scan_timer);
   free(loop->orphans);
   free(loop->waiting);
+  sonde_resolver_free(loop);
   sonde_curl_free(loop);
   if (loop->own_base) event_base_free(loop->base);
   free(loop);
