@@ -49,7 +49,8 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
                -DSONDE_VERSION='"$(VERSION)"'
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
-               src/curlerr.c src/exec.c src/http.c src/tcp.c src/lsonde.c \
+               src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
+               src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)

@@ -256,27 +256,35 @@ end
 --   opts.loopback_resolver  run it in a private mount namespace whose
 --                /etc/resolv.conf says `nameserver 127.0.0.1` (nothing
 --                listens there: every DNS query fails at once, none leaves)
+--   opts.resolv_conf, opts.hosts  run it in a private mount namespace
+--                whose /etc/resolv.conf (/etc/hosts) has this text (a
+--                scratch file, which the child may rewrite)
 function H.run_lua(code, opts)
   opts = opts or {}
   local script = os.tmpname()
   H.write(script, code)
   local lua = os.getenv("SONDE_LUA") or "lua5.4"
   local inner = (opts.prefix or "") .. " exec " .. q(lua) .. " " .. q(script)
-  local resolv
-  if opts.loopback_resolver then
-    resolv = os.tmpname()
-    H.write(resolv, "nameserver 127.0.0.1\n")
-    inner = "mount --bind " .. q(resolv) .. " /etc/resolv.conf && grep -qx "
-      .. "'nameserver 127.0.0.1' /etc/resolv.conf && " .. inner
+  local files = {}
+  local function over(path, text)
+    local f = os.tmpname()
+    H.write(f, text)
+    files[#files + 1] = f
+    -- (cmp: the child runs only if it sees exactly this text)
+    inner = "mount --bind " .. q(f) .. " " .. path .. " && cmp -s " .. q(f)
+      .. " " .. path .. " && " .. inner
   end
+  if opts.loopback_resolver then over("/etc/resolv.conf", "nameserver 127.0.0.1\n") end
+  if opts.resolv_conf then over("/etc/resolv.conf", opts.resolv_conf) end
+  if opts.hosts then over("/etc/hosts", opts.hosts) end
   local cmd = string.format("%s timeout 30 %s%s -c %s 2>&1 </dev/null",
-    H.lua_env(), opts.loopback_resolver and "unshare -m " or "",
+    H.lua_env(), #files > 0 and "unshare -m " or "",
     opts.shell or "sh", q(inner))
   local p = assert(io.popen(cmd, "r"))
   local out = p:read("a")
   local ok, how, status = p:close()
   os.remove(script)
-  if resolv then os.remove(resolv) end
+  for _, f in ipairs(files) do os.remove(f) end
   return out, ok, how, status
 end
 

@@ -1,6 +1,7 @@
 /*
  * curlerr.c - map a finished libcurl transfer onto sonde's closed reason
- * set, and small helpers the curl-based probers share.
+ * set, and small helpers the network probers share (text made safe to
+ * show, addresses formatted, a shortage of descriptors recognised).
  *
  * Checked against libcurl 7.88.1 as Debian 12 ships it (with its backport
  * of the CVE-2023-38039 fix) and the messages of later releases:
@@ -155,17 +156,16 @@ int sonde_clean_text(char **sp, size_t *lenp) {
   return rc;
 }
 
-/* The process cannot open one more descriptor now. */
-static int out_of_descriptors(void) {
+int sonde_out_of_descriptors(void) {
   int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
     close(fd);
     return 0;
   }
-  return errno == EMFILE || errno == ENFILE;
+  return errno == EMFILE || errno == ENFILE ? errno : 0;
 }
 
-static int resource_errno(int e) {
+int sonde_resource_errno(int e) {
   return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
 }
 
@@ -201,7 +201,7 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
     break;
   case CURLE_COULDNT_RESOLVE_HOST:
     /* the resolver could not open its files or sockets */
-    if (out_of_descriptors()) {
+    if (sonde_out_of_descriptors()) {
       r->status = SONDE_UNKNOWN;
       r->reason = SONDE_R_RESOURCE;
       prefix = "out of file descriptors: ";
@@ -211,7 +211,7 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
     break;
   case CURLE_COULDNT_CONNECT:
     /* (a refusal on one address beats a socket() failure on another) */
-    if (oserr != ECONNREFUSED && resource_errno(owner->sock_errno)) {
+    if (oserr != ECONNREFUSED && sonde_resource_errno(owner->sock_errno)) {
       /* no socket: the engine's trouble, not the target's */
       r->status = SONDE_UNKNOWN;
       r->reason = SONDE_R_RESOURCE;
@@ -219,7 +219,7 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
       sonde_result_set_error(r, "cannot open a socket: %s",
                              strerror(owner->sock_errno));
       return;
-    } else if (resource_errno((int)oserr)) {
+    } else if (sonde_resource_errno((int)oserr)) {
       r->status = SONDE_UNKNOWN;
       r->reason = SONDE_R_RESOURCE;
     } else {

@@ -31,6 +31,8 @@
 
 struct sonde_op;
 struct sonde_curl_owner;
+struct sonde_resolver;
+struct evutil_addrinfo;
 
 struct sonde_op_vtable {
   const char *kind;
@@ -105,6 +107,7 @@ struct sonde_loop {
   struct curl_slist *http_hdrs; /* http.c: the request headers of a probe */
   char *http_hdrs_ua;           /* with no header nor body of its own, for
                                    this default User-Agent (or NULL) */
+  struct sonde_resolver *resolver;    /* resolve.c; made at first lookup */
 };
 
 /* Link a freshly allocated op (zeroed by the caller, `vt` set) into the
@@ -131,11 +134,12 @@ int sonde_op_unhold(struct sonde_op *op);
  * arranged (out of memory) the op is completed at once. */
 void sonde_op_complete_soon(struct sonde_op *op);
 
-/* Arm timer event `ev` to fire `seconds` (>= 0) from now.  Refreshes the
- * base's cached time first: inside a callback libevent would otherwise
- * count from the start of the loop iteration and fire early. */
-void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
-                          double seconds);
+/* Arm timer event `ev` to fire `seconds` (>= 0) from now (or an I/O
+ * event's timeout).  Refreshes the base's cached time first: inside a
+ * callback libevent would otherwise count from the start of the loop
+ * iteration and fire early.  Returns event_add's 0 or -1. */
+int sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
+                         double seconds);
 
 /* The leader pid of a running exec operation, or 0 for any other op. */
 pid_t sonde_exec_op_pid(struct sonde_op *op);
@@ -261,7 +265,48 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
  * still sanitised), else 0. */
 int sonde_clean_text(char **s, size_t *len);
 
+/* EMFILE or ENFILE when the process cannot open one more descriptor now
+ * (tried with /dev/null), else 0 (curlerr.c). */
+int sonde_out_of_descriptors(void);
+
+/* errno `e` says the engine is short of descriptors, buffers or memory
+ * (EMFILE, ENFILE, ENOBUFS, ENOMEM): not the target's fault. */
+int sonde_resource_errno(int e);
+
 /* Format "ip:port" or "[ip]:port" of a sockaddr-like pair into out. */
 void sonde_format_addr(char *out, size_t n, const char *ip, long port);
+
+/* Host names resolved on the loop without a thread (resolve.c: libevent's
+ * evdns, one resolver per loop made at the first lookup and freed by
+ * sonde_resolver_free from sonde_loop_free). */
+enum sonde_lookup_status {
+  SONDE_LOOKUP_OK,           /* addresses found */
+  SONDE_LOOKUP_NO_HOST,      /* the name does not exist or has no address */
+  SONDE_LOOKUP_FAILED,       /* the name servers failed to tell */
+  SONDE_LOOKUP_RESOURCE      /* no descriptor or memory for the lookup */
+};
+struct sonde_lookup_result {
+  enum sonde_lookup_status status;
+  const char *why;           /* a failure in Go's words ("no such host"),
+                                static; NULL for OK */
+  int code;                  /* RESOURCE: the errno, else 0 */
+  struct evutil_addrinfo *ai; /* OK: TCP addresses with the port set, in
+                                the order to try them (IPv4 first); the
+                                callback owns them (evutil_freeaddrinfo) */
+};
+typedef void (*sonde_lookup_cb)(struct sonde_lookup_result *res, void *arg);
+struct sonde_lookup;
+
+/* Resolve `name` (a name, not an IP literal) for TCP port `port`.  cb is
+ * called once, from the loop, or before this returns when the answer is
+ * known at once (a name in /etc/hosts, a name that never resolves, no
+ * resolver): this then returns NULL.  Else it returns the lookup, which
+ * sonde_lookup_cancel cancels as long as cb has not run (cb is then never
+ * called). */
+struct sonde_lookup *sonde_lookup_start(struct sonde_loop *loop,
+                                        const char *name, long port,
+                                        sonde_lookup_cb cb, void *arg);
+void sonde_lookup_cancel(struct sonde_lookup *lk);
+void sonde_resolver_free(struct sonde_loop *loop);
 
 #endif

@@ -4,10 +4,10 @@
  *
  * Ownership: the loop owns its operations (see internal.h), the curl multi
  * handle and the idle easy handles (curlsock.c), the shared default header
- * list of HTTP probes (http.c) and, when it made it, the event_base.  An
- * operation is never freed while one of its own callbacks runs: cancelling
- * an op that is held (sonde_op_hold) unlinks and releases it and leaves the
- * free to sonde_op_unhold.
+ * list of HTTP probes (http.c), the resolver (resolve.c) and, when it made
+ * it, the event_base.  An operation is never freed while one of its own
+ * callbacks runs: cancelling an op that is held (sonde_op_hold) unlinks and
+ * releases it and leaves the free to sonde_op_unhold.
  *
  * Freeing an event from inside its own callback (a timer op completed,
  * an exec op cancelled from its output callback) is safe in libevent 2.1:
@@ -174,15 +174,15 @@ int sonde_loop_cancel(struct sonde_loop *loop, uint64_t id) {
   return 0;
 }
 
-void sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
-                          double seconds) {
+int sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
+                         double seconds) {
   if (!(seconds >= 0)) seconds = 0;
   if (seconds > SONDE_MAX_SECONDS) seconds = SONDE_MAX_SECONDS;
   struct timeval tv;
   tv.tv_sec = (time_t)seconds;
   tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
   event_base_update_cache_time(loop->base);
-  evtimer_add(ev, &tv);
+  return event_add(ev, &tv);
 }
 
 /* ---- background reaping ------------------------------------------------ */
@@ -753,6 +753,7 @@ void sonde_loop_free(struct sonde_loop *loop) {
   if (loop->scan_timer) event_free(loop->scan_timer);
   free(loop->orphans);
   free(loop->waiting);
+  sonde_resolver_free(loop);
   sonde_curl_free(loop);
   sonde_http_loop_free(loop);
   if (loop->own_base) event_base_free(loop->base);

@@ -1,7 +1,9 @@
 /*
  * sonde/loop.h - the loop every prober runs on.
  *
- * One sonde_loop wraps one libevent event_base and one libcurl multi handle.
+ * One sonde_loop wraps one libevent event_base and one libcurl multi handle,
+ * and from the first host name a TCP probe resolves on, one evdns resolver
+ * (one UDP socket per name server of /etc/resolv.conf).
  * Probers started on it (sonde_exec_start, sonde_http_start,
  * sonde_tcp_start) are "operations": each gets an id, runs without blocking,
  * and ends by calling its callback once from inside event_base_loop(), unless
@@ -41,8 +43,11 @@ struct event_base *sonde_loop_base(struct sonde_loop *loop);
  * running): cancel every operation (no callbacks are called), kill the
  * process groups of running commands, and of timed-out commands still in
  * their kill_grace (see sonde/exec.h), with SIGKILL and reap them (bounded
- * wait, at most about 1 s), then free the curl multi handle and, if the loop
- * created it, the base.
+ * wait, at most about 1 s), then free the resolver, the curl multi handle
+ * and, if the loop created it, the base.  On a base the loop did not
+ * create, the resolver's sockets close at once and the rest of it is freed
+ * from the base's next loop iteration (libevent still holds notices of the
+ * lookups just cancelled, which refer to it).
  */
 void sonde_loop_free(struct sonde_loop *loop);
 

@@ -91,7 +91,9 @@ struct sonde_result {
   int redirects;         /* redirects followed */
 
   /* HTTP and TCP */
-  char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or "" */
+  char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
+                            (TCP: the address tried last, also when that
+                            failed) */
 };
 
 /* Name of a status ("success" ...) or reason ("ok" ...); never NULL. */

@@ -1,17 +1,42 @@
 /*
- * sonde/tcp.h - the TCP prober (kubelet tcpSocket, reference section 4).
+ * sonde/tcp.h - the TCP prober (kubelet tcpSocket, reference section 4;
+ * the kubelet dials with Go's net.DialTimeout).
  *
  * Opens a TCP connection within the timeout and closes it at once; nothing
- * is sent or read.  Connected: success (reason ok, output "").  Refused:
- * failure connect_refused.  No connection by the deadline: failure
- * connect_timeout.  Name not resolved: failure dns.  Other errors: failure
- * network.  No socket (socket() failing with EMFILE, ENFILE, ENOBUFS or
- * ENOMEM), or a name not resolved while the process has no descriptor
- * left: unknown resource (the engine's trouble, not the target's).  A port
- * that accepts and then stays silent is a success: connecting is all this
- * probe does.  Control bytes in the error text are replaced with '?'.
- * Resolution and connect go through libcurl (CURLOPT_CONNECT_ONLY)
- * on the loop's multi handle, so nothing blocks.
+ * is sent or read.  A port that accepts and then stays silent is a
+ * success: connecting is all this probe does.
+ *
+ * The host is an IP literal (IPv4, or IPv6 without brackets, with an
+ * optional zone: "fe80::1%eth0"), connected directly, or a name, resolved
+ * on the loop without a thread (libevent's evdns: /etc/hosts, then the
+ * name servers, search list and options of /etc/resolv.conf; both files
+ * are read again when they change, looked at no more than every 5 s; a
+ * name under the reserved TLD "invalid" (RFC 6761) is known at once not
+ * to exist).  A name's addresses (IPv4 ones first) are tried in turn
+ * until one connects; while others remain, an address gets an equal share
+ * of the time left, at least 2 s (as Go shares a dial's deadline).  One
+ * deadline, `timeout` after the start, bounds the lookup and every
+ * attempt.
+ *
+ * Results (the error and output in the kubelet's words, Go's; remote_addr
+ * "ip:port" / "[ip]:port" is the address tried last, "" when none was):
+ *   connected                    success ok, output "" (NULL in C), no error
+ *   refused                      failure connect_refused, "connect:
+ *                                connection refused"
+ *   no connection by the deadline  failure connect_timeout, "i/o timeout"
+ *   name not found, or no answer from the name servers by the deadline
+ *                                failure dns, "lookup NAME: no such host"
+ *                                ("... i/o timeout")
+ *   other errors                 failure network ("connect: no route to
+ *                                host", ...)
+ *   no socket (socket() failing with EMFILE, ENFILE, ENOBUFS or ENOMEM),
+ *   or no resolver while the process has no descriptor left
+ *                                unknown resource (the engine's trouble,
+ *                                not the target's): "cannot open a
+ *                                socket: Too many open files"
+ * output is "dial tcp ADDR: ERROR" ("dial tcp: lookup ..." for a lookup),
+ * code the errno behind the error (ETIMEDOUT for a deadline), or 0.
+ * Control bytes in the texts are replaced with '?'.
  */
 #ifndef SONDE_TCP_H
 #define SONDE_TCP_H

@@ -276,9 +276,14 @@ end
 --
 -- spec fields: `host` (default "127.0.0.1"; IPv6 bare), `port` (1..65535
 -- or a name in `ports`), `ports`, `timeout` (seconds, > 0, default 1).
+-- A name is resolved on the loop (/etc/hosts, then the name servers of
+-- /etc/resolv.conf) and its addresses tried in turn, all within `timeout`.
 -- Connected: success (output ""); refused: failure connect_refused; no
--- connection by the deadline: failure connect_timeout; name not resolved:
--- failure dns; other errors: failure network.  Result adds `remote_addr`.
+-- connection by the deadline: failure connect_timeout; name not resolved
+-- (or no answer by the deadline): failure dns; other errors: failure
+-- network.  `output` is the kubelet's ("dial tcp 127.0.0.1:80: connect:
+-- connection refused").  Result adds `remote_addr` (the address tried
+-- last).
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)

@@ -9,8 +9,9 @@
 --   srv:stop()
 --
 -- opts: host ("127.0.0.1"), mode ("http"; "tcp-full": a full accept queue;
--- "silent": accepts, never reads nor answers), log (keep the requests), port
--- (0: any), max_seconds (300).
+-- "silent": accepts, never reads nor answers; "dns": a DNS server on UDP,
+-- names listed in the server's source), log (keep the requests, or the
+-- DNS questions), port (0: any), max_seconds (300).
 return function(H)
   local q = H.q
   local Server = {}
