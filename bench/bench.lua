@@ -501,6 +501,16 @@ local function bench()
     .. "pending);")
   print("  lateness: tick start minus due time (n/a: not measured, see "
     .. "the notes)")
+  local children = {}
+  for _, r in pairs(res.exec.raw or {}) do
+    if r.cpu_children and r.runs > 0 then
+      children[#children + 1] = r.cpu_children / r.runs * 1e6
+    end
+  end
+  if #children > 0 then
+    print(fmt("  exec: each /bin/true costs its child %.0f µs of CPU (raw's "
+      .. "RUSAGE_CHILDREN), not counted above", median(children)))
+  end
 
   print()
   print(fmt("10,000 declared probes at period 10 s (%d windows of %g s after "
@@ -535,6 +545,13 @@ local function bench()
   end
   print("  CPU: median of the windows; RSS: the largest; RSS B/probe: (RSS of "
     .. "10,000 - RSS of 1,000) / 9,000, both at period 10 s")
+  for _, kind in ipairs({ "tcp", "http" }) do
+    local f = figures(res[kind].raw)
+    if f and median(f.cpu) then
+      print(fmt("  raw %s at the same rate (1,000 runs/s, its CPU per run "
+        .. "above): %.2f %% of a core", kind, median(f.cpu) * 1000 / 1e6 * 100))
+    end
+  end
 
   -- targets
   print()
