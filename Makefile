@@ -3,6 +3,9 @@
 #   make              build build/lib/sonde/core.so and build/bin/sonde
 #   make check        build, then run the busted suite under Lua 5.4
 #   make check SANITIZE=1   the same with AddressSanitizer + UBSan
+#   make bench        the benchmark, a few minutes (BENCH_QUICK=1: shorter)
+#   make bench-memory no RSS growth at 1,000 runs/s for BENCH_MEMORY s (600)
+#   make bench-concurrency  N probes one by one, then at once on the loop
 #   make soak         the hostile soak, 60 s (SOAK_SECONDS=600 for the long one)
 #   make demo         run the liveness-exec example (about 40 s)
 #   make demo-probes  run ten probes at once against a local server
@@ -58,8 +61,9 @@ HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so
 HOST        := $(BUILD)/bin/sonde
 FIXTURE     := $(BUILD)/test/fixture-server
+RAW         := $(BUILD)/bench/raw
 
-.PHONY: all check demo demo-probes bench soak env install clean format-check
+.PHONY: all check demo demo-probes bench bench-memory bench-concurrency soak env install clean format-check
 all: $(MODULE) $(HOST)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h \
@@ -81,6 +85,11 @@ $(FIXTURE): spec/fixtures/fixture-server.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) $(EVENT_CFLAGS) -o $@ $< \
 	  $(EVENT_LIBS)
+
+# The benchmark's raw C baseline (bench/raw.c), built as the engine is.
+$(RAW): bench/raw.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(CURL_LIBS) $(EVENT_LIBS)
 
 # Debian packages the build needs, and those the tests need too; installed
 # when missing (`make deps`, `make test-deps`).
@@ -138,8 +147,32 @@ demo-probes: deps
 	port=$$(sed -n 's/^PORT //p' $$log); \
 	$(HOST) examples/concurrent.lua http://127.0.0.1:$$port
 
-# Benchmarks print ratios against a baseline measured in the same run.
+# The benchmark (bench/bench.lua): per probe kind, the raw C baseline
+# (bench/raw.c), the probers from Lua, declared probes under the host and
+# blackbox_exporter, against the fixture server; medians of 3 rounds, the
+# targets met or missed; a few minutes (BENCH_QUICK=1: shorter windows).
+# `make bench-memory`: the no-growth check, 1,000 probes at 1,000 runs/s
+# for BENCH_MEMORY seconds (600).  Whatever the run leaves is killed, by
+# the pids it recorded, and only while they carry its BENCH_DIR.
+BENCH_PKGS := prometheus-blackbox-exporter binutils
+BENCH_RUN   = dir=$$(mktemp -d /tmp/sonde-bench.XXXXXX); \
+	cleanup() { if [ -f $$dir/pids ]; then while read p; do \
+	  if tr '\0' '\n' 2>/dev/null </proc/$$p/environ | grep -qx "BENCH_DIR=$$dir"; then \
+	    kill -KILL $$p 2>/dev/null; fi; done < $$dir/pids; fi; rm -rf $$dir; }; \
+	trap cleanup EXIT; trap 'exit 130' INT TERM; \
+	BENCH_DIR=$$dir $(LUA) bench/bench.lua $(HOST) $(MODULE) $(RAW) $(FIXTURE)
 bench: deps
+	@$(MAKE) -s install-pkgs PKGS="$(BENCH_PKGS)"
+	$(MAKE) all $(FIXTURE) $(RAW)
+	@$(BENCH_RUN)
+bench-memory: deps
+	@$(MAKE) -s install-pkgs PKGS="$(BENCH_PKGS)"
+	$(MAKE) all $(FIXTURE) $(RAW)
+	@BENCH_MEMORY=$${BENCH_MEMORY:-600}; export BENCH_MEMORY; $(BENCH_RUN)
+
+# What running probes at once on the loop buys: N probes one after
+# another, then at once, and the ratio (bench/probes.lua).
+bench-concurrency: deps
 	$(MAKE) all $(FIXTURE)
 	@log=$$(mktemp); \
 	$(FIXTURE) --max-seconds 120 > $$log & pid=$$!; \

@@ -1,7 +1,7 @@
 -- bench/probes.lua: what running probes concurrently on one loop buys,
 -- measured against a baseline run in the same script.
 --
---   build/bin/sonde bench/probes.lua BASE_URL      (`make bench` runs it)
+--   build/bin/sonde bench/probes.lua BASE_URL   (`make bench-concurrency`)
 --
 -- Prints, for each kind, the time of N probes run one after another
 -- (baseline) and N run at once, and the ratio.  Loopback only.
