@@ -238,9 +238,16 @@ local function measure_raw(kind, n)
   return lines_of(out)[1]
 end
 
+-- A script under the host that fails goes on running (the host logs the
+-- error): a bound on each, well past what it should take.
+local function bounded(seconds)
+  return fmt("timeout -k 5 %d ", math.ceil(seconds + 60))
+end
+
 local function measure_lua(kind, n)
-  local out = run(fmt("%s bench/lua_probers.lua %s %s %d 1 %g %g", q(HOST),
-    kind, q(target(kind)), n, WARMUP, window(kind)))
+  local out = run(fmt("%s%s bench/lua_probers.lua %s %s %d 1 %g %g",
+    bounded(WARMUP + window(kind)), q(HOST), kind, q(target(kind)), n,
+    WARMUP, window(kind)))
   return lines_of(out)[1]
 end
 
@@ -248,8 +255,9 @@ end
 -- are counted there when the core has no schedule_stats, and any failed
 -- run shows there.
 local function measure_declared(kind, n, period, warmup, window, windows)
-  local out, err = run(fmt("%s bench/declared.lua %s %s %d %g %g %g %d",
-    q(HOST), kind, q(target(kind)), n, period, warmup, window, windows))
+  local out, err = run(fmt("%s%s bench/declared.lua %s %s %d %g %g %g %d",
+    bounded(warmup + window * windows), q(HOST), kind, q(target(kind)), n,
+    period, warmup, window, windows))
   local list = lines_of(out)
   for _, r in ipairs(list) do
     r.log_skipped = count(err, "probe_skipped")

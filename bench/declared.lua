@@ -59,10 +59,10 @@ local stats = core.schedule_stats
 local function sums()
   local runs, ok, missed = 0, 0, 0
   for i = 1, N do
-    local p = probes[i]
-    runs = runs + p.runs
-    ok = ok + (p.stats and p.stats.counts.success or 0)
-    missed = missed + (p.ticker.missed or 0)
+    local st = probes[i].stats
+    runs = runs + st.n
+    ok = ok + st.counts.success
+    missed = missed + st.missed
   end
   return runs, ok, missed
 end

@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event_struct.h>
+
 #include "internal.h"
 #include "sonde/exec.h"
 
@@ -688,14 +690,13 @@ uint64_t sonde_end_orphans(struct sonde_loop *loop, uint64_t owner,
 
 struct timer_op {
   struct sonde_op op;
-  struct event *ev;
+  struct event ev;           /* assigned, not allocated: one malloc a timer */
 };
 
 static void timer_release(struct sonde_op *op, int cancelled) {
   struct timer_op *t = (struct timer_op *)op;
   (void)cancelled;
-  if (t->ev) event_free(t->ev);
-  t->ev = NULL;
+  event_del(&t->ev);
 }
 
 static const struct sonde_op_vtable timer_vt = {"timer", timer_release};
@@ -714,9 +715,11 @@ uint64_t sonde_timer_start(struct sonde_loop *loop, double seconds,
   struct timer_op *t = calloc(1, sizeof *t);
   if (!t) return 0;
   t->op.vt = &timer_vt;
-  t->ev = evtimer_new(loop->base, on_timer, t);
-  if (!t->ev) { free(t); return 0; }
-  sonde_loop_add_timer(loop, t->ev, seconds);
+  if (event_assign(&t->ev, loop->base, -1, 0, on_timer, t) != 0) {
+    free(t);
+    return 0;
+  }
+  sonde_loop_add_timer(loop, &t->ev, seconds);
   return sonde_op_start(loop, &t->op, cb, arg);
 }
 

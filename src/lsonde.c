@@ -488,12 +488,24 @@ static int l_core_tcp(lua_State *L) {
   return started(L, c, sonde_tcp_start(c->loop, &o, call_back, c), 2);
 }
 
-/* core.timer(seconds, cb) -> id */
+/* A timer's end: its callback is called with no argument (a timer has
+ * no result to tell). */
+static void call_timer(const struct sonde_result *r, void *arg) {
+  struct lcore *c = arg;
+  lua_State *L = sonde_lua_thread(c);
+  if (!L) return;
+  int top = lua_gettop(L);
+  take_entry(L, c, r->id);
+  if (lua_isfunction(L, -1)) sonde_lua_pcall(c, 0, 0);
+  lua_settop(L, top);
+}
+
+/* core.timer(seconds, cb) -> id: cb() after seconds */
 static int l_core_timer(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   double s = luaL_checknumber(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  return started(L, c, sonde_timer_start(c->loop, s, call_back, c), 2);
+  return started(L, c, sonde_timer_start(c->loop, s, call_timer, c), 2);
 }
 
 /* core.cancel(id) -> boolean (true if it was pending).  Safe from any
