@@ -9,10 +9,11 @@
  *     period = 10,                         -- seconds
  *     handler = "exec" | "http" | "tcp" | nil,   -- nil: a custom check
  *     opts = {...},                        -- core.exec/http/tcp options
- *     on_event = function(event, t) ... end,
+ *     on_event = function(ctx, event, t) ... end,
+ *     ctx = value,                         -- on_event's first argument
  *   }
  *
- * on_event(event, t) runs on the main thread like every callback
+ * on_event(ctx, event, t) runs on the main thread like every callback
  * (lsonde.c) and is told:
  *   "tick"       a worker without a handler is due: start the run and
  *                return true, or return false when the last still goes;
@@ -34,9 +35,10 @@
  * runs finished (their results came in), seq() -> handler results so far
  * (tells a new last()), finished() (a custom check's run has ended).
  *
- * Ownership: the userdata owns its worker; the options table, the values
- * anchoring its C view and the loop's userdata are kept in the userdata's
- * user value, so that they outlive the worker.  A worker no longer
+ * Ownership: the userdata owns its worker; on_event, ctx, the options
+ * table with the values anchoring its C view, and the loop's userdata
+ * are kept in the userdata's user values (UV_*), so that they outlive
+ * the worker.  A worker no longer
  * referenced is stopped and freed by its __gc; while on_event runs, the
  * userdata is anchored on the stack.
  */
@@ -73,6 +75,9 @@ static size_t opts_size(sonde_handler h) {
   default: return 0;
   }
 }
+
+/* The userdata's user values. */
+enum { UV_ON_EVENT = 1, UV_CTX, UV_LOOP, UV_OPTS, UV_ANCHORS, UV__COUNT };
 
 /* Registry key of the weak table lightuserdata(struct lworker) -> userdata. */
 static const char workers_key = 'w';
@@ -123,12 +128,13 @@ static int call_event(struct lworker *lw, const char *ev,
     lua_settop(L, top);
     return -1;
   }
-  lua_getiuservalue(L, -1, 1);            /* anchored: the userdata below */
-  lua_getfield(L, -1, "on_event");
+  /* the userdata stays on the stack below: anchored during the call */
+  lua_getiuservalue(L, -1, UV_ON_EVENT);
+  lua_getiuservalue(L, -2, UV_CTX);
   lua_pushstring(L, ev);
   if (t) push_transition(L, t);
   else lua_pushnil(L);
-  int rc = sonde_lua_pcall(lw->c, 2, 1);
+  int rc = sonde_lua_pcall(lw->c, 3, 1);
   int res = rc == 0 ? lua_toboolean(L, -1) : -1;
   lua_settop(L, top);
   return res;
@@ -201,37 +207,38 @@ static int l_worker(lua_State *L) {
   lua_pop(L, 1);
 
   size_t size = sizeof(struct lworker) + opts_size(h);
-  struct lworker *lw = lua_newuserdatauv(L, size, 1);          /* 2 */
+  struct lworker *lw = lua_newuserdatauv(L, size, UV__COUNT - 1);  /* 2 */
   memset(lw, 0, size);
   lw->c = c;
   luaL_setmetatable(L, WORKER_MT);
-  lua_createtable(L, 0, 4);                                     /* 3 */
   lua_getfield(L, 1, "on_event");
-  lua_setfield(L, 3, "on_event");
+  lua_setiuservalue(L, 2, UV_ON_EVENT);
+  lua_getfield(L, 1, "ctx");
+  lua_setiuservalue(L, 2, UV_CTX);
   lua_pushvalue(L, lua_upvalueindex(1));                        /* the loop */
-  lua_setfield(L, 3, "loop");
+  lua_setiuservalue(L, 2, UV_LOOP);
   const void *opts = NULL;
   if (h != SONDE_H_NONE) {
-    if (lua_getfield(L, 1, "opts") != LUA_TTABLE)               /* 4 */
+    if (lua_getfield(L, 1, "opts") != LUA_TTABLE)               /* 3 */
       return luaL_error(L, "sonde.core.worker: opts: table expected");
-    lua_pushvalue(L, 4);
-    lua_setfield(L, 3, "opts");
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, 2, UV_OPTS);
     int n = 0;
     void *o = lw->opts;
-    if (h == SONDE_H_EXEC) n = sonde_lua_exec_opts(L, 4, o);
-    else if (h == SONDE_H_HTTP) n = sonde_lua_http_opts(L, 4, o);
-    else sonde_lua_tcp_opts(L, 4, o);
-    /* the values anchoring the C view of the options */
-    lua_createtable(L, n, 0);
-    for (int i = 1; i <= n; i++) {
-      lua_pushvalue(L, 4 + i);
-      lua_rawseti(L, -2, i);
+    if (h == SONDE_H_EXEC) n = sonde_lua_exec_opts(L, 3, o);
+    else if (h == SONDE_H_HTTP) n = sonde_lua_http_opts(L, 3, o);
+    else sonde_lua_tcp_opts(L, 3, o);
+    if (n > 0) {           /* the values anchoring the C view of the options */
+      lua_createtable(L, n, 0);
+      for (int i = 1; i <= n; i++) {
+        lua_pushvalue(L, 3 + i);
+        lua_rawseti(L, -2, i);
+      }
+      lua_setiuservalue(L, 2, UV_ANCHORS);
     }
-    lua_setfield(L, 3, "anchors");
-    lua_settop(L, 3);
+    lua_settop(L, 2);
     opts = lw->opts;
   }
-  lua_setiuservalue(L, 2, 1);
   lw->w = sonde_worker_new(c->loop, &th, period, h, opts, &hooks, lw,
                            &c->sched);
   if (!lw->w) return luaL_error(L, "sonde: out of memory");

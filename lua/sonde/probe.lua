@@ -111,7 +111,8 @@ local PROPS = {
   last_result = function(p) return p:last() end,
   -- made when first needed: most probes never start a task
   scope = function(p)
-    local sc = task.scope { name = p.where, data = p.owner }
+    local sc = task.scope { name = string.format("probe %q", p.name),
+      data = p.owner }
     rawset(p, "scope", sc)
     return sc
   end,
@@ -230,7 +231,7 @@ function M.new(spec, owner)
     name = s.name, kind = kind, spec = spec, handler = handler,
     service = s.service, owner = owner,
     initial_delay = s.initial_delay, period = s.period, timeout = s.timeout,
-    check_cpu = s.check_cpu,
+    check_cpu = handler == "check" and s.check_cpu or nil,
     success_threshold = s.success_threshold,
     failure_threshold = s.failure_threshold,
     action_interval = s.action_interval,
@@ -238,13 +239,12 @@ function M.new(spec, owner)
     on_failure = s.on_failure, on_recovery = s.on_recovery,
     opts = handler ~= "check" and handler_opts(ctx, s, spec, handler) or nil,
   }, Probe)
-  self.where = ctx.where
   self.worker = core.worker {
     kind = kind, period = self.period, service = self.service ~= nil,
     success_threshold = self.success_threshold,
     failure_threshold = self.failure_threshold,
     handler = C_HANDLER[handler], opts = self.opts,
-    on_event = function(ev, t) return self:on_event(ev, t) end,
+    on_event = Probe.on_event, ctx = self,
   }
   self.worker:set_filter(spec.on_result ~= nil)
   if handler == "check" then
@@ -299,6 +299,9 @@ end
 function Probe:on_event(ev, t)
   if ev == "committed" then
     self:after(self:last(), t, true)
+    -- the worker keeps the result: built again when read (a table per
+    -- probe kept between runs would be most of a probe's memory)
+    self.last_r, self.last_seq = nil, nil
   elseif ev == "result" then
     self:handle(self:last())
   elseif ev == "skipped" then

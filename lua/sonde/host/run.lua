@@ -35,6 +35,9 @@ local common = require "sonde.host.common"
 
 local M = {}
 
+--- Seconds between two returns of the heap's free memory to the system.
+M.TRIM_PERIOD = 10
+
 local S = core.signals
 local plural = common.plural
 
@@ -95,7 +98,7 @@ function M.main(source, args, listen)
   end
   log.event("info", "host_start", { script = source.name,
     services = #current.services, probes = #current.probes })
-  local watchdog, stopping
+  local watchdog, trimmer, stopping
   -- SIGTERM, SIGINT, or the script stopped its own load (sonde.stop()):
   -- end it all; the loop then runs out and the host exits.  A second
   -- SIGTERM or SIGINT meanwhile kills the services at once (SIGKILL)
@@ -113,7 +116,8 @@ function M.main(source, args, listen)
     stopping = true
     log.event("info", "host_stop", { script = source.name, signal = sig })
     if watchdog then core.cancel(watchdog) end
-    watchdog = nil
+    if trimmer then core.cancel(trimmer) end
+    watchdog, trimmer = nil, nil
     core.sd_notify("STOPPING=1")
     endpoints.close()
     -- the load stops, and every escaped descendant (the services' too)
@@ -188,13 +192,21 @@ function M.main(source, args, listen)
   -- with WatchdogSec=, a keep-alive from the loop at half the interval.
   core.sd_notify("READY=1\nSTATUS=" .. status_line(current))
   local wd = core.watchdog_usec()
-  if wd then
+  if wd and not stopping then          -- (a script that stopped itself)
     local function ping()
       core.sd_notify("WATCHDOG=1")
       watchdog = core.timer(wd / 2e6, ping)
     end
     watchdog = core.timer(wd / 2e6, ping)
   end
+  -- What the heap has freed goes back to the system every TRIM_PERIOD
+  -- seconds (a burst of results or logs leaves free memory that malloc
+  -- keeps otherwise): a fraction of a millisecond when there is little.
+  local function trim()
+    core.trim()
+    trimmer = core.timer(M.TRIM_PERIOD, trim)
+  end
+  if not stopping then trimmer = core.timer(M.TRIM_PERIOD, trim) end
   run_loop()
   return 0
 end
