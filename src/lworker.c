@@ -388,6 +388,7 @@ static int w_last(lua_State *L) {
 static int l_schedule_stats(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   struct sonde_sched_stats *s = &c->sched;
+  int reset = lua_toboolean(L, 1);      /* before the table takes index 1 */
   lua_createtable(L, 0, 6);
   set_u64(L, "runs", s->runs);
   set_u64(L, "skipped", s->skipped);
@@ -398,7 +399,7 @@ static int l_schedule_stats(lua_State *L) {
   lua_setfield(L, -2, "p99");
   lua_pushnumber(L, s->max);
   lua_setfield(L, -2, "max");
-  if (lua_toboolean(L, 1)) memset(s, 0, sizeof *s);
+  if (reset) memset(s, 0, sizeof *s);
   return 1;
 }
 
