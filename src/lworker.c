@@ -42,6 +42,7 @@
  */
 #define _GNU_SOURCE
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <string.h>
 
@@ -153,11 +154,41 @@ static struct lworker *check(lua_State *L) {
 }
 
 static unsigned opt_count(lua_State *L, int t, const char *k) {
-  lua_getfield(L, t, k);
-  lua_Integer n = luaL_optinteger(L, -1, 1);
+  int isint = 1;
+  lua_Integer n = 1;
+  if (lua_getfield(L, t, k) != LUA_TNIL) n = lua_tointegerx(L, -1, &isint);
   lua_pop(L, 1);
+  if (!isint) luaL_error(L, "sonde.core.worker: %s: integer expected", k);
   if (n < 1) luaL_error(L, "sonde.core.worker: %s: must be at least 1", k);
+  if ((lua_Unsigned)n > UINT_MAX)
+    luaL_error(L, "sonde.core.worker: %s: must be at most %u", k, UINT_MAX);
   return (unsigned)n;
+}
+
+/* spec[k] as the index of one of `names` (`def` when nil, unless NULL);
+ * raises naming the field and the values allowed. */
+static int opt_name(lua_State *L, const char *k, const char *def,
+                    const char *const names[]) {
+  lua_getfield(L, 1, k);
+  const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                  : lua_isnil(L, -1)              ? def
+                                                  : NULL;
+  for (int i = 0; v && names[i]; i++) {
+    if (strcmp(names[i], v) == 0) {
+      lua_pop(L, 1);
+      return i;
+    }
+  }
+  const char *got = luaL_tolstring(L, -1, NULL);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 0; names[i]; i++) {
+    if (i) luaL_addstring(&b, ", ");
+    luaL_addstring(&b, names[i]);
+  }
+  luaL_pushresult(&b);
+  return luaL_error(L, "sonde.core.worker: %s: expected one of %s, got %s",
+                    k, lua_tostring(L, -1), got);
 }
 
 /* core.worker(spec) -> worker */
@@ -166,16 +197,17 @@ static int l_worker(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   struct sonde_thresholds th;
-  lua_getfield(L, 1, "kind");
-  th.kind = (sonde_kind)luaL_checkoption(L, -1, NULL, KINDS);
-  lua_pop(L, 1);
+  th.kind = (sonde_kind)opt_name(L, "kind", NULL, KINDS);
   th.success = opt_count(L, 1, "success_threshold");
   th.failure = opt_count(L, 1, "failure_threshold");
   lua_getfield(L, 1, "service");
   th.service = lua_toboolean(L, -1);
   lua_pop(L, 1);
   lua_getfield(L, 1, "period");
-  double period = luaL_checknumber(L, -1);
+  if (!lua_isnumber(L, -1))
+    return luaL_error(L, "sonde.core.worker: period: number expected, got %s",
+                      luaL_typename(L, -1));
+  double period = lua_tonumber(L, -1);
   lua_pop(L, 1);
   if (!(period > 0))
     return luaL_error(L, "sonde.core.worker: period: must be > 0");
@@ -183,9 +215,7 @@ static int l_worker(lua_State *L) {
     return luaL_error(L, "sonde.core.worker: on_event: function expected");
   lua_pop(L, 1);
   static const char *const HANDLERS[] = {"none", "exec", "http", "tcp", NULL};
-  lua_getfield(L, 1, "handler");
-  sonde_handler h = (sonde_handler)luaL_checkoption(L, -1, "none", HANDLERS);
-  lua_pop(L, 1);
+  sonde_handler h = (sonde_handler)opt_name(L, "handler", "none", HANDLERS);
 
   struct lworker *lw = lua_newuserdatauv(L, sizeof *lw, 1);   /* 2 */
   memset(lw, 0, sizeof *lw);
@@ -403,6 +433,14 @@ static int l_schedule_stats(lua_State *L) {
   return 1;
 }
 
+/* Argument i: an integer from `min` to UINT_MAX. */
+static unsigned count_arg(lua_State *L, int i, lua_Integer min) {
+  lua_Integer n = luaL_checkinteger(L, i);
+  luaL_argcheck(L, n >= min, i, min ? "must be at least 1" : "must be >= 0");
+  luaL_argcheck(L, (lua_Unsigned)n <= UINT_MAX, i, "too large");
+  return (unsigned)n;
+}
+
 /* core.step(state, last, run, hold, status, kind, success_threshold,
  * failure_threshold, service) -> state, last, run, hold [, from, to,
  * changed, run, hold, restart]: sonde_step, pure. */
@@ -413,12 +451,12 @@ static int l_step(lua_State *L) {
   w.state = (sonde_pstate)luaL_checkoption(L, 1, NULL, PSTATES);
   w.last = lua_isnil(L, 2) ? SONDE_PS_NONE
                            : (sonde_pstate)luaL_checkoption(L, 2, NULL, PSTATES);
-  w.run = (unsigned)luaL_checkinteger(L, 3);
+  w.run = count_arg(L, 3, 0);
   w.hold = lua_toboolean(L, 4);
   sonde_status st = status_arg(L, 5);
   p.kind = (sonde_kind)luaL_checkoption(L, 6, NULL, KINDS);
-  p.success = (unsigned)luaL_checkinteger(L, 7);
-  p.failure = (unsigned)luaL_checkinteger(L, 8);
+  p.success = count_arg(L, 7, 1);
+  p.failure = count_arg(L, 8, 1);
   p.service = lua_toboolean(L, 9);
   int has = sonde_step(&w, st, &p, &n, &t);
   push_pstate(L, n.state);
