@@ -6,7 +6,7 @@
  *   local w = core.worker {
  *     kind = "liveness" | "readiness" | "startup",
  *     success_threshold = 1, failure_threshold = 3, service = false,
- *     period = 10,                         -- seconds
+ *     period = 10,                         -- seconds, 1e-6 to 1e9
  *     handler = "exec" | "http" | "tcp" | nil,   -- nil: a custom check
  *     opts = {...},                        -- core.exec/http/tcp options
  *     on_event = function(event, t) ... end,
@@ -26,7 +26,8 @@
  * states "success" | "failure" | "unknown", actions "on_failure" |
  * "on_recovery" | nil.
  *
- * Methods: start(first_at), stop(), cancel(), active(), busy(),
+ * Methods: start(first_at) (monotonic seconds, finite, at most 1e9 s
+ * before core.now()), stop(), cancel(), active(), busy(),
  * set_gated(b), set_filter(b), set_notify(success, other),
  * commit(status, duration) -> t | nil, force(to) -> t, reset(),
  * count() -> state, last|nil, run, hold, state() -> string,
@@ -44,6 +45,7 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
+#include <math.h>
 #include <string.h>
 
 #include "lsonde.h"
@@ -211,6 +213,9 @@ static int l_worker(lua_State *L) {
   lua_pop(L, 1);
   if (!(period > 0))
     return luaL_error(L, "sonde.core.worker: period: must be > 0");
+  if (!(period >= SONDE_MIN_PERIOD && period <= SONDE_MAX_SECONDS))
+    return luaL_error(L, "sonde.core.worker: period: must be from 1e-6 to "
+                      "1e9 seconds, got %f", (lua_Number)period);
   if (lua_getfield(L, 1, "on_event") != LUA_TFUNCTION)
     return luaL_error(L, "sonde.core.worker: on_event: function expected");
   lua_pop(L, 1);
@@ -267,9 +272,17 @@ static int w_gc(lua_State *L) {
   return 0;
 }
 
+/* start(first_at): finite, and at most SONDE_MAX_SECONDS in the past (a
+ * NaN or far-past first_at would make every tick due at once; the first
+ * tick of a far-future one waits SONDE_MAX_SECONDS, like any timer). */
 static int w_start(lua_State *L) {
   struct lworker *lw = check(L);
-  sonde_worker_start(lw->w, luaL_checknumber(L, 2));
+  double first_at = luaL_checknumber(L, 2);
+  luaL_argcheck(L, isfinite(first_at) &&
+                first_at >= sonde_now() - SONDE_MAX_SECONDS, 2,
+                "first_at: must be finite and at most 1e9 seconds before "
+                "core.now()");
+  sonde_worker_start(lw->w, first_at);
   return 0;
 }
 
@@ -479,8 +492,13 @@ static int l_next_slot(lua_State *L) {
   double first = luaL_checknumber(L, 1), period = luaL_checknumber(L, 2);
   lua_Integer ticks = luaL_checkinteger(L, 3);
   double now = luaL_checknumber(L, 4);
-  luaL_argcheck(L, period > 0, 2, "must be > 0");
+  luaL_argcheck(L, isfinite(first), 1, "must be finite");
+  luaL_argcheck(L, period > 0 && isfinite(period), 2, "must be > 0");
   luaL_argcheck(L, ticks >= 0, 3, "must be >= 0");
+  luaL_argcheck(L, isfinite(now), 4, "must be finite");
+  luaL_argcheck(L, fabs((now - first) / period) < 0x1p53, 4,
+                "too many periods from first_at (slot numbers are exact "
+                "below 2^53)");
   uint64_t missed = 0;
   uint64_t k = sonde_next_slot(first, period, (uint64_t)ticks, now, &missed);
   lua_pushinteger(L, (lua_Integer)k);
