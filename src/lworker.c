@@ -6,7 +6,7 @@
  *   local w = core.worker {
  *     kind = "liveness" | "readiness" | "startup",
  *     success_threshold = 1, failure_threshold = 3, service = false,
- *     period = 10,                         -- seconds
+ *     period = 10,                         -- seconds, 1e-6 to 1e9
  *     handler = "exec" | "http" | "tcp" | nil,   -- nil: a custom check
  *     opts = {...},                        -- core.exec/http/tcp options
  *     on_event = function(ctx, event, t) ... end,
@@ -27,7 +27,8 @@
  * states "success" | "failure" | "unknown", actions "on_failure" |
  * "on_recovery" | nil.
  *
- * Methods: start(first_at), stop(), cancel(), active(), busy(),
+ * Methods: start(first_at) (monotonic seconds, finite, at most 1e9 s
+ * before core.now()), stop(), cancel(), active(), busy(),
  * set_gated(b), set_filter(b), set_notify(success, other),
  * commit(status, duration) -> t | nil, force(to) -> t, reset(),
  * count() -> state, last|nil, run, hold, state() -> string,
@@ -44,7 +45,9 @@
  */
 #define _GNU_SOURCE
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -172,11 +175,41 @@ static struct lworker *check(lua_State *L) {
 }
 
 static unsigned opt_count(lua_State *L, int t, const char *k) {
-  lua_getfield(L, t, k);
-  lua_Integer n = luaL_optinteger(L, -1, 1);
+  int isint = 1;
+  lua_Integer n = 1;
+  if (lua_getfield(L, t, k) != LUA_TNIL) n = lua_tointegerx(L, -1, &isint);
   lua_pop(L, 1);
+  if (!isint) luaL_error(L, "sonde.core.worker: %s: integer expected", k);
   if (n < 1) luaL_error(L, "sonde.core.worker: %s: must be at least 1", k);
+  if ((lua_Unsigned)n > UINT_MAX)
+    luaL_error(L, "sonde.core.worker: %s: must be at most %u", k, UINT_MAX);
   return (unsigned)n;
+}
+
+/* spec[k] as the index of one of `names` (`def` when nil, unless NULL);
+ * raises naming the field and the values allowed. */
+static int opt_name(lua_State *L, const char *k, const char *def,
+                    const char *const names[]) {
+  lua_getfield(L, 1, k);
+  const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                  : lua_isnil(L, -1)              ? def
+                                                  : NULL;
+  for (int i = 0; v && names[i]; i++) {
+    if (strcmp(names[i], v) == 0) {
+      lua_pop(L, 1);
+      return i;
+    }
+  }
+  const char *got = luaL_tolstring(L, -1, NULL);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 0; names[i]; i++) {
+    if (i) luaL_addstring(&b, ", ");
+    luaL_addstring(&b, names[i]);
+  }
+  luaL_pushresult(&b);
+  return luaL_error(L, "sonde.core.worker: %s: expected one of %s, got %s",
+                    k, lua_tostring(L, -1), got);
 }
 
 /* core.worker(spec) -> worker */
@@ -185,26 +218,28 @@ static int l_worker(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   struct sonde_thresholds th;
-  lua_getfield(L, 1, "kind");
-  th.kind = (sonde_kind)luaL_checkoption(L, -1, NULL, KINDS);
-  lua_pop(L, 1);
+  th.kind = (sonde_kind)opt_name(L, "kind", NULL, KINDS);
   th.success = opt_count(L, 1, "success_threshold");
   th.failure = opt_count(L, 1, "failure_threshold");
   lua_getfield(L, 1, "service");
   th.service = lua_toboolean(L, -1);
   lua_pop(L, 1);
   lua_getfield(L, 1, "period");
-  double period = luaL_checknumber(L, -1);
+  if (!lua_isnumber(L, -1))
+    return luaL_error(L, "sonde.core.worker: period: number expected, got %s",
+                      luaL_typename(L, -1));
+  double period = lua_tonumber(L, -1);
   lua_pop(L, 1);
   if (!(period > 0))
     return luaL_error(L, "sonde.core.worker: period: must be > 0");
+  if (!(period >= SONDE_MIN_PERIOD && period <= SONDE_MAX_SECONDS))
+    return luaL_error(L, "sonde.core.worker: period: must be from 1e-6 to "
+                      "1e9 seconds, got %f", (lua_Number)period);
   if (lua_getfield(L, 1, "on_event") != LUA_TFUNCTION)
     return luaL_error(L, "sonde.core.worker: on_event: function expected");
   lua_pop(L, 1);
   static const char *const HANDLERS[] = {"none", "exec", "http", "tcp", NULL};
-  lua_getfield(L, 1, "handler");
-  sonde_handler h = (sonde_handler)luaL_checkoption(L, -1, "none", HANDLERS);
-  lua_pop(L, 1);
+  sonde_handler h = (sonde_handler)opt_name(L, "handler", "none", HANDLERS);
 
   size_t size = sizeof(struct lworker) + opts_size(h);
   struct lworker *lw = lua_newuserdatauv(L, size, UV__COUNT - 1);  /* 2 */
@@ -259,9 +294,17 @@ static int w_gc(lua_State *L) {
   return 0;
 }
 
+/* start(first_at): finite, and at most SONDE_MAX_SECONDS in the past (a
+ * NaN or far-past first_at would make every tick due at once; the first
+ * tick of a far-future one waits SONDE_MAX_SECONDS, like any timer). */
 static int w_start(lua_State *L) {
   struct lworker *lw = check(L);
-  sonde_worker_start(lw->w, luaL_checknumber(L, 2));
+  double first_at = luaL_checknumber(L, 2);
+  luaL_argcheck(L, isfinite(first_at) &&
+                first_at >= sonde_now() - SONDE_MAX_SECONDS, 2,
+                "first_at: must be finite and at most 1e9 seconds before "
+                "core.now()");
+  sonde_worker_start(lw->w, first_at);
   return 0;
 }
 
@@ -410,6 +453,7 @@ static int w_last(lua_State *L) {
 static int l_schedule_stats(lua_State *L) {
   struct lcore *c = sonde_lua_core(L);
   struct sonde_sched_stats *s = &c->sched;
+  int reset = lua_toboolean(L, 1);      /* before the table takes index 1 */
   lua_createtable(L, 0, 6);
   set_u64(L, "runs", s->runs);
   set_u64(L, "skipped", s->skipped);
@@ -420,8 +464,16 @@ static int l_schedule_stats(lua_State *L) {
   lua_setfield(L, -2, "p99");
   lua_pushnumber(L, s->max);
   lua_setfield(L, -2, "max");
-  if (lua_toboolean(L, 1)) memset(s, 0, sizeof *s);
+  if (reset) memset(s, 0, sizeof *s);
   return 1;
+}
+
+/* Argument i: an integer from `min` to UINT_MAX. */
+static unsigned count_arg(lua_State *L, int i, lua_Integer min) {
+  lua_Integer n = luaL_checkinteger(L, i);
+  luaL_argcheck(L, n >= min, i, min ? "must be at least 1" : "must be >= 0");
+  luaL_argcheck(L, (lua_Unsigned)n <= UINT_MAX, i, "too large");
+  return (unsigned)n;
 }
 
 /* core.step(state, last, run, hold, status, kind, success_threshold,
@@ -434,12 +486,12 @@ static int l_step(lua_State *L) {
   w.state = (sonde_pstate)luaL_checkoption(L, 1, NULL, PSTATES);
   w.last = lua_isnil(L, 2) ? SONDE_PS_NONE
                            : (sonde_pstate)luaL_checkoption(L, 2, NULL, PSTATES);
-  w.run = (unsigned)luaL_checkinteger(L, 3);
+  w.run = count_arg(L, 3, 0);
   w.hold = lua_toboolean(L, 4);
   sonde_status st = status_arg(L, 5);
   p.kind = (sonde_kind)luaL_checkoption(L, 6, NULL, KINDS);
-  p.success = (unsigned)luaL_checkinteger(L, 7);
-  p.failure = (unsigned)luaL_checkinteger(L, 8);
+  p.success = count_arg(L, 7, 1);
+  p.failure = count_arg(L, 8, 1);
   p.service = lua_toboolean(L, 9);
   int has = sonde_step(&w, st, &p, &n, &t);
   push_pstate(L, n.state);
@@ -462,8 +514,13 @@ static int l_next_slot(lua_State *L) {
   double first = luaL_checknumber(L, 1), period = luaL_checknumber(L, 2);
   lua_Integer ticks = luaL_checkinteger(L, 3);
   double now = luaL_checknumber(L, 4);
-  luaL_argcheck(L, period > 0, 2, "must be > 0");
+  luaL_argcheck(L, isfinite(first), 1, "must be finite");
+  luaL_argcheck(L, period > 0 && isfinite(period), 2, "must be > 0");
   luaL_argcheck(L, ticks >= 0, 3, "must be >= 0");
+  luaL_argcheck(L, isfinite(now), 4, "must be finite");
+  luaL_argcheck(L, fabs((now - first) / period) < 0x1p53, 4,
+                "too many periods from first_at (slot numbers are exact "
+                "below 2^53)");
   uint64_t missed = 0;
   uint64_t k = sonde_next_slot(first, period, (uint64_t)ticks, now, &missed);
   lua_pushinteger(L, (lua_Integer)k);

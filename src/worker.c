@@ -95,9 +95,12 @@ int sonde_step(const struct sonde_count *w, sonde_status status,
 uint64_t sonde_next_slot(double first_at, double period, uint64_t ticks,
                          double now, uint64_t *missed) {
   double f = floor((now - first_at) / period) + 1;
-  uint64_t k = f > (double)ticks ? (uint64_t)f : ticks + 1;
-  /* rounding: the slot armed must lie ahead of now */
-  while (first_at + (double)k * period <= now) k++;
+  /* f is a slot number only below 2^53 (false for NaN too): beyond, the
+   * conversion would be undefined and the loop below endless */
+  uint64_t k = f > (double)ticks && f < 0x1p53 ? (uint64_t)f : ticks + 1;
+  /* rounding: the slot armed must lie ahead of now (one step while slot
+   * numbers are exact) */
+  for (int i = 0; i < 4 && first_at + (double)k * period <= now; i++) k++;
   if (missed) *missed += k - ticks - 1;
   return k;
 }

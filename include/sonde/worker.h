@@ -94,10 +94,19 @@ int sonde_step(const struct sonde_count *w, sonde_status status,
  * seconds.  Returns k, the number of the slot to arm next (due at
  * first_at + k * period, always ahead of now and after slot ticks), and
  * adds to *missed the slots passed over without a tick (a loop held up).
- * Ticks never drift and never stack.
+ * Ticks never drift and never stack.  Slot numbers are exact while
+ * (now - first_at) / period stays below 2^53 (the Lua binding keeps a
+ * worker's there: a period of at least SONDE_MIN_PERIOD, a first_at at
+ * most SONDE_MAX_SECONDS in the past); beyond that, or for a NaN or
+ * infinite input, it returns ticks + 1 (no slot counted as missed) rather
+ * than loop or convert an out-of-range double.
  */
 uint64_t sonde_next_slot(double first_at, double period, uint64_t ticks,
                          double now, uint64_t *missed);
+
+/* The shortest period of a worker, seconds: the loop's timers count
+ * microseconds (sonde_loop_add_timer). */
+#define SONDE_MIN_PERIOD 1e-6
 
 /* Histogram bounds of run durations, seconds (Prometheus' defaults). */
 #define SONDE_DURATION_BUCKETS 11
