@@ -287,6 +287,11 @@ static void take_response(struct http_op *h) {
   struct sonde_result *r = &h->op.res;
   r->http_status = h->status;
   if (!h->rbody) h->rbody = calloc(1, 1);
+  else if (h->rbody_cap > h->rbody_len + 1) {
+    /* a result may be kept (a probe's last): no room left unused */
+    char *d = realloc(h->rbody, h->rbody_len + 1);
+    if (d) h->rbody = d;
+  }
   r->body = h->rbody;
   r->body_len = h->rbody ? h->rbody_len : 0;
   if (r->body) r->body[r->body_len] = '\0';
