@@ -298,7 +298,7 @@ end
 -- What the C worker tells (see core.worker).
 function Probe:on_event(ev, t)
   if ev == "committed" then
-    self:after(self:last(), t, true)
+    self:after(self:last(), t)
     -- the worker keeps the result: built again when read (a table per
     -- probe kept between runs would be most of a probe's memory)
     self.last_r, self.last_seq = nil, nil
@@ -568,8 +568,8 @@ function Probe:handle(r)
 end
 
 -- A counted result: its log line, then what its transition `t` (or nil)
--- publishes.  `told`: the worker counted it itself and told us.
-function Probe:after(r, t, told)
+-- publishes.
+function Probe:after(r, t)
   local level = r.status == "success" and "debug" or "warn"
   if log.enabled(level) then
     local c = self:count()
@@ -582,7 +582,6 @@ function Probe:after(r, t, told)
     })
   end
   if t then self:publish(t, r) end
-  return told
 end
 
 --- A published result: state change, hooks, actions, and what it does to
