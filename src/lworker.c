@@ -28,7 +28,8 @@
  * "on_recovery" | nil.
  *
  * Methods: start(first_at) (monotonic seconds, finite, at most 1e9 s
- * before core.now()), stop(), cancel(), active(), busy(),
+ * before core.now()), stop(), cancel() (both do nothing on a worker
+ * already collected), active(), busy(),
  * set_gated(b), set_filter(b), set_notify(success, other),
  * commit(status, duration) -> t | nil, force(to) -> t, reset(),
  * count() -> state, last|nil, run, hold, state() -> string,
@@ -308,13 +309,22 @@ static int w_start(lua_State *L) {
   return 0;
 }
 
+/* stop() and cancel() of a closed worker (collected: its __gc ran) do
+ * nothing: it has nothing left to stop. */
+static struct lworker *open_or_nil(lua_State *L) {
+  struct lworker *lw = luaL_checkudata(L, 1, WORKER_MT);
+  return lw->w && lw->c->loop ? lw : NULL;
+}
+
 static int w_stop(lua_State *L) {
-  sonde_worker_stop(check(L)->w);
+  struct lworker *lw = open_or_nil(L);
+  if (lw) sonde_worker_stop(lw->w);
   return 0;
 }
 
 static int w_cancel(lua_State *L) {
-  sonde_worker_cancel(check(L)->w);
+  struct lworker *lw = open_or_nil(L);
+  if (lw) sonde_worker_cancel(lw->w);
   return 0;
 }
 
