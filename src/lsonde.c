@@ -340,9 +340,14 @@ int sonde_lua_exec_opts(lua_State *L, int t, struct sonde_exec_opts *o) {
       for (int i = 0; i < 256; i++) o->codes[i] = d;
     }
     lua_pop(L, 1);
-    for (int i = 0; i < 256; i++) {
-      if (lua_rawgeti(L, -1, i) == LUA_TSTRING)
-        o->codes[i] = status_of(L, lua_tostring(L, -1));
+    /* the codes the table holds (not 256 look-ups): integer keys 0..255
+     * with a string value; anything else is ignored */
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_Integer k;
+      if (lua_type(L, -1) == LUA_TSTRING && lua_isinteger(L, -2) &&
+          (k = lua_tointeger(L, -2)) >= 0 && k < 256)
+        o->codes[k] = status_of(L, lua_tostring(L, -1));
       lua_pop(L, 1);
     }
   }
