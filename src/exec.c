@@ -648,10 +648,11 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   if (o->cwd) posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
   pid_t pid;
   char *const *envp = o->envp ? o->envp : environ;
-  char **marked = sonde_owner_env(loop, x->op.id, envp);  /* SONDE_OWNER */
+  /* SONDE_OWNER (a vector of the loop's, free to reuse once posix_spawn
+   * has returned: the child has exec'd or failed by then) */
+  char *const *marked = sonde_owner_env(loop, x->op.id, envp);
   int err = posix_spawn(&pid, path ? path : argv0, &fa, &attr, o->argv,
-                        marked ? marked : envp);
-  free(marked);
+                        marked);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   free(path);

@@ -100,6 +100,12 @@ struct sonde_loop {
   size_t nwaiting;
   struct event *scan_timer;  /* next scan while an ending runs */
   int scanning;
+  char **env_buf;            /* sonde_owner_env's vector, reused: env_cap
+                                pointers, then the mark's text */
+  size_t env_cap;
+  char owner_prefix[48];     /* "SONDE_OWNER=<pid>.<serial>." */
+  size_t owner_len;          /* 0: not made yet */
+  unsigned owner_gen;        /* the fork generation it was made in */
   struct sonde_curl_owner **fd_owner; /* curl's sockets: fd -> transfer */
   size_t nfd_owner;
   CURL *easy_pool[SONDE_EASY_POOL_MAX]; /* idle easy handles, reset */
@@ -144,12 +150,13 @@ int sonde_loop_add_timer(struct sonde_loop *loop, struct event *ev,
 /* The leader pid of a running exec operation, or 0 for any other op. */
 pid_t sonde_exec_op_pid(struct sonde_op *op);
 
-/* The environment to spawn operation `id` with: a malloc'd copy of envp
- * (one block, one free) with SONDE_OWNER set for this loop and `id`, or
- * NULL when the loop does not mark its commands (or out of memory): then
- * use envp itself. */
-char **sonde_owner_env(struct sonde_loop *loop, uint64_t id,
-                       char *const *envp);
+/* The environment to spawn operation `id` with: envp with SONDE_OWNER set
+ * for this loop and `id` (any SONDE_OWNER of envp dropped), in a vector
+ * the loop owns and reuses (valid until the next call; no string is
+ * copied); or envp itself when the loop does not mark its commands (or
+ * out of memory). */
+char *const *sonde_owner_env(struct sonde_loop *loop, uint64_t id,
+                             char *const *envp);
 
 /* Remember a signalled process group for background reaping. */
 void sonde_loop_reap_group(struct sonde_loop *loop, pid_t pgid);

@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -405,27 +406,60 @@ static void end_release(struct sonde_op *op, int cancelled) {
 
 static const struct sonde_op_vtable end_vt = {"orphans", end_release};
 
+/* The marks name this process: a child of fork() that goes on using a
+ * loop it inherited makes its own prefix (atfork bumps fork_gen there). */
+static unsigned fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { fork_gen++; }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
 int sonde_loop_set_subreaper(struct sonde_loop *loop, int on) {
   if (sonde_set_subreaper(on) != 0) return -1;
   loop->mark_owners = on != 0;
+  if (on) pthread_once(&fork_once, watch_forks);
   return 0;
 }
 
-char **sonde_owner_env(struct sonde_loop *loop, uint64_t id,
-                       char *const *envp) {
-  if (!loop->mark_owners) return NULL;
-  char mark[96];
-  int ml = snprintf(mark, sizeof mark, OWNER_VAR "%ld.%u.%llu",
-                    (long)getpid(), loop->serial, (unsigned long long)id);
-  size_t n = 0;
-  for (char *const *e = envp; e && *e; e++) n++;
-  char **v = malloc((n + 2) * sizeof *v + (size_t)ml + 1);
-  if (!v) return NULL;
-  char *m = (char *)(v + n + 2);
-  memcpy(m, mark, (size_t)ml + 1);
+#define MARK_MAX 80  /* SONDE_OWNER=<pid>.<serial>.<id> and its NUL */
+
+char *const *sonde_owner_env(struct sonde_loop *loop, uint64_t id,
+                             char *const *envp) {
+  if (!loop->mark_owners) return envp;
+  if (!loop->owner_len || loop->owner_gen != fork_gen) {
+    int n = snprintf(loop->owner_prefix, sizeof loop->owner_prefix,
+                     OWNER_VAR "%ld.%u.", (long)getpid(), loop->serial);
+    if (n <= 0 || (size_t)n >= sizeof loop->owner_prefix) return envp;
+    loop->owner_len = (size_t)n;
+    loop->owner_gen = fork_gen;
+  }
+  /* one pass: the pointers of envp but its own marks, then ours; the
+   * strings themselves are not copied */
+  char **v = loop->env_buf;
   size_t k = 0;
-  for (char *const *e = envp; e && *e; e++)
-    if (strncmp(*e, OWNER_VAR, sizeof OWNER_VAR - 1) != 0) v[k++] = *e;
+  for (char *const *e = envp; e && *e; e++) {
+    if ((*e)[0] == 'S' && strncmp(*e, OWNER_VAR, sizeof OWNER_VAR - 1) == 0)
+      continue;
+    if (k + 2 > loop->env_cap) {
+      size_t cap = loop->env_cap ? loop->env_cap * 2 : 64;
+      v = realloc(v, cap * sizeof *v + MARK_MAX);
+      if (!v) return envp;
+      loop->env_buf = v;
+      loop->env_cap = cap;
+    }
+    v[k++] = *e;
+  }
+  if (!v) {                          /* an empty environment */
+    v = loop->env_buf = malloc(2 * sizeof *v + MARK_MAX);
+    if (!v) return envp;
+    loop->env_cap = 2;
+  }
+  char *m = (char *)(v + loop->env_cap), digits[24];
+  size_t nd = 0;
+  do digits[nd++] = (char)('0' + id % 10);
+  while ((id /= 10) != 0);
+  memcpy(m, loop->owner_prefix, loop->owner_len);
+  for (size_t i = 0; i < nd; i++) m[loop->owner_len + i] = digits[nd - 1 - i];
+  m[loop->owner_len + nd] = '\0';
   v[k++] = m;
   v[k] = NULL;
   return v;
@@ -757,6 +791,7 @@ void sonde_loop_free(struct sonde_loop *loop) {
   free(loop->orphans);
   free(loop->waiting);
   sonde_resolver_free(loop);
+  free(loop->env_buf);
   sonde_curl_free(loop);
   sonde_http_loop_free(loop);
   if (loop->own_base) event_base_free(loop->base);
