@@ -2,10 +2,13 @@
  * exec.c - the exec prober (include/sonde/exec.h).
  *
  * Life of a run:
- *   start: look the command up, make two pipes (O_CLOEXEC, parent ends
- *          non-blocking; a third for stdin when there is input),
- *          posix_spawn it into a new process group, watch its pidfd
- *          (fallback: poll waitpid), arm the deadline.
+ *   start: look the command up (PATH), make two pipes (O_CLOEXEC, parent
+ *          ends non-blocking; a third for stdin when there is input),
+ *          posix_spawn it into a new process group, arm the op's one
+ *          timer: the check-in (CHECK_IN_SECONDS) or the deadline,
+ *          whichever comes first.  The checks that name a start failure
+ *          (argv[0] found and executable, cwd a directory) are made only
+ *          when posix_spawn has failed: a run that starts costs no stat().
  *   write: feed `input` to the stdin pipe when writable, one write() per
  *          wake-up, SIGPIPE blocked; close it after the last byte or on
  *          any error (EPIPE: the child does not read).
@@ -15,9 +18,21 @@
  *          op's resume timer reads it again PAUSE_USEC later (and keeps
  *          doing so while it floods), so a flood costs the loop at most
  *          64 KiB per pipe per 5 ms and the writer waits on its full pipe.
- *   exit:  pidfd readable -> SIGKILL the rest of the group while the leader
- *          is still an unreaped zombie (its pgid cannot be recycled yet),
- *          reap the leader, give the pipes a short drain deadline.
+ *   exit:  noticed (1) when both pipes are at EOF (the other pipe is
+ *          read at once when one ends: a command closes both as it
+ *          exits): the leader is a zombie (waitid WNOWAIT, not reaped);
+ *          or not yet (it closes its pipes a little before it is one, or
+ *          it closed them and runs on): its pidfd is watched from then on;
+ *          (2) at the check-in, for a command still running then: its
+ *          pidfd is watched from then on (fallback: poll waitid every
+ *          20 ms), so a leader that exited while a background process of
+ *          its group holds the pipes is seen CHECK_IN_SECONDS after its
+ *          start at the latest; (3) at the deadline.  Most commands end
+ *          before the check-in and are zombies when their pipes end: most
+ *          runs open no pidfd and arm no timer but their one.  Then:
+ *          SIGKILL the rest of the group while the leader is still an
+ *          unreaped zombie (its pgid cannot be recycled yet), reap the
+ *          leader, give the pipes a short drain deadline.
  *   deadline: take what the pipes hold now, SIGTERM the group and hand
  *          it over to the loop (sonde_loop_end_group: SIGKILL after
  *          kill_grace, reaping), and finish at once: the timeout result
@@ -30,7 +45,9 @@
  *          deadline.
  *
  * Ownership: struct exec_op owns its fds, events and buffers; all are
- * released in exec_release, before the result callback runs.  It owns its
+ * released in exec_release, before the result callback runs.  Its events
+ * (embedded, event_assign) and the command line for messages live in the
+ * op's own allocation: one malloc per run.  It owns its
  * process group until the leader is reaped, or until the deadline hands
  * the group over to the loop (`handed`); a cancelled op SIGKILLs the group
  * and leaves the reaping to the loop too.  The output
@@ -44,6 +61,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +70,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <event2/event_struct.h>
 
 #include "internal.h"
 #include "sonde/exec.h"
@@ -65,12 +85,15 @@
 #define PAUSE_USEC 5000   /* a flooding pipe's pause between two reads: caps
                              a flood at 64 KiB per 5 ms per pipe */
 #define POLL_USEC 20000   /* waitpid poll when pidfd_open is unavailable */
+#define CHECK_IN_SECONDS 0.05 /* a command still running then gets its exit
+                                 watched (pidfd) */
 
 extern char **environ;
 
 struct pipe_buf {
   int fd;
-  struct event *ev;          /* read event; removed while paused */
+  struct event *ev;          /* read event (set with fd); removed while
+                                paused */
   int paused;                /* flooding: read again by the resume timer */
   char *data;                /* grows up to max_output */
   size_t len, cap;
@@ -80,8 +103,13 @@ struct exec_op {
   struct sonde_op op;
   pid_t pid;
   int pidfd;
+  int watch;                 /* exit watched: 0 no, 1 pidfd, 2 poll */
+  int final;                 /* the timer is armed for the deadline itself
+                                (not the check-in) */
+  double deadline;           /* sonde_now() of the deadline; 0: none */
   struct event *exit_ev;     /* pidfd readable, or the poll timer */
-  struct event *timer;       /* deadline, then grace, then drain */
+  struct event *timer;       /* check-in, deadline, then grace, then
+                                drain */
   struct event *resume;      /* reads paused (flooding) pipes again */
   struct pipe_buf out[2];    /* stdout, stderr */
   size_t max_output;
@@ -93,9 +121,9 @@ struct exec_op {
   int lost;                  /* the exit status could not be collected */
   int handed;                /* timed out: the loop ends the group now */
   double kill_grace;
-  sonde_status codes[256];
   sonde_status timeout_status;
-  char *cmdline;             /* argv joined by spaces, for messages */
+  char *cmdline;             /* argv joined by spaces, for messages (in
+                                the op's allocation) */
   double timeout;
   sonde_output_cb on_output;
   void *output_arg;
@@ -103,6 +131,10 @@ struct exec_op {
   struct event *in_ev;
   char *input;               /* what is left to write: input + in_off */
   size_t input_len, in_off;
+  /* the events' storage (event_assign): a pointer above is set once its
+   * event has been assigned */
+  struct event timer_ev, resume_ev, exit_ev_s, out_ev[2], in_ev_s;
+  sonde_status codes[256];   /* last: not zeroed (copied from the opts) */
 };
 
 void sonde_exec_opts_init(struct sonde_exec_opts *o) {
@@ -116,7 +148,7 @@ void sonde_exec_opts_init(struct sonde_exec_opts *o) {
 }
 
 static void close_pipe(struct pipe_buf *p) {
-  if (p->ev) event_free(p->ev);
+  if (p->ev) event_del(p->ev);
   p->ev = NULL;
   p->paused = 0;
   if (p->fd >= 0) close(p->fd);
@@ -124,7 +156,7 @@ static void close_pipe(struct pipe_buf *p) {
 }
 
 static void close_stdin(struct exec_op *x) {
-  if (x->in_ev) event_free(x->in_ev);
+  if (x->in_ev) event_del(x->in_ev);
   x->in_ev = NULL;
   if (x->in_fd >= 0) close(x->in_fd);
   x->in_fd = -1;
@@ -142,10 +174,11 @@ static void exec_release(struct sonde_op *op, int cancelled) {
     sonde_loop_reap_group(op->loop, x->pid);
   }
   (void)cancelled;
-  if (x->exit_ev) event_free(x->exit_ev);
-  if (x->timer) event_free(x->timer);
-  if (x->resume) event_free(x->resume);
+  if (x->exit_ev) event_del(x->exit_ev);
+  if (x->timer) event_del(x->timer);
+  if (x->resume) event_del(x->resume);
   x->exit_ev = x->timer = x->resume = NULL;
+  x->watch = 0;
   if (x->pidfd >= 0) close(x->pidfd);
   x->pidfd = -1;
   for (int i = 0; i < 2; i++) {
@@ -153,8 +186,6 @@ static void exec_release(struct sonde_op *op, int cancelled) {
     free(x->out[i].data);
     x->out[i].data = NULL;
   }
-  free(x->cmdline);
-  x->cmdline = NULL;
 }
 
 static const struct sonde_op_vtable exec_vt = {"exec", exec_release};
@@ -223,6 +254,78 @@ static void finish(struct exec_op *x) {
 
 static int all_drained(struct exec_op *x) {
   return x->out[0].fd < 0 && x->out[1].fd < 0;
+}
+
+static void on_leader_exit(struct exec_op *x);
+static void on_pidfd(evutil_socket_t fd, short what, void *arg);
+static void on_poll(evutil_socket_t fd, short what, void *arg);
+
+/* Has the leader exited?  A zombie, not reaped by this; or no longer our
+ * child (reaped elsewhere: SIGCHLD ignored), which on_leader_exit reports
+ * as a lost status. */
+static int leader_exited(struct exec_op *x) {
+  siginfo_t si;
+  int rc;
+  memset(&si, 0, sizeof si);
+  do rc = waitid(P_PID, (id_t)x->pid, &si, WEXITED | WNOHANG | WNOWAIT);
+  while (rc < 0 && errno == EINTR);
+  return rc < 0 ? errno == ECHILD : si.si_pid == x->pid;
+}
+
+/* Arm the op's timer `seconds` from now, or for the deadline if that comes
+ * first (x->final then says so). */
+static void arm_timer(struct exec_op *x, double seconds) {
+  x->final = 0;
+  if (x->deadline > 0) {
+    double left = x->deadline - sonde_now();
+    if (left <= seconds) {
+      seconds = left > 0 ? left : 0;
+      x->final = 1;
+    }
+  }
+  sonde_loop_add_timer(x->op.loop, x->timer, seconds);
+}
+
+/* Watch for the leader's exit from now on: its pidfd, or (no pidfd_open,
+ * Linux < 5.3, or out of descriptors) a waitid poll. */
+static void watch_exit(struct exec_op *x) {
+  if (x->watch || x->exited) return;
+  struct event_base *base = x->op.loop->base;
+  struct event *ev = &x->exit_ev_s;
+  x->pidfd = (int)syscall(SYS_pidfd_open, x->pid, 0);
+  if (x->pidfd >= 0) {
+    event_assign(ev, base, x->pidfd, EV_READ, on_pidfd, x);
+    if (event_add(ev, NULL) == 0) {
+      x->exit_ev = ev;
+      x->watch = 1;
+      return;
+    }
+    close(x->pidfd);
+    x->pidfd = -1;
+  }
+  struct timeval tv = {0, POLL_USEC};
+  event_assign(ev, base, -1, EV_PERSIST, on_poll, x);
+  if (event_add(ev, &tv) == 0) {
+    x->exit_ev = ev;
+    x->watch = 2;
+  }
+}
+
+/* A pipe has been closed (EOF, or a read error): once both are, the run is
+ * done if the exit was seen; else the exit is looked for now, unless its
+ * pidfd (or poll) watches it already.  A command closes its pipes on its
+ * way out, a little before it is a zombie: when it is not one yet (or it
+ * closed its pipes and runs on), its pidfd tells. */
+static void pipe_closed(struct exec_op *x) {
+  if (!all_drained(x)) return;
+  if (x->exited) {
+    finish(x);
+  } else if (!x->watch && !x->term_sent) {
+    if (leader_exited(x))
+      on_leader_exit(x);
+    else
+      watch_exit(x);
+  }
 }
 
 /* What read_pipe found. */
@@ -298,7 +401,22 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   close_pipe(p);
-  if (x->exited && all_drained(x)) finish(x);
+  /* The command closes both pipes at once when it exits: read the other
+   * one now rather than at another turn of the loop (its EOF is most
+   * likely there already). */
+  struct pipe_buf *q = p == &x->out[0] ? &x->out[1] : &x->out[0];
+  if (q->fd >= 0 && !q->paused) {
+    switch (read_pipe(x, q)) {
+    case PIPE_GONE:
+    case PIPE_EMPTY:
+      return;
+    case PIPE_FULL:
+      pause_pipe(x, q);
+      return;
+    }
+    close_pipe(q);
+  }
+  pipe_closed(x);
 }
 
 /* The pause is over: read the paused pipes; one that floods still stays
@@ -306,7 +424,7 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg) {
  * read event back. */
 static void on_resume(evutil_socket_t fd, short what, void *arg) {
   struct exec_op *x = arg;
-  int again = 0;
+  int again = 0, closed = 0;
   (void)fd;
   (void)what;
   for (int i = 0; i < 2; i++) {
@@ -324,12 +442,13 @@ static void on_resume(evutil_socket_t fd, short what, void *arg) {
       break;
     default:
       close_pipe(p);
+      closed = 1;
     }
   }
   if (again)
     sonde_loop_add_timer(x->op.loop, x->resume, PAUSE_USEC / 1e6);
-  else if (x->exited && all_drained(x))
-    finish(x);
+  else if (closed)
+    pipe_closed(x);
 }
 
 /* write() that never raises SIGPIPE in this process: SIGPIPE is blocked
@@ -384,12 +503,16 @@ static void on_leader_exit(struct exec_op *x) {
   x->exited = 1;
   x->lost = p < 0;   /* ECHILD: someone else reaped it (SIGCHLD ignored?) */
   close_stdin(x);    /* nobody is left to read the rest */
-  if (x->exit_ev) event_free(x->exit_ev);
+  if (x->exit_ev) event_del(x->exit_ev);
   x->exit_ev = NULL;
+  x->watch = 0;
   if (x->pidfd >= 0) close(x->pidfd);
   x->pidfd = -1;
-  /* Orphans of the group are reaped in the background (subreaper only). */
-  sonde_loop_reap_group(x->op.loop, x->pid);
+  /* Orphans of the group are reaped in the background (subreaper only);
+   * a group now empty (the common case: kill(2) finds nobody, ESRCH)
+   * has none, and asking waitpid(-pgid) would scan every child. */
+  if (kill(-x->pid, 0) == 0 || errno != ESRCH)
+    sonde_loop_reap_group(x->op.loop, x->pid);
   if (all_drained(x)) {
     finish(x);
     return;
@@ -406,14 +529,6 @@ static void on_pidfd(evutil_socket_t fd, short what, void *arg) {
   on_leader_exit(arg);
 }
 
-/* Has the leader exited (a zombie not yet reaped)?  Does not reap it. */
-static int leader_exited(struct exec_op *x) {
-  siginfo_t si;
-  memset(&si, 0, sizeof si);
-  return waitid(P_PID, (id_t)x->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-         si.si_pid == x->pid;
-}
-
 /* Fallback without pidfd: poll for the leader's exit without reaping it. */
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
   struct exec_op *x = arg;
@@ -422,7 +537,8 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
   if (leader_exited(x)) on_leader_exit(x);
 }
 
-/* Deadline, grace and drain share one timer; the state says which. */
+/* Check-in, deadline, grace and drain share one timer; the state says
+ * which. */
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
   struct exec_op *x = arg;
   (void)fd;
@@ -431,13 +547,18 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     close_pipe(&x->out[0]);
     close_pipe(&x->out[1]);
     finish(x);
-  } else if (!x->term_sent && leader_exited(x)) {
-    /* The deadline fired, but the command has already exited: its exit
-     * was not yet seen (this process was stopped, SIGSTOP/SIGCONT, or the
-     * exit and the deadline came in one loop iteration).  Not a timeout:
-     * the normal result, with what its pipes still hold. */
+  } else if (x->term_sent) {  /* terminate's grace over */
+    kill(-x->pid, SIGKILL);
+  } else if (leader_exited(x)) {
+    /* It has exited, its exit not yet seen.  At the deadline too: this
+     * process was stopped (SIGSTOP/SIGCONT), or the exit and the deadline
+     * came in one loop iteration.  Not a timeout: the normal result, with
+     * what its pipes still hold. */
     on_leader_exit(x);
-  } else if (!x->term_sent) { /* the probe's deadline: the result now */
+  } else if (!x->final) {     /* the check-in: it runs on */
+    watch_exit(x);
+    if (x->deadline > 0) arm_timer(x, SONDE_MAX_SECONDS);
+  } else {                    /* the probe's deadline: the result now */
     x->timed_out = 1;
     x->term_sent = 1;
     /* what the pipes hold at the deadline is part of the output */
@@ -451,8 +572,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     sonde_loop_end_group(x->op.loop, x->pid, x->op.id, x->kill_grace);
     x->handed = 1;
     finish(x);
-  } else {                    /* terminate's grace over */
-    kill(-x->pid, SIGKILL);
   }
 }
 
@@ -492,21 +611,6 @@ static const char *env_path(char *const *envp) {
   return getenv("PATH");
 }
 
-static char *join_argv(char *const *argv) {
-  size_t n = 1;
-  for (char *const *a = argv; *a; a++) n += strlen(*a) + 1;
-  char *s = malloc(n), *w = s;
-  if (!s) return NULL;
-  for (char *const *a = argv; *a; a++) {
-    size_t l = strlen(*a);
-    if (w != s) *w++ = ' ';
-    memcpy(w, *a, l);
-    w += l;
-  }
-  *w = '\0';
-  return s;
-}
-
 /* A start-time failure: classify errno and complete from the loop. */
 static uint64_t fail_now(struct exec_op *x, int err, const char *what) {
   struct sonde_result *r = &x->op.res;
@@ -539,10 +643,66 @@ static uint64_t fail_now(struct exec_op *x, int err, const char *what) {
   return id;
 }
 
+/* Why argv[0] cannot run in `cwd`, checked the way execve would fail:
+ * errno (ENOENT, EACCES, ...), or 0 when it looks runnable.  A relative
+ * path is relative to cwd, where the child runs. */
+static int check_command(const char *argv0, const char *cwd) {
+  char *full = NULL;
+  if (argv0[0] != '/' && cwd && asprintf(&full, "%s/%s", cwd, argv0) < 0)
+    full = NULL;
+  const char *check = full ? full : argv0;
+  struct stat st;
+  int err = 0;
+  if (stat(check, &st) != 0)
+    err = errno;
+  else if (!S_ISREG(st.st_mode) || access(check, X_OK) != 0)
+    err = EACCES;
+  free(full);
+  return err;
+}
+
+/* posix_spawn failed with `err`: name the failure as the checks made before
+ * the spawn used to (argv[0] given as a path, then cwd), so that
+ * not_found/permission do not depend on how the C library reports exec
+ * errors; else the spawn's own error. */
+static uint64_t spawn_failed(struct exec_op *x, int err, const char *argv0,
+                             int searched, const char *cwd) {
+  int why = searched ? 0 : check_command(argv0, cwd);
+  if (why) return fail_now(x, why, argv0);
+  if (cwd) {
+    struct stat st;
+    if (stat(cwd, &st) != 0) return fail_now(x, errno, cwd);
+    if (!S_ISDIR(st.st_mode)) return fail_now(x, ENOTDIR, cwd);
+  }
+  return fail_now(x, err, argv0);
+}
+
+/* One allocation per run: the op (its events in it), then the command
+ * line for messages.  The caller copies the codes. */
+static struct exec_op *exec_alloc(char *const *argv) {
+  size_t cmdlen = 1;
+  for (char *const *a = argv; *a; a++) cmdlen += strlen(*a) + 1;
+  /* all zeroed but the codes (copied by the caller) and the command line */
+  struct exec_op *x = malloc(sizeof *x + cmdlen);
+  if (!x) return NULL;
+  memset(x, 0, offsetof(struct exec_op, codes));
+  char *w = x->cmdline = (char *)(x + 1);
+  for (char *const *a = argv; *a; a++) {
+    size_t l = strlen(*a);
+    if (w != x->cmdline) *w++ = ' ';
+    memcpy(w, *a, l);
+    w += l;
+  }
+  *w = '\0';
+  x->timer = &x->timer_ev;
+  x->resume = &x->resume_ev;
+  return x;
+}
+
 uint64_t sonde_exec_start(struct sonde_loop *loop,
                           const struct sonde_exec_opts *o, sonde_result_cb cb,
                           void *arg) {
-  struct exec_op *x = calloc(1, sizeof *x);
+  struct exec_op *x = exec_alloc(o->argv);
   if (!x) return 0;
   x->op.vt = &exec_vt;
   x->pidfd = -1;
@@ -555,15 +715,9 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   x->timeout_status = o->timeout_status;
   x->on_output = o->on_output;
   x->output_arg = o->output_arg;
-  x->cmdline = join_argv(o->argv);
-  if (!x->cmdline) {
-    free(x);
-    return 0;
-  }
   sonde_op_start(loop, &x->op, cb, arg);
-  x->timer = evtimer_new(loop->base, on_timer, x);
-  x->resume = evtimer_new(loop->base, on_resume, x);
-  if (!x->timer || !x->resume) return fail_now(x, ENOMEM, "event");
+  evtimer_assign(x->timer, loop->base, on_timer, x);
+  evtimer_assign(x->resume, loop->base, on_resume, x);
   if (o->input && o->input_len > SONDE_MAX_INPUT)
     return fail_now(x, E2BIG, "input longer than SONDE_MAX_INPUT (1 MiB)");
   if (o->input) {
@@ -575,34 +729,16 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
 
   const char *argv0 = o->argv[0];
   char *path = NULL;
-  if (!strchr(argv0, '/')) {
+  int searched = !strchr(argv0, '/');
+  if (searched) {
     path = search_path(argv0, env_path(o->envp));
     if (!path) return fail_now(x, errno, argv0);
-  } else {
-    /* Checked here too, so that not_found/permission do not depend on how
-     * the C library's posix_spawn reports exec errors.  A relative path
-     * is relative to cwd, where the child runs. */
-    char *full = NULL;
-    if (argv0[0] != '/' && o->cwd &&
-        asprintf(&full, "%s/%s", o->cwd, argv0) < 0)
-      full = NULL;
-    const char *check = full ? full : argv0;
-    struct stat st;
-    int err = 0;
-    if (stat(check, &st) != 0)
-      err = errno;
-    else if (!S_ISREG(st.st_mode) || access(check, X_OK) != 0)
-      err = EACCES;
-    free(full);
-    if (err) return fail_now(x, err, argv0);
-  }
-  if (o->cwd) {
-    struct stat st;
-    if (stat(o->cwd, &st) != 0) return fail_now(x, errno, o->cwd);
-    if (!S_ISDIR(st.st_mode)) return fail_now(x, ENOTDIR, o->cwd);
   }
 
-  /* fds[0], fds[1]: stdout, stderr; fds[2]: stdin when there is input */
+  /* fds[0], fds[1]: stdout, stderr; fds[2]: stdin when there is input.
+   * The parent's ends are non-blocking (O_NONBLOCK is the only status flag
+   * a fresh pipe end can have: F_SETFL sets it without F_GETFL); the
+   * child's are not. */
   int fds[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}};
   int npipes = x->input ? 3 : 2;
   for (int i = 0; i < npipes; i++) {
@@ -618,11 +754,11 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   }
   for (int i = 0; i < 2; i++) {
     x->out[i].fd = fds[i][0];
-    fcntl(fds[i][0], F_SETFL, fcntl(fds[i][0], F_GETFL) | O_NONBLOCK);
+    fcntl(fds[i][0], F_SETFL, O_NONBLOCK);
   }
   if (x->input) {
     x->in_fd = fds[2][1];
-    fcntl(x->in_fd, F_SETFL, fcntl(x->in_fd, F_GETFL) | O_NONBLOCK);
+    fcntl(x->in_fd, F_SETFL, O_NONBLOCK);
   }
 
   posix_spawnattr_t attr;
@@ -648,7 +784,7 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   if (o->cwd) posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
   pid_t pid;
   char *const *envp = o->envp ? o->envp : environ;
-  /* SONDE_OWNER (a vector of the loop's, free to reuse once posix_spawn
+  /* SONDE_OWNER (a buffer of the loop's, free to reuse once posix_spawn
    * has returned: the child has exec'd or failed by then) */
   char *const *marked = sonde_owner_env(loop, x->op.id, envp);
   int err = posix_spawn(&pid, path ? path : argv0, &fa, &attr, o->argv,
@@ -659,38 +795,30 @@ uint64_t sonde_exec_start(struct sonde_loop *loop,
   close(fds[0][1]);
   close(fds[1][1]);
   if (fds[2][0] >= 0) close(fds[2][0]);
-  if (err != 0) return fail_now(x, err, argv0);
+  if (err != 0) return spawn_failed(x, err, argv0, searched, o->cwd);
   x->pid = pid;
 
-  x->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-  if (x->pidfd >= 0) {
-    x->exit_ev = event_new(loop->base, x->pidfd, EV_READ, on_pidfd, x);
-  } else {
-    x->exit_ev = event_new(loop->base, -1, EV_PERSIST, on_poll, x);
+  for (int i = 0; i < 2; i++) {
+    x->out[i].ev = &x->out_ev[i];
+    event_assign(x->out[i].ev, loop->base, x->out[i].fd,
+                 EV_READ | EV_PERSIST, on_pipe, x);
   }
-  for (int i = 0; i < 2; i++)
-    x->out[i].ev = event_new(loop->base, x->out[i].fd, EV_READ | EV_PERSIST,
-                             on_pipe, x);
-  if (x->in_fd >= 0 && x->input_len > 0)
-    x->in_ev = event_new(loop->base, x->in_fd, EV_WRITE | EV_PERSIST,
-                         on_stdin, x);
-  else
+  if (x->in_fd >= 0 && x->input_len > 0) {
+    x->in_ev = &x->in_ev_s;
+    event_assign(x->in_ev, loop->base, x->in_fd, EV_WRITE | EV_PERSIST,
+                 on_stdin, x);
+  } else {
     close_stdin(x);             /* empty input: EOF at once */
-  if (!x->exit_ev || !x->out[0].ev || !x->out[1].ev ||
-      (x->in_fd >= 0 && !x->in_ev)) {
+  }
+  if (event_add(x->out[0].ev, NULL) != 0 ||
+      event_add(x->out[1].ev, NULL) != 0 ||
+      (x->in_ev && event_add(x->in_ev, NULL) != 0)) {
     /* Cannot watch it: kill it now (reaped by exec_release's path). */
     return fail_now(x, ENOMEM, "event");
   }
-  if (x->pidfd >= 0) {
-    event_add(x->exit_ev, NULL);
-  } else {
-    struct timeval tv = {0, POLL_USEC};
-    event_add(x->exit_ev, &tv);
-  }
-  event_add(x->out[0].ev, NULL);
-  event_add(x->out[1].ev, NULL);
-  if (x->in_ev) event_add(x->in_ev, NULL);
-  if (o->timeout > 0) sonde_loop_add_timer(loop, x->timer, o->timeout);
+  /* the deadline, or the check-in if that comes first */
+  x->deadline = o->timeout > 0 ? sonde_now() + o->timeout : 0;
+  arm_timer(x, CHECK_IN_SECONDS);
   return x->op.id;
 }
 
@@ -706,6 +834,7 @@ int sonde_exec_terminate(struct sonde_loop *loop, uint64_t id, double grace) {
   if (!x->term_sent) {
     x->term_sent = 1;
     kill(-x->pid, SIGTERM);
+    watch_exit(x);            /* the result comes when it has exited */
     evtimer_del(x->timer);
     sonde_loop_add_timer(loop, x->timer, grace > 0 ? grace : 0);
   }

@@ -13,7 +13,11 @@
  * stdin (or a pipe fed with `input`, see sonde_exec_opts) and no
  * inherited descriptor above 2.  When the command exits, the
  * rest of its group is killed (SIGKILL) so that background children cannot
- * hold the result back.  The command's own process is always reaped;
+ * hold the result back: at once when the command's pipes end with it (the
+ * common case), else at the latest 50 ms after its start (a background
+ * process of its group holding the pipes; from then on its exit is
+ * watched through a pidfd, Linux 5.3, or polled every 20 ms without).
+ * The command's own process is always reaped;
  * orphaned descendants are reaped too when the process is a child subreaper
  * (sonde_set_subreaper).  A command that cannot be found or run is a
  * failure (reason not_found / permission / spawn), not unknown; the engine

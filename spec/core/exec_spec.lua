@@ -113,6 +113,82 @@ describe("sonde.exec", function()
       helpers.rmtree(dir)
       assert.are.same({ "failure", "permission" }, { r.status, r.reason })
     end)
+
+    -- what names a start failure is looked at once the spawn has failed
+    it("a directory as the command -> failure permission naming it", function()
+      local r = exec { command = { "/tmp" } }
+      assert.are.same({ "failure", "permission", "/tmp: Permission denied" },
+        { r.status, r.reason, r.output })
+    end)
+
+    it("a cwd that does not exist -> failure not_found naming the cwd", function()
+      for _, cmd in ipairs { "true", "/bin/true" } do
+        local r = exec { command = { cmd }, cwd = "/nonexistent-sonde-dir" }
+        assert.are.same({ "failure", "not_found",
+          "/nonexistent-sonde-dir: No such file or directory" },
+          { r.status, r.reason, r.output })
+      end
+    end)
+
+    it("a cwd that is a file -> failure naming the cwd", function()
+      local r = exec { command = { "/bin/true" }, cwd = "/etc/hostname" }
+      assert.are.same({ "failure", "/etc/hostname: Not a directory" },
+        { r.status, r.output })
+    end)
+
+    it("a script whose interpreter is missing -> failure not_found naming the "
+      .. "script", function()
+      local dir = helpers.tmpdir()
+      local script = helpers.write(dir .. "/badinterp.sh",
+        "#!/nonexistent/interpreter\n", "755")
+      local r = exec { command = { script } }
+      helpers.rmtree(dir)
+      assert.are.same({ "failure", "not_found",
+        script .. ": No such file or directory" },
+        { r.status, r.reason, r.output })
+    end)
+  end)
+
+  describe("exit seen after the pipes are closed", function()
+    -- the command closes stdout and stderr and runs on: its exit, not the
+    -- end of its output, makes the result
+    it("its exit code once it exits", function()
+      local r = exec { command = { "sh", "-c",
+        "echo before; exec >&- 2>&-; sleep 0.3; exit 3" }, timeout = 5 }
+      assert.are.same({ "failure", "exit_code", 3, "before\n" },
+        { r.status, r.reason, r.exit_code, r.output })
+    end)
+
+    it("killed by a signal once the pipes are closed", function()
+      local r = exec { command = { "sh", "-c",
+        "exec >&- 2>&-; sleep 0.2; kill -KILL $$$$" }, timeout = 5 }
+      assert.are.same({ "failure", "signal", 9 },
+        { r.status, r.reason, r.signal })
+    end)
+
+    it("a timeout when it runs past its deadline, its group gone", function()
+      local r = exec { command = { "sh", "-c", "exec >&- 2>&-; sleep 30" },
+        timeout = 0.5 }
+      assert.are.same({ "failure", "timeout" }, { r.status, r.reason })
+      local gone, left = no_group_left({ r.pid }, 5)
+      assert.is_true(gone, "left behind: " .. left)
+    end)
+
+    it("many short commands at once all get their exit code", function()
+      local results = run(function()
+        local out, left = {}, 40
+        for i = 1, 40 do
+          sonde.exec({ command = { "sh", "-c", "exit " .. (i % 7) } },
+            function(r) out[i] = r; left = left - 1 end)
+        end
+        while left > 0 do sonde.sleep(0.01) end
+        return out
+      end, 30)
+      for i = 1, 40 do
+        assert.are.same({ i % 7 == 0 and "success" or "failure", i % 7 },
+          { results[i].status, results[i].exit_code })
+      end
+    end)
   end)
 
   describe("timeout", function()
@@ -369,6 +445,18 @@ describe("sonde.exec", function()
       assert.are.same({ "A=1", "B=two words", "PATH=" .. os.getenv("PATH") }, lines)
       assert.is_truthy(owner and owner:find("^SONDE_OWNER=" .. helpers.pid()
         .. "%.%d+%.%d+$"), owner)
+    end)
+
+    it("a SONDE_OWNER in env is replaced by the run's own mark", function()
+      local r = exec { command = { "env" }, env = { SONDE_OWNER = "forged",
+        A = "1" } }
+      local marks = {}
+      for line in r.output:gmatch("[^\n]+") do
+        if line:find("^SONDE_OWNER=") then marks[#marks + 1] = line end
+      end
+      assert.are.equal(1, #marks, r.output)
+      assert.is_truthy(marks[1]:find("^SONDE_OWNER=" .. helpers.pid()
+        .. "%.%d+%.%d+$"), marks[1])
     end)
 
     it("runs in cwd", function()
