@@ -163,7 +163,7 @@ end
 -- With a callback: an operation of the current owner; without: a wait in
 -- the running task.
 local function call(where, h, spec, cb)
-  local opts = h.prepare({ where = where }, spec)
+  local opts = probers.prepare(where, h, spec)
   local function start(k) return h.start(opts, k) end
   if cb ~= nil then
     if type(cb) ~= "function" then

@@ -301,6 +301,67 @@ local function tcp_prepare(ctx, spec)
            timeout = s.timeout }
 end
 
+---------------------------------------------------------------------------
+-- Checked specs kept for the tables they came from
+---------------------------------------------------------------------------
+
+-- A copy of a spec made of plain tables (no metatable, at most 4 deep)
+-- holding strings, numbers and booleans, or nil for any other spec.
+local function snapshot(t, depth)
+  if getmetatable(t) ~= nil or depth > 4 then return nil end
+  local c = {}
+  for k, v in next, t do
+    local tv = type(v)
+    if tv == "table" then
+      v = snapshot(v, depth + 1)
+      if v == nil then return nil end
+    elseif tv ~= "string" and tv ~= "number" and tv ~= "boolean" then
+      return nil
+    end
+    c[k] = v
+  end
+  return c
+end
+
+-- True when `t` still holds exactly what its snapshot `s` does.
+local function unchanged(t, s)
+  if getmetatable(t) ~= nil then return false end
+  for k, v in next, t do
+    local w = s[k]
+    if type(v) == "table" then
+      if type(w) ~= "table" or not unchanged(v, w) then return false end
+    elseif v ~= w then
+      return false
+    end
+  end
+  for k in next, s do
+    if rawget(t, k) == nil then return false end
+  end
+  return true
+end
+
+local memo = {}    -- handler -> weak table: spec -> { opts, snapshot }
+
+--- `h.prepare` of `spec`, kept while the spec table lives and holds the
+-- same values (compared field by field, nested tables too): a script that
+-- probes again with the same table, unchanged, does not pay for its checks
+-- again.  A spec holding anything but plain tables, strings, numbers and
+-- booleans is checked every time.
+-- @raise as h.prepare (a spec that raised is not kept)
+function M.prepare(where, h, spec)
+  local kept = memo[h]
+  if not kept then
+    kept = setmetatable({}, { __mode = "k" })
+    memo[h] = kept
+  end
+  local m = type(spec) == "table" and kept[spec]
+  if m and unchanged(spec, m[2]) then return m[1] end
+  local opts = h.prepare({ where = where }, spec)
+  local snap = snapshot(spec, 1)
+  kept[spec] = snap and { opts, snap } or nil
+  return opts
+end
+
 --- The handlers by name: `prepare(ctx, spec) -> opts` (raises on a bad
 -- spec), `start(opts, cb) -> operation id` (cb gets the result table) and
 -- `finish(opts, r) -> r`, what `start` does to the core's result table

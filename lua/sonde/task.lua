@@ -101,13 +101,16 @@ end
 
 --- Call `fn(...)` with `scope` as the ambient scope (what it spawns or
 -- starts belongs to that scope).  Errors propagate, with a traceback.
+local function restore(prev, ok, ...)
+  ambient = prev
+  if not ok then error((...), 0) end
+  return ...
+end
+
 function M.within(scope, fn, ...)
   local prev = ambient
   ambient = scope
-  local res = table.pack(xpcall(fn, traceback, ...))
-  ambient = prev
-  if not res[1] then error(res[2], 0) end
-  return table.unpack(res, 2, res.n)
+  return restore(prev, xpcall(fn, traceback, ...))
 end
 
 --- True inside a task (a coroutine started by spawn).

@@ -94,3 +94,66 @@ describe("sonde.probers: hosts", function()
     end)
   end
 end)
+
+describe("sonde.probers.prepare: a spec table checked once while unchanged", function()
+  local P = require "sonde.probers"
+  local http = P.handlers.http_get
+
+  it("gives the same checked options for the same table, unchanged", function()
+    local spec = { url = "http://127.0.0.1:8080/ok", headers = { ["X-A"] = "1" } }
+    local a = P.prepare("sonde.http_get", http, spec)
+    assert.are.equal(a, P.prepare("sonde.http_get", http, spec))
+    -- an equal table of its own is checked on its own
+    local other = { url = "http://127.0.0.1:8080/ok", headers = { ["X-A"] = "1" } }
+    assert.are_not.equal(a, P.prepare("sonde.http_get", http, other))
+  end)
+
+  it("checks again after any change, nested tables included", function()
+    local spec = { url = "http://127.0.0.1:8080/ok", headers = { ["X-A"] = "1" } }
+    local a = P.prepare("sonde.http_get", http, spec)
+    spec.headers["X-A"] = "2"                     -- nested, in place
+    local b = P.prepare("sonde.http_get", http, spec)
+    assert.are_not.equal(a, b)
+    assert.are.same({ { name = "X-A", value = "2" } }, b.headers)
+    spec.headers["X-B"] = "3"                     -- a key added
+    local c = P.prepare("sonde.http_get", http, spec)
+    assert.are.equal(2, #c.headers)
+    spec.headers["X-B"] = nil                     -- and removed
+    assert.are.equal(1, #P.prepare("sonde.http_get", http, spec).headers)
+    spec.url = "http://127.0.0.1:9090/"
+    assert.are.equal("http://127.0.0.1:9090/",
+      P.prepare("sonde.http_get", http, spec).url)
+    -- a change that makes it wrong raises, naming the field
+    spec.method = "BAD METHOD"
+    local ok, err = pcall(P.prepare, "sonde.http_get", http, spec)
+    assert.is_false(ok)
+    assert.matches("method", tostring(err))
+    spec.method = nil
+    assert.is_table(P.prepare("sonde.http_get", http, spec))
+  end)
+
+  it("checks every time a spec that holds anything but plain data", function()
+    local spec = setmetatable({ port = 8080 }, {})
+    local tcp = P.handlers.tcp_socket
+    assert.are_not.equal(P.prepare("sonde.tcp_socket", tcp, spec),
+      P.prepare("sonde.tcp_socket", tcp, spec))
+    local exec = P.handlers.exec
+    local fspec = { command = { "true" }, env = setmetatable({}, {}) }
+    assert.are_not.equal(P.prepare("sonde.exec", exec, fspec),
+      P.prepare("sonde.exec", exec, fspec))
+  end)
+
+  it("probes the changed target when the same table is used again", function()
+    local srv = helpers.fixture { host = "127.0.0.1" }
+    local spec = { port = srv.port }
+    local got = {}
+    sonde.spawn(function()
+      got[1] = sonde.tcp_socket(spec).status
+      spec.port = helpers.closed_port()
+      got[2] = sonde.tcp_socket(spec).reason
+    end)
+    sonde.run()
+    helpers.stop_fixtures()
+    assert.are.same({ "success", "connect_refused" }, got)
+  end)
+end)
