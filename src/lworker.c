@@ -420,7 +420,7 @@ static void set_u64(lua_State *L, const char *k, uint64_t v) {
 }
 
 /* stats() -> { counts = { success, warning, failure, unknown }, buckets =
- * { cumulative counts, one per sonde_duration_buckets bound }, sum
+ * { cumulative counts, one per sonde_duration_buckets() bound }, sum
  * (seconds), n, runs, skipped, missed, results } */
 static int w_stats(lua_State *L) {
   const struct sonde_probe_stats *s = sonde_worker_stats(check(L)->w);
@@ -575,7 +575,7 @@ void sonde_open_worker(lua_State *L) {
   lua_setfield(L, -2, "next_slot");
   lua_createtable(L, SONDE_DURATION_BUCKETS, 0);
   for (int i = 0; i < SONDE_DURATION_BUCKETS; i++) {
-    lua_pushnumber(L, sonde_duration_buckets[i]);
+    lua_pushnumber(L, sonde_duration_buckets()[i]);
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "DURATION_BUCKETS");

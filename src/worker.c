@@ -24,8 +24,10 @@
 #include "internal.h"
 #include "sonde/worker.h"
 
-const double sonde_duration_buckets[SONDE_DURATION_BUCKETS] = {
+static const double duration_buckets[SONDE_DURATION_BUCKETS] = {
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+const double *sonde_duration_buckets(void) { return duration_buckets; }
 
 struct sonde_worker {
   struct sonde_loop *loop;
@@ -334,7 +336,7 @@ int sonde_worker_commit(struct sonde_worker *w, sonde_status status,
   s->sum += duration;
   s->n++;
   for (int i = SONDE_DURATION_BUCKETS - 1; i >= 0; i--) {
-    if (duration > sonde_duration_buckets[i]) break;
+    if (duration > duration_buckets[i]) break;
     s->buckets[i]++;
   }
   if (!sonde_step(&w->count, status, &w->th, &w->count, t)) return 0;

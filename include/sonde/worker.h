@@ -110,7 +110,10 @@ uint64_t sonde_next_slot(double first_at, double period, uint64_t ticks,
 
 /* Histogram bounds of run durations, seconds (Prometheus' defaults). */
 #define SONDE_DURATION_BUCKETS 11
-extern const double sonde_duration_buckets[SONDE_DURATION_BUCKETS];
+/* The bounds, SONDE_DURATION_BUCKETS of them, ascending.  (A function, not
+ * an exported array: the host and the module both hold the core, and one
+ * global defined in both is an ODR violation.) */
+const double *sonde_duration_buckets(void);
 
 /* A worker's counters, updated in place by every committed result. */
 struct sonde_probe_stats {
