@@ -119,7 +119,7 @@ static void push_transition(lua_State *L, const struct sonde_transition *t) {
   }
 }
 
-/* Call on_event(ev, t) protected.  Returns the truth of its result, or -1
+/* Call on_event(ctx, ev, t) protected.  Returns the truth of its result, or -1
  * when it could not be called or raised (the error went to the loop's
  * error policy). */
 static int call_event(struct lworker *lw, const char *ev,

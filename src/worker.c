@@ -169,6 +169,7 @@ static void no_run(struct sonde_worker *w) {
   w->last.reason = SONDE_R_RESOURCE;
   sonde_result_set_error(&w->last, "out of memory");
   w->has_last = 1;
+  w->stats.results++;
   w->last_wall = w->run_wall;
 }
 
