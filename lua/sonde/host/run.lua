@@ -98,7 +98,7 @@ function M.main(source, args, listen)
   end
   log.event("info", "host_start", { script = source.name,
     services = #current.services, probes = #current.probes })
-  local watchdog, trimmer, stopping
+  local watchdog, trimmer, stopping, signals_off
   -- SIGTERM, SIGINT, or the script stopped its own load (sonde.stop()):
   -- end it all; the loop then runs out and the host exits.  A second
   -- SIGTERM or SIGINT meanwhile kills the services at once (SIGKILL)
@@ -127,6 +127,7 @@ function M.main(source, args, listen)
     local function done()
       left = left - 1
       if left > 0 then return end
+      signals_off = true
       for _, x in ipairs { S.TERM, S.INT, S.HUP, S.CHLD } do
         core.on_signal(x, nil)
       end
@@ -142,17 +143,24 @@ function M.main(source, args, listen)
   own(current)
   core.on_signal(S.TERM, shutdown)
   core.on_signal(S.INT, shutdown)
-  -- reap orphans at most every 0.1 s: with many probe commands SIGCHLD
-  -- arrives all the time
-  local reap_pending = false
-  core.on_signal(S.CHLD, function()
-    if reap_pending then return end
-    reap_pending = true
-    core.timer(0.1, function()
-      reap_pending = false
-      core.reap_orphans()
+  -- reap orphans 0.1 s after a child exits, at most every 0.1 s.  With
+  -- many probe commands SIGCHLD arrives all the time, and a signal
+  -- delivered costs the host more than the rest of a command's run: once
+  -- one has come, SIGCHLD is not watched (its default: ignored, the exit
+  -- statuses kept) until the scan, which watches it again first, then
+  -- reaps what exited meanwhile (a child exiting after that signals the
+  -- next scan).
+  local function watch_chld()
+    core.on_signal(S.CHLD, function()
+      core.on_signal(S.CHLD, nil)
+      core.timer(0.1, function()
+        if signals_off then return end      -- the host is ending
+        watch_chld()
+        core.reap_orphans()
+      end)
     end)
-  end)
+  end
+  watch_chld()
   core.on_signal(S.HUP, function()
     if stopping then return end
     core.sd_notify("RELOADING=1")

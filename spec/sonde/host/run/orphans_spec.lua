@@ -222,6 +222,33 @@ describe("host: escaped descendants", function()
     end, 3), helpers.describe_procs(left_all(all)))
   end)
 
+  it("an escaped process nobody owns (empty environment), left alone, is "
+    .. "reaped once it exits by itself, long after its command", function()
+    -- SIGCHLD is watched again after each scan: this exit, with no other
+    -- child exiting around it, is what makes the next scan
+    local t1 = tag(1)                      -- sleep 1.<random> s
+    local path = script("late_exit.lua", string.format([[
+      local sonde = require "sonde"
+      sonde.probe { name = "p", period = 60, timeout = 5,
+        exec = { command = %s } }
+    ]], lit(sh(string.format(
+        "setsid -f env -i /bin/sleep %s >/dev/null 2>&1; echo ok", t1)))))
+    local h = start(path)
+    assert.is_truthy(h:wait_for(function(x)
+      return #x:events("probe_result", { probe = "p" }) >= 1
+    end, 15), h:stderr())
+    assert.are.same({ "success", "ok\n" },
+      { h:events("probe_result")[1].status, h:events("probe_result")[1].output })
+    assert.is_truthy(helpers.eventually(function()
+      return #left_with(t1) == 0
+    end, 10), helpers.describe_procs(left_with(t1)))
+    -- it exited as a child of the host: reaped, no zombie stays
+    assert.is_truthy(helpers.eventually(function()
+      return #helpers.zombies_of(h.pid) == 0
+    end, 3), helpers.describe_procs(helpers.zombies_of(h.pid)))
+    assert.is_true(h:alive(), h:stderr())
+  end)
+
   it("sonde once ends what its probes left behind before it exits",
     function()
     local t1, t2 = tag(311), tag(312)
