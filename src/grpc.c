@@ -76,13 +76,23 @@ const char *sonde_grpc_serving_name(int s) {
 
 const char *sonde_grpc_code_name(int c) {
   /* google.golang.org/grpc/codes: Code.String() */
-  static const char *const names[] = {
-      "OK",          "Canceled",           "Unknown",
-      "InvalidArgument", "DeadlineExceeded", "NotFound",
-      "AlreadyExists",   "PermissionDenied", "ResourceExhausted",
-      "FailedPrecondition", "Aborted",       "OutOfRange",
-      "Unimplemented",   "Internal",         "Unavailable",
-      "DataLoss",        "Unauthenticated"};
+  static const char *const names[] = {"OK",
+                                      "Canceled",
+                                      "Unknown",
+                                      "InvalidArgument",
+                                      "DeadlineExceeded",
+                                      "NotFound",
+                                      "AlreadyExists",
+                                      "PermissionDenied",
+                                      "ResourceExhausted",
+                                      "FailedPrecondition",
+                                      "Aborted",
+                                      "OutOfRange",
+                                      "Unimplemented",
+                                      "Internal",
+                                      "Unavailable",
+                                      "DataLoss",
+                                      "Unauthenticated"};
   return c >= 0 && c <= 16 ? names[c] : NULL;
 }
 
@@ -92,7 +102,8 @@ const char *sonde_grpc_code_name(int c) {
  * appended at *w. */
 static void put_frac(char **w, char *end, uint64_t v, int prec) {
   uint64_t div = 1;
-  for (int i = 0; i < prec; i++) div *= 10;
+  for (int i = 0; i < prec; i++)
+    div *= 10;
   uint64_t ip = v / div, fp = v % div;
   int n = snprintf(*w, (size_t)(end - *w), "%llu", (unsigned long long)ip);
   if (n < 0 || n >= end - *w) return;
@@ -101,7 +112,8 @@ static void put_frac(char **w, char *end, uint64_t v, int prec) {
   char digits[24];
   snprintf(digits, sizeof digits, "%0*llu", prec, (unsigned long long)fp);
   size_t len = strlen(digits);
-  while (len > 0 && digits[len - 1] == '0') len--;
+  while (len > 0 && digits[len - 1] == '0')
+    len--;
   n = snprintf(*w, (size_t)(end - *w), ".%.*s", (int)len, digits);
   if (n > 0 && n < end - *w) *w += n;
 }
@@ -153,7 +165,8 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg) {
   }
   if (g->rlen + n > g->rcap) {
     size_t cap = g->rcap ? g->rcap * 2 : 256;
-    while (cap < g->rlen + n) cap *= 2;
+    while (cap < g->rlen + n)
+      cap *= 2;
     if (cap > RESPONSE_MAX) cap = RESPONSE_MAX;
     uint8_t *d = realloc(g->rbody, cap);
     if (!d) {
@@ -198,7 +211,8 @@ static char *percent_decode(const char *s, size_t len) {
 static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
   struct grpc_op *g = arg;
   size_t n = size * nmemb, len = n;
-  while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) len--;
+  while (len && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+    len--;
   if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
     /* a new response head (after a 1xx): forget the last one's */
     g->has_status = 0;
@@ -211,8 +225,10 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
   if (!colon) return n;
   size_t nlen = (size_t)(colon - data);
   const char *v = colon + 1, *end = data + len;
-  while (v < end && (*v == ' ' || *v == '\t')) v++;
-  while (end > v && (end[-1] == ' ' || end[-1] == '\t')) end--;
+  while (v < end && (*v == ' ' || *v == '\t'))
+    v++;
+  while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+    end--;
   size_t vlen = (size_t)(end - v);
   if (nlen == 11 && strncasecmp(data, "grpc-status", 11) == 0) {
     /* a decimal code; anything else is not a status (Unknown, as
@@ -220,8 +236,10 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
     long code = 0;
     int ok = vlen > 0 && vlen <= 9;
     for (size_t i = 0; ok && i < vlen; i++) {
-      if (!isdigit((unsigned char)v[i])) ok = 0;
-      else code = code * 10 + (v[i] - '0');
+      if (!isdigit((unsigned char)v[i]))
+        ok = 0;
+      else
+        code = code * 10 + (v[i] - '0');
     }
     g->has_status = 1;
     g->status = ok ? (int)code : 2;
@@ -235,7 +253,8 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
   return n;
 }
 
-/* ---- the operation -------------------------------------------------------- */
+/* ---- the operation --------------------------------------------------------
+ */
 
 static void grpc_release(struct sonde_op *op, int cancelled) {
   struct grpc_op *g = (struct grpc_op *)op;
@@ -410,8 +429,7 @@ static void finish_answer(struct grpc_op *g) {
   if (g->status == 12) {
     r->status = SONDE_FAILURE;
     r->reason = SONDE_R_GRPC_STATUS;
-    sonde_result_set_error(r, "rpc error: code = Unimplemented desc = %s",
-                           msg);
+    sonde_result_set_error(r, "rpc error: code = Unimplemented desc = %s", msg);
     clean_error(r);
     set_output(r,
                "error: this server does not implement the grpc health "
@@ -453,8 +471,8 @@ static void finish_answer(struct grpc_op *g) {
                 p[0]);
     return;
   }
-  uint64_t mlen = (uint64_t)p[1] << 24 | (uint64_t)p[2] << 16 |
-                  (uint64_t)p[3] << 8 | p[4];
+  uint64_t mlen =
+      (uint64_t)p[1] << 24 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 8 | p[4];
   if (mlen > n - 5) {
     rpc_failure(g, SONDE_R_PROTOCOL, 13,
                 "truncated message: %llu bytes announced, %zu sent",
@@ -493,8 +511,9 @@ static void finish_answer(struct grpc_op *g) {
 }
 
 static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
-  struct grpc_op *g = (struct grpc_op *)(void *)((char *)owner -
-                                                offsetof(struct grpc_op, owner));
+  struct grpc_op *g =
+      (struct grpc_op *)(void *)((char *)owner -
+                                 offsetof(struct grpc_op, owner));
   struct sonde_result *r = &g->op.res;
   g->in_multi = 0;
   sonde_curl_owner_look(&g->owner);

@@ -27,7 +27,8 @@ const char *sonde_pb_get_varint(const uint8_t *p, size_t n, uint64_t *v,
     if (i >= n) return "truncated varint";
     uint8_t b = p[i];
     /* the 10th byte holds bit 63 only */
-    if (i == SONDE_PB_VARINT_MAX - 1 && b > 1) return "varint overflows 64 bits";
+    if (i == SONDE_PB_VARINT_MAX - 1 && b > 1)
+      return "varint overflows 64 bits";
     x |= (uint64_t)(b & 0x7f) << (7 * i);
     if (!(b & 0x80)) {
       *v = x;

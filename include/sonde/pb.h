@@ -20,12 +20,11 @@
  *     its start or a group not ended ("unbalanced group");
  *   - field number 0 or over 2^29 - 1 ("invalid field number");
  *   - the wanted field with another wire type than varint ("wanted field
- *     has wire type 2 (length-delimited), expected 0 (varint)").  (Go's protobuf would keep such a
- *     record as an unknown field and leave the field at its default; for
- *     a health check both end in a failure: sonde says why.)
- * Other fields of any valid wire type are skipped (groups with what they
- * hold, nested up to 64 deep).  A repeated field: the last value wins, as
- * in protobuf.
+ *     has wire type 2 (length-delimited), expected 0 (varint)").  (Go's
+ * protobuf would keep such a record as an unknown field and leave the field at
+ * its default; for a health check both end in a failure: sonde says why.) Other
+ * fields of any valid wire type are skipped (groups with what they hold, nested
+ * up to 64 deep).  A repeated field: the last value wins, as in protobuf.
  */
 #ifndef SONDE_PB_H
 #define SONDE_PB_H
