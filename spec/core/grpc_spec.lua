@@ -265,6 +265,76 @@ describe("sonde.grpc", function()
     end)
   end)
 
+  describe("declared probes", function()
+    before_each(helpers.fresh)
+    after_each(function()
+      helpers.cleanup_hosts()
+      helpers.fresh()
+    end)
+
+    it("under the host: SERVING publishes success, NOT_SERVING failure",
+      function()
+      local path = helpers.script("grpc-probes.lua", string.format([[
+        local sonde = require "sonde"
+        sonde.probe { name = "up", kind = "readiness", period = 0.2,
+          grpc = { port = %d } }
+        sonde.probe { name = "down", kind = "liveness", period = 0.2,
+          failure_threshold = 2, grpc = { port = %d, service = "down" } }
+        sonde.probe { name = "gone", kind = "liveness", period = 0.2,
+          failure_threshold = 1, grpc = { port = %d } }
+      ]], health.port, health.port, helpers.closed_port()))
+      local h, text = helpers.host_until({ "--log-format", "json", path },
+        function(x)
+          return #x:events("state_change", { probe = "up", to = "success" })
+              >= 1 and #x:events("state_change", { probe = "down",
+              to = "failure" }) >= 1 and #x:events("state_change",
+              { probe = "gone", to = "failure" }) >= 1
+        end)
+      local down = h:events("probe_result", { probe = "down" })
+      assert.is_true(#down >= 2, text)
+      assert.are.same({ "failure", "grpc_status", 0, "NOT_SERVING",
+        'service unhealthy (responded with "NOT_SERVING")' },
+        { down[1].status, down[1].reason, down[1].grpc_status,
+          down[1].serving_status, down[1].output }, text)
+      assert.are.equal("grpc_status", h:events("state_change",
+        { probe = "down" })[1].reason, text)
+      assert.are.equal("connect_refused", h:events("state_change",
+        { probe = "gone" })[1].reason, text)
+    end)
+
+    it("in this process: a probe's last result carries the gRPC fields",
+      function()
+      local p = sonde.probe { name = "in-process", kind = "readiness",
+        period = 0.2, grpc = { port = health.port, service = "unknown" } }
+      local logged = helpers.run_logged(1)
+      assert.is_true(#helpers.select(logged, "probe_result",
+        { probe = "in-process" }) >= 1)
+      local r = p.last_result
+      assert.are.same({ "failure", "grpc_status", "UNKNOWN", "grpc" },
+        { r.status, r.reason, r.serving_status, p.handler })
+    end)
+
+    it("at declaration: the field's name, at the script's line", function()
+      local msg = helpers.error_here(function()
+        sonde.probe { name = "bad", grpc = { port = "grpc" },
+          ports = { { name = "grpc", port = 1 } } }
+      end)
+      assert.is_truthy(msg:find('probe "bad": grpc.port: must be a port '
+        .. 'number 1..65535 (a gRPC probe takes no named port), got "grpc"',
+        1, true), msg)
+      msg = helpers.error_here(function()
+        sonde.probe { name = "bad", grpc = { port = 1, timeout = 2 } }
+      end)
+      assert.is_truthy(msg:find('probe "bad": grpc.timeout: is set on the '
+        .. "probe", 1, true), msg)
+      msg = helpers.error_here(function()
+        sonde.probe { name = "bad", grpc = { port = 1, tls = 1 } }
+      end)
+      assert.is_truthy(msg:find('probe "bad": grpc.tls: must be a boolean',
+        1, true), msg)
+    end)
+  end)
+
   describe("spec errors name the field", function()
     it("port: required, 1..65535, an integer, no named port", function()
       spec_error({}, "sonde.grpc", "port", "is required")
