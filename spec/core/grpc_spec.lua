@@ -283,13 +283,33 @@ describe("sonde.grpc", function()
         sonde.probe { name = "gone", kind = "liveness", period = 0.2,
           failure_threshold = 1, grpc = { port = %d } }
       ]], health.port, health.port, helpers.closed_port()))
-      local h, text = helpers.host_until({ "--log-format", "json", path },
-        function(x)
-          return #x:events("state_change", { probe = "up", to = "success" })
-              >= 1 and #x:events("state_change", { probe = "down",
-              to = "failure" }) >= 1 and #x:events("state_change",
-              { probe = "gone", to = "failure" }) >= 1
-        end)
+      local h = helpers.host_start({ "--log-format", "json", "--listen",
+        "127.0.0.1:0", path })
+      local ok = h:wait_for(function(x)
+        return #x:events("state_change", { probe = "up", to = "success" })
+            >= 1 and #x:events("state_change", { probe = "down",
+            to = "failure" }) >= 1 and #x:events("state_change",
+            { probe = "gone", to = "failure" }) >= 1
+      end, 15)
+      local text = h:stderr()
+      assert.is_truthy(ok, text)
+      -- blackbox_exporter's grpc series
+      local m = helpers.fetch(helpers.listen_port(h), "/metrics").body
+      for _, line in ipairs {
+        'probe_grpc_status_code{probe="up",kind="readiness"} 0',
+        'probe_grpc_status_code{probe="gone",kind="liveness"} -1',
+        'probe_grpc_healthcheck_response{probe="up",kind="readiness",'
+          .. 'serving_status="SERVING"} 1',
+        'probe_grpc_healthcheck_response{probe="up",kind="readiness",'
+          .. 'serving_status="NOT_SERVING"} 0',
+        'probe_grpc_healthcheck_response{probe="down",kind="liveness",'
+          .. 'serving_status="NOT_SERVING"} 1',
+        'probe_grpc_healthcheck_response{probe="gone",kind="liveness",'
+          .. 'serving_status="SERVING"} 0',
+      } do
+        assert.is_truthy(helpers.has_line(m, line), line .. "\n" .. m)
+      end
+      assert.are.equal(0, h:term(), text)
       local down = h:events("probe_result", { probe = "down" })
       assert.is_true(#down >= 2, text)
       assert.are.same({ "failure", "grpc_status", 0, "NOT_SERVING",
