@@ -206,6 +206,28 @@ describe("sonde.grpc", function()
       assert.are.same({ "success", "failure" }, { a.status, b.status })
     end)
 
+    it("cancelled in flight: the callback never runs, nothing is left",
+      function()
+      local before = helpers.fd_count()
+      helpers.accepted(sonde.grpc, { port = slow.port, timeout = 5 })
+      assert.is_truthy(helpers.eventually(function()
+        return helpers.fd_count() <= before
+      end, 5), helpers.fd_list())
+    end)
+
+    it("an IPv6 literal, bare", function()
+      local v6 = helpers.grpc_server { "--host", "::1", "--status",
+        "=NOT_SERVING" }
+      local r = grpc { host = "::1", port = v6.port }
+      assert.are.same({ "failure", "grpc_status", "[::1]:" .. v6.port },
+        { r.status, r.reason, r.remote_addr })
+      local gone = grpc { host = "::1", port = helpers.closed_port(),
+        timeout = 5 }
+      assert.is_truthy(gone.output:find('failed to connect service at "[::1]:',
+        1, true), gone.output)
+      v6:stop()
+    end)
+
     it("outside a task without a callback: raises", function()
       assert.has_error(function() sonde.grpc { port = health.port } end)
     end)
