@@ -64,6 +64,9 @@ describe("sonde.grpc", function()
         service = "ünï" }.status)
       assert.are.equal("success", grpc { port = health.port,
         host = "127.0.0.1" }.status)
+      -- a name: libcurl resolves it, as for http_get (/etc/hosts)
+      assert.are.equal("success", grpc { port = health.port,
+        host = "localhost" }.status)
     end)
 
     for _, c in ipairs { { "down", "NOT_SERVING" }, { "unknown", "UNKNOWN" },
@@ -156,6 +159,16 @@ describe("sonde.grpc", function()
         "\x08\x01"                                 -- 1: SERVING
       local r = answer(msg)
       assert.are.same({ "success", "SERVING" }, { r.status, r.serving_status })
+    end)
+
+    it("a reply over 64 KiB is failure protocol; under it, the last value "
+      .. "of a repeated field wins", function()
+      local big = grpc { port = raw.port, service = "repeat:40000" }
+      assert.are.same({ "failure", "protocol" }, { big.status, big.reason })
+      assert.is_truthy(big.output:find("response larger than 65536 bytes", 1,
+        true), big.output)
+      local ok = grpc { port = raw.port, service = "repeat:30000" }
+      assert.are.same({ "success", "SERVING" }, { ok.status, ok.serving_status })
     end)
 
     it("an empty message is UNKNOWN (protobuf's default): failure", function()
