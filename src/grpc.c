@@ -253,8 +253,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
   return n;
 }
 
-/* ---- the operation --------------------------------------------------------
- */
+/* ---- the operation ---------------------------------------------------- */
 
 static void grpc_release(struct sonde_op *op, int cancelled) {
   struct grpc_op *g = (struct grpc_op *)op;

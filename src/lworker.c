@@ -62,8 +62,9 @@
 struct lworker {
   struct sonde_worker *w;
   struct lcore *c;
-  /* the handler's options (struct sonde_exec_opts, sonde_http_opts or
-   * sonde_tcp_opts, sonde_grpc_opts) follow in the same block: only the size of its own */
+  /* the handler's options (struct sonde_exec_opts, sonde_http_opts,
+   * sonde_tcp_opts or sonde_grpc_opts) follow in the same block: only the
+   * size of its own */
   unsigned char opts[];
 };
 /* Lua aligns a userdata's block for pointers and doubles, all the options
