@@ -316,10 +316,10 @@ end
 -- the deadline passing once connected is failure timeout, "timeout:
 -- health rpc did not complete within DUR"; no connection by then (no TCP
 -- connect: connect_timeout; no TLS handshake or no word from the server:
--- timeout) "timeout: failed to connect service \"ADDR\" within DUR:
--- context deadline exceeded"; refused (at once: connect_refused), TLS
--- (tls), name (dns) and other errors "error: failed to connect service at
--- \"ADDR\": <error>"; a server that is not gRPC (an HTTP/1 server, a
+-- timeout) `timeout: failed to connect service "ADDR" within DUR:
+-- context deadline exceeded`; refused (at once: connect_refused), TLS
+-- (tls), name (dns) and other errors `error: failed to connect service at
+-- "ADDR": <error>`; a server that is not gRPC (an HTTP/1 server, a
 -- malformed answer) failure protocol.  Result fields beyond the common
 -- ones: `grpc_status` (the call's status code, when one came),
 -- `serving_status` ("SERVING", "NOT_SERVING", ... when a response was
