@@ -53,6 +53,7 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
+               src/pb.c src/grpc.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c
@@ -96,7 +97,8 @@ $(RAW): bench/raw.c
 DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
              libevent-dev lua-yaml
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
-             prometheus python3 lua-socket lua-cjson curl
+             prometheus python3 lua-socket lua-cjson curl \
+             python3-grpcio python3-grpc-tools
 .PHONY: deps test-deps
 deps:
 	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"

@@ -5,9 +5,9 @@ source = {
   url = "git+file:///dev/null",  -- built from a checkout: luarocks make
 }
 description = {
-  summary = "Lua-scriptable probe engine: kubelet-style exec, HTTP and TCP probes",
+  summary = "Lua-scriptable probe engine: kubelet-style exec, HTTP, TCP and gRPC probes",
   detailed = [[
-    A C core running exec, HTTP (libcurl multi) and TCP probes on one
+    A C core running exec, HTTP (libcurl multi), TCP and gRPC health probes on one
     libevent loop, with kubelet probe semantics, exposed as a Lua 5.4 module
     and a host binary, `sonde`.
   ]],

@@ -117,6 +117,12 @@
 --   H.tls_server(dir)          openssl s_server -www with them: { port,
 --                              pid, stop() }
 --
+-- The gRPC health server (spec/support/grpc.lua)
+--   H.grpc_server(args)        spec/fixtures/grpc_health_server.py with
+--                              these arguments: a Server with .port .pid
+--                              :stop() :alive()
+--   H.stop_grpc_servers()      stop every one started and not stopped
+--
 -- systemd's notify socket (spec/support/notify.lua)
 --   H.notify_listener(dir[, name[, secs]])  a Listener with :messages()
 --                              :find(line, from, msgs) :count(line, msgs)
@@ -590,5 +596,6 @@ require("support.engine")(H)
 require("support.host")(H)
 require("support.fixture")(H)
 require("support.notify")(H)
+require("support.grpc")(H)
 
 return H

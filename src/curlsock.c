@@ -32,10 +32,15 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/tcp.h>  /* struct tcp_info with tcpi_bytes_received */
+#include <netinet/in.h> /* IPPROTO_TCP */
+#endif
 
 #include "internal.h"
 
@@ -121,15 +126,34 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose,
   return fd;
 }
 
+/* Whether the peer of connected socket fd has sent any byte: 1 or 0, or
+ * -1 when the system does not tell (the gRPC prober tells a server that
+ * never spoke from one slow to answer). */
+static int peer_sent(curl_socket_t fd) {
+#ifdef __linux__
+  struct tcp_info ti;
+  socklen_t len = sizeof ti;
+  memset(&ti, 0, sizeof ti);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+      len >= offsetof(struct tcp_info, tcpi_bytes_received) +
+                 sizeof ti.tcpi_bytes_received)
+    return ti.tcpi_bytes_received > 0;
+#else
+  (void)fd;
+#endif
+  return -1;
+}
+
 static int close_socket(void *clientp, curl_socket_t fd) {
   struct sonde_loop *loop = clientp;
   if (fd >= 0 && (size_t)fd < loop->nfd_owner && loop->fd_owner[fd]) {
     struct sonde_curl_owner *o = loop->fd_owner[fd];
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
-    if (!o->tcp_connected &&
-        getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0) {
       o->tcp_connected = 1;
+      if (o->peer_bytes != 1) o->peer_bytes = peer_sent(fd);
+    }
     fd_forget(o, fd);
     loop->fd_owner[fd] = NULL;
   }
@@ -157,7 +181,21 @@ void sonde_curl_setup(CURL *e, struct sonde_curl_owner *o,
 void sonde_curl_owner_reset(struct sonde_curl_owner *o) {
   o->sock_errno = 0;
   o->tcp_connected = 0;
+  o->peer_bytes = 0;
   o->alloc_failures = sonde_curl_alloc_failures();
+}
+
+void sonde_curl_owner_look(struct sonde_curl_owner *o) {
+  for (int i = 0; i < SONDE_OWNER_FDS; i++) {
+    curl_socket_t fd = o->fds[i];
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (fd == CURL_SOCKET_BAD ||
+        getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+      continue;
+    o->tcp_connected = 1;
+    if (o->peer_bytes != 1) o->peer_bytes = peer_sent(fd);
+  }
 }
 
 void sonde_curl_owner_forget(struct sonde_curl_owner *o) {

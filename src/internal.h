@@ -229,6 +229,10 @@ struct sonde_curl_owner {
   struct sonde_loop *loop;
   int sock_errno;            /* errno of a socket() that failed, or 0 */
   int tcp_connected;         /* a TCP connect of the transfer completed */
+  int peer_bytes;            /* a connected socket of the transfer had
+                                received bytes from the peer when it was
+                                closed: 1, 0, or -1 when the system does not
+                                tell (not Linux) */
   unsigned alloc_failures;   /* curl's failed allocations at the start */
   curl_socket_t fds[SONDE_OWNER_FDS]; /* its open sockets (-1: none) */
 };
@@ -244,6 +248,10 @@ void sonde_curl_setup(CURL *easy, struct sonde_curl_owner *owner,
 /* Before each transfer (each redirect hop): clear what the last one
  * recorded. */
 void sonde_curl_owner_reset(struct sonde_curl_owner *owner);
+
+/* Record tcp_connected and peer_bytes from the owner's sockets still open
+ * (libcurl may close a finished transfer's connection only later). */
+void sonde_curl_owner_look(struct sonde_curl_owner *owner);
 
 /* Before the easy handle is cleaned up: the owner's sockets, still open or
  * not, no longer point at it. */

@@ -81,6 +81,7 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
 void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
   int is_exec = strcmp(r->kind, "exec") == 0;
   int is_http = strcmp(r->kind, "http") == 0;
+  int is_grpc = strcmp(r->kind, "grpc") == 0;
   lua_createtable(L, 0, 12);
   set_str(L, "status", sonde_status_name(r->status));
   set_str(L, "reason", sonde_reason_name(r->reason));
@@ -125,6 +126,19 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
     lua_setfield(L, -2, "headers");
     if (r->url) set_str(L, "url", r->url);
     set_int(L, "redirects", r->redirects);
+  }
+  if (is_grpc) {
+    if (r->has_grpc_status) set_int(L, "grpc_status", r->grpc_status);
+    if (r->has_serving_status) {
+      const char *name = sonde_grpc_serving_name(r->serving_status);
+      if (name) {
+        set_str(L, "serving_status", name);
+      } else {                  /* a value the enum does not name (Go: its
+                                   number) */
+        lua_pushfstring(L, "%d", r->serving_status);
+        lua_setfield(L, -2, "serving_status");
+      }
+    }
   }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
 }
@@ -493,6 +507,88 @@ static int l_core_tcp(lua_State *L) {
   return started(L, c, sonde_tcp_start(c->loop, &o, call_back, c), 2);
 }
 
+/* Read core.grpc's options (host, port, service, timeout, user_agent,
+ * tls, tls_verify, ca_file) from the table at t. */
+void sonde_lua_grpc_opts(lua_State *L, int t, struct sonde_grpc_opts *o) {
+  sonde_grpc_opts_init(o);
+  o->host = opt_str(L, t, "host", NULL);
+  if (!o->host) luaL_error(L, "sonde.core: host: string expected");
+  o->port = (long)opt_num(L, t, "port", 0);
+  const char *svc = opt_str(L, t, "service", NULL);
+  if (svc) o->service = svc;
+  o->timeout = opt_num(L, t, "timeout", o->timeout);
+  o->user_agent = opt_str(L, t, "user_agent", NULL);
+  o->ca_file = opt_str(L, t, "ca_file", NULL);
+  lua_getfield(L, t, "tls");
+  o->tls = lua_toboolean(L, -1);
+  lua_getfield(L, t, "tls_verify");
+  o->tls_verify = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+}
+
+/* core.grpc(opts, cb) -> id */
+static int l_core_grpc(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_grpc_opts o;
+  sonde_lua_grpc_opts(L, 1, &o);
+  return started(L, c, sonde_grpc_start(c->loop, &o, call_back, c), 2);
+}
+
+/* core.pb_encode_string(field, bytes) -> the protobuf message holding
+ * string field `field` (sonde/pb.h; a test hook of the codec). */
+static int l_core_pb_encode_string(lua_State *L) {
+  lua_Integer field = luaL_checkinteger(L, 1);
+  size_t len, n = 0;
+  const char *s = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, field >= 1 && field <= (1 << 29) - 1, 1,
+                "not a field number");
+  uint8_t *m = sonde_pb_encode_string((uint32_t)field, s, len, &n);
+  if (!m) return luaL_error(L, "sonde: out of memory");
+  lua_pushlstring(L, (const char *)m, n);
+  free(m);
+  return 1;
+}
+
+/* core.pb_decode_varint(bytes, field) -> value (integer; 0 when absent),
+ * found (boolean)  or  nil, error text (sonde/pb.h; a test hook). */
+static int l_core_pb_decode_varint(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lua_Integer field = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, field >= 1 && field <= (1 << 29) - 1, 2,
+                "not a field number");
+  uint64_t v = 0;
+  int found = 0;
+  const char *err = sonde_pb_decode_varint((const uint8_t *)s, len,
+                                           (uint32_t)field, &v, &found);
+  if (err) {
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_pushboolean(L, found);
+  return 2;
+}
+
+/* core.pb_varint(n) -> the varint bytes of integer n (as uint64). */
+static int l_core_pb_varint(lua_State *L) {
+  uint8_t buf[SONDE_PB_VARINT_MAX];
+  size_t n = sonde_pb_put_varint(buf, (uint64_t)luaL_checkinteger(L, 1));
+  lua_pushlstring(L, (const char *)buf, n);
+  return 1;
+}
+
+/* core.go_duration(seconds) -> Go's Duration.String() ("1.5s"). */
+static int l_core_go_duration(lua_State *L) {
+  char buf[64];
+  sonde_go_duration(buf, sizeof buf, luaL_checknumber(L, 1));
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 /* A timer's end: its callback is called with no argument (a timer has
  * no result to tell). */
 static void call_timer(const struct sonde_result *r, void *arg) {
@@ -769,6 +865,7 @@ static const luaL_Reg core_funcs[] = {
     {"exec", l_core_exec},
     {"http", l_core_http},
     {"tcp", l_core_tcp},
+    {"grpc", l_core_grpc},
     {"timer", l_core_timer},
     {"cancel", l_core_cancel},
     {"run", l_core_run},
@@ -788,6 +885,10 @@ static const luaL_Reg core_funcs[] = {
     {"reap_orphans", l_core_reap_orphans},
     {"end_orphans", l_core_end_orphans},
     {"trim", l_core_trim},
+    {"pb_encode_string", l_core_pb_encode_string},
+    {"pb_decode_varint", l_core_pb_decode_varint},
+    {"pb_varint", l_core_pb_varint},
+    {"go_duration", l_core_go_duration},
     {NULL, NULL}};
 
 int luaopen_sonde_core(lua_State *L);

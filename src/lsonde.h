@@ -55,12 +55,13 @@ struct sonde_result;
 struct sonde_exec_opts;
 struct sonde_http_opts;
 struct sonde_tcp_opts;
+struct sonde_grpc_opts;
 
 /* Push a prober's result as the table core's callbacks get. */
 void sonde_lua_push_result(lua_State *L, const struct sonde_result *r);
 
 /*
- * Read the options of core.exec / core.http / core.tcp from the table at
+ * Read the options of core.exec / core.http / core.tcp / core.grpc from the table at
  * index t into *o (raises on misuse).  Strings are not copied: they stay
  * anchored in that table, and vectors (argv, env, headers) in values the
  * readers push on the stack; the exec and http readers return how many
@@ -70,6 +71,7 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r);
 int sonde_lua_exec_opts(lua_State *L, int t, struct sonde_exec_opts *o);
 int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o);
 void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o);
+void sonde_lua_grpc_opts(lua_State *L, int t, struct sonde_grpc_opts *o);
 
 /* Register core.worker, core.schedule_stats, core.step and
  * core.next_slot (lworker.c): stack [module, loop] -> [module]. */

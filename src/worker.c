@@ -201,6 +201,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
   case SONDE_H_TCP: id = sonde_tcp_start(w->loop, w->opts, on_result, w); break;
   case SONDE_H_HTTP: id = sonde_http_start(w->loop, w->opts, on_result, w); break;
   case SONDE_H_EXEC: id = sonde_exec_start(w->loop, w->opts, on_result, w); break;
+  case SONDE_H_GRPC: id = sonde_grpc_start(w->loop, w->opts, on_result, w); break;
   case SONDE_H_NONE:
     if (!w->hooks->tick || !w->hooks->tick(w, w->arg)) {
       w->stats.skipped++;

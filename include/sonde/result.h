@@ -3,7 +3,7 @@
  *
  * A probe outcome is never an error: a refused connection, a timeout or a
  * non-zero exit is a completed probe whose result says so.  Results are
- * produced by the probers (exec.h, http.h, tcp.h) and handed to the caller's
+ * produced by the probers (exec.h, http.h, tcp.h, grpc.h) and handed to the caller's
  * callback, which must not keep pointers into them past its return: the
  * prober frees the result right after the callback returns.
  */
@@ -40,6 +40,8 @@ typedef enum {
   X(TLS, "tls")               /* TLS handshake or verification failed */    \
   X(HTTP_STATUS, "http_status") /* HTTP: the status code decided */         \
   X(REDIRECT, "redirect")     /* HTTP: redirect not followed, or too many */\
+  X(GRPC_STATUS, "grpc_status") /* gRPC: the call's status or the    \
+                                 health service's serving status decided */\
   X(PROTOCOL, "protocol")     /* HTTP: no reply or a malformed reply */     \
   X(CONFIG, "config")         /* the request could not be built */          \
   X(RESOURCE, "resource")     /* the engine ran out of fds/processes/mem */ \
@@ -65,7 +67,8 @@ struct sonde_header {
  */
 struct sonde_result {
   uint64_t id;           /* the operation id (see sonde/loop.h) */
-  const char *kind;      /* "exec", "http", "tcp", "timer" (static) */
+  const char *kind;      /* "exec", "http", "tcp", "grpc", "timer"
+                            (static) */
   sonde_status status;
   sonde_reason reason;
   char *output;          /* human-readable output (kubelet's "output") */
@@ -90,7 +93,15 @@ struct sonde_result {
   char *url;             /* last URL requested */
   int redirects;         /* redirects followed */
 
-  /* HTTP and TCP */
+  /* gRPC (grpc.h) */
+  int grpc_status;       /* the call's grpc-status code, when has_grpc_status */
+  int has_grpc_status;
+  int serving_status;    /* HealthCheckResponse.status (0 UNKNOWN, 1 SERVING,
+                            2 NOT_SERVING, 3 SERVICE_UNKNOWN), when
+                            has_serving_status */
+  int has_serving_status;
+
+  /* HTTP, TCP and gRPC */
   char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
                             (TCP: the address tried last, also when that
                             failed) */

@@ -1,7 +1,7 @@
 /*
  * sonde/sonde.h - umbrella header of sonde's C core.
  *
- * The core runs exec, HTTP and TCP probes on one libevent loop and reports
+ * The core runs exec, HTTP, TCP and gRPC health probes on one libevent loop and reports
  * each outcome as a struct sonde_result; it can be used from C without Lua.
  */
 #ifndef SONDE_SONDE_H
@@ -9,8 +9,10 @@
 
 #include "sonde/exec.h"
 #include "sonde/expand.h"
+#include "sonde/grpc.h"
 #include "sonde/http.h"
 #include "sonde/loop.h"
+#include "sonde/pb.h"
 #include "sonde/result.h"
 #include "sonde/tcp.h"
 

@@ -1,4 +1,4 @@
---- sonde: kubelet-style exec, HTTP and TCP probes on one event loop.
+--- sonde: kubelet-style exec, HTTP, TCP and gRPC probes on one event loop.
 --
 -- Every prober works in two styles:
 --
@@ -16,7 +16,8 @@
 --   * `status`: `"success"`, `"warning"`, `"failure"` or `"unknown"`;
 --   * `reason`: one of `ok`, `exit_code`, `signal`, `timeout`, `not_found`,
 --     `permission`, `spawn`, `connect_refused`, `connect_timeout`, `dns`,
---     `network`, `tls`, `http_status`, `redirect`, `protocol`, `config`,
+--     `network`, `tls`, `http_status`, `grpc_status`, `redirect`,
+--     `protocol`, `config`,
 --     `resource`, `cancelled`; declared probes add `hook_error` (a hook
 --     raised or hit its bound, or the hook or check is quarantined:
 --     status unknown), `check_error` (a custom check raised or
@@ -289,6 +290,45 @@ end
 -- @return the result (in a task) or the operation id (with a callback)
 function sonde.tcp_socket(spec, callback)
   return call("sonde.tcp_socket", probers.handlers.tcp_socket, spec, callback)
+end
+
+--- gRPC health check (kubelet grpc probe): one call of the standard
+-- health protocol, `grpc.health.v1.Health/Check`, over HTTP/2.
+--
+-- spec fields: `port` (1..65535, required; a number only: the kubelet's
+-- grpc probe takes no named port), `service` (string, default "": the
+-- server as a whole; UTF-8), `host` (default "127.0.0.1", as http_get
+-- and tcp_socket; IPv6 bare), `timeout` (seconds, > 0, default 1: one
+-- deadline for resolution, connect, TLS and the call), `tls` (false, the
+-- default: plaintext HTTP/2 with prior knowledge as the kubelet; true:
+-- TLS with HTTP/2 chosen by ALPN, certificates not verified; or
+-- `{ verify = false, ca_file = nil }` as http_get's `tls`).
+--
+-- Outcomes (output in the kubelet's words; DUR is the timeout as Go
+-- prints it, "1s"): SERVING is success, reason ok, output "service
+-- healthy"; NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN are failure, reason
+-- grpc_status, output `service unhealthy (responded with "NOT_SERVING")`;
+-- no health service (grpc-status 12) is failure grpc_status, "error: this
+-- server does not implement the grpc health protocol
+-- (grpc.health.v1.Health): <message>"; another grpc-status (5 for a
+-- service the server does not know) is failure grpc_status, "error:
+-- health rpc probe failed: rpc error: code = NotFound desc = <message>";
+-- the deadline passing once connected is failure timeout, "timeout:
+-- health rpc did not complete within DUR"; no connection by then (no TCP
+-- connect: connect_timeout; no TLS handshake or no word from the server:
+-- timeout) `timeout: failed to connect service "ADDR" within DUR:
+-- context deadline exceeded`; refused (at once: connect_refused), TLS
+-- (tls), name (dns) and other errors `error: failed to connect service at
+-- "ADDR": <error>`; a server that is not gRPC (an HTTP/1 server, a
+-- malformed answer) failure protocol.  Result fields beyond the common
+-- ones: `grpc_status` (the call's status code, when one came),
+-- `serving_status` ("SERVING", "NOT_SERVING", ... when a response was
+-- decoded), `remote_addr`.
+-- @tparam table spec
+-- @tparam[opt] function callback
+-- @return the result (in a task) or the operation id (with a callback)
+function sonde.grpc(spec, callback)
+  return call("sonde.grpc", probers.handlers.grpc, spec, callback)
 end
 
 ---------------------------------------------------------------------------

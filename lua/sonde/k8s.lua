@@ -8,8 +8,10 @@
 --   })
 --
 -- Fields: one handler of `exec = { command = {...} }`, `httpGet = { path,
--- port, host, scheme, httpHeaders }`, `tcpSocket = { port, host }`
--- (`grpc` is not supported yet and is rejected); `initialDelaySeconds`,
+-- port, host, scheme, httpHeaders }`, `tcpSocket = { port, host }`,
+-- `grpc = { port, service }` (port a number: no named port, as the
+-- kubelet; the host is sonde's default, 127.0.0.1, where the kubelet
+-- dials the pod IP); `initialDelaySeconds`,
 -- `periodSeconds`, `timeoutSeconds`, `successThreshold`,
 -- `failureThreshold`, `terminationGracePeriodSeconds`, with the Kubernetes
 -- defaults (0 or absent: period 10, timeout 1, success 1, failure 3;
@@ -39,6 +41,7 @@ local EXEC = validate.schema { { "command", any } }
 local HTTP_GET = validate.schema { { "path", any }, { "port", any },
   { "host", any }, { "scheme", any }, { "httpHeaders", any } }
 local TCP_SOCKET = validate.schema { { "port", any }, { "host", any } }
+local GRPC = validate.schema { { "port", any }, { "service", any } }
 
 -- Kubernetes: 0 means "use the default".
 local function int(ctx, v, field, default, min)
@@ -64,13 +67,10 @@ function M.probe(t)
       validate.fail(ctx, nil, "unknown field %s", validate.show(k))
     end
   end
-  if t.grpc ~= nil then
-    validate.fail(ctx, "grpc", "gRPC probes are not supported yet")
-  end
   local spec = {}
   for k in pairs(PASS) do spec[k] = t[k] end
   local n = 0
-  for _, h in ipairs { "exec", "httpGet", "tcpSocket" } do
+  for _, h in ipairs { "exec", "httpGet", "tcpSocket", "grpc" } do
     if t[h] ~= nil then n = n + 1 end
   end
   if n == 0 then validate.fail(ctx, nil, "must specify a handler type") end
@@ -94,10 +94,15 @@ function M.probe(t)
     if path == nil or path == "" then path = "/" end
     spec.http_get = { path = path, port = h.port, host = h.host,
                       scheme = h.scheme or "HTTP", headers = headers }
-  else
+  elseif t.tcpSocket ~= nil then
     local h = t.tcpSocket
     TCP_SOCKET:apply(ctx, h, "tcpSocket")
     spec.tcp_socket = { port = h.port, host = h.host }
+  else
+    local h = t.grpc
+    GRPC:apply(ctx, h, "grpc")
+    -- kubelet: port is required (an int32); service defaults to ""
+    spec.grpc = { port = h.port, service = h.service }
   end
   spec.initial_delay = int(ctx, t.initialDelaySeconds, "initialDelaySeconds",
     0, 0)

@@ -19,7 +19,8 @@
 --     status, reason, duration, output,
 --     state (the probe's state before this result), streak (the run of
 --     equal results toward a threshold, e.g. "failure 2/3"), and
---     exit_code / signal / http_status where the handler has them;
+--     exit_code / signal / http_status / grpc_status / serving_status
+--     where the handler has them;
 --   * `state_change`: probe, kind, from, to, reason (the result's reason,
 --     or `new_instance` when a service restart resets the probe);
 --   * `probe_skipped`: probe, why (`overrun`: the previous run was still

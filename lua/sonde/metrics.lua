@@ -8,6 +8,11 @@
 --   * `probe_success` 1 when the probe's state is success, else 0;
 --   * `probe_duration_seconds` of the last run;
 --   * `probe_http_status_code` of the last run (HTTP probes);
+--   * `probe_grpc_status_code` of the last run (gRPC probes; -1 when no
+--     grpc-status came) and `probe_grpc_healthcheck_response{
+--     serving_status}` 1 for the serving status the last run received
+--     (UNKNOWN, SERVING, NOT_SERVING, SERVICE_UNKNOWN), 0 for the others
+--     (all 0 when none was received), as blackbox_exporter's grpc prober;
 --   * `sonde_probe_runs_total{status}` runs by result status (counter);
 --   * `sonde_probe_state{state}` 1 for the current state (success,
 --     failure, unknown), 0 for the others;
@@ -208,6 +213,9 @@ local STATES = { "success", "failure", "unknown" }
 -- kind never change): `{probe="..",kind=".."}` and the same with status,
 -- state and le; `clean` when escaping left the name as it was.
 local label_cache = setmetatable({}, { __mode = "k" })
+-- HealthCheckResponse.ServingStatus names (probe_grpc_healthcheck_response)
+local SERVING = { "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" }
+
 local function probe_labels(p)
   local c = label_cache[p]
   if c and c.name == p.name and c.kind == p.kind then return c end
@@ -221,6 +229,10 @@ local function probe_labels(p)
   end
   for _, st in ipairs(STATES) do
     c.state[st] = fmt('{%s,state="%s"}', base, st)
+  end
+  c.serving = {}
+  for _, st in ipairs(SERVING) do
+    c.serving[st] = fmt('{%s,serving_status="%s"}', base, st)
   end
   for i, b in ipairs(BUCKETS) do c.le[i] = fmt('{%s,le="%s"}', base, num(b)) end
   label_cache[p] = c
@@ -282,6 +294,25 @@ function M.render(cfg)
       local c = probe_labels(p)
       psample(c, "probe_http_status_code", c.pl,
         last[p].http_status or 0)
+    end
+  end
+  family("probe_grpc_status_code", "gauge", "gRPC status of the last run "
+    .. "(-1: none received).")
+  for _, p in ipairs(probes) do
+    if p.handler == "grpc" and last[p] then
+      local c = probe_labels(p)
+      psample(c, "probe_grpc_status_code", c.pl, last[p].grpc_status or -1)
+    end
+  end
+  family("probe_grpc_healthcheck_response", "gauge", "1 for the serving "
+    .. "status the last run received.")
+  for _, p in ipairs(probes) do
+    if p.handler == "grpc" and last[p] then
+      local c = probe_labels(p)
+      for _, st in ipairs(SERVING) do
+        psample(c, "probe_grpc_healthcheck_response", c.serving[st],
+          last[p].serving_status == st and 1 or 0)
+      end
     end
   end
   family("sonde_probe_runs_total", "counter", "Probe runs by result status.")

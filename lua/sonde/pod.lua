@@ -22,7 +22,7 @@
 --     `terminationGracePeriodSeconds` (default 30).
 --
 -- Not supported, and reported as errors rather than ignored: `env` entries
--- with `valueFrom`, `envFrom`, gRPC probes, lifecycle hooks.  Fields that
+-- with `valueFrom`, `envFrom`, lifecycle hooks.  Fields that
 -- only matter to a container runtime (image, resources, volumeMounts,
 -- securityContext, ...) are listed in a `pod_ignored` log event.
 -- @module sonde.pod

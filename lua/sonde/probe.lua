@@ -4,7 +4,8 @@
 --     name = "web-live",                 -- required, unique in its script
 --     kind = "liveness",                 -- liveness | readiness | startup
 --     -- exactly one handler:
---     exec = {...} | http_get = {...} | tcp_socket = {...} | check = fn,
+--     exec = {...} | http_get = {...} | tcp_socket = {...} | grpc = {...}
+--       | check = fn,
 --     check_cpu = 0.25,                  -- seconds a check may run per run
 --     initial_delay = 0, period = 10, timeout = 1,  -- seconds
 --     success_threshold = 1, failure_threshold = 3,
@@ -80,7 +81,7 @@
 -- Every result of a declared probe carries `probe` (name), `kind` and
 -- `time` (wall-clock start of the run, seconds since the epoch).
 --
--- The worker (schedule, runs of exec / http_get / tcp_socket, threshold
+-- The worker (schedule, runs of exec / http_get / tcp_socket / grpc, threshold
 -- step, counters) is the C core's (`core.worker`, src/worker.c): a run
 -- whose result changes nothing and is not logged never enters Lua.  Lua
 -- is called for what the script asked for (hooks, custom checks,
@@ -124,7 +125,8 @@ Probe.__index = function(p, k)
 end
 
 -- The C worker's handler for each built-in handler (nil: a custom check).
-local C_HANDLER = { exec = "exec", http_get = "http", tcp_socket = "tcp" }
+local C_HANDLER = { exec = "exec", http_get = "http", tcp_socket = "tcp",
+                    grpc = "grpc" }
 
 -- Probes whose worker is told the log level (weak).
 local live = setmetatable({}, { __mode = "k" })
@@ -135,7 +137,7 @@ end)
 local fmt = string.format
 local fail = validate.fail
 local STATUSES = probers.STATUSES
-local HANDLERS = { "exec", "http_get", "tcp_socket", "check" }
+local HANDLERS = { "exec", "http_get", "tcp_socket", "grpc", "check" }
 
 local function service_check(ctx, v, field)
   if not service.is(v) then
@@ -152,6 +154,7 @@ M.schema = validate.schema {
   { "exec", "table" },
   { "http_get", "table" },
   { "tcp_socket", "table" },
+  { "grpc", "table" },
   { "check", "function" },
   { "check_cpu", "seconds", default = 0.25 },
   { "initial_delay", "seconds", default = 0, allow_zero = true },
@@ -182,7 +185,9 @@ local function handler_opts(ctx, s, spec, handler)
   if handler == "exec" and hs.env == nil and s.env and next(s.env) then
     hs.env = s.env
   end
-  if handler ~= "exec" and hs.ports == nil and s.ports and hs.url == nil then
+  -- (a grpc port is a number only: kubelet)
+  if (handler == "http_get" or handler == "tcp_socket") and hs.ports == nil
+      and s.ports and hs.url == nil then
     hs.ports = s.ports
   end
   return probers.handlers[handler].prepare(
@@ -213,8 +218,8 @@ function M.new(spec, owner)
     end
   end
   if not handler then
-    fail(ctx, nil, "must specify a handler type (exec, http_get, tcp_socket "
-      .. "or check)")
+    fail(ctx, nil, "must specify a handler type (exec, http_get, tcp_socket, "
+      .. "grpc or check)")
   end
   if handler ~= "check" and spec.check_cpu ~= nil then
     fail(ctx, "check_cpu", "is only for a custom check (check = function)")
@@ -577,7 +582,8 @@ function Probe:after(r, t)
       probe = self.name, kind = self.kind, status = r.status,
       reason = r.reason, duration = r.duration, output = r.output,
       exit_code = r.exit_code, signal = r.signal,
-      http_status = r.http_status, state = t and t.from or c.state,
+      http_status = r.http_status, grpc_status = r.grpc_status,
+      serving_status = r.serving_status, state = t and t.from or c.state,
       streak = r.status ~= "unknown" and worker.streak(c, self, t) or nil,
     })
   end

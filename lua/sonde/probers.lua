@@ -1,5 +1,5 @@
 --- The probers' specs: one declarative schema per handler (`exec`,
--- `http_get`, `tcp_socket`), and how a checked spec starts an operation
+-- `http_get`, `tcp_socket`, `grpc`), and how a checked spec starts an operation
 -- on the C core.  The public calls and their documentation are in
 -- `sonde` (lua/sonde/init.lua); declared probes, services and actions use
 -- the same handlers.
@@ -302,6 +302,56 @@ local function tcp_prepare(ctx, spec)
 end
 
 ---------------------------------------------------------------------------
+-- grpc
+---------------------------------------------------------------------------
+
+-- kubelet GRPCAction.port: an int32, no named ports.
+local function grpc_port(ctx, v, field)
+  if type(v) == "string" then
+    fail(ctx, field, "must be a port number 1..65535 (a gRPC probe takes no "
+      .. "named port), got %s", show(v))
+  end
+  return validate.checks.port_number(ctx, v, field)
+end
+
+-- HealthCheckRequest.service: a protobuf 3 string, so UTF-8 (Go's client
+-- refuses to send anything else).
+local function grpc_service(ctx, v, field)
+  validate.checks.string(ctx, v, field)
+  if not utf8.len(v) then fail(ctx, field, "must be valid UTF-8") end
+  if #v > 4096 then fail(ctx, field, "must be at most 4096 bytes, got %d", #v) end
+  return v
+end
+
+--- `tls` of a grpc spec: true (TLS, certificates not verified), false (no
+-- TLS, the default) or `{ verify = false, ca_file = nil }` (TLS with
+-- these, as http_get's `tls`).
+local function grpc_tls(ctx, v, field)
+  if type(v) == "boolean" then return v and { verify = false } or nil end
+  if type(v) ~= "table" then
+    fail(ctx, field, "must be a boolean or a table { verify =, ca_file = }, "
+      .. "got %s", type(v))
+  end
+  return M.tls_schema:apply(ctx, v, field)
+end
+
+M.grpc_schema = validate.schema {
+  { "host", "host", default = "127.0.0.1" },
+  { "port", grpc_port, required = true },
+  { "service", grpc_service, default = "" },
+  { "timeout", "seconds", default = 1 },
+  { "tls", grpc_tls },
+}
+
+local function grpc_prepare(ctx, spec)
+  local s = M.grpc_schema:apply(ctx, spec)
+  return { host = s.host, port = s.port, service = s.service,
+           timeout = s.timeout, tls = s.tls ~= nil,
+           tls_verify = s.tls ~= nil and s.tls.verify or nil,
+           ca_file = s.tls and s.tls.ca_file }
+end
+
+---------------------------------------------------------------------------
 -- Checked specs kept for the tables they came from
 ---------------------------------------------------------------------------
 
@@ -373,6 +423,8 @@ M.handlers = {
     return core.http(opts, function(r) cb(redact.http_result(r)) end)
   end, finish = function(_, r) return redact.http_result(r) end },
   tcp_socket = { prepare = tcp_prepare, start = core.tcp,
+    finish = function(_, r) return r end },
+  grpc = { prepare = grpc_prepare, start = core.grpc,
     finish = function(_, r) return r end },
 }
 

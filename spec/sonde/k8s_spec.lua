@@ -73,9 +73,35 @@ describe("sonde.k8s.probe", function()
     assert.are.same({ 7, 30 }, { p.termination_grace, p.failure_threshold })
   end)
 
-  it("rejects grpc", function()
-    assert.are.equal('probe "g": grpc: gRPC probes are not supported yet',
-      k8s_err { name = "g", grpc = { port = 9000 } })
+  it("translates grpc: port and service (default \"\")", function()
+    local spec = sonde.k8s.probe { name = "g", grpc = { port = 9000 },
+      periodSeconds = 3 }
+    assert.are.same({ name = "g", grpc = { port = 9000 }, initial_delay = 0,
+      period = 3, timeout = 1, success_threshold = 1, failure_threshold = 3 },
+      spec)
+    local p = sonde.probe(spec)
+    assert.are.same({ "grpc", "127.0.0.1", 9000, "", false },
+      { p.handler, p.opts.host, p.opts.port, p.opts.service, p.opts.tls })
+    local named = sonde.probe(sonde.k8s.probe { name = "g2",
+      grpc = { port = 9001, service = "db" } })
+    assert.are.same({ 9001, "db" }, { named.opts.port, named.opts.service })
+  end)
+
+  it("grpc: a named port, a missing port, an unknown field are refused",
+    function()
+    local ports = { { name = "grpc", port = 9000 } }
+    assert.is_truthy(helpers.error_here(function()
+      sonde.probe(sonde.k8s.probe { name = "g", ports = ports,
+        grpc = { port = "grpc" } })
+    end):find('probe "g": grpc.port: must be a port number 1..65535 (a gRPC '
+      .. 'probe takes no named port), got "grpc"', 1, true))
+    assert.is_truthy(helpers.error_here(function()
+      sonde.probe(sonde.k8s.probe { name = "g", grpc = { service = "x" } })
+    end):find('probe "g": grpc.port: is required', 1, true))
+    assert.are.equal('probe "g": grpc: unknown field "host"',
+      k8s_err { name = "g", grpc = { port = 1, host = "::1" } })
+    assert.are.equal('probe "g": may not specify more than 1 handler type',
+      k8s_err { name = "g", grpc = { port = 1 }, tcpSocket = { port = 1 } })
   end)
 
   it("rejects an unknown field, naming it", function()

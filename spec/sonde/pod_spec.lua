@@ -359,11 +359,21 @@ spec:
     envFrom:
     - configMapRef:
         name: settings]]), { "envFrom" } },
-      { "a gRPC probe", pod_yaml("c", [[
+      { "a gRPC probe with a named port (the kubelet takes a number only)",
+        pod_yaml("c", [[
+    command: ["sleep", "5"]
+    ports:
+    - name: grpc
+      containerPort: 9000
+    livenessProbe:
+      grpc:
+        port: grpc]]), { "grpc.port", "livenessProbe", "named port" } },
+      { "a gRPC probe with an unknown field", pod_yaml("c", [[
     command: ["sleep", "5"]
     livenessProbe:
       grpc:
-        port: 9000]]), { "grpc", "livenessProbe" } },
+        port: 9000
+        host: 127.0.0.1]]), { "grpc", "unknown field", "host" } },
       { "lifecycle hooks", pod_yaml("c", [=[
     command: ["sleep", "5"]
     lifecycle:
@@ -520,6 +530,37 @@ data:
       local reqs = srv:requests()
       assert.is_true(#reqs >= 1, "the fixture got no request")
       assert.are.equal("/ok", helpers.request_target(reqs[1]))
+    end)
+
+    it("a grpc probe: port and service, against a gRPC health server",
+      function()
+      local g = helpers.grpc_server { "--status", "=SERVING",
+        "--status", "db=NOT_SERVING" }
+      local path = manifest("grpc.yaml", pod_yaml("app", string.format([[
+    command: ["sleep", "60"]
+    readinessProbe:
+      grpc:
+        port: %d
+      periodSeconds: 1
+    livenessProbe:
+      grpc:
+        port: %d
+        service: db
+      periodSeconds: 1
+      failureThreshold: 1]], g.port, g.port)))
+      local h, log = pod_until(function(x)
+        return successes("app-readiness")(x) and
+          #x:events("probe_result", { probe = "app-liveness" }) >= 1
+      end, path)
+      local r = h:events("probe_result", { probe = "app-readiness" })[1]
+      assert.are.same({ "success", "ok", 0, "SERVING" },
+        { r.status, r.reason, r.grpc_status, r.serving_status }, log)
+      local l = h:events("probe_result", { probe = "app-liveness" })[1]
+      assert.are.same({ "failure", "grpc_status", "NOT_SERVING",
+        'service unhealthy (responded with "NOT_SERVING")' },
+        { l.status, l.reason, l.serving_status, l.output }, log)
+      helpers.cleanup_hosts()
+      g:stop()
     end)
 
     it("restartPolicy Never: a container that exits is not restarted",
