@@ -117,6 +117,16 @@
 --   H.tls_server(dir)          openssl s_server -www with them: { port,
 --                              pid, stop() }
 --
+-- TLS (spec/support/pki.lua)
+--   H.pki(dir)                 a CA and leaves signed by it (good, soon,
+--                              expired, other, client): { ca, ca_key,
+--                              <leaf> = { cert, key } }
+--   H.x509(cert, what)         `openssl x509 -noout <what>`, trimmed
+--   H.not_after(cert)          its notAfter, seconds since the epoch
+--   H.s_server(opts)           openssl s_server -www (opts.cert, opts.args):
+--                              { port, pid, log(), stop() }
+--   H.stop_s_servers()         stop every one started and not stopped
+--
 -- systemd's notify socket (spec/support/notify.lua)
 --   H.notify_listener(dir[, name[, secs]])  a Listener with :messages()
 --                              :find(line, from, msgs) :count(line, msgs)
@@ -590,5 +600,6 @@ require("support.engine")(H)
 require("support.host")(H)
 require("support.fixture")(H)
 require("support.notify")(H)
+require("support.pki")(H)
 
 return H

@@ -50,6 +50,7 @@
 
 #include "lsonde.h"
 #include "sonde/sonde.h"
+#include "sonde/tls.h"
 
 #define LOOP_MT "sonde.Loop"
 
@@ -75,6 +76,31 @@ static void set_num(lua_State *L, const char *k, lua_Number v) {
 static void set_int(lua_State *L, const char *k, lua_Integer v) {
   lua_pushinteger(L, v);
   lua_setfield(L, -2, k);
+}
+
+/* r.tls: the peer certificate facts (sonde/tls.h). */
+static void push_tls(lua_State *L, const struct sonde_tls_facts *f) {
+  lua_createtable(L, 0, 12);
+  if (f->earliest_expiry != 0)
+    set_int(L, "earliest_expiry", (lua_Integer)f->earliest_expiry);
+  if (f->last_chain_expiry != 0)
+    set_int(L, "last_chain_expiry", (lua_Integer)f->last_chain_expiry);
+  lua_pushboolean(L, f->verified);
+  lua_setfield(L, -2, "verified");
+  if (f->subject) set_str(L, "subject", f->subject);
+  if (f->issuer) set_str(L, "issuer", f->issuer);
+  if (f->serial) set_str(L, "serial", f->serial);
+  if (f->fingerprint_sha256)
+    set_str(L, "fingerprint_sha256", f->fingerprint_sha256);
+  lua_createtable(L, (int)f->ndns, 0);
+  for (size_t i = 0; i < f->ndns; i++) {
+    lua_pushstring(L, f->dns_names[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "dns_names");
+  set_str(L, "version", f->version);
+  set_str(L, "cipher", f->cipher);
+  lua_setfield(L, -2, "tls");
 }
 
 /* Push the result table.  Raises only on memory errors. */
@@ -127,6 +153,7 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
     set_int(L, "redirects", r->redirects);
   }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
+  if (r->tls) push_tls(L, r->tls);
 }
 
 /* Message handler: adds a traceback to string errors. */
@@ -415,7 +442,7 @@ static int l_core_terminate(lua_State *L) {
  * url, method, body, headers (array of
  * {name, value}, names canonical), user_agent, timeout, max_body,
  * max_redirects, follow_redirects ("same-host" | "same-origin" | "none",
- * see sonde/http.h), tls_verify, ca_file. */
+ * see sonde/http.h), tls (see sonde_lua_tls_opts). */
 int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
   int top = lua_gettop(L);
   sonde_http_opts_init(o);
@@ -437,10 +464,7 @@ int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
     o->follow_redirects = luaL_checkoption(L, -1, NULL, names);
     lua_pop(L, 1);
   }
-  o->ca_file = opt_str(L, t, "ca_file", NULL);
-  lua_getfield(L, t, "tls_verify");
-  o->tls_verify = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  sonde_lua_tls_opts(L, t, &o->tls);
   if (lua_getfield(L, t, "headers") == LUA_TTABLE) {
     lua_Integer n = luaL_len(L, -1);
     struct sonde_header *hv =
@@ -462,6 +486,31 @@ int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
     o->nheaders = (size_t)n;
   }
   return lua_gettop(L) - top;
+}
+
+int sonde_lua_tls_opts(lua_State *L, int t, struct sonde_tls_opts *o) {
+  memset(o, 0, sizeof *o);
+  if (lua_getfield(L, t, "tls") == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  luaL_checktype(L, -1, LUA_TTABLE);
+  int s = lua_gettop(L);
+  lua_getfield(L, s, "verify");
+  o->verify = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  o->ca_file = opt_str(L, s, "ca_file", NULL);
+  o->cert_file = opt_str(L, s, "cert_file", NULL);
+  o->key_file = opt_str(L, s, "key_file", NULL);
+  o->server_name = opt_str(L, s, "server_name", NULL);
+  const char *v = opt_str(L, s, "min_version", NULL);
+  if (v && (o->min_version = sonde_tls_parse_version(v)) < 0)
+    return luaL_error(L, "sonde.core: tls.min_version: not a TLS version: %s",
+                      v);
+  o->expiry_warning = opt_num(L, s, "expiry_warning", 0);
+  o->expiry_failure = opt_num(L, s, "expiry_failure", 0);
+  lua_pop(L, 1);
+  return 1;
 }
 
 /* core.http(opts, cb) -> id (options: see above). */

@@ -55,6 +55,7 @@ struct sonde_result;
 struct sonde_exec_opts;
 struct sonde_http_opts;
 struct sonde_tcp_opts;
+struct sonde_tls_opts;
 
 /* Push a prober's result as the table core's callbacks get. */
 void sonde_lua_push_result(lua_State *L, const struct sonde_result *r);
@@ -70,6 +71,12 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r);
 int sonde_lua_exec_opts(lua_State *L, int t, struct sonde_exec_opts *o);
 int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o);
 void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o);
+/* Read the `tls` table of the options at index t (verify, ca_file,
+ * cert_file, key_file, server_name, min_version "TLS1.2" ..., and
+ * expiry_warning, expiry_failure in seconds) into *o (zeroed first);
+ * returns 1 when the table is there, else 0.  The strings stay anchored
+ * by the table.  Raises on a wrong type or version. */
+int sonde_lua_tls_opts(lua_State *L, int t, struct sonde_tls_opts *o);
 
 /* Register core.worker, core.schedule_stats, core.step and
  * core.next_slot (lworker.c): stack [module, loop] -> [module]. */

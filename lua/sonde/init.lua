@@ -16,7 +16,8 @@
 --   * `status`: `"success"`, `"warning"`, `"failure"` or `"unknown"`;
 --   * `reason`: one of `ok`, `exit_code`, `signal`, `timeout`, `not_found`,
 --     `permission`, `spawn`, `connect_refused`, `connect_timeout`, `dns`,
---     `network`, `tls`, `http_status`, `redirect`, `protocol`, `config`,
+--     `network`, `tls`, `tls_expiry`, `http_status`, `redirect`,
+--     `protocol`, `config`,
 --     `resource`, `cancelled`; declared probes add `hook_error` (a hook
 --     raised or hit its bound, or the hook or check is quarantined:
 --     status unknown), `check_error` (a custom check raised or
@@ -243,8 +244,17 @@ end
 --     connect, TLS, every redirect hop, headers and body;
 --   * `max_body`: bytes of body read, default 10240 (kubelet); reaching it
 --     is not an error;
---   * `tls = { verify = false, ca_file = nil }`: certificates are not
---     verified unless verify is true (kubelet);
+--   * `tls = { verify, ca_file, cert_file, key_file, server_name,
+--     min_version, expiry_warning, expiry_failure }`: certificates are not
+--     verified unless verify is true (kubelet); `ca_file` the PEM CAs
+--     trusted instead of the system's; `cert_file` and `key_file` a client
+--     certificate (mutual TLS); `server_name` the SNI sent and the name
+--     verified (the connection still goes to the URL's host, the Host
+--     header stays the URL's); `min_version` "TLS1.0" .. "TLS1.3" (or
+--     blackbox_exporter's "TLS10" .. "TLS13"); `expiry_warning`,
+--     `expiry_failure` (seconds, no default): a peer certificate expiring
+--     sooner makes the result a warning / failure, reason tls_expiry,
+--     whatever the status code (an expired one: failure);
 --   * `follow_redirects`: "same-host" (default, kubelet), "same-origin"
 --     (scheme, hostname and port unchanged) or "none"; a redirect not
 --     followed ends the probe with its 3xx (a warning, reason redirect).
@@ -259,7 +269,11 @@ end
 -- the final response.  Result fields beyond the common ones:
 -- `http_status`, `body`, `headers` (lowercase name -> value, repeats
 -- joined with ", "), `url` (last URL requested), `redirects`,
--- `remote_addr`, `truncated`.  A password in a URL shown in `url`,
+-- `remote_addr`, `truncated`, and over TLS `tls`: the peer certificate
+-- facts `{ earliest_expiry, last_chain_expiry (seconds since the epoch;
+-- the latter only for a verified chain), verified, subject, issuer,
+-- dns_names = {...}, serial, fingerprint_sha256, version ("TLS 1.3"),
+-- cipher }` (blackbox_exporter's definitions, see sonde/tls.h).  A password in a URL shown in `url`,
 -- `error` or `output` is masked (`user:xxxxx@`).  Status unknown, reason
 -- resource: no socket could be opened (out of descriptors) or out of
 -- memory; failure, reason protocol: a header line over 100 KB or headers

@@ -230,10 +230,51 @@ local function absolute_url(ctx, url, field)
   return url
 end
 
-M.tls_schema = validate.schema {
+-- TLS protocol versions by the names `min_version` takes: sonde's
+-- ("TLS1.2") and blackbox_exporter's ("TLS12").
+local TLS_VERSIONS = { ["TLS1.0"] = "TLS1.0", ["TLS1.1"] = "TLS1.1",
+  ["TLS1.2"] = "TLS1.2", ["TLS1.3"] = "TLS1.3", TLS10 = "TLS1.0",
+  TLS11 = "TLS1.1", TLS12 = "TLS1.2", TLS13 = "TLS1.3" }
+
+local function tls_version(ctx, v, field)
+  validate.checks.string(ctx, v, field)
+  local n = TLS_VERSIONS[v:upper()]
+  if not n then
+    fail(ctx, field, "must be TLS1.0, TLS1.1, TLS1.2 or TLS1.3 (or TLS10 .. "
+      .. "TLS13), got %s", show(v))
+  end
+  return n
+end
+
+local TLS_FIELDS = validate.schema {
   { "verify", "boolean", default = false },
-  { "ca_file", "string" },
+  { "ca_file", "string", nonempty = true },
+  { "cert_file", "string", nonempty = true },
+  { "key_file", "string", nonempty = true },
+  { "server_name", "string", nonempty = true },
+  { "min_version", tls_version },
+  { "expiry_warning", "seconds" },
+  { "expiry_failure", "seconds" },
 }
+
+--- The `tls` table of http_get and tcp_socket (see sonde.http_get):
+-- verify, ca_file, cert_file, key_file (mutual TLS; key_file needs
+-- cert_file, cert_file alone holds both), server_name (SNI and the name
+-- verified), min_version, expiry_warning, expiry_failure (seconds; no
+-- default: off).
+-- @raise naming the field
+function M.tls_schema(ctx, v, field)
+  local s = TLS_FIELDS:apply(ctx, v, field)
+  if s.key_file and not s.cert_file then
+    fail(ctx, field .. ".key_file", "needs cert_file")
+  end
+  if s.expiry_warning and s.expiry_failure
+      and s.expiry_failure > s.expiry_warning then
+    fail(ctx, field .. ".expiry_failure", "must not exceed expiry_warning "
+      .. "(%s), got %s", show(s.expiry_warning), show(s.expiry_failure))
+  end
+  return s
+end
 
 --- Which redirects an http_get probe follows (`follow_redirects`):
 -- "same-host" (the default, kubelet: the hostname of the first URL, any
@@ -280,7 +321,7 @@ local function http_prepare(ctx, spec)
     url = url, method = s.method, body = s.body, headers = s.headers or {},
     timeout = s.timeout, max_body = s.max_body,
     follow_redirects = s.follow_redirects,
-    tls_verify = s.tls and s.tls.verify, ca_file = s.tls and s.tls.ca_file,
+    tls = s.tls,
   }
 end
 
