@@ -278,3 +278,89 @@ describe("TLS on http_get", function()
     end)
   end)
 end)
+
+-- /metrics of a host running declared probes over TLS: blackbox_exporter's
+-- series with their names, types, labels and values; promtool accepts it.
+describe("TLS metrics (--listen)", function()
+  local pki, good, h, port
+
+  lazy_setup(function()
+    pki = helpers.pki(helpers.scratch())
+    good = helpers.s_server { cert = pki.good }
+    local dir = helpers.scratch()
+    local path = helpers.write(dir .. "/tls.lua", ([[
+local sonde = require "sonde"
+sonde.probe { name = "https", kind = "readiness", period = 0.2, timeout = 5,
+  http_get = { url = "https://127.0.0.1:%d/",
+               tls = { verify = true, ca_file = %q } } }
+sonde.probe { name = "https-unverified", kind = "readiness", period = 0.2,
+  timeout = 5, http_get = { url = "https://127.0.0.1:%d/" } }
+sonde.probe { name = "plain", kind = "readiness", period = 0.2,
+  exec = { command = { "true" } } }
+]]):format(good.port, pki.ca, good.port))
+    h = helpers.host_start { "--log-format", "json", "--log-level", "info",
+      "--listen", "127.0.0.1:0", path }
+    port = helpers.listen_port(h)
+  end)
+
+  lazy_teardown(function()
+    if h then h:cleanup() end
+    helpers.stop_s_servers()
+  end)
+
+  local function metrics()
+    local text
+    for _ = 1, 150 do
+      text = helpers.fetch(port, "/metrics").body or ""
+      if select(2, text:gsub("probe_tls_version_info{", "")) == 2 then break end
+      helpers.sleep(0.1)
+    end
+    return text
+  end
+
+  local function has(text, line)
+    assert.is_truthy(helpers.has_line(text, line),
+      "no line " .. line .. " in:\n" .. text)
+  end
+
+  it("exports blackbox_exporter's TLS series", function()
+    local text = metrics()
+    local exp = helpers.not_after(pki.good.cert)
+    local fp = helpers.x509(pki.good.cert, "-fingerprint -sha256")
+      :match("=([%x:]+)"):gsub(":", ""):lower()
+    local serial = helpers.x509(pki.good.cert, "-serial"):match("=(%x+)")
+      :lower()
+    for _, p in ipairs { "https", "https-unverified" } do
+      local pl = ('probe="%s",kind="readiness"'):format(p)
+      has(text, ("probe_ssl_earliest_cert_expiry{%s} %d"):format(pl, exp))
+      has(text, ('probe_tls_version_info{%s,version="TLS 1.3"} 1'):format(pl))
+      assert.matches("probe_tls_cipher_info{" .. pl:gsub("%p", "%%%0")
+        .. ',cipher="TLS_[%w_]+"} 1', text)
+      has(text, ('probe_ssl_last_chain_info{%s,fingerprint_sha256="%s",'
+        .. 'subject="CN=good.sonde.test",issuer="CN=sonde test CA,O=sonde '
+        .. 'test",subjectalternative="good.sonde.test,localhost",'
+        .. 'serialnumber="%s"} 1'):format(pl, fp, serial))
+    end
+    -- the chain verified only for the probe with the CA
+    has(text, ('probe_ssl_last_chain_expiry_timestamp_seconds{probe="https",'
+      .. 'kind="readiness"} %d'):format(exp))
+    assert.is_nil(text:find('probe_ssl_last_chain_expiry_timestamp_seconds{'
+      .. 'probe="https-unverified"', 1, true))
+    assert.is_nil(text:find('probe="plain",kind="readiness",version', 1, true))
+    for _, f in ipairs { "probe_ssl_earliest_cert_expiry",
+        "probe_ssl_last_chain_expiry_timestamp_seconds",
+        "probe_ssl_last_chain_info", "probe_tls_version_info",
+        "probe_tls_cipher_info" } do
+      has(text, "# TYPE " .. f .. " gauge")
+    end
+  end)
+
+  it("promtool check metrics accepts it", function()
+    local text = metrics()
+    local tmp = helpers.scratch() .. "/metrics.txt"
+    helpers.write(tmp, text)
+    local code, out = helpers.sh("env -u LD_PRELOAD /usr/bin/promtool check "
+      .. "metrics < " .. helpers.q(tmp))
+    assert.are.equal(0, code, out .. "\n" .. text)
+  end)
+end)
