@@ -524,12 +524,14 @@ static int l_core_http(lua_State *L) {
   return started(L, c, id, 2);
 }
 
-/* Read core.tcp's options (host, port, timeout) from the table at t. */
+/* Read core.tcp's options (host, port, timeout, tls: see
+ * sonde_lua_tls_opts) from the table at t. */
 void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
   o->host = opt_str(L, t, "host", NULL);
   if (!o->host) luaL_error(L, "sonde.core: host: string expected");
   o->port = (long)opt_num(L, t, "port", 0);
   o->timeout = opt_num(L, t, "timeout", 1);
+  o->use_tls = sonde_lua_tls_opts(L, t, &o->tls);
 }
 
 /* core.tcp(opts, cb) -> id */

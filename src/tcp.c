@@ -22,6 +22,12 @@
  * outcome known inside sonde_tcp_start (connect() refusing at once, no
  * socket, a name known at once not to exist) is delivered from the next
  * loop iteration, through the same event.
+ *
+ * TLS (use_tls) is a phase of its own after the connection: the client
+ * context is made at the start (files loaded then, a bad one fails the
+ * probe before any connection), the SSL on the connected socket, the
+ * handshake driven by the same event until it is done or the deadline
+ * passes (tls_io.c).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -37,8 +43,13 @@
 #include <event2/event_struct.h>
 #include <event2/util.h>
 
+#include <time.h>
+
+#include <openssl/ssl.h>
+
 #include "internal.h"
 #include "sonde/tcp.h"
+#include "sonde/tls.h"
 
 #define MIN_SHARE 2.0    /* seconds: Go's saneMinimum per address */
 
@@ -50,7 +61,9 @@ enum what {
   W_TIMEOUT,         /* no connection by the (partial) deadline */
   W_WATCH,           /* the socket could not be watched (event_add) */
   W_LOOKUP,          /* the lookup failed: lookup_status, why, err */
-  W_LOOKUP_TIMEOUT   /* no answer to the lookup by the deadline */
+  W_LOOKUP_TIMEOUT,  /* no answer to the lookup by the deadline */
+  W_TLS,             /* the TLS handshake failed (or its set-up): tls_err */
+  W_TLS_TIMEOUT      /* the TLS handshake not done by the deadline */
 };
 
 struct tcp_op {
@@ -73,6 +86,12 @@ struct tcp_op {
   int err;                         /* errno of W_SOCKET / W_CONNECT ... */
   enum sonde_lookup_status lookup_status;
   const char *why;                 /* W_LOOKUP's text (static) */
+  /* TLS after connecting (use_tls) */
+  struct ssl_ctx_st *tls_ctx;      /* made at the start, or NULL */
+  struct ssl_st *ssl;              /* on fd during the handshake */
+  struct sonde_tls_opts tls;       /* the thresholds (no strings) */
+  char *server_name;               /* tls.server_name copied, or NULL */
+  char tls_err[256];               /* W_TLS's text */
   char host[];                     /* as given */
 };
 
@@ -81,6 +100,8 @@ static void ev_clear(struct tcp_op *t) {
 }
 
 static void close_fd(struct tcp_op *t) {
+  sonde_tls_io_close(t->ssl, t->what != W_TLS);
+  t->ssl = NULL;
   if (t->fd >= 0) {
     ev_clear(t);                   /* before close: libevent knows the fd */
     close(t->fd);
@@ -98,6 +119,10 @@ static void tcp_release(struct sonde_op *op, int cancelled) {
   if (t->addrs) evutil_freeaddrinfo(t->addrs);
   t->addrs = t->next = NULL;
   t->tried = NULL;
+  SSL_CTX_free(t->tls_ctx);
+  t->tls_ctx = NULL;
+  free(t->server_name);
+  t->server_name = NULL;
 }
 
 static const struct sonde_op_vtable tcp_vt = {"tcp", tcp_release};
@@ -200,6 +225,15 @@ static void set_failure(struct tcp_op *t) {
     r->code = ETIMEDOUT;
     sonde_result_set_error(r, "lookup %s: i/o timeout", t->host);
     break;
+  case W_TLS:
+    r->reason = SONDE_R_TLS;
+    sonde_result_set_error(r, "%s", t->tls_err);
+    break;
+  case W_TLS_TIMEOUT:
+    r->reason = SONDE_R_TIMEOUT;
+    r->code = ETIMEDOUT;
+    sonde_result_set_error(r, "TLS handshake not finished: i/o timeout");
+    break;
   case W_NONE:
     r->reason = SONDE_R_DNS;         /* a lookup with no address at all */
     sonde_result_set_error(r, "lookup %s: no such host", t->host);
@@ -232,6 +266,8 @@ static void finish(struct tcp_op *t, int ok) {
   if (ok) {
     r->status = SONDE_SUCCESS;       /* output "" (NULL: nothing allocated) */
     r->reason = SONDE_R_OK;
+    /* a certificate expiring too soon (TLS) */
+    sonde_tls_judge(r->tls, &t->tls, (double)time(NULL), r);
   } else {
     set_failure(t);
   }
@@ -264,6 +300,7 @@ static const struct sockaddr *next_address(struct tcp_op *t,
 }
 
 static void on_connect(evutil_socket_t fd, short what, void *arg);
+static void tls_start(struct tcp_op *t);
 
 /* Start connecting to the next address that takes it; when none is left,
  * the last failure is the result. */
@@ -323,7 +360,8 @@ static void on_connect(evutil_socket_t fd, short what, void *arg) {
     socklen_t len = sizeof err;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
     if (err == 0) {
-      finish(t, 1);
+      if (t->tls_ctx) tls_start(t);
+      else finish(t, 1);
       return;
     }
     t->what = W_CONNECT;
@@ -335,6 +373,67 @@ static void on_connect(evutil_socket_t fd, short what, void *arg) {
   }
   close_fd(t);
   try_next(t);
+}
+
+/* ---- TLS after connecting --------------------------------------------------- */
+
+static void on_tls(evutil_socket_t fd, short what, void *arg);
+
+/* One step of the handshake; wait for the socket when it wants to. */
+static void tls_step(struct tcp_op *t) {
+  enum sonde_tls_io io = sonde_tls_io_handshake(t->ssl);
+  if (io == SONDE_TLS_IO_DONE) {
+    struct sonde_tls_facts *f = sonde_tls_facts_of(t->ssl);
+    if (!f) {
+      t->what = W_WATCH;             /* out of memory: unknown resource */
+      finish(t, 0);
+      return;
+    }
+    t->op.res.tls = f;
+    finish(t, 1);
+    return;
+  }
+  if (io == SONDE_TLS_IO_WANT_READ || io == SONDE_TLS_IO_WANT_WRITE) {
+    double left = t->deadline - sonde_now();
+    if (left < 0) left = 0;
+    ev_clear(t);
+    event_assign(&t->ev, t->op.loop->base, t->fd,
+                 io == SONDE_TLS_IO_WANT_READ ? EV_READ : EV_WRITE, on_tls, t);
+    if (sonde_loop_add_timer(t->op.loop, &t->ev, left) == 0) return;
+    t->what = W_WATCH;
+    finish(t, 0);
+    return;
+  }
+  char buf[200];
+  t->what = W_TLS;
+  snprintf(t->tls_err, sizeof t->tls_err, "TLS handshake: %s",
+           sonde_tls_error(t->ssl, buf, sizeof buf));
+  finish(t, 0);
+}
+
+static void on_tls(evutil_socket_t fd, short what, void *arg) {
+  struct tcp_op *t = arg;
+  (void)fd;
+  if (what & EV_TIMEOUT) {
+    t->what = W_TLS_TIMEOUT;
+    finish(t, 0);
+    return;
+  }
+  tls_step(t);
+}
+
+/* Connected: start the handshake on the socket (the whole deadline is
+ * left to it, not an address's share). */
+static void tls_start(struct tcp_op *t) {
+  const char *name = t->server_name;
+  if (!name && !strchr(t->host, ':')) name = t->host;  /* not IPv6 */
+  t->ssl = sonde_tls_ssl_new(t->tls_ctx, t->fd, name);
+  if (!t->ssl) {
+    t->what = W_WATCH;               /* out of memory: unknown resource */
+    finish(t, 0);
+    return;
+  }
+  tls_step(t);
 }
 
 /* ---- names ---------------------------------------------------------------- */
@@ -417,6 +516,25 @@ uint64_t sonde_tcp_start(struct sonde_loop *loop,
   if (!(secs > 0)) secs = 0;
   t->deadline = t->op.start + secs;
   t->starting = 1;
+  if (o->use_tls) {
+    t->tls = o->tls;
+    t->tls.ca_file = t->tls.cert_file = t->tls.key_file = NULL;
+    t->tls.server_name = NULL;
+    if (o->tls.server_name && *o->tls.server_name &&
+        !(t->server_name = strdup(o->tls.server_name))) {
+      t->what = W_WATCH;             /* out of memory */
+      finish(t, 0);
+      t->starting = 0;
+      return id;
+    }
+    t->tls_ctx = sonde_tls_ctx_new(&o->tls, t->tls_err, sizeof t->tls_err);
+    if (!t->tls_ctx) {
+      t->what = W_TLS;
+      finish(t, 0);
+      t->starting = 0;
+      return id;
+    }
+  }
   if (parse_literal(t)) {
     t->left = 1;
     try_next(t);

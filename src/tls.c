@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -250,6 +251,34 @@ static const char *err_text(char *buf, size_t len) {
   return buf;
 }
 
+/* The system's trust anchors, loaded once for the process (parsing the
+ * bundle costs some 25 ms of CPU: not for every run) and shared by the
+ * contexts (an X509_STORE is reference-counted and safe to share). */
+static X509_STORE *system_store(void) {
+  static X509_STORE *store;
+  if (!store && (store = X509_STORE_new()) != NULL) {
+    if (X509_STORE_set_default_paths(store) != 1) {
+      X509_STORE_free(store);
+      store = NULL;
+    }
+    ERR_clear_error();
+  }
+  return store;
+}
+
+/* A file that cannot be opened, in the system's words (OpenSSL's own for
+ * it is "system lib"). */
+static int unreadable(const char *what, const char *path, char *err,
+                      size_t errlen) {
+  FILE *f = fopen(path, "r");
+  if (f) {
+    fclose(f);
+    return 0;
+  }
+  snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+  return 1;
+}
+
 struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o,
                                      char *err, size_t errlen) {
   char e[256];
@@ -266,6 +295,10 @@ struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o,
                      NULL);
   /* the trust anchors are loaded with verify off too: the facts tell
    * whether the chain verified (last_chain_expiry) */
+  if ((o->ca_file && unreadable("ca_file", o->ca_file, err, errlen)) ||
+      (o->cert_file && unreadable("cert_file", o->cert_file, err, errlen)) ||
+      (o->key_file && unreadable("key_file", o->key_file, err, errlen)))
+    goto fail;
   if (o->ca_file) {
     if (SSL_CTX_load_verify_file(ctx, o->ca_file) != 1) {
       snprintf(err, errlen, "ca_file %s: %s", o->ca_file,
@@ -273,8 +306,8 @@ struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o,
       goto fail;
     }
   } else {
-    SSL_CTX_set_default_verify_paths(ctx);
-    ERR_clear_error();
+    X509_STORE *st = system_store();
+    if (st) SSL_CTX_set1_cert_store(ctx, st);
   }
   if (o->min_version >= SONDE_TLS_1_0 && o->min_version <= SONDE_TLS_1_3) {
     static const int v[] = {[SONDE_TLS_1_0] = TLS1_VERSION,

@@ -37,6 +37,25 @@
  * output is "dial tcp ADDR: ERROR" ("dial tcp: lookup ..." for a lookup),
  * code the errno behind the error (ETIMEDOUT for a deadline), or 0.
  * Control bytes in the texts are replaced with '?'.
+ *
+ * TLS (use_tls, blackbox_exporter's tcp `tls: true`): right after the
+ * connection, a TLS handshake (sonde/tls.h, on the loop, within the same
+ * deadline) with the options of `tls`; the SNI and the name verified are
+ * tls.server_name, else the host when it is a name (an IP literal is
+ * verified against the certificate's IP addresses, no SNI).  A failed
+ * handshake is not retried on another address.  The result carries the
+ * facts (result.tls) and their expiry is judged (sonde_tls_judge):
+ *   handshake done          success ok (or tls_expiry), output ""
+ *   handshake failed        failure tls, "TLS handshake: certificate
+ *                           verify failed: ..." / OpenSSL's error
+ *   not done by the deadline  failure timeout, "TLS handshake not
+ *                           finished: i/o timeout"
+ *   a ca_file, cert_file or key_file that cannot be loaded
+ *                           failure tls, "ca_file PATH: ...", nothing
+ *                           connected
+ * TLS 1.3: a server that refuses the client's certificate says so after
+ * the client's side of the handshake is done; a probe that only
+ * connects does not wait for it (as Go's tls.Dial, blackbox_exporter).
  */
 #ifndef SONDE_TCP_H
 #define SONDE_TCP_H
@@ -44,11 +63,15 @@
 #include <stdint.h>
 
 #include "sonde/loop.h"
+#include "sonde/tls.h"
 
 struct sonde_tcp_opts {
   const char *host;  /* name or IP literal (IPv6 without brackets) */
   long port;         /* 1..65535 */
   double timeout;    /* seconds, > 0 */
+  int use_tls;       /* a TLS handshake after connecting */
+  struct sonde_tls_opts tls; /* its options (the strings are used by
+                                sonde_tcp_start only) */
 };
 
 /* Start a connection attempt.  Returns the operation id, or 0 when out of

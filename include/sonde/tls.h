@@ -133,4 +133,33 @@ struct ssl_st *sonde_tls_ssl_new(struct ssl_ctx_st *ctx, int fd,
 const char *sonde_tls_error(const struct ssl_st *ssl, char *buf,
                             size_t len);
 
+/*
+ * Non-blocking TLS over a socket (tls_io.c), for probers that drive the
+ * handshake and the data from the loop's events: each call does what it
+ * can without blocking and says what to wait for.
+ */
+enum sonde_tls_io {
+  SONDE_TLS_IO_DONE = 0,   /* done (handshake finished, bytes moved) */
+  SONDE_TLS_IO_WANT_READ,  /* wait until the socket is readable, call again */
+  SONDE_TLS_IO_WANT_WRITE, /* wait until it is writable, call again */
+  SONDE_TLS_IO_EOF,        /* read: the peer closed the TLS session */
+  SONDE_TLS_IO_ERROR       /* failed: sonde_tls_error tells why */
+};
+
+/* One step of the client handshake (SSL_do_handshake). */
+enum sonde_tls_io sonde_tls_io_handshake(struct ssl_st *ssl);
+
+/* Read up to n bytes into buf; *got is set to the bytes read (DONE). */
+enum sonde_tls_io sonde_tls_io_read(struct ssl_st *ssl, void *buf, size_t n,
+                                    size_t *got);
+
+/* Write up to n bytes of buf; *put is set to the bytes written (DONE). */
+enum sonde_tls_io sonde_tls_io_write(struct ssl_st *ssl, const void *buf,
+                                     size_t n, size_t *put);
+
+/* Free ssl (NULL is fine); when `clean` (the session has not failed),
+ * first send close_notify without waiting for the peer's.  The socket is
+ * the caller's to close. */
+void sonde_tls_io_close(struct ssl_st *ssl, int clean);
+
 #endif

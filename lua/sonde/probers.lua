@@ -334,12 +334,13 @@ M.tcp_schema = validate.schema {
   { "port", "port", required = true },
   { "ports", "ports" },
   { "timeout", "seconds", default = 1 },
+  { "tls", M.tls_schema },
 }
 
 local function tcp_prepare(ctx, spec)
   local s = M.tcp_schema:apply(ctx, spec)
   return { host = s.host, port = validate.port_of(ctx, s.port, s.ports, "port"),
-           timeout = s.timeout }
+           timeout = s.timeout, tls = s.tls }
 end
 
 ---------------------------------------------------------------------------

@@ -279,6 +279,126 @@ describe("TLS on http_get", function()
   end)
 end)
 
+describe("TLS on tcp_socket", function()
+  local tcp, tcp_raises = helpers.prober(sonde.tcp_socket)
+  local pki, good, expired, sni, mtls12, tls12
+
+  lazy_setup(function()
+    pki = helpers.pki(helpers.scratch())
+    good = helpers.s_server { cert = pki.good }
+    expired = helpers.s_server { cert = pki.expired }
+    sni = helpers.s_server { cert = pki.good, args = { "-cert2",
+      pki.other.cert, "-key2", pki.other.key, "-servername",
+      "other.sonde.test" } }
+    -- TLS 1.2: the server refuses a missing client certificate inside the
+    -- handshake (TLS 1.3 says so only after the client's side is done)
+    mtls12 = helpers.s_server { cert = pki.good,
+      args = { "-Verify", "1", "-CAfile", pki.ca, "-tls1_2" } }
+    tls12 = helpers.s_server { cert = pki.good, args = { "-tls1_2" } }
+  end)
+
+  lazy_teardown(helpers.stop_s_servers)
+
+  it("without tls, only connects: no facts", function()
+    local r = tcp { port = good.port, timeout = 5 }
+    assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    assert.is_nil(r.tls)
+  end)
+
+  it("the handshake gives the same facts as HTTPS", function()
+    local r = tcp { port = good.port, timeout = 5,
+      tls = { verify = true, ca_file = pki.ca } }
+    assert.are.same({ "success", "ok", "" }, { r.status, r.reason, r.output })
+    local t = r.tls
+    assert.are.equal(helpers.not_after(pki.good.cert), t.earliest_expiry)
+    assert.are.equal(helpers.not_after(pki.good.cert), t.last_chain_expiry)
+    assert.are.same({ "CN=good.sonde.test", "CN=sonde test CA,O=sonde test",
+      "TLS 1.3" }, { t.subject, t.issuer, t.version })
+    assert.are.same({ "good.sonde.test", "localhost" }, t.dns_names)
+    local fp = helpers.x509(pki.good.cert, "-fingerprint -sha256")
+      :match("=([%x:]+)"):gsub(":", ""):lower()
+    assert.are.equal(fp, t.fingerprint_sha256)
+  end)
+
+  it("verification: unknown issuer and wrong name fail, reason tls",
+    function()
+    local r = tcp { port = good.port, timeout = 5, tls = { verify = true } }
+    assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+    assert.matches("certificate verify failed", r.error)
+    assert.matches("^dial tcp 127.0.0.1:%d+: TLS handshake: ", r.output)
+    r = tcp { port = good.port, timeout = 5, tls = { verify = true,
+      ca_file = pki.ca, server_name = "wrong.sonde.test" } }
+    assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+    assert.matches("hostname mismatch", r.error)
+    -- a host name is the name verified (and the SNI)
+    r = tcp { host = "localhost", port = good.port, timeout = 5,
+      tls = { verify = true, ca_file = pki.ca } }
+    assert.are.same({ "success", "ok" }, { r.status, r.reason })
+  end)
+
+  it("server_name is the SNI sent", function()
+    local r = tcp { port = sni.port, timeout = 5,
+      tls = { server_name = "other.sonde.test" } }
+    assert.are.same({ "success", "CN=other.sonde.test" },
+      { r.status, r.tls.subject })
+    r = tcp { port = sni.port, timeout = 5, tls = {} }
+    assert.are.same({ "success", "CN=good.sonde.test" },
+      { r.status, r.tls.subject })
+  end)
+
+  it("mutual TLS: with the client certificate, and without", function()
+    local r = tcp { port = mtls12.port, timeout = 5, tls = { verify = true,
+      ca_file = pki.ca, cert_file = pki.client.cert,
+      key_file = pki.client.key } }
+    assert.are.same({ "success", "ok", "TLS 1.2" },
+      { r.status, r.reason, r.tls.version })
+    r = tcp { port = mtls12.port, timeout = 5,
+      tls = { verify = true, ca_file = pki.ca } }
+    assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+  end)
+
+  it("min_version TLS1.3 against a server capped at 1.2 fails", function()
+    local r = tcp { port = tls12.port, timeout = 5,
+      tls = { min_version = "TLS1.3" } }
+    assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+  end)
+
+  it("expiry thresholds: tls_expiry", function()
+    local r = tcp { port = expired.port, timeout = 5, tls = {} }
+    assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    r = tcp { port = expired.port, timeout = 5,
+      tls = { expiry_warning = 14 * DAY } }
+    assert.are.same({ "failure", "tls_expiry" }, { r.status, r.reason })
+    assert.matches("expired", r.output)
+    r = tcp { port = good.port, timeout = 5,
+      tls = { expiry_warning = 100 * DAY } }
+    assert.are.same({ "warning", "tls_expiry" }, { r.status, r.reason })
+  end)
+
+  it("a file that cannot be read fails at once, reason tls", function()
+    local r = tcp { port = good.port, timeout = 5,
+      tls = { ca_file = pki.dir .. "/none.pem" } }
+    assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+    assert.matches("ca_file .*none.pem: No such file", r.error)
+  end)
+
+  it("a silent peer: the handshake times out (reason timeout)", function()
+    local srv = helpers.fixture { mode = "silent" }
+    local r = tcp { port = srv.port, timeout = 0.5, tls = {} }
+    srv:stop()
+    assert.are.same({ "failure", "timeout" }, { r.status, r.reason })
+    assert.matches("TLS handshake not finished", r.error)
+  end)
+
+  it("fields are checked with their names", function()
+    tcp_raises({ port = 1, tls = { verify = 1 } }, "tls.verify")
+    tcp_raises({ port = 1, tls = { min_version = "TLS2" } },
+      "tls.min_version")
+    tcp_raises({ port = 1, tls = { expiry_failure = 0 } },
+      "tls.expiry_failure")
+  end)
+end)
+
 -- /metrics of a host running declared probes over TLS: blackbox_exporter's
 -- series with their names, types, labels and values; promtool accepts it.
 describe("TLS metrics (--listen)", function()
@@ -295,9 +415,11 @@ sonde.probe { name = "https", kind = "readiness", period = 0.2, timeout = 5,
                tls = { verify = true, ca_file = %q } } }
 sonde.probe { name = "https-unverified", kind = "readiness", period = 0.2,
   timeout = 5, http_get = { url = "https://127.0.0.1:%d/" } }
+sonde.probe { name = "tcp-tls", kind = "liveness", period = 0.2,
+  timeout = 5, tcp_socket = { port = %d, tls = {} } }
 sonde.probe { name = "plain", kind = "readiness", period = 0.2,
   exec = { command = { "true" } } }
-]]):format(good.port, pki.ca, good.port))
+]]):format(good.port, pki.ca, good.port, good.port))
     h = helpers.host_start { "--log-format", "json", "--log-level", "info",
       "--listen", "127.0.0.1:0", path }
     port = helpers.listen_port(h)
@@ -312,7 +434,7 @@ sonde.probe { name = "plain", kind = "readiness", period = 0.2,
     local text
     for _ = 1, 150 do
       text = helpers.fetch(port, "/metrics").body or ""
-      if select(2, text:gsub("probe_tls_version_info{", "")) == 2 then break end
+      if select(2, text:gsub("probe_tls_version_info{", "")) == 3 then break end
       helpers.sleep(0.1)
     end
     return text
@@ -347,6 +469,10 @@ sonde.probe { name = "plain", kind = "readiness", period = 0.2,
     assert.is_nil(text:find('probe_ssl_last_chain_expiry_timestamp_seconds{'
       .. 'probe="https-unverified"', 1, true))
     assert.is_nil(text:find('probe="plain",kind="readiness",version', 1, true))
+    has(text, ('probe_tls_version_info{probe="tcp-tls",kind="liveness",'
+      .. 'version="TLS 1.3"} 1'))
+    has(text, ('probe_ssl_earliest_cert_expiry{probe="tcp-tls",'
+      .. 'kind="liveness"} %d'):format(exp))
     for _, f in ipairs { "probe_ssl_earliest_cert_expiry",
         "probe_ssl_last_chain_expiry_timestamp_seconds",
         "probe_ssl_last_chain_info", "probe_tls_version_info",
