@@ -21,6 +21,8 @@ external_dependencies = {
   -- search: the Makefile finds it through pkg-config.
   CURL = { library = "curl" },
   LIBEVENT = { header = "event2/event.h", library = "event_core" },
+  -- TLS facts and TCP over TLS (libssl-dev)
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "make",
