@@ -29,7 +29,8 @@
 
 #include "sonde/tls.h"
 
-/* ---- facts ---------------------------------------------------------------- */
+/* ---- facts ----------------------------------------------------------------
+ */
 
 static double time_of(const ASN1_TIME *t) {
   struct tm tm;
@@ -57,7 +58,8 @@ static char *name_text(const X509_NAME *n) {
 static char *hex_of(const unsigned char *p, size_t n) {
   char *out = malloc(n * 2 + 1);
   if (!out) return NULL;
-  for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", p[i]);
+  for (size_t i = 0; i < n; i++)
+    sprintf(out + 2 * i, "%02x", p[i]);
   out[n * 2] = '\0';
   return out;
 }
@@ -89,8 +91,10 @@ static int dns_names_of(X509 *x, struct sonde_tls_facts *f) {
     const ASN1_IA5STRING *s = g->d.dNSName;
     char *d = strndup((const char *)ASN1_STRING_get0_data(s),
                       (size_t)ASN1_STRING_length(s));
-    if (!d) rc = -1;
-    else f->dns_names[f->ndns++] = d;
+    if (!d)
+      rc = -1;
+    else
+      f->dns_names[f->ndns++] = d;
   }
   GENERAL_NAMES_free(gens);
   return rc;
@@ -99,11 +103,21 @@ static int dns_names_of(X509 *x, struct sonde_tls_facts *f) {
 static void version_of(const SSL *ssl, char *buf, size_t n) {
   const char *v;
   switch (SSL_version(ssl)) {
-  case TLS1_VERSION: v = "TLS 1.0"; break;
-  case TLS1_1_VERSION: v = "TLS 1.1"; break;
-  case TLS1_2_VERSION: v = "TLS 1.2"; break;
-  case TLS1_3_VERSION: v = "TLS 1.3"; break;
-  default: v = "unknown"; break;
+  case TLS1_VERSION:
+    v = "TLS 1.0";
+    break;
+  case TLS1_1_VERSION:
+    v = "TLS 1.1";
+    break;
+  case TLS1_2_VERSION:
+    v = "TLS 1.2";
+    break;
+  case TLS1_3_VERSION:
+    v = "TLS 1.3";
+    break;
+  default:
+    v = "unknown";
+    break;
   }
   snprintf(buf, n, "%s", v);
 }
@@ -158,12 +172,14 @@ void sonde_tls_facts_free(struct sonde_tls_facts *f) {
   free(f->issuer);
   free(f->serial);
   free(f->fingerprint_sha256);
-  for (size_t i = 0; i < f->ndns; i++) free(f->dns_names[i]);
+  for (size_t i = 0; i < f->ndns; i++)
+    free(f->dns_names[i]);
   free(f->dns_names);
   free(f);
 }
 
-/* ---- options ---------------------------------------------------------------- */
+/* ---- options ----------------------------------------------------------------
+ */
 
 int sonde_tls_parse_version(const char *s) {
   char buf[8];
@@ -211,15 +227,14 @@ static CURLcode ctx_cb(CURL *curl, void *sslctx, void *arg) {
 }
 
 CURLcode sonde_tls_curl_apply(CURL *e, const struct sonde_tls_opts *o) {
-  static const long versions[] = {
-      [SONDE_TLS_1_0] = CURL_SSLVERSION_TLSv1_0,
-      [SONDE_TLS_1_1] = CURL_SSLVERSION_TLSv1_1,
-      [SONDE_TLS_1_2] = CURL_SSLVERSION_TLSv1_2,
-      [SONDE_TLS_1_3] = CURL_SSLVERSION_TLSv1_3};
+  static const long versions[] = {[SONDE_TLS_1_0] = CURL_SSLVERSION_TLSv1_0,
+                                  [SONDE_TLS_1_1] = CURL_SSLVERSION_TLSv1_1,
+                                  [SONDE_TLS_1_2] = CURL_SSLVERSION_TLSv1_2,
+                                  [SONDE_TLS_1_3] = CURL_SSLVERSION_TLSv1_3};
   CURLcode rc = CURLE_OK;
-#define SET(opt, v)                                                          \
-  do {                                                                       \
-    if (rc == CURLE_OK) rc = curl_easy_setopt(e, opt, v);                    \
+#define SET(opt, v)                                                            \
+  do {                                                                         \
+    if (rc == CURLE_OK) rc = curl_easy_setopt(e, opt, v);                      \
   } while (0)
   int own_name = o->server_name && *o->server_name;
   SET(CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L);
@@ -279,8 +294,8 @@ static int unreadable(const char *what, const char *path, char *err,
   return 1;
 }
 
-struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o,
-                                     char *err, size_t errlen) {
+struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o, char *err,
+                                     size_t errlen) {
   char e[256];
   ERR_clear_error();
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -291,8 +306,7 @@ struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o,
   /* each run is a fresh session, as each HTTPS run is */
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-  SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
-                     NULL);
+  SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
   /* the trust anchors are loaded with verify off too: the facts tell
    * whether the chain verified (last_chain_expiry) */
   if ((o->ca_file && unreadable("ca_file", o->ca_file, err, errlen)) ||
@@ -350,8 +364,7 @@ struct ssl_st *sonde_tls_ssl_new(struct ssl_ctx_st *ctx, int fd,
   return ssl;
 }
 
-const char *sonde_tls_error(const struct ssl_st *cssl, char *buf,
-                            size_t len) {
+const char *sonde_tls_error(const struct ssl_st *cssl, char *buf, size_t len) {
   SSL *ssl = (SSL *)(uintptr_t)cssl;
   long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
   unsigned long e = ERR_peek_last_error();
@@ -366,7 +379,8 @@ const char *sonde_tls_error(const struct ssl_st *cssl, char *buf,
   return buf;
 }
 
-/* ---- expiry ------------------------------------------------------------------ */
+/* ---- expiry
+ * ------------------------------------------------------------------ */
 
 int sonde_tls_judge(const struct sonde_tls_facts *f,
                     const struct sonde_tls_opts *o, double now,

@@ -10,10 +10,14 @@
 
 static enum sonde_tls_io outcome(SSL *ssl, int rc) {
   switch (SSL_get_error(ssl, rc)) {
-  case SSL_ERROR_WANT_READ: return SONDE_TLS_IO_WANT_READ;
-  case SSL_ERROR_WANT_WRITE: return SONDE_TLS_IO_WANT_WRITE;
-  case SSL_ERROR_ZERO_RETURN: return SONDE_TLS_IO_EOF;
-  default: return SONDE_TLS_IO_ERROR;
+  case SSL_ERROR_WANT_READ:
+    return SONDE_TLS_IO_WANT_READ;
+  case SSL_ERROR_WANT_WRITE:
+    return SONDE_TLS_IO_WANT_WRITE;
+  case SSL_ERROR_ZERO_RETURN:
+    return SONDE_TLS_IO_EOF;
+  default:
+    return SONDE_TLS_IO_ERROR;
   }
 }
 

@@ -72,8 +72,8 @@ struct sonde_tls_facts {
   char *fingerprint_sha256; /* lowercase hex, or NULL */
   char **dns_names;         /* DNS SANs of the leaf */
   size_t ndns;
-  char version[16];         /* "TLS 1.3" ... or "unknown" */
-  char cipher[64];          /* IANA name, or "" */
+  char version[16]; /* "TLS 1.3" ... or "unknown" */
+  char cipher[64];  /* IANA name, or "" */
 };
 
 /* The facts of an established connection.  Returns a malloc'd struct
@@ -119,8 +119,8 @@ CURLcode sonde_tls_curl_apply(CURL *easy, const struct sonde_tls_opts *o);
  * (errlen bytes) when a file cannot be loaded or out of memory.  The
  * server name is per connection: sonde_tls_ssl_new.
  */
-struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o,
-                                     char *err, size_t errlen);
+struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o, char *err,
+                                     size_t errlen);
 
 /* An SSL on fd for ctx, client mode, SNI and name check `name` (o's
  * server_name, or the target's host when that is not an IP literal; NULL:
@@ -130,8 +130,7 @@ struct ssl_st *sonde_tls_ssl_new(struct ssl_ctx_st *ctx, int fd,
 
 /* Text of the last OpenSSL error (and the verify result of ssl, when it
  * failed) into buf; returns buf. */
-const char *sonde_tls_error(const struct ssl_st *ssl, char *buf,
-                            size_t len);
+const char *sonde_tls_error(const struct ssl_st *ssl, char *buf, size_t len);
 
 /*
  * Non-blocking TLS over a socket (tls_io.c), for probers that drive the
