@@ -108,8 +108,11 @@ int sonde_tls_judge(const struct sonde_tls_facts *f,
  * SNI sent and the name verified become server_name while the connection
  * still goes to the URL's host and the Host header stays the URL's
  * (an SSL_CTX callback sets both on OpenSSL; the handle's
- * CURLOPT_SSL_CTX_FUNCTION is taken).  Returns CURLE_OK or the first
- * setopt error.
+ * CURLOPT_SSL_CTX_FUNCTION is taken).  libcurl copies the file names,
+ * not server_name: it must stay valid until the transfer ends (http.c
+ * keeps a copy in its op).  Returns CURLE_OK or the first setopt error.
+ * The facts of such a transfer: CURLINFO_TLS_SSL_PTR while the connection
+ * is alive (a header callback), then sonde_tls_facts_of.
  */
 CURLcode sonde_tls_curl_apply(CURL *easy, const struct sonde_tls_opts *o);
 

@@ -481,6 +481,18 @@ sonde.probe { name = "plain", kind = "readiness", period = 0.2,
     end
   end)
 
+  it("/status shows the facts of the last result", function()
+    metrics()
+    local r = helpers.fetch(port, "/status")
+    local st = assert(helpers.json_decode(r.body))
+    local t = st.probes.https.last.tls
+    assert.are.same({ "CN=good.sonde.test", "TLS 1.3",
+      helpers.not_after(pki.good.cert) },
+      { t.subject, t.version, t.earliest_expiry })
+    assert.are.same({ "good.sonde.test", "localhost" }, t.dns_names)
+    assert.is_nil(st.probes.plain.last.tls)
+  end)
+
   it("promtool check metrics accepts it", function()
     local text = metrics()
     local tmp = helpers.scratch() .. "/metrics.txt"
