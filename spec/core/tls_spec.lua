@@ -245,6 +245,25 @@ describe("TLS on http_get", function()
     end)
   end)
 
+  describe("declared probes", function()
+    before_each(helpers.fresh)
+    after_each(helpers.fresh)
+
+    it("check the tls fields at declaration, at the user's line", function()
+      assert.are.equal('probe "web": http_get.tls.min_version: must be '
+        .. 'TLS1.0, TLS1.1, TLS1.2 or TLS1.3 (or TLS10 .. TLS13), got '
+        .. '"TLS1.4"', helpers.error_here(function()
+          sonde.probe { name = "web", http_get = { url = "https://x/",
+            tls = { min_version = "TLS1.4" } } }
+        end))
+      assert.are.equal('probe "db": tcp_socket.tls.expiry_warning: must be '
+        .. 'a number of seconds, got "14d"', helpers.error_here(function()
+          sonde.probe { name = "db", tcp_socket = { port = 5432,
+            tls = { expiry_warning = "14d" } } }
+        end))
+    end)
+  end)
+
   describe("fields are checked", function()
     local u = "https://127.0.0.1:1/"
     it("with the field's name", function()
