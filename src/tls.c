@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -268,16 +269,22 @@ static const char *err_text(char *buf, size_t len) {
 
 /* The system's trust anchors, loaded once for the process (parsing the
  * bundle costs some 25 ms of CPU: not for every run) and shared by the
- * contexts (an X509_STORE is reference-counted and safe to share). */
-static X509_STORE *system_store(void) {
-  static X509_STORE *store;
-  if (!store && (store = X509_STORE_new()) != NULL) {
-    if (X509_STORE_set_default_paths(store) != 1) {
-      X509_STORE_free(store);
-      store = NULL;
-    }
-    ERR_clear_error();
+ * contexts (an X509_STORE is reference-counted and safe to share; loops
+ * in several threads load it once). */
+static X509_STORE *store;
+
+static void load_system_store(void) {
+  if ((store = X509_STORE_new()) != NULL &&
+      X509_STORE_set_default_paths(store) != 1) {
+    X509_STORE_free(store);
+    store = NULL;
   }
+  ERR_clear_error();
+}
+
+static X509_STORE *system_store(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, load_system_store);
   return store;
 }
 
