@@ -53,6 +53,7 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
+               src/pattern.c src/expect.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c
