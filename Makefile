@@ -92,12 +92,13 @@ $(RAW): bench/raw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(CURL_LIBS) $(EVENT_LIBS)
 
-# Debian packages the build needs, and those the tests need too; installed
-# when missing (`make deps`, `make test-deps`).
+# Debian packages the build needs (and what runs with it: lua-cjson for
+# json expectations), and those the tests need too; installed when missing
+# (`make deps`, `make test-deps`).
 DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
-             libevent-dev lua-yaml
+             libevent-dev lua-yaml lua-cjson
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
-             prometheus python3 lua-socket lua-cjson curl
+             prometheus python3 lua-socket curl
 .PHONY: deps test-deps
 deps:
 	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"
