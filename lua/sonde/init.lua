@@ -286,11 +286,10 @@ end
 -- spec fields: `host` (default "127.0.0.1"; IPv6 bare), `port` (1..65535
 -- or a name in `ports`), `ports`, `timeout` (seconds, > 0, default 1),
 -- and a line protocol check once connected, within the same timeout:
--- `send` (bytes, e.g. "PING
-") and `expect` (a Lua pattern: lines are
--- read until one matches, e.g. "^%+PONG"), or `expect` as a list of steps
--- `{ { expect = "^220" }, { send = "EHLO sonde
-" }, { expect = "^250 " } }`.
+-- `send` (bytes, e.g. "PING\r\n") and `expect` (a Lua pattern: lines are
+-- read until one matches, e.g. "^%+PONG"), or `expect` as a list of
+-- steps: `{ { expect = "^220" }, { send = "EHLO sonde\r\n" },
+-- { expect = "^250 " } }`.
 -- An unmet expectation is a failure, reason expect (timeout when the
 -- deadline passes first); on success the output is the last line matched.
 -- See sonde.expect.
