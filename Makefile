@@ -56,6 +56,7 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
                src/tls.c src/tls_io.c \
+               src/pattern.c src/expect.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c
@@ -95,12 +96,13 @@ $(RAW): bench/raw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(CURL_LIBS) $(EVENT_LIBS) $(SSL_LIBS)
 
-# Debian packages the build needs, and those the tests need too; installed
-# when missing (`make deps`, `make test-deps`).
+# Debian packages the build needs (and what runs with it: lua-cjson for
+# json expectations), and those the tests need too; installed when missing
+# (`make deps`, `make test-deps`).
 DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
-             libevent-dev libssl-dev lua-yaml
+             libevent-dev libssl-dev lua-yaml lua-cjson
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
-             prometheus python3 lua-socket lua-cjson curl
+             prometheus python3 lua-socket curl
 .PHONY: deps test-deps
 deps:
 	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"

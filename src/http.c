@@ -70,7 +70,11 @@ struct http_op {
   char *server_name;         /* tls.server_name, for the SSL_CTX callback */
   struct sonde_tls_facts *facts; /* the current hop's TLS connection */
   int facts_taken;           /* looked for on this hop already */
+  const struct sonde_http_expect *expect; /* a copy in the op's block */
 };
+
+/* Where the copy of the expectations starts in the op's block. */
+#define EXPECT_AT (((sizeof(struct http_op) + 15) / 16) * 16)
 
 void sonde_http_opts_init(struct sonde_http_opts *o) {
   memset(o, 0, sizeof *o);
@@ -376,6 +380,10 @@ static void finish_status(struct http_op *h) {
              r->http_status);
     sonde_result_set_output(r, msg, strlen(msg));
   }
+  if (h->expect) {
+    r->duration = sonde_now() - h->op.start;
+    sonde_http_expect_judge(h->expect, r);
+  }
   sonde_op_complete(&h->op);
 }
 
@@ -658,8 +666,11 @@ static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
 uint64_t sonde_http_start(struct sonde_loop *loop,
                           const struct sonde_http_opts *o, sonde_result_cb cb,
                           void *arg) {
-  struct http_op *h = calloc(1, sizeof *h);
+  size_t esize = o->expect ? sonde_http_expect_size(o->expect) : 0;
+  struct http_op *h = calloc(1, esize ? EXPECT_AT + esize : sizeof *h);
   if (!h) return 0;
+  if (esize) h->expect = sonde_http_expect_copy((char *)h + EXPECT_AT,
+                                                o->expect);
   h->op.vt = &http_vt;
   h->op.loop = loop;          /* (for http_release before sonde_op_start) */
   h->owner.done = on_done;

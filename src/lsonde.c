@@ -438,11 +438,70 @@ static int l_core_terminate(lua_State *L) {
   return 1;
 }
 
+/* A checked pattern field of table t (NULL when absent); raises on a
+ * pattern Lua would refuse. */
+static const char *opt_pattern(lua_State *L, int t, const char *k,
+                               size_t *len) {
+  const char *p = opt_str(L, t, k, len);
+  const char *err = p ? sonde_pattern_check(p, *len) : NULL;
+  if (err) luaL_error(L, "sonde.core: %s: %s", k, err);
+  return p;
+}
+
+/* The expectations of core.http (opts.expect, see sonde/expect.h): status
+ * (array of {lo, hi}), max_duration, headers (array of {name, pattern}),
+ * body, body_not.  Built in userdata left on the stack, which the caller
+ * keeps referenced with the options; strings stay in the expect table. */
+static struct sonde_http_expect *read_expect(lua_State *L, int e) {
+  e = lua_absindex(L, e);
+  struct sonde_http_expect *x = lua_newuserdatauv(L, sizeof *x, 0);
+  memset(x, 0, sizeof *x);
+  if (lua_getfield(L, e, "status") == LUA_TTABLE) {
+    lua_Integer n = luaL_len(L, -1);
+    struct sonde_status_range *st =
+        lua_newuserdatauv(L, sizeof *st * (size_t)(n + 1), 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -2, i);
+      luaL_checktype(L, -1, LUA_TTABLE);
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, -2, 2);
+      st[i - 1].lo = (int)luaL_checkinteger(L, -2);
+      st[i - 1].hi = (int)luaL_checkinteger(L, -1);
+      lua_pop(L, 3);
+    }
+    x->status = st;
+    x->nstatus = (size_t)n;
+  }
+  x->max_duration = opt_num(L, e, "max_duration", 0);
+  if (lua_getfield(L, e, "headers") == LUA_TTABLE) {
+    lua_Integer n = luaL_len(L, -1);
+    struct sonde_header_expect *hv =
+        lua_newuserdatauv(L, sizeof *hv * (size_t)(n + 1), 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -2, i);
+      luaL_checktype(L, -1, LUA_TTABLE);
+      int h = lua_gettop(L);
+      hv[i - 1].name = opt_str(L, h, "name", NULL);
+      hv[i - 1].pattern = opt_pattern(L, h, "pattern", &hv[i - 1].pattern_len);
+      if (!hv[i - 1].name || !hv[i - 1].pattern)
+        luaL_error(L, "sonde.core: expect.headers[%d]: name and pattern "
+                   "expected", (int)i);
+      lua_pop(L, 1);
+    }
+    x->headers = hv;
+    x->nheaders = (size_t)n;
+  }
+  x->body = opt_pattern(L, e, "body", &x->body_len);
+  x->body_not = opt_pattern(L, e, "body_not", &x->body_not_len);
+  return x;
+}
+
 /* Read core.http's options from the table at index t (see lsonde.h):
  * url, method, body, headers (array of
  * {name, value}, names canonical), user_agent, timeout, max_body,
  * max_redirects, follow_redirects ("same-host" | "same-origin" | "none",
- * see sonde/http.h), tls (see sonde_lua_tls_opts). */
+ * see sonde/http.h), tls (see sonde_lua_tls_opts), expect (see
+ * read_expect). */
 int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
   int top = lua_gettop(L);
   sonde_http_opts_init(o);
@@ -485,6 +544,8 @@ int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
     o->headers = hv;
     o->nheaders = (size_t)n;
   }
+  if (lua_getfield(L, t, "expect") == LUA_TTABLE)
+    o->expect = read_expect(L, -1);
   return lua_gettop(L) - top;
 }
 
@@ -525,13 +586,48 @@ static int l_core_http(lua_State *L) {
 }
 
 /* Read core.tcp's options (host, port, timeout, tls: see
- * sonde_lua_tls_opts) from the table at t. */
-void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
+ * sonde_lua_tls_opts, steps) from the table at t; steps: array of
+ * { kind = "expect" | "send" | "starttls", data = string, name = string }
+ * (sonde/tcp.h), read into a userdata left on the stack (returns 1, else
+ * 0). */
+int sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
+  static const char *const kinds[] = {"expect", "send", "starttls", NULL};
+  memset(o, 0, sizeof *o);
   o->host = opt_str(L, t, "host", NULL);
   if (!o->host) luaL_error(L, "sonde.core: host: string expected");
   o->port = (long)opt_num(L, t, "port", 0);
   o->timeout = opt_num(L, t, "timeout", 1);
   o->use_tls = sonde_lua_tls_opts(L, t, &o->tls);
+  if (lua_getfield(L, t, "steps") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_Integer n = luaL_len(L, -1);
+  struct sonde_tcp_step *sv =
+      lua_newuserdatauv(L, sizeof *sv * (size_t)(n + 1), 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, -2, i);
+    luaL_checktype(L, -1, LUA_TTABLE);
+    int h = lua_gettop(L);
+    lua_getfield(L, h, "kind");
+    sv[i - 1].kind = (enum sonde_tcp_step_kind)luaL_checkoption(L, -1, NULL,
+                                                                kinds);
+    lua_pop(L, 1);
+    sv[i - 1].data = sv[i - 1].kind == SONDE_TCP_EXPECT
+                         ? opt_pattern(L, h, "data", &sv[i - 1].len)
+                         : opt_str(L, h, "data", &sv[i - 1].len);
+    if (!sv[i - 1].data) {
+      sv[i - 1].data = "";
+      sv[i - 1].len = 0;
+    }
+    sv[i - 1].name = opt_str(L, h, "name", NULL);
+    if (!sv[i - 1].name) sv[i - 1].name = kinds[sv[i - 1].kind];
+    lua_pop(L, 1);
+  }
+  lua_remove(L, -2);                  /* the steps stay in table t */
+  o->steps = sv;
+  o->nsteps = (size_t)n;
+  return 1;
 }
 
 /* core.tcp(opts, cb) -> id */
@@ -540,7 +636,7 @@ static int l_core_tcp(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   struct sonde_tcp_opts o;
-  sonde_lua_tcp_opts(L, 1, &o);
+  sonde_lua_tcp_opts(L, 1, &o);     /* (its userdata stays on the stack) */
   return started(L, c, sonde_tcp_start(c->loop, &o, call_back, c), 2);
 }
 
@@ -686,6 +782,51 @@ static int l_core_parse_url(lua_State *L) {
   return 2;
 }
 
+/* core.pattern_check(p) -> nil, or Lua's message for a pattern it would
+ * refuse (sonde/pattern.h) */
+static int l_core_pattern_check(lua_State *L) {
+  size_t n;
+  const char *p = luaL_checklstring(L, 1, &n);
+  const char *err = sonde_pattern_check(p, n);
+  if (err) lua_pushstring(L, err);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* core.pattern_find(s, p) -> start, end (1-based, as string.find) or nil;
+ * the C matcher the expectations use.  Raises on a pattern
+ * sonde_pattern_check refuses and on "pattern too complex", as Lua. */
+static int l_core_pattern_find(lua_State *L) {
+  size_t ls, lp, b, e;
+  const char *s = luaL_checklstring(L, 1, &ls);
+  const char *p = luaL_checklstring(L, 2, &lp);
+  const char *err = sonde_pattern_check(p, lp);
+  if (err) return luaL_error(L, "%s", err);
+  int m = sonde_pattern_find(s, ls, p, lp, &b, &e);
+  if (m < 0) return luaL_error(L, "pattern too complex");
+  if (m == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)b + 1);
+  lua_pushinteger(L, (lua_Integer)e);
+  return 2;
+}
+
+/* core.quote(s [, max]) -> s quoted as expectation messages show what a
+ * target sent (sonde_expect_quote; max bytes, default 80) */
+static int l_core_quote(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer max = luaL_optinteger(L, 2, SONDE_EXPECT_SHOWN);
+  luaL_argcheck(L, max >= 0 && max <= 65536, 2, "0..65536 expected");
+  size_t cap = (size_t)max * 4 + 8;
+  char *out = lua_newuserdatauv(L, cap, 0);
+  size_t len = sonde_expect_quote(out, cap, s, n, (size_t)max);
+  lua_pushlstring(L, out, len);
+  return 1;
+}
+
 /* core.header_name(name) -> canonical name, or nil if invalid */
 static int l_core_header_name(lua_State *L) {
   size_t n;
@@ -829,6 +970,9 @@ static const luaL_Reg core_funcs[] = {
     {"format_url", l_core_format_url},
     {"parse_url", l_core_parse_url},
     {"header_name", l_core_header_name},
+    {"pattern_check", l_core_pattern_check},
+    {"pattern_find", l_core_pattern_find},
+    {"quote", l_core_quote},
     {"set_subreaper", l_core_set_subreaper},
     {"now", l_core_now},
     {"wall_time", l_core_wall_time},

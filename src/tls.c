@@ -312,7 +312,9 @@ struct ssl_ctx_st *sonde_tls_ctx_new(const struct sonde_tls_opts *o, char *err,
   }
   /* each run is a fresh session, as each HTTPS run is */
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  /* a peer closing without close_notify ends the data (EOF), as a
+   * plain connection's close does */
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
   /* the trust anchors are loaded with verify off too: the facts tell
    * whether the chain verified (last_chain_expiry) */

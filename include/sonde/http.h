@@ -26,6 +26,10 @@
  *     error, the transfer ends there;
  *   - one deadline (timeout) bounds resolution, connect, TLS, every hop,
  *     headers and body.
+ * With `expect` (copied with the options), the response is then judged
+ * against it (sonde/expect.h): status codes accepted instead of the
+ * kubelet's classes, max_duration, header and body patterns; an unmet one
+ * is a failure, reason expect.
  * A header value holding CR, LF or NUL fails the probe (reason config)
  * before anything is sent.
  *
@@ -73,6 +77,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sonde/expect.h"
 #include "sonde/loop.h"
 #include "sonde/tls.h"
 
@@ -99,6 +104,9 @@ struct sonde_http_opts {
   int max_redirects;
   int follow_redirects;                 /* SONDE_FOLLOW_* */
   struct sonde_tls_opts tls;            /* sonde/tls.h; verify 0 */
+  const struct sonde_http_expect *expect; /* judged on the response
+                                           (sonde/expect.h), or NULL:
+                                           the kubelet's classes only */
 };
 
 /* Defaults: GET, timeout 1 s, max_body 10240, 10 redirects on the same

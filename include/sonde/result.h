@@ -44,7 +44,9 @@ typedef enum {
   X(PROTOCOL, "protocol")     /* HTTP: no reply or a malformed reply */     \
   X(CONFIG, "config")         /* the request could not be built */          \
   X(RESOURCE, "resource")     /* the engine ran out of fds/processes/mem */ \
-  X(CANCELLED, "cancelled")   /* the probe was cancelled before its end */
+  X(CANCELLED, "cancelled")   /* the probe was cancelled before its end */\
+  X(EXPECT, "expect")         /* an expectation was not met (expect.h, */ \
+                              /* the TCP prober's expect steps) */
 
 typedef enum {
 #define SONDE_REASON_ENUM(id, name) SONDE_R_##id,

@@ -9,8 +9,10 @@
 
 #include "sonde/exec.h"
 #include "sonde/expand.h"
+#include "sonde/expect.h"
 #include "sonde/http.h"
 #include "sonde/loop.h"
+#include "sonde/pattern.h"
 #include "sonde/result.h"
 #include "sonde/tcp.h"
 

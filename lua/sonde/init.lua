@@ -17,8 +17,9 @@
 --   * `reason`: one of `ok`, `exit_code`, `signal`, `timeout`, `not_found`,
 --     `permission`, `spawn`, `connect_refused`, `connect_timeout`, `dns`,
 --     `network`, `tls`, `tls_expiry`, `http_status`, `redirect`,
---     `protocol`, `config`,
---     `resource`, `cancelled`; declared probes add `hook_error` (a hook
+--     `protocol`, `config`, `resource`, `cancelled`, `expect` (an expectation of http_get or
+--     tcp_socket was not met: see sonde.expect); declared probes add
+--     `hook_error` (a hook
 --     raised or hit its bound, or the hook or check is quarantined:
 --     status unknown), `check_error` (a custom check raised or
 --     returned nonsense: failure) and `check` (a custom check's own
@@ -257,7 +258,14 @@ end
 --     whatever the status code (an expired one: failure);
 --   * `follow_redirects`: "same-host" (default, kubelet), "same-origin"
 --     (scheme, hostname and port unchanged) or "none"; a redirect not
---     followed ends the probe with its 3xx (a warning, reason redirect).
+--     followed ends the probe with its 3xx (a warning, reason redirect);
+--   * `expect`: what the response must show, `{ status = { 200, 401 } |
+--     "2xx" | 200, max_duration = seconds, headers = { [name] = pattern },
+--     body = pattern, body_not = pattern, json = { ["$.a.b[0]"] = value }
+--     }` (Lua patterns); judged in that order, the first unmet one makes
+--     the result a failure, reason expect, its output saying what was
+--     expected and seen; `status` replaces the classification below.
+--     See sonde.expect (lua/sonde/expect.lua) for the details.
 --
 -- Classification (kubelet): 2xx success (output = body); 3xx warning,
 -- reason redirect (output `Probe terminated redirects, Response body:
@@ -289,7 +297,15 @@ end
 --- Open a TCP connection and close it (kubelet tcpSocket probe).
 --
 -- spec fields: `host` (default "127.0.0.1"; IPv6 bare), `port` (1..65535
--- or a name in `ports`), `ports`, `timeout` (seconds, > 0, default 1).
+-- or a name in `ports`), `ports`, `timeout` (seconds, > 0, default 1),
+-- and a line protocol check once connected, within the same timeout:
+-- `send` (bytes, e.g. "PING\r\n") and `expect` (a Lua pattern: lines are
+-- read until one matches, e.g. "^%+PONG"), or `expect` as a list of
+-- steps: `{ { expect = "^220" }, { send = "EHLO sonde\r\n" },
+-- { expect = "^250 " } }`.
+-- An unmet expectation is a failure, reason expect (timeout when the
+-- deadline passes first); on success the output is the last line matched.
+-- See sonde.expect.
 -- A name is resolved on the loop (/etc/hosts, then the name servers of
 -- /etc/resolv.conf) and its addresses tried in turn, all within `timeout`.
 -- Connected: success (output ""); refused: failure connect_refused; no
