@@ -281,8 +281,9 @@ end
 -- facts `{ earliest_expiry, last_chain_expiry (seconds since the epoch;
 -- the latter only for a verified chain), verified, subject, issuer,
 -- dns_names = {...}, serial, fingerprint_sha256, version ("TLS 1.3"),
--- cipher }` (blackbox_exporter's definitions, see sonde/tls.h).  A password in a URL shown in `url`,
--- `error` or `output` is masked (`user:xxxxx@`).  Status unknown, reason
+-- cipher }` (blackbox_exporter's definitions, see sonde/tls.h).  A
+-- password in a URL shown in `url`, `error` or `output` is masked
+-- (`user:xxxxx@`).  Status unknown, reason
 -- resource: no socket could be opened (out of descriptors) or out of
 -- memory; failure, reason protocol: a header line over 100 KB or headers
 -- over 300 KB; a TLS handshake stalled after the TCP connect is timeout,
@@ -314,6 +315,16 @@ end
 -- network.  `output` is the kubelet's ("dial tcp 127.0.0.1:80: connect:
 -- connection refused").  Result adds `remote_addr` (the address tried
 -- last).
+--
+-- `tls = { ... }` (the fields of http_get's `tls`): a TLS handshake right
+-- after connecting, within the same `timeout` (blackbox_exporter's tcp
+-- prober with `tls: true`); the SNI and the name verified are
+-- `server_name`, else `host` when it is a name.  Handshake failed:
+-- failure tls ("dial tcp ADDR: TLS handshake: certificate verify failed:
+-- ..."); not done by the deadline: failure timeout ("TLS handshake not
+-- finished: i/o timeout"); a ca_file, cert_file or key_file that cannot
+-- be read: failure tls, before connecting.  The result then has `tls`
+-- (the certificate facts, as for https) and the expiry thresholds apply.
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)
