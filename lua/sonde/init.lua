@@ -325,6 +325,11 @@ end
 -- finished: i/o timeout"); a ca_file, cert_file or key_file that cannot
 -- be read: failure tls, before connecting.  The result then has `tls`
 -- (the certificate facts, as for https) and the expiry thresholds apply.
+-- With `send`/`expect` steps, they go through TLS; a step with
+-- `starttls = true` (SMTP, IMAP, POP3 ... STARTTLS) makes the handshake
+-- happen there instead, after that step's expect and send, with `tls`'s
+-- options (none given: the defaults); what was read in clear past the
+-- step's line is dropped.  A TLS error in a later step: failure tls.
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)
