@@ -728,7 +728,18 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
   struct sonde_tls_opts tls = o->tls;
   tls.server_name = h->server_name;   /* ours: it must outlive the call */
-  sonde_tls_curl_apply(e, &tls);
+  CURLcode tc = sonde_tls_curl_apply(e, &tls);
+  if (tc != CURLE_OK) {                /* libcurl refused a TLS option */
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_CONFIG;
+    r->code = (int)tc;
+    sonde_result_set_error(r, "tls options: %s", curl_easy_strerror(tc));
+    sonde_result_set_output(r, r->error ? r->error : "",
+                            r->error ? strlen(r->error) : 0);
+    set_result_url(h);
+    sonde_op_complete_soon(&h->op);
+    return id;
+  }
   if (h->body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)h->body_len);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, h->body);
