@@ -27,6 +27,8 @@ CURL_LIBS   := $(shell $(PKG_CONFIG) --libs libcurl)
 EVENT_CFLAGS:= $(shell $(PKG_CONFIG) --cflags libevent_core libevent_extra)
 EVENT_LIBS  := $(shell $(PKG_CONFIG) --libs libevent_core libevent_extra)
 LUA_LIBS    := $(shell $(PKG_CONFIG) --libs $(LUA_PC))
+SSL_CFLAGS  := $(shell $(PKG_CONFIG) --cflags openssl)
+SSL_LIBS    := $(shell $(PKG_CONFIG) --libs openssl)
 
 PREFIX      ?= /usr/local
 LUADIR      ?= $(PREFIX)/share/lua/5.4
@@ -48,12 +50,14 @@ SANFLAGS    :=
 BUILD       := build
 endif
 ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
-               -I$(LUA_INCDIR) $(CURL_CFLAGS) $(EVENT_CFLAGS) \
+               -I$(LUA_INCDIR) $(CURL_CFLAGS) $(EVENT_CFLAGS) $(SSL_CFLAGS) \
                -DSONDE_VERSION='"$(VERSION)"'
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
                src/pb.c src/grpc.c \
+               src/tls.c src/tls_io.c \
+               src/pattern.c src/expect.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c
@@ -75,12 +79,13 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsond
 # The module does not link liblua: the interpreter that loads it provides it.
 $(MODULE): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS) -lm
+	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS) $(SSL_LIBS) -lm
 
 # The host exports Lua's symbols (-Wl,-E) so that C modules it loads link.
 $(HOST): $(HOST_OBJ) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(SANFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(CURL_LIBS) $(EVENT_LIBS) -lm
+	$(CC) $(SANFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(CURL_LIBS) $(EVENT_LIBS) \
+	  $(SSL_LIBS) -lm
 
 $(FIXTURE): spec/fixtures/fixture-server.c
 	@mkdir -p $(dir $@)
@@ -90,14 +95,15 @@ $(FIXTURE): spec/fixtures/fixture-server.c
 # The benchmark's raw C baseline (bench/raw.c), built as the engine is.
 $(RAW): bench/raw.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(CURL_LIBS) $(EVENT_LIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(CURL_LIBS) $(EVENT_LIBS) $(SSL_LIBS)
 
-# Debian packages the build needs, and those the tests need too; installed
-# when missing (`make deps`, `make test-deps`).
+# Debian packages the build needs (and what runs with it: lua-cjson for
+# json expectations), and those the tests need too; installed when missing
+# (`make deps`, `make test-deps`).
 DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
-             libevent-dev lua-yaml
+             libevent-dev libssl-dev lua-yaml lua-cjson
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
-             prometheus python3 lua-socket lua-cjson curl \
+             prometheus python3 lua-socket curl \
              python3-grpcio python3-grpc-tools
 .PHONY: deps test-deps
 deps:

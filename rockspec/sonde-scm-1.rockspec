@@ -15,12 +15,20 @@ description = {
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
+  -- Optional, not listed: lua-cjson (`cjson.safe`), loaded only when a
+  -- probe declares json expectations (http_get.expect.json), which are
+  -- refused without it.  Debian: lua-cjson (`make deps` installs it);
+  -- else `luarocks install lua-cjson`.  Listing it here would make
+  -- `luarocks make` fetch it even where Debian's package is installed
+  -- (not a rock).
 }
 external_dependencies = {
   -- Debian keeps curl/curl.h in a multiarch directory LuaRocks does not
   -- search: the Makefile finds it through pkg-config.
   CURL = { library = "curl" },
   LIBEVENT = { header = "event2/event.h", library = "event_core" },
+  -- TLS facts and TCP over TLS (libssl-dev)
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "make",

@@ -122,6 +122,15 @@
 --                              these arguments: a Server with .port .pid
 --                              :stop() :alive()
 --   H.stop_grpc_servers()      stop every one started and not stopped
+-- TLS (spec/support/pki.lua)
+--   H.pki(dir)                 a CA and leaves signed by it (good, soon,
+--                              expired, other, client): { ca, ca_key,
+--                              <leaf> = { cert, key } }
+--   H.x509(cert, what)         `openssl x509 -noout <what>`, trimmed
+--   H.not_after(cert)          its notAfter, seconds since the epoch
+--   H.s_server(opts)           openssl s_server -www (opts.cert, opts.args):
+--                              { port, pid, log(), stop() }
+--   H.stop_s_servers()         stop every one started and not stopped
 --
 -- systemd's notify socket (spec/support/notify.lua)
 --   H.notify_listener(dir[, name[, secs]])  a Listener with :messages()
@@ -597,5 +606,6 @@ require("support.host")(H)
 require("support.fixture")(H)
 require("support.notify")(H)
 require("support.grpc")(H)
+require("support.pki")(H)
 
 return H

@@ -268,8 +268,14 @@ void sonde_curl_classify(struct sonde_result *r, CURL *easy, CURLcode code,
     r->reason = SONDE_R_RESOURCE;
     break;
   case CURLE_RECV_ERROR:
+  case CURLE_SEND_ERROR:
     if (strncmp(errbuf, "Too large response headers", 26) == 0)
       r->reason = SONDE_R_PROTOCOL;      /* over libcurl's 300 KB in all */
+    else if (strstr(errbuf, "SSL routines::") && strstr(errbuf, " alert "))
+      /* a TLS alert after the client's side of the handshake: TLS 1.3
+       * servers refuse a missing or bad client certificate that way
+       * ("tlsv13 alert certificate required") */
+      r->reason = SONDE_R_TLS;
     else
       r->reason = SONDE_R_NETWORK;
     break;

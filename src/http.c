@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "internal.h"
 #include "sonde/http.h"
@@ -64,7 +65,16 @@ struct http_op {
   size_t rbody_len, rbody_cap; /* grows up to max_body (+1 for a NUL) */
   struct sonde_header *rh;   /* response headers of the current hop */
   size_t nrh;
+  struct sonde_tls_opts tls; /* expiry thresholds (the strings are not
+                                kept: libcurl copies them) */
+  char *server_name;         /* tls.server_name, for the SSL_CTX callback */
+  struct sonde_tls_facts *facts; /* the current hop's TLS connection */
+  int facts_taken;           /* looked for on this hop already */
+  const struct sonde_http_expect *expect; /* a copy in the op's block */
 };
+
+/* Where the copy of the expectations starts in the op's block. */
+#define EXPECT_AT (((sizeof(struct http_op) + 15) / 16) * 16)
 
 void sonde_http_opts_init(struct sonde_http_opts *o) {
   memset(o, 0, sizeof *o);
@@ -183,12 +193,25 @@ static void free_resp_headers(struct http_op *h) {
   h->nrh = 0;
 }
 
+/* The facts of the hop's TLS connection, while it is alive (libcurl
+ * hands out its SSL only then). */
+static void take_facts(struct http_op *h) {
+  struct curl_tlssessioninfo *ti = NULL;
+  h->facts_taken = 1;
+  if (curl_easy_getinfo(h->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK ||
+      !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
+    return;
+  sonde_tls_facts_free(h->facts);
+  h->facts = sonde_tls_facts_of(ti->internals);
+}
+
 static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
   struct http_op *h = arg;
   size_t n = size * nmemb, len = n;
   while (len && (data[len - 1] == '\n' || data[len - 1] == '\r')) len--;
   if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
     free_resp_headers(h);    /* a new response (1xx before, or this hop) */
+    if (!h->facts_taken) take_facts(h);
     return n;
   }
   const char *colon = memchr(data, ':', len);
@@ -232,6 +255,10 @@ static void http_release(struct sonde_op *op, int cancelled) {
   free(h->method);
   free(h->body);
   free(h->rbody);
+  free(h->server_name);
+  sonde_tls_facts_free(h->facts);
+  h->facts = NULL;
+  h->server_name = NULL;
   free_resp_headers(h);
   h->url = h->orig_scheme = h->orig_host = h->method = h->body = NULL;
   h->rbody = NULL;
@@ -282,6 +309,14 @@ static void set_result_url(struct http_op *h) {
   }
 }
 
+/* Move the current hop's TLS facts into the result (the last hop's win). */
+static void take_tls(struct http_op *h) {
+  if (!h->facts) return;
+  sonde_tls_facts_free(h->op.res.tls);
+  h->op.res.tls = h->facts;
+  h->facts = NULL;
+}
+
 /* Move the response of the current hop into the result. */
 static void take_response(struct http_op *h) {
   struct sonde_result *r = &h->op.res;
@@ -302,6 +337,7 @@ static void take_response(struct http_op *h) {
   h->rh = NULL;
   h->nrh = 0;
   r->truncated = h->capped;
+  take_tls(h);
 }
 
 static void set_addr(struct http_op *h) {
@@ -319,7 +355,9 @@ static void finish_status(struct http_op *h) {
   take_response(h);
   r->redirects = h->redirects;
   set_result_url(h);
-  if (r->http_status >= 200 && r->http_status < 300) {
+  if (sonde_tls_judge(r->tls, &h->tls, (double)time(NULL), r)) {
+    /* the certificates' expiry decides before the status code */
+  } else if (r->http_status >= 200 && r->http_status < 300) {
     r->status = SONDE_SUCCESS;
     r->reason = SONDE_R_OK;
     sonde_result_set_output(r, r->body, r->body_len);
@@ -342,6 +380,10 @@ static void finish_status(struct http_op *h) {
              r->http_status);
     sonde_result_set_output(r, msg, strlen(msg));
   }
+  if (h->expect) {
+    r->duration = sonde_now() - h->op.start;
+    sonde_http_expect_judge(h->expect, r);
+  }
   sonde_op_complete(&h->op);
 }
 
@@ -356,6 +398,7 @@ static void finish_status(struct http_op *h) {
 static void finish_error(struct http_op *h) {
   struct sonde_result *r = &h->op.res;
   const char *m = h->method ? h->method : "GET";
+  take_tls(h);               /* a TLS connection made before it failed */
   r->redirects = h->redirects;
   if (r->error && sonde_clean_text(&r->error, NULL) != 0) {
     free(r->error);
@@ -496,6 +539,9 @@ static int start_hop(struct http_op *h) {
   if (ms < 1) ms = 1;
   h->capped = 0;
   h->oom = 0;
+  h->facts_taken = 0;
+  sonde_tls_facts_free(h->facts);
+  h->facts = NULL;
   h->rbody_len = 0;
   h->errbuf[0] = '\0';
   sonde_curl_owner_reset(&h->owner);
@@ -620,8 +666,11 @@ static int build_headers(struct http_op *h, const struct sonde_http_opts *o) {
 uint64_t sonde_http_start(struct sonde_loop *loop,
                           const struct sonde_http_opts *o, sonde_result_cb cb,
                           void *arg) {
-  struct http_op *h = calloc(1, sizeof *h);
+  size_t esize = o->expect ? sonde_http_expect_size(o->expect) : 0;
+  struct http_op *h = calloc(1, esize ? EXPECT_AT + esize : sizeof *h);
   if (!h) return 0;
+  if (esize) h->expect = sonde_http_expect_copy((char *)h + EXPECT_AT,
+                                                o->expect);
   h->op.vt = &http_vt;
   h->op.loop = loop;          /* (for http_release before sonde_op_start) */
   h->owner.done = on_done;
@@ -629,6 +678,11 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   h->max_redirects = o->max_redirects;
   h->follow = o->follow_redirects;
   h->url = strdup(o->url);
+  h->tls = o->tls;
+  h->tls.ca_file = h->tls.cert_file = h->tls.key_file = NULL;
+  h->tls.server_name = NULL;
+  if (o->tls.server_name && *o->tls.server_name)
+    h->tls.server_name = h->server_name = strdup(o->tls.server_name);
   h->method = strdup(o->method ? o->method : "GET");
   h->easy = sonde_curl_easy_get(loop);
   if (o->body) {
@@ -637,6 +691,7 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
     h->body_len = o->body_len;
   }
   if (!h->url || !h->method || !h->easy ||
+      (o->tls.server_name && *o->tls.server_name && !h->server_name) ||
       (o->body && !h->body)) {
     http_release(&h->op, 0);
     free(h);
@@ -671,9 +726,20 @@ uint64_t sonde_http_start(struct sonde_loop *loop,
   curl_easy_setopt(e, CURLOPT_WRITEDATA, h);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->tls_verify ? 1L : 0L);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->tls_verify ? 2L : 0L);
-  if (o->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+  struct sonde_tls_opts tls = o->tls;
+  tls.server_name = h->server_name;   /* ours: it must outlive the call */
+  CURLcode tc = sonde_tls_curl_apply(e, &tls);
+  if (tc != CURLE_OK) {                /* libcurl refused a TLS option */
+    r->status = SONDE_FAILURE;
+    r->reason = SONDE_R_CONFIG;
+    r->code = (int)tc;
+    sonde_result_set_error(r, "tls options: %s", curl_easy_strerror(tc));
+    sonde_result_set_output(r, r->error ? r->error : "",
+                            r->error ? strlen(r->error) : 0);
+    set_result_url(h);
+    sonde_op_complete_soon(&h->op);
+    return id;
+  }
   if (h->body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)h->body_len);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, h->body);

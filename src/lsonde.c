@@ -50,6 +50,7 @@
 
 #include "lsonde.h"
 #include "sonde/sonde.h"
+#include "sonde/tls.h"
 
 #define LOOP_MT "sonde.Loop"
 
@@ -75,6 +76,31 @@ static void set_num(lua_State *L, const char *k, lua_Number v) {
 static void set_int(lua_State *L, const char *k, lua_Integer v) {
   lua_pushinteger(L, v);
   lua_setfield(L, -2, k);
+}
+
+/* r.tls: the peer certificate facts (sonde/tls.h). */
+static void push_tls(lua_State *L, const struct sonde_tls_facts *f) {
+  lua_createtable(L, 0, 12);
+  if (f->earliest_expiry != 0)
+    set_int(L, "earliest_expiry", (lua_Integer)f->earliest_expiry);
+  if (f->last_chain_expiry != 0)
+    set_int(L, "last_chain_expiry", (lua_Integer)f->last_chain_expiry);
+  lua_pushboolean(L, f->verified);
+  lua_setfield(L, -2, "verified");
+  if (f->subject) set_str(L, "subject", f->subject);
+  if (f->issuer) set_str(L, "issuer", f->issuer);
+  if (f->serial) set_str(L, "serial", f->serial);
+  if (f->fingerprint_sha256)
+    set_str(L, "fingerprint_sha256", f->fingerprint_sha256);
+  lua_createtable(L, (int)f->ndns, 0);
+  for (size_t i = 0; i < f->ndns; i++) {
+    lua_pushstring(L, f->dns_names[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "dns_names");
+  set_str(L, "version", f->version);
+  set_str(L, "cipher", f->cipher);
+  lua_setfield(L, -2, "tls");
 }
 
 /* Push the result table.  Raises only on memory errors. */
@@ -141,6 +167,7 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
     }
   }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
+  if (r->tls) push_tls(L, r->tls);
 }
 
 /* Message handler: adds a traceback to string errors. */
@@ -425,11 +452,70 @@ static int l_core_terminate(lua_State *L) {
   return 1;
 }
 
+/* A checked pattern field of table t (NULL when absent); raises on a
+ * pattern Lua would refuse. */
+static const char *opt_pattern(lua_State *L, int t, const char *k,
+                               size_t *len) {
+  const char *p = opt_str(L, t, k, len);
+  const char *err = p ? sonde_pattern_check(p, *len) : NULL;
+  if (err) luaL_error(L, "sonde.core: %s: %s", k, err);
+  return p;
+}
+
+/* The expectations of core.http (opts.expect, see sonde/expect.h): status
+ * (array of {lo, hi}), max_duration, headers (array of {name, pattern}),
+ * body, body_not.  Built in userdata left on the stack, which the caller
+ * keeps referenced with the options; strings stay in the expect table. */
+static struct sonde_http_expect *read_expect(lua_State *L, int e) {
+  e = lua_absindex(L, e);
+  struct sonde_http_expect *x = lua_newuserdatauv(L, sizeof *x, 0);
+  memset(x, 0, sizeof *x);
+  if (lua_getfield(L, e, "status") == LUA_TTABLE) {
+    lua_Integer n = luaL_len(L, -1);
+    struct sonde_status_range *st =
+        lua_newuserdatauv(L, sizeof *st * (size_t)(n + 1), 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -2, i);
+      luaL_checktype(L, -1, LUA_TTABLE);
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, -2, 2);
+      st[i - 1].lo = (int)luaL_checkinteger(L, -2);
+      st[i - 1].hi = (int)luaL_checkinteger(L, -1);
+      lua_pop(L, 3);
+    }
+    x->status = st;
+    x->nstatus = (size_t)n;
+  }
+  x->max_duration = opt_num(L, e, "max_duration", 0);
+  if (lua_getfield(L, e, "headers") == LUA_TTABLE) {
+    lua_Integer n = luaL_len(L, -1);
+    struct sonde_header_expect *hv =
+        lua_newuserdatauv(L, sizeof *hv * (size_t)(n + 1), 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -2, i);
+      luaL_checktype(L, -1, LUA_TTABLE);
+      int h = lua_gettop(L);
+      hv[i - 1].name = opt_str(L, h, "name", NULL);
+      hv[i - 1].pattern = opt_pattern(L, h, "pattern", &hv[i - 1].pattern_len);
+      if (!hv[i - 1].name || !hv[i - 1].pattern)
+        luaL_error(L, "sonde.core: expect.headers[%d]: name and pattern "
+                   "expected", (int)i);
+      lua_pop(L, 1);
+    }
+    x->headers = hv;
+    x->nheaders = (size_t)n;
+  }
+  x->body = opt_pattern(L, e, "body", &x->body_len);
+  x->body_not = opt_pattern(L, e, "body_not", &x->body_not_len);
+  return x;
+}
+
 /* Read core.http's options from the table at index t (see lsonde.h):
  * url, method, body, headers (array of
  * {name, value}, names canonical), user_agent, timeout, max_body,
  * max_redirects, follow_redirects ("same-host" | "same-origin" | "none",
- * see sonde/http.h), tls_verify, ca_file. */
+ * see sonde/http.h), tls (see sonde_lua_tls_opts), expect (see
+ * read_expect). */
 int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
   int top = lua_gettop(L);
   sonde_http_opts_init(o);
@@ -451,10 +537,7 @@ int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
     o->follow_redirects = luaL_checkoption(L, -1, NULL, names);
     lua_pop(L, 1);
   }
-  o->ca_file = opt_str(L, t, "ca_file", NULL);
-  lua_getfield(L, t, "tls_verify");
-  o->tls_verify = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  sonde_lua_tls_opts(L, t, &o->tls);
   if (lua_getfield(L, t, "headers") == LUA_TTABLE) {
     lua_Integer n = luaL_len(L, -1);
     struct sonde_header *hv =
@@ -475,7 +558,34 @@ int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o) {
     o->headers = hv;
     o->nheaders = (size_t)n;
   }
+  if (lua_getfield(L, t, "expect") == LUA_TTABLE)
+    o->expect = read_expect(L, -1);
   return lua_gettop(L) - top;
+}
+
+int sonde_lua_tls_opts(lua_State *L, int t, struct sonde_tls_opts *o) {
+  memset(o, 0, sizeof *o);
+  if (lua_getfield(L, t, "tls") == LUA_TNIL) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  luaL_checktype(L, -1, LUA_TTABLE);
+  int s = lua_gettop(L);
+  lua_getfield(L, s, "verify");
+  o->verify = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  o->ca_file = opt_str(L, s, "ca_file", NULL);
+  o->cert_file = opt_str(L, s, "cert_file", NULL);
+  o->key_file = opt_str(L, s, "key_file", NULL);
+  o->server_name = opt_str(L, s, "server_name", NULL);
+  const char *v = opt_str(L, s, "min_version", NULL);
+  if (v && (o->min_version = sonde_tls_parse_version(v)) < 0)
+    return luaL_error(L, "sonde.core: tls.min_version: not a TLS version: %s",
+                      v);
+  o->expiry_warning = opt_num(L, s, "expiry_warning", 0);
+  o->expiry_failure = opt_num(L, s, "expiry_failure", 0);
+  lua_pop(L, 1);
+  return 1;
 }
 
 /* core.http(opts, cb) -> id (options: see above). */
@@ -489,12 +599,49 @@ static int l_core_http(lua_State *L) {
   return started(L, c, id, 2);
 }
 
-/* Read core.tcp's options (host, port, timeout) from the table at t. */
-void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
+/* Read core.tcp's options (host, port, timeout, tls: see
+ * sonde_lua_tls_opts, steps) from the table at t; steps: array of
+ * { kind = "expect" | "send" | "starttls", data = string, name = string }
+ * (sonde/tcp.h), read into a userdata left on the stack (returns 1, else
+ * 0). */
+int sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
+  static const char *const kinds[] = {"expect", "send", "starttls", NULL};
+  memset(o, 0, sizeof *o);
   o->host = opt_str(L, t, "host", NULL);
   if (!o->host) luaL_error(L, "sonde.core: host: string expected");
   o->port = (long)opt_num(L, t, "port", 0);
   o->timeout = opt_num(L, t, "timeout", 1);
+  o->use_tls = sonde_lua_tls_opts(L, t, &o->tls);
+  if (lua_getfield(L, t, "steps") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_Integer n = luaL_len(L, -1);
+  struct sonde_tcp_step *sv =
+      lua_newuserdatauv(L, sizeof *sv * (size_t)(n + 1), 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, -2, i);
+    luaL_checktype(L, -1, LUA_TTABLE);
+    int h = lua_gettop(L);
+    lua_getfield(L, h, "kind");
+    sv[i - 1].kind = (enum sonde_tcp_step_kind)luaL_checkoption(L, -1, NULL,
+                                                                kinds);
+    lua_pop(L, 1);
+    sv[i - 1].data = sv[i - 1].kind == SONDE_TCP_EXPECT
+                         ? opt_pattern(L, h, "data", &sv[i - 1].len)
+                         : opt_str(L, h, "data", &sv[i - 1].len);
+    if (!sv[i - 1].data) {
+      sv[i - 1].data = "";
+      sv[i - 1].len = 0;
+    }
+    sv[i - 1].name = opt_str(L, h, "name", NULL);
+    if (!sv[i - 1].name) sv[i - 1].name = kinds[sv[i - 1].kind];
+    lua_pop(L, 1);
+  }
+  lua_remove(L, -2);                  /* the steps stay in table t */
+  o->steps = sv;
+  o->nsteps = (size_t)n;
+  return 1;
 }
 
 /* core.tcp(opts, cb) -> id */
@@ -503,7 +650,7 @@ static int l_core_tcp(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   struct sonde_tcp_opts o;
-  sonde_lua_tcp_opts(L, 1, &o);
+  sonde_lua_tcp_opts(L, 1, &o);     /* (its userdata stays on the stack) */
   return started(L, c, sonde_tcp_start(c->loop, &o, call_back, c), 2);
 }
 
@@ -731,6 +878,51 @@ static int l_core_parse_url(lua_State *L) {
   return 2;
 }
 
+/* core.pattern_check(p) -> nil, or Lua's message for a pattern it would
+ * refuse (sonde/pattern.h) */
+static int l_core_pattern_check(lua_State *L) {
+  size_t n;
+  const char *p = luaL_checklstring(L, 1, &n);
+  const char *err = sonde_pattern_check(p, n);
+  if (err) lua_pushstring(L, err);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* core.pattern_find(s, p) -> start, end (1-based, as string.find) or nil;
+ * the C matcher the expectations use.  Raises on a pattern
+ * sonde_pattern_check refuses and on "pattern too complex", as Lua. */
+static int l_core_pattern_find(lua_State *L) {
+  size_t ls, lp, b, e;
+  const char *s = luaL_checklstring(L, 1, &ls);
+  const char *p = luaL_checklstring(L, 2, &lp);
+  const char *err = sonde_pattern_check(p, lp);
+  if (err) return luaL_error(L, "%s", err);
+  int m = sonde_pattern_find(s, ls, p, lp, &b, &e);
+  if (m < 0) return luaL_error(L, "pattern too complex");
+  if (m == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)b + 1);
+  lua_pushinteger(L, (lua_Integer)e);
+  return 2;
+}
+
+/* core.quote(s [, max]) -> s quoted as expectation messages show what a
+ * target sent (sonde_expect_quote; max bytes, default 80) */
+static int l_core_quote(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer max = luaL_optinteger(L, 2, SONDE_EXPECT_SHOWN);
+  luaL_argcheck(L, max >= 0 && max <= 65536, 2, "0..65536 expected");
+  size_t cap = (size_t)max * 4 + 8;
+  char *out = lua_newuserdatauv(L, cap, 0);
+  size_t len = sonde_expect_quote(out, cap, s, n, (size_t)max);
+  lua_pushlstring(L, out, len);
+  return 1;
+}
+
 /* core.header_name(name) -> canonical name, or nil if invalid */
 static int l_core_header_name(lua_State *L) {
   size_t n;
@@ -875,6 +1067,9 @@ static const luaL_Reg core_funcs[] = {
     {"format_url", l_core_format_url},
     {"parse_url", l_core_parse_url},
     {"header_name", l_core_header_name},
+    {"pattern_check", l_core_pattern_check},
+    {"pattern_find", l_core_pattern_find},
+    {"quote", l_core_quote},
     {"set_subreaper", l_core_set_subreaper},
     {"now", l_core_now},
     {"wall_time", l_core_wall_time},

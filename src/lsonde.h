@@ -56,6 +56,7 @@ struct sonde_exec_opts;
 struct sonde_http_opts;
 struct sonde_tcp_opts;
 struct sonde_grpc_opts;
+struct sonde_tls_opts;
 
 /* Push a prober's result as the table core's callbacks get. */
 void sonde_lua_push_result(lua_State *L, const struct sonde_result *r);
@@ -64,14 +65,20 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r);
  * Read the options of core.exec / core.http / core.tcp / core.grpc from the table at
  * index t into *o (raises on misuse).  Strings are not copied: they stay
  * anchored in that table, and vectors (argv, env, headers) in values the
- * readers push on the stack; the exec and http readers return how many
- * they pushed.  Keep the table unchanged and those values referenced for
+ * readers push on the stack; the readers return how many
+ * they pushed (tcp: its steps).  Keep the table unchanged and those values referenced for
  * as long as *o is used.
  */
 int sonde_lua_exec_opts(lua_State *L, int t, struct sonde_exec_opts *o);
 int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o);
-void sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o);
+int sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o);
 void sonde_lua_grpc_opts(lua_State *L, int t, struct sonde_grpc_opts *o);
+/* Read the `tls` table of the options at index t (verify, ca_file,
+ * cert_file, key_file, server_name, min_version "TLS1.2" ..., and
+ * expiry_warning, expiry_failure in seconds) into *o (zeroed first);
+ * returns 1 when the table is there, else 0.  The strings stay anchored
+ * by the table.  Raises on a wrong type or version. */
+int sonde_lua_tls_opts(lua_State *L, int t, struct sonde_tls_opts *o);
 
 /* Register core.worker, core.schedule_stats, core.step and
  * core.next_slot (lworker.c): stack [module, loop] -> [module]. */

@@ -268,7 +268,7 @@ static int l_worker(lua_State *L) {
     if (h == SONDE_H_EXEC) n = sonde_lua_exec_opts(L, 3, o);
     else if (h == SONDE_H_HTTP) n = sonde_lua_http_opts(L, 3, o);
     else if (h == SONDE_H_GRPC) sonde_lua_grpc_opts(L, 3, o);
-    else sonde_lua_tcp_opts(L, 3, o);
+    else n = sonde_lua_tcp_opts(L, 3, o);
     if (n > 0) {           /* the values anchoring the C view of the options */
       lua_createtable(L, n, 0);
       for (int i = 1; i <= n; i++) {

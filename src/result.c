@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sonde/result.h"
+#include "sonde/tls.h"
 
 static const char *const status_names[] = {"success", "warning", "failure",
                                            "unknown"};
@@ -45,6 +46,7 @@ void sonde_result_clear(struct sonde_result *r) {
     free(r->headers[i].value);
   }
   free(r->headers);
+  sonde_tls_facts_free(r->tls);
   memset(r, 0, sizeof *r);
 }
 

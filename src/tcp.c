@@ -22,6 +22,21 @@
  * outcome known inside sonde_tcp_start (connect() refusing at once, no
  * socket, a name known at once not to exist) is delivered from the next
  * loop iteration, through the same event.
+ *
+ * TLS (use_tls) is a phase of its own after the connection: the client
+ * context is made at the start (files loaded then, a bad one fails the
+ * probe before any connection), the SSL on the connected socket, the
+ * handshake driven by the same event until it is done or the deadline
+ * passes (tls_io.c); then the steps, if any, go through TLS.  With a
+ * STARTTLS step the handshake happens there instead: the plain steps
+ * before it, the TLS ones after it, bytes read past its line dropped (a
+ * reply injected before the handshake is not taken as one after it).
+ *
+ * Steps (send / expect, sonde/tcp.h) are a phase of their own, after the
+ * connection ("the conversation", below): the connected socket, the same
+ * event and the one deadline; the steps and their bytes are copied into
+ * the op's block, the read buffer is allocated at the first expect step
+ * and freed with the op.  A probe without steps allocates nothing more.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -37,10 +52,21 @@
 #include <event2/event_struct.h>
 #include <event2/util.h>
 
+#include <time.h>
+
+#include <openssl/ssl.h>
+
 #include "internal.h"
+#include "sonde/expect.h"
+#include "sonde/pattern.h"
 #include "sonde/tcp.h"
+#include "sonde/tls.h"
 
 #define MIN_SHARE 2.0    /* seconds: Go's saneMinimum per address */
+/* the conversation's buffer: a line and its NUL, then the start of the
+ * last line read (for messages) */
+#define LAST_AT (SONDE_TCP_LINE_MAX + 1)
+#define BUF_SIZE (LAST_AT + SONDE_EXPECT_SHOWN)
 
 /* What ended the last attempt (or the lookup). */
 enum what {
@@ -50,7 +76,9 @@ enum what {
   W_TIMEOUT,         /* no connection by the (partial) deadline */
   W_WATCH,           /* the socket could not be watched (event_add) */
   W_LOOKUP,          /* the lookup failed: lookup_status, why, err */
-  W_LOOKUP_TIMEOUT   /* no answer to the lookup by the deadline */
+  W_LOOKUP_TIMEOUT,  /* no answer to the lookup by the deadline */
+  W_TLS,             /* the TLS handshake failed (or its set-up): tls_err */
+  W_TLS_TIMEOUT      /* the TLS handshake not done by the deadline */
 };
 
 struct tcp_op {
@@ -73,6 +101,28 @@ struct tcp_op {
   int err;                         /* errno of W_SOCKET / W_CONNECT ... */
   enum sonde_lookup_status lookup_status;
   const char *why;                 /* W_LOOKUP's text (static) */
+  /* TLS after connecting (use_tls) */
+  struct ssl_ctx_st *tls_ctx;      /* made at the start, or NULL */
+  struct ssl_st *ssl;              /* on fd during the handshake */
+  struct sonde_tls_opts tls;       /* the thresholds (no strings) */
+  char *server_name;               /* tls.server_name copied, or NULL */
+  char tls_err[256];               /* W_TLS's text */
+  int starttls;                    /* TLS at a STARTTLS step, not at once */
+  int ssl_failed;                  /* a TLS read or write failed: no
+                                      close_notify */
+  short want;                      /* the event a step waits for */
+  /* the conversation (steps), after connecting */
+  const struct sonde_tcp_step *steps; /* copies in the op's block */
+  size_t nsteps, step;             /* the step being walked */
+  size_t sent;                     /* bytes of a send step written */
+  char *buf;                       /* read, not yet consumed (BUF_SIZE
+                                      bytes: a line, its NUL, and the
+                                      start of the last line read), or
+                                      NULL before the first expect */
+  size_t blen, total;              /* bytes in buf; read in all */
+  size_t lines;                    /* lines read by this expect step */
+  size_t last_len;                 /* length of the last line read */
+  int eof;                         /* the peer has closed its side */
   char host[];                     /* as given */
 };
 
@@ -81,6 +131,8 @@ static void ev_clear(struct tcp_op *t) {
 }
 
 static void close_fd(struct tcp_op *t) {
+  sonde_tls_io_close(t->ssl, t->what != W_TLS && !t->ssl_failed);
+  t->ssl = NULL;
   if (t->fd >= 0) {
     ev_clear(t);                   /* before close: libevent knows the fd */
     close(t->fd);
@@ -98,6 +150,12 @@ static void tcp_release(struct sonde_op *op, int cancelled) {
   if (t->addrs) evutil_freeaddrinfo(t->addrs);
   t->addrs = t->next = NULL;
   t->tried = NULL;
+  SSL_CTX_free(t->tls_ctx);
+  t->tls_ctx = NULL;
+  free(t->server_name);
+  t->server_name = NULL;
+  free(t->buf);
+  t->buf = NULL;
 }
 
 static const struct sonde_op_vtable tcp_vt = {"tcp", tcp_release};
@@ -200,6 +258,15 @@ static void set_failure(struct tcp_op *t) {
     r->code = ETIMEDOUT;
     sonde_result_set_error(r, "lookup %s: i/o timeout", t->host);
     break;
+  case W_TLS:
+    r->reason = SONDE_R_TLS;
+    sonde_result_set_error(r, "%s", t->tls_err);
+    break;
+  case W_TLS_TIMEOUT:
+    r->reason = SONDE_R_TIMEOUT;
+    r->code = ETIMEDOUT;
+    sonde_result_set_error(r, "TLS handshake not finished: i/o timeout");
+    break;
   case W_NONE:
     r->reason = SONDE_R_DNS;         /* a lookup with no address at all */
     sonde_result_set_error(r, "lookup %s: no such host", t->host);
@@ -223,6 +290,23 @@ static void on_deliver(evutil_socket_t fd, short what, void *arg) {
   sonde_op_complete(arg);
 }
 
+static void converse(struct tcp_op *t);
+
+/* What a TLS read or write did, as recv/send say it. */
+static ssize_t tls_io_result(struct tcp_op *t, enum sonde_tls_io io,
+                             size_t n) {
+  switch (io) {
+  case SONDE_TLS_IO_DONE: return (ssize_t)n;
+  case SONDE_TLS_IO_EOF: return 0;
+  case SONDE_TLS_IO_WANT_READ: t->want = EV_READ; errno = EAGAIN; return -1;
+  case SONDE_TLS_IO_WANT_WRITE: t->want = EV_WRITE; errno = EAGAIN; return -1;
+  case SONDE_TLS_IO_ERROR: break;
+  }
+  t->ssl_failed = 1;
+  errno = EPROTO;
+  return -1;
+}
+
 /* The outcome is known (ok: connected): fill the result in and complete,
  * from the next loop iteration when still inside sonde_tcp_start. */
 static void finish(struct tcp_op *t, int ok) {
@@ -232,6 +316,8 @@ static void finish(struct tcp_op *t, int ok) {
   if (ok) {
     r->status = SONDE_SUCCESS;       /* output "" (NULL: nothing allocated) */
     r->reason = SONDE_R_OK;
+    /* a certificate expiring too soon (TLS) */
+    sonde_tls_judge(r->tls, &t->tls, (double)time(NULL), r);
   } else {
     set_failure(t);
   }
@@ -264,6 +350,7 @@ static const struct sockaddr *next_address(struct tcp_op *t,
 }
 
 static void on_connect(evutil_socket_t fd, short what, void *arg);
+static void tls_start(struct tcp_op *t);
 
 /* Start connecting to the next address that takes it; when none is left,
  * the last failure is the result. */
@@ -323,7 +410,9 @@ static void on_connect(evutil_socket_t fd, short what, void *arg) {
     socklen_t len = sizeof err;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
     if (err == 0) {
-      finish(t, 1);
+      if (t->tls_ctx && !t->starttls) tls_start(t);
+      else if (t->nsteps) converse(t);
+      else finish(t, 1);
       return;
     }
     t->what = W_CONNECT;
@@ -335,6 +424,339 @@ static void on_connect(evutil_socket_t fd, short what, void *arg) {
   }
   close_fd(t);
   try_next(t);
+}
+
+/* ---- TLS after connecting --------------------------------------------------- */
+
+static void on_tls(evutil_socket_t fd, short what, void *arg);
+
+/* One step of the handshake; wait for the socket when it wants to. */
+static void tls_step(struct tcp_op *t) {
+  enum sonde_tls_io io = sonde_tls_io_handshake(t->ssl);
+  if (io == SONDE_TLS_IO_DONE) {
+    struct sonde_tls_facts *f = sonde_tls_facts_of(t->ssl);
+    if (!f) {
+      t->what = W_WATCH;             /* out of memory: unknown resource */
+      finish(t, 0);
+      return;
+    }
+    sonde_tls_facts_free(t->op.res.tls);  /* (one handshake per run) */
+    t->op.res.tls = f;
+    if (t->step < t->nsteps) converse(t);   /* the steps, over TLS */
+    else finish(t, 1);
+    return;
+  }
+  if (io == SONDE_TLS_IO_WANT_READ || io == SONDE_TLS_IO_WANT_WRITE) {
+    double left = t->deadline - sonde_now();
+    if (left < 0) left = 0;
+    ev_clear(t);
+    event_assign(&t->ev, t->op.loop->base, t->fd,
+                 io == SONDE_TLS_IO_WANT_READ ? EV_READ : EV_WRITE, on_tls, t);
+    if (sonde_loop_add_timer(t->op.loop, &t->ev, left) == 0) return;
+    t->what = W_WATCH;
+    finish(t, 0);
+    return;
+  }
+  char buf[200];
+  t->what = W_TLS;
+  snprintf(t->tls_err, sizeof t->tls_err, "TLS handshake: %s",
+           sonde_tls_error(t->ssl, buf, sizeof buf));
+  finish(t, 0);
+}
+
+static void on_tls(evutil_socket_t fd, short what, void *arg) {
+  struct tcp_op *t = arg;
+  (void)fd;
+  if (what & EV_TIMEOUT) {
+    t->what = W_TLS_TIMEOUT;
+    finish(t, 0);
+    return;
+  }
+  tls_step(t);
+}
+
+/* Connected: start the handshake on the socket (the whole deadline is
+ * left to it, not an address's share). */
+static void tls_start(struct tcp_op *t) {
+  const char *name = t->server_name;
+  if (!name && !strchr(t->host, ':')) name = t->host;  /* not IPv6 */
+  t->ssl = sonde_tls_ssl_new(t->tls_ctx, t->fd, name);
+  if (!t->ssl) {
+    t->what = W_WATCH;               /* out of memory: unknown resource */
+    finish(t, 0);
+    return;
+  }
+  tls_step(t);
+}
+
+/* ---- the conversation (steps after connecting) ---------------------------- */
+
+static void on_converse(evutil_socket_t fd, short what, void *arg);
+
+/* The conversation ended with a failure: `msg` is the result's error and
+ * output. */
+static void converse_fail(struct tcp_op *t, sonde_reason reason, int code,
+                          const char *msg) {
+  struct sonde_result *r = &t->op.res;
+  close_fd(t);
+  set_remote_addr(t);
+  /* short of descriptors or memory: the engine's trouble */
+  r->status = reason == SONDE_R_RESOURCE ? SONDE_UNKNOWN : SONDE_FAILURE;
+  r->reason = reason;
+  r->code = code;
+  free(r->error);
+  r->error = strdup(msg);
+  sonde_result_set_output(r, msg, strlen(msg));
+  sonde_op_complete(&t->op);
+}
+
+/* Wait for the socket (EV_READ or EV_WRITE) until the deadline. */
+static void converse_wait(struct tcp_op *t, short what) {
+  double left = t->deadline - sonde_now();
+  if (left < 0) left = 0;
+  ev_clear(t);
+  event_assign(&t->ev, t->op.loop->base, t->fd, what, on_converse, t);
+  if (sonde_loop_add_timer(t->op.loop, &t->ev, left) != 0)
+    converse_fail(t, SONDE_R_RESOURCE, 0, "cannot watch the socket");
+}
+
+/* "(N lines read, last: Q)" / "(nothing read)" */
+static void read_so_far(struct tcp_op *t, char *out, size_t cap) {
+  char q[SONDE_EXPECT_SHOWN * 4 + 8];
+  if (t->lines == 0) {
+    snprintf(out, cap, "(no line read)");
+    return;
+  }
+  size_t shown = t->last_len < SONDE_EXPECT_SHOWN ? t->last_len
+                                                  : SONDE_EXPECT_SHOWN;
+  /* the bytes kept are the first SHOWN: quote them as a cut line */
+  sonde_expect_quote(q, sizeof q, t->buf + LAST_AT, shown, shown);
+  snprintf(out, cap, "(%zu line%s read, last: %s%s)", t->lines,
+           t->lines == 1 ? "" : "s", q, t->last_len > shown ? "..." : "");
+}
+
+static void fail_expect(struct tcp_op *t, const struct sonde_tcp_step *st,
+                        sonde_reason reason, const char *why) {
+  char msg[2048], pat[808], seen[512];
+  sonde_expect_quote(pat, sizeof pat, st->data, st->len, 200);
+  read_so_far(t, seen, sizeof seen);
+  snprintf(msg, sizeof msg, "%s: pattern %s not matched %s %s", st->name,
+           pat, why, seen);
+  converse_fail(t, reason, reason == SONDE_R_TIMEOUT ? ETIMEDOUT : 0, msg);
+}
+
+static void fail_errno(struct tcp_op *t, const struct sonde_tcp_step *st,
+                       int err) {
+  char msg[512], buf[128];
+  if (err == EPROTO && t->ssl_failed) {   /* a TLS read or write */
+    char e[256];
+    snprintf(msg, sizeof msg, "%s: TLS: %s", st->name,
+             sonde_tls_error(t->ssl, e, sizeof e));
+    converse_fail(t, SONDE_R_TLS, 0, msg);
+    return;
+  }
+  snprintf(msg, sizeof msg, "%s: %s", st->name,
+           go_strerror(err, buf, sizeof buf));
+  converse_fail(t, sonde_resource_errno(err) ? SONDE_R_RESOURCE
+                                             : SONDE_R_NETWORK, err, msg);
+}
+
+/* Match the lines in buf against the expect step; 1 when one matched
+ * (consumed through it), 0 when none did (all complete lines consumed),
+ * -1 when the op has ended. */
+static int scan_lines(struct tcp_op *t, const struct sonde_tcp_step *st) {
+  for (;;) {
+    char *nl = memchr(t->buf, '\n', t->blen);
+    size_t len, used;
+    if (nl) {
+      len = (size_t)(nl - t->buf);
+      used = len + 1;
+    } else if (t->eof && t->blen > 0) {
+      len = used = t->blen;         /* the last line, without "\n" */
+    } else {
+      return 0;
+    }
+    if (len > 0 && t->buf[len - 1] == '\r' && nl) len--;
+    char keep = t->buf[len];
+    t->buf[len] = '\0';             /* the pattern sees a NUL past it */
+    size_t shown = len < SONDE_EXPECT_SHOWN ? len : SONDE_EXPECT_SHOWN;
+    memcpy(t->buf + LAST_AT, t->buf, shown);
+    t->last_len = len;
+    t->lines++;
+    int m = sonde_pattern_find(t->buf, len, st->data, st->len, NULL, NULL);
+    if (m == 1) {
+      struct sonde_result *r = &t->op.res;
+      if (sonde_result_set_output(r, t->buf, len) == 0)
+        sonde_clean_text(&r->output, &r->output_len);
+    }
+    t->buf[len] = keep;
+    memmove(t->buf, t->buf + used, t->blen - used);
+    t->blen -= used;
+    if (m == 1) return 1;
+    if (m < 0) {
+      char msg[1024], pat[808];
+      sonde_expect_quote(pat, sizeof pat, st->data, st->len, 200);
+      snprintf(msg, sizeof msg, "%s: pattern %s too complex for a line",
+               st->name, pat);
+      converse_fail(t, SONDE_R_EXPECT, 0, msg);
+      return -1;
+    }
+  }
+}
+
+/* send() or, once TLS is on, SSL_write: bytes written, or -1 with errno
+ * (EAGAIN: wait for t->want; EPROTO: TLS failed, t->tls_err says why). */
+static ssize_t io_send(struct tcp_op *t, const char *p, size_t n) {
+  t->want = EV_WRITE;
+  if (!t->ssl) return send(t->fd, p, n, MSG_NOSIGNAL);
+  size_t put = 0;
+  enum sonde_tls_io io = sonde_tls_io_write(t->ssl, p, n, &put);
+  return tls_io_result(t, io, put);
+}
+
+/* recv() or SSL_read: bytes read, 0 at the end, or -1 with errno as
+ * io_send. */
+static ssize_t io_recv(struct tcp_op *t, char *p, size_t n) {
+  t->want = EV_READ;
+  if (!t->ssl) return recv(t->fd, p, n, 0);
+  size_t got = 0;
+  enum sonde_tls_io io = sonde_tls_io_read(t->ssl, p, n, &got);
+  return tls_io_result(t, io, got);
+}
+
+/* Walk the steps from t->step on, until one must wait or all are done. */
+static void converse(struct tcp_op *t) {
+  while (t->step < t->nsteps) {
+    const struct sonde_tcp_step *st = &t->steps[t->step];
+    if (st->kind == SONDE_TCP_STARTTLS) {
+      if (!t->tls_ctx || t->ssl) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s: starttls: %s", st->name,
+                 t->ssl ? "TLS is on already" : "no TLS options");
+        converse_fail(t, SONDE_R_CONFIG, 0, msg);
+        return;
+      }
+      t->step++;
+      t->blen = 0;                   /* nothing read before counts after */
+      t->lines = 0;
+      tls_start(t);
+      return;
+    }
+    if (st->kind == SONDE_TCP_SEND) {
+      while (t->sent < st->len) {
+        ssize_t n = io_send(t, st->data + t->sent, st->len - t->sent);
+        if (n > 0) {
+          t->sent += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          converse_wait(t, t->want);
+          return;
+        } else if (n < 0 && errno == EINTR) {
+          continue;
+        } else {
+          fail_errno(t, st, n < 0 ? errno : EPIPE);
+          return;
+        }
+      }
+      t->sent = 0;
+      t->step++;
+      continue;
+    }
+    /* expect */
+    if (!t->buf && !(t->buf = malloc(BUF_SIZE))) {
+      converse_fail(t, SONDE_R_RESOURCE, ENOMEM, "out of memory");
+      return;
+    }
+    int m = scan_lines(t, st);
+    if (m < 0) return;
+    if (m == 1) {
+      t->lines = 0;
+      t->step++;
+      continue;
+    }
+    if (t->eof) {
+      fail_expect(t, st, SONDE_R_EXPECT, "before the connection closed");
+      return;
+    }
+    if (t->blen >= SONDE_TCP_LINE_MAX) {
+      char msg[1024], q[SONDE_EXPECT_SHOWN * 4 + 8];
+      sonde_expect_quote(q, sizeof q, t->buf, t->blen, SONDE_EXPECT_SHOWN);
+      snprintf(msg, sizeof msg, "%s: a line longer than %d bytes (first %d "
+               "bytes: %s)", st->name, SONDE_TCP_LINE_MAX,
+               SONDE_EXPECT_SHOWN, q);
+      converse_fail(t, SONDE_R_EXPECT, 0, msg);
+      return;
+    }
+    if (t->total >= SONDE_TCP_READ_MAX) {
+      char why[64];
+      snprintf(why, sizeof why, "in the %d bytes read", SONDE_TCP_READ_MAX);
+      fail_expect(t, st, SONDE_R_EXPECT, why);
+      return;
+    }
+    size_t room = SONDE_TCP_LINE_MAX - t->blen;
+    if (room > SONDE_TCP_READ_MAX - t->total)
+      room = SONDE_TCP_READ_MAX - t->total;
+    ssize_t n = io_recv(t, t->buf + t->blen, room);
+    if (n > 0) {
+      t->blen += (size_t)n;
+      t->total += (size_t)n;
+    } else if (n == 0) {
+      t->eof = 1;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      converse_wait(t, t->want);
+      return;
+    } else if (errno != EINTR) {
+      fail_errno(t, st, errno);
+      return;
+    }
+  }
+  finish(t, 1);
+}
+
+static void on_converse(evutil_socket_t fd, short what, void *arg) {
+  struct tcp_op *t = arg;
+  (void)fd;
+  if (what & EV_TIMEOUT) {
+    const struct sonde_tcp_step *st = &t->steps[t->step];
+    if (st->kind == SONDE_TCP_SEND) {
+      char msg[256];
+      snprintf(msg, sizeof msg, "%s: not all sent by the deadline (%zu of "
+               "%zu bytes)", st->name, t->sent, st->len);
+      converse_fail(t, SONDE_R_TIMEOUT, ETIMEDOUT, msg);
+    } else {
+      fail_expect(t, st, SONDE_R_TIMEOUT, "by the deadline");
+    }
+    return;
+  }
+  converse(t);
+}
+
+/* The steps and their bytes, copied after the host in the op's block
+ * (`at`: the offset of the steps, aligned). */
+static size_t steps_size(const struct sonde_tcp_opts *o) {
+  size_t n = o->nsteps * sizeof(struct sonde_tcp_step);
+  for (size_t i = 0; i < o->nsteps; i++)
+    n += o->steps[i].len + 1 + strlen(o->steps[i].name) + 1;
+  return n;
+}
+
+static void copy_steps(struct tcp_op *t, char *at,
+                       const struct sonde_tcp_opts *o) {
+  struct sonde_tcp_step *st = (struct sonde_tcp_step *)(void *)at;
+  char *w = at + o->nsteps * sizeof *st;
+  for (size_t i = 0; i < o->nsteps; i++) {
+    size_t nl = strlen(o->steps[i].name);
+    st[i].kind = o->steps[i].kind;
+    st[i].len = o->steps[i].len;
+    memcpy(w, o->steps[i].data, st[i].len);
+    w[st[i].len] = '\0';
+    st[i].data = w;
+    w += st[i].len + 1;
+    memcpy(w, o->steps[i].name, nl + 1);
+    st[i].name = w;
+    w += nl + 1;
+  }
+  t->steps = st;
+  t->nsteps = o->nsteps;
 }
 
 /* ---- names ---------------------------------------------------------------- */
@@ -406,9 +828,12 @@ uint64_t sonde_tcp_start(struct sonde_loop *loop,
                          const struct sonde_tcp_opts *o, sonde_result_cb cb,
                          void *arg) {
   size_t hlen = strlen(o->host);
-  struct tcp_op *t = calloc(1, sizeof *t + hlen + 1);
+  size_t at = (sizeof(struct tcp_op) + hlen + 1 + 15) / 16 * 16;  /* the steps */
+  struct tcp_op *t = calloc(1, o->nsteps ? at + steps_size(o)
+                                         : sizeof *t + hlen + 1);
   if (!t) return 0;
   memcpy(t->host, o->host, hlen + 1);
+  if (o->nsteps) copy_steps(t, (char *)t + at, o);
   t->op.vt = &tcp_vt;
   t->fd = -1;
   t->port = o->port;
@@ -417,6 +842,27 @@ uint64_t sonde_tcp_start(struct sonde_loop *loop,
   if (!(secs > 0)) secs = 0;
   t->deadline = t->op.start + secs;
   t->starting = 1;
+  if (o->use_tls) {
+    t->tls = o->tls;
+    t->tls.ca_file = t->tls.cert_file = t->tls.key_file = NULL;
+    t->tls.server_name = NULL;
+    if (o->tls.server_name && *o->tls.server_name &&
+        !(t->server_name = strdup(o->tls.server_name))) {
+      t->what = W_WATCH;             /* out of memory */
+      finish(t, 0);
+      t->starting = 0;
+      return id;
+    }
+    for (size_t i = 0; i < o->nsteps; i++)
+      if (o->steps[i].kind == SONDE_TCP_STARTTLS) t->starttls = 1;
+    t->tls_ctx = sonde_tls_ctx_new(&o->tls, t->tls_err, sizeof t->tls_err);
+    if (!t->tls_ctx) {
+      t->what = W_TLS;
+      finish(t, 0);
+      t->starting = 0;
+      return id;
+    }
+  }
   if (parse_literal(t)) {
     t->left = 1;
     try_next(t);

@@ -6,7 +6,7 @@
  *     `Connection: close`), no TLS session resumed (not another probe's,
  *     not a redirect hop's: Go's client has no session cache), no proxy
  *     from the environment, no automatic compression, TLS certificates not
- *     verified unless tls_verify;
+ *     verified unless tls.verify;
  *   - default headers `User-Agent: <user_agent>` and `Accept: * / *`; a user
  *     header User-Agent or Accept whose first value is "" removes the line;
  *     a Host header sets the request host, the connection still goes to the
@@ -26,6 +26,10 @@
  *     error, the transfer ends there;
  *   - one deadline (timeout) bounds resolution, connect, TLS, every hop,
  *     headers and body.
+ * With `expect` (copied with the options), the response is then judged
+ * against it (sonde/expect.h): status codes accepted instead of the
+ * kubelet's classes, max_duration, header and body patterns; an unmet one
+ * is a failure, reason expect.
  * A header value holding CR, LF or NUL fails the probe (reason config)
  * before anything is sent.
  *
@@ -53,6 +57,13 @@
  * are not UTF-8 are replaced with '?'; body and headers are as received.
  * libcurl never writes to stderr (no verbose mode, no progress meter).
  *
+ * TLS (sonde/tls.h): the options of `tls` apply to every hop; the result
+ * of a request answered over TLS carries the facts of the connection that
+ * answered last (result.tls, taken when its first header arrived).  Their
+ * expiry is judged (sonde_tls_judge) before the status code: a
+ * certificate closer to its end than tls.expiry_warning/_failure makes a
+ * warning/failure, reason tls_expiry, whatever the status.
+ *
  * Cost: libcurl easy handles are reused from a pool the loop keeps (up to
  * 64 idle, freed with the loop); a probe sees nothing of the probes that
  * ran on its handle before (options, headers, body, TLS settings, errors).
@@ -66,7 +77,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sonde/expect.h"
 #include "sonde/loop.h"
+#include "sonde/tls.h"
 
 #define SONDE_MAX_BODY_DEFAULT 10240 /* bytes, kubelet maxRespBodyLength */
 #define SONDE_MAX_REDIRECTS 10
@@ -90,8 +103,10 @@ struct sonde_http_opts {
   size_t max_body;                      /* bytes */
   int max_redirects;
   int follow_redirects;                 /* SONDE_FOLLOW_* */
-  int tls_verify;                       /* verify peer and host name */
-  const char *ca_file;                  /* CA bundle, or NULL */
+  struct sonde_tls_opts tls;            /* sonde/tls.h; verify 0 */
+  const struct sonde_http_expect *expect; /* judged on the response
+                                           (sonde/expect.h), or NULL:
+                                           the kubelet's classes only */
 };
 
 /* Defaults: GET, timeout 1 s, max_body 10240, 10 redirects on the same

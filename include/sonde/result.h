@@ -38,6 +38,7 @@ typedef enum {
   X(DNS, "dns")               /* the host name did not resolve */           \
   X(NETWORK, "network")       /* other connect/transport error */           \
   X(TLS, "tls")               /* TLS handshake or verification failed */    \
+  X(TLS_EXPIRY, "tls_expiry") /* a peer certificate expires too soon */     \
   X(HTTP_STATUS, "http_status") /* HTTP: the status code decided */         \
   X(REDIRECT, "redirect")     /* HTTP: redirect not followed, or too many */\
   X(GRPC_STATUS, "grpc_status") /* gRPC: the call's status or the    \
@@ -45,7 +46,9 @@ typedef enum {
   X(PROTOCOL, "protocol")     /* HTTP: no reply or a malformed reply */     \
   X(CONFIG, "config")         /* the request could not be built */          \
   X(RESOURCE, "resource")     /* the engine ran out of fds/processes/mem */ \
-  X(CANCELLED, "cancelled")   /* the probe was cancelled before its end */
+  X(CANCELLED, "cancelled")   /* the probe was cancelled before its end */\
+  X(EXPECT, "expect")         /* an expectation was not met (expect.h, */ \
+                              /* the TCP prober's expect steps) */
 
 typedef enum {
 #define SONDE_REASON_ENUM(id, name) SONDE_R_##id,
@@ -53,6 +56,8 @@ typedef enum {
 #undef SONDE_REASON_ENUM
   SONDE_R__COUNT
 } sonde_reason;
+
+struct sonde_tls_facts; /* sonde/tls.h */
 
 /* One response header (HTTP).  Both strings are NUL-terminated. */
 struct sonde_header {
@@ -105,6 +110,10 @@ struct sonde_result {
   char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
                             (TCP: the address tried last, also when that
                             failed) */
+
+  /* HTTPS and TCP with TLS: the peer's certificate facts (sonde/tls.h),
+   * owned by the result, or NULL when no TLS connection was made */
+  struct sonde_tls_facts *tls;
 };
 
 /* Name of a status ("success" ...) or reason ("ok" ...); never NULL. */

@@ -9,12 +9,15 @@
 
 #include "sonde/exec.h"
 #include "sonde/expand.h"
+#include "sonde/expect.h"
 #include "sonde/grpc.h"
 #include "sonde/http.h"
 #include "sonde/loop.h"
+#include "sonde/pattern.h"
 #include "sonde/pb.h"
 #include "sonde/result.h"
 #include "sonde/tcp.h"
+#include "sonde/tls.h"
 
 #ifndef SONDE_VERSION
 #define SONDE_VERSION "0.1.0"

@@ -19,7 +19,8 @@
 --     its first `STATUS_OUTPUT` (256) bytes, with `output_bytes` the whole
 --     length when cut: the endpoint does not republish what targets sent.
 --     `/status?output=1` gives `output` whole and `body` too.  URL
---     credentials are masked (`user:xxxxx@`, sonde.redact).
+--     credentials are masked (`user:xxxxx@`, sonde.redact).  A result
+--     that came over TLS keeps its `tls` facts table.
 --
 -- Bounds (M.limits; src/lhttpd.c has the details): at most 64 connections
 -- at once (at the cap the listener stops accepting: new connections wait
@@ -57,6 +58,10 @@ function M.status(cfg, full)
         if type(v) ~= "function" and type(v) ~= "table" then last[k] = v end
       end
       last.url = redact.url(last.url)
+      -- the peer certificate facts of a TLS probe (sonde.http_get)
+      if type(p.last_result.tls) == "table" then
+        last.tls = p.last_result.tls
+      end
       if not full then
         last.body = nil
         local out = last.output

@@ -16,9 +16,10 @@
 --   * `status`: `"success"`, `"warning"`, `"failure"` or `"unknown"`;
 --   * `reason`: one of `ok`, `exit_code`, `signal`, `timeout`, `not_found`,
 --     `permission`, `spawn`, `connect_refused`, `connect_timeout`, `dns`,
---     `network`, `tls`, `http_status`, `grpc_status`, `redirect`,
---     `protocol`, `config`,
---     `resource`, `cancelled`; declared probes add `hook_error` (a hook
+--     `network`, `tls`, `tls_expiry`, `http_status`, `grpc_status`,
+--     `redirect`, `protocol`, `config`, `resource`, `cancelled`, `expect`
+--     (an expectation of http_get or tcp_socket was not met: see
+--     sonde.expect); declared probes add `hook_error` (a hook
 --     raised or hit its bound, or the hook or check is quarantined:
 --     status unknown), `check_error` (a custom check raised or
 --     returned nonsense: failure) and `check` (a custom check's own
@@ -244,11 +245,27 @@ end
 --     connect, TLS, every redirect hop, headers and body;
 --   * `max_body`: bytes of body read, default 10240 (kubelet); reaching it
 --     is not an error;
---   * `tls = { verify = false, ca_file = nil }`: certificates are not
---     verified unless verify is true (kubelet);
+--   * `tls = { verify, ca_file, cert_file, key_file, server_name,
+--     min_version, expiry_warning, expiry_failure }`: certificates are not
+--     verified unless verify is true (kubelet); `ca_file` the PEM CAs
+--     trusted instead of the system's; `cert_file` and `key_file` a client
+--     certificate (mutual TLS); `server_name` the SNI sent and the name
+--     verified (the connection still goes to the URL's host, the Host
+--     header stays the URL's); `min_version` "TLS1.0" .. "TLS1.3" (or
+--     blackbox_exporter's "TLS10" .. "TLS13"); `expiry_warning`,
+--     `expiry_failure` (seconds, no default): a peer certificate expiring
+--     sooner makes the result a warning / failure, reason tls_expiry,
+--     whatever the status code (an expired one: failure);
 --   * `follow_redirects`: "same-host" (default, kubelet), "same-origin"
 --     (scheme, hostname and port unchanged) or "none"; a redirect not
---     followed ends the probe with its 3xx (a warning, reason redirect).
+--     followed ends the probe with its 3xx (a warning, reason redirect);
+--   * `expect`: what the response must show, `{ status = { 200, 401 } |
+--     "2xx" | 200, max_duration = seconds, headers = { [name] = pattern },
+--     body = pattern, body_not = pattern, json = { ["$.a.b[0]"] = value }
+--     }` (Lua patterns); judged in that order, the first unmet one makes
+--     the result a failure, reason expect, its output saying what was
+--     expected and seen; `status` replaces the classification below.
+--     See sonde.expect (lua/sonde/expect.lua) for the details.
 --
 -- Classification (kubelet): 2xx success (output = body); 3xx warning,
 -- reason redirect (output `Probe terminated redirects, Response body:
@@ -260,8 +277,13 @@ end
 -- the final response.  Result fields beyond the common ones:
 -- `http_status`, `body`, `headers` (lowercase name -> value, repeats
 -- joined with ", "), `url` (last URL requested), `redirects`,
--- `remote_addr`, `truncated`.  A password in a URL shown in `url`,
--- `error` or `output` is masked (`user:xxxxx@`).  Status unknown, reason
+-- `remote_addr`, `truncated`, and over TLS `tls`: the peer certificate
+-- facts `{ earliest_expiry, last_chain_expiry (seconds since the epoch;
+-- the latter only for a verified chain), verified, subject, issuer,
+-- dns_names = {...}, serial, fingerprint_sha256, version ("TLS 1.3"),
+-- cipher }` (blackbox_exporter's definitions, see sonde/tls.h).  A
+-- password in a URL shown in `url`, `error` or `output` is masked
+-- (`user:xxxxx@`).  Status unknown, reason
 -- resource: no socket could be opened (out of descriptors) or out of
 -- memory; failure, reason protocol: a header line over 100 KB or headers
 -- over 300 KB; a TLS handshake stalled after the TCP connect is timeout,
@@ -276,7 +298,15 @@ end
 --- Open a TCP connection and close it (kubelet tcpSocket probe).
 --
 -- spec fields: `host` (default "127.0.0.1"; IPv6 bare), `port` (1..65535
--- or a name in `ports`), `ports`, `timeout` (seconds, > 0, default 1).
+-- or a name in `ports`), `ports`, `timeout` (seconds, > 0, default 1),
+-- and a line protocol check once connected, within the same timeout:
+-- `send` (bytes, e.g. "PING\r\n") and `expect` (a Lua pattern: lines are
+-- read until one matches, e.g. "^%+PONG"), or `expect` as a list of
+-- steps: `{ { expect = "^220" }, { send = "EHLO sonde\r\n" },
+-- { expect = "^250 " } }`.
+-- An unmet expectation is a failure, reason expect (timeout when the
+-- deadline passes first); on success the output is the last line matched.
+-- See sonde.expect.
 -- A name is resolved on the loop (/etc/hosts, then the name servers of
 -- /etc/resolv.conf) and its addresses tried in turn, all within `timeout`.
 -- Connected: success (output ""); refused: failure connect_refused; no
@@ -285,6 +315,21 @@ end
 -- network.  `output` is the kubelet's ("dial tcp 127.0.0.1:80: connect:
 -- connection refused").  Result adds `remote_addr` (the address tried
 -- last).
+--
+-- `tls = { ... }` (the fields of http_get's `tls`): a TLS handshake right
+-- after connecting, within the same `timeout` (blackbox_exporter's tcp
+-- prober with `tls: true`); the SNI and the name verified are
+-- `server_name`, else `host` when it is a name.  Handshake failed:
+-- failure tls ("dial tcp ADDR: TLS handshake: certificate verify failed:
+-- ..."); not done by the deadline: failure timeout ("TLS handshake not
+-- finished: i/o timeout"); a ca_file, cert_file or key_file that cannot
+-- be read: failure tls, before connecting.  The result then has `tls`
+-- (the certificate facts, as for https) and the expiry thresholds apply.
+-- With `send`/`expect` steps, they go through TLS; a step with
+-- `starttls = true` (SMTP, IMAP, POP3 ... STARTTLS) makes the handshake
+-- happen there instead, after that step's expect and send, with `tls`'s
+-- options (none given: the defaults); what was read in clear past the
+-- step's line is dropped.  A TLS error in a later step: failure tls.
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)

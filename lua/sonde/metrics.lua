@@ -13,6 +13,13 @@
 --     serving_status}` 1 for the serving status the last run received
 --     (UNKNOWN, SERVING, NOT_SERVING, SERVICE_UNKNOWN), 0 for the others
 --     (all 0 when none was received), as blackbox_exporter's grpc prober;
+--   * for probes whose last result came over TLS (HTTPS, TCP with `tls`),
+--     blackbox_exporter's series: `probe_ssl_earliest_cert_expiry`,
+--     `probe_ssl_last_chain_expiry_timestamp_seconds` (only when the chain
+--     verified), `probe_ssl_last_chain_info{fingerprint_sha256,subject,
+--     issuer,subjectalternative,serialnumber}` 1,
+--     `probe_tls_version_info{version}` 1, `probe_tls_cipher_info{cipher}`
+--     1;
 --   * `sonde_probe_runs_total{status}` runs by result status (counter);
 --   * `sonde_probe_state{state}` 1 for the current state (success,
 --     failure, unknown), 0 for the others;
@@ -314,6 +321,60 @@ function M.render(cfg)
           last[p].serving_status == st and 1 or 0)
       end
     end
+  end
+  -- blackbox_exporter's TLS series (prober/http.go, prober/tls.go), for
+  -- probes whose last result came over TLS
+  local tls = {}
+  for _, p in ipairs(probes) do
+    local t = last[p] and last[p].tls
+    if type(t) == "table" then tls[#tls + 1] = { p, t } end
+  end
+  if #tls > 0 then
+    family("probe_ssl_earliest_cert_expiry", "gauge",
+      "Returns last SSL chain expiry in unixtime")
+    for _, e in ipairs(tls) do
+      if e[2].earliest_expiry then
+        local c = probe_labels(e[1])
+        psample(c, "probe_ssl_earliest_cert_expiry", c.pl,
+          e[2].earliest_expiry)
+      end
+    end
+    family("probe_ssl_last_chain_expiry_timestamp_seconds", "gauge",
+      "Returns last SSL chain expiry in timestamp")
+    for _, e in ipairs(tls) do
+      if e[2].last_chain_expiry then
+        local c = probe_labels(e[1])
+        psample(c, "probe_ssl_last_chain_expiry_timestamp_seconds", c.pl,
+          e[2].last_chain_expiry)
+      end
+    end
+    local function info(name, help, keys, values)
+      family(name, "gauge", help)
+      for _, e in ipairs(tls) do
+        local p = e[1]
+        local v = values(e[2])
+        v.probe, v.kind = p.name, p.kind
+        sample(name, labels(v, keys), 1)
+      end
+    end
+    info("probe_ssl_last_chain_info", "Contains SSL leaf certificate information",
+      { "probe", "kind", "fingerprint_sha256", "subject", "issuer",
+        "subjectalternative", "serialnumber" }, function(t)
+        return { fingerprint_sha256 = t.fingerprint_sha256,
+          subject = t.subject, issuer = t.issuer,
+          subjectalternative = table.concat(t.dns_names or {}, ","),
+          serialnumber = t.serial }
+      end)
+    info("probe_tls_version_info",
+      "Returns the TLS version used or NaN when unknown",
+      { "probe", "kind", "version" }, function(t)
+        return { version = t.version }
+      end)
+    info("probe_tls_cipher_info",
+      "Returns the TLS cipher negotiated during handshake",
+      { "probe", "kind", "cipher" }, function(t)
+        return { cipher = t.cipher }
+      end)
   end
   family("sonde_probe_runs_total", "counter", "Probe runs by result status.")
   for _, p in ipairs(probes) do

@@ -251,11 +251,20 @@ function M.new(spec, owner)
     handler = C_HANDLER[handler], opts = self.opts,
     on_event = Probe.on_event, ctx = self,
   }
-  self.worker:set_filter(spec.on_result ~= nil)
+  self.worker:set_filter(self:filtered())
   if handler == "check" then
     self.on_done = function(r) self:handle(r) end
   end
   return self
+end
+
+-- Whether the worker hands each result to Lua before counting it: for an
+-- on_result hook, and for expectations judged in Lua (http_get's json:
+-- the handler's finish judges them).  A probe without either is counted
+-- in C.
+function Probe:filtered()
+  return self.spec.on_result ~= nil
+    or (self.opts ~= nil and self.opts.expect_json ~= nil)
 end
 
 --- Back to the seed state (the counting state; counters stay).
@@ -670,7 +679,7 @@ end
 function Probe:adopt(new)
   self.spec = new.spec
   self.on_failure, self.on_recovery = new.on_failure, new.on_recovery
-  self.worker:set_filter(new.spec.on_result ~= nil)
+  self.worker:set_filter(self:filtered())
   new.worker:stop()
   self.owner = new.owner
   local mine, theirs = rawget(self, "scope"), rawget(new, "scope")

@@ -12,6 +12,7 @@ local core = require "sonde.core"
 local validate = require "sonde.validate"
 local nagios = require "sonde.nagios"
 local redact = require "sonde.redact"
+local expect = require "sonde.expect"
 
 local M = {}
 
@@ -230,10 +231,51 @@ local function absolute_url(ctx, url, field)
   return url
 end
 
-M.tls_schema = validate.schema {
+-- TLS protocol versions by the names `min_version` takes: sonde's
+-- ("TLS1.2") and blackbox_exporter's ("TLS12").
+local TLS_VERSIONS = { ["TLS1.0"] = "TLS1.0", ["TLS1.1"] = "TLS1.1",
+  ["TLS1.2"] = "TLS1.2", ["TLS1.3"] = "TLS1.3", TLS10 = "TLS1.0",
+  TLS11 = "TLS1.1", TLS12 = "TLS1.2", TLS13 = "TLS1.3" }
+
+local function tls_version(ctx, v, field)
+  validate.checks.string(ctx, v, field)
+  local n = TLS_VERSIONS[v:upper()]
+  if not n then
+    fail(ctx, field, "must be TLS1.0, TLS1.1, TLS1.2 or TLS1.3 (or TLS10 .. "
+      .. "TLS13), got %s", show(v))
+  end
+  return n
+end
+
+local TLS_FIELDS = validate.schema {
   { "verify", "boolean", default = false },
-  { "ca_file", "string" },
+  { "ca_file", "string", nonempty = true },
+  { "cert_file", "string", nonempty = true },
+  { "key_file", "string", nonempty = true },
+  { "server_name", "string", nonempty = true },
+  { "min_version", tls_version },
+  { "expiry_warning", "seconds" },
+  { "expiry_failure", "seconds" },
 }
+
+--- The `tls` table of http_get and tcp_socket (see sonde.http_get):
+-- verify, ca_file, cert_file, key_file (mutual TLS; key_file needs
+-- cert_file, cert_file alone holds both), server_name (SNI and the name
+-- verified), min_version, expiry_warning, expiry_failure (seconds; no
+-- default: off).
+-- @raise naming the field
+function M.tls_schema(ctx, v, field)
+  local s = TLS_FIELDS:apply(ctx, v, field)
+  if s.key_file and not s.cert_file then
+    fail(ctx, field .. ".key_file", "needs cert_file")
+  end
+  if s.expiry_warning and s.expiry_failure
+      and s.expiry_failure > s.expiry_warning then
+    fail(ctx, field .. ".expiry_failure", "must not exceed expiry_warning "
+      .. "(%s), got %s", show(s.expiry_warning), show(s.expiry_failure))
+  end
+  return s
+end
 
 --- Which redirects an http_get probe follows (`follow_redirects`):
 -- "same-host" (the default, kubelet: the hostname of the first URL, any
@@ -259,6 +301,7 @@ M.http_schema = validate.schema {
   { "tls", M.tls_schema },
   { "follow_redirects", "enum", values = M.FOLLOW_REDIRECTS,
     default = "same-host" },
+  { "expect", "table" },        -- checked by sonde.expect (needs method)
 }
 
 --- Check an http_get spec and make the core's options (the URL built from
@@ -276,12 +319,28 @@ local function http_prepare(ctx, spec)
     local port = validate.port_of(ctx, s.port, s.ports, "port")
     url = core.format_url(s.scheme or "http", s.host, port, s.path or "/")
   end
+  local c_expect, json_expect
+  if s.expect then
+    c_expect, json_expect = expect.http(ctx, s.expect, "expect", s.method)
+  end
   return {
     url = url, method = s.method, body = s.body, headers = s.headers or {},
     timeout = s.timeout, max_body = s.max_body,
     follow_redirects = s.follow_redirects,
-    tls_verify = s.tls and s.tls.verify, ca_file = s.tls and s.tls.ca_file,
+    tls = s.tls,
+    -- judged by the core (status, max_duration, headers, body, body_not)
+    -- and, for json, by http_finish (the result must then pass through
+    -- Lua: sonde.probe filters such a probe's results)
+    expect = c_expect, expect_json = json_expect,
   }
+end
+
+-- What an http_get run's result becomes before anyone sees it: URL
+-- passwords masked, then the json expectations judged.
+local function http_finish(opts, r)
+  r = redact.http_result(r)
+  if opts.expect_json then r = expect.judge_json(opts.expect_json, r) end
+  return r
 end
 
 ---------------------------------------------------------------------------
@@ -293,12 +352,26 @@ M.tcp_schema = validate.schema {
   { "port", "port", required = true },
   { "ports", "ports" },
   { "timeout", "seconds", default = 1 },
+  { "tls", M.tls_schema },
+  { "send", "string", allow_nul = true },     -- both checked by
+  { "expect", function(_, v) return v end },  -- sonde.expect.tcp
 }
 
+--- Check a tcp_socket spec and make the core's options; `send` and
+-- `expect` become the steps the connection walks once connected (see
+-- sonde.expect).  `tls`: a TLS handshake right after connecting, or, with
+-- a `starttls = true` step, at that step (its options then; none given:
+-- the defaults).
 local function tcp_prepare(ctx, spec)
   local s = M.tcp_schema:apply(ctx, spec)
+  local steps = expect.tcp(ctx, spec)
+  -- a STARTTLS step: TLS there (with `tls`'s options), not on connect
+  local tls = s.tls
+  for _, st in ipairs(steps or {}) do
+    if st.kind == "starttls" then tls = tls or {} end
+  end
   return { host = s.host, port = validate.port_of(ctx, s.port, s.ports, "port"),
-           timeout = s.timeout }
+           timeout = s.timeout, tls = tls, steps = steps }
 end
 
 ---------------------------------------------------------------------------
@@ -420,8 +493,8 @@ M.handlers = {
   exec = { prepare = exec_prepare, start = exec_start, finish = exec_finish },
   -- URL credentials are masked in the result (sonde.redact.http_result)
   http_get = { prepare = http_prepare, start = function(opts, cb)
-    return core.http(opts, function(r) cb(redact.http_result(r)) end)
-  end, finish = function(_, r) return redact.http_result(r) end },
+    return core.http(opts, function(r) cb(http_finish(opts, r)) end)
+  end, finish = http_finish },
   tcp_socket = { prepare = tcp_prepare, start = core.tcp,
     finish = function(_, r) return r end },
   grpc = { prepare = grpc_prepare, start = core.grpc,

@@ -40,8 +40,10 @@ describe("the Lua modules", function()
         local code = line:gsub("%-%-.*$", "")
         if code:find("require%s*[%(\"']") then
           local top = code:match('^local [%w_]+ = require "sonde[%w.]*"$')
-          -- optional libraries (lyaml) are loaded where they are used
+          -- optional libraries (lyaml; cjson.safe, for json expectations)
+          -- are loaded where they are used
           local optional = code:find('pcall(require, "lyaml")', 1, true)
+            or code:find('pcall(require, "cjson.safe")', 1, true)
           if not top and not optional then
             late[#late + 1] = string.format("%s:%d: %s", path, n, line)
           end

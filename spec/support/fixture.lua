@@ -10,8 +10,10 @@
 --
 -- opts: host ("127.0.0.1"), mode ("http"; "tcp-full": a full accept queue;
 -- "silent": accepts, never reads nor answers; "dns": a DNS server on UDP,
--- names listed in the server's source), log (keep the requests, or the
--- DNS questions), port (0: any), max_seconds (300).
+-- names listed in the server's source; "line": a line protocol, PING ->
+-- +PONG, EHLO, QUIT and hostile commands, see the server's source), log
+-- (keep the requests, the DNS questions or the lines read), port (0: any),
+-- max_seconds (300), banner (mode line: the line sent at connect).
 return function(H)
   local q = H.q
   local Server = {}
@@ -35,6 +37,10 @@ return function(H)
     local args = { q(bin), "--host", q(host), "--mode", q(mode),
       "--port", tostring(opts.port or 0),
       "--max-seconds", tostring(opts.max_seconds or 300) }
+    if opts.banner then
+      args[#args + 1] = "--banner"
+      args[#args + 1] = q(opts.banner)
+    end
     if srv.log_path then
       args[#args + 1] = "--log"
       args[#args + 1] = q(srv.log_path)
