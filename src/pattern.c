@@ -2,13 +2,35 @@
  * pattern.c - Lua 5.4 pattern matching without a Lua state
  * (include/sonde/pattern.h).
  *
- * The matcher is Lua 5.4.4's (lstrlib.c, "PATTERN MATCHING"), Copyright
- * (C) 1994-2022 Lua.org, PUC-Rio, under the MIT license (as sonde), with
- * two changes: errors that depend only on the pattern are found before
+ * The matcher is Lua 5.4.4's (lstrlib.c, "PATTERN MATCHING"), with two
+ * changes: errors that depend only on the pattern are found before
  * matching, by sonde_pattern_check (so the matcher never meets them), and
  * the one error that depends on the subject ("pattern too complex") sets
  * a flag instead of raising: every match call after it fails at once, and
  * sonde_pattern_find reports -1 whatever the frames above it made of it.
+ *
+ * The code taken from Lua is under Lua's license:
+ *
+ * Copyright (C) 1994-2022 Lua.org, PUC-Rio.
+ *
+ * Permission is hereby granted, free of charge, to any person obtaining
+ * a copy of this software and associated documentation files (the
+ * "Software"), to deal in the Software without restriction, including
+ * without limitation the rights to use, copy, modify, merge, publish,
+ * distribute, sublicense, and/or sell copies of the Software, and to
+ * permit persons to whom the Software is furnished to do so, subject to
+ * the following conditions:
+ *
+ * The above copyright notice and this permission notice shall be
+ * included in all copies or substantial portions of the Software.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND,
+ * EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF
+ * MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT.
+ * IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY
+ * CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT,
+ * TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE
+ * SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
  */
 #include <ctype.h>
 #include <stddef.h>
