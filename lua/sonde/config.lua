@@ -173,8 +173,9 @@ function Config:start()
   for _, s in ipairs(self.services) do
     if not s.pod then s:start() end
   end
-  for _, p in ipairs(self.pods) do p:start() end
   start_probes(self.probes)
+  -- (after the probes: a pod waits on its sidecars' startup probes)
+  for _, p in ipairs(self.pods) do p:start() end
 end
 
 --- Stop the load for good: probes (in-flight runs cancelled), tasks
@@ -371,14 +372,14 @@ function M.apply(old, new)
   for _, s in ipairs(new.services) do
     if s.state == "new" and not s.pod then new:start_service(s) end
   end
-  for _, p in ipairs(new.pods) do
-    if not kept[p] then p:start(leaving_pods) end
-  end
   local fresh = {}
   for _, p in ipairs(new.probes) do
     if not kept[p] then fresh[#fresh + 1] = p end
   end
   start_probes(fresh)
+  for _, p in ipairs(new.pods) do
+    if not kept[p] then p:start(leaving_pods) end
+  end
   return new
 end
 
