@@ -654,6 +654,48 @@ spec:
   end)
 
   ---------------------------------------------------------------------------
+  it("examples/pod-sidecar.yaml runs as its header says", function()
+    local text = assert(read_file("examples/pod-sidecar.yaml"))
+    local port = helpers.closed_port()
+    local n
+    text, n = text:gsub("/tmp/sonde%-pod%-demo", wdir)
+    assert.is_true(n >= 5, n)
+    text, n = text:gsub("8080", tostring(port))
+    assert.are.equal(4, n)        -- the header's, web's command, port, visitor
+    local h = pod(manifest(text), { "--listen", "127.0.0.1:0" })
+    local lport = helpers.listen_port(h)
+    await(h, function(x)
+      for _, e in ipairs(x:events("service_output",
+          { service = "log-shipper" })) do
+        if e.line:find("GET / %d+ bytes") then return true end
+      end
+    end, "the sidecar's shipping of a visit")
+    await(h, function()
+      return helpers.fetch(lport, "/readyz").http_status == 200
+    end, "/readyz 200")
+    assert.are.equal(200, helpers.fetch(lport, "/readyz?container=web")
+      .http_status)
+    local evs = h:events()
+    local order_of = {}
+    for _, name in ipairs { "setup", "log-shipper", "web", "visitor" } do
+      order_of[name] = index_of(evs, "service_start", { service = name })
+    end
+    assert.is_true(index_of(evs, "service_exit", { service = "setup" })
+      < order_of["log-shipper"], h:stderr())
+    local up = index_of(evs, "state_change", { probe = "log-shipper-startup",
+      to = "success" })
+    assert.is_true(up < order_of.web and up < order_of.visitor, h:stderr())
+    local log = term_clean(h)
+    evs = h:events()
+    local shipper = index_of(evs, "service_stop", { service = "log-shipper" })
+    assert.is_true(index_of(evs, "service_stop", { service = "web" }) < shipper,
+      log)
+    assert.is_true(index_of(evs, "service_stop", { service = "visitor" })
+      < shipper, log)
+    assert.are.equal(0, #h:events("service_restart"), log)
+  end)
+
+  ---------------------------------------------------------------------------
   it("SIGHUP keeps a pod whose manifest did not change, and replaces one "
     .. "whose manifest changed: the old stops, then the new starts from its "
     .. "init containers", function()
