@@ -99,11 +99,15 @@ function Config:add(what, obj, start)
 end
 
 --- Declare a service (see sonde.service).
+-- @tparam table spec
+-- @tparam[opt] table opts `{ pod = true }`: a pod's container, which its
+-- pod starts (see `pod`), never the load
 -- @raise on a bad spec or a name declared twice, at the user's line
-function Config:service(spec)
+function Config:service(spec, opts)
   self:open("sonde.service")
+  local held = opts and opts.pod
   return self:add("service", service.new(spec),
-    function(s) self:start_service(s) end)
+    function(s) if not held then self:start_service(s) end end)
 end
 
 --- Declare a probe (see sonde.probe).

@@ -272,14 +272,14 @@ local function declare(cfg, path, where, c, kind, pod)
   elseif kind == "sidecar" then
     policy = "always"
   end
-  local svc = cfg:service {
+  local svc = cfg:service({
     name = c.name,
     command = argv,
     env = env,
     cwd = c.workingDir,
     grace = pod.grace,
     restart = { policy = policy },
-  }
+  }, { pod = true })
   local probes = {}
   for _, pk in ipairs { { "startupProbe", "startup" },
                         { "readinessProbe", "readiness" },

@@ -231,6 +231,8 @@ end
 function Pod:terminate(done)
   local grace = self.grace
   local t0 = core.now()
+  -- nothing of the pod starts again, whatever its policy
+  for _, c in ipairs(self.containers) do c.service:no_restart() end
   local order = {}                 -- the sidecars, last first
   for i = #self.containers, 1, -1 do
     local c = self.containers[i]

@@ -99,6 +99,7 @@ function M.new(spec)
     instance = 0,             -- counts starts
     restarts = 0,             -- total restarts
     streak = 0,               -- restarts since the back-off was reset
+    final = false,            -- no restart any more (see no_restart)
     probes = {},
     last_exit = nil,          -- the last instance's exit: exit_code, signal,
                               -- reason, status
@@ -334,8 +335,9 @@ function Service:exited(r, instance)
     return
   end
   local why = self.restart_why or "exit"
-  if (self.policy == "never" and why ~= "action") or (why == "exit" and
-      self.policy == "on-failure" and r.exit_code == 0) then
+  if self.final or (self.policy == "never" and why ~= "action")
+      or (why == "exit" and self.policy == "on-failure"
+        and r.exit_code == 0) then
     self.state = "stopped"
     tell(self, "exit", r, false)
     return
@@ -364,6 +366,18 @@ function Service:restart(why, grace)
   if self.state == "running" and self.op then
     self.restart_why = why
     core.terminate(self.op, grace or self.grace)
+  end
+end
+
+--- From now on an exit is the last one: the process is not started
+-- again, and one waiting in back-off stays stopped (a pod that stops:
+-- its sidecars wait for their turn to get SIGTERM and must not come back
+-- meanwhile).
+function Service:no_restart()
+  self.final = true
+  if self.state == "backoff" then
+    if self.timer then core.cancel(self.timer) self.timer = nil end
+    self.state = "stopped"
   end
 end
 
