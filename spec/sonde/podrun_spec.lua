@@ -339,6 +339,41 @@ spec:
     end
   end)
 
+  it("a sidecar that exits while the pod stops is not started again",
+    function()
+    local h = pod(manifest [[
+apiVersion: v1
+kind: Pod
+metadata: { name: ending }
+spec:
+  initContainers:
+  - name: proxy
+    restartPolicy: Always
+    command: ["sh", "-c"]
+    args:
+    - |
+      echo proxy-up >> @W@/order
+      while [ ! -e @W@/app-stopping ]; do sleep 0.05; done
+      echo proxy-exit >> @W@/order; exit 1
+  containers:
+  - name: app
+    command: ["sh", "-c"]
+    args:
+    - |
+      trap 'touch @W@/app-stopping; sleep 0.5; exit 0' TERM
+      echo app-up >> @W@/order
+      while :; do sleep 0.05; done
+]])
+    await(h, function() return #order() >= 2 end, "both up")
+    local log = term_clean(h)
+    local lines = order()
+    assert.are.equal("proxy-exit", table.remove(lines), log)
+    table.sort(lines)
+    assert.are.same({ "app-up", "proxy-up" }, lines, log)
+    assert.are.equal(1, #h:events("service_start", { service = "proxy" }), log)
+    assert.are.equal(0, #h:events("service_restart"), log)
+  end)
+
   it("two app containers each run their own probes: a failing liveness "
     .. "restarts only its container", function()
     local h = pod(manifest [[
