@@ -36,7 +36,9 @@
 --     are stopped.
 --
 -- Stopping (the host's SIGTERM, a reload that replaces the pod, a pod
--- that completed or failed) follows the kubelet's termination order:
+-- that completed or failed) starts nothing of the pod again (a sidecar
+-- that exits while it waits for its turn stays down: sonde.service
+-- no_restart) and follows the kubelet's termination order:
 -- the app containers (and an init container still running) get SIGTERM
 -- at once, with the pod's grace (terminationGracePeriodSeconds); the
 -- sidecars then stop last first, each once the app containers and the
@@ -397,9 +399,10 @@ function Pod:status()
     local s = c.service
     local st, reason = state_of(self, c)
     local e = st == "terminated" and s.last_exit or {}
+    local started
+    if c.kind ~= "init" then started = s:started() end
     list[i] = { name = c.name, kind = c.kind, state = st, reason = reason,
-      ready = (self:container_ready(c)),
-      started = c.kind ~= "init" and s:started() or nil,
+      ready = (self:container_ready(c)), started = started,
       restarts = s.restarts, exit_code = e.exit_code, signal = e.signal }
   end
   return { phase = self.phase, ready = (self:ready()),

@@ -576,6 +576,10 @@ spec:
     local st = helpers.json_decode(get("/status").body)
     assert.are.same({ "Pending", false }, { st.pods.web.phase,
       st.pods.web.ready })
+    assert.are.same({ "app", "waiting", "PodInitializing", false, false },
+      { st.pods.web.containers[3].name, st.pods.web.containers[3].state,
+        st.pods.web.containers[3].reason, st.pods.web.containers[3].ready,
+        st.pods.web.containers[3].started })
     assert.are.same({ "init", "web" }, { st.services.setup.kind,
       st.services.setup.pod })
 
