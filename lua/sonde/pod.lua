@@ -379,8 +379,8 @@ function M.load(path, opts)
       local other = ""
       for i = 1, first_app - 1 do
         if list[i].c.name == opts.container then
-          other = string.format(" (%s is an init container%s: init "
-            .. "containers and sidecars run with any container)",
+          other = string.format("; %s is an init container%s: init "
+            .. "containers and sidecars run with every container",
             opts.container, list[i].kind == "sidecar" and ", a sidecar" or "")
         end
       end
