@@ -21,6 +21,13 @@
 -- series dropped.  A load that fails leaves the running one untouched and
 -- ends what it had started itself.
 --
+-- Pods (sonde.pod, sonde.podrun) own their containers' services: a load
+-- starts and stops a pod as a whole (its own order: init containers,
+-- sidecars, then the app containers; stopped apps first, then sidecars),
+-- and a reload keeps a pod whole (the same manifest, the same pod: it
+-- runs on untouched) or replaces it whole (the old pod stops, then the
+-- new one starts from its first init container).
+--
 -- A library user (plain `lua5.4`) declares into the default load, which
 -- `sonde.run()` starts; once stopped, the next declarations go into a new
 -- default load.
@@ -54,6 +61,7 @@ function M.new(opts)
   local self = setmetatable({
     name = opts.name or "script", probes = {}, services = {},
     probe_by_name = {}, service_by_name = {}, registry = metrics.registry(),
+    pods = {}, pod_by_name = {},
     state = "loading",        -- loading, started, stopped
   }, Config)
   self.scope = opts.scope or task.scope { name = self.name, dry = opts.dry }
@@ -91,11 +99,15 @@ function Config:add(what, obj, start)
 end
 
 --- Declare a service (see sonde.service).
+-- @tparam table spec
+-- @tparam[opt] table opts `{ pod = true }`: a pod's container, which its
+-- pod starts (see `pod`), never the load
 -- @raise on a bad spec or a name declared twice, at the user's line
-function Config:service(spec)
+function Config:service(spec, opts)
   self:open("sonde.service")
+  local held = opts and opts.pod
   return self:add("service", service.new(spec),
-    function(s) self:start_service(s) end)
+    function(s) if not held then self:start_service(s) end end)
 end
 
 --- Declare a probe (see sonde.probe).
@@ -109,6 +121,20 @@ function Config:probe(spec)
       .. "this script (sonde.service)", p.name, p.service.name))
   end
   return self:add("probe", p, function(x) x:start(0) end)
+end
+
+--- Declare a pod (sonde.podrun, made by sonde.pod from a manifest) whose
+-- services this load already declared: the pod starts and stops them.
+-- @raise on a pod name declared twice
+function Config:pod(p)
+  self:open("sonde.k8s.load")
+  if self.pod_by_name[p.name] then
+    validate.raise(fmt("pod %q: declared twice", p.name))
+  end
+  self.pod_by_name[p.name] = p
+  self.pods[#self.pods + 1] = p
+  if self.state == "started" then p:start() end
+  return p
 end
 
 -- Declarations into a stopped load are refused.
@@ -148,8 +174,12 @@ function Config:start()
   if self.state ~= "loading" or self.scope.dry then return end
   self.state = "started"
   if #self.probes + #self.services > 0 then self.scope:hold() end
-  for _, s in ipairs(self.services) do s:start() end
+  for _, s in ipairs(self.services) do
+    if not s.pod then s:start() end
+  end
   start_probes(self.probes)
+  -- (after the probes: a pod waits on its sidecars' startup probes)
+  for _, p in ipairs(self.pods) do p:start() end
 end
 
 --- Stop the load for good: probes (in-flight runs cancelled), tasks
@@ -170,17 +200,22 @@ function Config:stop(done)
     for _, p in ipairs(self.probes) do p:stop() end
   end
   self.scope:close()
-  local left = #self.services
-  if left == 0 then
-    if done then done() end
-  else
-    for _, s in ipairs(self.services) do
-      s:stop(function()
-        left = left - 1
-        if left == 0 and done then done() end
-      end)
+  local left = 1
+  local function one_done()
+    left = left - 1
+    if left == 0 and done then done() end
+  end
+  for _, s in ipairs(self.services) do
+    if not s.pod then
+      left = left + 1
+      s:stop(one_done)
     end
   end
+  for _, p in ipairs(self.pods) do
+    left = left + 1
+    p:stop(one_done)
+  end
+  one_done()
   if was ~= "stopped" and self.on_stop then self.on_stop() end
 end
 
@@ -249,6 +284,10 @@ local function fingerprint(v, seen)
   return text_of(v)
 end
 
+--- A stable text for a value (a spec, a manifest's pod): equal values,
+-- equal texts.
+M.fingerprint = function(v) return fingerprint(v) end
+
 -- Call fn once service `o`, being replaced, has exited: o's own process,
 -- or, if o never started because it was itself waiting for the one
 -- before it, that one's.
@@ -277,9 +316,20 @@ end
 -- @return new
 function M.apply(old, new)
   local keep = {}         -- new object -> the old one it is replaced by
+  -- a pod is kept whole, with its services, when its manifest is the same
+  for _, p in ipairs(new.pods) do
+    local o = old.pod_by_name[p.name]
+    if o and o.fingerprint == p.fingerprint then keep[p] = o end
+  end
   for _, s in ipairs(new.services) do
     local o = old.service_by_name[s.name]
-    if o and fingerprint(o.spec) == fingerprint(s.spec) then keep[s] = o end
+    if s.pod or (o and o.pod) then
+      if s.pod and o and keep[s.pod] and o.pod == keep[s.pod] then
+        keep[s] = o
+      end
+    elseif o and fingerprint(o.spec) == fingerprint(s.spec) then
+      keep[s] = o
+    end
   end
   for _, p in ipairs(new.probes) do
     local o = old.probe_by_name[p.name]
@@ -290,7 +340,7 @@ function M.apply(old, new)
   end
   -- the new load takes the kept ones; the old keeps only what ends
   local kept = {}
-  for _, what in ipairs { "service", "probe" } do
+  for _, what in ipairs { "pod", "service", "probe" } do
     local list, by_name = new[what .. "s"], new[what .. "_by_name"]
     for i, x in ipairs(list) do
       local o = keep[x]
@@ -314,19 +364,26 @@ function M.apply(old, new)
   for _, p in ipairs(old.probes) do p:stop() end
   for _, s in ipairs(old.services) do
     new.leaving[s.name] = s
-    s:stop()
+    if not s.pod then s:stop() end
   end
+  -- the pods replaced stop in their own order; the new ones start once
+  -- every one of them is gone (a container may hold a port, a lock...)
+  local leaving_pods = old.pods
+  for _, p in ipairs(leaving_pods) do p:stop() end
   old.scope:close()
   new.state = "started"
   if #new.probes + #new.services > 0 then new.scope:hold() end
   for _, s in ipairs(new.services) do
-    if s.state == "new" then new:start_service(s) end
+    if s.state == "new" and not s.pod then new:start_service(s) end
   end
   local fresh = {}
   for _, p in ipairs(new.probes) do
     if not kept[p] then fresh[#fresh + 1] = p end
   end
   start_probes(fresh)
+  for _, p in ipairs(new.pods) do
+    if not kept[p] then p:start(leaving_pods) end
+  end
   return new
 end
 

@@ -6,15 +6,29 @@
 --
 --   * `/metrics`: Prometheus text exposition format 0.0.4 (sonde.metrics);
 --   * `/healthz`: 200 while the loop runs;
---   * `/readyz`: 200 when every readiness probe is ready, else 503 with the
---     names of those that are not, one per line (a readiness probe whose
---     service is not running is not ready);
+--   * `/readyz`: 200 when every readiness probe is ready and every pod is
+--     ready, else 503 with the names of those that are not, one per line
+--     (a readiness probe whose service is not running is not ready).  A
+--     pod (sonde.podrun) is ready as the kubelet's Ready condition says:
+--     its init containers have completed, and each app container and
+--     sidecar runs, has started (startup probe) and is ready (readiness
+--     probe); its lines name the pod (`pod NAME: initializing (...)`) or a
+--     container (`container NAME: why`), and its probes are counted
+--     through it;
+--   * `/readyz?container=NAME`: 200 when that container of a pod is ready
+--     (an init container: once it exited 0), 503 with why not, 404 when no
+--     pod has a container of that name;
 --   * `/readyz/NAME`, `/livez/NAME`: 200 when that readiness / liveness
 --     probe's state is success, 503 when not, 404 when there is no such
 --     probe of that kind (NAME percent-decoded);
 --   * `/status`: JSON `{ probes = { NAME = { kind, state, runs, counts,
 --     streak, service, last = result } }, services = { NAME = { state,
---     restarts, pid, instance } }, version }`.  `last` holds the result's
+--     restarts, pid, instance, exit_code, signal; and for a pod's
+--     container: pod, kind (init, sidecar, app) } }, pods = { NAME = {
+--     phase, ready, initialized, restart_policy, containers = { { name,
+--     kind, state, reason, ready, started, restarts, exit_code, signal },
+--     ... } } }, version }` (a pod's containers in its order; `state` in
+--     the kubelet's words: waiting, running, terminated).  `last` holds the result's
 --     plain fields, but not the response `body`, and its `output` cut to
 --     its first `STATUS_OUTPUT` (256) bytes, with `output_bytes` the whole
 --     length when cut: the endpoint does not republish what targets sent.
@@ -76,10 +90,18 @@ function M.status(cfg, full)
       service = p.service and p.service.name or nil, last = last }
   end
   for _, s in ipairs(cfg.services) do
+    local e = s.state == "stopped" and s.last_exit or {}
     services[s.name] = { state = s.state, restarts = s.restarts, pid = s.pid,
-      instance = s.instance }
+      instance = s.instance, exit_code = e.exit_code, signal = e.signal,
+      pod = s.pod and s.pod.name or nil, kind = s.pod_kind }
   end
-  return { probes = probes, services = services, version = core.version }
+  local pods
+  for _, p in ipairs(cfg.pods or {}) do
+    pods = pods or {}
+    pods[p.name] = p:status()
+  end
+  return { probes = probes, services = services, pods = pods,
+    version = core.version }
 end
 
 -- The value of `name` in a query string (`a=1&b=2`), or nil.
@@ -96,6 +118,24 @@ end
 local function text(s)
   s = json.valid_utf8(s, "\u{FFFD}")
   return (s:gsub("%c", function(c) return ("\\x%02X"):format(c:byte()) end))
+end
+
+-- Percent-decoded.
+local function decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- /readyz?container=NAME: that container of a pod.
+local function container_ready(cfg, name)
+  for _, pod in ipairs(cfg.pods or {}) do
+    local c = pod.by_name[name]
+    if c then
+      local ok, why = pod:container_ready(c)
+      if ok then return 200, "ok\n" end
+      return 503, text(why) .. "\n"
+    end
+  end
+  return 404, "no container named " .. text(name) .. "\n"
 end
 
 local function find(cfg, name, kind)
@@ -120,10 +160,21 @@ function M.route(cfg, method, path, query)
   elseif path == "/healthz" then
     return 200, "ok\n"
   elseif path == "/readyz" then
-    local bad = {}
+    local container = query_arg(query, "container")
+    if container then return container_ready(cfg, decode(container)) end
+    local bad, owned = {}, {}
+    for _, pod in ipairs(cfg.pods or {}) do
+      for _, p in ipairs(pod:probes()) do owned[p] = true end
+    end
     for _, p in ipairs(cfg.probes) do
-      if p.kind == "readiness" and p.state ~= "success" then
+      if p.kind == "readiness" and not owned[p] and p.state ~= "success" then
         bad[#bad + 1] = text(p.name)
+      end
+    end
+    for _, pod in ipairs(cfg.pods or {}) do
+      local ok, why = pod:ready()
+      if not ok then
+        for _, w in ipairs(why) do bad[#bad + 1] = text(w) end
       end
     end
     if #bad == 0 then return 200, "ok\n" end
@@ -134,9 +185,7 @@ function M.route(cfg, method, path, query)
       and full ~= "")) .. "\n", "application/json"
   end
   local which, name = path:match("^/(%a+)z/(.+)$")
-  if name then                     -- the path comes percent-encoded
-    name = name:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-  end
+  if name then name = decode(name) end     -- the path comes percent-encoded
   local kind = which == "ready" and "readiness" or which == "live" and "liveness"
   if kind then
     local p = find(cfg, name, kind)

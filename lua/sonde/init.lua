@@ -419,8 +419,10 @@ sonde.log = log
 
 --- Kubernetes: `sonde.k8s.probe{...}` translates a probe with the pod
 -- spec's field names (lua/sonde/k8s.lua); `sonde.k8s.load(path [, {
--- container = NAME }])` declares a manifest's container as a service with
--- its probes (lua/sonde/pod.lua).
+-- container = NAME }])` declares a manifest's pod: its containers as
+-- services with their probes, run in the kubelet's order; it returns the
+-- (first) container's service and probes, and the pod
+-- (lua/sonde/pod.lua, lua/sonde/podrun.lua).
 sonde.k8s = { probe = k8s.probe, load = pod.load }
 
 --- Script-defined metric series, served on `/metrics` and belonging to

@@ -56,7 +56,18 @@
 --   * `log_dropped` (warn): dropped (messages from C beyond 10 a second,
 --     src/logq.h; a later such message carries `dropped` too);
 --   * `pod_ignored`: pod, container, fields (of a manifest's container,
---     the fields only a container runtime uses: image, resources...);
+--     the fields only a container runtime uses: image, resources...;
+--     without container: the pod's own, nodeSelector, tolerations...);
+--   * `pod_unsupported` (warn): pod, container (absent for the pod's own
+--     fields), field (e.g. `env[2].valueFrom`, `volumeMounts`,
+--     `lifecycle.preStop`, `volumes`), detail (what sonde does instead);
+--     once per load;
+--   * `pod_phase`: pod, phase (`Pending` at the start, with init,
+--     sidecars, containers, restart_policy; `Running` once the app
+--     containers start; `Succeeded`; `Failed`, at error, with reason
+--     `init_failed` or `container_failed`, container, exit_code or
+--     signal, detail);
+--   * `pod_stop`: pod (its containers stop: apps first, then sidecars);
 --   * `late_declaration`: probe or service, detail (declared by a script
 --     that had declared nothing before it first waited);
 --   * `task_error`: error (a task or callback of the script raised, or a

@@ -27,7 +27,11 @@
 -- `reset_after` seconds the count starts again.  A liveness or startup
 -- probe that fails restarts it the same way (SIGTERM to the group, SIGKILL
 -- after `grace`).  Stopping it (host shutdown) sends SIGTERM, then SIGKILL
--- after `grace`, and does not restart it.  Under the host (a subreaper),
+-- after `grace`, and does not restart it.  With `policy = "never"` a
+-- liveness or startup failure ends the process for good too (kubelet: a
+-- container killed by a probe restarts only when the pod's restartPolicy
+-- is not Never); a restart asked by an action (sonde.action.restart)
+-- always starts it again.  Under the host (a subreaper),
 -- what the process left behind outside its group (`setsid`, a double
 -- fork, a daemon) ends with it, whichever way it ended: SIGTERM, then
 -- SIGKILL after `grace` (see sonde.core.end_orphans).
@@ -95,7 +99,14 @@ function M.new(spec)
     instance = 0,             -- counts starts
     restarts = 0,             -- total restarts
     streak = 0,               -- restarts since the back-off was reset
+    final = false,            -- no restart any more (see no_restart)
     probes = {},
+    last_exit = nil,          -- the last instance's exit: exit_code, signal,
+                              -- reason, status
+    watch = nil,              -- function(svc, what, ...) told of "start",
+                              -- "exit" (result, restarting) and "started"
+                              -- (the startup probe succeeded): a pod's
+                              -- (sonde.podrun)
     out_limit = { ends = -math.huge, count = 0, dropped = 0 },
   }, Service)
   return self
@@ -130,6 +141,11 @@ function Service:startup_probe()
   end
 end
 
+-- Tell the watcher, if any (see `watch`).
+local function tell(self, what, ...)
+  if self.watch then self.watch(self, what, ...) end
+end
+
 --- Called by the startup probe when it publishes success: the liveness
 -- and readiness probes run at once (kubelet: readiness is triggered when
 -- the container is started but not ready).
@@ -137,6 +153,15 @@ function Service:startup_succeeded()
   for _, p in ipairs(self.probes) do
     if p.kind ~= "startup" then p:trigger() end
   end
+  tell(self, "started")
+end
+
+--- True when the instance runs and its startup probe, if any, has
+-- succeeded (kubelet: the container's `started`).
+function Service:started()
+  if self.state ~= "running" then return false end
+  local sp = self:startup_probe()
+  return sp == nil or sp.state == "success"
 end
 
 --- Service output in the log is rate-limited per service (over all its
@@ -276,6 +301,7 @@ function Service:start()
   log.event("info", "service_start", { service = self.name, pid = self.pid,
     instance = instance, command = self.opts.written.command })
   for _, p in ipairs(self.probes) do p:instance_started() end
+  tell(self, "start")
 end
 
 function Service:exited(r, instance)
@@ -294,6 +320,8 @@ function Service:exited(r, instance)
     reason = r.reason, uptime = uptime,
     error = r.reason ~= "exit_code" and r.reason ~= "ok" and r.reason ~= "signal"
       and r.output or nil })
+  self.last_exit = { exit_code = r.exit_code, signal = r.signal,
+    reason = r.reason, status = r.status }
   local how = r.exit_code and ("exit code " .. r.exit_code)
     or r.signal and ("signal " .. r.signal) or r.reason
   for _, p in ipairs(self.probes) do p:instance_stopped(how) end
@@ -303,12 +331,15 @@ function Service:exited(r, instance)
     local waiters = self.stop_waiters or {}
     self.stop_waiters = nil
     for _, f in ipairs(waiters) do f() end
+    tell(self, "exit", r, false)
     return
   end
   local why = self.restart_why or "exit"
-  if why == "exit" and (self.policy == "never" or
-      (self.policy == "on-failure" and r.exit_code == 0)) then
+  if self.final or (self.policy == "never" and why ~= "action")
+      or (why == "exit" and self.policy == "on-failure"
+        and r.exit_code == 0) then
     self.state = "stopped"
+    tell(self, "exit", r, false)
     return
   end
   if uptime >= self.reset_after then self.streak = 0 end
@@ -323,6 +354,7 @@ function Service:exited(r, instance)
     self.timer = nil
     if self.state == "backoff" then self:start() end
   end)
+  tell(self, "exit", r, true)
 end
 
 --- Restart the process (liveness / startup failure, an action): SIGTERM
@@ -337,15 +369,29 @@ function Service:restart(why, grace)
   end
 end
 
+--- From now on an exit is the last one: the process is not started
+-- again, and one waiting in back-off stays stopped (a pod that stops:
+-- its sidecars wait for their turn to get SIGTERM and must not come back
+-- meanwhile).
+function Service:no_restart()
+  self.final = true
+  if self.state == "backoff" then
+    if self.timer then core.cancel(self.timer) self.timer = nil end
+    self.state = "stopped"
+  end
+end
+
 --- Stop the process for good (SIGTERM, SIGKILL after grace); `done()` is
 -- called once it has exited (at once if it is not running).
-function Service:stop(done)
+-- @tparam[opt] function done
+-- @tparam[opt] number grace seconds, instead of the service's grace
+function Service:stop(done, grace)
   if self.timer then core.cancel(self.timer) self.timer = nil end
   if self.state == "running" and self.op then
     self.state = "stopping"
     self.stop_waiters = self.stop_waiters or {}
     if done then table.insert(self.stop_waiters, done) end
-    core.terminate(self.op, self.grace)
+    core.terminate(self.op, grace or self.grace)
   else
     if self.state ~= "stopping" then self.state = "stopped" end
     if done then

@@ -295,7 +295,7 @@ spec:
       exec:
         command: ["true"]
       periodSeconds: 1
-  - name: sidecar
+  - name: helper
     command: ["sleep", "64"]
     livenessProbe:
       exec:
@@ -305,10 +305,10 @@ spec:
 
     it("--container NAME picks that container", function()
       local path = manifest("two.yaml", TWO)
-      local h, log = pod_until(successes("sidecar-liveness", 2), path, "sidecar")
+      local h, log = pod_until(successes("helper-liveness", 2), path, "helper")
       local starts = h:events("service_start")
       assert.are.equal(1, #starts, log)
-      assert.are.equal("sidecar", starts[1].service)
+      assert.are.equal("helper", starts[1].service)
       assert.are.equal("sleep 64", starts[1].command)
       assert.are.equal(0, #h:events("probe_result", { probe = "app-liveness" }),
         log)
@@ -319,12 +319,18 @@ spec:
       assert.are.equal(0, h:term(), h:stderr())
     end)
 
-    it("without --container the first container runs", function()
+    it("without --container every container runs, with its own probes",
+      function()
       local path = manifest("two.yaml", TWO)
-      local h, log = pod_until(successes("app-liveness"), path)
+      local h = pod_until(function(x)
+        return successes("app-liveness")(x) and successes("helper-liveness")(x)
+      end, path)
       local starts = h:events("service_start")
-      assert.are.equal(1, #starts, h:stderr())
-      assert.are.equal("app", starts[1].service)
+      assert.are.equal(2, #starts, h:stderr())
+      assert.are.same({ "app", "helper" }, { starts[1].service,
+        starts[2].service })
+      assert.are.same({ "sleep 63", "sleep 64" }, { starts[1].command,
+        starts[2].command })
       assert.are.equal(0, h:term(), h:stderr())
     end)
 
@@ -335,7 +341,7 @@ spec:
       assert.are.equal(2, code, err)
       assert.is_truthy(err:find("nosuch", 1, true), err)
       assert.is_truthy(err:find("app", 1, true), err)
-      assert.is_truthy(err:find("sidecar", 1, true), err)
+      assert.is_truthy(err:find("helper", 1, true), err)
       assert.is_falsy(err:find("service_start", 1, true), err)
     end)
   end)
@@ -344,21 +350,6 @@ spec:
   describe("rejected manifests exit 2 naming the field", function()
     -- name, manifest text, strings the message must contain
     local CASES = {
-      { "env valueFrom", pod_yaml("c", [[
-    command: ["sleep", "5"]
-    env:
-    - name: PLAIN
-      value: "1"
-    - name: DB_PASSWORD
-      valueFrom:
-        secretKeyRef:
-          name: db
-          key: password]]), { "valueFrom", "DB_PASSWORD" } },
-      { "envFrom", pod_yaml("c", [[
-    command: ["sleep", "5"]
-    envFrom:
-    - configMapRef:
-        name: settings]]), { "envFrom" } },
       { "a gRPC probe with a named port (the kubelet takes a number only)",
         pod_yaml("c", [[
     command: ["sleep", "5"]
@@ -374,14 +365,42 @@ spec:
       grpc:
         port: 9000
         host: 127.0.0.1]]), { "grpc", "unknown field", "host" } },
-      { "lifecycle hooks", pod_yaml("c", [=[
-    command: ["sleep", "5"]
-    lifecycle:
-      preStop:
-        exec:
-          command: ["true"]]=]), { "lifecycle" } },
       { "no command or args", pod_yaml("c", [[
     image: busybox]]), { "command" } },
+      { "a probe on an init container that is not a sidecar", [[
+apiVersion: v1
+kind: Pod
+metadata: { name: p }
+spec:
+  initContainers:
+  - name: setup
+    command: ["true"]
+    readinessProbe:
+      exec: { command: ["true"] }
+  containers:
+  - { name: c, command: ["sleep", "5"] }
+]], { "initContainers[0] (setup)", "readinessProbe",
+        "restartPolicy=Always" } },
+      { "an init container's restartPolicy other than Always", [[
+apiVersion: v1
+kind: Pod
+metadata: { name: p }
+spec:
+  initContainers:
+  - { name: setup, command: ["true"], restartPolicy: OnFailure }
+  containers:
+  - { name: c, command: ["sleep", "5"] }
+]], { "initContainers[0] (setup)", "restartPolicy", "OnFailure" } },
+      { "a name used twice", [[
+apiVersion: v1
+kind: Pod
+metadata: { name: p }
+spec:
+  initContainers:
+  - { name: c, command: ["true"] }
+  containers:
+  - { name: c, command: ["sleep", "5"] }
+]], { "containers[0] (c)", "initContainers[0]" } },
       { "not YAML", "kind: Pod\nspec: [unclosed\n  containers: {\n",
         { "YAML" } },
       { "no Pod in the file", [[

@@ -4,7 +4,9 @@
 --
 -- The script's top level runs, but probers, `sonde.sleep` and timers
 -- called there start nothing (a task that waits on one just stops there),
--- and the load is ended at once.
+-- and the load is ended at once.  A manifest's pod is listed first: its
+-- restartPolicy, grace, and its containers in their order, each with its
+-- kind (init, sidecar, app).
 -- @module sonde.host.check
 local config = require "sonde.config"
 local task = require "sonde.task"
@@ -24,6 +26,12 @@ function M.main(source)
   cfg:stop()
   print(string.format("%s: %s, %s", source.name,
     common.plural(#cfg.services, "service"), common.plural(#cfg.probes, "probe")))
+  for _, p in ipairs(cfg.pods) do
+    local list = {}
+    for i, c in ipairs(p.containers) do list[i] = c.kind .. " " .. c.name end
+    print(string.format("pod     %-20s restartPolicy=%s grace=%gs: %s", p.name,
+      p.restart_policy, p.grace, table.concat(list, ", ")))
+  end
   for _, s in ipairs(cfg.services) do
     print(string.format("service %-20s %s", s.name,
       table.concat(s.opts.argv, " ")))

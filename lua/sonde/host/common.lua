@@ -90,8 +90,9 @@ end
 
 --- What a load runs: `{ name = path, load = path or function }` for
 -- config.load.  A manifest (`manifest` true, or a container named, or
--- `is_manifest`) declares its container (the one named, or the first) and
--- that container's probes.
+-- `is_manifest`) declares its pod (sonde.pod): every init container and
+-- sidecar, and every container (or only the one named), with their
+-- probes.
 function M.source(path, container, manifest)
   if manifest or container or M.is_manifest(path) then
     return { name = path, manifest = true, load = function()

@@ -2,7 +2,7 @@
 --
 --   sonde [OPTIONS] SCRIPT [ARGS...]      run (sonde.host.run)
 --   sonde [OPTIONS] pod [--container NAME] MANIFEST
---                                         run a Kubernetes manifest's container
+--                                         run a Kubernetes manifest's pod
 --   sonde check [--container NAME] SCRIPT|MANIFEST      (sonde.host.check)
 --   sonde once [--format text|json] [--container NAME] SCRIPT|MANIFEST [NAME...]
 --                                                       (sonde.host.once)
@@ -34,12 +34,14 @@ usage: sonde [OPTIONS] SCRIPT [ARGS...]
 
   SCRIPT            run the probes and services the Lua script declares,
                     until SIGTERM or SIGINT; SIGHUP reloads the script
-  pod MANIFEST      run a container of a Kubernetes Pod/Deployment manifest
-                    (YAML or JSON) with its probes, like SCRIPT
+  pod MANIFEST      run the pod of a Kubernetes Pod/Deployment manifest
+                    (YAML or JSON) as the kubelet does: init containers,
+                    sidecars, then every container, with their probes
   check             load and validate only; list probes and services
   once              run each probe (or each NAME) once and print results;
                     exit 0 all succeeded, 1 a failure, 3 unknown only
-  --container NAME  the manifest's container to use (default: the first)
+  --container NAME  of the manifest's containers, only NAME (its init
+                    containers and sidecars still run; default: all)
   --format F        once: results as text (default) or json lines
 
 OPTIONS:

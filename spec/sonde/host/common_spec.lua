@@ -108,13 +108,17 @@ spec:
     args: ["sleep", "60"]
 ]]
 
-    it("sonde check lists it, by name or by content", function()
+    it("sonde check lists it (the pod, every container), by name or by "
+      .. "content", function()
       for _, name in ipairs { "pod.yaml", "pod.manifest" } do
         local path = helpers.write(dir .. "/" .. name, manifest)
         local rc, out, err = helpers.host_run { "check", path }
         assert.are.equal(0, rc, err)
-        assert.are.equal(path .. ": 1 service, 1 probe\n"
+        assert.are.equal(path .. ": 2 services, 1 probe\n"
+          .. "pod     web                  restartPolicy=Always grace=30s: "
+          .. "app app, app other\n"
           .. "service app                  sleep 60\n"
+          .. "service other                sleep 60\n"
           .. "probe   app-readiness        readiness exec       period=2s "
           .. "timeout=1s initial_delay=0s success_threshold=1 "
           .. "failure_threshold=3 service=app\n", out)
@@ -126,6 +130,8 @@ spec:
       local rc, out = helpers.host_run { "check", "--container", "other", path }
       assert.are.equal(0, rc)
       assert.are.equal(path .. ": 1 service, 0 probes\n"
+        .. "pod     web                  restartPolicy=Always grace=30s: "
+        .. "app other\n"
         .. "service other                sleep 60\n", out)
       local rc2, _, err = helpers.host_run { "check", "--container", "nope", path }
       assert.are.equal(2, rc2)

@@ -126,6 +126,8 @@ spec:
         local rc, out, err = helpers.host_run(args)
         assert.are.equal(0, rc, err)
         assert.are.equal(path .. ": 1 service, 0 probes\n"
+          .. "pod     two                  restartPolicy=Always grace=30s: "
+          .. "app web\n"
           .. "service web                  sleep 61\n", out)
       end
     end)

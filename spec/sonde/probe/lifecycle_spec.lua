@@ -121,6 +121,35 @@ describe("declared probes", function()
       assert.are.equal("failure", r.state)
     end)
 
+    it("restart policy never: a liveness failure ends the service for "
+      .. "good (kubelet: restartPolicy Never); an action still restarts it",
+      function()
+      local svc = sonde.service {
+        name = "killed", command = { "sleep", "30" },
+        restart = { policy = "never" },
+      }
+      local live = sonde.probe {
+        name = "killer", kind = "liveness", service = svc, period = 0.1,
+        failure_threshold = 1, exec = { command = { "false" } },
+      }
+      local other = sonde.service {
+        name = "kept", command = { "sleep", "30" },
+        restart = { policy = "never", backoff = 0.1 },
+      }
+      local states = {}
+      assert(helpers.run_for(1.5, { at = {
+        { 0.3, function() other:restart("action") end },
+        { 1.2, function()
+          states = { svc.state, svc.instance, other.state, other.instance }
+        end },
+      } }))
+      assert.are.same({ "stopped", 1, "running", 2 }, states)
+      assert.are.equal("failure", live.state)
+      local evs = log:events("service_restart")
+      assert.are.equal(1, #evs)
+      assert.are.same({ "kept", "action" }, { evs[1].service, evs[1].why })
+    end)
+
     it("readiness of a service that is not restarted stays failure",
       function()
       local svc = sonde.service {
