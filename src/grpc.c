@@ -366,6 +366,12 @@ static void finish_curl_error(struct grpc_op *g, CURLcode code) {
                  "context deadline exceeded",
                  g->addr, dur);
     }
+  } else if (r->reason == SONDE_R_TLS) {
+    /* the handshake failed, or a TLS alert came after the client's side
+     * of it (a TLS 1.3 server refusing the client certificate): no
+     * connection as gRPC sees it */
+    set_output(r, "error: failed to connect service at \"%s\": %s", g->addr,
+               r->error ? r->error : "error");
   } else if (g->owner.tcp_connected &&
              (code == CURLE_SEND_ERROR || code == CURLE_RECV_ERROR ||
               code == CURLE_GOT_NOTHING || code == CURLE_HTTP2 ||
