@@ -8,12 +8,17 @@
  * hands HTTP/2 trailers to it after the body).  The outcome is decided in
  * on_done, after the transfer has left the multi.
  *
- * TLS is set up in one place, tls_setup, with the HTTP prober's options
- * (verify or not, a CA bundle).
+ * TLS: the shared options (sonde/tls.h) set with sonde_tls_curl_apply, as
+ * http.c does; the peer's certificate facts are taken in the header
+ * callback (the first response head, while libcurl's connection is alive)
+ * and go into the result whatever the outcome; the expiry thresholds are
+ * judged after the gRPC outcome of a completed call and win over it.
  *
  * Ownership: struct grpc_op owns its easy handle, header list, URL,
- * request body, response buffer and the header values kept; all are
- * released in grpc_release, before the callback runs.
+ * request body, response buffer, the header values kept, its copy of
+ * tls.server_name (libcurl keeps the pointer) and the facts until they
+ * move into the result; all are released in grpc_release, before the
+ * callback runs.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -22,11 +27,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "internal.h"
 #include "sonde/grpc.h"
 #include "sonde/http.h"
 #include "sonde/pb.h"
+#include "sonde/tls.h"
 
 #ifndef SONDE_VERSION
 #define SONDE_VERSION "0.1.0"
@@ -48,7 +55,12 @@ struct grpc_op {
   uint8_t *req; /* the framed request message */
   size_t req_len;
   double timeout;
-  int tls;
+  int use_tls;
+  struct sonde_tls_opts tls; /* the expiry thresholds (the file names are
+                                not kept: libcurl copies them) */
+  char *server_name;         /* tls.server_name, for the SSL_CTX callback */
+  struct sonde_tls_facts *facts; /* the connection's, from the header cb */
+  int facts_taken;           /* looked for already */
   int in_multi;
   char addr[300]; /* "host:port" as the kubelet's messages show it */
   /* the response */
@@ -208,12 +220,25 @@ static char *percent_decode(const char *s, size_t len) {
   return out;
 }
 
+/* The facts of the TLS connection, while it is alive (libcurl hands out
+ * its SSL only then). */
+static void take_facts(struct grpc_op *g) {
+  struct curl_tlssessioninfo *ti = NULL;
+  g->facts_taken = 1;
+  if (curl_easy_getinfo(g->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK ||
+      !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
+    return;
+  sonde_tls_facts_free(g->facts);
+  g->facts = sonde_tls_facts_of(ti->internals);
+}
+
 static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {
   struct grpc_op *g = arg;
   size_t n = size * nmemb, len = n;
   while (len && (data[len - 1] == '\n' || data[len - 1] == '\r'))
     len--;
   if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+    if (g->use_tls && !g->facts_taken) take_facts(g);
     /* a new response head (after a 1xx): forget the last one's */
     g->has_status = 0;
     free(g->message);
@@ -272,7 +297,10 @@ static void grpc_release(struct sonde_op *op, int cancelled) {
   free(g->rbody);
   free(g->message);
   free(g->content_type);
-  g->url = g->message = g->content_type = NULL;
+  free(g->server_name);
+  sonde_tls_facts_free(g->facts);
+  g->facts = NULL;
+  g->url = g->message = g->content_type = g->server_name = NULL;
   g->req = g->rbody = NULL;
 }
 
@@ -309,7 +337,7 @@ static void clean_error(struct sonde_result *r) {
  * done (with tls), and the server has sent something (its SETTINGS). */
 static int connection_up(struct grpc_op *g) {
   if (!g->owner.tcp_connected) return 0;
-  if (g->tls) {
+  if (g->use_tls) {
     curl_off_t t = 0;
     curl_easy_getinfo(g->easy, CURLINFO_APPCONNECT_TIME_T, &t);
     if (t <= 0) return 0;
@@ -338,6 +366,12 @@ static void finish_curl_error(struct grpc_op *g, CURLcode code) {
                  "context deadline exceeded",
                  g->addr, dur);
     }
+  } else if (r->reason == SONDE_R_TLS) {
+    /* the handshake failed, or a TLS alert came after the client's side
+     * of it (a TLS 1.3 server refusing the client certificate): no
+     * connection as gRPC sees it */
+    set_output(r, "error: failed to connect service at \"%s\": %s", g->addr,
+               r->error ? r->error : "error");
   } else if (g->owner.tcp_connected &&
              (code == CURLE_SEND_ERROR || code == CURLE_RECV_ERROR ||
               code == CURLE_GOT_NOTHING || code == CURLE_HTTP2 ||
@@ -542,15 +576,18 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   } else {
     finish_answer(g);
   }
+  /* the TLS connection's facts, whatever the outcome (a handshake that
+   * failed has none) */
+  if (g->facts) {
+    sonde_tls_facts_free(r->tls);
+    r->tls = g->facts;
+    g->facts = NULL;
+  }
+  /* the certificates' expiry wins over the answer (as HTTP's over the
+   * status code); grpc_status and serving_status stay what came */
+  if (code == CURLE_OK)
+    sonde_tls_judge(r->tls, &g->tls, (double)time(NULL), r);
   sonde_op_complete(&g->op);
-}
-
-/* TLS for `tls`: the HTTP prober's options (verify or not, a CA bundle).
- * The one place TLS is set up. */
-static void tls_setup(CURL *e, const struct sonde_grpc_opts *o) {
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->tls_verify ? 1L : 0L);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->tls_verify ? 2L : 0L);
-  if (o->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
 }
 
 /* The request: the gRPC frame around HealthCheckRequest{service}. */
@@ -619,14 +656,21 @@ uint64_t sonde_grpc_start(struct sonde_loop *loop,
   g->op.loop = loop;
   g->owner.done = on_done;
   g->timeout = o->timeout;
-  g->tls = o->tls;
+  g->use_tls = o->use_tls;
+  if (o->use_tls) {
+    g->tls = o->tls;
+    g->tls.ca_file = g->tls.cert_file = g->tls.key_file = NULL;
+    g->tls.server_name = NULL;
+    if (o->tls.server_name && *o->tls.server_name)
+      g->tls.server_name = g->server_name = strdup(o->tls.server_name);
+  }
   const char *host = o->host ? o->host : "127.0.0.1";
   sonde_format_addr(g->addr, sizeof g->addr, host, o->port);
-  g->url = sonde_http_format_url(o->tls ? "https" : "http", host, o->port,
+  g->url = sonde_http_format_url(o->use_tls ? "https" : "http", host, o->port,
                                  SONDE_GRPC_HEALTH_PATH);
   g->easy = sonde_curl_easy_get(loop);
-  if (!g->url || !g->easy || build_request(g, o->service ? o->service : "") ||
-      build_headers(g, o)) {
+  if (!g->url || !g->easy || (g->tls.server_name && !g->server_name) ||
+      build_request(g, o->service ? o->service : "") || build_headers(g, o)) {
     grpc_release(&g->op, 0);
     free(g);
     return 0;
@@ -649,7 +693,7 @@ uint64_t sonde_grpc_start(struct sonde_loop *loop,
   curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
   curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                   o->tls ? (long)CURL_HTTP_VERSION_2TLS
+                   o->use_tls ? (long)CURL_HTTP_VERSION_2TLS
                           : (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, g->hdrs);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)g->req_len);
@@ -660,7 +704,20 @@ uint64_t sonde_grpc_start(struct sonde_loop *loop,
   curl_easy_setopt(e, CURLOPT_HEADERDATA, g);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, ms);
-  if (o->tls) tls_setup(e, o);
+  if (o->use_tls) {
+    struct sonde_tls_opts tls = o->tls;
+    tls.server_name = g->server_name; /* ours: it must outlive the call */
+    CURLcode tc = sonde_tls_curl_apply(e, &tls);
+    if (tc != CURLE_OK) { /* libcurl refused a TLS option */
+      r->status = SONDE_FAILURE;
+      r->reason = SONDE_R_CONFIG;
+      r->code = (int)tc;
+      sonde_result_set_error(r, "tls options: %s", curl_easy_strerror(tc));
+      set_output(r, "error: %s", r->error ? r->error : "tls options");
+      sonde_op_complete_soon(&g->op);
+      return id;
+    }
+  }
   if (curl_multi_add_handle(loop->multi, e) != CURLM_OK) {
     r->status = SONDE_UNKNOWN;
     r->reason = SONDE_R_RESOURCE;

@@ -655,7 +655,8 @@ static int l_core_tcp(lua_State *L) {
 }
 
 /* Read core.grpc's options (host, port, service, timeout, user_agent,
- * tls, tls_verify, ca_file) from the table at t. */
+ * tls: see sonde_lua_tls_opts, its presence turning TLS on) from the table
+ * at t. */
 void sonde_lua_grpc_opts(lua_State *L, int t, struct sonde_grpc_opts *o) {
   sonde_grpc_opts_init(o);
   o->host = opt_str(L, t, "host", NULL);
@@ -665,12 +666,7 @@ void sonde_lua_grpc_opts(lua_State *L, int t, struct sonde_grpc_opts *o) {
   if (svc) o->service = svc;
   o->timeout = opt_num(L, t, "timeout", o->timeout);
   o->user_agent = opt_str(L, t, "user_agent", NULL);
-  o->ca_file = opt_str(L, t, "ca_file", NULL);
-  lua_getfield(L, t, "tls");
-  o->tls = lua_toboolean(L, -1);
-  lua_getfield(L, t, "tls_verify");
-  o->tls_verify = lua_toboolean(L, -1);
-  lua_pop(L, 2);
+  o->use_tls = sonde_lua_tls_opts(L, t, &o->tls);
 }
 
 /* core.grpc(opts, cb) -> id */

@@ -7,8 +7,9 @@
  * grpc.health.v1.Health/Check with HealthCheckRequest{service}, over
  * HTTP/2 with libcurl (nghttp2): a POST to
  * http://HOST:PORT/grpc.health.v1.Health/Check with prior knowledge of
- * HTTP/2 (no upgrade), or, with `tls`, to https://... with HTTP/2 chosen
- * by ALPN.  Request headers: content-type application/grpc, te trailers,
+ * HTTP/2 (no upgrade), or, with use_tls, to https://... with HTTP/2
+ * chosen by ALPN and the shared TLS options (sonde/tls.h, applied with
+ * sonde_tls_curl_apply exactly as the HTTP prober does).  Request headers: content-type application/grpc, te trailers,
  * grpc-timeout (what is left of the deadline), user-agent.  The body is
  * one gRPC message: a 0 "compressed" byte, the length as 4 bytes big
  * endian, the protobuf request (sonde/pb.h).  grpc-status and
@@ -51,10 +52,19 @@
  *                               failure protocol, "error: health rpc
  *                               probe failed: ..."
  *   out of descriptors or memory  unknown resource
+ *   a TLS option libcurl refuses  failure config, "error: tls options:
+ *                               ..."
+ * Over TLS, a certificate expiring sooner than tls.expiry_failure /
+ * tls.expiry_warning (sonde_tls_judge) makes the result a failure /
+ * warning with reason tls_expiry once the call has completed at the
+ * HTTP/2 level, whatever the serving status (as the HTTP prober judges it
+ * before the status code); grpc_status and serving_status still say what
+ * the server answered.
  * error holds the detail (curl's message, grpc-message, the decoder's
  * error); has_grpc_status/grpc_status the status received, when one was;
  * has_serving_status/serving_status the response's status, when one was
- * decoded; remote_addr the address connected to.
+ * decoded; remote_addr the address connected to; tls the peer
+ * certificate facts (sonde/tls.h) when the response head came over TLS.
  *
  * "No word from the server": a server speaking HTTP/2 sends its SETTINGS
  * frame as soon as the connection is up; a port that accepts and never
@@ -65,9 +75,9 @@
  *
  * Not the kubelet's: a refused connection fails at once (the kubelet's
  * blocking dial retries until the deadline and reports the timeout);
- * TLS is sonde's own (the kubelet's probe has none: `tls`, with the HTTP
- * prober's verification defaults: certificates not verified unless
- * tls_verify); host may be any name or address (the kubelet always dials
+ * TLS is sonde's own (the kubelet's probe has none: use_tls, with the
+ * HTTP prober's options and defaults: certificates not verified unless
+ * tls.verify); host may be any name or address (the kubelet always dials
  * the pod IP).
  */
 #ifndef SONDE_GRPC_H
@@ -77,6 +87,7 @@
 #include <stdint.h>
 
 #include "sonde/loop.h"
+#include "sonde/tls.h"
 
 /* Path of the health check method. */
 #define SONDE_GRPC_HEALTH_PATH "/grpc.health.v1.Health/Check"
@@ -87,9 +98,9 @@ struct sonde_grpc_opts {
   const char *service;    /* HealthCheckRequest.service; NULL = "" */
   double timeout;         /* seconds, > 0 */
   const char *user_agent; /* NULL = "sonde/<version>" */
-  int tls;                /* https, HTTP/2 by ALPN */
-  int tls_verify;         /* verify the peer and its name */
-  const char *ca_file;    /* CA bundle, or NULL */
+  int use_tls;            /* https, HTTP/2 by ALPN */
+  struct sonde_tls_opts tls; /* with use_tls: sonde/tls.h, as the HTTP
+                                prober's (verify 0: not verified) */
 };
 
 /* Defaults: service "", timeout 1 s, plaintext. */

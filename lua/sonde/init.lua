@@ -346,8 +346,14 @@ end
 -- and tcp_socket; IPv6 bare), `timeout` (seconds, > 0, default 1: one
 -- deadline for resolution, connect, TLS and the call), `tls` (false, the
 -- default: plaintext HTTP/2 with prior knowledge as the kubelet; true:
--- TLS with HTTP/2 chosen by ALPN, certificates not verified; or
--- `{ verify = false, ca_file = nil }` as http_get's `tls`).
+-- TLS with HTTP/2 chosen by ALPN and http_get's defaults, certificates
+-- not verified; or a table with http_get's `tls` fields and meanings:
+-- `verify`, `ca_file`, `cert_file`, `key_file`, `server_name`,
+-- `min_version`, `expiry_warning`, `expiry_failure`).  Over TLS a
+-- certificate expiring sooner than `expiry_failure` / `expiry_warning`
+-- makes a completed call's result a failure / warning with reason
+-- tls_expiry, whatever the serving status (as http_get's thresholds win
+-- over the status code).
 --
 -- Outcomes (output in the kubelet's words; DUR is the timeout as Go
 -- prints it, "1s"): SERVING is success, reason ok, output "service
@@ -368,7 +374,8 @@ end
 -- malformed answer) failure protocol.  Result fields beyond the common
 -- ones: `grpc_status` (the call's status code, when one came),
 -- `serving_status` ("SERVING", "NOT_SERVING", ... when a response was
--- decoded), `remote_addr`.
+-- decoded), `remote_addr`, and over TLS `tls` (the peer certificate
+-- facts, as http_get's).
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)

@@ -258,7 +258,7 @@ local TLS_FIELDS = validate.schema {
   { "expiry_failure", "seconds" },
 }
 
---- The `tls` table of http_get and tcp_socket (see sonde.http_get):
+--- The `tls` table of http_get, tcp_socket and grpc (see sonde.http_get):
 -- verify, ca_file, cert_file, key_file (mutual TLS; key_file needs
 -- cert_file, cert_file alone holds both), server_name (SNI and the name
 -- verified), min_version, expiry_warning, expiry_failure (seconds; no
@@ -396,16 +396,18 @@ local function grpc_service(ctx, v, field)
   return v
 end
 
---- `tls` of a grpc spec: true (TLS, certificates not verified), false (no
--- TLS, the default) or `{ verify = false, ca_file = nil }` (TLS with
--- these, as http_get's `tls`).
+--- `tls` of a grpc spec: false (no TLS, the default), true (TLS with the
+-- defaults: certificates not verified, as http_get's) or a table of
+-- http_get's `tls` fields (M.tls_schema: verify, ca_file, cert_file,
+-- key_file, server_name, min_version, expiry_warning, expiry_failure).
 local function grpc_tls(ctx, v, field)
-  if type(v) == "boolean" then return v and { verify = false } or nil end
+  if v == false then return nil end
+  if v == true then v = {} end
   if type(v) ~= "table" then
-    fail(ctx, field, "must be a boolean or a table { verify =, ca_file = }, "
-      .. "got %s", type(v))
+    fail(ctx, field, "must be a boolean or a table of tls fields (verify, "
+      .. "ca_file, ...), got %s", type(v))
   end
-  return M.tls_schema:apply(ctx, v, field)
+  return M.tls_schema(ctx, v, field)
 end
 
 M.grpc_schema = validate.schema {
@@ -419,9 +421,7 @@ M.grpc_schema = validate.schema {
 local function grpc_prepare(ctx, spec)
   local s = M.grpc_schema:apply(ctx, spec)
   return { host = s.host, port = s.port, service = s.service,
-           timeout = s.timeout, tls = s.tls ~= nil,
-           tls_verify = s.tls ~= nil and s.tls.verify or nil,
-           ca_file = s.tls and s.tls.ca_file }
+           timeout = s.timeout, tls = s.tls }
 end
 
 ---------------------------------------------------------------------------

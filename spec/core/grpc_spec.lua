@@ -300,6 +300,292 @@ describe("sonde.grpc", function()
     end)
   end)
 
+  -- the shared TLS options (src/tls.c), as http_get's, against health
+  -- servers on certificates of a CA made here (spec/support/pki.lua)
+  describe("TLS with http_get's options", function()
+    local DAY = 86400
+    local pki, good, soon, expired, other, mtls, tls12
+
+    lazy_setup(function()
+      pki = helpers.pki(helpers.scratch())
+      local function on(leaf, ...)
+        return helpers.grpc_server { "--status", "=SERVING", "--status",
+          "down=NOT_SERVING", "--cert", leaf.cert, "--key", leaf.key, ... }
+      end
+      good = on(pki.good)
+      soon = on(pki.soon)
+      expired = on(pki.expired)
+      other = on(pki.other)
+      mtls = on(pki.good, "--client-ca", pki.ca)
+      tls12 = helpers.s_server { cert = pki.good, args = { "-tls1_2" } }
+    end)
+
+    lazy_teardown(function()
+      for _, s in ipairs { good, soon, expired, other, mtls } do
+        if s then s:stop() end
+      end
+      helpers.stop_s_servers()
+    end)
+
+    local function fp(cert)
+      return (helpers.x509(cert, "-fingerprint -sha256"):match("=([%x:]+)")
+        :gsub(":", ""):lower())
+    end
+
+    it("the result carries the certificate facts, as openssl says them",
+      function()
+      local r = grpc { port = good.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca } }
+      assert.are.same({ "success", "ok", "SERVING" },
+        { r.status, r.reason, r.serving_status })
+      local t = r.tls
+      assert.is_table(t)
+      assert.are.equal(helpers.not_after(pki.good.cert), t.earliest_expiry)
+      assert.are.equal(helpers.not_after(pki.good.cert), t.last_chain_expiry)
+      assert.is_true(t.verified)
+      assert.are.same({ "CN=good.sonde.test", "CN=sonde test CA,O=sonde test" },
+        { t.subject, t.issuer })
+      assert.are.same({ "good.sonde.test", "localhost" }, t.dns_names)
+      assert.are.equal(helpers.x509(pki.good.cert, "-serial")
+        :match("=(%x+)"):lower(), t.serial)
+      assert.are.equal(fp(pki.good.cert), t.fingerprint_sha256)
+      assert.matches("^TLS 1%.[23]$", t.version)
+      assert.matches("^TLS_", t.cipher)
+    end)
+
+    it("tls = true: facts too, the chain not verified; plaintext: none",
+      function()
+      local r = grpc { port = good.port, timeout = 5, tls = true }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+      assert.are.equal(helpers.not_after(pki.good.cert),
+        r.tls.earliest_expiry)
+      assert.is_false(r.tls.verified)
+      assert.is_nil(r.tls.last_chain_expiry)
+      r = grpc { port = health.port, tls = false }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+      assert.is_nil(r.tls)
+    end)
+
+    it("verify: an unknown issuer is failure tls (no facts), ca_file "
+      .. "trusts the CA", function()
+      local r = grpc { port = good.port, timeout = 5, tls = { verify = true } }
+      assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+      assert.matches("certificate", r.error)
+      assert.is_nil(r.tls)
+      assert.is_truthy(r.output:find('error: failed to connect service at "'
+        .. "127.0.0.1:" .. good.port .. '": ', 1, true), r.output)
+      r = grpc { port = good.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca } }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+      -- an expired certificate does not verify
+      r = grpc { port = expired.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca } }
+      assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+      assert.matches("expired", r.error)
+    end)
+
+    it("server_name is the name verified: a mismatch is failure tls",
+      function()
+      local r = grpc { port = good.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca,
+                server_name = "wrong.sonde.test" } }
+      assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+      assert.matches("hostname mismatch", r.error)
+      -- `other` names other.sonde.test only (no IP): 127.0.0.1 does not
+      -- match, server_name does
+      r = grpc { port = other.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca } }
+      assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+      r = grpc { port = other.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca,
+                server_name = "other.sonde.test" } }
+      assert.are.same({ "success", "ok", "CN=other.sonde.test" },
+        { r.status, r.reason, r.tls.subject })
+      -- a host name is the name verified without server_name
+      r = grpc { host = "localhost", port = good.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca } }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+      -- not checked without verify
+      r = grpc { port = good.port, timeout = 5,
+        tls = { server_name = "wrong.sonde.test" } }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    end)
+
+    it("mutual TLS: with the client certificate and key, and without",
+      function()
+      local r = grpc { port = mtls.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca, cert_file = pki.client.cert,
+                key_file = pki.client.key } }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+      -- TLS 1.3: the server's refusal comes after the client's side of
+      -- the handshake; gRPC's server closes the connection, which libcurl
+      -- sees as an HTTP/2 stream not closed cleanly
+      r = grpc { port = mtls.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca } }
+      assert.are.same({ "failure", "protocol" }, { r.status, r.reason })
+      assert.is_nil(r.serving_status)
+      -- OpenSSL's server says why in an alert: reason tls
+      local s = helpers.s_server { cert = pki.good,
+        args = { "-Verify", "1", "-CAfile", pki.ca } }
+      r = grpc { port = s.port, timeout = 5,
+        tls = { verify = true, ca_file = pki.ca } }
+      s:stop()
+      assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+      assert.matches("alert certificate required", r.error)
+      assert.is_truthy(r.output:find('error: failed to connect service at "',
+        1, true), r.output)
+    end)
+
+    it("min_version: TLS1.3 against a server capped at 1.2 is failure tls",
+      function()
+      -- (openssl s_server: no gRPC there, so without min_version the
+      -- handshake succeeds and the call then times out)
+      local r = grpc { port = tls12.port, timeout = 0.5,
+        tls = { min_version = "TLS1.3" } }
+      assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+      r = grpc { port = tls12.port, timeout = 0.5,
+        tls = { min_version = "TLS12" } }
+      assert.are.same({ "failure", "timeout" }, { r.status, r.reason })
+      r = grpc { port = good.port, timeout = 5,
+        tls = { min_version = "TLS1.2" } }
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    end)
+
+    describe("expiry thresholds", function()
+      it("none by default: a certificate expiring in 5 days is success",
+        function()
+        local r = grpc { port = soon.port, timeout = 5, tls = true }
+        assert.are.same({ "success", "ok" }, { r.status, r.reason })
+        assert.are.equal(helpers.not_after(pki.soon.cert),
+          r.tls.earliest_expiry)
+      end)
+
+      it("closer than expiry_warning: warning tls_expiry on a SERVING "
+        .. "server", function()
+        local r = grpc { port = soon.port, timeout = 5,
+          tls = { expiry_warning = 14 * DAY } }
+        assert.are.same({ "warning", "tls_expiry", 0, "SERVING" },
+          { r.status, r.reason, r.grpc_status, r.serving_status })
+        assert.matches("^TLS certificate expires in [45]%.%d days %(", r.output)
+        assert.are.equal(r.output, r.error)
+      end)
+
+      it("closer than expiry_failure: failure tls_expiry", function()
+        local r = grpc { port = soon.port, timeout = 5,
+          tls = { expiry_warning = 14 * DAY, expiry_failure = 7 * DAY } }
+        assert.are.same({ "failure", "tls_expiry", "SERVING" },
+          { r.status, r.reason, r.serving_status })
+      end)
+
+      it("expired with a threshold set: failure tls_expiry", function()
+        local r = grpc { port = expired.port, timeout = 5,
+          tls = { expiry_warning = 14 * DAY } }
+        assert.are.same({ "failure", "tls_expiry" }, { r.status, r.reason })
+        assert.matches("^TLS certificate expired .* ago", r.output)
+      end)
+
+      it("further than both: the serving status decides", function()
+        local r = grpc { port = good.port, timeout = 5,
+          tls = { expiry_warning = 14 * DAY, expiry_failure = 7 * DAY } }
+        assert.are.same({ "success", "ok" }, { r.status, r.reason })
+        r = grpc { port = good.port, timeout = 5, service = "down",
+          tls = { expiry_warning = 14 * DAY, expiry_failure = 7 * DAY } }
+        assert.are.same({ "failure", "grpc_status" }, { r.status, r.reason })
+      end)
+
+      it("judged before the serving status, as HTTP's before the status "
+        .. "code", function()
+        local r = grpc { port = soon.port, timeout = 5, service = "down",
+          tls = { expiry_warning = 14 * DAY } }
+        assert.are.same({ "warning", "tls_expiry", 0, "NOT_SERVING" },
+          { r.status, r.reason, r.grpc_status, r.serving_status })
+      end)
+    end)
+
+    it("fields are checked with their names, at the caller's line",
+      function()
+      spec_error({ port = 1, tls = { min_version = "TLS1.4" } },
+        "tls.min_version", "TLS1.4")
+      spec_error({ port = 1, tls = { key_file = "/k" } }, "tls.key_file",
+        "needs cert_file")
+      spec_error({ port = 1, tls = { server_name = "" } }, "tls.server_name")
+      spec_error({ port = 1, tls = { cert_file = 1 } }, "tls.cert_file")
+      spec_error({ port = 1, tls = { expiry_warning = "14d" } },
+        "tls.expiry_warning")
+      spec_error({ port = 1, tls = { expiry_warning = DAY,
+        expiry_failure = 2 * DAY } }, "tls.expiry_failure",
+        "must not exceed expiry_warning")
+      assert.are.equal('probe "api": grpc.tls.min_version: must be TLS1.0, '
+        .. 'TLS1.1, TLS1.2 or TLS1.3 (or TLS10 .. TLS13), got "SSL3"',
+        helpers.error_here(function()
+          sonde.probe { name = "api", grpc = { port = 1,
+            tls = { min_version = "SSL3" } } }
+        end))
+    end)
+
+    it("a declared probe over TLS: blackbox_exporter's TLS series on "
+      .. "/metrics, the facts on /status", function()
+      local dir = helpers.scratch()
+      local path = helpers.write(dir .. "/grpc-tls.lua", ([[
+local sonde = require "sonde"
+sonde.probe { name = "grpc-tls", kind = "readiness", period = 0.2,
+  timeout = 5, grpc = { port = %d, tls = { verify = true, ca_file = %q } } }
+sonde.probe { name = "grpc-soon", kind = "liveness", period = 0.2,
+  timeout = 5, grpc = { port = %d,
+    tls = { expiry_warning = 14 * 86400 } } }
+sonde.probe { name = "grpc-plain", kind = "readiness", period = 0.2,
+  grpc = { port = %d } }
+]]):format(good.port, pki.ca, soon.port, health.port))
+      local h = helpers.host_start { "--log-format", "json", "--listen",
+        "127.0.0.1:0", path }
+      finally(function() h:cleanup() end)
+      local port = helpers.listen_port(h)
+      local text
+      for _ = 1, 150 do
+        text = helpers.fetch(port, "/metrics").body or ""
+        if select(2, text:gsub("\nprobe_tls_version_info{", "")) == 2 then
+          break
+        end
+        helpers.sleep(0.1)
+      end
+      local exp = helpers.not_after(pki.good.cert)
+      local function has(line)
+        assert.is_truthy(helpers.has_line(text, line),
+          "no line " .. line .. " in:\n" .. text)
+      end
+      local pl = 'probe="grpc-tls",kind="readiness"'
+      has(("probe_ssl_earliest_cert_expiry{%s} %d"):format(pl, exp))
+      has(("probe_ssl_last_chain_expiry_timestamp_seconds{%s} %d")
+        :format(pl, exp))
+      has(('probe_ssl_last_chain_info{%s,fingerprint_sha256="%s",'
+        .. 'subject="CN=good.sonde.test",issuer="CN=sonde test CA,O=sonde '
+        .. 'test",subjectalternative="good.sonde.test,localhost",'
+        .. 'serialnumber="%s"} 1'):format(pl, fp(pki.good.cert),
+        helpers.x509(pki.good.cert, "-serial"):match("=(%x+)"):lower()))
+      has(("probe_grpc_status_code{%s} 0"):format(pl))
+      has(('probe_ssl_earliest_cert_expiry{probe="grpc-soon",'
+        .. 'kind="liveness"} %d'):format(helpers.not_after(pki.soon.cert)))
+      assert.matches("\nprobe_tls_version_info{" .. pl:gsub("%p", "%%%0")
+        .. ',version="TLS 1%.[23]"} 1', text)
+      assert.is_nil(text:find('probe_ssl_earliest_cert_expiry{probe="grpc-'
+        .. 'plain"', 1, true), text)
+      -- the expiry warning: results warning, reason tls_expiry (a warning
+      -- is logically success: the liveness probe stays in success)
+      local soon_runs = h:events("probe_result", { probe = "grpc-soon" })
+      assert.is_true(#soon_runs >= 1, h:stderr())
+      assert.are.same({ "warning", "tls_expiry", "SERVING", "success" },
+        { soon_runs[1].status, soon_runs[1].reason,
+          soon_runs[1].serving_status, soon_runs[1].state })
+      local st = assert(helpers.json_decode(helpers.fetch(port,
+        "/status").body))
+      assert.are.same({ "CN=good.sonde.test", exp },
+        { st.probes["grpc-tls"].last.tls.subject,
+          st.probes["grpc-tls"].last.tls.earliest_expiry })
+      assert.is_nil(st.probes["grpc-plain"].last.tls)
+      assert.are.equal(0, h:term(), h:stderr())
+    end)
+  end)
+
   describe("declared probes", function()
     before_each(helpers.fresh)
     after_each(function()

@@ -80,8 +80,9 @@ describe("sonde.k8s.probe", function()
       period = 3, timeout = 1, success_threshold = 1, failure_threshold = 3 },
       spec)
     local p = sonde.probe(spec)
-    assert.are.same({ "grpc", "127.0.0.1", 9000, "", false },
-      { p.handler, p.opts.host, p.opts.port, p.opts.service, p.opts.tls })
+    assert.are.same({ "grpc", "127.0.0.1", 9000, "" },
+      { p.handler, p.opts.host, p.opts.port, p.opts.service })
+    assert.is_nil(p.opts.tls)           -- plaintext, as the kubelet
     local named = sonde.probe(sonde.k8s.probe { name = "g2",
       grpc = { port = 9001, service = "db" } })
     assert.are.same({ 9001, "db" }, { named.opts.port, named.opts.service })

@@ -168,6 +168,43 @@ describe("sonde.metrics.render", function()
     end
   end)
 
+  it("a gRPC probe whose last result came over TLS: the TLS series "
+    .. "beside the gRPC ones (keyed on result.tls, whatever the handler)",
+    function()
+    local g = probe("api")
+    g.handler = "grpc"
+    g.last_result = { duration = 0.01, status = "success", grpc_status = 0,
+      serving_status = "SERVING", tls = { earliest_expiry = 1804258986,
+        last_chain_expiry = 1804258986, verified = true,
+        subject = "CN=api", issuer = "CN=ca", dns_names = { "api", "b" },
+        serial = "1000", fingerprint_sha256 = "ab12", version = "TLS 1.3",
+        cipher = "TLS_AES_128_GCM_SHA256" } }
+    local plain = probe("plain")
+    plain.handler = "grpc"
+    plain.last_result = { duration = 0.01, status = "success",
+      grpc_status = 0, serving_status = "SERVING" }
+    local text = metrics.render({ services = {}, probes = { g, plain } })
+    local pl = 'probe="api",kind="readiness"'
+    for _, line in ipairs {
+      "probe_ssl_earliest_cert_expiry{" .. pl .. "} 1804258986",
+      "probe_ssl_last_chain_expiry_timestamp_seconds{" .. pl
+        .. "} 1804258986",
+      "probe_ssl_last_chain_info{" .. pl .. ',fingerprint_sha256="ab12",'
+        .. 'subject="CN=api",issuer="CN=ca",subjectalternative="api,b",'
+        .. 'serialnumber="1000"} 1',
+      "probe_tls_version_info{" .. pl .. ',version="TLS 1.3"} 1',
+      "probe_tls_cipher_info{" .. pl .. ',cipher="TLS_AES_128_GCM_SHA256"} 1',
+      "probe_grpc_status_code{" .. pl .. "} 0",
+    } do
+      assert.is_truthy(text:find("\n" .. line .. "\n", 1, true),
+        line .. "\n" .. text)
+    end
+    assert.is_nil(text:find('probe_ssl_earliest_cert_expiry{probe="plain"',
+      1, true), text)
+    assert.is_nil(text:find('probe_tls_version_info{probe="plain"', 1, true),
+      text)
+  end)
+
   it("the same text, series for series, when rendered again (label sets "
     .. "are kept per probe)", function()
     local ps = { probe("x"), probe("y") }
