@@ -583,8 +583,9 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
     r->tls = g->facts;
     g->facts = NULL;
   }
-  /* the certificates' expiry wins over the answer (as HTTP's over the
-   * status code); grpc_status and serving_status stay what came */
+  /* the certificates' expiry, once an answer came: a failure threshold
+   * overrides it, a warning threshold only a success (as for HTTP);
+   * grpc_status and serving_status stay what came */
   if (code == CURLE_OK)
     sonde_tls_judge(r->tls, &g->tls, (double)time(NULL), r);
   sonde_op_complete(&g->op);

@@ -355,9 +355,7 @@ static void finish_status(struct http_op *h) {
   take_response(h);
   r->redirects = h->redirects;
   set_result_url(h);
-  if (sonde_tls_judge(r->tls, &h->tls, (double)time(NULL), r)) {
-    /* the certificates' expiry decides before the status code */
-  } else if (r->http_status >= 200 && r->http_status < 300) {
+  if (r->http_status >= 200 && r->http_status < 300) {
     r->status = SONDE_SUCCESS;
     r->reason = SONDE_R_OK;
     sonde_result_set_output(r, r->body, r->body_len);
@@ -384,6 +382,9 @@ static void finish_status(struct http_op *h) {
     r->duration = sonde_now() - h->op.start;
     sonde_http_expect_judge(h->expect, r);
   }
+  /* the certificates' expiry last: a failure threshold overrides any
+   * answer, a warning one only a success (sonde_tls_judge) */
+  sonde_tls_judge(r->tls, &h->tls, (double)time(NULL), r);
   sonde_op_complete(&h->op);
 }
 

@@ -316,11 +316,14 @@ static void finish(struct tcp_op *t, int ok) {
   if (ok) {
     r->status = SONDE_SUCCESS;       /* output "" (NULL: nothing allocated) */
     r->reason = SONDE_R_OK;
-    /* a certificate expiring too soon (TLS) */
-    sonde_tls_judge(r->tls, &t->tls, (double)time(NULL), r);
   } else {
     set_failure(t);
   }
+  /* a certificate expiring too soon, when the peer answered (connected,
+   * or a step's expectation unmet, as HTTP judges only a response): a
+   * failure threshold overrides that, a warning threshold only a success */
+  if (ok || r->reason == SONDE_R_EXPECT)
+    sonde_tls_judge(r->tls, &t->tls, (double)time(NULL), r);
   if (!t->starting) {
     sonde_op_complete(&t->op);
     return;

@@ -404,6 +404,9 @@ int sonde_tls_judge(const struct sonde_tls_facts *f,
     st = SONDE_WARNING;
   else
     return 0;
+  /* a warning never softens what the rest of the result decided: it
+   * replaces a success only */
+  if (st == SONDE_WARNING && r->status != SONDE_SUCCESS) return 0;
   char when[64] = "?";
   time_t t = (time_t)f->earliest_expiry;
   struct tm tm;

@@ -89,14 +89,17 @@ void sonde_tls_facts_free(struct sonde_tls_facts *f);
 int sonde_tls_parse_version(const char *s);
 
 /*
- * Judge the certificates' expiry before anything else of a result:
+ * Judge the certificates' expiry, once the rest of a result is judged
+ * (the probers call it last, on a result where the peer answered):
  * earliest_expiry - now below o->expiry_failure (when set), or a
  * certificate already expired while either threshold is set, makes r a
- * failure, below o->expiry_warning a warning, both with reason tls_expiry
- * and an output/error "TLS certificate expires in 3.2 days (2026-12-08
- * 10:00:00 UTC)" ("expired ... ago").  `now` is seconds since the epoch.
- * Returns 1 when it decided r (status, reason, error, output set), else 0
- * (r untouched).
+ * failure whatever it was (tls_expiry takes precedence over the answer's
+ * own failure); below o->expiry_warning it makes a success a warning and
+ * leaves a warning or a failure as it is (a warning threshold never
+ * hides a failure).  Reason tls_expiry, output/error "TLS certificate
+ * expires in 3.2 days (2026-12-08 10:00:00 UTC)" ("expired ... ago").
+ * `now` is seconds since the epoch.  Returns 1 when it decided r
+ * (status, reason, error, output set), else 0 (r untouched).
  */
 int sonde_tls_judge(const struct sonde_tls_facts *f,
                     const struct sonde_tls_opts *o, double now,

@@ -493,11 +493,15 @@ describe("sonde.grpc", function()
         assert.are.same({ "failure", "grpc_status" }, { r.status, r.reason })
       end)
 
-      it("judged before the serving status, as HTTP's before the status "
-        .. "code", function()
+      it("a warning threshold never hides a failure; a failure threshold "
+        .. "takes precedence over the serving status", function()
         local r = grpc { port = soon.port, timeout = 5, service = "down",
           tls = { expiry_warning = 14 * DAY } }
-        assert.are.same({ "warning", "tls_expiry", 0, "NOT_SERVING" },
+        assert.are.same({ "failure", "grpc_status", 0, "NOT_SERVING" },
+          { r.status, r.reason, r.grpc_status, r.serving_status })
+        r = grpc { port = soon.port, timeout = 5, service = "down",
+          tls = { expiry_warning = 14 * DAY, expiry_failure = 7 * DAY } }
+        assert.are.same({ "failure", "tls_expiry", 0, "NOT_SERVING" },
           { r.status, r.reason, r.grpc_status, r.serving_status })
       end)
     end)

@@ -239,8 +239,24 @@ describe("TLS on http_get", function()
       local r = http { url = u, timeout = 5 }
       assert.are.same({ "failure", "http_status", 404 },
         { r.status, r.reason, r.http_status })
+      -- a warning threshold never hides the failure; a failure threshold
+      -- takes precedence over it
       r = http { url = u, timeout = 5, tls = { expiry_warning = 14 * DAY } }
+      assert.are.same({ "failure", "http_status", 404 },
+        { r.status, r.reason, r.http_status })
+      r = http { url = u, timeout = 5,
+        tls = { expiry_warning = 14 * DAY, expiry_failure = 7 * DAY } }
+      assert.are.same({ "failure", "tls_expiry", 404 },
+        { r.status, r.reason, r.http_status })
+      -- judged after the expectations: a 404 expected is a success, which
+      -- the warning threshold makes a warning
+      r = http { url = u, timeout = 5, expect = { status = 404 },
+        tls = { expiry_warning = 14 * DAY } }
       assert.are.same({ "warning", "tls_expiry", 404 },
+        { r.status, r.reason, r.http_status })
+      r = http { url = u, timeout = 5, expect = { status = 404 },
+        tls = { expiry_warning = 1 * DAY } }
+      assert.are.same({ "success", "ok", 404 },
         { r.status, r.reason, r.http_status })
     end)
   end)
