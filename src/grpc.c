@@ -223,13 +223,11 @@ static char *percent_decode(const char *s, size_t len) {
 /* The facts of the TLS connection, while it is alive (libcurl hands out
  * its SSL only then). */
 static void take_facts(struct grpc_op *g) {
-  struct curl_tlssessioninfo *ti = NULL;
+  struct sonde_tls_facts *f = sonde_tls_curl_facts(g->easy);
   g->facts_taken = 1;
-  if (curl_easy_getinfo(g->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK ||
-      !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
-    return;
+  if (!f) return;
   sonde_tls_facts_free(g->facts);
-  g->facts = sonde_tls_facts_of(ti->internals);
+  g->facts = f;
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {

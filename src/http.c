@@ -196,13 +196,11 @@ static void free_resp_headers(struct http_op *h) {
 /* The facts of the hop's TLS connection, while it is alive (libcurl
  * hands out its SSL only then). */
 static void take_facts(struct http_op *h) {
-  struct curl_tlssessioninfo *ti = NULL;
+  struct sonde_tls_facts *f = sonde_tls_curl_facts(h->easy);
   h->facts_taken = 1;
-  if (curl_easy_getinfo(h->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK ||
-      !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
-    return;
+  if (!f) return;
   sonde_tls_facts_free(h->facts);
-  h->facts = sonde_tls_facts_of(ti->internals);
+  h->facts = f;
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *arg) {

@@ -227,6 +227,14 @@ static CURLcode ctx_cb(CURL *curl, void *sslctx, void *arg) {
   return CURLE_OK;
 }
 
+struct sonde_tls_facts *sonde_tls_curl_facts(CURL *easy) {
+  struct curl_tlssessioninfo *ti = NULL;
+  if (curl_easy_getinfo(easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK || !ti ||
+      ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
+    return NULL;
+  return sonde_tls_facts_of(ti->internals);
+}
+
 CURLcode sonde_tls_curl_apply(CURL *e, const struct sonde_tls_opts *o) {
   static const long versions[] = {[SONDE_TLS_1_0] = CURL_SSLVERSION_TLSv1_0,
                                   [SONDE_TLS_1_1] = CURL_SSLVERSION_TLSv1_1,

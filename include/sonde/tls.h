@@ -119,6 +119,11 @@ int sonde_tls_judge(const struct sonde_tls_facts *f,
  */
 CURLcode sonde_tls_curl_apply(CURL *easy, const struct sonde_tls_opts *o);
 
+/* The facts of an easy handle's TLS connection, while it is alive
+ * (libcurl hands out its SSL only then: call from a header callback).
+ * NULL when the connection has no OpenSSL session or out of memory. */
+struct sonde_tls_facts *sonde_tls_curl_facts(CURL *easy);
+
 /*
  * A client SSL_CTX for o (verification with ca_file or the system's CAs,
  * client certificate, min_version).  Returns NULL with a message in err
