@@ -42,8 +42,21 @@ local SMTP = {
   { send = "QUIT\r\n" },
 }
 
+-- IMAP (RFC 3501: "TAG STARTTLS") and POP3 (RFC 2595: "STLS"), each
+-- then asking for its capabilities over TLS
+local IMAP = {
+  { expect = "^%* OK .*STARTTLS" }, { send = "a1 STARTTLS\r\n" },
+  { expect = "^a1 OK ", starttls = true },
+  { send = "a2 CAPABILITY\r\n" }, { expect = "^a2 OK secured" },
+}
+local POP3 = {
+  { expect = "^%+OK" }, { send = "STLS\r\n" },
+  { expect = "^%+OK ", starttls = true },
+  { send = "CAPA\r\n" }, { expect = "^%+OK secured" },
+}
+
 describe("tcp_socket STARTTLS and steps over TLS", function()
-  local pki, starttls, inject, tls, tls_mtls
+  local pki, starttls, inject, tls, tls_mtls, imap, pop3
 
   lazy_setup(function()
     pki = helpers.pki(helpers.scratch())
@@ -51,6 +64,8 @@ describe("tcp_socket STARTTLS and steps over TLS", function()
     inject = server(pki, "inject")
     tls = server(pki, "tls")
     tls_mtls = server(pki, "tls", pki.ca)
+    imap = server(pki, "imap")
+    pop3 = server(pki, "pop3")
   end)
 
   lazy_teardown(stop_all)
@@ -64,6 +79,27 @@ describe("tcp_socket STARTTLS and steps over TLS", function()
     assert.are.same({ "CN=good.sonde.test", "TLS 1.3" },
       { r.tls.subject, r.tls.version })
     assert.are.equal(helpers.not_after(pki.good.cert), r.tls.earliest_expiry)
+  end)
+
+  it("IMAP and POP3 STARTTLS: the capabilities asked over TLS, verified",
+    function()
+    for _, c in ipairs { { imap, IMAP, "a2 OK secured" },
+                         { pop3, POP3, "+OK secured" } } do
+      local r = tcp { port = c[1], timeout = 5, expect = c[2],
+        tls = { verify = true, ca_file = pki.ca } }
+      assert.are.same({ "success", "ok", c[3], "CN=good.sonde.test" },
+        { r.status, r.reason, r.output, r.tls and r.tls.subject })
+      -- the same conversation without the upgrade: the server answers
+      -- the capability command with "- what" in clear, and the probe
+      -- fails on that step (the step after STARTTLS really is over TLS)
+      local plain = {}
+      for i, st in ipairs(c[2]) do
+        plain[i] = { expect = st.expect, send = st.send }
+      end
+      r = tcp { port = c[1], timeout = 2, expect = plain }
+      assert.are.equal("failure", r.status)
+      assert.is_nil(r.tls)
+    end
   end)
 
   it("STARTTLS without a tls table uses the defaults (no verification)",
