@@ -81,11 +81,12 @@ $(MODULE): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS) $(SSL_LIBS) -lm
 
-# The host exports Lua's symbols (-Wl,-E) so that C modules it loads link.
-$(HOST): $(HOST_OBJ) $(CORE_OBJ)
+# The host exports Lua's symbols (-Wl,-E) so that C modules it loads link;
+# it holds no copy of the core: it loads the module (sonde.core) as any
+# Lua interpreter does, from the lib directory beside its own (host/main.c).
+$(HOST): $(HOST_OBJ) | $(MODULE)
 	@mkdir -p $(dir $@)
-	$(CC) $(SANFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(CURL_LIBS) $(EVENT_LIBS) \
-	  $(SSL_LIBS) -lm
+	$(CC) $(SANFLAGS) -Wl,-E -o $@ $(HOST_OBJ) $(LUA_LIBS) -lm
 
 $(FIXTURE): spec/fixtures/fixture-server.c
 	@mkdir -p $(dir $@)

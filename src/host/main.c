@@ -1,18 +1,19 @@
 /*
  * host/main.c - the `sonde` host binary.
  *
- * Sets up a Lua state with sonde.core linked in and hands the command line
- * to lua/sonde/host/init.lua (`sonde --help` lists the commands).  The host
+ * Sets up a Lua state and hands the command line to
+ * lua/sonde/host/init.lua (`sonde --help` lists the commands).  The host
  * finds its Lua modules relative to its own executable: in the build
  * tree (build/bin/sonde -> build/lib, lua/) or in an installed prefix
  * (PREFIX/bin/sonde -> PREFIX/lib/lua/5.4, PREFIX/share/lua/5.4), ahead of
- * LUA_PATH/LUA_CPATH and Lua's defaults.  `sonde.core` is linked in.
+ * LUA_PATH/LUA_CPATH and Lua's defaults.  The core is not linked in: it
+ * is the module `sonde.core` (core.so), loaded from there like any C
+ * module, so the host and `require "sonde"` share one copy of it.
  *
  * Exit status: what host.main returns; 1 on an uncaught error (printed
  * with a traceback on stderr).
  */
 #define _GNU_SOURCE
-#include <curl/curl.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
@@ -22,10 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include "sonde/sonde.h"
-
-int luaopen_sonde_core(lua_State *L);
 
 /* Directory of the running executable (malloc'd), or NULL. */
 static char *exe_dir(void) {
@@ -102,10 +99,6 @@ int main(int argc, char **argv) {
   }
   luaL_openlibs(L);
   set_paths(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, luaopen_sonde_core);
-  lua_setfield(L, -2, "sonde.core");
-  lua_pop(L, 1);
   /* the command line as the global `arg`, like lua.c */
   lua_createtable(L, argc, 1);
   for (int i = 0; i < argc; i++) {
