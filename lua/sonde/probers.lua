@@ -247,24 +247,42 @@ local function tls_version(ctx, v, field)
   return n
 end
 
+-- A file the TLS options name: readable now, or the spec is refused (it
+-- is read again at each run: a file that goes away later fails the run).
+local function tls_file(ctx, v, field)
+  validate.checks.string(ctx, v, field)
+  if v == "" then fail(ctx, field, "must not be empty") end
+  local f, err = io.open(v, "rb")
+  if not f then fail(ctx, field, "cannot be read: %s", err) end
+  f:close()
+  return v
+end
+
 local TLS_FIELDS = validate.schema {
   { "verify", "boolean", default = false },
-  { "ca_file", "string", nonempty = true },
-  { "cert_file", "string", nonempty = true },
-  { "key_file", "string", nonempty = true },
+  { "ca_file", tls_file },
+  { "cert_file", tls_file },
+  { "key_file", tls_file },
   { "server_name", "string", nonempty = true },
   { "min_version", tls_version },
   { "expiry_warning", "seconds" },
   { "expiry_failure", "seconds" },
 }
 
---- The `tls` table of http_get, tcp_socket and grpc (see sonde.http_get):
--- verify, ca_file, cert_file, key_file (mutual TLS; key_file needs
--- cert_file, cert_file alone holds both), server_name (SNI and the name
--- verified), min_version, expiry_warning, expiry_failure (seconds; no
--- default: off).
+--- The `tls` of http_get, tcp_socket and grpc (see sonde.http_get): a
+-- table of verify, ca_file, cert_file, key_file (mutual TLS; key_file
+-- needs cert_file, cert_file alone holds both; the files must be readable
+-- when the spec is checked), server_name (SNI and the name verified),
+-- min_version, expiry_warning, expiry_failure (seconds; no default: off);
+-- or `true` (the same as `{}`: TLS with the defaults), or `false` (none).
 -- @raise naming the field
 function M.tls_schema(ctx, v, field)
+  if v == false then return nil end
+  if v == true then v = {} end
+  if type(v) ~= "table" then
+    fail(ctx, field, "must be a boolean or a table of tls fields (verify, "
+      .. "ca_file, ...), got %s", type(v))
+  end
   local s = TLS_FIELDS:apply(ctx, v, field)
   if s.key_file and not s.cert_file then
     fail(ctx, field .. ".key_file", "needs cert_file")
@@ -396,26 +414,13 @@ local function grpc_service(ctx, v, field)
   return v
 end
 
---- `tls` of a grpc spec: false (no TLS, the default), true (TLS with the
--- defaults: certificates not verified, as http_get's) or a table of
--- http_get's `tls` fields (M.tls_schema: verify, ca_file, cert_file,
--- key_file, server_name, min_version, expiry_warning, expiry_failure).
-local function grpc_tls(ctx, v, field)
-  if v == false then return nil end
-  if v == true then v = {} end
-  if type(v) ~= "table" then
-    fail(ctx, field, "must be a boolean or a table of tls fields (verify, "
-      .. "ca_file, ...), got %s", type(v))
-  end
-  return M.tls_schema(ctx, v, field)
-end
 
 M.grpc_schema = validate.schema {
   { "host", "host", default = "127.0.0.1" },
   { "port", grpc_port, required = true },
   { "service", grpc_service, default = "" },
   { "timeout", "seconds", default = 1 },
-  { "tls", grpc_tls },
+  { "tls", M.tls_schema },
 }
 
 local function grpc_prepare(ctx, spec)

@@ -510,7 +510,8 @@ describe("sonde.grpc", function()
       function()
       spec_error({ port = 1, tls = { min_version = "TLS1.4" } },
         "tls.min_version", "TLS1.4")
-      spec_error({ port = 1, tls = { key_file = "/k" } }, "tls.key_file",
+      spec_error({ port = 1, tls = { key_file = "/etc/hostname" } },
+        "tls.key_file",
         "needs cert_file")
       spec_error({ port = 1, tls = { server_name = "" } }, "tls.server_name")
       spec_error({ port = 1, tls = { cert_file = 1 } }, "tls.cert_file")

@@ -102,6 +102,15 @@ describe("tcp_socket STARTTLS and steps over TLS", function()
     end
   end)
 
+  it("tls = true is TLS with the defaults, tls = false none", function()
+    local r = tcp { port = tls, timeout = 5, tls = true }
+    assert.are.same({ "success", "ok", "CN=good.sonde.test" },
+      { r.status, r.reason, r.tls and r.tls.subject })
+    r = tcp { port = tls, timeout = 5, tls = false }
+    assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    assert.is_nil(r.tls)
+  end)
+
   it("STARTTLS without a tls table uses the defaults (no verification)",
     function()
     local r = tcp { port = starttls, timeout = 5, expect = SMTP }

@@ -149,10 +149,36 @@ describe("TLS on http_get", function()
       assert.are.same({ "failure", "tls" }, { r.status, r.reason })
     end)
 
-    it("a key that does not exist fails, reason tls", function()
-      local r = http { url = url(mtls), timeout = 5,
-        tls = { cert_file = pki.client.cert, key_file = pki.dir .. "/none" } }
+    it("a file that cannot be read is refused when the spec is checked",
+      function()
+      for _, f in ipairs { "ca_file", "cert_file", "key_file" } do
+        local t = { cert_file = pki.client.cert }
+        t[f] = pki.dir .. "/none"
+        assert_raises({ url = url(mtls), timeout = 5, tls = t },
+          "tls." .. f .. ": cannot be read: " .. pki.dir .. "/none: No such file")
+      end
+    end)
+
+    it("a key that went away after the spec was checked fails the run, "
+      .. "reason tls", function()
+      local key = pki.dir .. "/key-copy.pem"
+      assert(os.execute("cp " .. helpers.q(pki.client.key) .. " "
+        .. helpers.q(key)))
+      -- the same table again is not checked again (see sonde.http_get)
+      local spec = { url = url(mtls), timeout = 5,
+        tls = { cert_file = pki.client.cert, key_file = key } }
+      local r = http(spec)
+      assert.are.same({ "success", "ok" }, { r.status, r.reason })
+      os.remove(key)
+      r = http(spec)
       assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+    end)
+
+    it("tls = true is tls = {}, tls = false none", function()
+      local r = http { url = url(mtls), timeout = 5, tls = true }
+      assert.are.same({ "failure", "tls" }, { r.status, r.reason })
+      assert_raises({ url = url(mtls), tls = "yes" },
+        "tls: must be a boolean or a table of tls fields")
     end)
   end)
 
@@ -286,7 +312,8 @@ describe("TLS on http_get", function()
       assert_raises({ url = u, tls = { verify = "yes" } }, "tls.verify")
       assert_raises({ url = u, tls = { ca_file = 1 } }, "tls.ca_file")
       assert_raises({ url = u, tls = { cert_file = "" } }, "tls.cert_file")
-      assert_raises({ url = u, tls = { key_file = "/k" } }, "tls.key_file",
+      assert_raises({ url = u, tls = { key_file = pki.client.key } },
+        "tls.key_file",
         "needs cert_file")
       assert_raises({ url = u, tls = { server_name = "" } },
         "tls.server_name")
@@ -410,11 +437,20 @@ describe("TLS on tcp_socket", function()
     assert.are.same({ "warning", "tls_expiry" }, { r.status, r.reason })
   end)
 
-  it("a file that cannot be read fails at once, reason tls", function()
-    local r = tcp { port = good.port, timeout = 5,
-      tls = { ca_file = pki.dir .. "/none.pem" } }
+  it("a file that cannot be read: refused when checked; gone by the run, "
+    .. "the run fails at once, reason tls", function()
+    local tcp_raises = select(2, helpers.prober(sonde.tcp_socket))
+    tcp_raises({ port = good.port, tls = { ca_file = pki.dir .. "/none.pem" } },
+      "tls.ca_file: cannot be read: ")
+    local ca = pki.dir .. "/ca-copy.pem"
+    assert(os.execute("cp " .. helpers.q(pki.ca) .. " " .. helpers.q(ca)))
+    local spec = { port = good.port, timeout = 5, tls = { ca_file = ca } }
+    local r = tcp(spec)
+    assert.are.same({ "success", "ok" }, { r.status, r.reason })
+    os.remove(ca)
+    r = tcp(spec)                 -- the same table: not checked again
     assert.are.same({ "failure", "tls" }, { r.status, r.reason })
-    assert.matches("ca_file .*none.pem: No such file", r.error)
+    assert.matches("ca_file .*ca%-copy.pem: No such file", r.error)
   end)
 
   it("a silent peer: the handshake times out (reason timeout)", function()
