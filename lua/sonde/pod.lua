@@ -132,7 +132,7 @@ function M.pod_spec(path)
     end
   end
   fail(path, "no Pod or pod template (Deployment, StatefulSet, DaemonSet, "
-    .. "ReplicaSet, Job) found")
+    .. "ReplicaSet, Job, ReplicationController) found")
 end
 
 -- The keys of a mapping, for a message ("secretKeyRef").
