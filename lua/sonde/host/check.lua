@@ -33,8 +33,11 @@ function M.main(source)
       p.restart_policy, p.grace, table.concat(list, ", ")))
   end
   for _, s in ipairs(cfg.services) do
-    print(string.format("service %-20s %s", s.name,
-      table.concat(s.opts.argv, " ")))
+    -- one line per entry: a multi-line argument (a script given to sh -c)
+    -- shows its line ends and tabs as \n and \t
+    local cmd = table.concat(s.opts.argv, " "):gsub("[\n\t]",
+      { ["\n"] = "\\n", ["\t"] = "\\t" })
+    print(string.format("service %-20s %s", s.name, cmd))
   end
   for _, p in ipairs(cfg.probes) do
     print(string.format("probe   %-20s %-9s %-10s period=%gs timeout=%gs "

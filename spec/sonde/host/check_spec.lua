@@ -30,6 +30,20 @@ describe("sonde check", function()
       .. "success_threshold=2 failure_threshold=3$"), lines[4])
   end)
 
+  it("one line per service: line ends and tabs in a command show as \\n "
+    .. "and \\t", function()
+    local path = script("multiline.lua", [[
+      local sonde = require "sonde"
+      sonde.service { name = "s", command = { "sh", "-c", "a\n\tb\n" } }
+    ]])
+    local rc, out, err = helpers.host_run { "check", path }
+    assert.are.equal(0, rc, err)
+    local lines = helpers.lines(out)
+    assert.are.equal(2, #lines, out)
+    assert.is_truthy(lines[2]:match("^service%s+s%s+sh %-c a\\n\\tb\\n$"),
+      lines[2])
+  end)
+
   it("a syntax error: the error on stderr, exit 2", function()
     local path = script("syntax.lua", "local sonde = require 'sonde'\n"
       .. "sonde.probe { name = 'x',, }\n")
