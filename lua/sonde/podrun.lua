@@ -319,8 +319,8 @@ local function state_of(self, c)
   if s.state == "stopped" and e then
     return "terminated", e.reason == "ok" and "Completed" or "Error"
   end
-  return "waiting", c.kind == "app" and not self.initialized
-    and not TERMINAL[self.phase] and "PodInitializing" or nil
+  return "waiting", not self.initialized and not TERMINAL[self.phase]
+    and "PodInitializing" or nil
 end
 
 --- Whether a container is ready (kubelet: an init container once it
@@ -332,7 +332,12 @@ function Pod:container_ready(c)
   local s = c.service
   if c.kind == "init" then
     if c.done then return true end
-    return false, "init container not completed"
+    local st, reason = state_of(self, c)
+    local e = st == "terminated" and s.last_exit
+    return false, "init container not completed (" .. st
+      .. (reason and (", " .. reason) or "")
+      .. (e and e.exit_code and (", exit code " .. e.exit_code) or "")
+      .. (e and e.signal and (", signal " .. e.signal) or "") .. ")"
   end
   if s.state ~= "running" then
     local st, reason = state_of(self, c)

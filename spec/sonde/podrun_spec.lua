@@ -187,6 +187,9 @@ spec:
     local r = helpers.fetch(port, "/readyz")
     assert.are.equal(503, r.http_status)
     assert.is_truthy(r.body:find("pod doomed: Failed", 1, true), r.body)
+    r = helpers.fetch(port, "/readyz?container=setup")
+    assert.are.same({ 503, "init container not completed (terminated, Error, "
+      .. "exit code 4)" }, { r.http_status, (r.body:gsub("%s+$", "")) })
     local st = helpers.json_decode(helpers.fetch(port, "/status").body)
     local p = st.pods.doomed
     assert.are.equal("Failed", p.phase)
@@ -570,7 +573,9 @@ spec:
       .. "setup)", 1, true), r.body)
     assert.is_truthy(r.body:find("container app: not running (waiting, "
       .. "PodInitializing)", 1, true), r.body)
-    assert.are.equal(503, get("/readyz?container=setup").http_status)
+    r = get("/readyz?container=setup")
+    assert.are.same({ 503, "init container not completed (running)" },
+      { r.http_status, (r.body:gsub("%s+$", "")) })
     assert.are.equal(503, get("/readyz?container=app").http_status)
     assert.are.equal(404, get("/readyz?container=nope").http_status)
     local st = helpers.json_decode(get("/status").body)
