@@ -6,7 +6,8 @@
  * changes: errors that depend only on the pattern are found before
  * matching, by sonde_pattern_check (so the matcher never meets them), and
  * the one error that depends on the subject ("pattern too complex") sets
- * a flag instead of raising: every match call after it fails at once, and
+ * a flag instead of raising, and is also met when a find has taken
+ * MAXSTEPS matching steps (below): every match call after it fails at once, and
  * sonde_pattern_find reports -1 whatever the frames above it made of it.
  *
  * The code taken from Lua is under Lua's license:
@@ -40,6 +41,12 @@
 
 #define MAXCAPTURES 32      /* LUA_MAXCAPTURES */
 #define MAXCCALLS 200
+/* The work one find may do, in matching steps (a call of match, a
+ * character tried by an expansion): a few milliseconds.  Lua has no such
+ * bound; a pattern such as ".-.-X" then takes time that grows with the
+ * cube of the subject's length, and here the subject is what a target
+ * sent and the matching runs on the event loop. */
+#define MAXSTEPS 1000000L
 #define CAP_UNFINISHED (-1)
 #define CAP_POSITION (-2)
 #define L_ESC '%'
@@ -51,7 +58,9 @@ typedef struct MatchState {
   const char *src_end;
   const char *p_end;
   int matchdepth;
-  int toocomplex;           /* the depth ran out: the find fails with -1 */
+  long steps;               /* matching steps left (MAXSTEPS) */
+  int toocomplex;           /* the depth or the steps ran out: the find
+                               fails with -1 */
   unsigned char level;
   struct {
     const char *init;
@@ -145,7 +154,13 @@ static const char *matchbalance(MatchState *ms, const char *s,
 static const char *max_expand(MatchState *ms, const char *s, const char *p,
                               const char *ep) {
   ptrdiff_t i = 0;
-  while (singlematch(ms, s + i, p, ep)) i++;
+  while (singlematch(ms, s + i, p, ep)) {
+    i++;
+    if (--ms->steps < 0) {
+      ms->toocomplex = 1;
+      return NULL;
+    }
+  }
   while (i >= 0) {
     const char *res = match(ms, (s + i), ep + 1);
     if (res) return res;
@@ -199,7 +214,7 @@ static const char *match_capture(MatchState *ms, const char *s, int l) {
 
 static const char *match(MatchState *ms, const char *s, const char *p) {
   if (ms->toocomplex) return NULL;
-  if (ms->matchdepth-- == 0) {
+  if (ms->matchdepth-- == 0 || --ms->steps < 0) {
     ms->toocomplex = 1;
     return NULL;
   }
@@ -428,6 +443,7 @@ int sonde_pattern_find(const char *s, size_t ls, const char *p, size_t lp,
     lp--;
   }
   ms.matchdepth = MAXCCALLS;
+  ms.steps = MAXSTEPS;
   ms.toocomplex = 0;
   ms.src_init = s;
   ms.src_end = s + ls;

@@ -28,8 +28,10 @@ const char *sonde_pattern_check(const char *p, size_t lp);
 
 /* string.find(s, p): 1 when found (0-based [*start, *end) of the match,
  * when start/end are not NULL), 0 when not, -1 when the pattern is too
- * complex for the subject (Lua raises "pattern too complex": more than
- * 200 nested matching calls).  The pattern must have passed
+ * complex for the subject: more than 200 nested matching calls (where Lua
+ * raises "pattern too complex"), or more than 1,000,000 matching steps,
+ * a few milliseconds (Lua has no such bound; ".-.-X" against a long line
+ * would hold the event loop for minutes).  The pattern must have passed
  * sonde_pattern_check. */
 int sonde_pattern_find(const char *s, size_t ls, const char *p, size_t lp,
                        size_t *start, size_t *end);

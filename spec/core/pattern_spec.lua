@@ -49,6 +49,23 @@ describe("core.pattern_find", function()
     end
   end)
 
+  it("a find that takes too many steps is too complex: bounded work "
+    .. "where Lua's own would take minutes", function()
+    -- ".-.-X" against 4000 bytes without an X: Lua's matcher tries every
+    -- split (about 4000^3 / 6 steps); the budget ends it at 1,000,000
+    local s = ("a"):rep(4000)
+    local t0 = os.clock()
+    for _, p in ipairs { ".-.-X", "a-a-X", "(.-)(.-)X" } do
+      assert.has_error(function() core.pattern_find(s, p) end,
+        "pattern too complex")
+    end
+    -- loose by orders of magnitude (each is a few ms; unbounded: minutes)
+    assert.is_true(os.clock() - t0 < 10, "took " .. (os.clock() - t0) .. " s")
+    -- an ordinary search of a long subject stays well within it
+    assert.are.same({ 1, 4001 }, { core.pattern_find(s .. "X", ".-X") })
+    assert.are.same({ 1, 4001 }, { core.pattern_find(s .. "X", "^.*X$") })
+  end)
+
   it("a pattern too complex for the subject is an error, as in Lua",
     function()
     local s, p = ("a"):rep(300), ("a?"):rep(250)
