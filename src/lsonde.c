@@ -81,9 +81,9 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
 /* r.tls: the peer certificate facts (sonde/tls.h). */
 static void push_tls(lua_State *L, const struct sonde_tls_facts *f) {
   lua_createtable(L, 0, 12);
-  if (f->earliest_expiry != 0)
+  if (f->has_earliest_expiry)
     set_int(L, "earliest_expiry", (lua_Integer)f->earliest_expiry);
-  if (f->last_chain_expiry != 0)
+  if (f->has_last_chain_expiry)
     set_int(L, "last_chain_expiry", (lua_Integer)f->last_chain_expiry);
   lua_pushboolean(L, f->verified);
   lua_setfield(L, -2, "verified");

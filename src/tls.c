@@ -33,10 +33,13 @@
 /* ---- facts ----------------------------------------------------------------
  */
 
-static double time_of(const ASN1_TIME *t) {
+/* Seconds since the epoch of t into *out (any date: before 1970 is
+ * negative, 1970-01-01 is 0); 0 when it cannot be read, else 1. */
+static int time_of(const ASN1_TIME *t, double *out) {
   struct tm tm;
   if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
-  return (double)timegm(&tm);
+  *out = (double)timegm(&tm);
+  return 1;
 }
 
 static char *name_text(const X509_NAME *n) {
@@ -135,17 +138,23 @@ struct sonde_tls_facts *sonde_tls_facts_of(const struct ssl_st *cssl) {
    * (a client's peer chain holds the leaf) */
   STACK_OF(X509) *sent = SSL_get_peer_cert_chain(ssl);
   for (int i = 0; sent && i < sk_X509_num(sent); i++) {
-    double t = time_of(X509_get0_notAfter(sk_X509_value(sent, i)));
-    if (t != 0 && (f->earliest_expiry == 0 || t < f->earliest_expiry))
+    double t;
+    if (time_of(X509_get0_notAfter(sk_X509_value(sent, i)), &t) &&
+        (!f->has_earliest_expiry || t < f->earliest_expiry)) {
       f->earliest_expiry = t;
+      f->has_earliest_expiry = 1;
+    }
   }
   /* getLastChainExpiry over the one chain OpenSSL verified */
   f->verified = SSL_get_verify_result(ssl) == X509_V_OK;
   STACK_OF(X509) *chain = f->verified ? SSL_get0_verified_chain(ssl) : NULL;
   for (int i = 0; chain && i < sk_X509_num(chain); i++) {
-    double t = time_of(X509_get0_notAfter(sk_X509_value(chain, i)));
-    if (t != 0 && (f->last_chain_expiry == 0 || t < f->last_chain_expiry))
+    double t;
+    if (time_of(X509_get0_notAfter(sk_X509_value(chain, i)), &t) &&
+        (!f->has_last_chain_expiry || t < f->last_chain_expiry)) {
       f->last_chain_expiry = t;
+      f->has_last_chain_expiry = 1;
+    }
   }
   X509 *leaf = SSL_get0_peer_certificate(ssl);
   int oom = 0;
@@ -402,7 +411,7 @@ const char *sonde_tls_error(const struct ssl_st *cssl, char *buf, size_t len) {
 int sonde_tls_judge(const struct sonde_tls_facts *f,
                     const struct sonde_tls_opts *o, double now,
                     struct sonde_result *r) {
-  if (!f || !o || !(f->earliest_expiry != 0)) return 0;
+  if (!f || !o || !f->has_earliest_expiry) return 0;
   if (!(o->expiry_warning > 0) && !(o->expiry_failure > 0)) return 0;
   double left = f->earliest_expiry - now;
   sonde_status st;

@@ -10,7 +10,7 @@
  *   last_chain_expiry   over the verified chains, each chain's earliest
  *                       notAfter, then the latest of those
  *                       (getLastChainExpiry).  OpenSSL builds one chain:
- *                       its earliest notAfter, or 0 when the chain was not
+ *                       its earliest notAfter, or unknown (has_last_chain_expiry 0) when the chain was not
  *                       verified (verify off and not trusted, or failed),
  *                       as Go's empty VerifiedChains gives the zero time;
  *   subject, issuer     of the leaf, RFC 2253 ("CN=a,O=b": Go's
@@ -63,8 +63,11 @@ struct sonde_tls_opts {
 };
 
 struct sonde_tls_facts {
-  double earliest_expiry;   /* seconds since the epoch, 0 if unknown */
-  double last_chain_expiry; /* seconds since the epoch, 0 if not verified */
+  double earliest_expiry;   /* seconds since the epoch (0 is 1970-01-01:
+                               see has_earliest_expiry) */
+  double last_chain_expiry; /* seconds since the epoch */
+  int has_earliest_expiry;  /* earliest_expiry is known */
+  int has_last_chain_expiry; /* last_chain_expiry is known (verified) */
   int verified;             /* the chain verified (whatever `verify` said) */
   char *subject;            /* leaf subject, RFC 2253, or NULL */
   char *issuer;             /* leaf issuer, RFC 2253, or NULL */

@@ -10,13 +10,14 @@ local http, assert_raises = helpers.prober(sonde.http_get)
 local DAY = 86400
 
 describe("TLS on http_get", function()
-  local pki, good, soon, expired, mtls, tls12, sni
+  local pki, good, soon, expired, epoch, mtls, tls12, sni
 
   lazy_setup(function()
     pki = helpers.pki(helpers.scratch())
     good = helpers.s_server { cert = pki.good }
     soon = helpers.s_server { cert = pki.soon }
     expired = helpers.s_server { cert = pki.expired }
+    epoch = helpers.s_server { cert = pki.epoch }
     -- a client certificate signed by the CA is required
     mtls = helpers.s_server { cert = pki.good,
       args = { "-Verify", "1", "-CAfile", pki.ca } }
@@ -63,6 +64,18 @@ describe("TLS on http_get", function()
       assert.are.equal(1580515200, r.tls.earliest_expiry) -- 2020-02-01
       assert.is_false(r.tls.verified)
       assert.is_nil(r.tls.last_chain_expiry)
+    end)
+
+    it("a notAfter of 1970-01-01T00:00:00Z is 0, a time like any other",
+      function()
+      local r = http { url = url(epoch), timeout = 5 }
+      assert.are.same({ "success", "ok", 0 },
+        { r.status, r.reason, r.tls.earliest_expiry })
+      r = http { url = url(epoch), timeout = 5,
+        tls = { expiry_warning = 14 * DAY } }
+      assert.are.same({ "failure", "tls_expiry" }, { r.status, r.reason })
+      assert.matches("expired .* days ago %(1970%-01%-01 00:00:00 UTC%)",
+        r.output)
     end)
 
     it("TLS 1.2 is named as blackbox_exporter names it", function()
@@ -349,6 +362,7 @@ describe("TLS on tcp_socket", function()
     pki = helpers.pki(helpers.scratch())
     good = helpers.s_server { cert = pki.good }
     expired = helpers.s_server { cert = pki.expired }
+    epoch = helpers.s_server { cert = pki.epoch }
     sni = helpers.s_server { cert = pki.good, args = { "-cert2",
       pki.other.cert, "-key2", pki.other.key, "-servername",
       "other.sonde.test" } }

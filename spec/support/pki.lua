@@ -11,6 +11,7 @@
 --            127.0.0.1, 90 days
 --   soon     CN soon.sonde.test, IP 127.0.0.1, 5 days
 --   expired  CN expired.sonde.test, IP 127.0.0.1, 2020-01-01..2020-02-01
+--   epoch    CN epoch.sonde.test, IP 127.0.0.1, ..1970-01-01T00:00:00Z (0)
 --   other    CN other.sonde.test, DNS other.sonde.test only, 90 days
 --   client   CN client.sonde.test, a client certificate, 90 days
 return function(H)
@@ -29,6 +30,8 @@ return function(H)
       "-days 5" },
     { "expired", "expired.sonde.test", "DNS:expired.sonde.test,IP:127.0.0.1",
       "-startdate 20200101000000Z -enddate 20200201000000Z" },
+    { "epoch", "epoch.sonde.test", "DNS:epoch.sonde.test,IP:127.0.0.1",
+      "-startdate 691231000000Z -enddate 700101000000Z" },
     { "other", "other.sonde.test", "DNS:other.sonde.test", "-days 90" },
     { "client", "client.sonde.test", "DNS:client.sonde.test", "-days 90" },
   }
