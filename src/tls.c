@@ -397,7 +397,11 @@ const char *sonde_tls_error(const struct ssl_st *cssl, char *buf, size_t len) {
   char etext[256] = "";
   if (e) ERR_error_string_n(e, etext, sizeof etext);
   ERR_clear_error();
-  if (vr != X509_V_OK)
+  /* the verify result only when verification is what failed: with
+   * verify off it is computed too (the facts' `verified`) and says
+   * nothing of an alert or a reset later */
+  if (vr != X509_V_OK && e &&
+      ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED)
     snprintf(buf, len, "certificate verify failed: %s",
              X509_verify_cert_error_string(vr));
   else

@@ -155,7 +155,11 @@ describe("tcp_socket STARTTLS and steps over TLS", function()
     local steps = { { expect = "^220 " } }
     local r = tcp { port = tls_mtls, timeout = 5, tls = {}, expect = steps }
     assert.are.same({ "failure", "tls" }, { r.status, r.reason })
-    assert.matches("expect%[1%]%.expect: TLS: .*certificate", r.error)
+    assert.matches("expect%[1%]%.expect: TLS: .*alert certificate required",
+      r.error)
+    -- (verification is off: the chain's verify result, computed for the
+    -- facts, is not what failed and is not named)
+    assert.is_nil(r.error:find("verify failed", 1, true), r.error)
     r = tcp { port = tls_mtls, timeout = 5, expect = steps, tls = {
       cert_file = pki.client.cert, key_file = pki.client.key } }
     assert.are.same({ "success", "ok" }, { r.status, r.reason })
