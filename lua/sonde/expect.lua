@@ -133,7 +133,12 @@ local function json_path(ctx, path, field)
         fail(ctx, field, "bad path %s at byte %d: expected .name or [index]",
           show(path), i)
       end
-      steps[#steps + 1] = math.tointeger(tonumber(n)) + 1
+      local k = math.tointeger(tonumber(n))
+      if not k or k >= 2^31 then
+        fail(ctx, field, "bad path %s at byte %d: index %s is too large",
+          show(path), i, n)
+      end
+      steps[#steps + 1] = k + 1
     end
     i = j
   end

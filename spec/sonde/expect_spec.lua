@@ -259,6 +259,10 @@ describe("http_get.expect", function()
         'a path starts with "$"')
       refused({ json = { ["$.a[x]"] = 1 } }, 'expect.json["$.a[x]"]:',
         'bad path "$.a[x]" at byte 4: expected .name or [index]')
+      refused({ json = { ["$[99999999999999999999]"] = 1 } },
+        'expect.json["$[99999999999999999999]"]:', "index "
+        .. "99999999999999999999 is too large")
+      refused({ json = { ["$.a[2147483648]"] = 1 } }, "is too large")
       refused({ json = { ["$.a"] = {} } }, 'expect.json["$.a"]:',
         "must be a string, number or boolean, got table")
       refused({ json = { ["$.a"] = 0 / 0 } }, "must be a finite number")
