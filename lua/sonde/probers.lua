@@ -263,7 +263,15 @@ local TLS_FIELDS = validate.schema {
   { "ca_file", tls_file },
   { "cert_file", tls_file },
   { "key_file", tls_file },
-  { "server_name", "string", nonempty = true },
+  { "server_name", function(ctx, v, field)
+      validate.checks.string(ctx, v, field)
+      -- a host name or an IP address: what SNI and a certificate carry
+      if v == "" or #v > 253 or v:find("[^%w%.%-_:%[%]]") then
+        fail(ctx, field, "must be a host name or an IP address, got %s",
+          show(v))
+      end
+      return v
+    end },
   { "min_version", tls_version },
   { "expiry_warning", "seconds" },
   { "expiry_failure", "seconds" },

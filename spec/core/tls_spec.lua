@@ -330,6 +330,8 @@ describe("TLS on http_get", function()
         "needs cert_file")
       assert_raises({ url = u, tls = { server_name = "" } },
         "tls.server_name")
+      assert_raises({ url = u, tls = { server_name = "a\nb\1" } },
+        "tls.server_name: must be a host name or an IP address")
       assert_raises({ url = u, tls = { min_version = "TLS1.4" } },
         "tls.min_version", "TLS1.4")
       assert_raises({ url = u, tls = { min_version = 12 } },
