@@ -46,7 +46,7 @@
  * bound; a pattern such as ".-.-X" then takes time that grows with the
  * cube of the subject's length, and here the subject is what a target
  * sent and the matching runs on the event loop. */
-#define MAXSTEPS 1000000L
+#define MAXSTEPS SONDE_PATTERN_STEPS
 #define CAP_UNFINISHED (-1)
 #define CAP_POSITION (-2)
 #define L_ESC '%'
@@ -428,6 +428,14 @@ const char *sonde_pattern_check(const char *p, size_t lp) {
 
 int sonde_pattern_find(const char *s, size_t ls, const char *p, size_t lp,
                        size_t *start, size_t *end) {
+  long steps = MAXSTEPS;
+  return sonde_pattern_find_steps(s, ls, p, lp, start, end, &steps);
+}
+
+int sonde_pattern_find_steps(const char *s, size_t ls, const char *p,
+                             size_t lp, size_t *start, size_t *end,
+                             long *steps) {
+  if (*steps < 0) return -1;
   if (nospecials(p, lp)) {
     const char *s2 = lmemfind(s, ls, p, lp);
     if (!s2) return 0;
@@ -443,7 +451,7 @@ int sonde_pattern_find(const char *s, size_t ls, const char *p, size_t lp,
     lp--;
   }
   ms.matchdepth = MAXCCALLS;
-  ms.steps = MAXSTEPS;
+  ms.steps = *steps;
   ms.toocomplex = 0;
   ms.src_init = s;
   ms.src_end = s + ls;
@@ -452,12 +460,17 @@ int sonde_pattern_find(const char *s, size_t ls, const char *p, size_t lp,
     const char *res;
     ms.level = 0;
     res = match(&ms, s1, p);
-    if (ms.toocomplex) return -1;
+    if (ms.toocomplex) {
+      *steps = -1;
+      return -1;
+    }
     if (res != NULL) {
+      *steps = ms.steps;
       if (start) *start = (size_t)(s1 - s);
       if (end) *end = (size_t)(res - s);
       return 1;
     }
   } while (s1++ < ms.src_end && !anchor);
+  *steps = ms.steps;
   return 0;
 }

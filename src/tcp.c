@@ -123,6 +123,8 @@ struct tcp_op {
   size_t lines;                    /* lines read by this expect step */
   size_t last_len;                 /* length of the last line read */
   int eof;                         /* the peer has closed its side */
+  long match_steps;                /* matching steps left for the run
+                                      (SONDE_PATTERN_STEPS at the start) */
   char host[];                     /* as given */
 };
 
@@ -586,7 +588,8 @@ static int scan_lines(struct tcp_op *t, const struct sonde_tcp_step *st) {
     memcpy(t->buf + LAST_AT, t->buf, shown);
     t->last_len = len;
     t->lines++;
-    int m = sonde_pattern_find(t->buf, len, st->data, st->len, NULL, NULL);
+    int m = sonde_pattern_find_steps(t->buf, len, st->data, st->len, NULL,
+                                     NULL, &t->match_steps);
     if (m == 1) {
       struct sonde_result *r = &t->op.res;
       if (sonde_result_set_output(r, t->buf, len) == 0)
@@ -760,6 +763,7 @@ static void copy_steps(struct tcp_op *t, char *at,
   }
   t->steps = st;
   t->nsteps = o->nsteps;
+  t->match_steps = SONDE_PATTERN_STEPS;
 }
 
 /* ---- names ---------------------------------------------------------------- */

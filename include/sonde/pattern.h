@@ -36,4 +36,17 @@ const char *sonde_pattern_check(const char *p, size_t lp);
 int sonde_pattern_find(const char *s, size_t ls, const char *p, size_t lp,
                        size_t *start, size_t *end);
 
+/* The steps one run of a probe may spend matching, over all its finds
+ * (a few milliseconds). */
+#define SONDE_PATTERN_STEPS 1000000L
+
+/* sonde_pattern_find with the steps taken from *steps, a budget shared
+ * by several finds (start it at SONDE_PATTERN_STEPS): -1 also when it runs
+ * out, and every later find on it then fails with -1 at once.  So a
+ * target sending many lines or headers cannot make a pathological
+ * pattern cost more than one budget per run. */
+int sonde_pattern_find_steps(const char *s, size_t ls, const char *p,
+                             size_t lp, size_t *start, size_t *end,
+                             long *steps);
+
 #endif

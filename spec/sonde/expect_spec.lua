@@ -308,6 +308,20 @@ describe("tcp_socket send and expect", function()
         { expect = "^250 " } } }))
   end)
 
+  it("one matching budget per run: many lines cannot multiply what a "
+    .. "pathological pattern costs", function()
+    -- 500 lines of 100 bytes: each alone is within a find's budget (about
+    -- 170,000 steps for ".-.-X"), all of them would take 80 times it
+    local line = "ECHO " .. ("a"):rep(100) .. "\r\n"
+    local r = tcp { port = redis.port, timeout = 30,
+      send = line:rep(500), expect = ".-.-X" }
+    assert.are.same({ "failure", "expect" }, { r.status, r.reason })
+    assert.matches('^expect: pattern "%.%-%.%-X" too complex for a line',
+      r.output)
+    -- loose by orders of magnitude: within the budget, a few ms
+    assert.is_true(r.duration < 10, r.duration)
+  end)
+
   it("send alone: sent, then closed, a success", function()
     assert.are.same({ "success", "ok", "" },
       sro(tcp { port = redis.port, send = "QUIT\r\n" }))
