@@ -349,16 +349,20 @@ local function http_prepare(ctx, spec)
   if s.expect then
     c_expect, json_expect = expect.http(ctx, s.expect, "expect", s.method)
   end
-  return {
+  local o = {
     url = url, method = s.method, body = s.body, headers = s.headers or {},
     timeout = s.timeout, max_body = s.max_body,
     follow_redirects = s.follow_redirects,
     tls = s.tls,
-    -- judged by the core (status, max_duration, headers, body, body_not)
-    -- and, for json, by http_finish (the result must then pass through
-    -- Lua: sonde.probe filters such a probe's results)
-    expect = c_expect, expect_json = json_expect,
   }
+  -- judged by the core (status, max_duration, headers, body, body_not)
+  -- and, for json, by http_finish (the result must then pass through
+  -- Lua: sonde.probe filters such a probe's results).  Set only when
+  -- given: a constructor's nil fields still size the table, and a
+  -- declared probe keeps its options for its lifetime.
+  if c_expect then o.expect = c_expect end
+  if json_expect then o.expect_json = json_expect end
+  return o
 end
 
 -- What an http_get run's result becomes before anyone sees it: URL
@@ -396,8 +400,12 @@ local function tcp_prepare(ctx, spec)
   for _, st in ipairs(steps or {}) do
     if st.kind == "starttls" then tls = tls or {} end
   end
-  return { host = s.host, port = validate.port_of(ctx, s.port, s.ports, "port"),
-           timeout = s.timeout, tls = tls, steps = steps }
+  local o = { host = s.host, timeout = s.timeout,
+              port = validate.port_of(ctx, s.port, s.ports, "port") }
+  -- (set only when given: see http_prepare)
+  if tls then o.tls = tls end
+  if steps then o.steps = steps end
+  return o
 end
 
 ---------------------------------------------------------------------------
