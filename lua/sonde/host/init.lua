@@ -10,7 +10,9 @@
 --
 -- OPTIONS: `--log-format text|json`, `--log-level debug|info|warn|error`
 -- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
--- "HOST:PORT", "[V6]:PORT").  A manifest is a file named *.yaml, *.yml or
+-- "HOST:PORT", "[V6]:PORT"), `--otlp URL` with `--otlp-interval SECONDS`
+-- (15) and `--otlp-header "Name: value"` (push the /metrics series as
+-- OTLP/HTTP JSON: sonde.otlp).  A manifest is a file named *.yaml, *.yml or
 -- *.json, or one that is not Lua and starts like one.
 --
 -- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
@@ -50,6 +52,10 @@ OPTIONS:
                     successful probe run is not logged, at debug it is
   --listen ADDR     serve /metrics, /healthz, /readyz, /status on ADDR
                     (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
+  --otlp URL        push the /metrics series as OTLP/HTTP JSON to URL
+                    (e.g. http://127.0.0.1:4318/v1/metrics)
+  --otlp-interval S seconds between two pushes (default 15)
+  --otlp-header H   "Name: value" sent with each push (repeatable)
 ]]
 
 -- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
@@ -73,6 +79,9 @@ local OPTIONS = {
   ["--listen"] = { global = true, pod = true },
   ["--container"] = { pod = true, check = true, once = true },
   ["--format"] = { once = true },
+  ["--otlp"] = { global = true, pod = true },
+  ["--otlp-interval"] = { global = true, pod = true },
+  ["--otlp-header"] = { global = true, pod = true },
 }
 
 -- Take option `a` with value `v` into `opts`; an error text when wrong.
@@ -97,6 +106,25 @@ local function take(opts, cmd, a, v)
   elseif a == "--container" then
     if not v then return "--container takes a name" end
     opts.container = v
+  elseif a == "--otlp" then
+    if not v or not v:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
+      return "--otlp takes an http:// or https:// URL"
+    end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.url = v
+  elseif a == "--otlp-interval" then
+    local n = tonumber(v)
+    if not n or not (n >= 0.1) or n > 1e9 then
+      return "--otlp-interval takes seconds (at least 0.1)"
+    end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.interval = n
+  elseif a == "--otlp-header" then
+    local name, value = (v or ""):match("^%s*([^:%s]+)%s*:%s*(.-)%s*$")
+    if not name then return "--otlp-header takes \"Name: value\"" end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.headers = opts.otlp.headers or {}
+    opts.otlp.headers[name] = value
   elseif a == "--format" then
     if v ~= "text" and v ~= "json" then return "--format takes text or json" end
     opts.format = v
@@ -132,8 +160,11 @@ function M.main(args)
   if cmd == nil then return usage_error("no script given") end
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
   if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval and --otlp-header need --otlp URL")
+    end
     return run.main(common.source(cmd), table.move(args, i + 1, #args, 1, {}),
-      opts.listen)
+      opts.listen, opts.otlp)
   end
   -- the command's own arguments: options anywhere, then the path and
   -- (once) probe names
@@ -159,7 +190,11 @@ function M.main(args)
     return usage_error("%s: unexpected argument %s", cmd, rest[2])
   end
   if cmd == "pod" then
-    return run.main(common.source(path, opts.container, true), {}, opts.listen)
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval and --otlp-header need --otlp URL")
+    end
+    return run.main(common.source(path, opts.container, true), {}, opts.listen,
+      opts.otlp)
   elseif cmd == "check" then
     return check.main(common.source(path, opts.container))
   end
