@@ -31,17 +31,19 @@
 -- answer (connection refused, timeout, ...), 429 or 5xx are retried with
 -- a back-off (`backoff` seconds, doubling to `max_backoff`; a
 -- `Retry-After` of a number of seconds is followed, up to 300 s) while
--- newer batches queue behind; another answer (4xx, a 3xx not followed) is
+-- newer batches queue behind (a batch that failed goes back in front, so
+-- batches arrive in the order they were read); another answer (4xx, a 3xx not followed) is
 -- not retryable: that batch is dropped and logged at error.  Batches
 -- waiting are bounded (`buffer` batches, `buffer_bytes` bytes): past
 -- either bound the oldest is dropped.  Counted in sonde's own series:
 -- `sonde_otlp_sent_total` (batches delivered),
 -- `sonde_otlp_failed_total` (requests that failed, retried or not),
 -- `sonde_otlp_dropped_total{reason}` (`buffer_full`, `rejected`) and
--- `sonde_otlp_pending_batches`, each with the label `url` (scheme, host,
--- port and path only).
+-- `sonde_otlp_pending_batches` (waiting, the one in flight aside), each
+-- with the label `url` (scheme, host, port and path only).
 --
--- Events (sonde.log): `otlp` with status `failed` (warn; the first
+-- Events (sonde.log): `otlp` with status `started` (info: url,
+-- interval), `failed` (warn; the first
 -- failure of a run of them, with `error` and `retry_in`), `rejected`
 -- (error: a non-retryable answer, with `http_status` and the body's first
 -- 200 bytes), `dropped` (warn: a batch pushed out of the full buffer; the
@@ -421,6 +423,8 @@ function Exporter:start()
     self:push()
   end
   self.tick_timer = task.after(self.spec.interval, tick)
+  event("info", { url = self.url_label, status = "started",
+    interval = self.spec.interval })
   return self
 end
 
@@ -589,10 +593,11 @@ function M.exposition()
           u, r, e.dropped[r])
       end
     end)
-  family("sonde_otlp_pending_batches", "gauge", "OTLP batches waiting to be sent.",
+  family("sonde_otlp_pending_batches", "gauge",
+    "OTLP batches waiting (the one in flight aside).",
     function(e, u)
       out[#out + 1] = fmt('sonde_otlp_pending_batches{url="%s"} %d\n', u,
-        #e.queue + (e.inflight and 1 or 0))
+        #e.queue)
     end)
   return table.concat(out)
 end
