@@ -178,9 +178,9 @@ describe("sonde.otlp", function()
 
     it("pushes every interval; the sink finds each request valid", function()
       local e = with_exporter({ interval = 0.2,
-        headers = { Authorization = "Bearer t0ken" } }, function()
+        headers = { Authorization = "Bearer t0ken" } }, function(ex)
         assert.is_truthy(helpers.eventually(function()
-          return #bodies(sink) >= 3 end, 20))
+          return ex.sent >= 3 end, 20))
       end)
       local reqs = bodies(sink)
       for _, r in ipairs(reqs) do
