@@ -415,8 +415,9 @@ end
 -- script's load, or the host's own): closing it ends them.
 function Exporter:start()
   if self.state ~= "new" then return self end
-  self.state = "started"
   self.scope = task.current()
+  if self.scope.dry then return self end          -- `sonde check`
+  self.state = "started"
   live[self] = true
   local function tick()
     self.tick_timer = task.after(self.spec.interval, tick)
