@@ -72,15 +72,31 @@ describe("sonde.otlp", function()
     end)
 
     it("refuses what is not exposition text", function()
-      assert.is_nil((otlp.parse("x{a=1} 2\n")))
-      assert.is_nil((otlp.parse("x{a=\"1\"}\n")))
-      assert.is_nil((otlp.parse("{} 2\n")))
+      for _, bad in ipairs { "x{a=1} 2\n", "x{a=\"1\"}\n", "{} 2\n",
+          "x{a=\"1} 2\n", "x 1\ny{a=\"\\\"} 2\n" } do
+        assert.is_nil((otlp.parse(bad)), bad)
+        assert.is_nil((otlp.encode(bad)), bad)
+      end
+    end)
+
+    it("label values with braces, commas and escapes", function()
+      local text = '# TYPE x gauge\nx{a="}{,le=\\"1\\"",b="\\\\"} 1\n'
+        .. '# TYPE h histogram\nh_bucket{title="t}",le="+Inf"} 2\n'
+        .. 'h_count{title="t}"} 2\nh_sum{title="t}"} 1\n'
+      local req = assert(helpers.json_decode(assert(otlp.encode(text))))
+      local x = metric(req, "x").gauge.dataPoints[1]
+      assert.are.same({ a = '}{,le="1"', b = "\\" }, attrs(x))
+      local h = metric(req, "h").histogram.dataPoints[1]
+      assert.are.same({ title = "t}" }, attrs(h))
+      assert.are.same({ "2" }, h.bucketCounts)
+      assert.is_nil(h.explicitBounds)
     end)
   end)
 
   describe("the request", function()
-    local req = assert(otlp.request(TEXT, { time = 1700000000.25,
-      start = 1600000000, resource = { ["deployment.environment"] = "test" } }))
+    local req = assert(helpers.json_decode(assert(otlp.encode(TEXT, {
+      time = 1700000000.25, start = 1600000000,
+      resource = { ["deployment.environment"] = "test" } }))))
 
     it("resource and scope", function()
       local rm = req.resourceMetrics[1]
