@@ -1,8 +1,9 @@
 --- OTLP push: the series `/metrics` serves, sent every `interval` seconds
 -- as OTLP/HTTP JSON (an `ExportMetricsServiceRequest`, opentelemetry-proto
--- `collector/metrics/v1`) to an OpenTelemetry Collector's `otlphttp`
--- receiver (`http://HOST:4318/v1/metrics`) or to Prometheus >= 3 run with
--- `--web.enable-otlp-receiver` (`http://HOST:9090/api/v1/otlp/v1/metrics`).
+-- `collector/metrics/v1`) to an OpenTelemetry Collector's `otlp` receiver
+-- (protocol http: `http://HOST:4318/v1/metrics`) or to Prometheus >= 3 run
+-- with `--web.enable-otlp-receiver`
+-- (`http://HOST:9090/api/v1/otlp/v1/metrics`).
 --
 --   local otlp = require "sonde.otlp"
 --   local e = otlp.exporter { url = "http://127.0.0.1:4318/v1/metrics",
@@ -11,20 +12,20 @@
 --   e:stop()
 --
 -- What is sent is what the exposition text says, family by family
--- (`parse`): a `gauge` (and an untyped family) becomes an OTLP Gauge, a
+-- (`encode`): a `gauge` (and an untyped family) becomes an OTLP Gauge, a
 -- `counter` a Sum (`isMonotonic` true, temporality CUMULATIVE), a
 -- `histogram` a Histogram (CUMULATIVE; `bucketCounts` per bucket, not
 -- cumulative as Prometheus prints them, one more than `explicitBounds`,
--- the last for +Inf).  Metric names and label names stay as `/metrics`
--- prints them; labels become data point attributes (string values).
--- Values are `asDouble` (NaN and infinities as the strings "NaN",
--- "Infinity", "-Infinity", the proto3 JSON mapping of a double), counts
--- and times (`timeUnixNano`: when the series were read;
--- `startTimeUnixNano` of sums and histograms: the process's start) as
--- decimal strings (proto3 JSON maps 64-bit integers to strings).  The
--- resource carries `service.name` "sonde", `service.instance.id` (default:
--- the host name) and `host.name`; the scope is `sonde` with sonde's
--- version.
+-- the last for +Inf); summaries are left out (sonde serves none).  Metric
+-- names and label names stay as `/metrics` prints them (no unit is set);
+-- labels become data point attributes (string values).  Values are
+-- `asDouble` (NaN and infinities as the strings "NaN", "Infinity",
+-- "-Infinity", the proto3 JSON mapping of a double); counts and times
+-- (`timeUnixNano`: when the series were read; `startTimeUnixNano` of sums
+-- and histograms: the process's start) are decimal strings (proto3 JSON
+-- maps 64-bit integers to strings).  The resource carries `service.name`
+-- "sonde", `service.instance.id` (default: the host name) and
+-- `host.name`; the scope is `sonde` with sonde's version.
 --
 -- Delivery (the OTLP/HTTP specification's rules): one request in flight
 -- at a time, through libcurl on the loop.  A 2xx is delivered.  No
@@ -32,21 +33,21 @@
 -- a back-off (`backoff` seconds, doubling to `max_backoff`; a
 -- `Retry-After` of a number of seconds is followed, up to 300 s) while
 -- newer batches queue behind (a batch that failed goes back in front, so
--- batches arrive in the order they were read); another answer (4xx, a 3xx not followed) is
--- not retryable: that batch is dropped and logged at error.  Batches
--- waiting are bounded (`buffer` batches, `buffer_bytes` bytes): past
--- either bound the oldest is dropped.  Counted in sonde's own series:
--- `sonde_otlp_sent_total` (batches delivered),
+-- batches arrive in the order they were read); another answer (4xx, a
+-- 3xx not followed) is not retryable: that batch is dropped and logged at
+-- error.  Batches waiting are bounded (`buffer` batches, `buffer_bytes`
+-- bytes): past either bound the oldest is dropped.  Counted in sonde's
+-- own series: `sonde_otlp_sent_total` (batches delivered),
 -- `sonde_otlp_failed_total` (requests that failed, retried or not),
 -- `sonde_otlp_dropped_total{reason}` (`buffer_full`, `rejected`) and
 -- `sonde_otlp_pending_batches` (waiting, the one in flight aside), each
 -- with the label `url` (scheme, host, port and path only).
 --
 -- Events (sonde.log): `otlp` with status `started` (info: url,
--- interval), `failed` (warn; the first
--- failure of a run of them, with `error` and `retry_in`), `rejected`
--- (error: a non-retryable answer, with `http_status` and the body's first
--- 200 bytes), `dropped` (warn: a batch pushed out of the full buffer; the
+-- interval), `failed` (warn; the first failure of a run of them, with
+-- `http_status` or `error`, and `retry_in`), `rejected` (error: a
+-- non-retryable answer, with `http_status` and the body's first 200
+-- bytes), `dropped` (warn: a batch pushed out of the full buffer; the
 -- first of a run of failures), `resumed` (info: delivered again after
 -- failures, with `failed` and `dropped` meanwhile).
 -- @module sonde.otlp
