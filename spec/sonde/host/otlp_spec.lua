@@ -276,6 +276,25 @@ describe("sonde --otlp", function()
     assert.are.equal(0, h:term())
   end)
 
+  it("sonde check accepts a script that pushes, and pushes nothing",
+      function()
+    local path = script("check.lua", string.format([[
+      local sonde = require "sonde"
+      sonde.probe { name = "ok", period = 1, exec = { command = { "true" } } }
+      sonde.otlp { url = %q, interval = 0.1 }
+    ]], sink:url()))
+    local rc, out, err = helpers.host_run { "check", path }
+    assert.are.equal(0, rc, out .. err)
+    helpers.sleep(0.3)
+    assert.are.same({}, sink:requests())
+    path = script("bad.lua", [[
+      require("sonde").otlp { url = "http://127.0.0.1:1/v1/metrics", buffer = 0 }
+    ]])
+    rc, out, err = helpers.host_run { "check", path }
+    assert.are.equal(2, rc, out .. err)
+    assert.is_truthy((out .. err):find("sonde.otlp: buffer", 1, true), out .. err)
+  end)
+
   it("SIGTERM while a push hangs: the host exits 0", function()
     sink:control("hang=1")
     local path = script("hang.lua", [[
