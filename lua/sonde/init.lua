@@ -46,6 +46,8 @@ local log = require "sonde.log"
 local k8s = require "sonde.k8s"
 local pod = require "sonde.pod"
 local nagios = require "sonde.nagios"
+local metrics = require "sonde.metrics"
+local otlp = require "sonde.otlp"
 
 local sonde = { version = core.version }
 
@@ -451,8 +453,6 @@ sonde.metrics = {
 -- @return the exporter (`:stop()`; `sent`, `failed`, `dropped` counters)
 -- @raise naming the field, on a bad spec
 function sonde.otlp(spec)
-  local otlp = require "sonde.otlp"
-  local metrics = require "sonde.metrics"
   validate.checks.table({ where = "sonde.otlp" }, spec, "spec")
   local cfg = config.ambient()
   local s = {}
