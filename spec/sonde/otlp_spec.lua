@@ -152,6 +152,45 @@ describe("sonde.otlp", function()
     end)
   end)
 
+  describe("the sink", function()
+    after_each(function() sinks.stop_all() end)
+
+    it("refuses what is not a valid request, with protobuf's parser too",
+        function()
+      local sink = sinks.start()
+      local good = assert(otlp.encode(TEXT))
+      local cases = {
+        { good, nil },
+        { good:gsub('"bucketCounts":%["1","2","3"%]', '"bucketCounts":["1","3","6"]'),
+          "add up" },
+        { good:gsub('"asDouble":1.5', '"asDouble":"one"'), "protobuf" },
+        { good:gsub('"asDouble":1.5', '"asDouble":true'), "a double expected" },
+        { good:gsub('"timeUnixNano":("%d+")', '"timeUnixNano":1700000000000000000', 1),
+          "decimal string" },
+        { good:gsub('"isMonotonic":true', '"isMonotonic":true,"frob":1'), "protobuf" },
+        { good:gsub('"asDouble":"NaN"', '"asDouble":NaN'), "not JSON" },
+        { good:gsub('"aggregationTemporality":2', '"aggregationTemporality":0', 1),
+          "aggregationTemporality" },
+      }
+      helpers.run(function()
+        for _, c in ipairs(cases) do
+          if c[2] then assert.are_not.equal(good, c[1]) end  -- (changed)
+          local r = sonde.http_get { url = sink:url(), method = "POST",
+            body = c[1], timeout = 5,
+            headers = { ["Content-Type"] = "application/json" } }
+          assert.are.equal(c[2] and 400 or 200, r.http_status, r.body)
+        end
+      end)
+      local reqs = sink:requests()
+      assert.are.equal(#cases, #reqs)
+      assert.are.same({}, reqs[1].errors)
+      for i = 2, #cases do
+        local text = table.concat(reqs[i].errors, "\n")
+        assert.is_truthy(text:find(cases[i][2], 1, true), text)
+      end
+    end)
+  end)
+
   describe("the exporter", function()
     local sink
     before_each(function() sink = sinks.start() end)

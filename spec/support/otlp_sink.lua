@@ -1,6 +1,8 @@
 -- The project's OTLP/HTTP JSON receiver for the specs
 -- (spec/fixtures/otlp-sink.py, run by Debian's /usr/bin/python3; see its
--- docstring for what it checks and how it is told to answer):
+-- docstring for what it checks and how it is told to answer; it also
+-- parses each request with protobuf's proto3 JSON parser into the
+-- ExportMetricsServiceRequest of spec/fixtures/otlp-proto):
 --
 --   local sinks = require "support.otlp_sink"
 --   local s = sinks.start()          -- or sinks.start { port = P }
@@ -19,6 +21,7 @@ local M = {}
 local Sink = {}
 Sink.__index = Sink
 local started = {}
+local stubs
 
 local function curl(url)
   local rc, out = H.sh("env -u LD_PRELOAD curl -sS --max-time 10 " .. H.q(url))
@@ -29,7 +32,10 @@ end
 function M.start(opts)
   opts = opts or {}
   local out = os.tmpname()
-  local argv = { "/usr/bin/python3", H.q(H.root .. "/spec/fixtures/otlp-sink.py") }
+  -- (its protobuf stubs: made once per busted run)
+  stubs = stubs or (H.scratch() .. "/otlp-stubs")
+  local argv = { "/usr/bin/python3", H.q(H.root .. "/spec/fixtures/otlp-sink.py"),
+    "--proto", H.q(H.root .. "/spec/fixtures/otlp-proto"), "--stubs", H.q(stubs) }
   if opts.port then argv[#argv + 1] = "--port " .. opts.port end
   local p = assert(io.popen(table.concat({
     "exec </dev/null;",
