@@ -11,8 +11,8 @@
 -- OPTIONS: `--log-format text|json`, `--log-level debug|info|warn|error`
 -- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
 -- "HOST:PORT", "[V6]:PORT"), `--otlp URL` with `--otlp-interval SECONDS`
--- (15) and `--otlp-header "Name: value"` (push the /metrics series as
--- OTLP/HTTP JSON: sonde.otlp).  A manifest is a file named *.yaml, *.yml or
+-- (15), `--otlp-header "Name: value"` and `--otlp-resource name=value`
+-- (push the /metrics series as OTLP/HTTP JSON: sonde.otlp).  A manifest is a file named *.yaml, *.yml or
 -- *.json, or one that is not Lua and starts like one.
 --
 -- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
@@ -56,6 +56,8 @@ OPTIONS:
                     (e.g. http://127.0.0.1:4318/v1/metrics)
   --otlp-interval S seconds between two pushes (default 15)
   --otlp-header H   "Name: value" sent with each push (repeatable)
+  --otlp-resource A "name=value": a resource attribute of the pushes
+                    (repeatable; e.g. service.instance.id=host-a/shard-1)
 ]]
 
 -- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
@@ -82,6 +84,7 @@ local OPTIONS = {
   ["--otlp"] = { global = true, pod = true },
   ["--otlp-interval"] = { global = true, pod = true },
   ["--otlp-header"] = { global = true, pod = true },
+  ["--otlp-resource"] = { global = true, pod = true },
 }
 
 -- Take option `a` with value `v` into `opts`; an error text when wrong.
@@ -125,6 +128,12 @@ local function take(opts, cmd, a, v)
     opts.otlp = opts.otlp or {}
     opts.otlp.headers = opts.otlp.headers or {}
     opts.otlp.headers[name] = value
+  elseif a == "--otlp-resource" then
+    local name, value = (v or ""):match("^%s*([^=%s]+)%s*=(.*)$")
+    if not name then return "--otlp-resource takes name=value" end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.resource = opts.otlp.resource or {}
+    opts.otlp.resource[name] = value
   elseif a == "--format" then
     if v ~= "text" and v ~= "json" then return "--format takes text or json" end
     opts.format = v
@@ -161,7 +170,8 @@ function M.main(args)
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
   if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then
     if opts.otlp and not opts.otlp.url then
-      return usage_error("--otlp-interval and --otlp-header need --otlp URL")
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
     end
     return run.main(common.source(cmd), table.move(args, i + 1, #args, 1, {}),
       opts.listen, opts.otlp)
@@ -191,7 +201,8 @@ function M.main(args)
   end
   if cmd == "pod" then
     if opts.otlp and not opts.otlp.url then
-      return usage_error("--otlp-interval and --otlp-header need --otlp URL")
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
     end
     return run.main(common.source(path, opts.container, true), {}, opts.listen,
       opts.otlp)

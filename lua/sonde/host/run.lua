@@ -70,7 +70,7 @@ end
 -- @tparam table source see sonde.host.common.source
 -- @tparam table args the script's arguments
 -- @tparam[opt] table listen `{ host, port }` for the endpoints
--- @tparam[opt] table push `{ url, interval, headers }`: the OTLP push of
+-- @tparam[opt] table push `{ url, interval, headers, resource }`: the OTLP push of
 -- the series /metrics serves (sonde.otlp); it belongs to the host, not to
 -- a load: it goes on over reloads (with the new load's series) and ends
 -- with the host
@@ -85,6 +85,7 @@ function M.main(source, args, listen, push)
   if push then
     local ok, e = pcall(otlp.exporter, { url = push.url,
       interval = push.interval, headers = push.headers,
+      resource = push.resource,
       collect = function() return metrics.render(current) end })
     if not ok then common.err("--otlp: %s", task.text_of(e)) return 2 end
     exporter = e

@@ -94,6 +94,8 @@ describe("sonde --otlp", function()
       { "--otlp-interval", "1", path },
       { "--otlp", sink:url(), "--otlp-interval", "0", path },
       { "--otlp", sink:url(), "--otlp-header", "no colon", path },
+      { "--otlp", sink:url(), "--otlp-resource", "no-equals", path },
+      { "--otlp-resource", "a=b", path },
       { "--otlp", "http://127.0.0.1:99999/v1/metrics", path },
     } do
       local rc, _, err = helpers.host_run(args)
@@ -110,7 +112,9 @@ describe("sonde --otlp", function()
     ]])
     local h = helpers.host_start { "--log-format", "json", "--listen", "0",
       "--otlp", sink:url(), "--otlp-interval", "0.3",
-      "--otlp-header", "X-Scope-OrgID: team-a", path }
+      "--otlp-header", "X-Scope-OrgID: team-a",
+      "--otlp-resource", "service.instance.id=host-a/shard-1",
+      "--otlp-resource", "deployment.environment=test", path }
     local port = helpers.listen_port(h)
     assert.is_truthy(h:wait_for(function(x)
       return #x:events("probe_result") >= 2 end, 15), h:stderr())
@@ -191,7 +195,9 @@ describe("sonde --otlp", function()
       res[kv.key] = kv.value.stringValue
     end
     assert.are.equal("sonde", res["service.name"])
-    assert.is_truthy(res["host.name"] and res["service.instance.id"])
+    assert.are.equal("host-a/shard-1", res["service.instance.id"])
+    assert.are.equal("test", res["deployment.environment"])
+    assert.is_truthy(res["host.name"])
     -- and the push's own series on /metrics
     text = metrics_of(port)
     assert.is_true(value(text, string.format('sonde_otlp_sent_total{url="%s"}',
