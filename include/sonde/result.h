@@ -3,8 +3,8 @@
  *
  * A probe outcome is never an error: a refused connection, a timeout or a
  * non-zero exit is a completed probe whose result says so.  Results are
- * produced by the probers (exec.h, http.h, tcp.h, grpc.h) and handed to the caller's
- * callback, which must not keep pointers into them past its return: the
+ * produced by the probers (exec.h, http.h, tcp.h, grpc.h, icmp.h) and
+ * handed to the caller's callback, which must not keep pointers into them past its return: the
  * prober frees the result right after the callback returns.
  */
 #ifndef SONDE_RESULT_H
@@ -72,8 +72,8 @@ struct sonde_header {
  */
 struct sonde_result {
   uint64_t id;           /* the operation id (see sonde/loop.h) */
-  const char *kind;      /* "exec", "http", "tcp", "grpc", "timer"
-                            (static) */
+  const char *kind;      /* "exec", "http", "tcp", "grpc", "icmp",
+                            "timer" (static) */
   sonde_status status;
   sonde_reason reason;
   char *output;          /* human-readable output (kubelet's "output") */
@@ -110,6 +110,14 @@ struct sonde_result {
   char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
                             (TCP: the address tried last, also when that
                             failed) */
+
+  /* ICMP (icmp.h) */
+  double icmp_rtt;       /* seconds from the request sent to its reply */
+  double icmp_resolve;   /* seconds of the lookup (0 for an IP literal) */
+  double icmp_setup;     /* seconds of the socket's set-up */
+  int icmp_reply_ttl;    /* the reply's TTL / hop limit, or -1 */
+  int icmp_ip_protocol;  /* 4 or 6 once an address was chosen, else 0 */
+  uint32_t icmp_addr_hash; /* FNV-1a 32 of the address's bytes */
 
   /* HTTPS and TCP with TLS: the peer's certificate facts (sonde/tls.h),
    * owned by the result, or NULL when no TLS connection was made */
