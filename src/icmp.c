@@ -201,14 +201,14 @@ static void fail_permission(struct icmp_op *t, int e) {
   else if (t->o.socket == SONDE_ICMP_DGRAM)
     fail(t, SONDE_FAILURE, SONDE_R_PERMISSION, e,
          "icmp %s: cannot open an unprivileged ICMP socket: the process's "
-         "group (gid %u) is not inside net.ipv4.ping_group_range (now \"%s\"; "
-         "e.g. sysctl -w net.ipv4.ping_group_range=\"0 2147483647\")",
+         "group (gid %u) is not inside net.ipv4.ping_group_range (now %s; "
+         "e.g. sysctl -w net.ipv4.ping_group_range='0 2147483647')",
          t->addr, (unsigned)getgid(), range);
   else
     fail(t, SONDE_FAILURE, SONDE_R_PERMISSION, e,
          "icmp %s: no permission to open an ICMP socket: the process's group "
-         "(gid %u) is not inside net.ipv4.ping_group_range (now \"%s\"; e.g. "
-         "sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"), and a raw "
+         "(gid %u) is not inside net.ipv4.ping_group_range (now %s; e.g. "
+         "sysctl -w net.ipv4.ping_group_range='0 2147483647'), and a raw "
          "socket needs root or CAP_NET_RAW (setcap cap_net_raw+ep PROGRAM)",
          t->addr, (unsigned)getgid(), range);
 }
@@ -431,6 +431,7 @@ static void exchange(struct icmp_op *t) {
     return;
   }
   t->fd = fd;
+  r->icmp_socket = t->raw ? 2 : 1;
   int one = 1;
   if (t->family == AF_INET) {
     setsockopt(fd, IPPROTO_IP, IP_RECVTTL, &one, sizeof one);

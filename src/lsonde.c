@@ -174,6 +174,8 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
       set_int(L, "ip_protocol", r->icmp_ip_protocol);
       set_int(L, "ip_addr_hash", (lua_Integer)r->icmp_addr_hash);
     }
+    if (r->icmp_socket)
+      set_str(L, "socket", r->icmp_socket == 2 ? "raw" : "datagram");
     lua_createtable(L, 0, 3);
     set_num(L, "resolve", r->icmp_resolve);
     set_num(L, "setup", r->icmp_setup);

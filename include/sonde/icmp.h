@@ -71,6 +71,7 @@
  *   a source_ip of the other family  failure config
  *   out of descriptors or memory  unknown resource
  * code is the errno behind a failure (ETIMEDOUT for the deadline), or 0.
+ * icmp_socket tells which socket was opened (1 datagram, 2 raw).
  * Phases (blackbox_exporter's probe_icmp_duration_seconds): icmp_resolve
  * (the lookup; 0 for an IP literal), icmp_setup (socket and options),
  * icmp_rtt; icmp_addr_hash is blackbox_exporter's probe_ip_addr_hash (FNV-1a

@@ -118,6 +118,7 @@ struct sonde_result {
   int icmp_reply_ttl;    /* the reply's TTL / hop limit, or -1 */
   int icmp_ip_protocol;  /* 4 or 6 once an address was chosen, else 0 */
   uint32_t icmp_addr_hash; /* FNV-1a 32 of the address's bytes */
+  int icmp_socket;       /* the socket opened: 0 none, 1 datagram, 2 raw */
 
   /* HTTPS and TCP with TLS: the peer's certificate facts (sonde/tls.h),
    * owned by the result, or NULL when no TLS connection was made */
