@@ -386,7 +386,7 @@ static int perm_errno(int e) {
 static void exchange(struct icmp_op *t) {
   struct sonde_result *r = &t->op.res;
   t->t_setup = sonde_now();
-  r->icmp_ip_protocol = t->family == AF_INET ? 4 : 6;
+  r->ip_protocol = t->family == AF_INET ? 4 : 6;
   /* the source first: its family must be the target's */
   struct sockaddr_storage src;
   socklen_t srclen = 0;
@@ -407,7 +407,7 @@ static void exchange(struct icmp_op *t) {
     } else {
       fail(t, SONDE_FAILURE, SONDE_R_CONFIG, 0,
            "icmp %s: source_ip_address %s is not an IPv%d address", t->addr,
-           t->o.source_ip, r->icmp_ip_protocol);
+           t->o.source_ip, r->ip_protocol);
       return;
     }
   }

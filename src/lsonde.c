@@ -183,10 +183,8 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
   if (is_icmp) {                 /* sonde/icmp.h */
     if (r->status == SONDE_SUCCESS) set_num(L, "rtt", r->icmp_rtt);
     if (r->icmp_reply_ttl >= 0) set_int(L, "reply_ttl", r->icmp_reply_ttl);
-    if (r->icmp_ip_protocol) {
-      set_int(L, "ip_protocol", r->icmp_ip_protocol);
+    if (r->ip_protocol)
       set_int(L, "ip_addr_hash", (lua_Integer)r->icmp_addr_hash);
-    }
     if (r->icmp_socket)
       set_str(L, "socket", r->icmp_socket == 2 ? "raw" : "datagram");
     lua_createtable(L, 0, 3);
@@ -196,7 +194,7 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
     lua_setfield(L, -2, "phases");
   }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
-  if (is_http || is_grpc || strcmp(r->kind, "tcp") == 0) {
+  if (is_http || is_grpc || is_icmp || strcmp(r->kind, "tcp") == 0) {
     /* blackbox_exporter's probe_ip_protocol */
     int ipp = r->ip_protocol;
     if (!ipp && r->remote_addr[0]) ipp = r->remote_addr[0] == '[' ? 6 : 4;

@@ -50,7 +50,7 @@
  * to that address (its family must be the target's).
  *
  * Results (kind "icmp"; remote_addr the target IP without a port, "" when
- * no address was chosen; icmp_ip_protocol 4 or 6 once chosen):
+ * no address was chosen; ip_protocol 4 or 6 once chosen, else 0):
  *   the matching reply     success ok, output "echo reply from ADDR in
  *                          S s (seq N, hop limit H)"; icmp_rtt seconds
  *                          from the send to the reply, icmp_reply_ttl the

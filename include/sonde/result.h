@@ -127,14 +127,13 @@ struct sonde_result {
   int ip_protocol;       /* 4 or 6: the family of remote_addr, or of the
                             address tried last when no connection was
                             made; 0 when none was tried (blackbox_exporter's
-                            probe_ip_protocol) */
+                            probe_ip_protocol; ICMP: of the address chosen) */
 
   /* ICMP (icmp.h) */
   double icmp_rtt;       /* seconds from the request sent to its reply */
   double icmp_resolve;   /* seconds of the lookup (0 for an IP literal) */
   double icmp_setup;     /* seconds of the socket's set-up */
   int icmp_reply_ttl;    /* the reply's TTL / hop limit, or -1 */
-  int icmp_ip_protocol;  /* 4 or 6 once an address was chosen, else 0 */
   uint32_t icmp_addr_hash; /* FNV-1a 32 of the address's bytes */
   int icmp_socket;       /* the socket opened: 0 none, 1 datagram, 2 raw */
 

@@ -417,11 +417,11 @@ end
 -- here: failure network; out of descriptors: unknown resource.  Result
 -- fields beyond the common ones: `rtt` (seconds, success only),
 -- `reply_ttl` (the reply's TTL / hop limit, when the socket told it),
--- `ip_protocol` (4 or 6), `socket` ("datagram" or "raw", the socket
--- used, once one was opened), `ip_addr_hash` (blackbox_exporter's
--- probe_ip_addr_hash), `remote_addr` (the IP probed, no port), `phases =
--- { resolve, setup, rtt }` (seconds: blackbox_exporter's
--- probe_icmp_duration_seconds).
+-- `ip_protocol` (4 or 6; 0 when no address was chosen), `socket`
+-- ("datagram" or "raw": the socket used, once one was opened),
+-- `ip_addr_hash` (blackbox_exporter's probe_ip_addr_hash), `remote_addr`
+-- (the IP probed, no port), `phases = { resolve, setup, rtt }` (seconds:
+-- blackbox_exporter's probe_icmp_duration_seconds).
 -- @tparam table spec
 -- @tparam[opt] function callback
 -- @return the result (in a task) or the operation id (with a callback)

@@ -170,7 +170,7 @@ describe("sonde.icmp", function()
     r = icmp { host = "127.0.0.1", ip_protocol_fallback = false }
     assert.are.same({ "failure", "dns" }, { r.status, r.reason })
     assert.matches("lookup 127.0.0.1: no suitable address found", r.output, 1, true)
-    assert.is_nil(r.remote_addr)
+    assert.are.same({ nil, 0 }, { r.remote_addr, r.ip_protocol })
     r = icmp { host = "localhost", preferred_ip_protocol = "ip4" }
     assert.are.same({ "success", 4, "127.0.0.1" },
       { r.status, r.ip_protocol, r.remote_addr })
