@@ -84,6 +84,32 @@ describe("sonde.probe with icmp", function()
     end
   end)
 
+  it("the host: `sonde once` runs icmp probes, `sonde check` names the "
+    .. "file and line of a bad one", function()
+    local good = helpers.script("ping.lua", [[
+local sonde = require "sonde"
+sonde.probe { name = "v4", icmp = { host = "127.0.0.1" } }
+sonde.probe { name = "none", icmp = { host = "127.0.0.1",
+  ip_protocol_fallback = false } }
+]])
+    local code, out = helpers.host_run { "once", "--format", "json", good }
+    assert.are.equal(1, code, out)             -- "none" failed
+    local by = {}
+    for _, e in ipairs(helpers.decode_lines(out)) do by[e.probe] = e end
+    assert.are.same({ "success", "ok" }, { by.v4.status, by.v4.reason }, out)
+    assert.are.same({ "failure", "dns" }, { by.none.status, by.none.reason },
+      out)
+    local bad = helpers.script("bad.lua", [[
+local sonde = require "sonde"
+sonde.probe { name = "b",
+  icmp = { host = "127.0.0.1", payload_size = 70000 } }
+]])
+    local rc, o, e = helpers.host_run { "check", bad }
+    assert.are.equal(2, rc, o .. e)
+    assert.matches(bad .. ':2: probe "b": icmp.payload_size: must be 0..65507, '
+      .. "got 70000", e, 1, true)
+  end)
+
   it("a bad icmp spec is refused at load, at the caller's line, naming the "
     .. "field", function()
     assert.are.equal('probe "i": icmp.ttl: must be 0..255, got 300',
