@@ -31,7 +31,8 @@ typedef enum {
   X(SIGNAL, "signal")         /* exec: the command was killed by a signal */\
   X(TIMEOUT, "timeout")       /* the probe's deadline passed */             \
   X(NOT_FOUND, "not_found")   /* exec: command not found */                 \
-  X(PERMISSION, "permission") /* exec: command not executable */            \
+  X(PERMISSION, "permission") /* exec: command not executable; icmp: no */ \
+                              /* ICMP socket allowed */                     \
   X(SPAWN, "spawn")           /* exec: the command could not be started */  \
   X(CONNECT_REFUSED, "connect_refused") /* nothing listens there */         \
   X(CONNECT_TIMEOUT, "connect_timeout") /* no connection by the deadline */ \
