@@ -483,8 +483,10 @@ M.ICMP_PAYLOAD_MAX = 65507
 -- and defaults; `socket` is sonde's own.
 M.icmp_schema = validate.schema {
   { "host", "host", required = true },
-  { "preferred_ip_protocol", "enum", values = { "ip4", "ip6" },
-    default = "ip6" },
+  { "preferred_ip_protocol", function(ctx, v, field)
+      if v == "" then return "ip6" end   -- blackbox_exporter: "" is ip6
+      return validate.checks.enum(ctx, v, field, { values = { "ip4", "ip6" } })
+    end, default = "ip6" },
   { "ip_protocol_fallback", "boolean", default = true },
   { "payload_size", icmp_range(0, M.ICMP_PAYLOAD_MAX), default = 0 },
   { "dont_fragment", "boolean", default = false },

@@ -167,7 +167,8 @@ describe("sonde.icmp", function()
     -- an IPv4 literal under the default ip6: the fallback takes it
     local r = icmp { host = "127.0.0.1" }
     assert.are.same({ "success", 4 }, { r.status, r.ip_protocol })
-    r = icmp { host = "127.0.0.1", ip_protocol_fallback = false }
+    r = icmp { host = "127.0.0.1", ip_protocol_fallback = false,
+      preferred_ip_protocol = "" }             -- "": ip6, as blackbox's
     assert.are.same({ "failure", "dns" }, { r.status, r.reason })
     assert.matches("lookup 127.0.0.1: no suitable address found", r.output, 1, true)
     assert.are.same({ nil, 0 }, { r.remote_addr, r.ip_protocol })
