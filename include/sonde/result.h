@@ -3,7 +3,7 @@
  *
  * A probe outcome is never an error: a refused connection, a timeout or a
  * non-zero exit is a completed probe whose result says so.  Results are
- * produced by the probers (exec.h, http.h, tcp.h, grpc.h) and handed to the caller's
+ * produced by the probers (exec.h, http.h, tcp.h, grpc.h, dns.h) and handed to the caller's
  * callback, which must not keep pointers into them past its return: the
  * prober frees the result right after the callback returns.
  */
@@ -58,6 +58,7 @@ typedef enum {
 } sonde_reason;
 
 struct sonde_tls_facts; /* sonde/tls.h */
+struct sonde_dns_reply; /* sonde/dns.h */
 
 /* One response header (HTTP).  Both strings are NUL-terminated. */
 struct sonde_header {
@@ -72,7 +73,7 @@ struct sonde_header {
  */
 struct sonde_result {
   uint64_t id;           /* the operation id (see sonde/loop.h) */
-  const char *kind;      /* "exec", "http", "tcp", "grpc", "timer"
+  const char *kind;      /* "exec", "http", "tcp", "grpc", "dns", "timer"
                             (static) */
   sonde_status status;
   sonde_reason reason;
@@ -114,6 +115,10 @@ struct sonde_result {
   /* HTTPS and TCP with TLS: the peer's certificate facts (sonde/tls.h),
    * owned by the result, or NULL when no TLS connection was made */
   struct sonde_tls_facts *tls;
+
+  /* DNS (dns.h): the reply's facts (rcode, records, lookup time), owned by
+   * the result, or NULL when no query was sent */
+  struct sonde_dns_reply *dns;
 };
 
 /* Name of a status ("success" ...) or reason ("ok" ...); never NULL. */

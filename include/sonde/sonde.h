@@ -7,6 +7,7 @@
 #ifndef SONDE_SONDE_H
 #define SONDE_SONDE_H
 
+#include "sonde/dns.h"
 #include "sonde/exec.h"
 #include "sonde/expand.h"
 #include "sonde/expect.h"
