@@ -126,7 +126,10 @@
 --   H.dnsmasq(args)            Debian's dnsmasq on 127.0.0.1 and a free port,
 --                              serving what args declare: a Server with
 --                              .port .pid :stop() :alive() :log()
---   H.stop_dnsmasqs()          stop every one started and not stopped
+--   H.dns_scripted()           spec/fixtures/dns_scripted.py: odd replies
+--                              built byte by byte; .port .pid :stop()
+--   H.stop_dnsmasqs()          stop every one of both started and not
+--                              stopped
 --   H.silent_udp()             a bound UDP socket that never answers:
 --                              { port, close(), receive() }
 -- TLS (spec/support/pki.lua)

@@ -255,6 +255,98 @@ describe("sonde.dns", function()
     end)
   end)
 
+  describe("replies a well-kept server never sends (a scripted server)",
+    function()
+    local f
+    lazy_setup(function() f = helpers.dns_scripted() end)
+    local function ask(first, more)
+      local spec = { server = "127.0.0.1:" .. f.port, name = first .. ".test",
+        type = "A", timeout = 0.5 }
+      for k, v in pairs(more or {}) do spec[k] = v end
+      return dns(spec)
+    end
+
+    it("names with '.', ' ' and control bytes in labels: escaped as "
+      .. "miekg/dns does", function()
+      assert.are.same({ "a\\.b.sp\\ ace.\\001.escape.test.\t60\tIN\tA\t"
+        .. "127.0.0.1" }, ask("escape").answer)
+    end)
+
+    it("IPv6 as Go prints it: IPv4-mapped, zeros compressed (RFC 5952)",
+      function()
+      assert.are.same({ "addr6.test.\t60\tIN\tAAAA\t::ffff:1.2.3.4",
+        "addr6.test.\t60\tIN\tAAAA\t2001:db8::1",
+        "addr6.test.\t60\tIN\tAAAA\t2001:db8:0:1::1",
+        "addr6.test.\t60\tIN\tAAAA\t::102:304" }, ask("addr6").answer)
+    end)
+
+    it("TXT bytes outside ' '..'~' as \\DDD, quotes and backslashes "
+      .. "escaped, an empty string", function()
+      assert.are.same({ 'txt.test.\t60\tIN\tTXT\t"\\000\\255\\"\\\\" ""' },
+        ask("txt").answer)
+    end)
+
+    it("SOA names through compression pointers", function()
+      local r = ask("soa", { type = "SOA" })
+      assert.are.same({ 7, { "soa.test.\t60\tIN\tSOA\tns.test. soa.test. 7 1 "
+        .. "2 3 4" } }, { r.serial, r.answer })
+    end)
+
+    it("three sections: counted and validated each", function()
+      local r = ask("sections", { validate_authority_rrs = {
+        fail_if_not_matches_regexp = { "\\tNS\\tns\\.test\\.$" } },
+        validate_additional_rrs = { fail_if_matches_regexp = { "127" } } })
+      assert.are.same({ "failure", "expect", 1, 1, 1,
+        { "test.\t60\tIN\tNS\tns.test." },
+        { "ns.test.\t60\tIN\tA\t127.0.0.53" } },
+        { r.status, r.reason, r.answer_rrs, r.authority_rrs,
+          r.additional_rrs, r.authority, r.additional })
+      assert.is_truthy(r.output:find("^additional records: a record matched"),
+        r.output)
+    end)
+
+    it("SERVFAIL and an rcode without a name are replies (valid_rcodes "
+      .. "decides)", function()
+      local r = ask("servfail")
+      assert.are.same({ "failure", "dns", "SERVFAIL" },
+        { r.status, r.reason, r.rcode })
+      assert.are.equal("success", ask("servfail",
+        { valid_rcodes = { "SERVFAIL" } }).status)
+      r = ask("rcode11")
+      assert.are.same({ "failure", "dns", "11",
+        "rcode 11 is not one of the valid rcodes (NOERROR)" },
+        { r.status, r.reason, r.rcode, r.output })
+    end)
+
+    it("a truncated reply (TC) is taken as it is, not retried over TCP",
+      function()
+      local r = ask("tc")
+      assert.are.same({ "success", 0 }, { r.status, r.answer_rrs })
+    end)
+
+    it("a reply announcing more records than it holds: those it holds",
+      function()
+      local r = ask("short")
+      assert.are.same({ "success", 1 }, { r.status, r.answer_rrs })
+    end)
+
+    it("a record cut short, a name pointing at itself: failure protocol, "
+      .. "no reply facts", function()
+      for _, first in ipairs { "cut", "loop" } do
+        local r = ask(first)
+        assert.are.same({ "failure", "protocol" }, { r.status, r.reason },
+          first)
+        assert.is_truthy(r.output:find("malformed reply", 1, true), r.output)
+        assert.is_nil(r.rcode)
+        assert.is_number(r.lookup_time)
+      end
+    end)
+
+    it("a reply with another id is not the reply: timeout", function()
+      assert.are.equal("timeout", ask("wrongid", { timeout = 0.3 }).reason)
+    end)
+  end)
+
   describe("failures", function()
     it("a server that never answers: failure timeout at the deadline; the "
       .. "query carried RD and the question", function()

@@ -6,7 +6,10 @@
 --   local d = H.dnsmasq { "--host-record=www.example.test,127.0.0.5" }
 --   d.port, d.pid
 --   d:stop()              -- SIGTERM by pid, SIGKILL after 3 s; waits
---   H.stop_dnsmasqs()     -- every one started and not stopped
+--   H.stop_dnsmasqs()     -- every one started and not stopped (and
+--                         -- every H.dns_scripted)
+--   local f = H.dns_scripted()  -- spec/fixtures/dns_scripted.py: replies
+--   f.port, f:stop()            -- built byte by byte (python3)
 --   local s = H.silent_udp()   -- a bound UDP socket that never answers:
 --   s.port, s.close(), s.receive()  -- (LuaSocket, in this process;
 --                                   -- receive: the next datagram or nil)
@@ -102,6 +105,35 @@ return function(H)
   end
 
   function Server:log() return H.read_file(self.out) or "" end
+
+  -- spec/fixtures/dns_scripted.py under Debian's python3: { port, pid,
+  -- stop(), alive() }
+  function H.dns_scripted()
+    local out = os.tmpname()
+    local p = assert(io.popen(table.concat({
+      "exec </dev/null;",
+      "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS /usr/bin/python3",
+      q(H.root .. "/spec/fixtures/dns_scripted.py"), ">" .. q(out), "2>&1 &",
+      "pid=$!; echo \"PID $pid\";",
+      "end=$(( $(date +%s%N) + 10000000000 ));",
+      "while [ \"$(date +%s%N)\" -lt \"$end\" ]; do",
+      "  grep -q '^PORT ' " .. q(out) .. " && break;",
+      "  kill -0 $pid 2>/dev/null || break;",
+      "  sleep 0.02;",
+      "done;",
+      "cat " .. q(out),
+    }, " "), "r"))
+    local text = p:read("a")
+    p:close()
+    local srv = setmetatable({ out = out,
+      pid = tonumber(text:match("PID (%d+)")),
+      port = tonumber(text:match("\nPORT (%d+)")) }, Server)
+    if not srv.port then
+      srv:stop()
+      error("dns_scripted.py did not print a PORT line: " .. text, 2)
+    end
+    return remember(srv)
+  end
 
   function H.silent_udp()
     local socket = require "socket"
