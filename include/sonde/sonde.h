@@ -1,7 +1,8 @@
 /*
  * sonde/sonde.h - umbrella header of sonde's C core.
  *
- * The core runs exec, HTTP, TCP and gRPC health probes on one libevent loop and reports
+ * The core runs exec, HTTP, TCP and gRPC health probes, and DNS queries
+ * (dns.h), on one libevent loop and reports
  * each outcome as a struct sonde_result; it can be used from C without Lua.
  */
 #ifndef SONDE_SONDE_H

@@ -500,7 +500,8 @@ local function dns_named(what, example)
 end
 
 local function dns_rcodes(ctx, v, field)
-  validate.checks.strings(ctx, v, field)
+  -- (an empty list would pass no reply at all)
+  validate.checks.strings(ctx, v, field, { nonempty = true })
   local out = {}
   for i, name in ipairs(v) do
     local n = core.dns_check("rcode", name:upper())

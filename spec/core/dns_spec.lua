@@ -442,6 +442,8 @@ describe("sonde.dns", function()
       spec_error({ server = "127.0.0.1", name = "x",
         valid_rcodes = { "NOERROR", "NOPE" } }, "valid_rcodes[2]",
         "not an rcode")
+      spec_error({ server = "127.0.0.1", name = "x", valid_rcodes = {} },
+        "valid_rcodes", "must not be empty")
       spec_error({ server = "127.0.0.1", name = "x", timeout = 0 },
         "timeout")
     end)
