@@ -678,7 +678,7 @@ struct dns_op {
   char setup_msg[256];
   double sent_at;
   /* the options kept */
-  int qtype, transport;
+  int qtype, transport, family;
   uint32_t valid_rcodes;
   char addr[64];          /* "ip:port" / "[ip]:port" */
   /* the regexps: per section and rule, `n` of them from `first` */
@@ -826,6 +826,7 @@ static void verdict(struct dns_op *t) {
   struct sbuf b = {0};
   const char *tr = t->transport == SONDE_DNS_TCP ? "tcp" : "udp";
   snprintf(r->remote_addr, sizeof r->remote_addr, "%s", t->addr);
+  r->ip_protocol = t->family == AF_INET6 ? 6 : t->family == AF_INET ? 4 : 0;
   r->status = SONDE_FAILURE;
   if (t->outcome == O_SETUP) {
     r->reason = t->setup_reason;
@@ -1117,10 +1118,10 @@ uint64_t sonde_dns_start(struct sonde_loop *loop,
   memset(&server, 0, sizeof server);
   const char *host = o->server ? o->server : "";
   if (inet_pton(AF_INET, host, &server.addr.addr4) == 1) {
-    server.family = AF_INET;
+    server.family = t->family = AF_INET;
     snprintf(t->addr, sizeof t->addr, "%s:%ld", host, o->port);
   } else if (inet_pton(AF_INET6, host, &server.addr.addr6) == 1) {
-    server.family = AF_INET6;
+    server.family = t->family = AF_INET6;
     snprintf(t->addr, sizeof t->addr, "[%s]:%ld", host, o->port);
   } else {
     setup_failed(t, SONDE_R_CONFIG, "server: not an IP address: \"%.100s\"",

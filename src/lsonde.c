@@ -210,7 +210,8 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
     }
   }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
-  if (is_http || is_grpc || strcmp(r->kind, "tcp") == 0) {
+  if (is_http || is_grpc || strcmp(r->kind, "tcp") == 0 ||
+      strcmp(r->kind, "dns") == 0) {
     /* blackbox_exporter's probe_ip_protocol */
     int ipp = r->ip_protocol;
     if (!ipp && r->remote_addr[0]) ipp = r->remote_addr[0] == '[' ? 6 : 4;

@@ -83,7 +83,8 @@
  *                          when the probe is declared)
  *   out of memory or descriptors
  *                          unknown resource
- * ADDR is "ip:port", "[ip]:port" for IPv6 (also in remote_addr).  The
+ * ADDR is "ip:port", "[ip]:port" for IPv6 (also in remote_addr;
+ * ip_protocol is 4 or 6, its family).  The
  * reply's facts (result.dns) are kept whatever the verdict once a reply
  * came.
  *

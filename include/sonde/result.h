@@ -121,7 +121,7 @@ struct sonde_result {
                             has_serving_status */
   int has_serving_status;
 
-  /* HTTP, TCP and gRPC */
+  /* HTTP, TCP, gRPC and DNS (the server asked) */
   char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
                             (TCP: the address tried last, also when that
                             failed) */

@@ -435,7 +435,7 @@ end
 -- resource.
 --
 -- Result fields beyond the common ones: `remote_addr` (the server,
--- "ip:port" / "[ip]:port"), `lookup_time` (seconds from sending the query
+-- "ip:port" / "[ip]:port"), `ip_protocol` (4 or 6), `lookup_time` (seconds from sending the query
 -- to the reply or the failure), and once a reply came: `rcode`
 -- ("NOERROR", "NXDOMAIN", ...), `answer_rrs`, `authority_rrs`,
 -- `additional_rrs` (counts), `answer`, `authority`, `additional` (arrays of

@@ -140,8 +140,9 @@ describe("sonde.dns", function()
     it("to ::1, written [::1]:PORT", function()
       local r = dns { server = "[::1]:" .. d.port, name = "www.example.test",
         type = "A" }
-      assert.are.same({ "success", "[::1]:" .. d.port, 1 },
-        { r.status, r.remote_addr, r.answer_rrs })
+      assert.are.same({ "success", "[::1]:" .. d.port, 1, 6 },
+        { r.status, r.remote_addr, r.answer_rrs, r.ip_protocol })
+      assert.are.equal(4, q("www.example.test", "A").ip_protocol)
     end)
 
     it("inside a task, without a callback", function()
