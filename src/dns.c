@@ -318,8 +318,7 @@ static char *re2_to_ere(const char *re, int *icase, char *err, size_t n) {
             sb_putc(&b, (char)v);
             p += 1 + used;
           } else if (cls && !neg) {
-            sb_printf(&b, "[%s]", cls[7] == ':' ? cls : "[:alnum:]");
-            if (tolower((unsigned char)p[1]) == 'w') sb_putc(&b, '_');
+            sb_puts(&b, cls);        /* "[:digit:]", "[:alnum:]_" ... */
             p += 2;
           } else if (p[1] == '\\' || p[1] == '.' || p[1] == '[' ||
                      (p[1] && ispunct((unsigned char)p[1]) &&

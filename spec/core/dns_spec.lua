@@ -190,6 +190,25 @@ describe("sonde.dns", function()
       assert.are.same({ "success", "ok" }, { r.status, r.reason }, r.output)
     end)
 
+    it("RE2 forms rewritten for POSIX match as in Go", function()
+      for _, re in ipairs {
+        "^www\\.example\\.test\\.\\s300\\sIN\\sA\\s[\\d.]+$",
+        "(?:www|ftp)\\.example", "\\x09IN\\x09A\\x09", "[[:digit:]]{3}\\tIN",
+        "^\\w+\\.", "[\\w.]+\\t\\d", "\\S+\\s\\D", "[^\\t]+$", "\\.\\t",
+        "(?i)in\\ta\\t",
+      } do
+        local r = q("www.example.test", "A", { validate_answer_rrs = {
+          fail_if_not_matches_regexp = { re } } })
+        assert.are.equal("success", r.status, re .. ": " .. r.output)
+      end
+      for _, re in ipairs { "\\d{4}", "[\\d]{4}", "IN\\sAAAA", "\\W{2}[a-z]",
+          "in\\ta" } do
+        local r = q("www.example.test", "A", { validate_answer_rrs = {
+          fail_if_matches_regexp = { re } } })
+        assert.are.equal("success", r.status, re .. ": " .. r.output)
+      end
+    end)
+
     it("fail_if_not_matches_regexp: a record that does not match fails, "
       .. "reason expect", function()
       local r = q("two.example.test", "A", { validate_answer_rrs = {
