@@ -3,8 +3,9 @@
  *
  * A probe outcome is never an error: a refused connection, a timeout or a
  * non-zero exit is a completed probe whose result says so.  Results are
- * produced by the probers (exec.h, http.h, tcp.h, grpc.h, icmp.h) and
- * handed to the caller's callback, which must not keep pointers into them past its return: the
+ * produced by the probers (exec.h, http.h, tcp.h, grpc.h, icmp.h, dns.h)
+ * and handed to the caller's callback, which must not keep pointers into
+ * them past its return: the
  * prober frees the result right after the callback returns.
  */
 #ifndef SONDE_RESULT_H
@@ -59,6 +60,7 @@ typedef enum {
 } sonde_reason;
 
 struct sonde_tls_facts; /* sonde/tls.h */
+struct sonde_dns_reply; /* sonde/dns.h */
 
 /* One response header (HTTP).  Both strings are NUL-terminated. */
 struct sonde_header {
@@ -73,7 +75,7 @@ struct sonde_header {
  */
 struct sonde_result {
   uint64_t id;           /* the operation id (see sonde/loop.h) */
-  const char *kind;      /* "exec", "http", "tcp", "grpc", "icmp",
+  const char *kind;      /* "exec", "http", "tcp", "grpc", "icmp", "dns",
                             "timer" (static) */
   sonde_status status;
   sonde_reason reason;
@@ -121,7 +123,7 @@ struct sonde_result {
                             has_serving_status */
   int has_serving_status;
 
-  /* HTTP, TCP and gRPC */
+  /* HTTP, TCP, gRPC and DNS (the server asked) */
   char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
                             (TCP: the address tried last, also when that
                             failed) */
@@ -141,6 +143,10 @@ struct sonde_result {
   /* HTTPS and TCP with TLS: the peer's certificate facts (sonde/tls.h),
    * owned by the result, or NULL when no TLS connection was made */
   struct sonde_tls_facts *tls;
+
+  /* DNS (dns.h): the reply's facts (rcode, records, lookup time), owned by
+   * the result, or NULL when no query was sent */
+  struct sonde_dns_reply *dns;
 };
 
 /* Name of a status ("success" ...) or reason ("ok" ...); never NULL. */

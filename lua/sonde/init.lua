@@ -1,4 +1,5 @@
---- sonde: kubelet-style exec, HTTP, TCP and gRPC probes, and ICMP echo,
+--- sonde: kubelet-style exec, HTTP, TCP and gRPC probes, ICMP echo and DNS
+-- queries,
 -- on one event loop.
 --
 -- Every prober works in two styles:
@@ -427,6 +428,70 @@ end
 -- @return the result (in a task) or the operation id (with a callback)
 function sonde.icmp(spec, callback)
   return call("sonde.icmp", probers.handlers.icmp, spec, callback)
+end
+
+--- DNS query (blackbox_exporter's dns prober, v0.23): one query to one
+-- server, with c-ares on the loop, its reply checked as blackbox_exporter
+-- checks it.
+--
+-- spec fields:
+--
+--   * `server`: the server to ask, an IP address with an optional port,
+--     required: "127.0.0.1", "127.0.0.1:5353", "::1", "[::1]:5353" (port
+--     53 by default; a name is not taken: no resolver is asked which
+--     server to ask);
+--   * `name`: the name asked, required ("example.test", a final "." or
+--     not: it is asked as written, no search list);
+--   * `type`: "A", "AAAA", "MX", "TXT", "CNAME", "NS", "SOA", "PTR",
+--     "SRV", "CAA", "ANY" ... or "TYPE65" or a number; default "ANY"
+--     (blackbox_exporter's default); `class`: "IN" (default), "CH", ...;
+--   * `transport`: "udp" (default) or "tcp";
+--   * `recursion_desired`: boolean, default true (the RD bit);
+--   * `timeout`: seconds, > 0, default 1: one deadline for the query (UDP:
+--     one datagram, never re-sent; TCP: connection and exchange);
+--   * `valid_rcodes`: the rcodes that pass, e.g. `{ "NOERROR",
+--     "NXDOMAIN" }`; default `{ "NOERROR" }`;
+--   * `validate_answer_rrs`, `validate_authority_rrs`,
+--     `validate_additional_rrs`: `{ fail_if_matches_regexp = {...},
+--     fail_if_all_match_regexp = {...}, fail_if_not_matches_regexp =
+--     {...}, fail_if_none_matches_regexp = {...} }`, regexps matched
+--     against each record of the section as text, the way Go's
+--     miekg/dns prints it: `"example.test.\t300\tIN\tA\t127.0.0.1"`.
+--     fail_if_matches: a record matching one fails; fail_if_not_matches: a
+--     record not matching one fails; fail_if_none_matches: no record
+--     matching one fails; fail_if_all_match: fails unless every record
+--     matches each (blackbox_exporter's code, whatever the name says);
+--     fail_if_not_matches and fail_if_none_matches fail on an empty
+--     section.  The regexps are RE2 (Go) syntax as in blackbox.yml, run as
+--     POSIX extended regexps after rewriting `(?i)`, `(?:`, `\t`, `\n`,
+--     `\d`, `\s`, `\w` and the like; what POSIX cannot do (lazy
+--     quantifiers, `\b`, other flag groups) is refused at declaration,
+--     naming the field (see include/sonde/dns.h).
+--
+-- Outcomes: the rcode valid and every validation passed is success, reason
+-- ok, output "NOERROR: 1 answer, 0 authority, 0 additional records"; an
+-- rcode not in valid_rcodes is failure, reason dns ("rcode NXDOMAIN is not
+-- one of the valid rcodes (NOERROR)"); a failed validation is failure,
+-- reason expect (the output names the section, the rule, the regexp and
+-- the record); no reply by the deadline: failure timeout ("query to
+-- 127.0.0.1:53 over udp: i/o timeout"); refused (nothing listening on the
+-- TCP port, or an ICMP port unreachable for UDP): failure
+-- connect_refused; a reply that does not parse: failure protocol; other
+-- socket errors: failure network; out of memory or descriptors: unknown
+-- resource.
+--
+-- Result fields beyond the common ones: `remote_addr` (the server,
+-- "ip:port" / "[ip]:port"), `ip_protocol` (4 or 6), `lookup_time` (seconds from sending the query
+-- to the reply or the failure), and once a reply came: `rcode`
+-- ("NOERROR", "NXDOMAIN", ...), `answer_rrs`, `authority_rrs`,
+-- `additional_rrs` (counts), `answer`, `authority`, `additional` (arrays of
+-- the records' text, as matched by the validations), `serial` (the SOA
+-- serial, for a type "SOA" query answered with one).
+-- @tparam table spec
+-- @tparam[opt] function callback
+-- @return the result (in a task) or the operation id (with a callback)
+function sonde.dns(spec, callback)
+  return call("sonde.dns", probers.handlers.dns, spec, callback)
 end
 
 ---------------------------------------------------------------------------

@@ -19,6 +19,12 @@
 --     (the reply's TTL / hop limit; only after a reply that told it),
 --     `probe_ip_protocol` (4 or 6; 0 when no address was chosen) and
 --     `probe_ip_addr_hash` (FNV-1a 32 of the address probed);
+--   * for dns probes, blackbox_exporter's dns series:
+--     `probe_dns_lookup_time_seconds` (the query's time: see the notes on
+--     differences), `probe_dns_answer_rrs`, `probe_dns_authority_rrs`,
+--     `probe_dns_additional_rrs` (0 when no reply came),
+--     `probe_dns_query_succeeded` (1 when a reply came) and, for SOA
+--     queries answered, `probe_dns_serial`;
 --   * for probes whose last result came over TLS (HTTPS, TCP with `tls`),
 --     blackbox_exporter's series: `probe_ssl_earliest_cert_expiry`,
 --     `probe_ssl_last_chain_expiry_timestamp_seconds` (only when the chain
@@ -368,6 +374,51 @@ function M.render(cfg)
     for _, p in ipairs(icmp) do
       local c = probe_labels(p)
       psample(c, "probe_ip_addr_hash", c.pl, last[p].ip_addr_hash or 0)
+    end
+  end
+  -- blackbox_exporter's DNS series (prober/dns.go), for dns probes that
+  -- have run: the counts are 0 and query_succeeded 0 when no reply came;
+  -- probe_dns_serial only for SOA queries that got a reply (0 when no SOA
+  -- answered), as blackbox_exporter registers it
+  local dns = {}
+  for _, p in ipairs(probes) do
+    if p.handler == "dns" and last[p] then dns[#dns + 1] = p end
+  end
+  if #dns > 0 then
+    local DNS = {
+      { "probe_dns_lookup_time_seconds", "Returns the time taken for probe "
+        .. "dns lookup in seconds", function(r) return r.lookup_time or 0 end },
+      { "probe_dns_answer_rrs", "Returns number of entries in the answer "
+        .. "resource record list", function(r) return r.answer_rrs or 0 end },
+      { "probe_dns_authority_rrs", "Returns number of entries in the "
+        .. "authority resource record list",
+        function(r) return r.authority_rrs or 0 end },
+      { "probe_dns_additional_rrs", "Returns number of entries in the "
+        .. "additional resource record list",
+        function(r) return r.additional_rrs or 0 end },
+      { "probe_dns_query_succeeded", "Displays whether or not the query was "
+        .. "executed successfully", function(r) return r.rcode and 1 or 0 end },
+    }
+    for _, m in ipairs(DNS) do
+      family(m[1], "gauge", m[2])
+      for _, p in ipairs(dns) do
+        local c = probe_labels(p)
+        psample(c, m[1], c.pl, m[3](last[p]))
+      end
+    end
+    local soa = {}
+    for _, p in ipairs(dns) do
+      if p.opts and p.opts.qtype == 6 and last[p].rcode then
+        soa[#soa + 1] = p
+      end
+    end
+    if #soa > 0 then
+      family("probe_dns_serial", "gauge", "Returns the serial number of the "
+        .. "zone")
+      for _, p in ipairs(soa) do
+        local c = probe_labels(p)
+        psample(c, "probe_dns_serial", c.pl, last[p].serial or 0)
+      end
     end
   end
   -- blackbox_exporter's TLS series (prober/http.go, prober/tls.go), for

@@ -5,7 +5,7 @@
 --     kind = "liveness",                 -- liveness | readiness | startup
 --     -- exactly one handler:
 --     exec = {...} | http_get = {...} | tcp_socket = {...} | grpc = {...}
---       | icmp = {...} | check = fn,
+--       | icmp = {...} | dns = {...} | check = fn,
 --     check_cpu = 0.25,                  -- seconds a check may run per run
 --     initial_delay = 0, period = 10, timeout = 1,  -- seconds
 --     success_threshold = 1, failure_threshold = 3,
@@ -82,7 +82,7 @@
 -- `time` (wall-clock start of the run, seconds since the epoch).
 --
 -- The worker (schedule, runs of exec / http_get / tcp_socket / grpc /
--- icmp, threshold step, counters) is the C core's (`core.worker`,
+-- icmp / dns, threshold step, counters) is the C core's (`core.worker`,
 -- src/worker.c): a run whose result changes nothing and is not logged
 -- never enters Lua.  Lua
 -- is called for what the script asked for (hooks, custom checks,
@@ -127,8 +127,7 @@ end
 
 -- The C worker's handler for each built-in handler (nil: a custom check).
 local C_HANDLER = { exec = "exec", http_get = "http", tcp_socket = "tcp",
-                    grpc = "grpc" }
-C_HANDLER.icmp = "icmp"             -- ICMP echo (sonde.icmp)
+                    grpc = "grpc", icmp = "icmp", dns = "dns" }
 
 -- Probes whose worker is told the log level (weak).
 local live = setmetatable({}, { __mode = "k" })
@@ -139,8 +138,8 @@ end)
 local fmt = string.format
 local fail = validate.fail
 local STATUSES = probers.STATUSES
-local HANDLERS = { "exec", "http_get", "tcp_socket", "grpc", "check" }
-table.insert(HANDLERS, #HANDLERS, "icmp")  -- before check
+local HANDLERS = { "exec", "http_get", "tcp_socket", "grpc", "icmp", "dns",
+                   "check" }
 
 local function service_check(ctx, v, field)
   if not service.is(v) then
@@ -159,6 +158,7 @@ M.schema = validate.schema {
   { "tcp_socket", "table" },
   { "grpc", "table" },
   { "icmp", "table" },
+  { "dns", "table" },        -- sonde.dns's fields (blackbox_exporter's dns)
   { "check", "function" },
   { "check_cpu", "seconds", default = 0.25 },
   { "initial_delay", "seconds", default = 0, allow_zero = true },
@@ -223,7 +223,7 @@ function M.new(spec, owner)
   end
   if not handler then
     fail(ctx, nil, "must specify a handler type (exec, http_get, tcp_socket, "
-      .. "grpc, icmp or check)")
+      .. "grpc, icmp, dns or check)")
   end
   if handler ~= "check" and spec.check_cpu ~= nil then
     fail(ctx, "check_cpu", "is only for a custom check (check = function)")
@@ -596,7 +596,8 @@ function Probe:after(r, t)
       reason = r.reason, duration = r.duration, output = r.output,
       exit_code = r.exit_code, signal = r.signal,
       http_status = r.http_status, grpc_status = r.grpc_status,
-      serving_status = r.serving_status, state = t and t.from or c.state,
+      serving_status = r.serving_status, rcode = r.rcode,
+      state = t and t.from or c.state,
       streak = r.status ~= "unknown" and worker.streak(c, self, t) or nil,
     })
   end
