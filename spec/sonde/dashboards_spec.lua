@@ -149,7 +149,7 @@ describe("Grafana's blackbox_exporter dashboards against a Prometheus "
     tls = helpers.s_server { cert = pki.good }
     grpc = helpers.grpc_server { "--status", "=SERVING" }
     targets = {
-      web = srv:url("/ok"),
+      web = srv:url("/a"),              -- 302 to /b, 200 "b"
       ["web-tls"] = "https://127.0.0.1:" .. tls.port .. "/",
       db = "127.0.0.1:" .. srv.port,
       api = "127.0.0.1:" .. grpc.port,
@@ -235,6 +235,31 @@ describe("Grafana's blackbox_exporter dashboards against a Prometheus "
       assert.are.equal("4", query("probe_ip_protocol" .. sel).result[1].value[2])
     end
     assert.are.equal(5, #query("probe_http_duration_seconds" .. tl).result)
+    local wl = string.format('{instance="%s"}', targets.web)
+    local function value(name, sel)
+      local d = query(name .. sel)
+      assert.are.equal(1, #d.result, name .. sel)
+      return tonumber(d.result[1].value[2])
+    end
+    assert.are.equal(1.1, value("probe_http_version", wl))
+    assert.are.equal(1, value("probe_http_redirects", wl))
+    assert.are.equal(1, value("probe_http_content_length", wl))
+    assert.are.equal(1, value("probe_http_uncompressed_body_length", wl))
+    assert.are.equal(0, value("probe_http_ssl", wl))
+    assert.are.equal(200, value("probe_http_status_code", wl))
+    -- the phases add up to no more than the run (a scrape may fall between
+    -- two runs' series: compare within one scrape's /metrics instead)
+    local body = fetch(sport, "/metrics").body
+    local sum = 0
+    for v in body:gmatch('probe_http_duration_seconds{probe="web",[^}]*} (%S+)') do
+      sum = sum + tonumber(v)
+    end
+    local dur = tonumber(body:match('probe_duration_seconds{probe="web",[^}]*} (%S+)'))
+    assert.is_true(sum > 0 and sum <= dur, sum .. " > " .. tostring(dur))
+    assert.are.equal(tonumber(body:match(
+      'probe_dns_lookup_time_seconds{probe="web",[^}]*} (%S+)')),
+      tonumber(body:match('probe_http_duration_seconds{probe="web",[^}]*'
+        .. 'phase="resolve"} (%S+)')))
   end)
 
   -- The queries of a dashboard with its variables filled in: values[name]
