@@ -21,11 +21,12 @@
 --   * for HTTP probes, from the last run: `probe_http_duration_seconds{
 --     phase}` (resolve, connect, tls, processing, transfer, summed over
 --     redirects), `probe_dns_lookup_time_seconds` (the resolve phase),
---     `probe_http_content_length` (the Content-Length header, -1 when
---     none), `probe_http_uncompressed_body_length` (bytes of the body
---     received), `probe_http_redirects`, `probe_http_ssl` (1 when the
---     final response came over TLS), `probe_http_version` (1, 1.1, 2; 0
---     when no response);
+--     `probe_http_content_length` (the final response's Content-Length,
+--     -1 when it had none, 0 when no response came),
+--     `probe_http_uncompressed_body_length` (bytes of the final body
+--     received, decoded), `probe_http_redirects`, `probe_http_ssl` (1 when
+--     the final response came over TLS), `probe_http_version` (1, 1.1, 2;
+--     0 when no response came);
 --   * `probe_ip_protocol` 4 or 6 (0: no connection made) for HTTP, TCP
 --     and gRPC probes;
 --   * `probe_grpc_status_code` of the last run (gRPC probes; -1 when no
