@@ -368,8 +368,18 @@ local label_cache = setmetatable({}, { __mode = "k" })
 local SERVING = { "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" }
 -- blackbox_exporter's HTTP phases (probe_http_duration_seconds)
 local PHASES = { "resolve", "connect", "tls", "processing", "transfer" }
--- handlers whose results carry ip_protocol (probe_ip_protocol)
-local IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true }
+
+--- Handlers whose results carry `ip_protocol` (probe_ip_protocol).
+M.IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true }
+
+--- By handler, the seconds a result's name lookup took
+-- (probe_dns_lookup_time_seconds, one family for all of them): an HTTP
+-- probe's resolve phase.
+M.LOOKUP_TIME = {
+  http_get = function(r)
+    return type(r.phases) == "table" and r.phases.resolve or 0
+  end,
+}
 
 local function probe_tail(p)
   local parts = {}
@@ -512,10 +522,6 @@ function M.render(cfg)
         psample(c, name, c.pl, value(last[p]))
       end
     end
-    gauge("probe_dns_lookup_time_seconds",
-      "Returns the time taken for probe dns lookup in seconds", function(r)
-        return type(r.phases) == "table" and tonumber(r.phases.resolve) or 0
-      end)
     gauge("probe_http_content_length", "Length of http content response",
       function(r) return tonumber(r.content_length) or -1 end)
     gauge("probe_http_uncompressed_body_length",
@@ -529,11 +535,26 @@ function M.render(cfg)
       "Returns the version of HTTP of the probe response",
       function(r) return tonumber(r.http_version) or 0 end)
   end
+  -- the time the lookup of the target's name took, one family for every
+  -- handler that times one (M.LOOKUP_TIME)
+  local lookup = {}
+  for _, p in ipairs(probes) do
+    if M.LOOKUP_TIME[p.handler] and last[p] then lookup[#lookup + 1] = p end
+  end
+  if #lookup > 0 then
+    family("probe_dns_lookup_time_seconds", "gauge",
+      "Returns the time taken for probe dns lookup in seconds")
+    for _, p in ipairs(lookup) do
+      local c = probe_labels(p)
+      psample(c, "probe_dns_lookup_time_seconds", c.pl,
+        tonumber(M.LOOKUP_TIME[p.handler](last[p])) or 0)
+    end
+  end
   -- IP protocol of the connection (4 or 6; 0: none made), as
   -- blackbox_exporter's http, tcp and grpc probers give it
   local ipp = {}
   for _, p in ipairs(probes) do
-    if IP_HANDLERS[p.handler] and last[p] then ipp[#ipp + 1] = p end
+    if M.IP_HANDLERS[p.handler] and last[p] then ipp[#ipp + 1] = p end
   end
   if #ipp > 0 then
     family("probe_ip_protocol", "gauge",
