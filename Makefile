@@ -56,6 +56,7 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
                src/pb.c src/grpc.c \
+               src/icmp.c \
                src/tls.c src/tls_io.c \
                src/pattern.c src/expect.c \
                src/lsonde.c \

@@ -108,6 +108,7 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
   int is_exec = strcmp(r->kind, "exec") == 0;
   int is_http = strcmp(r->kind, "http") == 0;
   int is_grpc = strcmp(r->kind, "grpc") == 0;
+  int is_icmp = strcmp(r->kind, "icmp") == 0;
   lua_createtable(L, 0, 12);
   set_str(L, "status", sonde_status_name(r->status));
   set_str(L, "reason", sonde_reason_name(r->reason));
@@ -179,8 +180,21 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
       }
     }
   }
+  if (is_icmp) {                 /* sonde/icmp.h */
+    if (r->status == SONDE_SUCCESS) set_num(L, "rtt", r->icmp_rtt);
+    if (r->icmp_reply_ttl >= 0) set_int(L, "reply_ttl", r->icmp_reply_ttl);
+    if (r->ip_protocol)
+      set_int(L, "ip_addr_hash", (lua_Integer)r->icmp_addr_hash);
+    if (r->icmp_socket)
+      set_str(L, "socket", r->icmp_socket == 2 ? "raw" : "datagram");
+    lua_createtable(L, 0, 3);
+    set_num(L, "resolve", r->icmp_resolve);
+    set_num(L, "setup", r->icmp_setup);
+    set_num(L, "rtt", r->icmp_rtt);
+    lua_setfield(L, -2, "phases");
+  }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
-  if (is_http || is_grpc || strcmp(r->kind, "tcp") == 0) {
+  if (is_http || is_grpc || is_icmp || strcmp(r->kind, "tcp") == 0) {
     /* blackbox_exporter's probe_ip_protocol */
     int ipp = r->ip_protocol;
     if (!ipp && r->remote_addr[0]) ipp = r->remote_addr[0] == '[' ? 6 : 4;
@@ -698,6 +712,50 @@ static int l_core_grpc(lua_State *L) {
   return started(L, c, sonde_grpc_start(c->loop, &o, call_back, c), 2);
 }
 
+/* Read core.icmp's options (sonde/icmp.h) from the table at t: host,
+ * ip_protocol (4 | 6), fallback (boolean), payload_size, dont_fragment
+ * (boolean), ttl, source_ip, timeout, socket ("auto" | "raw" |
+ * "datagram"). */
+void sonde_lua_icmp_opts(lua_State *L, int t, struct sonde_icmp_opts *o) {
+  static const char *const sockets[] = {"auto", "raw", "datagram", NULL};
+  sonde_icmp_opts_init(o);
+  o->host = opt_str(L, t, "host", NULL);
+  if (!o->host) luaL_error(L, "sonde.core: host: string expected");
+  o->ip_protocol = (int)opt_num(L, t, "ip_protocol", o->ip_protocol);
+  if (o->ip_protocol != 4 && o->ip_protocol != 6)
+    luaL_error(L, "sonde.core: ip_protocol: 4 or 6 expected");
+  if (lua_getfield(L, t, "fallback") != LUA_TNIL)
+    o->fallback = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  double ps = opt_num(L, t, "payload_size", 0);
+  if (!(ps >= 0 && ps <= SONDE_ICMP_PAYLOAD_MAX))
+    luaL_error(L, "sonde.core: payload_size: 0..%d expected",
+               SONDE_ICMP_PAYLOAD_MAX);
+  o->payload_size = (size_t)ps;
+  lua_getfield(L, t, "dont_fragment");
+  o->dont_fragment = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  double ttl = opt_num(L, t, "ttl", o->ttl);
+  if (!(ttl >= 0 && ttl <= 255))
+    luaL_error(L, "sonde.core: ttl: 0..255 expected");
+  o->ttl = (int)ttl;
+  o->source_ip = opt_str(L, t, "source_ip", NULL);
+  o->timeout = opt_num(L, t, "timeout", o->timeout);
+  lua_getfield(L, t, "socket");
+  o->socket = (enum sonde_icmp_socket)luaL_checkoption(L, -1, "auto", sockets);
+  lua_pop(L, 1);
+}
+
+/* core.icmp(opts, cb) -> id */
+static int l_core_icmp(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_icmp_opts o;
+  sonde_lua_icmp_opts(L, 1, &o);
+  return started(L, c, sonde_icmp_start(c->loop, &o, call_back, c), 2);
+}
+
 /* core.pb_encode_string(field, bytes) -> the protobuf message holding
  * string field `field` (sonde/pb.h; a test hook of the codec). */
 static int l_core_pb_encode_string(lua_State *L) {
@@ -1073,6 +1131,7 @@ static const luaL_Reg core_funcs[] = {
     {"http", l_core_http},
     {"tcp", l_core_tcp},
     {"grpc", l_core_grpc},
+    {"icmp", l_core_icmp},
     {"timer", l_core_timer},
     {"cancel", l_core_cancel},
     {"run", l_core_run},

@@ -1,4 +1,5 @@
---- sonde: kubelet-style exec, HTTP, TCP and gRPC probes on one event loop.
+--- sonde: kubelet-style exec, HTTP, TCP and gRPC probes, and ICMP echo,
+-- on one event loop.
 --
 -- Every prober works in two styles:
 --
@@ -381,6 +382,51 @@ end
 -- @return the result (in a task) or the operation id (with a callback)
 function sonde.grpc(spec, callback)
   return call("sonde.grpc", probers.handlers.grpc, spec, callback)
+end
+
+--- ICMP echo ("ping"): one echo request, its reply awaited
+-- (blackbox_exporter's icmp prober, its module's field names and
+-- defaults).
+--
+-- spec fields: `host` (required: a name or an IP literal, IPv6 bare),
+-- `preferred_ip_protocol` ("ip6", the default, or "ip4"),
+-- `ip_protocol_fallback` (true: when the name has no address of the
+-- preferred family, take one of the other; an IP literal counts the same
+-- way), `payload_size` (bytes of echo data, 0..65507; 0, the default:
+-- the 28 bytes "Prometheus Blackbox Exporter", else that many bytes
+-- starting with that text, zero-filled), `ttl` (the request's TTL / hop
+-- limit, 0..255, default 64; 0: the system's), `dont_fragment` (IPv4:
+-- the DF bit; needs the raw socket), `source_ip_address` (an IP literal
+-- to send from, of the target's family), `timeout` (seconds, > 0,
+-- default 1: one deadline for the lookup, the request and its reply),
+-- `socket` (sonde's own: "auto", the default, "raw" or "datagram").
+--
+-- Sockets (as blackbox_exporter): an unprivileged ICMP datagram socket
+-- when the process's group is inside `net.ipv4.ping_group_range` (that
+-- sysctl covers IPv6 too), else a raw socket (root or CAP_NET_RAW).  With
+-- neither: failure, reason permission, the output saying what to change.
+-- A reply counts when it is an echo reply from the target with the
+-- request's sequence (and identifier, on a raw socket) and exactly its
+-- payload; other ICMP traffic is ignored.
+--
+-- Outcomes: the reply: success, output "echo reply from ADDR in S s (seq
+-- N, hop limit H)"; none by the deadline: failure timeout ("icmp ADDR:
+-- no echo reply by the deadline: i/o timeout"); a name that does not
+-- resolve, or has no address of a usable family: failure dns; no route,
+-- a request over the path MTU with dont_fragment, a source address not
+-- here: failure network; out of descriptors: unknown resource.  Result
+-- fields beyond the common ones: `rtt` (seconds, success only),
+-- `reply_ttl` (the reply's TTL / hop limit, when the socket told it),
+-- `ip_protocol` (4 or 6; 0 when no address was chosen), `socket`
+-- ("datagram" or "raw": the socket used, once one was opened),
+-- `ip_addr_hash` (blackbox_exporter's probe_ip_addr_hash), `remote_addr`
+-- (the IP probed, no port), `phases = { resolve, setup, rtt }` (seconds:
+-- blackbox_exporter's probe_icmp_duration_seconds).
+-- @tparam table spec
+-- @tparam[opt] function callback
+-- @return the result (in a task) or the operation id (with a callback)
+function sonde.icmp(spec, callback)
+  return call("sonde.icmp", probers.handlers.icmp, spec, callback)
 end
 
 ---------------------------------------------------------------------------

@@ -34,6 +34,12 @@
 --     serving_status}` 1 for the serving status the last run received
 --     (UNKNOWN, SERVING, NOT_SERVING, SERVICE_UNKNOWN), 0 for the others
 --     (all 0 when none was received), as blackbox_exporter's grpc prober;
+--   * ICMP probes (blackbox_exporter 0.23's icmp prober), from the last
+--     run: `probe_icmp_duration_seconds{phase}` (resolve, setup, rtt;
+--     seconds, 0 for a phase not reached), `probe_icmp_reply_hop_limit`
+--     (the reply's TTL / hop limit; only after a reply that told it),
+--     `probe_ip_protocol` (4 or 6; 0 when no address was chosen) and
+--     `probe_ip_addr_hash` (FNV-1a 32 of the address probed);
 --   * for probes whose last result came over TLS (HTTPS, TCP with `tls`),
 --     blackbox_exporter's series: `probe_ssl_earliest_cert_expiry`,
 --     `probe_ssl_last_chain_expiry_timestamp_seconds` (only when the chain
@@ -582,6 +588,48 @@ function M.render(cfg)
         psample(c, "probe_grpc_healthcheck_response", c.serving[st],
           last[p].serving_status == st and 1 or 0)
       end
+    end
+  end
+  -- blackbox_exporter's icmp series (prober/icmp.go, prober/utils.go
+  -- chooseProtocol), for ICMP probes that have run
+  local icmp = {}
+  for _, p in ipairs(probes) do
+    if p.handler == "icmp" and last[p] then icmp[#icmp + 1] = p end
+  end
+  if #icmp > 0 then
+    local function with(c, k, v)   -- {probe=..,kind=..,k="v"}
+      return c.pl:sub(1, -2) .. fmt(',%s="%s"}', k, v)
+    end
+    family("probe_icmp_duration_seconds", "gauge",
+      "Duration of icmp request by phase")
+    for _, p in ipairs(icmp) do
+      local c, ph = probe_labels(p), last[p].phases or {}
+      c.icmp_phase = c.icmp_phase or { resolve = with(c, "phase", "resolve"),
+        setup = with(c, "phase", "setup"), rtt = with(c, "phase", "rtt") }
+      for _, k in ipairs { "resolve", "setup", "rtt" } do
+        psample(c, "probe_icmp_duration_seconds", c.icmp_phase[k], ph[k] or 0)
+      end
+    end
+    family("probe_icmp_reply_hop_limit", "gauge",
+      "Replied packet hop limit (TTL for ipv4)")
+    for _, p in ipairs(icmp) do
+      local r = last[p]
+      if r.status == "success" and r.reply_ttl then
+        local c = probe_labels(p)
+        psample(c, "probe_icmp_reply_hop_limit", c.pl, r.reply_ttl)
+      end
+    end
+    family("probe_ip_protocol", "gauge",
+      "Specifies whether probe ip protocol is IP4 or IP6")
+    for _, p in ipairs(icmp) do
+      local c = probe_labels(p)
+      psample(c, "probe_ip_protocol", c.pl, last[p].ip_protocol or 0)
+    end
+    family("probe_ip_addr_hash", "gauge", "Specifies the hash of IP address. "
+      .. "It's useful to detect if the IP address changes.")
+    for _, p in ipairs(icmp) do
+      local c = probe_labels(p)
+      psample(c, "probe_ip_addr_hash", c.pl, last[p].ip_addr_hash or 0)
     end
   end
   -- blackbox_exporter's TLS series (prober/http.go, prober/tls.go), for

@@ -5,7 +5,7 @@
 --     kind = "liveness",                 -- liveness | readiness | startup
 --     -- exactly one handler:
 --     exec = {...} | http_get = {...} | tcp_socket = {...} | grpc = {...}
---       | check = fn,
+--       | icmp = {...} | check = fn,
 --     check_cpu = 0.25,                  -- seconds a check may run per run
 --     initial_delay = 0, period = 10, timeout = 1,  -- seconds
 --     success_threshold = 1, failure_threshold = 3,
@@ -82,9 +82,10 @@
 -- Every result of a declared probe carries `probe` (name), `kind` and
 -- `time` (wall-clock start of the run, seconds since the epoch).
 --
--- The worker (schedule, runs of exec / http_get / tcp_socket / grpc, threshold
--- step, counters) is the C core's (`core.worker`, src/worker.c): a run
--- whose result changes nothing and is not logged never enters Lua.  Lua
+-- The worker (schedule, runs of exec / http_get / tcp_socket / grpc /
+-- icmp, threshold step, counters) is the C core's (`core.worker`,
+-- src/worker.c): a run whose result changes nothing and is not logged
+-- never enters Lua.  Lua
 -- is called for what the script asked for (hooks, custom checks,
 -- actions), for published transitions that change something, and for
 -- results that are logged.  Fields read from the worker: `p.state`,
@@ -129,6 +130,7 @@ end
 -- The C worker's handler for each built-in handler (nil: a custom check).
 local C_HANDLER = { exec = "exec", http_get = "http", tcp_socket = "tcp",
                     grpc = "grpc" }
+C_HANDLER.icmp = "icmp"             -- ICMP echo (sonde.icmp)
 
 -- Probes whose worker is told the log level (weak).
 local live = setmetatable({}, { __mode = "k" })
@@ -140,6 +142,7 @@ local fmt = string.format
 local fail = validate.fail
 local STATUSES = probers.STATUSES
 local HANDLERS = { "exec", "http_get", "tcp_socket", "grpc", "check" }
+table.insert(HANDLERS, #HANDLERS, "icmp")  -- before check
 
 local function service_check(ctx, v, field)
   if not service.is(v) then
@@ -157,6 +160,7 @@ M.schema = validate.schema {
   { "http_get", "table" },
   { "tcp_socket", "table" },
   { "grpc", "table" },
+  { "icmp", "table" },
   { "check", "function" },
   { "check_cpu", "seconds", default = 0.25 },
   { "initial_delay", "seconds", default = 0, allow_zero = true },
@@ -224,7 +228,7 @@ function M.new(spec, owner)
   end
   if not handler then
     fail(ctx, nil, "must specify a handler type (exec, http_get, tcp_socket, "
-      .. "grpc or check)")
+      .. "grpc, icmp or check)")
   end
   if handler ~= "check" and spec.check_cpu ~= nil then
     fail(ctx, "check_cpu", "is only for a custom check (check = function)")

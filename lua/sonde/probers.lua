@@ -1,6 +1,6 @@
 --- The probers' specs: one declarative schema per handler (`exec`,
--- `http_get`, `tcp_socket`, `grpc`), and how a checked spec starts an operation
--- on the C core.  The public calls and their documentation are in
+-- `http_get`, `tcp_socket`, `grpc`, `icmp`), and how a checked spec starts
+-- an operation on the C core.  The public calls and their documentation are in
 -- `sonde` (lua/sonde/init.lua); declared probes, services and actions use
 -- the same handlers.
 --
@@ -446,6 +446,70 @@ local function grpc_prepare(ctx, spec)
 end
 
 ---------------------------------------------------------------------------
+-- icmp
+---------------------------------------------------------------------------
+
+-- An IP literal (IPv4, or IPv6 bare): what source_ip_address takes.
+local function ip_literal(ctx, v, field)
+  validate.checks.string(ctx, v, field)
+  local a, b, c, d = v:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if a then
+    for _, x in ipairs { a, b, c, d } do
+      if tonumber(x) > 255 then a = nil end
+    end
+    if a then return v end
+  elseif v:find(":", 1, true) and v:find("^[%x:%.]+$")
+      and select(2, v:gsub(":", "")) >= 2 then
+    return v
+  end
+  fail(ctx, field, "must be an IP address (IPv6 without brackets), got %s",
+    show(v))
+end
+
+local function icmp_range(lo, hi)
+  return function(ctx, v, field)
+    local n = validate.checks.count(ctx, v, field)
+    if n < lo or n > hi then
+      fail(ctx, field, "must be %d..%d, got %s", lo, hi, show(v))
+    end
+    return n
+  end
+end
+
+--- The most bytes of echo data (SONDE_ICMP_PAYLOAD_MAX in the C core).
+M.ICMP_PAYLOAD_MAX = 65507
+
+-- blackbox_exporter's icmp module fields (config.ICMPProbe), by its names
+-- and defaults; `socket` is sonde's own.
+M.icmp_schema = validate.schema {
+  { "host", "host", required = true },
+  { "preferred_ip_protocol", function(ctx, v, field)
+      if v == "" then return "ip6" end   -- blackbox_exporter: "" is ip6
+      return validate.checks.enum(ctx, v, field, { values = { "ip4", "ip6" } })
+    end, default = "ip6" },
+  { "ip_protocol_fallback", "boolean", default = true },
+  { "payload_size", icmp_range(0, M.ICMP_PAYLOAD_MAX), default = 0 },
+  { "dont_fragment", "boolean", default = false },
+  { "ttl", icmp_range(0, 255), default = 64 },
+  { "source_ip_address", ip_literal },
+  { "timeout", "seconds", default = 1 },
+  { "socket", "enum", values = { "auto", "raw", "datagram" },
+    default = "auto" },
+}
+
+--- Check an icmp spec and make the core's options (sonde/icmp.h).
+-- @raise naming the field
+local function icmp_prepare(ctx, spec)
+  local s = M.icmp_schema:apply(ctx, spec)
+  if s.host == nil then fail(ctx, "host", "must not be empty") end
+  return { host = s.host, ip_protocol = s.preferred_ip_protocol == "ip4"
+    and 4 or 6, fallback = s.ip_protocol_fallback,
+    payload_size = s.payload_size, dont_fragment = s.dont_fragment,
+    ttl = s.ttl, source_ip = s.source_ip_address, timeout = s.timeout,
+    socket = s.socket }
+end
+
+---------------------------------------------------------------------------
 -- Checked specs kept for the tables they came from
 ---------------------------------------------------------------------------
 
@@ -519,6 +583,8 @@ M.handlers = {
   tcp_socket = { prepare = tcp_prepare, start = core.tcp,
     finish = function(_, r) return r end },
   grpc = { prepare = grpc_prepare, start = core.grpc,
+    finish = function(_, r) return r end },
+  icmp = { prepare = icmp_prepare, start = core.icmp,
     finish = function(_, r) return r end },
 }
 
