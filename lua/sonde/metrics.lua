@@ -6,9 +6,10 @@
 -- where one exists).  Every series of a declared probe has the labels
 -- `probe` and `kind`; a probe with a network target also `target` (the
 -- URL of an http_get, its password masked; `host:port` of a tcp_socket or
--- grpc; exec and check probes have none) and `instance`, the target too
--- unless its `labels` give `instance` (`""`: none); then the probe's own
--- `labels` (sonde.probe `labels = { team = "web" }`).  A Prometheus that
+-- grpc; the host of an icmp; exec and check probes have none, see
+-- M.TARGETS) and `instance`, the target too unless its `labels` give
+-- `instance` (`""`: none); then the probe's own `labels` (sonde.probe
+-- `labels = { team = "web" }`).  A Prometheus that
 -- scrapes with `honor_labels: true` keeps that `instance`, so dashboards
 -- made for blackbox_exporter (which group by `instance`) find each target;
 -- without it Prometheus keeps it as `exported_instance`.
@@ -20,15 +21,15 @@
 --   * `probe_http_status_code` of the last run (HTTP probes);
 --   * for HTTP probes, from the last run: `probe_http_duration_seconds{
 --     phase}` (resolve, connect, tls, processing, transfer, summed over
---     redirects), `probe_dns_lookup_time_seconds` (the resolve phase),
---     `probe_http_content_length` (the final response's Content-Length,
---     -1 when it had none, 0 when no response came),
+--     redirects), `probe_http_content_length` (the final response's
+--     Content-Length, -1 when it had none, 0 when no response came),
 --     `probe_http_uncompressed_body_length` (bytes of the final body
 --     received, decoded), `probe_http_redirects`, `probe_http_ssl` (1 when
 --     the final response came over TLS), `probe_http_version` (1, 1.1, 2;
 --     0 when no response came);
---   * `probe_ip_protocol` 4 or 6 (0: no connection made) for HTTP, TCP
---     and gRPC probes;
+--   * `probe_ip_protocol` 4 or 6 (0: no connection made) for HTTP, TCP,
+--     gRPC and ICMP probes; `probe_dns_lookup_time_seconds` for HTTP and
+--     ICMP probes (their resolve phase);
 --   * `probe_grpc_status_code` of the last run (gRPC probes; -1 when no
 --     grpc-status came) and `probe_grpc_healthcheck_response{
 --     serving_status}` 1 for the serving status the last run received
@@ -37,8 +38,7 @@
 --   * ICMP probes (blackbox_exporter 0.23's icmp prober), from the last
 --     run: `probe_icmp_duration_seconds{phase}` (resolve, setup, rtt;
 --     seconds, 0 for a phase not reached), `probe_icmp_reply_hop_limit`
---     (the reply's TTL / hop limit; only after a reply that told it),
---     `probe_ip_protocol` (4 or 6; 0 when no address was chosen) and
+--     (the reply's TTL / hop limit; only after a reply that told it) and
 --     `probe_ip_addr_hash` (FNV-1a 32 of the address probed);
 --   * for probes whose last result came over TLS (HTTPS, TCP with `tls`),
 --     blackbox_exporter's series: `probe_ssl_earliest_cert_expiry`,
@@ -232,6 +232,7 @@ M.TARGETS = {
   http_get = function(o) return redact.url(o.url) end,   -- password masked
   tcp_socket = host_port,
   grpc = host_port,
+  icmp = function(o) return o.host end,
 }
 
 --- The target of probe `p` (a sonde.probe), or nil.
@@ -376,16 +377,16 @@ local SERVING = { "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" }
 local PHASES = { "resolve", "connect", "tls", "processing", "transfer" }
 
 --- Handlers whose results carry `ip_protocol` (probe_ip_protocol).
-M.IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true }
+M.IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true,
+  icmp = true }
 
 --- By handler, the seconds a result's name lookup took
 -- (probe_dns_lookup_time_seconds, one family for all of them): an HTTP
 -- probe's resolve phase.
-M.LOOKUP_TIME = {
-  http_get = function(r)
-    return type(r.phases) == "table" and r.phases.resolve or 0
-  end,
-}
+local function resolve_phase(r)
+  return type(r.phases) == "table" and r.phases.resolve or 0
+end
+M.LOOKUP_TIME = { http_get = resolve_phase, icmp = resolve_phase }
 
 local function probe_tail(p)
   local parts = {}
@@ -619,12 +620,7 @@ function M.render(cfg)
         psample(c, "probe_icmp_reply_hop_limit", c.pl, r.reply_ttl)
       end
     end
-    family("probe_ip_protocol", "gauge",
-      "Specifies whether probe ip protocol is IP4 or IP6")
-    for _, p in ipairs(icmp) do
-      local c = probe_labels(p)
-      psample(c, "probe_ip_protocol", c.pl, last[p].ip_protocol or 0)
-    end
+    -- (probe_ip_protocol: with the other handlers', M.IP_HANDLERS)
     family("probe_ip_addr_hash", "gauge", "Specifies the hash of IP address. "
       .. "It's useful to detect if the IP address changes.")
     for _, p in ipairs(icmp) do
