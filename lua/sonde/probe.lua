@@ -17,6 +17,7 @@
 --     termination_grace = nil,           -- seconds: grace of the restart
 --                                        -- this probe triggers (default:
 --                                        -- the service's grace)
+--     labels = { team = "web" },         -- on its /metrics series
 --   }
 --
 -- Defaults are the kubelet's (reference section 9): initial_delay 0,
@@ -100,6 +101,7 @@ local action = require "sonde.action"
 local probers = require "sonde.probers"
 local worker = require "sonde.worker"
 local service = require "sonde.service"
+local metrics = require "sonde.metrics"
 
 local M = {}
 local Probe = {}
@@ -175,6 +177,9 @@ M.schema = validate.schema {
   { "on_recovery", actions, default = {} },
   { "action_interval", "seconds", default = 30, allow_zero = true },
   { "termination_grace", "seconds" },
+  -- labels of its series on /metrics (sonde.metrics.check_labels)
+  { "labels", function(ctx, v, field)
+      return metrics.check_labels(ctx, v, field) end },
 }
 
 -- The handler's own spec, with the probe's timeout, env and ports.
@@ -247,6 +252,7 @@ function M.new(spec, owner)
     termination_grace = s.termination_grace,
     on_failure = s.on_failure, on_recovery = s.on_recovery,
     opts = handler ~= "check" and handler_opts(ctx, s, spec, handler) or nil,
+    labels = s.labels,                  -- nil when not given
   }, Probe)
   self.worker = core.worker {
     kind = kind, period = self.period, service = self.service ~= nil,

@@ -49,7 +49,11 @@ describe("sonde.probe with icmp", function()
     local cfg = config.ambient()
     helpers.run_for(0.5)
     local text = metrics.render(cfg)
-    local up, down = 'probe="up",kind="readiness"', 'probe="down",kind="readiness"'
+    -- (an icmp probe's target is its host: target and instance)
+    local up = 'probe="up",kind="readiness",target="127.0.0.1",'
+      .. 'instance="127.0.0.1"'
+    local down = 'probe="down",kind="readiness",target="127.0.0.1",'
+      .. 'instance="127.0.0.1"'
     for _, ph in ipairs { "resolve", "setup", "rtt" } do
       local v = sample(text, "probe_icmp_duration_seconds{" .. up .. ',phase="'
         .. ph .. '"}')
@@ -69,8 +73,12 @@ describe("sonde.probe with icmp", function()
     assert.are.equal(0, sample(text, "probe_success{" .. down .. "}"))
     -- nothing of it for the exec probe; each family once
     assert.is_nil(text:find('probe_ip_protocol{probe="shell"', 1, true))
+    assert.are.equal(sample(text, "probe_icmp_duration_seconds{" .. up
+      .. ',phase="resolve"}'), sample(text, "probe_dns_lookup_time_seconds{"
+      .. up .. "}"))
     for _, fam in ipairs { "probe_icmp_duration_seconds",
-        "probe_icmp_reply_hop_limit", "probe_ip_protocol", "probe_ip_addr_hash" } do
+        "probe_icmp_reply_hop_limit", "probe_ip_protocol", "probe_ip_addr_hash",
+        "probe_dns_lookup_time_seconds" } do
       local _, n = text:gsub("# TYPE " .. fam .. " gauge\n", "")
       assert.are.equal(1, n, fam)
     end
