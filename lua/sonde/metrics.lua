@@ -28,8 +28,9 @@
 --     the final response came over TLS), `probe_http_version` (1, 1.1, 2;
 --     0 when no response came);
 --   * `probe_ip_protocol` 4 or 6 (0: no connection made) for HTTP, TCP,
---     gRPC and ICMP probes; `probe_dns_lookup_time_seconds` for HTTP and
---     ICMP probes (their resolve phase);
+--     gRPC, ICMP and DNS probes; `probe_dns_lookup_time_seconds` for HTTP
+--     and ICMP probes (their resolve phase) and DNS probes (the query's
+--     time);
 --   * `probe_grpc_status_code` of the last run (gRPC probes; -1 when no
 --     grpc-status came) and `probe_grpc_healthcheck_response{
 --     serving_status}` 1 for the serving status the last run received
@@ -41,8 +42,7 @@
 --     (the reply's TTL / hop limit; only after a reply that told it) and
 --     `probe_ip_addr_hash` (FNV-1a 32 of the address probed);
 --   * for dns probes, blackbox_exporter's dns series:
---     `probe_dns_lookup_time_seconds` (the query's time: see the notes on
---     differences), `probe_dns_answer_rrs`, `probe_dns_authority_rrs`,
+--     `probe_dns_answer_rrs`, `probe_dns_authority_rrs`,
 --     `probe_dns_additional_rrs` (0 when no reply came),
 --     `probe_dns_query_succeeded` (1 when a reply came) and, for SOA
 --     queries answered, `probe_dns_serial`;
@@ -239,6 +239,9 @@ M.TARGETS = {
   tcp_socket = host_port,
   grpc = host_port,
   icmp = function(o) return o.host end,
+  dns = function(o)
+    return o.server and host_port { host = o.server, port = o.port or 53 }
+  end,
 }
 
 --- The target of probe `p` (a sonde.probe), or nil.
@@ -384,7 +387,7 @@ local PHASES = { "resolve", "connect", "tls", "processing", "transfer" }
 
 --- Handlers whose results carry `ip_protocol` (probe_ip_protocol).
 M.IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true,
-  icmp = true }
+  icmp = true, dns = true }
 
 --- By handler, the seconds a result's name lookup took
 -- (probe_dns_lookup_time_seconds, one family for all of them): an HTTP
@@ -392,7 +395,8 @@ M.IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true,
 local function resolve_phase(r)
   return type(r.phases) == "table" and r.phases.resolve or 0
 end
-M.LOOKUP_TIME = { http_get = resolve_phase, icmp = resolve_phase }
+M.LOOKUP_TIME = { http_get = resolve_phase, icmp = resolve_phase,
+  dns = function(r) return r.lookup_time or 0 end }
 
 local function probe_tail(p)
   local parts = {}
@@ -644,8 +648,6 @@ function M.render(cfg)
   end
   if #dns > 0 then
     local DNS = {
-      { "probe_dns_lookup_time_seconds", "Returns the time taken for probe "
-        .. "dns lookup in seconds", function(r) return r.lookup_time or 0 end },
       { "probe_dns_answer_rrs", "Returns number of entries in the answer "
         .. "resource record list", function(r) return r.answer_rrs or 0 end },
       { "probe_dns_authority_rrs", "Returns number of entries in the "

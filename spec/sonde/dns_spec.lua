@@ -76,22 +76,27 @@ describe("declared dns probes", function()
     end, 15)
     assert.is_truthy(ok, h:stderr())
     local m = helpers.fetch(helpers.listen_port(h), "/metrics").body
+    -- each probe's labels: its target (the server) and instance
+    local function L(name, port)
+      return ('{probe="%s",kind="readiness",target="127.0.0.1:%d",instance='
+        .. '"127.0.0.1:%d"}'):format(name, port, port)
+    end
     for _, line in ipairs {
-      'probe_dns_answer_rrs{probe="mx",kind="readiness"} 1',
-      'probe_dns_authority_rrs{probe="mx",kind="readiness"} 0',
-      'probe_dns_additional_rrs{probe="mx",kind="readiness"} 0',
-      'probe_dns_query_succeeded{probe="mx",kind="readiness"} 1',
-      'probe_dns_serial{probe="soa",kind="readiness"} 2026120501',
-      'probe_dns_query_succeeded{probe="nx",kind="readiness"} 1',
-      'probe_dns_answer_rrs{probe="nx",kind="readiness"} 0',
-      'probe_success{probe="nx",kind="readiness"} 0',
-      'probe_dns_query_succeeded{probe="silent",kind="readiness"} 0',
-      'probe_success{probe="mx",kind="readiness"} 1',
+      'probe_dns_answer_rrs' .. L("mx", d.port) .. ' 1',
+      'probe_dns_authority_rrs' .. L("mx", d.port) .. ' 0',
+      'probe_dns_additional_rrs' .. L("mx", d.port) .. ' 0',
+      'probe_dns_query_succeeded' .. L("mx", d.port) .. ' 1',
+      'probe_dns_serial' .. L("soa", d.port) .. ' 2026120501',
+      'probe_dns_query_succeeded' .. L("nx", d.port) .. ' 1',
+      'probe_dns_answer_rrs' .. L("nx", d.port) .. ' 0',
+      'probe_success' .. L("nx", d.port) .. ' 0',
+      'probe_dns_query_succeeded' .. L("silent", silent.port) .. ' 0',
+      'probe_success' .. L("mx", d.port) .. ' 1',
     } do
       assert.is_truthy(helpers.has_line(m, line), line .. "\n" .. m)
     end
-    assert.matches('\nprobe_dns_lookup_time_seconds{probe="mx",'
-      .. 'kind="readiness"} [%d.e-]+\n', m)
+    assert.matches('\nprobe_dns_lookup_time_seconds'
+      .. L("mx", d.port):gsub("%p", "%%%0") .. ' [%d.e-]+\n', m)
     -- the serial only for an SOA query
     assert.is_nil(m:find('probe_dns_serial{probe="mx"', 1, true), m)
     assert.are.equal(0, h:term(), h:stderr())
@@ -135,7 +140,7 @@ describe("metrics: the dns block", function()
     local buckets = {}
     for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
     return { name = name, kind = "readiness", handler = "dns",
-      opts = { qtype = qtype or 1 }, state = "failure", last_result = last,
+      opts = { qtype = qtype or 1, server = "127.0.0.1", port = 53 }, state = "failure", last_result = last,
       stats = { counts = { success = 0, warning = 0, failure = 0,
         unknown = 0 }, buckets = buckets, sum = 0, n = 0 } }
   end
@@ -153,20 +158,20 @@ describe("metrics: the dns block", function()
       probe("fresh", nil),
     } })
     for _, line in ipairs {
-      'probe_dns_lookup_time_seconds{probe="a",kind="readiness"} 0.5',
-      'probe_dns_answer_rrs{probe="a",kind="readiness"} 2',
-      'probe_dns_authority_rrs{probe="a",kind="readiness"} 1',
-      'probe_dns_additional_rrs{probe="a",kind="readiness"} 3',
-      'probe_dns_query_succeeded{probe="a",kind="readiness"} 1',
-      'probe_dns_answer_rrs{probe="t",kind="readiness"} 0',
-      'probe_dns_query_succeeded{probe="t",kind="readiness"} 0',
-      'probe_dns_serial{probe="s",kind="readiness"} 42',
+      'probe_dns_lookup_time_seconds{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0.5',
+      'probe_dns_answer_rrs{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 2',
+      'probe_dns_authority_rrs{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 1',
+      'probe_dns_additional_rrs{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 3',
+      'probe_dns_query_succeeded{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 1',
+      'probe_dns_answer_rrs{probe="t",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0',
+      'probe_dns_query_succeeded{probe="t",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0',
+      'probe_dns_serial{probe="s",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 42',
       "# TYPE probe_dns_serial gauge",
     } do
       assert.is_truthy(helpers.has_line(text, line), line .. "\n" .. text)
     end
     assert.is_nil(text:find('probe_dns_serial{probe="a"', 1, true))
-    assert.is_nil(text:find('probe="fresh",kind="readiness"} 0\n'
+    assert.is_nil(text:find('probe="fresh",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0\n'
       .. "# HELP probe_dns", 1, true))
     assert.is_nil(text:find('probe_dns_answer_rrs{probe="fresh"', 1, true))
   end)
