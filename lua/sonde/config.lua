@@ -61,7 +61,7 @@ function M.new(opts)
   local self = setmetatable({
     name = opts.name or "script", probes = {}, services = {},
     probe_by_name = {}, service_by_name = {}, registry = metrics.registry(),
-    pods = {}, pod_by_name = {},
+    pods = {}, pod_by_name = {}, groups = {},
     state = "loading",        -- loading, started, stopped
   }, Config)
   self.scope = opts.scope or task.scope { name = self.name, dry = opts.dry }
@@ -413,9 +413,36 @@ function Config:once(names, done)
   return true
 end
 
---- True when the load declared neither probes nor services.
+--- True when the load declared neither probes nor services (nor
+-- probes per target, sonde.probe_each).
 function Config:empty()
-  return #self.probes == 0 and #self.services == 0
+  return #self.probes == 0 and #self.services == 0 and #self.groups == 0
+end
+
+---------------------------------------------------------------------------
+-- Probes per target (sonde.each): declared and removed while running
+---------------------------------------------------------------------------
+
+--- Add a group of probes per target (sonde.each), which declares and
+-- removes its probes itself as its targets change.
+function Config:group(g)
+  self:open("sonde.probe_each")
+  self.groups[#self.groups + 1] = g
+  return g
+end
+
+--- Stop the probe named `name` and take it out of the load (its series
+-- go with it).
+-- @treturn boolean whether there was one
+function Config:remove_probe(name)
+  local p = self.probe_by_name[name]
+  if not p then return false end
+  self.probe_by_name[name] = nil
+  for i, x in ipairs(self.probes) do
+    if x == p then table.remove(self.probes, i) break end
+  end
+  p:stop()
+  return true
 end
 
 return M
