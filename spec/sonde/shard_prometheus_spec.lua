@@ -89,9 +89,8 @@ describe("--shard / shard = {i, n}", function()
     local deadline = helpers.now() + 90
     repeat
       helpers.sleep(0.5)
-      local _, body = helpers.sh(string.format(
-        "curl -s --max-time 5 http://127.0.0.1:%d/api/v1/targets", port))
-      local doc = helpers.json_decode(body)
+      local r = helpers.fetch(port, "/api/v1/targets")
+      local doc = r.http_status == 200 and helpers.json_decode(r.body)
       if doc and doc.data then
         local seen, kept = {}, {}
         local total = 0
