@@ -110,6 +110,10 @@ function Group:declare(t)
   if not ok then return nil, spec end
   if bad then return nil, bad end
   if spec == nil then return nil end
+  -- (a copy: the function may return one table for every target)
+  local copy = {}
+  for k, v in next, spec do copy[k] = v end
+  spec = copy
   if spec.name == nil then spec.name = t.name end
   local pok, p = pcall(task.within, self.cfg.scope, self.cfg.probe, self.cfg,
     spec)

@@ -451,7 +451,8 @@ sonde.nagios = nagios
 -- `sonde.targets.http_sd(url [, { refresh = 60 }])`,
 -- `sonde.targets.static{ "host:port", { targets = {...}, labels = {...} } }`,
 -- `sonde.targets.shard(source, i, n [, { source_labels, separator }])`,
--- `sonde.targets.shard_of(target, n [, opts])`.
+-- `sonde.targets.shard_of(target, n [, opts])`,
+-- `sonde.targets.host_shard()` (the host's `--shard I/N`: i, n, or nil).
 sonde.targets = {
   file_sd = targets.file_sd, http_sd = targets.http_sd,
   static = targets.static, shard = targets.shard, shard_of = targets.shard_of,

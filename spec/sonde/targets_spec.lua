@@ -292,6 +292,15 @@ describe("sonde.targets", function()
       assert.has_error(function() sonde.probe_each(42, ok_check) end)
     end)
 
+    it("one spec table returned for every target gives each its probe",
+      function()
+      local shared = { check = ok_check }
+      local g = sonde.probe_each({ "127.0.0.1:1", "127.0.0.1:2" },
+        function() return shared end)
+      assert.are.same({ "127.0.0.1:1", "127.0.0.1:2" }, g:names())
+      assert.is_nil(shared.name)
+    end)
+
     it("keeps one shard's targets (option shard)", function()
       local list = {}
       for i = 1, 30 do list[i] = "127.0.0.1:" .. (30000 + i) end
@@ -384,19 +393,33 @@ describe("sonde.targets", function()
       end)
     end)
 
-    it("a stop cancels the request in flight", function()
-      local silent = helpers.fixture { mode = "silent" }
-      local cfg = assert(config.load(function()
+    it("a reload, then a stop, cancel the request in flight", function()
+      local silent = helpers.fixture { mode = "silent", log = true }
+      local function script()
         sonde.targets.http_sd(string.format("http://127.0.0.1:%d/sd",
           silent.port), { refresh = 30, timeout = 20 })
         sonde.probe_each(sonde.targets.static { "127.0.0.1:1" },
           function() return { check = ok_check, period = 5 } end)
-      end, {}, { name = "silent" }))
+      end
+      local cfg = assert(config.load(script, {}, { name = "silent" }))
       cfg:start()
       assert.are.equal(1, cfg.scope.nops)         -- the request
-      assert.is_true(helpers.run_for(0.3, { load = function() return cfg end }))
+      local old, after_reload = cfg, {}
+      assert.is_true(helpers.run_for(0.6, { load = function() return cfg end,
+        at = { { 0.2, function()
+          cfg = config.apply(old, assert(config.load(script, {},
+            { name = "silent 2" })))
+          after_reload = { old.scope.nops, cfg.scope.nops }
+        end } } }))
+      assert.are.same({ 0, 1 }, after_reload)   -- the old one's cancelled
+      assert.are_not.equal(old, cfg)
+      assert.are.equal(0, old.scope.nops)
       assert.are.equal(0, cfg.scope.nops)
       assert.are.equal(0, #log:events("targets_error"))
+      -- both requests were sent
+      assert.is_truthy(helpers.eventually(function()
+        return silent:connections() == 2
+      end))
       silent:stop()
     end)
   end)
