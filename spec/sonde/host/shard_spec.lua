@@ -70,6 +70,28 @@ describe("sonde --shard I/N", function()
     end), h:stderr())
     assert.are.same(want2, got)
     assert.are.equal(0, #h:events("reload"))
+    -- a reload (SIGHUP) keeps the probes, with their counters
+    local probe = want2[1]
+    local function runs()
+      local text = helpers.fetch(port, "/metrics").body or ""
+      local n = 0
+      for v in text:gmatch('sonde_probe_runs_total{probe="'
+          .. probe:gsub("%p", "%%%0") .. '"[^}]*} (%d+)') do
+        n = n + tonumber(v)
+      end
+      return n
+    end
+    local before
+    assert.is_truthy(h:wait_for(function()
+      before = runs()
+      return before >= 3
+    end), h:stderr())
+    h:signal("HUP")
+    assert.is_truthy(h:wait_for(function()
+      return #h:events("reload", { status = "ok" }) == 1
+    end), h:stderr())
+    assert.is_true(runs() >= before)
+    assert.are.same(want2, probes_in(helpers.fetch(port, "/metrics").body))
     assert.are.equal(0, h:term())
   end)
 
