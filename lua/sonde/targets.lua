@@ -118,7 +118,7 @@ end
 local function is_null(v)
   if v == nil or type(v) == "userdata" then return true end
   local mt = type(v) == "table" and getmetatable(v)
-  return mt and mt._type == "null" or false
+  return mt and mt._type == "LYAML null" or false
 end
 
 -- A scalar of a document as a label value: strings; YAML integers too

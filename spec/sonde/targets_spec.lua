@@ -122,6 +122,8 @@ describe("sonde.targets", function()
       err({ { targets = { 1 } } }, "targets[1]: expected a string")
       err({ { targets = { "a:1" } }, require("cjson.safe").null },
         "nil target group item found")
+      err(require("lyaml").load("- targets: ['a:1']\n- null\n"),
+        "nil target group item found")
       err({ targets = { "a:1" } }, "expected a list of target groups")
       err("x", "expected a list of target groups")
     end)
