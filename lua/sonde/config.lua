@@ -431,18 +431,29 @@ function Config:group(g)
   return g
 end
 
---- Stop the probe named `name` and take it out of the load (its series
--- go with it).
--- @treturn boolean whether there was one
-function Config:remove_probe(name)
-  local p = self.probe_by_name[name]
-  if not p then return false end
-  self.probe_by_name[name] = nil
-  for i, x in ipairs(self.probes) do
-    if x == p then table.remove(self.probes, i) break end
+--- Stop the probes named in `names` and take them out of the load (their
+-- series go with them); names of no probe are skipped.
+-- @treturn integer how many were removed
+function Config:remove_probes(names)
+  local gone = {}
+  for _, name in ipairs(names) do
+    local p = self.probe_by_name[name]
+    if p then
+      gone[p] = true
+      self.probe_by_name[name] = nil
+    end
   end
-  p:stop()
-  return true
+  if next(gone) == nil then return 0 end
+  local kept, n = {}, 0
+  for _, p in ipairs(self.probes) do
+    if not gone[p] then kept[#kept + 1] = p end
+  end
+  self.probes = kept
+  for p in pairs(gone) do
+    p:stop()
+    n = n + 1
+  end
+  return n
 end
 
 return M

@@ -132,13 +132,14 @@ function Group:update(list)
       order[#order + 1] = t
     end
   end
-  local removed, added = 0, 0
+  local added, gone = 0, {}
   for key, name in pairs(self.probes) do
     if not want[key] then
       self.probes[key] = nil
-      if cfg:remove_probe(name) then removed = removed + 1 end
+      gone[#gone + 1] = name
     end
   end
+  local removed = cfg:remove_probes(gone)
   for _, t in ipairs(order) do
     if not self.probes[t.key] then
       local name, err = self:declare(t)
