@@ -50,10 +50,6 @@ static int l_core_file_stamp(lua_State *L) {
 }
 
 static const luaL_Reg funcs[] = {
-    {"md5", l_core_md5},
-    {"file_stamp", l_core_file_stamp},
-    {NULL, NULL}};
+    {"md5", l_core_md5}, {"file_stamp", l_core_file_stamp}, {NULL, NULL}};
 
-void sonde_open_targets(lua_State *L) {
-  luaL_setfuncs(L, funcs, 0);
-}
+void sonde_open_targets(lua_State *L) { luaL_setfuncs(L, funcs, 0); }

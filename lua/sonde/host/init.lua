@@ -12,8 +12,8 @@
 -- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
 -- "HOST:PORT", "[V6]:PORT"), `--shard I/N` (sonde.probe_each keeps the
 -- targets of shard I of N, 0 <= I < N, as Prometheus's hashmod of
--- `__address__`: see sonde.targets).  A manifest is a file named *.yaml, *.yml or
--- *.json, or one that is not Lua and starts like one.
+-- `__address__`: see sonde.targets).  A manifest is a file named *.yaml,
+-- *.yml or *.json, or one that is not Lua and starts like one.
 --
 -- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
 -- script error, 3 unknown (once).
