@@ -1363,6 +1363,7 @@ int luaopen_sonde_core(lua_State *L) {
   sonde_open_procstat(L);
   sonde_open_notify(L);
   sonde_open_deadline(L);
+  sonde_open_targets(L);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &streams_key);
   lua_newtable(L);

@@ -48,6 +48,8 @@ local log = require "sonde.log"
 local k8s = require "sonde.k8s"
 local pod = require "sonde.pod"
 local nagios = require "sonde.nagios"
+local targets = require "sonde.targets"
+local each = require "sonde.each"
 
 local sonde = { version = core.version }
 
@@ -553,5 +555,35 @@ sonde.metrics = {
 
 --- Nagios plugin output parsing (lua/sonde/nagios.lua).
 sonde.nagios = nagios
+
+--- Targets from service discovery, in Prometheus's formats, and
+-- Prometheus's hashmod sharding (lua/sonde/targets.lua):
+-- `sonde.targets.file_sd(path [, { refresh = 300 }])`,
+-- `sonde.targets.http_sd(url [, { refresh = 60 }])`,
+-- `sonde.targets.static{ "host:port", { targets = {...}, labels = {...} } }`,
+-- `sonde.targets.shard(source, i, n [, { source_labels, separator }])`,
+-- `sonde.targets.shard_of(target, n [, opts])`,
+-- `sonde.targets.host_shard()` (the host's `--shard I/N`: i, n, or nil).
+sonde.targets = {
+  file_sd = targets.file_sd, http_sd = targets.http_sd,
+  static = targets.static, shard = targets.shard, shard_of = targets.shard_of,
+  host_shard = function()
+    local s = targets.host_shard
+    return s and s.i, s and s.n
+  end,
+}
+
+--- Declare one probe per target: `fn(target)` returns the probe's spec
+-- (see lua/sonde/each.lua).  Probes are added, kept (with their state)
+-- and removed as the targets change, without a reload; the host's
+-- `--shard I/N` (or `opts.shard = { i, n }`) keeps one shard's targets.
+-- @param targets a source (sonde.targets) or a list of addresses / groups
+-- @tparam function fn target -> probe spec | nil
+-- @tparam[opt] table opts `shard`
+-- @return the group (`g:names()`: its probes' names)
+-- @raise on bad arguments, at the user's line
+function sonde.probe_each(targets_, fn, opts)
+  return each.new(config.ambient(), targets_, fn, opts)
+end
 
 return sonde

@@ -10,8 +10,10 @@
 --
 -- OPTIONS: `--log-format text|json`, `--log-level debug|info|warn|error`
 -- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
--- "HOST:PORT", "[V6]:PORT").  A manifest is a file named *.yaml, *.yml or
--- *.json, or one that is not Lua and starts like one.
+-- "HOST:PORT", "[V6]:PORT"), `--shard I/N` (sonde.probe_each keeps the
+-- targets of shard I of N, 0 <= I < N, as Prometheus's hashmod of
+-- `__address__`: see sonde.targets).  A manifest is a file named *.yaml,
+-- *.yml or *.json, or one that is not Lua and starts like one.
 --
 -- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
 -- script error, 3 unknown (once).
@@ -22,6 +24,7 @@ local common = require "sonde.host.common"
 local run = require "sonde.host.run"
 local check = require "sonde.host.check"
 local once = require "sonde.host.once"
+local targets = require "sonde.targets"
 
 local M = {}
 
@@ -50,6 +53,8 @@ OPTIONS:
                     successful probe run is not logged, at debug it is
   --listen ADDR     serve /metrics, /healthz, /readyz, /status on ADDR
                     (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
+  --shard I/N       sonde.probe_each keeps only the targets of shard I
+                    (0 <= I < N): Prometheus's hashmod of __address__
 ]]
 
 -- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
@@ -73,6 +78,7 @@ local OPTIONS = {
   ["--listen"] = { global = true, pod = true },
   ["--container"] = { pod = true, check = true, once = true },
   ["--format"] = { once = true },
+  ["--shard"] = { global = true, check = true, once = true },
 }
 
 -- Take option `a` with value `v` into `opts`; an error text when wrong.
@@ -97,6 +103,10 @@ local function take(opts, cmd, a, v)
   elseif a == "--container" then
     if not v then return "--container takes a name" end
     opts.container = v
+  elseif a == "--shard" then
+    local s, err = targets.parse_shard(v)
+    if not s then return err end
+    targets.host_shard = s
   elseif a == "--format" then
     if v ~= "text" and v ~= "json" then return "--format takes text or json" end
     opts.format = v
