@@ -7,7 +7,10 @@
 --
 -- The function gets a target (see sonde.targets: `t.address`, `t.labels`,
 -- `t.host`, `t.port`, `t.name`) and returns a probe spec (sonde.probe's
--- fields; `name` defaults to `t.name`), or nil for no probe.  When the
+-- fields; `name` defaults to `t.name`), or nil for no probe.  The
+-- target's labels not starting with `__` go on the probe's series (as
+-- Prometheus puts a target group's labels on its targets' series), under
+-- the spec's own `labels` (see M.labels).  When the
 -- target list changes, without a reload: a new target gets its probe
 -- (started at once); a target still there keeps its probe, with its state,
 -- counters, thresholds and schedule (the function is not called again); a
@@ -30,6 +33,7 @@ local log = require "sonde.log"
 local task = require "sonde.task"
 local hook = require "sonde.hook"
 local targets = require "sonde.targets"
+local metrics = require "sonde.metrics"
 
 local M = {}
 local Group = {}
@@ -49,6 +53,27 @@ local function take(spec)
       .. "table) or nil", type(spec))
   end
   return spec
+end
+
+--- The labels of target t's probe: the target's own (those not starting
+-- with `__`, as Prometheus attaches a target group's labels to every
+-- series of its targets), less the names sonde's probe series set
+-- themselves (metrics.RESERVED_LABELS), then the spec's `labels` over
+-- them.  A spec's `labels` that is not a table is returned as is, for
+-- sonde.probe to refuse.
+-- @treturn table|nil
+function M.labels(t, given)
+  if given ~= nil and type(given) ~= "table" then return given end
+  local out = {}
+  for k, v in pairs(t.labels or {}) do
+    if type(k) == "string" and k:sub(1, 2) ~= "__" and type(v) == "string"
+        and not metrics.RESERVED_LABELS[k] and k ~= "job" then
+      out[k] = v
+    end
+  end
+  for k, v in pairs(given or {}) do out[k] = v end
+  if next(out) == nil then return given end
+  return out
 end
 
 --- Declare one probe per target of `src` into load `cfg`.
@@ -115,6 +140,7 @@ function Group:declare(t)
   for k, v in next, spec do copy[k] = v end
   spec = copy
   if spec.name == nil then spec.name = t.name end
+  spec.labels = M.labels(t, spec.labels)
   local pok, p = pcall(task.within, self.cfg.scope, self.cfg.probe, self.cfg,
     spec)
   if not pok then return nil, task.text_of(p):gsub("\nstack traceback:.*$", "") end

@@ -268,6 +268,9 @@ describe("sonde.targets", function()
       assert.matches('probe="127.0.0.1:2{team=\\"a\\"}"', text, 1, true)
       assert.matches('probe="127.0.0.1:3{team=\\"a\\"}"', text, 1, true)
       assert.is_nil(text:find('probe="127.0.0.1:1{', 1, true))
+      -- the target group's labels are on the probe's series
+      assert.matches('probe_success{probe="127.0.0.1:2{team=\\"a\\"}",'
+        .. 'kind="readiness",team="a"} 1', text, 1, true)
       local ev = log:events("probe_each")
       assert.are.same({ 2, 1 }, { ev[1].added, ev[2].added })
       assert.are.same({ 0, 1 }, { ev[1].removed, ev[2].removed })
