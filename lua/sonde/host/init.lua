@@ -10,10 +10,13 @@
 --
 -- OPTIONS: `--log-format text|json`, `--log-level debug|info|warn|error`
 -- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
--- "HOST:PORT", "[V6]:PORT"), `--otlp URL` with `--otlp-interval SECONDS`
--- (15), `--otlp-header "Name: value"` and `--otlp-resource name=value`
--- (push the /metrics series as OTLP/HTTP JSON: sonde.otlp).  A manifest is a file named *.yaml, *.yml or
--- *.json, or one that is not Lua and starts like one.
+-- "HOST:PORT", "[V6]:PORT"), `--shard I/N` (sonde.probe_each keeps the
+-- targets of shard I of N, 0 <= I < N, as Prometheus's hashmod of
+-- `__address__`: see sonde.targets), `--otlp URL` with `--otlp-interval
+-- SECONDS` (15), `--otlp-header "Name: value"` and `--otlp-resource
+-- name=value` (push the /metrics series as OTLP/HTTP JSON: sonde.otlp).
+-- A manifest is a file named *.yaml, *.yml or *.json, or one that is not
+-- Lua and starts like one.
 --
 -- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
 -- script error, 3 unknown (once).
@@ -24,6 +27,7 @@ local common = require "sonde.host.common"
 local run = require "sonde.host.run"
 local check = require "sonde.host.check"
 local once = require "sonde.host.once"
+local targets = require "sonde.targets"
 
 local M = {}
 
@@ -52,6 +56,8 @@ OPTIONS:
                     successful probe run is not logged, at debug it is
   --listen ADDR     serve /metrics, /healthz, /readyz, /status on ADDR
                     (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
+  --shard I/N       sonde.probe_each keeps only the targets of shard I
+                    (0 <= I < N): Prometheus's hashmod of __address__
   --otlp URL        push the /metrics series as OTLP/HTTP JSON to URL
                     (e.g. http://127.0.0.1:4318/v1/metrics)
   --otlp-interval S seconds between two pushes (default 15)
@@ -81,6 +87,7 @@ local OPTIONS = {
   ["--listen"] = { global = true, pod = true },
   ["--container"] = { pod = true, check = true, once = true },
   ["--format"] = { once = true },
+  ["--shard"] = { global = true, check = true, once = true },
   ["--otlp"] = { global = true, pod = true },
   ["--otlp-interval"] = { global = true, pod = true },
   ["--otlp-header"] = { global = true, pod = true },
@@ -109,6 +116,10 @@ local function take(opts, cmd, a, v)
   elseif a == "--container" then
     if not v then return "--container takes a name" end
     opts.container = v
+  elseif a == "--shard" then
+    local s, err = targets.parse_shard(v)
+    if not s then return err end
+    targets.host_shard = s
   elseif a == "--otlp" then
     if not v or not v:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
       return "--otlp takes an http:// or https:// URL"
