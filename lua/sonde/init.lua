@@ -50,6 +50,8 @@ local pod = require "sonde.pod"
 local nagios = require "sonde.nagios"
 local targets = require "sonde.targets"
 local each = require "sonde.each"
+local metrics = require "sonde.metrics"
+local otlp = require "sonde.otlp"
 
 local sonde = { version = core.version }
 
@@ -552,6 +554,25 @@ sonde.metrics = {
   gauge = function(...) return config.ambient().registry:gauge(...) end,
   counter = function(...) return config.ambient().registry:counter(...) end,
 }
+
+--- Push the load's series (what `/metrics` serves) as OTLP/HTTP JSON every
+-- `interval` seconds to an OpenTelemetry Collector or Prometheus >= 3's
+-- OTLP receiver: `sonde.otlp{ url = "http://127.0.0.1:4318/v1/metrics",
+-- interval = 15, headers = {}, buffer = 100, buffer_bytes, timeout = 10,
+-- backoff = 1, max_backoff = 60, resource = {}, tls = {} }` (see
+-- lua/sonde/otlp.lua for the fields, the mapping and the retries).  The
+-- exporter belongs to the script's load: a reload or a stop ends its
+-- timers and its request in flight.
+-- @return the exporter (`:stop()`; `sent`, `failed`, `dropped` counters)
+-- @raise naming the field, on a bad spec
+function sonde.otlp(spec)
+  validate.checks.table({ where = "sonde.otlp" }, spec, "spec")
+  local cfg = config.ambient()
+  local s = {}
+  for k, v in pairs(spec) do s[k] = v end
+  s.collect = s.collect or function() return metrics.render(cfg) end
+  return otlp.exporter(s):start()
+end
 
 --- Nagios plugin output parsing (lua/sonde/nagios.lua).
 sonde.nagios = nagios

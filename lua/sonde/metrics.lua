@@ -821,7 +821,14 @@ function M.render(cfg)
       sample(s.name, labels(e.l or {}, s.labels), e.v)
     end
   end
-  return table.concat(out, "\n") .. "\n"
+  local text = table.concat(out, "\n") .. "\n"
+  for _, more in ipairs(M.extra) do text = text .. more() end
+  return text
 end
+
+--- Functions called by each `render`, each returning exposition text
+-- (whole families, each line ending in a newline, or ""): the series of
+-- sonde's own subsystems (sonde.otlp's `sonde_otlp_*`), appended.
+M.extra = {}
 
 return M

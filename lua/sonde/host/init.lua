@@ -12,8 +12,11 @@
 -- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
 -- "HOST:PORT", "[V6]:PORT"), `--shard I/N` (sonde.probe_each keeps the
 -- targets of shard I of N, 0 <= I < N, as Prometheus's hashmod of
--- `__address__`: see sonde.targets).  A manifest is a file named *.yaml,
--- *.yml or *.json, or one that is not Lua and starts like one.
+-- `__address__`: see sonde.targets), `--otlp URL` with `--otlp-interval
+-- SECONDS` (15), `--otlp-header "Name: value"` and `--otlp-resource
+-- name=value` (push the /metrics series as OTLP/HTTP JSON: sonde.otlp).
+-- A manifest is a file named *.yaml, *.yml or *.json, or one that is not
+-- Lua and starts like one.
 --
 -- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
 -- script error, 3 unknown (once).
@@ -55,6 +58,12 @@ OPTIONS:
                     (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
   --shard I/N       sonde.probe_each keeps only the targets of shard I
                     (0 <= I < N): Prometheus's hashmod of __address__
+  --otlp URL        push the /metrics series as OTLP/HTTP JSON to URL
+                    (e.g. http://127.0.0.1:4318/v1/metrics)
+  --otlp-interval S seconds between two pushes (default 15)
+  --otlp-header H   "Name: value" sent with each push (repeatable)
+  --otlp-resource A "name=value": a resource attribute of the pushes
+                    (repeatable; e.g. service.instance.id=host-a/shard-1)
 ]]
 
 -- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
@@ -79,6 +88,10 @@ local OPTIONS = {
   ["--container"] = { pod = true, check = true, once = true },
   ["--format"] = { once = true },
   ["--shard"] = { global = true, check = true, once = true },
+  ["--otlp"] = { global = true, pod = true },
+  ["--otlp-interval"] = { global = true, pod = true },
+  ["--otlp-header"] = { global = true, pod = true },
+  ["--otlp-resource"] = { global = true, pod = true },
 }
 
 -- Take option `a` with value `v` into `opts`; an error text when wrong.
@@ -107,6 +120,31 @@ local function take(opts, cmd, a, v)
     local s, err = targets.parse_shard(v)
     if not s then return err end
     targets.host_shard = s
+  elseif a == "--otlp" then
+    if not v or not v:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
+      return "--otlp takes an http:// or https:// URL"
+    end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.url = v
+  elseif a == "--otlp-interval" then
+    local n = tonumber(v)
+    if not n or not (n >= 0.1) or n > 1e9 then
+      return "--otlp-interval takes seconds (at least 0.1)"
+    end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.interval = n
+  elseif a == "--otlp-header" then
+    local name, value = (v or ""):match("^%s*([^:%s]+)%s*:%s*(.-)%s*$")
+    if not name then return "--otlp-header takes \"Name: value\"" end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.headers = opts.otlp.headers or {}
+    opts.otlp.headers[name] = value
+  elseif a == "--otlp-resource" then
+    local name, value = (v or ""):match("^%s*([^=%s]+)%s*=(.*)$")
+    if not name then return "--otlp-resource takes name=value" end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.resource = opts.otlp.resource or {}
+    opts.otlp.resource[name] = value
   elseif a == "--format" then
     if v ~= "text" and v ~= "json" then return "--format takes text or json" end
     opts.format = v
@@ -142,8 +180,12 @@ function M.main(args)
   if cmd == nil then return usage_error("no script given") end
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
   if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
+    end
     return run.main(common.source(cmd), table.move(args, i + 1, #args, 1, {}),
-      opts.listen)
+      opts.listen, opts.otlp)
   end
   -- the command's own arguments: options anywhere, then the path and
   -- (once) probe names
@@ -169,7 +211,12 @@ function M.main(args)
     return usage_error("%s: unexpected argument %s", cmd, rest[2])
   end
   if cmd == "pod" then
-    return run.main(common.source(path, opts.container, true), {}, opts.listen)
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
+    end
+    return run.main(common.source(path, opts.container, true), {}, opts.listen,
+      opts.otlp)
   elseif cmd == "check" then
     return check.main(common.source(path, opts.container))
   end
