@@ -601,11 +601,13 @@ static int l_core_http(lua_State *L) {
 
 /* Read core.tcp's options (host, port, timeout, tls: see
  * sonde_lua_tls_opts, steps) from the table at t; steps: array of
- * { kind = "expect" | "send" | "starttls", data = string, name = string }
+ * { kind = "expect" | "send" | "starttls" | "expect_re", data = string,
+ * name = string }
  * (sonde/tcp.h), read into a userdata left on the stack (returns 1, else
  * 0). */
 int sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
-  static const char *const kinds[] = {"expect", "send", "starttls", NULL};
+  static const char *const kinds[] = {"expect", "send", "starttls",
+                                      "expect_re", NULL};
   memset(o, 0, sizeof *o);
   o->host = opt_str(L, t, "host", NULL);
   if (!o->host) luaL_error(L, "sonde.core: host: string expected");
@@ -1113,6 +1115,7 @@ int luaopen_sonde_core(lua_State *L) {
   sonde_open_procstat(L);
   sonde_open_notify(L);
   sonde_open_deadline(L);
+  sonde_open_regex(L);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &streams_key);
   lua_newtable(L);
