@@ -44,6 +44,7 @@
 -- @module sonde.blackbox
 local regex = require "sonde.blackbox.regex"
 local run = require "sonde.blackbox.run"
+local task = require "sonde.task"
 
 local M = {}
 
@@ -341,8 +342,7 @@ local function http_module(ctx, v)
       end
       pass = read_secret_file(ctx, b.password_file, "http.basic_auth.password_file")
     end
-    local b64 = require("sonde.blackbox.run").base64
-    auth = "Basic " .. b64(user .. ":" .. pass)
+    auth = "Basic " .. run.base64(user .. ":" .. pass)
   end
   local function bearer(token, field)
     if auth then
@@ -666,6 +666,73 @@ function M.timeout(module, header, offset)
     return module.timeout
   end
   return max
+end
+
+--- A sonde.probe spec with `module` (sonde.module) and `target` made into
+-- a probe with a custom check: each run is one probe of the module against
+-- the target, bounded by the probe's `timeout` (default: the module's
+-- `timeout` when set, else 1 s).  The check's result is `success` when
+-- blackbox_exporter's probe_success would be 1, else `failure` with the
+-- prober's reason (`connect_refused`, `timeout`, `tls`, ...) or `expect`
+-- when the module judged a response (status code, regexps, HTTP version,
+-- SSL) and `output` the reason blackbox_exporter logs; the prober's result
+-- fields (http_status, grpc_status, serving_status, tls, remote_addr,
+-- redirects) are kept, and `blackbox` holds the series text /probe would
+-- answer.  Thresholds, hooks and actions work as for any probe.
+-- @raise when `module` is not a module, `target` is not a string, or a
+-- handler is given too
+function M.probe_spec(spec)
+  local m, target = spec.module, spec.target
+  local name = type(spec.name) == "string" and fmt("probe %q", spec.name) or "sonde.probe"
+  if not run.is_module(m) then
+    error(fmt("%s: module: a module expected (sonde.module(name)), got %s",
+      name, type(m)), 3)
+  end
+  if type(target) ~= "string" or target == "" then
+    error(fmt("%s: target: a target string expected (as /probe's target=)", name), 3)
+  end
+  for _, h in ipairs { "exec", "http_get", "tcp_socket", "grpc", "check" } do
+    if spec[h] ~= nil then
+      error(fmt("%s: module: cannot be combined with %s", name, h), 3)
+    end
+  end
+  local out = {}
+  for k, v in pairs(spec) do out[k] = v end
+  out.module, out.target = nil, nil
+  if out.timeout == nil and m.timeout > 0 then out.timeout = m.timeout end
+  local timeout = out.timeout or 1
+  out.check = function()
+    local res = task.await("sonde.probe", function(k)
+      return m:run(target, { timeout = timeout }, k)
+    end)
+    local r = {}
+    for k, v in pairs(res.result or {}) do
+      if type(v) ~= "table" or k == "tls" then r[k] = v end
+    end
+    r.body, r.headers = nil, nil
+    local last
+    for _, line in ipairs(res.logs) do
+      if line:find(" level=error ", 1, true) and not line:find('msg="Probe failed"', 1, true) then
+        last = line:match(' msg=(.*)$')
+      end
+    end
+    if res.success then
+      r.status, r.reason, r.output = "success", "ok", r.output or ""
+    else
+      r.status = "failure"
+      if not r.reason or r.reason == "ok" or r.reason == "redirect"
+          or r.reason == "http_status" then
+        r.reason = "expect"
+      end
+      if r.reason == "expect" or not r.output or r.output == "" then
+        r.output = last and last:gsub('^"(.-)"', "%1") or "probe failed"
+      end
+    end
+    r.blackbox = run.render(res)
+    r.duration = nil
+    return r
+  end
+  return out
 end
 
 M.render = run.render

@@ -702,7 +702,7 @@ function Module:run(target, opts, cb)
   end
   log("info", "Beginning probe", "probe", self.prober, "timeout_seconds", M.gofloat(timeout))
   local start = core.now()
-  local finished = false
+  local finished, sync, early = false, false, nil
   local function done(success, r)
     if finished then return end
     finished = true
@@ -714,10 +714,19 @@ function Module:run(target, opts, cb)
     else
       log("error", "Probe failed", "duration_seconds", M.gofloat(duration))
     end
-    cb { success = success, duration = duration, families = reg, logs = logs,
-      result = r, target = target, module = self }
+    local res = { success = success, duration = duration, families = reg,
+      logs = logs, result = r, target = target, module = self }
+    if sync then early = res else cb(res) end
   end
-  return RUN[self.prober](self, target, timeout, log, reg, done)
+  sync = true
+  local id = RUN[self.prober](self, target, timeout, log, reg, done)
+  sync = false
+  -- ended before it started (a bad target): the callback still comes
+  -- from the loop, never before run() returns
+  if early then
+    return core.timer(0, function() cb(early) end)
+  end
+  return id
 end
 
 --- The module's configuration as YAML (the debug page).

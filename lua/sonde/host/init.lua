@@ -50,6 +50,10 @@ OPTIONS:
                     successful probe run is not logged, at debug it is
   --listen ADDR     serve /metrics, /healthz, /readyz, /status on ADDR
                     (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
+  --config.file F   a blackbox_exporter configuration (blackbox.yml): serve
+                    /probe?target=T&module=M[&debug=true] (with --listen or
+                    its alias --web.listen-address); SCRIPT is then optional
+  --timeout-offset S  seconds taken off the scrape's timeout header (0.5)
 ]]
 
 -- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
@@ -73,6 +77,10 @@ local OPTIONS = {
   ["--listen"] = { global = true, pod = true },
   ["--container"] = { pod = true, check = true, once = true },
   ["--format"] = { once = true },
+  -- blackbox_exporter's flags (sonde.blackbox)
+  ["--config.file"] = { global = true },
+  ["--web.listen-address"] = { global = true },
+  ["--timeout-offset"] = { global = true },
 }
 
 -- Take option `a` with value `v` into `opts`; an error text when wrong.
@@ -90,9 +98,16 @@ local function take(opts, cmd, a, v)
       return "--log-level takes debug, info, warn or error"
     end
     log.set_level(v)
-  elseif a == "--listen" then
+  elseif a == "--config.file" then
+    if not v or v == "" then return "--config.file takes a path" end
+    opts.config_file = v
+  elseif a == "--timeout-offset" then
+    local n = tonumber(v or "")
+    if not n or n < 0 then return "--timeout-offset takes seconds (>= 0)" end
+    opts.timeout_offset = n
+  elseif a == "--listen" or a == "--web.listen-address" then
     local host, port = parse_listen(v or "")
-    if not host then return "--listen takes PORT, :PORT, HOST:PORT or [V6]:PORT" end
+    if not host then return a .. " takes PORT, :PORT, HOST:PORT or [V6]:PORT" end
     opts.listen = { host = host, port = port }
   elseif a == "--container" then
     if not v then return "--container takes a name" end
@@ -124,11 +139,26 @@ function M.main(args)
       io.stdout:write(USAGE)
       return 0
     end
-    local e = take(opts, "global", a, args[i + 1])
+    local name, val = a:match("^(%-%-[^=]+)=(.*)$")    -- --flag=value
+    local e = take(opts, "global", name or a, name and val or args[i + 1])
     if e then return usage_error("%s", e) end
-    i = i + 2
+    i = i + (name and 1 or 2)
   end
   local cmd = args[i]
+  if opts.config_file then
+    -- blackbox_exporter's command line: the configuration, and a script
+    -- or none
+    if cmd == "check" or cmd == "once" or cmd == "pod" then
+      return usage_error("--config.file runs with a SCRIPT or alone, not "
+        .. "with %s", cmd)
+    end
+    return run.main(cmd and common.source(cmd) or { name = opts.config_file,
+      load = function() end }, table.move(args, i + 1, #args, 1, {}),
+      -- blackbox_exporter listens on :9115 by default (sonde: loopback)
+      opts.listen or { host = "127.0.0.1", port = 9115 },
+      { path = opts.config_file,
+        offset = opts.timeout_offset or 0.5 })
+  end
   if cmd == nil then return usage_error("no script given") end
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
   if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then

@@ -31,6 +31,7 @@ local log = require "sonde.log"
 local task = require "sonde.task"
 local config = require "sonde.config"
 local endpoints = require "sonde.endpoints"
+local blackbox = require "sonde.blackbox"
 local common = require "sonde.host.common"
 
 local M = {}
@@ -68,12 +69,31 @@ end
 -- @tparam table source see sonde.host.common.source
 -- @tparam table args the script's arguments
 -- @tparam[opt] table listen `{ host, port }` for the endpoints
+-- @tparam[opt] table bb `{ path, offset }`: a blackbox_exporter
+-- configuration read at each load (before the script, which may use its
+-- modules: sonde.module) and served on `/probe` (sonde.endpoints)
 -- @treturn integer exit code
-function M.main(source, args, listen)
+function M.main(source, args, listen, bb)
   core.set_subreaper(true)
   common.guard_exit()
   task.hosted = true
   common.set_arg(source.name, args)
+  if bb then
+    local inner = source.load
+    source = { name = source.name, load = function(...)
+      local conf, err = blackbox.load(bb.path)
+      if not conf then error(err, 0) end
+      blackbox.current = conf
+      config.ambient().blackbox = conf
+      if type(inner) == "string" then
+        local chunk, lerr = loadfile(inner)
+        if not chunk then error(lerr, 0) end
+        return chunk(...)
+      end
+      return inner(...)
+    end }
+    endpoints.timeout_offset = bb.offset
+  end
   local current, err = config.load(source.load, args, { name = source.name })
   if not current then common.err("%s", common.load_error(err)) return 2 end
   if listen then
