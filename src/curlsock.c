@@ -102,6 +102,7 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose,
   (void)purpose;
   curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC,
                             a->protocol);
+  o->ip_protocol = a->family == AF_INET6 ? 6 : a->family == AF_INET ? 4 : 0;
   if (fd == CURL_SOCKET_BAD) {
     o->sock_errno = errno;
     return CURL_SOCKET_BAD;
@@ -180,6 +181,7 @@ void sonde_curl_setup(CURL *e, struct sonde_curl_owner *o,
 
 void sonde_curl_owner_reset(struct sonde_curl_owner *o) {
   o->sock_errno = 0;
+  o->ip_protocol = 0;
   o->tcp_connected = 0;
   o->peer_bytes = 0;
   o->alloc_failures = sonde_curl_alloc_failures();

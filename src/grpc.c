@@ -558,6 +558,7 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   curl_easy_getinfo(g->easy, CURLINFO_PRIMARY_IP, &ip);
   curl_easy_getinfo(g->easy, CURLINFO_PRIMARY_PORT, &port);
   sonde_format_addr(r->remote_addr, sizeof r->remote_addr, ip, port);
+  r->ip_protocol = g->owner.ip_protocol;
   if (code == CURLE_WRITE_ERROR && g->oom) {
     r->status = SONDE_UNKNOWN;
     r->reason = SONDE_R_RESOURCE;

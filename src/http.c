@@ -63,6 +63,7 @@ struct http_op {
   int in_multi;
   char *rbody;               /* response body of the current hop */
   size_t rbody_len, rbody_cap; /* grows up to max_body (+1 for a NUL) */
+  size_t rbody_seen;         /* body bytes curl delivered on this hop */
   struct sonde_header *rh;   /* response headers of the current hop */
   size_t nrh;
   struct sonde_tls_opts tls; /* expiry thresholds (the strings are not
@@ -157,6 +158,7 @@ char *sonde_http_format_url(const char *scheme, const char *host, long port,
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg) {
   struct http_op *h = arg;
   size_t n = size * nmemb;
+  h->rbody_seen += n;
   size_t room = h->max_body - h->rbody_len;
   size_t keep = n < room ? n : room;
   if (h->rbody_len + keep + 1 > h->rbody_cap) {
@@ -345,6 +347,38 @@ static void set_addr(struct http_op *h) {
   curl_easy_getinfo(h->easy, CURLINFO_PRIMARY_PORT, &port);
   sonde_format_addr(h->op.res.remote_addr, sizeof h->op.res.remote_addr, ip,
                     port);
+  h->op.res.ip_protocol = h->owner.ip_protocol;
+}
+
+/* Add the hop's timings to the result's phases (curl's times count from
+ * the hop's start; a phase curl did not reach adds nothing), and take the
+ * hop's HTTP version and Content-Length (the last hop's stay). */
+static void add_hop_facts(struct http_op *h) {
+  struct sonde_result *r = &h->op.res;
+  curl_off_t dns = 0, con = 0, app = 0, first = 0, total = 0, len = -1;
+  long ver = 0;
+  curl_easy_getinfo(h->easy, CURLINFO_NAMELOOKUP_TIME_T, &dns);
+  curl_easy_getinfo(h->easy, CURLINFO_CONNECT_TIME_T, &con);
+  curl_easy_getinfo(h->easy, CURLINFO_APPCONNECT_TIME_T, &app);
+  curl_easy_getinfo(h->easy, CURLINFO_STARTTRANSFER_TIME_T, &first);
+  curl_easy_getinfo(h->easy, CURLINFO_TOTAL_TIME_T, &total);
+  r->phases.resolve += (double)dns / 1e6;
+  if (con >= dns && con > 0) r->phases.connect += (double)(con - dns) / 1e6;
+  if (app >= dns && app > 0) r->phases.tls += (double)(app - dns) / 1e6;
+  curl_off_t ready = app > con ? app : con;
+  if (first >= ready && first > 0) {
+    r->phases.processing += (double)(first - ready) / 1e6;
+    if (total >= first) r->phases.transfer += (double)(total - first) / 1e6;
+  }
+  curl_easy_getinfo(h->easy, CURLINFO_HTTP_VERSION, &ver);
+  r->http_version = ver == CURL_HTTP_VERSION_1_0   ? 10
+                    : ver == CURL_HTTP_VERSION_1_1 ? 11
+                    : ver == CURL_HTTP_VERSION_2_0 ? 20
+                    : ver == CURL_HTTP_VERSION_3   ? 30
+                                                   : 0;
+  curl_easy_getinfo(h->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+  r->content_length = ver ? (int64_t)len : 0;
+  r->body_size = h->rbody_seen;
 }
 
 static void finish_status(struct http_op *h) {
@@ -429,6 +463,7 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   struct sonde_result *r = &h->op.res;
   h->in_multi = 0;
   set_addr(h);
+  add_hop_facts(h);
   if (code == CURLE_WRITE_ERROR && h->capped) code = CURLE_OK;
   if (code == CURLE_WRITE_ERROR && h->oom) {
     r->status = SONDE_UNKNOWN;
@@ -542,6 +577,7 @@ static int start_hop(struct http_op *h) {
   sonde_tls_facts_free(h->facts);
   h->facts = NULL;
   h->rbody_len = 0;
+  h->rbody_seen = 0;
   h->errbuf[0] = '\0';
   sonde_curl_owner_reset(&h->owner);
   free_resp_headers(h);

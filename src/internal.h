@@ -228,6 +228,9 @@ struct sonde_curl_owner {
   void (*done)(struct sonde_curl_owner *owner, CURLcode code);
   struct sonde_loop *loop;
   int sock_errno;            /* errno of a socket() that failed, or 0 */
+  int ip_protocol;           /* 4 or 6: the family of the last socket the
+                                transfer opened (even one whose connect
+                                failed), or 0 */
   int tcp_connected;         /* a TCP connect of the transfer completed */
   int peer_bytes;            /* a connected socket of the transfer had
                                 received bytes from the peer when it was

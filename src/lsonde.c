@@ -152,6 +152,19 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
     lua_setfield(L, -2, "headers");
     if (r->url) set_str(L, "url", r->url);
     set_int(L, "redirects", r->redirects);
+    lua_createtable(L, 0, 5);
+    set_num(L, "resolve", r->phases.resolve);
+    set_num(L, "connect", r->phases.connect);
+    set_num(L, "tls", r->phases.tls);
+    set_num(L, "processing", r->phases.processing);
+    set_num(L, "transfer", r->phases.transfer);
+    lua_setfield(L, -2, "phases");
+    if (r->http_version % 10)
+      set_num(L, "http_version", r->http_version / 10.0);
+    else
+      set_int(L, "http_version", r->http_version / 10);
+    set_int(L, "content_length", r->content_length);
+    set_int(L, "body_size", (lua_Integer)r->body_size);
   }
   if (is_grpc) {
     if (r->has_grpc_status) set_int(L, "grpc_status", r->grpc_status);
@@ -167,6 +180,12 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
     }
   }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
+  if (is_http || is_grpc || strcmp(r->kind, "tcp") == 0) {
+    /* blackbox_exporter's probe_ip_protocol */
+    int ipp = r->ip_protocol;
+    if (!ipp && r->remote_addr[0]) ipp = r->remote_addr[0] == '[' ? 6 : 4;
+    set_int(L, "ip_protocol", ipp);
+  }
   if (r->tls) push_tls(L, r->tls);
 }
 

@@ -97,6 +97,20 @@ struct sonde_result {
   size_t nheaders;
   char *url;             /* last URL requested */
   int redirects;         /* redirects followed */
+  /* How the request's time went, seconds, summed over every hop made
+   * (blackbox_exporter's probe_http_duration_seconds phases): resolve
+   * (name lookup), connect (TCP connect), tls (from the end of the lookup
+   * to the end of the TLS handshake: blackbox_exporter's measure, which
+   * includes the connect), processing (from the connection ready to the
+   * first response byte), transfer (first byte to the end). */
+  struct sonde_http_phases {
+    double resolve, connect, tls, processing, transfer;
+  } phases;
+  int http_version;      /* final response: 10, 11, 20 or 30; 0 none */
+  int64_t content_length; /* final response's Content-Length, -1 when it
+                            had none, 0 when there was no response */
+  size_t body_size;      /* bytes of the final response's body received
+                            (decoded; the transfer stops at the cap) */
 
   /* gRPC (grpc.h) */
   int grpc_status;       /* the call's grpc-status code, when has_grpc_status */
@@ -110,6 +124,10 @@ struct sonde_result {
   char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
                             (TCP: the address tried last, also when that
                             failed) */
+  int ip_protocol;       /* 4 or 6: the family of remote_addr, or of the
+                            address tried last when no connection was
+                            made; 0 when none was tried (blackbox_exporter's
+                            probe_ip_protocol) */
 
   /* HTTPS and TCP with TLS: the peer's certificate facts (sonde/tls.h),
    * owned by the result, or NULL when no TLS connection was made */

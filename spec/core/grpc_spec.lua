@@ -50,9 +50,9 @@ describe("sonde.grpc", function()
     it("SERVING is success, reason ok, \"service healthy\"", function()
       local r = grpc { port = health.port }
       assert.are.same({ "success", "ok", "service healthy", 0, "SERVING",
-        "127.0.0.1:" .. health.port },
+        "127.0.0.1:" .. health.port, 4 },
         { r.status, r.reason, r.output, r.grpc_status, r.serving_status,
-          r.remote_addr })
+          r.remote_addr, r.ip_protocol })
       assert.is_nil(r.error)
     end)
 

@@ -255,6 +255,56 @@ describe("sonde.http_get", function()
     end)
   end)
 
+  describe("response facts (blackbox_exporter's http series)", function()
+    local function phase_sum(r)
+      local p = r.phases
+      return p.resolve + p.connect + p.processing + p.transfer
+    end
+
+    it("gives the HTTP version, Content-Length, body size and IP protocol", function()
+      local r = http { url = srv:url("/ok") }
+      assert.are.same({ 1.1, 7, 7, 4 },
+        { r.http_version, r.content_length, r.body_size, r.ip_protocol })
+      local r6 = http { url = srv6:url("/ok") }
+      assert.are.same({ "success", 6 }, { r6.status, r6.ip_protocol })
+    end)
+
+    it("an HTTP/1.0 reply without Content-Length: version 1, length -1", function()
+      local r = http { url = srv:url("/http10") }
+      assert.are.same({ "success", 1, -1, 11 },
+        { r.status, r.http_version, r.content_length, r.body_size })
+    end)
+
+    it("counts the body bytes received, not only those kept under max_body", function()
+      local r = http { url = srv:url("/big?n=5000"), max_body = 100000 }
+      assert.are.same({ 5000, 5000, 5000 }, { r.content_length, r.body_size, #r.body })
+    end)
+
+    it("splits the run into phases that fit in its duration", function()
+      local r = http { url = srv:url("/sleep?s=0.15") }
+      assert.are.equal("success", r.status)
+      for _, k in ipairs { "resolve", "connect", "tls", "processing", "transfer" } do
+        assert.is_true(r.phases[k] >= 0, k)
+      end
+      assert.are.equal(0, r.phases.tls)
+      -- the server waits 0.15 s before its first byte: processing
+      assert.is_true(r.phases.processing >= 0.14, tostring(r.phases.processing))
+      assert.is_true(phase_sum(r) <= r.duration + 0.01)
+    end)
+
+    it("sums the phases over the hops of followed redirects", function()
+      local r = http { url = srv:url("/redirect?to=%2Fsleep%3Fs%3D0.1") }
+      assert.are.same({ "success", 1 }, { r.status, r.redirects })
+      assert.is_true(r.phases.processing >= 0.09, tostring(r.phases.processing))
+    end)
+
+    it("a refused connection: no version, no length, phases stop at connect", function()
+      local r = http { url = "http://127.0.0.1:" .. helpers.closed_port() .. "/" }
+      assert.are.same({ "failure", 0, 0, 0, 4 },
+        { r.status, r.http_version, r.content_length, r.phases.processing, r.ip_protocol })
+    end)
+  end)
+
   describe("bodies", function()
     it("a stalled 200 body is read up to max_body: success at the cap, long before the timeout", function()
       local t0 = helpers.now()

@@ -27,8 +27,8 @@ describe("sonde.tcp_socket", function()
 
   it("connecting to a listening port is success, reason ok", function()
     local r = tcp { host = "127.0.0.1", port = srv.port }
-    assert.are.same({ "success", "ok", "127.0.0.1:" .. srv.port },
-      { r.status, r.reason, r.remote_addr })
+    assert.are.same({ "success", "ok", "127.0.0.1:" .. srv.port, 4 },
+      { r.status, r.reason, r.remote_addr, r.ip_protocol })
     assert.is_nil(r.error)
     assert.is_true(r.duration >= 0 and r.duration < 1, "duration " .. r.duration)
     helpers.sleep(0.1)
@@ -38,7 +38,8 @@ describe("sonde.tcp_socket", function()
 
   it("connects to a bare IPv6 literal", function()
     local r = tcp { host = "::1", port = srv6.port }
-    assert.are.same({ "success", "[::1]:" .. srv6.port }, { r.status, r.remote_addr })
+    assert.are.same({ "success", "[::1]:" .. srv6.port, 6 },
+      { r.status, r.remote_addr, r.ip_protocol })
     helpers.sleep(0.1)
     assert.are.equal(1, srv6:connections())
   end)
