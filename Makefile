@@ -107,6 +107,7 @@ DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
              prometheus python3 lua-socket curl \
              python3-grpcio python3-grpc-tools
+TEST_PKGS += prometheus-blackbox-exporter
 .PHONY: deps test-deps
 deps:
 	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"
