@@ -343,7 +343,9 @@ local function http_probe(m, target, timeout, log, reg, done)
   local need_body = #h.fail_if_body_matches > 0 or #h.fail_if_body_not_matches > 0
   local max_body = 16 * 1024 * 1024
   if h.body_size_limit then max_body = h.body_size_limit + 1 end
-  if not need_body and not h.body_size_limit then max_body = 1 end
+  -- (a body cut short stops libcurl from following a redirect: keep
+  -- a usual page whole)
+  if not need_body and not h.body_size_limit then max_body = 65536 end
   local spec = { url = target, method = h.method, headers = headers,
     body = h.body ~= "" and h.body or nil, timeout = timeout,
     max_body = max_body, tls = h.tls,
