@@ -26,8 +26,11 @@ local function parse(text)
   return series, meta
 end
 
+-- curl, not under the sanitizers' preloads (make check SANITIZE=1)
+local CURL = "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS curl"
+
 local function curl(url, header)
-  local cmd = "curl -s -m 20 -w '\\n%{http_code}' "
+  local cmd = CURL .. " -s -m 20 -w '\\n%{http_code}' "
     .. (header and ("-H " .. q(header) .. " ") or "") .. q(url)
   local p = assert(io.popen(cmd))
   local out = p:read("a")
@@ -184,7 +187,7 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
     -- Debian's blackbox_exporter on a free port
     for _ = 1, 20 do
       bbx_port = math.random(20000, 60000)
-      local p = io.popen("exec env -u LD_PRELOAD " .. BBX .. " --config.file=" .. q(conf)
+      local p = io.popen("exec env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS " .. BBX .. " --config.file=" .. q(conf)
         .. " --web.listen-address=127.0.0.1:" .. bbx_port
         .. " >" .. q(dir .. "/bbx.log") .. " 2>&1 </dev/null & echo $!")
       bbx_pid = tonumber(p:read("l"))
@@ -362,7 +365,7 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
 
     it("probes concurrently without blocking the loop", function()
       -- a slow target does not hold a fast one back
-      local slow = io.popen("curl -s -m 20 -H 'X-Prometheus-Scrape-Timeout-Seconds: 3' "
+      local slow = io.popen(CURL .. " -s -m 20 -H 'X-Prometheus-Scrape-Timeout-Seconds: 3' "
         .. q(string.format("http://127.0.0.1:%d/probe?module=tcp_connect&target=%s",
           sonde_port, H.urlencode("127.0.0.1:" .. web.port))))
       local code = probe(sonde_port, "http_2xx", web:url("/ok"))

@@ -639,36 +639,121 @@ end
 -- dns and icmp: through the probers of those names, when present
 ---------------------------------------------------------------------------
 
-local function external_probe(kind)
-  return function(m, target, timeout, log, reg, done)
-    local h = probers.handlers[kind]
-    if not h then
-      log("error", "Error", "err", fmt("the %s prober is not part of this "
-        .. "build of sonde: module %q cannot run", kind, m.name))
-      return done(false)
-    end
-    local spec = { target = target, timeout = timeout, module = m.spec }
-    local ok, opts = pcall(h.prepare, { where = "module " .. m.name }, spec)
-    if not ok then
-      log("error", "Error", "err", tostring(opts))
-      return done(false)
-    end
-    return h.start(opts, function(r)
-      r = h.finish and h.finish(opts, r) or r
-      ip_series(reg, r, log)
-      -- a prober that knows blackbox's series gives them as r.series:
-      -- { { name, help, value, labels }, ... }
-      for _, s in ipairs(type(r.series) == "table" and r.series or {}) do
-        reg:set(s[1], s[2], s[3], s[4])
-      end
-      if r.status ~= "success" then log("error", "Probe error", "err", r.output) end
-      done(r.status == "success", r)
-    end)
+-- Start the prober `kind` (probers.handlers, when this build has it) with
+-- `spec`; cb(r) gets its result.  Returns the op id, or nil after logging
+-- why it could not start (done(false) is then the caller's).
+local function start_external(kind, m, spec, log, cb)
+  local h = probers.handlers[kind]
+  if not h then
+    log("error", "Error", "err", fmt("the %s prober is not part of this "
+      .. "build of sonde: module %q cannot run", kind, m.name))
+    return nil, false
   end
+  local ok, opts = pcall(h.prepare, { where = "module " .. m.name }, spec)
+  if not ok then
+    log("error", "Error", "err", tostring(opts))
+    return nil, false
+  end
+  return h.start(opts, function(r)
+    if h.finish then r = h.finish(opts, r) end
+    cb(r)
+  end), true
+end
+
+local DNS_HELP = {
+  duration = "Duration of DNS request by phase",
+  answer = "Returns number of entries in the answer resource record list",
+  authority = "Returns number of entries in the authority resource record list",
+  additional = "Returns number of entries in the additional resource record list",
+  succeeded = "Displays whether or not the query was executed successfully",
+  serial = "Returns the serial number of the zone",
+}
+
+-- blackbox's dns prober through sonde's (sonde.dns: c-ares).
+local function dns_probe(m, target, timeout, log, reg, done)
+  local d = m.spec
+  for _, p in ipairs { "resolve", "connect", "request" } do
+    reg:set("probe_dns_duration_seconds", DNS_HELP.duration, 0, { { "phase", p } })
+  end
+  reg:set("probe_dns_answer_rrs", DNS_HELP.answer, 0)
+  reg:set("probe_dns_authority_rrs", DNS_HELP.authority, 0)
+  reg:set("probe_dns_additional_rrs", DNS_HELP.additional, 0)
+  reg:set("probe_dns_query_succeeded", DNS_HELP.succeeded, 0)
+  local host = target:match("^%[(.-)%]") or target:match("^([^:]+):%d+$") or target
+  local function sources(v)
+    local out = {}
+    for k, list in pairs(v) do
+      if #list > 0 then
+        out[k] = {}
+        for i, re in ipairs(list) do out[k][i] = re.source end
+      end
+    end
+    return next(out) and out or nil
+  end
+  local spec = { server = target, name = d.query_name, type = d.query_type,
+    class = d.query_class, transport = d.transport_protocol,
+    recursion_desired = d.recursion_desired, timeout = timeout,
+    valid_rcodes = d.valid_rcodes,
+    validate_answer_rrs = sources(d.validate_answer_rrs),
+    validate_authority_rrs = sources(d.validate_authority_rrs),
+    validate_additional_rrs = sources(d.validate_additional_rrs) }
+  local id, started = start_external("dns", m, spec, log, function(r)
+    ip_series(reg, r, log, host)
+    reg:set("probe_dns_duration_seconds", DNS_HELP.duration,
+      r.lookup_time or 0, { { "phase", "request" } })
+    if r.rcode then
+      reg:set("probe_dns_answer_rrs", DNS_HELP.answer, r.answer_rrs or 0)
+      reg:set("probe_dns_authority_rrs", DNS_HELP.authority, r.authority_rrs or 0)
+      reg:set("probe_dns_additional_rrs", DNS_HELP.additional, r.additional_rrs or 0)
+      reg:set("probe_dns_query_succeeded", DNS_HELP.succeeded, 1)
+      if d.query_type == "SOA" then
+        reg:set("probe_dns_serial", DNS_HELP.serial, r.serial or 0)
+      end
+    else
+      log("error", "Error while sending a DNS query", "err", r.output)
+    end
+    if r.status ~= "success" and r.rcode then
+      log("error", "Probe error", "err", r.output)
+    end
+    done(r.status == "success", r)
+  end)
+  if not started then return done(false) end
+  return id
+end
+
+local ICMP_HELP = {
+  duration = "Duration of icmp request by phase",
+  hop_limit = "Replied packet hop limit (TTL for ipv4)",
+}
+
+-- blackbox's icmp prober through sonde's (sonde.icmp).
+local function icmp_probe(m, target, timeout, log, reg, done)
+  local i = m.spec
+  for _, p in ipairs { "resolve", "setup", "rtt" } do
+    reg:set("probe_icmp_duration_seconds", ICMP_HELP.duration, 0, { { "phase", p } })
+  end
+  local spec = { host = target, preferred_ip_protocol = i.ip_protocol,
+    ip_protocol_fallback = i.ip_protocol_fallback, payload_size = i.payload_size,
+    dont_fragment = i.dont_fragment, ttl = i.ttl, timeout = timeout }
+  local id, started = start_external("icmp", m, spec, log, function(r)
+    ip_series(reg, r, log, target)
+    if r.ip_addr_hash then reg:set("probe_ip_addr_hash", HELP.ip_hash, r.ip_addr_hash) end
+    local ph = r.phases or {}
+    for _, p in ipairs { "resolve", "setup", "rtt" } do
+      reg:set("probe_icmp_duration_seconds", ICMP_HELP.duration, ph[p] or 0, { { "phase", p } })
+    end
+    if r.status == "success" and r.reply_ttl then
+      reg:set("probe_icmp_reply_hop_limit", ICMP_HELP.hop_limit, r.reply_ttl)
+    end
+    if r.status ~= "success" then log("error", "Probe error", "err", r.output) end
+    done(r.status == "success", r)
+  end)
+  if not started then return done(false) end
+  return id
 end
 
 local RUN = { http = http_probe, tcp = tcp_probe, grpc = grpc_probe,
-  dns = external_probe("dns"), icmp = external_probe("icmp") }
+  dns = dns_probe, icmp = icmp_probe }
 
 ---------------------------------------------------------------------------
 -- Modules
