@@ -1,7 +1,7 @@
 --- blackbox_exporter configurations (blackbox.yml, version 0.23): modules
 -- read, checked and made runnable on the loop.
 --
---   local bb = require "sonde.blackbox"
+--   local bb = require("sonde.blackbox")
 --   local conf, err = bb.load("/etc/prometheus/blackbox.yml")
 --   local m = conf.modules.http_2xx            -- or bb.module("http_2xx")
 --   m:run("http://127.0.0.1:8080/", { timeout = 5 }, function(res)
