@@ -14,7 +14,8 @@
  * from any later callback (blackbox_exporter's /probe answers when its
  * probe is done).  listen_reply returns false when there is no such
  * pending request (already answered, or the server closed: closing
- * answers every pending request 503).  A client that went away meanwhile
+ * answers every pending request 503, written as far as the socket takes
+ * it at once).  A client that went away meanwhile
  * is noticed by evhttp; the answer is then dropped (listen_reply still
  * returns true).  It runs on
  * the main thread in protected mode, like any callback (an error answers
@@ -370,8 +371,14 @@ static void answer(struct server *s, struct pending *p, int status,
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     ctype ? ctype : "text/plain; charset=utf-8");
   if (status < 100 || status > 599) status = 500;
+  struct bufferevent *bev =
+      evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
   evhttp_send_reply(req, status, NULL, out);
   evbuffer_free(out);
+  /* closing: evhttp goes before this answer is written, write what the
+   * socket takes now (best effort) */
+  if (s->closing && bev)
+    evbuffer_write(bufferevent_get_output(bev), bufferevent_getfd(bev));
 }
 
 static void on_request(struct evhttp_request *req, void *arg) {
