@@ -340,6 +340,16 @@ local function http_probe(m, target, timeout, log, reg, done)
   if h.authorization and not has.authorization then
     headers[#headers + 1] = { name = "Authorization", value = h.authorization }
   end
+  -- blackbox: without tls_config.server_name, a Host header names the
+  -- server TLS is for
+  local tls_opts = h.tls
+  for _, e in ipairs(h.headers) do
+    if e.name:lower() == "host" and not h.tls.server_name then
+      tls_opts = {}
+      for k, v in pairs(h.tls) do tls_opts[k] = v end
+      tls_opts.server_name = e.value:match("^%[(.-)%]") or e.value:match("^([^:]+)")
+    end
+  end
   local need_body = #h.fail_if_body_matches > 0 or #h.fail_if_body_not_matches > 0
   local max_body = 16 * 1024 * 1024
   if h.body_size_limit then max_body = h.body_size_limit + 1 end
@@ -348,7 +358,7 @@ local function http_probe(m, target, timeout, log, reg, done)
   if not need_body and not h.body_size_limit then max_body = 65536 end
   local spec = { url = target, method = h.method, headers = headers,
     body = h.body ~= "" and h.body or nil, timeout = timeout,
-    max_body = max_body, tls = h.tls,
+    max_body = max_body, tls = tls_opts,
     follow_redirects = h.follow_redirects and "same-host" or "none" }
   local ok, opts = pcall(probers.handlers.http_get.prepare,
     { where = "target" }, spec)
