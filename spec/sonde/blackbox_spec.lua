@@ -220,7 +220,8 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
 
   -- Values that depend on time only: compared for presence.
   local TIMING = { probe_duration_seconds = true, probe_dns_lookup_time_seconds = true,
-    probe_http_duration_seconds = true, probe_grpc_duration_seconds = true }
+    probe_http_duration_seconds = true, probe_grpc_duration_seconds = true,
+    probe_dns_duration_seconds = true, probe_icmp_duration_seconds = true }
 
   -- Both answers for module/target: the same series (names and label
   -- sets), HELP and TYPE, and the same values but for timings; returns
@@ -335,6 +336,38 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
       s = same("grpc_service", "127.0.0.1:" .. grpc_svc.port, false)
       assert.are.equal(1, s['probe_grpc_healthcheck_response{serving_status="NOT_SERVING"}'])
       same("grpc_plain", "127.0.0.1:" .. H.closed_port(), false)
+    end)
+  end)
+
+  -- dns and icmp modules run through sonde's dns and icmp probers: compared
+  -- when this build has them
+  describe("dns and icmp", function()
+    local probers = require "sonde.probers"
+
+    it("dns against the fixture's DNS server", function()
+      if not probers.handlers.dns then
+        pending("no dns prober in this build")
+        return
+      end
+      local dns = H.fixture { mode = "dns" }
+      local target = "127.0.0.1:" .. dns.port
+      local s = same("dns_a", target, true)
+      assert.are.equal(2, s.probe_dns_answer_rrs)
+      same("dns_a_rr", target, false)
+      same("dns_nx", target, false)
+      same("dns_nx_ok", target, true)
+      dns:stop()
+    end)
+
+    it("icmp to loopback", function()
+      if not probers.handlers.icmp then
+        pending("no icmp prober in this build")
+        return
+      end
+      for _, t in ipairs { "127.0.0.1", "::1" } do
+        same("icmp_basic", t, true)
+        same("icmp_ip4", t, true)
+      end
     end)
   end)
 
