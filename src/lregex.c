@@ -6,8 +6,9 @@
  *     flags: a string, "i" for a case-insensitive match.  The error is
  *     regerror's text.
  *   regex:match(subject) -> boolean
- *     whether the pattern matches anywhere in subject (all its bytes, NULs
- *     included: REG_STARTEND); `^` and `$` anchor at the subject's ends.
+ *     whether the pattern matches anywhere in subject (all its bytes, past
+ *     NULs too: REG_STARTEND; glibc's `.` does not match a NUL byte); `^`
+ *     and `$` anchor at the subject's ends.
  *
  * Used where configurations written for Go's RE2 (blackbox_exporter) are
  * mapped to ERE (lua/sonde/blackbox/regex.lua).  A match is bounded by what
