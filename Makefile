@@ -61,7 +61,7 @@ CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c
-CORE_SRC    += src/lregex.c
+CORE_SRC    += src/lregex.c src/resolve_op.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so
@@ -73,7 +73,7 @@ RAW         := $(BUILD)/bench/raw
 all: $(MODULE) $(HOST)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h \
-                   src/logq.h
+                   src/logq.h src/resolve_op.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 

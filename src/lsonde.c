@@ -49,6 +49,7 @@
 #include <time.h>
 
 #include "lsonde.h"
+#include "resolve_op.h"
 #include "sonde/sonde.h"
 #include "sonde/tls.h"
 
@@ -773,6 +774,16 @@ static int l_core_timer(lua_State *L) {
   return started(L, c, sonde_timer_start(c->loop, s, call_timer, c), 2);
 }
 
+/* core.resolve(name, timeout, cb) -> id: the name's addresses (cb gets a
+ * result whose output lists them one per line; resolve_op.c). */
+static int l_core_resolve(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  const char *name = luaL_checkstring(L, 1);
+  double s = luaL_checknumber(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  return started(L, c, sonde_resolve_start(c->loop, name, s, call_back, c), 3);
+}
+
 /* core.cancel(id) -> boolean (true if it was pending).  Safe from any
  * callback, the operation's own included: from its on_output it stops the
  * output and the result callback never runs; from its own result callback
@@ -1076,6 +1087,7 @@ static const luaL_Reg core_funcs[] = {
     {"tcp", l_core_tcp},
     {"grpc", l_core_grpc},
     {"timer", l_core_timer},
+    {"resolve", l_core_resolve},
     {"cancel", l_core_cancel},
     {"run", l_core_run},
     {"on_error", l_core_on_error},

@@ -431,6 +431,9 @@ end
 local GRPC_KNOWN = set { "service", "tls", "tls_config", "ip_protocol_fallback",
   "preferred_ip_protocol" }
 local function grpc_module(ctx, v)
+  -- blackbox 0.23's DefaultModule has no grpc defaults: a module without
+  -- a grpc section gets Go's zero values (no ip_protocol_fallback)
+  local present = v ~= nil
   v = mapping(ctx, v, "grpc")
   known_fields(ctx, v, GRPC_KNOWN, "grpc.", "grpc")
   local service = string_(ctx, v.service, "grpc.service", "")
@@ -441,7 +444,7 @@ local function grpc_module(ctx, v)
     tls_config = tls_config(ctx, v.tls_config, "grpc.tls_config"),
     ip_protocol = ip_protocol(ctx, v.preferred_ip_protocol, "grpc.preferred_ip_protocol"),
     ip_protocol_fallback = boolean(ctx, v.ip_protocol_fallback,
-      "grpc.ip_protocol_fallback", true),
+      "grpc.ip_protocol_fallback", present),
   }
 end
 

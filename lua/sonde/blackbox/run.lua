@@ -241,6 +241,57 @@ local function ip_series(reg, r, log, host)
   if ip then log("info", "Resolved target address", "ip", ip) end
 end
 
+-- blackbox's chooseProtocol: resolve `host` (core.resolve; an IP literal
+-- is itself), pick the first address of the preferred family (`proto`
+-- "ip6" or "ip4"), else, with `fallback`, the last address of the other
+-- (Go's loop), and set probe_ip_protocol, probe_ip_addr_hash and
+-- probe_dns_lookup_time_seconds.  k(ip, lookup_seconds) or k(nil, seconds,
+-- error).  Returns the lookup's op id, or nil when k ran at once.
+local function choose(reg, log, host, proto, fallback, timeout, k)
+  host = host:match("^%[(.*)%]$") or host
+  reg:set("probe_ip_protocol", HELP.ip_protocol, 0)
+  reg:set("probe_ip_addr_hash", HELP.ip_hash, 0)
+  reg:set("probe_dns_lookup_time_seconds", HELP.dns_lookup, 0)
+  log("info", "Resolving target address", "target", host, "ip_protocol", proto)
+  local function pick(list, seconds)
+    local want = proto == "ip4" and 4 or 6
+    local chosen, other
+    for _, ip in ipairs(list) do
+      local fam = ip:find(":") and 6 or 4
+      if fam == want then chosen = ip break end
+      other = ip
+    end
+    reg:set("probe_dns_lookup_time_seconds", HELP.dns_lookup, seconds)
+    if not chosen then
+      if not other or not fallback then
+        local err = "unable to find ip; no fallback"
+        if not fallback and #list > 0 then
+          err = fmt("lookup %s: no such host", host)
+        end
+        log("error", "Resolution with IP protocol failed", "target", host,
+          "ip_protocol", proto, "err", err)
+        return k(nil, seconds, err)
+      end
+      chosen, want = other, want == 4 and 6 or 4
+    end
+    reg:set("probe_ip_protocol", HELP.ip_protocol, want)
+    reg:set("probe_ip_addr_hash", HELP.ip_hash, M.ip_hash(chosen))
+    log("info", "Resolved target address", "target", host, "ip", chosen)
+    return k(chosen, seconds)
+  end
+  if ip_bytes(host) then return pick({ host }, 0) end
+  return core.resolve(host, timeout, function(r)
+    if r.status ~= "success" then
+      reg:set("probe_dns_lookup_time_seconds", HELP.dns_lookup, r.duration or 0)
+      log("error", "Resolution with IP protocol failed", "target", host, "err", r.output)
+      return k(nil, r.duration or 0, r.output)
+    end
+    local list = {}
+    for ip in r.output:gmatch("[^\n]+") do list[#list + 1] = ip end
+    return pick(list, r.duration or 0)
+  end)
+end
+
 -- blackbox's TLS series of a connection state (sonde's `tls` facts).
 local function tls_series(reg, t, with_chain)
   reg:set("probe_ssl_earliest_cert_expiry", HELP.ssl_earliest,
@@ -363,16 +414,29 @@ local function http_probe(m, target, timeout, log, reg, done)
   local ok, opts = pcall(probers.handlers.http_get.prepare,
     { where = "target" }, spec)
   if not ok then
-    log("error", "Could not parse target URL", "err", tostring(opts):gsub("^.-target: ", ""))
-    reg:set("probe_http_duration_seconds", HTTP_HELP.duration, 0, { { "phase", "resolve" } })
+    log("error", "Could not parse target URL", "err", (tostring(opts):gsub("^.-target: ", "")))
+    reg.fams.probe_http_duration_seconds.samples = {}
     return done(false)
   end
-  log("info", "Resolving target address", "target", target, "ip_protocol", h.ip_protocol)
   local thost = target:match("^%a+://%[([^%]]+)%]") or target:match("^%a+://([^/:?#]+)")
-  return probers.handlers.http_get.start(opts, function(r)
-    ip_series(reg, r, log, thost)
+  local started = core.now()
+  -- resolved first (blackbox's chooseProtocol: the address series, and a
+  -- name that does not resolve ends the probe); the request then goes to
+  -- the URL as given (libcurl resolves it again, from its cache), so that
+  -- redirects to the same host name are followed
+  return choose(reg, log, thost, h.ip_protocol, h.ip_protocol_fallback,
+      timeout, function(ip, lookup)
+    reg:set("probe_http_duration_seconds", HTTP_HELP.duration, lookup,
+      { { "phase", "resolve" } })
+    if not ip then
+      reg.fams.probe_http_duration_seconds.samples = {
+        ['{phase="resolve"}'] = lookup }
+      return done(false)
+    end
+    opts.timeout = math.max(timeout - (core.now() - started), 1e-3)
+    return probers.handlers.http_get.start(opts, function(r)
     local ph = r.phases or {}
-    for _, p in ipairs { "resolve", "connect", "tls", "processing", "transfer" } do
+    for _, p in ipairs { "connect", "tls", "processing", "transfer" } do
       reg:set("probe_http_duration_seconds", HTTP_HELP.duration, ph[p] or 0,
         { { "phase", p } })
     end
@@ -382,11 +446,6 @@ local function http_probe(m, target, timeout, log, reg, done)
     local success = false
     if not got then
       log("error", "Error for HTTP request", "err", r.error or r.output or r.reason)
-      if r.reason == "dns" then
-        reg.fams.probe_http_duration_seconds.samples = {
-          ['{phase="resolve"}'] = ph.resolve or 0 }
-        return done(false)
-      end
     else
       log("info", "Received HTTP response", "status_code", status)
       if #h.valid_status_codes > 0 then
@@ -512,6 +571,7 @@ local function http_probe(m, target, timeout, log, reg, done)
     end
     done(success, r)
   end)
+  end)
 end
 
 ---------------------------------------------------------------------------
@@ -554,12 +614,18 @@ local function tcp_probe(m, target, timeout, log, reg, done)
   if t.tls or starttls then
     local tls = {}
     for k, v in pairs(t.tls_config) do tls[k] = v end
+    -- blackbox: the TLS server name is the target's host unless set
+    if not tls.server_name and host ~= "" then tls.server_name = host end
     opts.tls = tls
   end
   if #steps > 0 then opts.steps = steps end
-  log("info", "Resolving target address", "target", host, "ip_protocol", t.ip_protocol)
-  return core.tcp(opts, function(r)
-    ip_series(reg, r, log, host)
+  local started = core.now()
+  return choose(reg, log, opts.host, t.ip_protocol, t.ip_protocol_fallback,
+      timeout, function(ip)
+    if not ip then return done(false) end
+    opts.host = ip
+    opts.timeout = math.max(timeout - (core.now() - started), 1e-3)
+    return core.tcp(opts, function(r)
     local success = r.status == "success"
     if r.reason == "connect_refused" or r.reason == "connect_timeout"
         or (r.reason == "tls" and not starttls) or r.reason == "dns" then
@@ -575,6 +641,7 @@ local function tcp_probe(m, target, timeout, log, reg, done)
       log("error", "Probe error", "err", r.error or r.output)
     end
     done(success, r)
+  end)
   end)
 end
 
@@ -608,13 +675,19 @@ local function grpc_probe(m, target, timeout, log, reg, done)
     for k, v in pairs(g.tls_config) do tls[k] = v end
     opts.tls = tls
   end
-  log("info", "Resolving target address", "target", host, "ip_protocol", g.ip_protocol)
-  return core.grpc(opts, function(r)
-    ip_series(reg, r, log, host)
+  local started = core.now()
+  -- resolved first, as blackbox (the address series; a name that does not
+  -- resolve ends the probe), then the call dials the name as grpc-go does
+  return choose(reg, log, opts.host, g.ip_protocol, g.ip_protocol_fallback,
+      timeout, function(ip, lookup)
+    reg:set("probe_grpc_duration_seconds", GRPC_HELP.duration, lookup,
+      { { "phase", "resolve" } })
+    if not ip then return done(false) end
+    opts.timeout = math.max(timeout - (core.now() - started), 1e-3)
+    local check_start = core.now()
+    return core.grpc(opts, function(r)
     reg:set("probe_grpc_duration_seconds", GRPC_HELP.duration,
-      r.phases and r.phases.resolve or 0, { { "phase", "resolve" } })
-    reg:set("probe_grpc_duration_seconds", GRPC_HELP.duration,
-      r.duration - (r.phases and r.phases.resolve or 0), { { "phase", "check" } })
+      core.now() - check_start, { { "phase", "check" } })
     for _, s in ipairs(SERVING) do
       reg:set("probe_grpc_healthcheck_response", GRPC_HELP.health,
         r.serving_status == s and 1 or 0, { { "serving_status", s } })
@@ -642,6 +715,7 @@ local function grpc_probe(m, target, timeout, log, reg, done)
       log("error", "can't connect grpc server:", "err", r.output)
     end
     done(success, r)
+  end)
   end)
 end
 
@@ -689,7 +763,9 @@ local function dns_probe(m, target, timeout, log, reg, done)
   reg:set("probe_dns_authority_rrs", DNS_HELP.authority, 0)
   reg:set("probe_dns_additional_rrs", DNS_HELP.additional, 0)
   reg:set("probe_dns_query_succeeded", DNS_HELP.succeeded, 0)
-  local host = target:match("^%[(.-)%]") or target:match("^([^:]+):%d+$") or target
+  -- net.SplitHostPort, else the whole target with port 53
+  local host, port = split_host_port(target)
+  if not host then host, port = target, 53 end
   local function sources(v)
     local out = {}
     for k, list in pairs(v) do
@@ -707,8 +783,15 @@ local function dns_probe(m, target, timeout, log, reg, done)
     validate_answer_rrs = sources(d.validate_answer_rrs),
     validate_authority_rrs = sources(d.validate_authority_rrs),
     validate_additional_rrs = sources(d.validate_additional_rrs) }
+  local t0 = core.now()
+  return choose(reg, log, host, d.ip_protocol, d.ip_protocol_fallback, timeout,
+      function(ip, lookup)
+    reg:set("probe_dns_duration_seconds", DNS_HELP.duration, lookup,
+      { { "phase", "resolve" } })
+    if not ip then return done(false) end
+    spec.server = (ip:find(":") and "[" .. ip .. "]" or ip) .. ":" .. port
+    spec.timeout = math.max(timeout - (core.now() - t0), 1e-3)
   local id, started = start_external("dns", m, spec, log, function(r)
-    ip_series(reg, r, log, host)
     reg:set("probe_dns_duration_seconds", DNS_HELP.duration,
       r.lookup_time or 0, { { "phase", "request" } })
     if r.rcode then
@@ -729,6 +812,7 @@ local function dns_probe(m, target, timeout, log, reg, done)
   end)
   if not started then return done(false) end
   return id
+  end)
 end
 
 local ICMP_HELP = {
