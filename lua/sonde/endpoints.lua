@@ -156,6 +156,12 @@ M.timeout_offset = 0.5
 --- /probe requests that named no known module (blackbox_module_unknown_total).
 M.module_unknown = 0
 
+--- The last load of the blackbox configuration (the host sets them):
+-- whether it succeeded, and when it last did (seconds since the epoch):
+-- blackbox_exporter_config_last_reload_successful and
+-- blackbox_exporter_config_last_reload_success_timestamp_seconds.
+M.config_ok, M.config_time = nil, nil
+
 -- A query string's values, decoded as Go's url.ParseQuery does ('+' is a
 -- space, %XX a byte); the first value of a repeated name.
 local function query_values(query)
@@ -219,9 +225,22 @@ end
 
 -- blackbox_exporter's own series, after sonde's.
 local function blackbox_metrics()
-  return "# HELP blackbox_module_unknown_total Count of unknown modules "
+  local out = "# HELP blackbox_module_unknown_total Count of unknown modules "
     .. "requested by probes\n# TYPE blackbox_module_unknown_total counter\n"
     .. "blackbox_module_unknown_total " .. M.module_unknown .. "\n"
+  if M.config_ok ~= nil then
+    out = out .. "# HELP blackbox_exporter_config_last_reload_successful "
+      .. "Blackbox exporter config loaded successfully.\n"
+      .. "# TYPE blackbox_exporter_config_last_reload_successful gauge\n"
+      .. "blackbox_exporter_config_last_reload_successful "
+      .. (M.config_ok and 1 or 0) .. "\n"
+      .. "# HELP blackbox_exporter_config_last_reload_success_timestamp_seconds "
+      .. "Timestamp of the last successful configuration reload.\n"
+      .. "# TYPE blackbox_exporter_config_last_reload_success_timestamp_seconds gauge\n"
+      .. "blackbox_exporter_config_last_reload_success_timestamp_seconds "
+      .. string.format("%.3f", M.config_time or 0) .. "\n"
+  end
+  return out
 end
 
 --- Answer one request.

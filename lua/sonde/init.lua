@@ -448,9 +448,9 @@ sonde.metrics = {
 --- blackbox_exporter configurations (lua/sonde/blackbox.lua):
 -- `sonde.blackbox.load(path)` reads a blackbox.yml (raising
 -- `PATH: module "NAME": FIELD: reason` when sonde cannot run it) and makes
--- it the configuration `sonde.module` takes its modules from (under the
--- host, `--config.file` is loaded first); it returns `{ path, modules = {
--- NAME = module } }`.  `module:run(target, { timeout = s }, cb)` runs one
+-- it the configuration `sonde.module` takes its modules from and the
+-- host's `/probe` serves (under the host, `--config.file` is loaded
+-- first); it returns `{ path, modules = { NAME = module } }`.  `module:run(target, { timeout = s }, cb)` runs one
 -- probe (cb gets `{ success, duration, result, logs }`),
 -- `sonde.blackbox.render(res)` gives the series /probe would answer.
 sonde.blackbox = {
@@ -458,6 +458,8 @@ sonde.blackbox = {
     local conf, err = blackbox.load(path)
     if not conf then validate.raise(err) end
     blackbox.current = conf
+    -- served on /probe too (with --listen)
+    config.ambient().blackbox = conf
     return conf
   end,
   parse = blackbox.parse,

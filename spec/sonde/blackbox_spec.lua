@@ -394,6 +394,7 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
       end
       local _, m = curl("http://127.0.0.1:" .. sonde_port .. "/metrics")
       assert.matches("\nblackbox_module_unknown_total [1-9]", m)
+      assert.matches("\nblackbox_exporter_config_last_reload_successful 1\n", m, 1, true)
     end)
 
     it("debug=true gives the logs, the series and the module", function()

@@ -82,7 +82,11 @@ function M.main(source, args, listen, bb)
     local inner = source.load
     source = { name = source.name, load = function(...)
       local conf, err = blackbox.load(bb.path)
-      if not conf then error(err, 0) end
+      if not conf then
+        endpoints.config_ok = false
+        error(err, 0)
+      end
+      endpoints.config_ok, endpoints.config_time = true, core.wall_time()
       blackbox.current = conf
       config.ambient().blackbox = conf
       if type(inner) == "string" then
