@@ -215,6 +215,8 @@ install: all
 	install -m 755 $(MODULE) $(DESTDIR)$(LIBDIR)/sonde/core.so
 	install -m 644 lua/sonde/*.lua $(DESTDIR)$(LUADIR)/sonde/
 	install -m 644 lua/sonde/host/*.lua $(DESTDIR)$(LUADIR)/sonde/host/
+	install -d $(DESTDIR)$(LUADIR)/sonde/blackbox
+	install -m 644 lua/sonde/blackbox/*.lua $(DESTDIR)$(LUADIR)/sonde/blackbox/
 	install -d $(DESTDIR)$(DOCDIR)
 	install -m 644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 755 $(HOST) $(DESTDIR)$(BINDIR)/sonde

@@ -32,10 +32,10 @@
 
 struct resolve_op {
   struct sonde_op op;
-  struct sonde_lookup *lk;   /* in flight, or NULL */
+  struct sonde_lookup *lk; /* in flight, or NULL */
   struct event deadline;
   int armed;
-  int starting;              /* inside sonde_resolve_start */
+  int starting; /* inside sonde_resolve_start */
   char name[];
 };
 
@@ -95,8 +95,10 @@ static void on_lookup(struct sonde_lookup_result *res, void *arg) {
   }
   /* answered at once (hosts file, a name that never resolves): never call
    * back inside the starting call */
-  if (r->starting) sonde_op_complete_soon(&r->op);
-  else sonde_op_complete(&r->op);
+  if (r->starting)
+    sonde_op_complete_soon(&r->op);
+  else
+    sonde_op_complete(&r->op);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg) {
@@ -119,7 +121,8 @@ uint64_t sonde_resolve_start(struct sonde_loop *loop, const char *name,
   r->op.vt = &resolve_vt;
   uint64_t id = sonde_op_start(loop, &r->op, cb, arg);
   unsigned char buf[sizeof(struct in6_addr)];
-  if (inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1) {
+  if (inet_pton(AF_INET, name, buf) == 1 ||
+      inet_pton(AF_INET6, name, buf) == 1) {
     r->op.res.status = SONDE_SUCCESS;
     r->op.res.reason = SONDE_R_OK;
     char out[INET6_ADDRSTRLEN + 2];
