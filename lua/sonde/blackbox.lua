@@ -516,8 +516,7 @@ local function dns_module(ctx, v)
 end
 
 local ICMP_KNOWN = set { "preferred_ip_protocol", "ip_protocol_fallback",
-  "payload_size", "dont_fragment", "ttl" }
-ICMP_KNOWN.source_ip_address = false
+  "payload_size", "dont_fragment", "ttl", "source_ip_address" }
 local function icmp_module(ctx, v)
   v = mapping(ctx, v, "icmp")
   known_fields(ctx, v, ICMP_KNOWN, "icmp.", "icmp")
@@ -528,7 +527,14 @@ local function icmp_module(ctx, v)
     payload_size = v.payload_size or 0,
     dont_fragment = boolean(ctx, v.dont_fragment, "icmp.dont_fragment", false),
     ttl = v.ttl or 64,
+    source_ip_address = string_(ctx, v.source_ip_address, "icmp.source_ip_address"),
   }
+  if i.source_ip_address == "" then i.source_ip_address = nil end
+  if i.source_ip_address and not (i.source_ip_address:match("^%d+%.%d+%.%d+%.%d+$")
+      or i.source_ip_address:match("^[%x:]*:[%x:%.]*$")) then
+    fail(ctx, "icmp.source_ip_address", "must be an IP address, got %s",
+      show(i.source_ip_address))
+  end
   if math.type(i.payload_size) ~= "integer" or i.payload_size < 0 or i.payload_size > 65000 then
     fail(ctx, "icmp.payload_size", "must be an integer 0..65000, got %s", show(i.payload_size))
   end

@@ -180,7 +180,8 @@ local function query_values(query)
   return out
 end
 
---- Answer `/probe?target=T&module=M[&debug=true]` as blackbox_exporter:
+--- Answer `/probe?target=T&module=M[&debug=true][&hostname=H]` as
+-- blackbox_exporter (hostname: the Host header of an http module):
 -- 400 "Unknown module" / "Target parameter is missing", else one probe of
 -- the module on the loop, answered (core.listen_reply) when it is done,
 -- with its series or, with debug=true, its logs, series and module.
@@ -205,7 +206,14 @@ function M.probe(cfg, method, query, headers, id)
     return 400, "Target parameter is missing\n"
   end
   local debug = q.debug == "true"
-  local ok, err = pcall(module.run, module, target, { timeout = timeout },
+  local hostname = q.hostname
+  if hostname == "" or module.prober ~= "http" then hostname = nil end
+  if hostname then
+    local clash = module:host_conflict(hostname)
+    if clash then return 400, clash .. "\n" end
+  end
+  local ok, err = pcall(module.run, module, target, { timeout = timeout,
+      hostname = hostname },
     function(res)
       local body, ctype
       if debug then

@@ -113,8 +113,10 @@ modules:
           .. "        - { expect: '^(.*)$', send: 'x ${1}' }\n"))
       assert.are.equal('bb.yml: module "m": dns.query_name: query name must be set for DNS module',
         parse_err("modules:\n  m:\n    prober: dns\n    dns: { query_type: A }\n"))
-      assert.are.equal('bb.yml: module "m": icmp.source_ip_address: is not supported by sonde',
-        parse_err("modules:\n  m:\n    prober: icmp\n    icmp: { source_ip_address: 127.0.0.1 }\n"))
+      assert.are.equal('bb.yml: module "m": icmp.source_ip_address: must be an IP address, got "here"',
+        parse_err("modules:\n  m:\n    prober: icmp\n    icmp: { source_ip_address: here }\n"))
+      assert.are.equal('bb.yml: module "m": dns.source_ip_address: is not supported by sonde',
+        parse_err("modules:\n  m:\n    prober: dns\n    dns: { query_name: x, source_ip_address: 127.0.0.1 }\n"))
       assert.are.equal('bb.yml: module "m": grpc.tls: must be true or false, got "yes please"',
         parse_err("modules:\n  m:\n    prober: grpc\n    grpc: { tls: yes please }\n"))
       assert.are.equal("bb.yml: nope: unknown field of the configuration",
@@ -212,9 +214,10 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
     H.stop_grpc_servers()
   end)
 
+  local extra = ""     -- more query parameters for the next probes
   local function probe(port, module, target, debug)
-    return curl(string.format("http://127.0.0.1:%d/probe?module=%s&target=%s%s",
-      port, module, H.urlencode(target), debug and "&debug=true" or ""),
+    return curl(string.format("http://127.0.0.1:%d/probe?module=%s&target=%s%s%s",
+      port, module, H.urlencode(target), debug and "&debug=true" or "", extra),
       "X-Prometheus-Scrape-Timeout-Seconds: 5")
   end
 
@@ -289,6 +292,22 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
       s = same("http_no_follow", web:url("/a"), false)
       assert.are.equal(302, s.probe_http_status_code)
       same("http_old_no_follow", web:url("/a"), false)
+    end)
+
+    it("hostname= sets the Host header, as blackbox", function()
+      extra = "&hostname=vhost.example"
+      local s = same("http_2xx", web:url("/host"), true)
+      extra = ""
+      -- the fixture answers the Host it got: same length as blackbox's
+      assert.are.equal(#"vhost.example", s.probe_http_content_length)
+      for _, port in ipairs { bbx_port, sonde_port } do
+        local code, body = curl(string.format("http://127.0.0.1:%d/probe?module="
+          .. "http_host&target=%s&hostname=other.example", port,
+          H.urlencode(web:url("/host"))))
+        assert.are.equal(400, code)
+        assert.are.equal("host header defined both in module configuration "
+          .. "(vhost.example) and with URL-parameter 'hostname' (other.example)\n", body)
+      end
     end)
 
     it("HTTP versions, method, body and headers", function()

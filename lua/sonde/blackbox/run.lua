@@ -370,8 +370,16 @@ local NO_RESPONSE = { connect_refused = true, connect_timeout = true,
   timeout = true, dns = true, network = true, tls = true, protocol = true,
   resource = true, config = true, cancelled = true }
 
-local function http_probe(m, target, timeout, log, reg, done)
+local function http_probe(m, target, timeout, log, reg, done, ropts)
   local h = m.spec
+  local module_headers = h.headers
+  if ropts.hostname then             -- /probe's hostname= (setHTTPHost)
+    module_headers = {}
+    for _, e in ipairs(h.headers) do
+      if e.name:lower() ~= "host" then module_headers[#module_headers + 1] = e end
+    end
+    module_headers[#module_headers + 1] = { name = "Host", value = ropts.hostname }
+  end
   for _, p in ipairs { "connect", "tls", "processing", "transfer" } do
     reg:set("probe_http_duration_seconds", HTTP_HELP.duration, 0, { { "phase", p } })
   end
@@ -384,7 +392,7 @@ local function http_probe(m, target, timeout, log, reg, done)
   reg:set("probe_failed_due_to_regex", HELP.regex, 0)
   if not target:match("^[hH][tT][tT][pP][sS]?://") then target = "http://" .. target end
   local headers, has = {}, {}
-  for _, e in ipairs(h.headers) do
+  for _, e in ipairs(module_headers) do
     headers[#headers + 1] = { name = e.name, value = e.value }
     has[e.name:lower()] = true
   end
@@ -394,7 +402,7 @@ local function http_probe(m, target, timeout, log, reg, done)
   -- blackbox: without tls_config.server_name, a Host header names the
   -- server TLS is for
   local tls_opts = h.tls
-  for _, e in ipairs(h.headers) do
+  for _, e in ipairs(module_headers) do
     if e.name:lower() == "host" and not h.tls.server_name then
       tls_opts = {}
       for k, v in pairs(h.tls) do tls_opts[k] = v end
@@ -828,7 +836,8 @@ local function icmp_probe(m, target, timeout, log, reg, done)
   end
   local spec = { host = target, preferred_ip_protocol = i.ip_protocol,
     ip_protocol_fallback = i.ip_protocol_fallback, payload_size = i.payload_size,
-    dont_fragment = i.dont_fragment, ttl = i.ttl, timeout = timeout }
+    dont_fragment = i.dont_fragment, ttl = i.ttl, timeout = timeout,
+    source_ip_address = i.source_ip_address }
   local id, started = start_external("icmp", m, spec, log, function(r)
     ip_series(reg, r, log, target)
     if r.ip_addr_hash then reg:set("probe_ip_addr_hash", HELP.ip_hash, r.ip_addr_hash) end
@@ -864,7 +873,8 @@ end
 --- Run one probe of the module against `target` on the loop; `cb(res)`
 -- gets `{ success, duration, families, logs, result, target, module }`.
 -- `opts.timeout`: seconds (default: the module's timeout, else 119.5,
--- blackbox's without a scrape header).
+-- blackbox's without a scrape header); `opts.hostname`: an http module's
+-- Host header (/probe's hostname=; M.host_conflict tells a clash).
 -- @return the operation's id (core.cancel), or nil when it ended at once
 function Module:run(target, opts, cb)
   opts = opts or {}
@@ -900,7 +910,7 @@ function Module:run(target, opts, cb)
     if sync then early = res else cb(res) end
   end
   sync = true
-  local id = RUN[self.prober](self, target, timeout, log, reg, done)
+  local id = RUN[self.prober](self, target, timeout, log, reg, done, opts)
   sync = false
   -- ended before it started (a bad target): the callback still comes
   -- from the loop, never before run() returns
@@ -908,6 +918,17 @@ function Module:run(target, opts, cb)
     return core.timer(0, function() cb(early) end)
   end
   return id
+end
+
+--- blackbox's setHTTPHost check: the error text when the module sets
+-- another Host header than `hostname`, else nil.
+function Module:host_conflict(hostname)
+  for _, e in ipairs(self.prober == "http" and self.spec.headers or {}) do
+    if e.name:lower() == "host" and e.value ~= hostname then
+      return fmt("host header defined both in module configuration (%s) and "
+        .. "with URL-parameter 'hostname' (%s)", e.value, hostname)
+    end
+  end
 end
 
 --- The module's configuration as YAML (the debug page).
