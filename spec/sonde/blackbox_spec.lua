@@ -497,9 +497,16 @@ assert(not ok and e:find('unknown module "nope"', 1, true), e)
 os.exit(0)
 ]]) }
     assert.are.equal(0, code, err)
+    local out
+    code, out = H.host_run { "--config.check", "--config.file", conf }
+    assert.are.equal(0, code)
+    assert.matches("config file is ok: 1 module", out, 1, true)
     H.write(conf, "modules:\n  t:\n    prober: tcp\n    tcp: { source_ip_address: 1.2.3.4 }\n")
     code, _, err = H.host_run { "--config.file", conf }
     assert.are.equal(2, code)
+    assert.matches('module "t": tcp.source_ip_address: is not supported by sonde', err, 1, true)
+    code, _, err = H.host_run { "--config.file=" .. conf, "--config.check" }
+    assert.are.equal(1, code)
     assert.matches('module "t": tcp.source_ip_address: is not supported by sonde', err, 1, true)
   end)
 end)

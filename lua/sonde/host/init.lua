@@ -22,6 +22,7 @@ local common = require "sonde.host.common"
 local run = require "sonde.host.run"
 local check = require "sonde.host.check"
 local once = require "sonde.host.once"
+local blackbox = require "sonde.blackbox"
 
 local M = {}
 
@@ -54,6 +55,7 @@ OPTIONS:
                     /probe?target=T&module=M[&debug=true] (with --listen or
                     its alias --web.listen-address); SCRIPT is then optional
   --timeout-offset S  seconds taken off the scrape's timeout header (0.5)
+  --config.check    check the --config.file and exit (0 ok, 1 not)
 ]]
 
 -- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
@@ -81,6 +83,7 @@ local OPTIONS = {
   ["--config.file"] = { global = true },
   ["--web.listen-address"] = { global = true },
   ["--timeout-offset"] = { global = true },
+  ["--config.check"] = { global = true },
 }
 
 -- Take option `a` with value `v` into `opts`; an error text when wrong.
@@ -140,11 +143,25 @@ function M.main(args)
       return 0
     end
     local name, val = a:match("^(%-%-[^=]+)=(.*)$")    -- --flag=value
-    local e = take(opts, "global", name or a, name and val or args[i + 1])
-    if e then return usage_error("%s", e) end
-    i = i + (name and 1 or 2)
+    if a == "--config.check" then               -- a switch, as blackbox's
+      opts.config_check = true
+      i = i + 1
+    else
+      local e = take(opts, "global", name or a, name and val or args[i + 1])
+      if e then return usage_error("%s", e) end
+      i = i + (name and 1 or 2)
+    end
   end
   local cmd = args[i]
+  if opts.config_check then
+    -- blackbox_exporter's --config.check: load the configuration, say so
+    if not opts.config_file then return usage_error("--config.check needs --config.file") end
+    local conf, err = blackbox.load(opts.config_file)
+    if not conf then common.err("%s", err) return 1 end
+    print(string.format("%s: config file is ok: %s", opts.config_file,
+      common.plural(#conf.names, "module")))
+    return 0
+  end
   if opts.config_file then
     -- blackbox_exporter's command line: the configuration, and a script
     -- or none
