@@ -292,6 +292,19 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
       s = same("http_no_follow", web:url("/a"), false)
       assert.are.equal(302, s.probe_http_status_code)
       same("http_old_no_follow", web:url("/a"), false)
+      -- to another host (127.0.0.1 -> localhost): followed, as Go's client
+      local to = "http://localhost:" .. web.port .. "/ok"
+      s = same("http_2xx", web:url("/redirect?to=" .. H.urlencode(to)), nil)
+      assert.are.equal(1, s.probe_http_redirects)
+      -- a loop: Go stops at its 11th redirect
+      s = same("http_2xx", web:url("/loop"), false)
+      assert.are.equal(11, s.probe_http_redirects)
+      -- POST through 303 (then GET) and 307 (POST again)
+      same("http_post", web:url("/redirect?to=%2Fok&code=303"), true)
+      same("http_post", web:url("/redirect?to=%2Fok&code=307"), true)
+      -- a redirect to a port where nothing listens
+      same("http_2xx", web:url("/redirect?to=" .. H.urlencode("http://127.0.0.1:"
+        .. H.closed_port() .. "/")), false)
     end)
 
     it("hostname= sets the Host header, as blackbox", function()

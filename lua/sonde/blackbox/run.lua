@@ -370,6 +370,108 @@ local NO_RESPONSE = { connect_refused = true, connect_timeout = true,
   timeout = true, dns = true, network = true, tls = true, protocol = true,
   resource = true, config = true, cancelled = true }
 
+-- Go's redirect codes (net/http redirectBehavior)
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true,
+  [308] = true }
+
+-- A Location resolved against the URL it came from (RFC 3986, without
+-- removing dot segments); the fragment dropped.
+local function resolve_url(base, loc)
+  loc = loc:gsub("#.*$", "")
+  if loc:match("^%a[%w+.-]*:") then return loc end
+  local scheme, authority, path = base:match("^(%a[%w+.-]*)://([^/?#]*)([^#]*)")
+  if not scheme then return loc end
+  if loc:sub(1, 2) == "//" then return scheme .. ":" .. loc end
+  if loc:sub(1, 1) == "/" then return scheme .. "://" .. authority .. loc end
+  local p = path:gsub("%?.*$", "")
+  if loc == "" then return scheme .. "://" .. authority .. path end
+  if loc:sub(1, 1) == "?" then return scheme .. "://" .. authority .. p .. loc end
+  return scheme .. "://" .. authority .. (p:match("^(.*/)") or "/") .. loc
+end
+
+local function authority_of(url)
+  return (url:match("^%a[%w+.-]*://([^/?#]*)") or ""):lower()
+end
+
+local function host_of(authority)
+  return authority:match("^%[(.-)%]") or authority:match("^([^:]*)")
+end
+
+-- The requests of one probe, redirects followed as Go's client does for
+-- blackbox_exporter: any host, at most 10, 301/302/303 turning other
+-- methods into GET without a body, 307/308 keeping both; a custom Host
+-- kept through relative redirects; Authorization dropped for another
+-- host (not a subdomain); the TLS server name given to the first
+-- host's requests only.  cb(r) gets the last response (or failure) with
+-- `redirects` (Go's len(via)), `redirect_stopped` (a 3xx not followed)
+-- and `phases` summed over the requests.
+local function follow(h, spec, first_tls, other_tls, log, deadline, cb)
+  local acc = { resolve = 0, connect = 0, tls = 0, processing = 0, transfer = 0 }
+  local first_authority = authority_of(spec.url)
+  local first_host = host_of(first_authority)
+  local function hop(url, method, body, host_header, auth, n)
+    local s = {}
+    for k, v in pairs(spec) do s[k] = v end
+    s.url, s.method, s.body = url, method, body
+    s.follow_redirects = "none"
+    s.headers = {}
+    for _, e in ipairs(spec.headers) do
+      local l = e.name:lower()
+      if l ~= "host" and l ~= "authorization" then s.headers[#s.headers + 1] = e end
+    end
+    if host_header then s.headers[#s.headers + 1] = { name = "Host", value = host_header } end
+    if auth then s.headers[#s.headers + 1] = { name = "Authorization", value = auth } end
+    s.tls = authority_of(url) == first_authority and first_tls or other_tls
+    s.timeout = math.max(deadline - core.now(), 1e-3)
+    if n > 1 then log("info", "Making HTTP request", "url", url, "host", host_header or "") end
+    local ok, o = pcall(probers.handlers.http_get.prepare, { where = "redirect" }, s)
+    if not ok then
+      return cb { status = "failure", reason = "config", output = tostring(o),
+        error = tostring(o), redirects = n - 1, phases = acc }
+    end
+    return probers.handlers.http_get.start(o, function(r)
+      local ph = r.phases or {}
+      for _, k in ipairs { "connect", "tls", "processing", "transfer" } do
+        acc[k] = acc[k] + (ph[k] or 0)
+      end
+      if n > 1 then acc.resolve = acc.resolve + (ph.resolve or 0) end
+      r.phases = acc
+      local loc = r.headers and r.headers.location
+      if r.http_status and REDIRECT[r.http_status] and loc and loc ~= "" then
+        log("info", "Received redirect", "location", loc)
+        r.redirects = n
+        if n > 10 or not h.follow_redirects then
+          log("info", "Not following redirect")
+          r.redirect_stopped = true
+          return cb(r)
+        end
+        local nurl = resolve_url(url, loc)
+        local nmethod, nbody = method, body
+        if r.http_status <= 303 then
+          nbody = nil
+          if method ~= "GET" and method ~= "HEAD" then nmethod = "GET" end
+        end
+        local relative = not loc:match("^%a[%w+.-]*:") and loc:sub(1, 2) ~= "//"
+        local nhost = relative and host_header or nil
+        local nauth = auth
+        local to = host_of(authority_of(nurl))
+        if nauth and to ~= first_host and not (to:sub(-#first_host - 1) == "." .. first_host) then
+          nauth = nil
+        end
+        return hop(nurl, nmethod, nbody, nhost, nauth, n + 1)
+      end
+      r.redirects = n - 1
+      cb(r)
+    end)
+  end
+  local host_header, auth
+  for _, e in ipairs(spec.headers) do
+    local l = e.name:lower()
+    if l == "host" then host_header = e.value elseif l == "authorization" then auth = e.value end
+  end
+  return hop(spec.url, spec.method, spec.body, host_header, auth, 1)
+end
+
 local function http_probe(m, target, timeout, log, reg, done, ropts)
   local h = m.spec
   local module_headers = h.headers
@@ -412,13 +514,11 @@ local function http_probe(m, target, timeout, log, reg, done, ropts)
   local need_body = #h.fail_if_body_matches > 0 or #h.fail_if_body_not_matches > 0
   local max_body = 16 * 1024 * 1024
   if h.body_size_limit then max_body = h.body_size_limit + 1 end
-  -- (a body cut short stops libcurl from following a redirect: keep
-  -- a usual page whole)
   if not need_body and not h.body_size_limit then max_body = 65536 end
   local spec = { url = target, method = h.method, headers = headers,
     body = h.body ~= "" and h.body or nil, timeout = timeout,
     max_body = max_body, tls = tls_opts,
-    follow_redirects = h.follow_redirects and "same-host" or "none" }
+    follow_redirects = "none" }      -- followed by follow()
   local ok, opts = pcall(probers.handlers.http_get.prepare,
     { where = "target" }, spec)
   if not ok then
@@ -426,34 +526,54 @@ local function http_probe(m, target, timeout, log, reg, done, ropts)
     reg.fams.probe_http_duration_seconds.samples = {}
     return done(false)
   end
-  local thost = target:match("^%a+://%[([^%]]+)%]") or target:match("^%a+://([^/:?#]+)")
-  local started = core.now()
+  local scheme, authority, rest = target:match("^(%a+)://([^/?#]*)(.*)$")
+  local thost, tport = authority:match("^%[([^%]]+)%](.*)$")
+  if not thost then thost, tport = authority:match("^([^:]*)(.*)$") end
+  local deadline = core.now() + timeout
   -- resolved first (blackbox's chooseProtocol: the address series, and a
-  -- name that does not resolve ends the probe); the request then goes to
-  -- the URL as given (libcurl resolves it again, from its cache), so that
-  -- redirects to the same host name are followed
+  -- name that does not resolve ends the probe); the first request goes to
+  -- the address chosen, with the target's Host and TLS server name, as
+  -- blackbox's does; redirects are followed by follow() as Go's client
   return choose(reg, log, thost, h.ip_protocol, h.ip_protocol_fallback,
       timeout, function(ip, lookup)
-    reg:set("probe_http_duration_seconds", HTTP_HELP.duration, lookup,
-      { { "phase", "resolve" } })
     if not ip then
       reg.fams.probe_http_duration_seconds.samples = {
         ['{phase="resolve"}'] = lookup }
       return done(false)
     end
-    opts.timeout = math.max(timeout - (core.now() - started), 1e-3)
-    return probers.handlers.http_get.start(opts, function(r)
+    local first_tls, other_tls = tls_opts, {}
+    for k, v in pairs(h.tls) do other_tls[k] = v end
+    other_tls.server_name = nil
+    local fspec = {}
+    for k, v in pairs(spec) do fspec[k] = v end
+    if not authority:find("@", 1, true) then
+      fspec.url = scheme .. "://" .. (ip:find(":") and "[" .. ip .. "]" or ip)
+        .. tport .. rest
+      if not has.host then
+        fspec.headers = { table.unpack(spec.headers) }
+        fspec.headers[#fspec.headers + 1] = { name = "Host", value = authority }
+      end
+      if not tls_opts.server_name then
+        first_tls = {}
+        for k, v in pairs(tls_opts) do first_tls[k] = v end
+        first_tls.server_name = thost
+      end
+    end
+    log("info", "Making HTTP request", "url", fspec.url, "host", authority)
+    return follow(h, fspec, first_tls, other_tls, log, deadline, function(r)
     local ph = r.phases or {}
+    reg:set("probe_http_duration_seconds", HTTP_HELP.duration,
+      lookup + (ph.resolve or 0), { { "phase", "resolve" } })
     for _, p in ipairs { "connect", "tls", "processing", "transfer" } do
       reg:set("probe_http_duration_seconds", HTTP_HELP.duration, ph[p] or 0,
         { { "phase", p } })
     end
-    log("info", "Making HTTP request", "url", r.url or target)
     local status = r.http_status
     local got = status and status > 0 and not NO_RESPONSE[r.reason]
     local success = false
     if not got then
       log("error", "Error for HTTP request", "err", r.error or r.output or r.reason)
+      reg:set("probe_http_redirects", HTTP_HELP.redirects, r.redirects or 0)
     else
       log("info", "Received HTTP response", "status_code", status)
       if #h.valid_status_codes > 0 then
@@ -534,8 +654,7 @@ local function http_probe(m, target, timeout, log, reg, done, ropts)
         success = okb
         reg:set("probe_failed_due_to_regex", HELP.regex, okb and 0 or 1)
       end
-      local redirect_stop = status >= 300 and status < 400 and status ~= 304
-        and r.headers and r.headers.location and r.reason == "redirect"
+      local redirect_stop = r.redirect_stopped
       if limited and not redirect_stop then
         log("info", "Failed to read HTTP response body", "err", "http: request body too large")
         success = false
@@ -558,9 +677,7 @@ local function http_probe(m, target, timeout, log, reg, done, ropts)
           success = false
         end
       end
-      local redirects = r.redirects or 0
-      if redirect_stop then redirects = redirects + 1 end
-      reg:set("probe_http_redirects", HTTP_HELP.redirects, redirects)
+      reg:set("probe_http_redirects", HTTP_HELP.redirects, r.redirects or 0)
       reg:set("probe_http_content_length", HTTP_HELP.content_length,
         r.content_length or (r.headers and tonumber(r.headers["content-length"])) or -1)
       reg:set("probe_http_status_code", HTTP_HELP.status, status)
