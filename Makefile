@@ -29,6 +29,8 @@ EVENT_LIBS  := $(shell $(PKG_CONFIG) --libs libevent_core libevent_extra)
 LUA_LIBS    := $(shell $(PKG_CONFIG) --libs $(LUA_PC))
 SSL_CFLAGS  := $(shell $(PKG_CONFIG) --cflags openssl)
 SSL_LIBS    := $(shell $(PKG_CONFIG) --libs openssl)
+CARES_CFLAGS:= $(shell $(PKG_CONFIG) --cflags libcares)
+CARES_LIBS  := $(shell $(PKG_CONFIG) --libs libcares)
 
 PREFIX      ?= /usr/local
 LUADIR      ?= $(PREFIX)/share/lua/5.4
@@ -51,16 +53,20 @@ BUILD       := build
 endif
 ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
                -I$(LUA_INCDIR) $(CURL_CFLAGS) $(EVENT_CFLAGS) $(SSL_CFLAGS) \
+               $(CARES_CFLAGS) \
                -DSONDE_VERSION='"$(VERSION)"'
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
                src/pb.c src/grpc.c \
+               src/icmp.c \
+               src/dns.c \
                src/tls.c src/tls_io.c \
                src/pattern.c src/expect.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
-               src/ldeadline.c src/logq.c src/worker.c src/lworker.c
+               src/ldeadline.c src/logq.c src/worker.c src/lworker.c \
+               src/ltargets.c
 CORE_SRC    += src/lregex.c src/resolve_op.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
@@ -80,7 +86,8 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsond
 # The module does not link liblua: the interpreter that loads it provides it.
 $(MODULE): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS) $(SSL_LIBS) -lm
+	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS) $(SSL_LIBS) \
+	  $(CARES_LIBS) -lm
 
 # The host exports Lua's symbols (-Wl,-E) so that C modules it loads link;
 # it holds no copy of the core: it loads the module (sonde.core) as any
@@ -103,10 +110,12 @@ $(RAW): bench/raw.c
 # json expectations), and those the tests need too; installed when missing
 # (`make deps`, `make test-deps`).
 DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
-             libevent-dev libssl-dev lua-yaml lua-cjson
+             libevent-dev libssl-dev lua-yaml lua-cjson \
+             libc-ares-dev
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
              prometheus python3 lua-socket curl \
-             python3-grpcio python3-grpc-tools
+             python3-grpcio python3-grpc-tools \
+             dnsmasq-base
 TEST_PKGS += prometheus-blackbox-exporter
 .PHONY: deps test-deps
 deps:

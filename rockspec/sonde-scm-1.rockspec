@@ -29,6 +29,8 @@ external_dependencies = {
   LIBEVENT = { header = "event2/event.h", library = "event_core" },
   -- TLS facts and TCP over TLS (libssl-dev)
   OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
+  -- DNS probes (libc-ares-dev)
+  CARES = { header = "ares.h", library = "cares" },
 }
 build = {
   type = "make",

@@ -122,6 +122,16 @@
 --                              these arguments: a Server with .port .pid
 --                              :stop() :alive()
 --   H.stop_grpc_servers()      stop every one started and not stopped
+-- DNS (spec/support/dnsmasq.lua)
+--   H.dnsmasq(args)            Debian's dnsmasq on 127.0.0.1 and a free port,
+--                              serving what args declare: a Server with
+--                              .port .pid :stop() :alive() :log()
+--   H.dns_scripted()           spec/fixtures/dns_scripted.py: odd replies
+--                              built byte by byte; .port .pid :stop()
+--   H.stop_dnsmasqs()          stop every one of both started and not
+--                              stopped
+--   H.silent_udp()             a bound UDP socket that never answers:
+--                              { port, close(), receive() }
 -- TLS (spec/support/pki.lua)
 --   H.pki(dir)                 a CA and leaves signed by it (good, soon,
 --                              expired, other, client): { ca, ca_key,
@@ -606,6 +616,7 @@ require("support.host")(H)
 require("support.fixture")(H)
 require("support.notify")(H)
 require("support.grpc")(H)
+require("support.dnsmasq")(H)
 require("support.pki")(H)
 
 return H

@@ -48,6 +48,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <arpa/inet.h>
+
 #include "lsonde.h"
 #include "resolve_op.h"
 #include "sonde/sonde.h"
@@ -104,11 +106,40 @@ static void push_tls(lua_State *L, const struct sonde_tls_facts *f) {
   lua_setfield(L, -2, "tls");
 }
 
+/* A DNS result's fields (sonde/dns.h): lookup_time always; once a reply
+ * came rcode (name, or its number as a string), answer_rrs,
+ * authority_rrs, additional_rrs, answer / authority / additional (the
+ * records' text) and serial (SOA). */
+static void push_dns(lua_State *L, const struct sonde_dns_reply *d) {
+  static const char *const counts[] = {"answer_rrs", "authority_rrs",
+                                       "additional_rrs"};
+  static const char *const lists[] = {"answer", "authority", "additional"};
+  set_num(L, "lookup_time", d->lookup_time);
+  if (!d->replied) return;
+  const char *name = sonde_dns_rcode_name(d->rcode);
+  if (name) set_str(L, "rcode", name);
+  else {
+    lua_pushfstring(L, "%d", d->rcode);
+    lua_setfield(L, -2, "rcode");
+  }
+  for (int s = 0; s < SONDE_DNS_SECTIONS; s++) {
+    set_int(L, counts[s], (lua_Integer)d->count[s]);
+    lua_createtable(L, (int)d->count[s], 0);
+    for (size_t i = 0; i < d->count[s]; i++) {
+      lua_pushstring(L, d->rrs[s][i]);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, lists[s]);
+  }
+  if (d->has_serial) set_int(L, "serial", (lua_Integer)d->serial);
+}
+
 /* Push the result table.  Raises only on memory errors. */
 void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
   int is_exec = strcmp(r->kind, "exec") == 0;
   int is_http = strcmp(r->kind, "http") == 0;
   int is_grpc = strcmp(r->kind, "grpc") == 0;
+  int is_icmp = strcmp(r->kind, "icmp") == 0;
   lua_createtable(L, 0, 12);
   set_str(L, "status", sonde_status_name(r->status));
   set_str(L, "reason", sonde_reason_name(r->reason));
@@ -180,14 +211,29 @@ void sonde_lua_push_result(lua_State *L, const struct sonde_result *r) {
       }
     }
   }
+  if (is_icmp) {                 /* sonde/icmp.h */
+    if (r->status == SONDE_SUCCESS) set_num(L, "rtt", r->icmp_rtt);
+    if (r->icmp_reply_ttl >= 0) set_int(L, "reply_ttl", r->icmp_reply_ttl);
+    if (r->ip_protocol)
+      set_int(L, "ip_addr_hash", (lua_Integer)r->icmp_addr_hash);
+    if (r->icmp_socket)
+      set_str(L, "socket", r->icmp_socket == 2 ? "raw" : "datagram");
+    lua_createtable(L, 0, 3);
+    set_num(L, "resolve", r->icmp_resolve);
+    set_num(L, "setup", r->icmp_setup);
+    set_num(L, "rtt", r->icmp_rtt);
+    lua_setfield(L, -2, "phases");
+  }
   if (r->remote_addr[0]) set_str(L, "remote_addr", r->remote_addr);
-  if (is_http || is_grpc || strcmp(r->kind, "tcp") == 0) {
+  if (is_http || is_grpc || is_icmp || strcmp(r->kind, "tcp") == 0 ||
+      strcmp(r->kind, "dns") == 0) {
     /* blackbox_exporter's probe_ip_protocol */
     int ipp = r->ip_protocol;
     if (!ipp && r->remote_addr[0]) ipp = r->remote_addr[0] == '[' ? 6 : 4;
     set_int(L, "ip_protocol", ipp);
   }
   if (r->tls) push_tls(L, r->tls);
+  if (r->dns) push_dns(L, r->dns);
 }
 
 /* Message handler: adds a traceback to string errors. */
@@ -701,6 +747,188 @@ static int l_core_grpc(lua_State *L) {
   return started(L, c, sonde_grpc_start(c->loop, &o, call_back, c), 2);
 }
 
+/* Read core.icmp's options (sonde/icmp.h) from the table at t: host,
+ * ip_protocol (4 | 6), fallback (boolean), payload_size, dont_fragment
+ * (boolean), ttl, source_ip, timeout, socket ("auto" | "raw" |
+ * "datagram"). */
+void sonde_lua_icmp_opts(lua_State *L, int t, struct sonde_icmp_opts *o) {
+  static const char *const sockets[] = {"auto", "raw", "datagram", NULL};
+  sonde_icmp_opts_init(o);
+  o->host = opt_str(L, t, "host", NULL);
+  if (!o->host) luaL_error(L, "sonde.core: host: string expected");
+  o->ip_protocol = (int)opt_num(L, t, "ip_protocol", o->ip_protocol);
+  if (o->ip_protocol != 4 && o->ip_protocol != 6)
+    luaL_error(L, "sonde.core: ip_protocol: 4 or 6 expected");
+  if (lua_getfield(L, t, "fallback") != LUA_TNIL)
+    o->fallback = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  double ps = opt_num(L, t, "payload_size", 0);
+  if (!(ps >= 0 && ps <= SONDE_ICMP_PAYLOAD_MAX))
+    luaL_error(L, "sonde.core: payload_size: 0..%d expected",
+               SONDE_ICMP_PAYLOAD_MAX);
+  o->payload_size = (size_t)ps;
+  lua_getfield(L, t, "dont_fragment");
+  o->dont_fragment = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  double ttl = opt_num(L, t, "ttl", o->ttl);
+  if (!(ttl >= 0 && ttl <= 255))
+    luaL_error(L, "sonde.core: ttl: 0..255 expected");
+  o->ttl = (int)ttl;
+  o->source_ip = opt_str(L, t, "source_ip", NULL);
+  o->timeout = opt_num(L, t, "timeout", o->timeout);
+  lua_getfield(L, t, "socket");
+  o->socket = (enum sonde_icmp_socket)luaL_checkoption(L, -1, "auto", sockets);
+  lua_pop(L, 1);
+}
+
+/* core.icmp(opts, cb) -> id */
+static int l_core_icmp(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_icmp_opts o;
+  sonde_lua_icmp_opts(L, 1, &o);
+  return started(L, c, sonde_icmp_start(c->loop, &o, call_back, c), 2);
+}
+
+/* Read core.dns's options from the table at t: server (an IP literal),
+ * port, name, qtype, qclass (numbers), transport ("udp" | "tcp"),
+ * recursion_desired (boolean, default true), timeout, valid_rcodes
+ * (array of rcode numbers), validate = { answer = V, authority = V,
+ * additional = V } with V = { fail_if_matches_regexp = {...},
+ * fail_if_all_match_regexp, fail_if_not_matches_regexp,
+ * fail_if_none_matches_regexp } (arrays of strings).  The regexps'
+ * vectors go into one userdata left on the stack (returns 1; 0 when
+ * there are none); their strings stay in the tables of t. */
+int sonde_lua_dns_opts(lua_State *L, int t, struct sonde_dns_opts *o) {
+  static const char *const sections[] = {"answer", "authority", "additional"};
+  static const char *const rules[] = {
+      "fail_if_matches_regexp", "fail_if_all_match_regexp",
+      "fail_if_not_matches_regexp", "fail_if_none_matches_regexp"};
+  static const char *const transports[] = {"udp", "tcp", NULL};
+  t = lua_absindex(L, t);
+  sonde_dns_opts_init(o);
+  o->server = opt_str(L, t, "server", NULL);
+  o->name = opt_str(L, t, "name", NULL);
+  if (!o->server) luaL_error(L, "sonde.core: server: string expected");
+  if (!o->name) luaL_error(L, "sonde.core: name: string expected");
+  o->port = (long)opt_num(L, t, "port", (double)o->port);
+  o->qtype = (int)opt_num(L, t, "qtype", o->qtype);
+  o->qclass = (int)opt_num(L, t, "qclass", o->qclass);
+  o->timeout = opt_num(L, t, "timeout", o->timeout);
+  const char *tr = opt_str(L, t, "transport", NULL);
+  if (tr) {
+    lua_pushstring(L, tr);
+    o->transport = luaL_checkoption(L, -1, NULL, transports);
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, t, "recursion_desired") != LUA_TNIL)
+    o->recursion_desired = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (lua_getfield(L, t, "valid_rcodes") == LUA_TTABLE) {
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      lua_Integer c = luaL_checkinteger(L, -1);
+      if (c < 0 || c > 31)
+        luaL_error(L, "sonde.core: valid_rcodes[%d]: 0..31 expected", (int)i);
+      o->valid_rcodes |= 1u << c;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, t, "validate") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int v = lua_gettop(L);
+  /* count, then fill one vector */
+  size_t total = 0;
+  for (int s = 0; s < SONDE_DNS_SECTIONS; s++) {
+    if (lua_getfield(L, v, sections[s]) == LUA_TTABLE) {
+      for (int k = 0; k < SONDE_DNS_RULES; k++) {
+        if (lua_getfield(L, -1, rules[k]) == LUA_TTABLE)
+          total += (size_t)luaL_len(L, -1);
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  const char **vec = lua_newuserdatauv(L, sizeof(char *) * (total + 1), 0);
+  size_t at = 0;
+  for (int s = 0; s < SONDE_DNS_SECTIONS; s++) {
+    if (lua_getfield(L, v, sections[s]) == LUA_TTABLE) {
+      for (int k = 0; k < SONDE_DNS_RULES; k++) {
+        if (lua_getfield(L, -1, rules[k]) == LUA_TTABLE) {
+          lua_Integer n = luaL_len(L, -1);
+          o->validate[s].re[k] = vec + at;
+          for (lua_Integer i = 1; i <= n && at < total; i++) {
+            if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+              luaL_error(L, "sonde.core: validate.%s.%s[%d]: string expected",
+                         sections[s], rules[k], (int)i);
+            vec[at++] = lua_tostring(L, -1);  /* anchored by the table */
+            o->validate[s].n[k]++;
+            lua_pop(L, 1);
+          }
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  vec[at] = NULL;
+  lua_remove(L, v);                   /* the userdata stays */
+  return 1;
+}
+
+/* core.dns(opts, cb) -> id */
+static int l_core_dns(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  struct sonde_dns_opts o;
+  sonde_lua_dns_opts(L, 1, &o);     /* (its userdata stays on the stack) */
+  return started(L, c, sonde_dns_start(c->loop, &o, call_back, c), 2);
+}
+
+/* core.dns_check(what, value): what the DNS prober's options take
+ * (sonde/dns.h).  "regex": nil, or why the regexp is refused; "address":
+ * true when value is an IPv4 or IPv6 literal; "type", "class", "rcode":
+ * the number of a name, or nil. */
+static int l_core_dns_check(lua_State *L) {
+  static const char *const whats[] = {"regex", "address", "type", "class",
+                                      "rcode", NULL};
+  int what = luaL_checkoption(L, 1, NULL, whats);
+  size_t len;
+  const char *v = luaL_checklstring(L, 2, &len);
+  int n = -1;
+  switch (what) {
+  case 0: {
+    char err[256];
+    if (strlen(v) != len) {
+      lua_pushliteral(L, "contains a NUL byte");
+      return 1;
+    }
+    if (sonde_dns_regex_check(v, err, sizeof err) != 0) lua_pushstring(L, err);
+    else lua_pushnil(L);
+    return 1;
+  }
+  case 1: {
+    unsigned char buf[16];
+    lua_pushboolean(L, strlen(v) == len &&
+                           (inet_pton(AF_INET, v, buf) == 1 ||
+                            inet_pton(AF_INET6, v, buf) == 1));
+    return 1;
+  }
+  case 2: n = sonde_dns_type(v); break;
+  case 3: n = sonde_dns_class(v); break;
+  default: n = sonde_dns_rcode(v); break;
+  }
+  if (n < 0) lua_pushnil(L);
+  else lua_pushinteger(L, n);
+  return 1;
+}
+
 /* core.pb_encode_string(field, bytes) -> the protobuf message holding
  * string field `field` (sonde/pb.h; a test hook of the codec). */
 static int l_core_pb_encode_string(lua_State *L) {
@@ -1086,6 +1314,9 @@ static const luaL_Reg core_funcs[] = {
     {"http", l_core_http},
     {"tcp", l_core_tcp},
     {"grpc", l_core_grpc},
+    {"icmp", l_core_icmp},
+    {"dns", l_core_dns},
+    {"dns_check", l_core_dns_check},
     {"timer", l_core_timer},
     {"resolve", l_core_resolve},
     {"cancel", l_core_cancel},
@@ -1147,6 +1378,7 @@ int luaopen_sonde_core(lua_State *L) {
   sonde_open_notify(L);
   sonde_open_deadline(L);
   sonde_open_regex(L);
+  sonde_open_targets(L);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &streams_key);
   lua_newtable(L);

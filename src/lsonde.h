@@ -56,6 +56,8 @@ struct sonde_exec_opts;
 struct sonde_http_opts;
 struct sonde_tcp_opts;
 struct sonde_grpc_opts;
+struct sonde_icmp_opts;
+struct sonde_dns_opts;
 struct sonde_tls_opts;
 
 /* Push a prober's result as the table core's callbacks get. */
@@ -73,6 +75,10 @@ int sonde_lua_exec_opts(lua_State *L, int t, struct sonde_exec_opts *o);
 int sonde_lua_http_opts(lua_State *L, int t, struct sonde_http_opts *o);
 int sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o);
 void sonde_lua_grpc_opts(lua_State *L, int t, struct sonde_grpc_opts *o);
+void sonde_lua_icmp_opts(lua_State *L, int t, struct sonde_icmp_opts *o);
+/* core.dns's options (lsonde.c): the regexps' vectors in one userdata
+ * pushed (returns 1, or 0 when there are none). */
+int sonde_lua_dns_opts(lua_State *L, int t, struct sonde_dns_opts *o);
 /* Read the `tls` table of the options at index t (verify, ca_file,
  * cert_file, key_file, server_name, min_version "TLS1.2" ..., and
  * expiry_warning, expiry_failure in seconds) into *o (zeroed first);
@@ -98,5 +104,8 @@ void sonde_open_deadline(lua_State *L);
 
 /* Register core.regex (POSIX ERE, lregex.c) into the table on top. */
 void sonde_open_regex(lua_State *L);
+
+/* Add core.md5 and core.file_stamp (ltargets.c) to the table on top. */
+void sonde_open_targets(lua_State *L);
 
 #endif

@@ -7,9 +7,10 @@
  *     kind = "liveness" | "readiness" | "startup",
  *     success_threshold = 1, failure_threshold = 3, service = false,
  *     period = 10,                         -- seconds, 1e-6 to 1e9
- *     handler = "exec" | "http" | "tcp" | "grpc" | nil,  -- nil: a custom
- *                                          -- check
- *     opts = {...},                        -- core.exec/http/tcp/grpc options
+ *     handler = "exec" | "http" | "tcp" | "grpc" | "icmp" | "dns" | nil,
+ *                                          -- nil: a custom check
+ *     opts = {...},                        -- core.exec/http/tcp/grpc/icmp/dns
+ *                                          -- options
  *     on_event = function(ctx, event, t) ... end,
  *     ctx = value,                         -- on_event's first argument
  *   }
@@ -63,8 +64,8 @@ struct lworker {
   struct sonde_worker *w;
   struct lcore *c;
   /* the handler's options (struct sonde_exec_opts, sonde_http_opts,
-   * sonde_tcp_opts or sonde_grpc_opts) follow in the same block: only the
-   * size of its own */
+   * sonde_tcp_opts, sonde_grpc_opts or sonde_icmp_opts) follow in the
+   * same block: only the size of its own */
   unsigned char opts[];
 };
 /* Lua aligns a userdata's block for pointers and doubles, all the options
@@ -79,6 +80,8 @@ static size_t opts_size(sonde_handler h) {
   case SONDE_H_HTTP: return sizeof(struct sonde_http_opts);
   case SONDE_H_TCP: return sizeof(struct sonde_tcp_opts);
   case SONDE_H_GRPC: return sizeof(struct sonde_grpc_opts);
+  case SONDE_H_ICMP: return sizeof(struct sonde_icmp_opts);
+  case SONDE_H_DNS: return sizeof(struct sonde_dns_opts);
   default: return 0;
   }
 }
@@ -243,7 +246,7 @@ static int l_worker(lua_State *L) {
     return luaL_error(L, "sonde.core.worker: on_event: function expected");
   lua_pop(L, 1);
   static const char *const HANDLERS[] = {"none", "exec", "http", "tcp",
-                                            "grpc", NULL};
+                                            "grpc", "icmp", "dns", NULL};
   sonde_handler h = (sonde_handler)opt_name(L, "handler", "none", HANDLERS);
 
   size_t size = sizeof(struct lworker) + opts_size(h);
@@ -268,6 +271,8 @@ static int l_worker(lua_State *L) {
     if (h == SONDE_H_EXEC) n = sonde_lua_exec_opts(L, 3, o);
     else if (h == SONDE_H_HTTP) n = sonde_lua_http_opts(L, 3, o);
     else if (h == SONDE_H_GRPC) sonde_lua_grpc_opts(L, 3, o);
+    else if (h == SONDE_H_ICMP) sonde_lua_icmp_opts(L, 3, o);
+    else if (h == SONDE_H_DNS) n = sonde_lua_dns_opts(L, 3, o);
     else n = sonde_lua_tcp_opts(L, 3, o);
     if (n > 0) {           /* the values anchoring the C view of the options */
       lua_createtable(L, n, 0);

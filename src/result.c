@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sonde/dns.h"
 #include "sonde/result.h"
 #include "sonde/tls.h"
 
@@ -47,6 +48,7 @@ void sonde_result_clear(struct sonde_result *r) {
   }
   free(r->headers);
   sonde_tls_facts_free(r->tls);
+  sonde_dns_reply_free(r->dns);
   memset(r, 0, sizeof *r);
 }
 

@@ -202,6 +202,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
   case SONDE_H_HTTP: id = sonde_http_start(w->loop, w->opts, on_result, w); break;
   case SONDE_H_EXEC: id = sonde_exec_start(w->loop, w->opts, on_result, w); break;
   case SONDE_H_GRPC: id = sonde_grpc_start(w->loop, w->opts, on_result, w); break;
+  case SONDE_H_ICMP: id = sonde_icmp_start(w->loop, w->opts, on_result, w); break;
+  case SONDE_H_DNS: id = sonde_dns_start(w->loop, w->opts, on_result, w); break;
   case SONDE_H_NONE:
     if (!w->hooks->tick || !w->hooks->tick(w, w->arg)) {
       w->stats.skipped++;

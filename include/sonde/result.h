@@ -3,8 +3,9 @@
  *
  * A probe outcome is never an error: a refused connection, a timeout or a
  * non-zero exit is a completed probe whose result says so.  Results are
- * produced by the probers (exec.h, http.h, tcp.h, grpc.h) and handed to the caller's
- * callback, which must not keep pointers into them past its return: the
+ * produced by the probers (exec.h, http.h, tcp.h, grpc.h, icmp.h, dns.h)
+ * and handed to the caller's callback, which must not keep pointers into
+ * them past its return: the
  * prober frees the result right after the callback returns.
  */
 #ifndef SONDE_RESULT_H
@@ -31,7 +32,8 @@ typedef enum {
   X(SIGNAL, "signal")         /* exec: the command was killed by a signal */\
   X(TIMEOUT, "timeout")       /* the probe's deadline passed */             \
   X(NOT_FOUND, "not_found")   /* exec: command not found */                 \
-  X(PERMISSION, "permission") /* exec: command not executable */            \
+  X(PERMISSION, "permission") /* exec: command not executable; icmp: no */ \
+                              /* ICMP socket allowed */                     \
   X(SPAWN, "spawn")           /* exec: the command could not be started */  \
   X(CONNECT_REFUSED, "connect_refused") /* nothing listens there */         \
   X(CONNECT_TIMEOUT, "connect_timeout") /* no connection by the deadline */ \
@@ -58,6 +60,7 @@ typedef enum {
 } sonde_reason;
 
 struct sonde_tls_facts; /* sonde/tls.h */
+struct sonde_dns_reply; /* sonde/dns.h */
 
 /* One response header (HTTP).  Both strings are NUL-terminated. */
 struct sonde_header {
@@ -72,8 +75,8 @@ struct sonde_header {
  */
 struct sonde_result {
   uint64_t id;           /* the operation id (see sonde/loop.h) */
-  const char *kind;      /* "exec", "http", "tcp", "grpc", "timer"
-                            (static) */
+  const char *kind;      /* "exec", "http", "tcp", "grpc", "icmp", "dns",
+                            "timer" (static) */
   sonde_status status;
   sonde_reason reason;
   char *output;          /* human-readable output (kubelet's "output") */
@@ -120,18 +123,30 @@ struct sonde_result {
                             has_serving_status */
   int has_serving_status;
 
-  /* HTTP, TCP and gRPC */
+  /* HTTP, TCP, gRPC and DNS (the server asked) */
   char remote_addr[64];  /* "ip:port" / "[ip]:port" connected to, or ""
                             (TCP: the address tried last, also when that
                             failed) */
   int ip_protocol;       /* 4 or 6: the family of remote_addr, or of the
                             address tried last when no connection was
                             made; 0 when none was tried (blackbox_exporter's
-                            probe_ip_protocol) */
+                            probe_ip_protocol; ICMP: of the address chosen) */
+
+  /* ICMP (icmp.h) */
+  double icmp_rtt;       /* seconds from the request sent to its reply */
+  double icmp_resolve;   /* seconds of the lookup (0 for an IP literal) */
+  double icmp_setup;     /* seconds of the socket's set-up */
+  int icmp_reply_ttl;    /* the reply's TTL / hop limit, or -1 */
+  uint32_t icmp_addr_hash; /* FNV-1a 32 of the address's bytes */
+  int icmp_socket;       /* the socket opened: 0 none, 1 datagram, 2 raw */
 
   /* HTTPS and TCP with TLS: the peer's certificate facts (sonde/tls.h),
    * owned by the result, or NULL when no TLS connection was made */
   struct sonde_tls_facts *tls;
+
+  /* DNS (dns.h): the reply's facts (rcode, records, lookup time), owned by
+   * the result, or NULL when no query was sent */
+  struct sonde_dns_reply *dns;
 };
 
 /* Name of a status ("success" ...) or reason ("ok" ...); never NULL. */

@@ -25,9 +25,11 @@
 
 #include <stdint.h>
 
+#include "sonde/dns.h"
 #include "sonde/exec.h"
 #include "sonde/grpc.h"
 #include "sonde/http.h"
+#include "sonde/icmp.h"
 #include "sonde/loop.h"
 #include "sonde/result.h"
 #include "sonde/tcp.h"
@@ -164,13 +166,14 @@ struct sonde_worker_hooks {
 
 /* Handlers a worker runs itself. */
 typedef enum {
-  SONDE_H_NONE = 0, SONDE_H_EXEC, SONDE_H_HTTP, SONDE_H_TCP, SONDE_H_GRPC
+  SONDE_H_NONE = 0, SONDE_H_EXEC, SONDE_H_HTTP, SONDE_H_TCP, SONDE_H_GRPC,
+  SONDE_H_ICMP, SONDE_H_DNS
 } sonde_handler;
 
 /*
  * A stopped worker.  `opts` points at the handler's options (a struct
- * sonde_exec_opts, sonde_http_opts, sonde_tcp_opts or sonde_grpc_opts;
- * NULL for
+ * sonde_exec_opts, sonde_http_opts, sonde_tcp_opts, sonde_grpc_opts or
+ * sonde_icmp_opts or sonde_dns_opts; NULL for
  * SONDE_H_NONE), which the caller keeps alive and unchanged for the
  * worker's life.  `stats` (optional) gets the loop-wide figures.  Returns
  * NULL when out of memory.

@@ -61,7 +61,7 @@ function M.new(opts)
   local self = setmetatable({
     name = opts.name or "script", probes = {}, services = {},
     probe_by_name = {}, service_by_name = {}, registry = metrics.registry(),
-    pods = {}, pod_by_name = {},
+    pods = {}, pod_by_name = {}, groups = {},
     state = "loading",        -- loading, started, stopped
   }, Config)
   self.scope = opts.scope or task.scope { name = self.name, dry = opts.dry }
@@ -413,9 +413,47 @@ function Config:once(names, done)
   return true
 end
 
---- True when the load declared neither probes nor services.
+--- True when the load declared neither probes nor services (nor
+-- probes per target, sonde.probe_each).
 function Config:empty()
-  return #self.probes == 0 and #self.services == 0
+  return #self.probes == 0 and #self.services == 0 and #self.groups == 0
+end
+
+---------------------------------------------------------------------------
+-- Probes per target (sonde.each): declared and removed while running
+---------------------------------------------------------------------------
+
+--- Add a group of probes per target (sonde.each), which declares and
+-- removes its probes itself as its targets change.
+function Config:group(g)
+  self:open("sonde.probe_each")
+  self.groups[#self.groups + 1] = g
+  return g
+end
+
+--- Stop the probes named in `names` and take them out of the load (their
+-- series go with them); names of no probe are skipped.
+-- @treturn integer how many were removed
+function Config:remove_probes(names)
+  local gone = {}
+  for _, name in ipairs(names) do
+    local p = self.probe_by_name[name]
+    if p then
+      gone[p] = true
+      self.probe_by_name[name] = nil
+    end
+  end
+  if next(gone) == nil then return 0 end
+  local kept, n = {}, 0
+  for _, p in ipairs(self.probes) do
+    if not gone[p] then kept[#kept + 1] = p end
+  end
+  self.probes = kept
+  for p in pairs(gone) do
+    p:stop()
+    n = n + 1
+  end
+  return n
 end
 
 return M

@@ -1,4 +1,6 @@
---- sonde: kubelet-style exec, HTTP, TCP and gRPC probes on one event loop.
+--- sonde: kubelet-style exec, HTTP, TCP and gRPC probes, ICMP echo and DNS
+-- queries,
+-- on one event loop.
 --
 -- Every prober works in two styles:
 --
@@ -46,6 +48,10 @@ local log = require "sonde.log"
 local k8s = require "sonde.k8s"
 local pod = require "sonde.pod"
 local nagios = require "sonde.nagios"
+local targets = require "sonde.targets"
+local each = require "sonde.each"
+local metrics = require "sonde.metrics"
+local otlp = require "sonde.otlp"
 local blackbox = require "sonde.blackbox"
 
 local sonde = { version = core.version }
@@ -384,6 +390,115 @@ function sonde.grpc(spec, callback)
   return call("sonde.grpc", probers.handlers.grpc, spec, callback)
 end
 
+--- ICMP echo ("ping"): one echo request, its reply awaited
+-- (blackbox_exporter's icmp prober, its module's field names and
+-- defaults).
+--
+-- spec fields: `host` (required: a name or an IP literal, IPv6 bare),
+-- `preferred_ip_protocol` ("ip6", the default, or "ip4"),
+-- `ip_protocol_fallback` (true: when the name has no address of the
+-- preferred family, take one of the other; an IP literal counts the same
+-- way), `payload_size` (bytes of echo data, 0..65507; 0, the default:
+-- the 28 bytes "Prometheus Blackbox Exporter", else that many bytes
+-- starting with that text, zero-filled), `ttl` (the request's TTL / hop
+-- limit, 0..255, default 64; 0: the system's), `dont_fragment` (IPv4:
+-- the DF bit; needs the raw socket), `source_ip_address` (an IP literal
+-- to send from, of the target's family), `timeout` (seconds, > 0,
+-- default 1: one deadline for the lookup, the request and its reply),
+-- `socket` (sonde's own: "auto", the default, "raw" or "datagram").
+--
+-- Sockets (as blackbox_exporter): an unprivileged ICMP datagram socket
+-- when the process's group is inside `net.ipv4.ping_group_range` (that
+-- sysctl covers IPv6 too), else a raw socket (root or CAP_NET_RAW).  With
+-- neither: failure, reason permission, the output saying what to change.
+-- A reply counts when it is an echo reply from the target with the
+-- request's sequence (and identifier, on a raw socket) and exactly its
+-- payload; other ICMP traffic is ignored.
+--
+-- Outcomes: the reply: success, output "echo reply from ADDR in S s (seq
+-- N, hop limit H)"; none by the deadline: failure timeout ("icmp ADDR:
+-- no echo reply by the deadline: i/o timeout"); a name that does not
+-- resolve, or has no address of a usable family: failure dns; no route,
+-- a request over the path MTU with dont_fragment, a source address not
+-- here: failure network; out of descriptors: unknown resource.  Result
+-- fields beyond the common ones: `rtt` (seconds, success only),
+-- `reply_ttl` (the reply's TTL / hop limit, when the socket told it),
+-- `ip_protocol` (4 or 6; 0 when no address was chosen), `socket`
+-- ("datagram" or "raw": the socket used, once one was opened),
+-- `ip_addr_hash` (blackbox_exporter's probe_ip_addr_hash), `remote_addr`
+-- (the IP probed, no port), `phases = { resolve, setup, rtt }` (seconds:
+-- blackbox_exporter's probe_icmp_duration_seconds).
+-- @tparam table spec
+-- @tparam[opt] function callback
+-- @return the result (in a task) or the operation id (with a callback)
+function sonde.icmp(spec, callback)
+  return call("sonde.icmp", probers.handlers.icmp, spec, callback)
+end
+
+--- DNS query (blackbox_exporter's dns prober, v0.23): one query to one
+-- server, with c-ares on the loop, its reply checked as blackbox_exporter
+-- checks it.
+--
+-- spec fields:
+--
+--   * `server`: the server to ask, an IP address with an optional port,
+--     required: "127.0.0.1", "127.0.0.1:5353", "::1", "[::1]:5353" (port
+--     53 by default; a name is not taken: no resolver is asked which
+--     server to ask);
+--   * `name`: the name asked, required ("example.test", a final "." or
+--     not: it is asked as written, no search list);
+--   * `type`: "A", "AAAA", "MX", "TXT", "CNAME", "NS", "SOA", "PTR",
+--     "SRV", "CAA", "ANY" ... or "TYPE65" or a number; default "ANY"
+--     (blackbox_exporter's default); `class`: "IN" (default), "CH", ...;
+--   * `transport`: "udp" (default) or "tcp";
+--   * `recursion_desired`: boolean, default true (the RD bit);
+--   * `timeout`: seconds, > 0, default 1: one deadline for the query (UDP:
+--     one datagram, never re-sent; TCP: connection and exchange);
+--   * `valid_rcodes`: the rcodes that pass, e.g. `{ "NOERROR",
+--     "NXDOMAIN" }`; default `{ "NOERROR" }`;
+--   * `validate_answer_rrs`, `validate_authority_rrs`,
+--     `validate_additional_rrs`: `{ fail_if_matches_regexp = {...},
+--     fail_if_all_match_regexp = {...}, fail_if_not_matches_regexp =
+--     {...}, fail_if_none_matches_regexp = {...} }`, regexps matched
+--     against each record of the section as text, the way Go's
+--     miekg/dns prints it: `"example.test.\t300\tIN\tA\t127.0.0.1"`.
+--     fail_if_matches: a record matching one fails; fail_if_not_matches: a
+--     record not matching one fails; fail_if_none_matches: no record
+--     matching one fails; fail_if_all_match: fails unless every record
+--     matches each (blackbox_exporter's code, whatever the name says);
+--     fail_if_not_matches and fail_if_none_matches fail on an empty
+--     section.  The regexps are RE2 (Go) syntax as in blackbox.yml, run as
+--     POSIX extended regexps after rewriting `(?i)`, `(?:`, `\t`, `\n`,
+--     `\d`, `\s`, `\w` and the like; what POSIX cannot do (lazy
+--     quantifiers, `\b`, other flag groups) is refused at declaration,
+--     naming the field (see include/sonde/dns.h).
+--
+-- Outcomes: the rcode valid and every validation passed is success, reason
+-- ok, output "NOERROR: 1 answer, 0 authority, 0 additional records"; an
+-- rcode not in valid_rcodes is failure, reason dns ("rcode NXDOMAIN is not
+-- one of the valid rcodes (NOERROR)"); a failed validation is failure,
+-- reason expect (the output names the section, the rule, the regexp and
+-- the record); no reply by the deadline: failure timeout ("query to
+-- 127.0.0.1:53 over udp: i/o timeout"); refused (nothing listening on the
+-- TCP port, or an ICMP port unreachable for UDP): failure
+-- connect_refused; a reply that does not parse: failure protocol; other
+-- socket errors: failure network; out of memory or descriptors: unknown
+-- resource.
+--
+-- Result fields beyond the common ones: `remote_addr` (the server,
+-- "ip:port" / "[ip]:port"), `ip_protocol` (4 or 6), `lookup_time` (seconds from sending the query
+-- to the reply or the failure), and once a reply came: `rcode`
+-- ("NOERROR", "NXDOMAIN", ...), `answer_rrs`, `authority_rrs`,
+-- `additional_rrs` (counts), `answer`, `authority`, `additional` (arrays of
+-- the records' text, as matched by the validations), `serial` (the SOA
+-- serial, for a type "SOA" query answered with one).
+-- @tparam table spec
+-- @tparam[opt] function callback
+-- @return the result (in a task) or the operation id (with a callback)
+function sonde.dns(spec, callback)
+  return call("sonde.dns", probers.handlers.dns, spec, callback)
+end
+
 ---------------------------------------------------------------------------
 -- Declarations
 ---------------------------------------------------------------------------
@@ -476,7 +591,56 @@ function sonde.module(name)
   return m
 end
 
+--- Push the load's series (what `/metrics` serves) as OTLP/HTTP JSON every
+-- `interval` seconds to an OpenTelemetry Collector or Prometheus >= 3's
+-- OTLP receiver: `sonde.otlp{ url = "http://127.0.0.1:4318/v1/metrics",
+-- interval = 15, headers = {}, buffer = 100, buffer_bytes, timeout = 10,
+-- backoff = 1, max_backoff = 60, resource = {}, tls = {} }` (see
+-- lua/sonde/otlp.lua for the fields, the mapping and the retries).  The
+-- exporter belongs to the script's load: a reload or a stop ends its
+-- timers and its request in flight.
+-- @return the exporter (`:stop()`; `sent`, `failed`, `dropped` counters)
+-- @raise naming the field, on a bad spec
+function sonde.otlp(spec)
+  validate.checks.table({ where = "sonde.otlp" }, spec, "spec")
+  local cfg = config.ambient()
+  local s = {}
+  for k, v in pairs(spec) do s[k] = v end
+  s.collect = s.collect or function() return metrics.render(cfg) end
+  return otlp.exporter(s):start()
+end
+
 --- Nagios plugin output parsing (lua/sonde/nagios.lua).
 sonde.nagios = nagios
+
+--- Targets from service discovery, in Prometheus's formats, and
+-- Prometheus's hashmod sharding (lua/sonde/targets.lua):
+-- `sonde.targets.file_sd(path [, { refresh = 300 }])`,
+-- `sonde.targets.http_sd(url [, { refresh = 60 }])`,
+-- `sonde.targets.static{ "host:port", { targets = {...}, labels = {...} } }`,
+-- `sonde.targets.shard(source, i, n [, { source_labels, separator }])`,
+-- `sonde.targets.shard_of(target, n [, opts])`,
+-- `sonde.targets.host_shard()` (the host's `--shard I/N`: i, n, or nil).
+sonde.targets = {
+  file_sd = targets.file_sd, http_sd = targets.http_sd,
+  static = targets.static, shard = targets.shard, shard_of = targets.shard_of,
+  host_shard = function()
+    local s = targets.host_shard
+    return s and s.i, s and s.n
+  end,
+}
+
+--- Declare one probe per target: `fn(target)` returns the probe's spec
+-- (see lua/sonde/each.lua).  Probes are added, kept (with their state)
+-- and removed as the targets change, without a reload; the host's
+-- `--shard I/N` (or `opts.shard = { i, n }`) keeps one shard's targets.
+-- @param targets a source (sonde.targets) or a list of addresses / groups
+-- @tparam function fn target -> probe spec | nil
+-- @tparam[opt] table opts `shard`
+-- @return the group (`g:names()`: its probes' names)
+-- @raise on bad arguments, at the user's line
+function sonde.probe_each(targets_, fn, opts)
+  return each.new(config.ambient(), targets_, fn, opts)
+end
 
 return sonde

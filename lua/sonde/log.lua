@@ -70,6 +70,11 @@
 --   * `pod_stop`: pod (its containers stop: apps first, then sidecars);
 --   * `late_declaration`: probe or service, detail (declared by a script
 --     that had declared nothing before it first waited);
+--   * `otlp`: url, status (`started` with interval; `failed`, warn, the
+--     first failed push of a run, with http_status or error and retry_in;
+--     `rejected`, error, a non-retryable answer, with http_status and
+--     detail; `dropped`, warn, the buffer full; `resumed`, info, with
+--     failed and dropped meanwhile): the OTLP push (sonde.otlp);
 --   * `task_error`: error (a task or callback of the script raised, or a
 --     `<close>` handler failed while its task was closed; the host logs it
 --     and goes on).

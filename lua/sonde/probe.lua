@@ -5,7 +5,7 @@
 --     kind = "liveness",                 -- liveness | readiness | startup
 --     -- exactly one handler:
 --     exec = {...} | http_get = {...} | tcp_socket = {...} | grpc = {...}
---       | check = fn,
+--       | icmp = {...} | dns = {...} | check = fn,
 --     check_cpu = 0.25,                  -- seconds a check may run per run
 --     initial_delay = 0, period = 10, timeout = 1,  -- seconds
 --     success_threshold = 1, failure_threshold = 3,
@@ -17,6 +17,7 @@
 --     termination_grace = nil,           -- seconds: grace of the restart
 --                                        -- this probe triggers (default:
 --                                        -- the service's grace)
+--     labels = { team = "web" },         -- on its /metrics series
 --   }
 --
 -- Defaults are the kubelet's (reference section 9): initial_delay 0,
@@ -81,9 +82,10 @@
 -- Every result of a declared probe carries `probe` (name), `kind` and
 -- `time` (wall-clock start of the run, seconds since the epoch).
 --
--- The worker (schedule, runs of exec / http_get / tcp_socket / grpc, threshold
--- step, counters) is the C core's (`core.worker`, src/worker.c): a run
--- whose result changes nothing and is not logged never enters Lua.  Lua
+-- The worker (schedule, runs of exec / http_get / tcp_socket / grpc /
+-- icmp / dns, threshold step, counters) is the C core's (`core.worker`,
+-- src/worker.c): a run whose result changes nothing and is not logged
+-- never enters Lua.  Lua
 -- is called for what the script asked for (hooks, custom checks,
 -- actions), for published transitions that change something, and for
 -- results that are logged.  Fields read from the worker: `p.state`,
@@ -99,6 +101,7 @@ local action = require "sonde.action"
 local probers = require "sonde.probers"
 local worker = require "sonde.worker"
 local service = require "sonde.service"
+local metrics = require "sonde.metrics"
 
 local M = {}
 local Probe = {}
@@ -126,7 +129,7 @@ end
 
 -- The C worker's handler for each built-in handler (nil: a custom check).
 local C_HANDLER = { exec = "exec", http_get = "http", tcp_socket = "tcp",
-                    grpc = "grpc" }
+                    grpc = "grpc", icmp = "icmp", dns = "dns" }
 
 -- Probes whose worker is told the log level (weak).
 local live = setmetatable({}, { __mode = "k" })
@@ -137,7 +140,8 @@ end)
 local fmt = string.format
 local fail = validate.fail
 local STATUSES = probers.STATUSES
-local HANDLERS = { "exec", "http_get", "tcp_socket", "grpc", "check" }
+local HANDLERS = { "exec", "http_get", "tcp_socket", "grpc", "icmp", "dns",
+                   "check" }
 
 local function service_check(ctx, v, field)
   if not service.is(v) then
@@ -155,6 +159,8 @@ M.schema = validate.schema {
   { "http_get", "table" },
   { "tcp_socket", "table" },
   { "grpc", "table" },
+  { "icmp", "table" },
+  { "dns", "table" },        -- sonde.dns's fields (blackbox_exporter's dns)
   { "check", "function" },
   { "check_cpu", "seconds", default = 0.25 },
   { "initial_delay", "seconds", default = 0, allow_zero = true },
@@ -171,6 +177,9 @@ M.schema = validate.schema {
   { "on_recovery", actions, default = {} },
   { "action_interval", "seconds", default = 30, allow_zero = true },
   { "termination_grace", "seconds" },
+  -- labels of its series on /metrics (sonde.metrics.check_labels)
+  { "labels", function(ctx, v, field)
+      return metrics.check_labels(ctx, v, field) end },
 }
 
 -- The handler's own spec, with the probe's timeout, env and ports.
@@ -219,7 +228,7 @@ function M.new(spec, owner)
   end
   if not handler then
     fail(ctx, nil, "must specify a handler type (exec, http_get, tcp_socket, "
-      .. "grpc or check)")
+      .. "grpc, icmp, dns or check)")
   end
   if handler ~= "check" and spec.check_cpu ~= nil then
     fail(ctx, "check_cpu", "is only for a custom check (check = function)")
@@ -243,6 +252,7 @@ function M.new(spec, owner)
     termination_grace = s.termination_grace,
     on_failure = s.on_failure, on_recovery = s.on_recovery,
     opts = handler ~= "check" and handler_opts(ctx, s, spec, handler) or nil,
+    labels = s.labels,                  -- nil when not given
   }, Probe)
   self.worker = core.worker {
     kind = kind, period = self.period, service = self.service ~= nil,
@@ -592,7 +602,8 @@ function Probe:after(r, t)
       reason = r.reason, duration = r.duration, output = r.output,
       exit_code = r.exit_code, signal = r.signal,
       http_status = r.http_status, grpc_status = r.grpc_status,
-      serving_status = r.serving_status, state = t and t.from or c.state,
+      serving_status = r.serving_status, rcode = r.rcode,
+      state = t and t.from or c.state,
       streak = r.status ~= "unknown" and worker.streak(c, self, t) or nil,
     })
   end

@@ -1,6 +1,6 @@
 --- The probers' specs: one declarative schema per handler (`exec`,
--- `http_get`, `tcp_socket`, `grpc`), and how a checked spec starts an operation
--- on the C core.  The public calls and their documentation are in
+-- `http_get`, `tcp_socket`, `grpc`, `icmp`, `dns`), and how a checked spec
+-- starts an operation on the C core.  The public calls and their documentation are in
 -- `sonde` (lua/sonde/init.lua); declared probes, services and actions use
 -- the same handlers.
 --
@@ -446,6 +446,194 @@ local function grpc_prepare(ctx, spec)
 end
 
 ---------------------------------------------------------------------------
+-- icmp
+---------------------------------------------------------------------------
+
+-- An IP literal (IPv4, or IPv6 bare): what source_ip_address takes.
+local function ip_literal(ctx, v, field)
+  validate.checks.string(ctx, v, field)
+  local a, b, c, d = v:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if a then
+    for _, x in ipairs { a, b, c, d } do
+      if tonumber(x) > 255 then a = nil end
+    end
+    if a then return v end
+  elseif v:find(":", 1, true) and v:find("^[%x:%.]+$")
+      and select(2, v:gsub(":", "")) >= 2 then
+    return v
+  end
+  fail(ctx, field, "must be an IP address (IPv6 without brackets), got %s",
+    show(v))
+end
+
+local function icmp_range(lo, hi)
+  return function(ctx, v, field)
+    local n = validate.checks.count(ctx, v, field)
+    if n < lo or n > hi then
+      fail(ctx, field, "must be %d..%d, got %s", lo, hi, show(v))
+    end
+    return n
+  end
+end
+
+--- The most bytes of echo data (SONDE_ICMP_PAYLOAD_MAX in the C core).
+M.ICMP_PAYLOAD_MAX = 65507
+
+-- blackbox_exporter's icmp module fields (config.ICMPProbe), by its names
+-- and defaults; `socket` is sonde's own.
+M.icmp_schema = validate.schema {
+  { "host", "host", required = true },
+  { "preferred_ip_protocol", function(ctx, v, field)
+      if v == "" then return "ip6" end   -- blackbox_exporter: "" is ip6
+      return validate.checks.enum(ctx, v, field, { values = { "ip4", "ip6" } })
+    end, default = "ip6" },
+  { "ip_protocol_fallback", "boolean", default = true },
+  { "payload_size", icmp_range(0, M.ICMP_PAYLOAD_MAX), default = 0 },
+  { "dont_fragment", "boolean", default = false },
+  { "ttl", icmp_range(0, 255), default = 64 },
+  { "source_ip_address", ip_literal },
+  { "timeout", "seconds", default = 1 },
+  { "socket", "enum", values = { "auto", "raw", "datagram" },
+    default = "auto" },
+}
+
+--- Check an icmp spec and make the core's options (sonde/icmp.h).
+-- @raise naming the field
+local function icmp_prepare(ctx, spec)
+  local s = M.icmp_schema:apply(ctx, spec)
+  if s.host == nil then fail(ctx, "host", "must not be empty") end
+  return { host = s.host, ip_protocol = s.preferred_ip_protocol == "ip4"
+    and 4 or 6, fallback = s.ip_protocol_fallback,
+    payload_size = s.payload_size, dont_fragment = s.dont_fragment,
+    ttl = s.ttl, source_ip = s.source_ip_address, timeout = s.timeout,
+    socket = s.socket }
+end
+
+---------------------------------------------------------------------------
+-- dns (blackbox_exporter's dns prober; sonde/dns.h)
+---------------------------------------------------------------------------
+
+-- "IP", "IP:port", "[IPv6]", "[IPv6]:port" or a bare IPv6: ip, port (53).
+local function dns_server(ctx, v, field)
+  validate.checks.string(ctx, v, field, { nonempty = true })
+  local ip, port = v:match("^%[([^%]]+)%]:(%d+)$")
+  if not ip then ip = v:match("^%[([^%]]+)%]$") end
+  if not ip then
+    local colons = select(2, v:gsub(":", ""))
+    if colons == 1 then ip, port = v:match("^([^:]+):(%d+)$")
+    else ip = v end
+  end
+  if not ip or not core.dns_check("address", ip) then
+    fail(ctx, field, "must be an IP address with an optional port (\"IP\", "
+      .. "\"IP:PORT\", \"[IPv6]:PORT\"), got %s", show(v))
+  end
+  port = port and tonumber(port) or 53
+  if port < 1 or port > 65535 then
+    fail(ctx, field, "port must be 1..65535, got %d", port)
+  end
+  return { ip = ip, port = math.tointeger(port) }
+end
+
+-- A name as c-ares encodes it: labels of 1..63 bytes, 253 in all (a final
+-- '.' allowed; "." alone is the root).
+local function dns_name(ctx, v, field)
+  validate.checks.string(ctx, v, field, { nonempty = true })
+  if v == "." then return v end
+  local bare = v:gsub("%.$", "")
+  if #bare > 253 then
+    fail(ctx, field, "must be at most 253 bytes, got %d", #bare)
+  end
+  for label in (bare .. "."):gmatch("([^.]*)%.") do
+    if label == "" or #label > 63 then
+      fail(ctx, field, "labels must be 1..63 bytes, got %s", show(v))
+    end
+  end
+  return v
+end
+
+-- A name of a number table (type, class), in any case.
+local function dns_named(what, example)
+  return function(ctx, v, field)
+    if math.type(v) == "integer" and v >= 0 and v <= 65535 then return v end
+    if type(v) == "string" then
+      local n = core.dns_check(what, v:upper())
+      if n then return n end
+    end
+    fail(ctx, field, "not a DNS %s (%s), got %s", what, example, show(v))
+  end
+end
+
+local function dns_rcodes(ctx, v, field)
+  -- (an empty list would pass no reply at all)
+  validate.checks.strings(ctx, v, field, { nonempty = true })
+  local out = {}
+  for i, name in ipairs(v) do
+    local n = core.dns_check("rcode", name:upper())
+    if not n then
+      fail(ctx, fmt("%s[%d]", field, i), "not an rcode (NOERROR, FORMERR, "
+        .. "SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, ...), got %s", show(name))
+    end
+    out[i] = n
+  end
+  return out
+end
+
+local function dns_regexps(ctx, v, field)
+  validate.checks.strings(ctx, v, field)
+  for i, re in ipairs(v) do
+    local err = core.dns_check("regex", re)
+    if err then
+      fail(ctx, fmt("%s[%d]", field, i), "regexp %s: %s", show(re), err)
+    end
+  end
+  return v
+end
+
+--- The rules of one section's validation (blackbox_exporter's
+-- DNSRRValidator): arrays of regexps (RE2 syntax rewritten as POSIX ERE,
+-- see sonde/dns.h).
+M.dns_validator_schema = validate.schema {
+  { "fail_if_matches_regexp", dns_regexps },
+  { "fail_if_all_match_regexp", dns_regexps },
+  { "fail_if_not_matches_regexp", dns_regexps },
+  { "fail_if_none_matches_regexp", dns_regexps },
+}
+
+M.dns_schema = validate.schema {
+  { "server", dns_server, required = true },
+  { "name", dns_name, required = true },
+  { "type", dns_named("type", "A, AAAA, MX, TXT, SOA, ..., TYPE65"),
+    default = 255 },
+  { "class", dns_named("class", "IN, CH, HS, ANY"), default = 1 },
+  { "transport", "enum", values = { "udp", "tcp" }, default = "udp" },
+  { "recursion_desired", "boolean", default = true },
+  { "timeout", "seconds", default = 1 },
+  { "valid_rcodes", dns_rcodes },
+  { "validate_answer_rrs", M.dns_validator_schema },
+  { "validate_authority_rrs", M.dns_validator_schema },
+  { "validate_additional_rrs", M.dns_validator_schema },
+}
+
+--- Check a dns spec and make the core's options (sonde.dns documents the
+-- fields).
+-- @raise naming the field
+local function dns_prepare(ctx, spec)
+  local s = M.dns_schema:apply(ctx, spec)
+  local o = { server = s.server.ip, port = s.server.port, name = s.name,
+    qtype = s.type, qclass = s.class, transport = s.transport,
+    recursion_desired = s.recursion_desired, timeout = s.timeout }
+  -- (set only when given: see http_prepare)
+  if s.valid_rcodes then o.valid_rcodes = s.valid_rcodes end
+  if s.validate_answer_rrs or s.validate_authority_rrs
+      or s.validate_additional_rrs then
+    o.validate = { answer = s.validate_answer_rrs,
+      authority = s.validate_authority_rrs,
+      additional = s.validate_additional_rrs }
+  end
+  return o
+end
+
+---------------------------------------------------------------------------
 -- Checked specs kept for the tables they came from
 ---------------------------------------------------------------------------
 
@@ -519,6 +707,10 @@ M.handlers = {
   tcp_socket = { prepare = tcp_prepare, start = core.tcp,
     finish = function(_, r) return r end },
   grpc = { prepare = grpc_prepare, start = core.grpc,
+    finish = function(_, r) return r end },
+  icmp = { prepare = icmp_prepare, start = core.icmp,
+    finish = function(_, r) return r end },
+  dns = { prepare = dns_prepare, start = core.dns,
     finish = function(_, r) return r end },
 }
 

@@ -558,7 +558,12 @@ sonde.probe { name = "grpc-plain", kind = "readiness", period = 0.2,
         assert.is_truthy(helpers.has_line(text, line),
           "no line " .. line .. " in:\n" .. text)
       end
-      local pl = 'probe="grpc-tls",kind="readiness"'
+      -- (every series of a probe with a target: target and instance)
+      local function where(name, kind, port)
+        return ('probe="%s",kind="%s",target="127.0.0.1:%d",'
+          .. 'instance="127.0.0.1:%d"'):format(name, kind, port, port)
+      end
+      local pl = where("grpc-tls", "readiness", good.port)
       has(("probe_ssl_earliest_cert_expiry{%s} %d"):format(pl, exp))
       has(("probe_ssl_last_chain_expiry_timestamp_seconds{%s} %d")
         :format(pl, exp))
@@ -568,8 +573,9 @@ sonde.probe { name = "grpc-plain", kind = "readiness", period = 0.2,
         .. 'serialnumber="%s"} 1'):format(pl, fp(pki.good.cert),
         helpers.x509(pki.good.cert, "-serial"):match("=(%x+)"):lower()))
       has(("probe_grpc_status_code{%s} 0"):format(pl))
-      has(('probe_ssl_earliest_cert_expiry{probe="grpc-soon",'
-        .. 'kind="liveness"} %d'):format(helpers.not_after(pki.soon.cert)))
+      has(('probe_ssl_earliest_cert_expiry{%s} %d'):format(
+        where("grpc-soon", "liveness", soon.port),
+        helpers.not_after(pki.soon.cert)))
       assert.matches("\nprobe_tls_version_info{" .. pl:gsub("%p", "%%%0")
         .. ',version="TLS 1%.[23]"} 1', text)
       assert.is_nil(text:find('probe_ssl_earliest_cert_expiry{probe="grpc-'
@@ -600,6 +606,7 @@ sonde.probe { name = "grpc-plain", kind = "readiness", period = 0.2,
 
     it("under the host: SERVING publishes success, NOT_SERVING failure",
       function()
+      local gone_port = helpers.closed_port()
       local path = helpers.script("grpc-probes.lua", string.format([[
         local sonde = require "sonde"
         sonde.probe { name = "up", kind = "readiness", period = 0.2,
@@ -608,7 +615,7 @@ sonde.probe { name = "grpc-plain", kind = "readiness", period = 0.2,
           failure_threshold = 2, grpc = { port = %d, service = "down" } }
         sonde.probe { name = "gone", kind = "liveness", period = 0.2,
           failure_threshold = 1, grpc = { port = %d } }
-      ]], health.port, health.port, helpers.closed_port()))
+      ]], health.port, health.port, gone_port))
       local h = helpers.host_start({ "--log-format", "json", "--listen",
         "127.0.0.1:0", path })
       local ok = h:wait_for(function(x)
@@ -621,16 +628,23 @@ sonde.probe { name = "grpc-plain", kind = "readiness", period = 0.2,
       assert.is_truthy(ok, text)
       -- blackbox_exporter's grpc series
       local m = helpers.fetch(helpers.listen_port(h), "/metrics").body
+      -- (every series of a probe with a target: target and instance)
+      local up = ('probe="up",kind="readiness",target="127.0.0.1:%d",'
+        .. 'instance="127.0.0.1:%d"'):format(health.port, health.port)
+      local gone = 'probe="gone",kind="liveness",target="127.0.0.1:'
+        .. gone_port .. '",instance="127.0.0.1:' .. gone_port .. '"'
+      local down = ('probe="down",kind="liveness",target="127.0.0.1:%d",'
+        .. 'instance="127.0.0.1:%d"'):format(health.port, health.port)
       for _, line in ipairs {
-        'probe_grpc_status_code{probe="up",kind="readiness"} 0',
-        'probe_grpc_status_code{probe="gone",kind="liveness"} -1',
-        'probe_grpc_healthcheck_response{probe="up",kind="readiness",'
+        'probe_grpc_status_code{' .. up .. '} 0',
+        'probe_grpc_status_code{' .. gone .. '} -1',
+        'probe_grpc_healthcheck_response{' .. up .. ','
           .. 'serving_status="SERVING"} 1',
-        'probe_grpc_healthcheck_response{probe="up",kind="readiness",'
+        'probe_grpc_healthcheck_response{' .. up .. ','
           .. 'serving_status="NOT_SERVING"} 0',
-        'probe_grpc_healthcheck_response{probe="down",kind="liveness",'
+        'probe_grpc_healthcheck_response{' .. down .. ','
           .. 'serving_status="NOT_SERVING"} 1',
-        'probe_grpc_healthcheck_response{probe="gone",kind="liveness",'
+        'probe_grpc_healthcheck_response{' .. gone .. ','
           .. 'serving_status="SERVING"} 0',
       } do
         assert.is_truthy(helpers.has_line(m, line), line .. "\n" .. m)

@@ -539,8 +539,11 @@ sonde.probe { name = "plain", kind = "readiness", period = 0.2,
       :match("=([%x:]+)"):gsub(":", ""):lower()
     local serial = helpers.x509(pki.good.cert, "-serial"):match("=(%x+)")
       :lower()
+    -- (every series of a probe with a target: target and instance)
+    local url = ("https://127.0.0.1:%d/"):format(good.port)
     for _, p in ipairs { "https", "https-unverified" } do
-      local pl = ('probe="%s",kind="readiness"'):format(p)
+      local pl = ('probe="%s",kind="readiness",target="%s",instance="%s"')
+        :format(p, url, url)
       has(text, ("probe_ssl_earliest_cert_expiry{%s} %d"):format(pl, exp))
       has(text, ('probe_tls_version_info{%s,version="TLS 1.3"} 1'):format(pl))
       assert.matches("probe_tls_cipher_info{" .. pl:gsub("%p", "%%%0")
@@ -552,14 +555,17 @@ sonde.probe { name = "plain", kind = "readiness", period = 0.2,
     end
     -- the chain verified only for the probe with the CA
     has(text, ('probe_ssl_last_chain_expiry_timestamp_seconds{probe="https",'
-      .. 'kind="readiness"} %d'):format(exp))
+      .. 'kind="readiness",target="%s",instance="%s"} %d'):format(url, url,
+      exp))
     assert.is_nil(text:find('probe_ssl_last_chain_expiry_timestamp_seconds{'
       .. 'probe="https-unverified"', 1, true))
     assert.is_nil(text:find('probe="plain",kind="readiness",version', 1, true))
     has(text, ('probe_tls_version_info{probe="tcp-tls",kind="liveness",'
-      .. 'version="TLS 1.3"} 1'))
+      .. 'target="127.0.0.1:%d",instance="127.0.0.1:%d",version="TLS 1.3"} 1')
+      :format(good.port, good.port))
     has(text, ('probe_ssl_earliest_cert_expiry{probe="tcp-tls",'
-      .. 'kind="liveness"} %d'):format(exp))
+      .. 'kind="liveness",target="127.0.0.1:%d",instance="127.0.0.1:%d"} %d')
+      :format(good.port, good.port, exp))
     for _, f in ipairs { "probe_ssl_earliest_cert_expiry",
         "probe_ssl_last_chain_expiry_timestamp_seconds",
         "probe_ssl_last_chain_info", "probe_tls_version_info",

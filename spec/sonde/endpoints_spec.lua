@@ -46,6 +46,9 @@ sonde.probe { name = "plugin-bytes", kind = "readiness", period = 0.2,
     codes = "nagios" } }
 sonde.probe { name = "big", kind = "readiness", period = 0.2,
   http_get = { url = "http://127.0.0.1:" .. port .. "/big?n=1000" } }
+-- every run fails, but not enough of them to publish failure
+sonde.probe { name = "flaky", kind = "liveness", period = 0.2,
+  failure_threshold = 1000, exec = { command = { "false" } } }
 local g = sonde.metrics.gauge("app_queue_depth", "Depth.", { "queue" })
 g:set(3, { queue = "a" })
 ]=]
@@ -60,6 +63,8 @@ local PROBES = {
   binary = { kind = "readiness", state = "success" },
   ["plugin-bytes"] = { kind = "readiness", state = "success" },
   big = { kind = "readiness", state = "success" },
+  -- the state after the thresholds is not the last run's outcome
+  flaky = { kind = "liveness", state = "success", last = "failure" },
 }
 
 local function script_text()
@@ -230,13 +235,14 @@ describe("metrics endpoints (--listen)", function()
       .. "\n--- body:\n" .. r.body)
   end)
 
-  it("probe series: probe_success, state, runs, HTTP status", function()
+  it("probe series: probe_success (the last run), state (after the "
+    .. "thresholds), runs, HTTP status", function()
     get_metrics()
     local t = metrics_text
     for name, want in pairs(PROBES) do
       local v = value_of(samples, "probe_success",
         { probe = name, kind = want.kind }, t)
-      assert.are.equal(want.state == "success" and 1 or 0, v,
+      assert.are.equal((want.last or want.state) == "success" and 1 or 0, v,
         "probe_success of " .. name)
       for _, st in ipairs { "success", "failure", "unknown" } do
         assert.are.equal(want.state == st and 1 or 0, value_of(samples,
@@ -400,7 +406,7 @@ describe("metrics endpoints (--listen)", function()
     end
     local n = 0
     for _ in pairs(st.probes) do n = n + 1 end
-    assert.are.equal(9, n, r.body)
+    assert.are.equal(10, n, r.body)
     assert.are.equal("running", st.services.sleeper.state, r.body)
     assert.are.equal(0, st.services.sleeper.restarts, r.body)
   end)

@@ -141,7 +141,8 @@ describe("sonde.metrics.render", function()
     local buckets = {}
     for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
     return { name = name, kind = "readiness", handler = "exec",
-      state = "success", last_result = { duration = 0.01 },
+      state = "success", last_result = { duration = 0.01,
+        status = "success" },
       stats = { counts = { success = 0, warning = 0, failure = 0,
         unknown = 0 }, buckets = buckets, sum = 0, n = 0 } }
   end
@@ -221,5 +222,224 @@ describe("sonde.metrics.render", function()
       .. 'status="failure"} 1', 1, true), a)
     assert.is_truthy(a:find('sonde_probe_run_duration_seconds_bucket{probe="x",'
       .. 'kind="readiness",le="0.25"} 1', 1, true), a)
+  end)
+end)
+
+describe("sonde.metrics.float (Go's strconv.FormatFloat(v, 'g', -1, 64))",
+  function()
+  local metrics = require "sonde.metrics"
+
+  it("the shortest text that reads back, laid out as Go's 'g'", function()
+    for _, c in ipairs {
+      { 0.005, "0.005" }, { 0.025, "0.025" }, { 0.1, "0.1" }, { 1.0, "1" },
+      { 2.5, "2.5" }, { 10.0, "10" }, { 100000.0, "100000" },
+      { 999999.0, "999999" }, { 1e6, "1e+06" }, { 1234567.0, "1.234567e+06" },
+      { 1e21, "1e+21" }, { 0.0001, "0.0001" }, { 1e-5, "1e-05" },
+      { 1.5e-7, "1.5e-07" }, { -2.5, "-2.5" }, { 0.1 + 0.2,
+        "0.30000000000000004" }, { 1 / 3, "0.3333333333333333" },
+      { 2^53 + 0.0, "9.007199254740992e+15" }, { 5e-324, "5e-324" },
+      { 1.7976931348623157e308, "1.7976931348623157e+308" },
+      { 0.0, "0" }, { -0.0, "-0" }, { 1 / 0, "+Inf" }, { -1 / 0, "-Inf" },
+      { 0 / 0, "NaN" },
+    } do
+      assert.are.equal(c[2], metrics.float(c[1]), string.format("%.17g", c[1]))
+    end
+  end)
+
+  it("reads back as the same double, with at most 17 digits", function()
+    math.randomseed(11)
+    for _ = 1, 20000 do
+      local v = (math.random() - 0.5) * 10 ^ math.random(-40, 40)
+      local s = metrics.float(v)
+      assert.are.equal(v, tonumber(s), s)
+      local digits = s:gsub("e.*", ""):gsub("[^%d]", ""):gsub("^0+", "")
+      assert.is_true(#digits <= 17, s)
+    end
+  end)
+end)
+
+describe("sonde.metrics.render of declared probes", function()
+  local metrics = require "sonde.metrics"
+  local core = require "sonde.core"
+  local function probe(name, handler, opts, last)
+    local buckets = {}
+    for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
+    return { name = name, kind = "readiness", handler = handler or "exec",
+      opts = opts, state = "success", last_result = last,
+      stats = { counts = { success = 0, warning = 0, failure = 0,
+        unknown = 0 }, buckets = buckets, sum = 0, n = 0 } }
+  end
+  local function render(ps)
+    return metrics.render { services = {}, probes = ps }
+  end
+  local function has(text, line)
+    assert.is_truthy(text:find("\n" .. line .. "\n", 1, true),
+      line .. "\n--- in:\n" .. text)
+  end
+
+  it("probe_success is the last run's outcome (success or warning: 1), "
+    .. "whatever the state; none before the first run", function()
+    local a = probe("a", nil, nil, { status = "failure", duration = 0.1 })
+    local b = probe("b", nil, nil, { status = "warning", duration = 0.1 })
+    b.state = "failure"
+    local c = probe("c", nil, nil, { status = "unknown", duration = 0.1 })
+    local d = probe("d")                    -- never ran
+    local text = render { a, b, c, d }
+    has(text, 'probe_success{probe="a",kind="readiness"} 0')
+    has(text, 'sonde_probe_state{probe="a",kind="readiness",state="success"} 1')
+    has(text, 'probe_success{probe="b",kind="readiness"} 1')
+    has(text, 'sonde_probe_state{probe="b",kind="readiness",state="failure"} 1')
+    has(text, 'probe_success{probe="c",kind="readiness"} 0')
+    assert.is_nil(text:find('probe_success{probe="d"', 1, true), text)
+    has(text, 'sonde_probe_state{probe="d",kind="readiness",state="success"} 1')
+  end)
+
+  it("bucket bounds print as Prometheus does: le=\"0.005\", le=\"1\"",
+    function()
+    local text = render { probe("h") }
+    for _, b in ipairs { "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+        "0.5", "1", "2.5", "5", "10", "+Inf" } do
+      has(text, 'sonde_probe_run_duration_seconds_bucket{probe="h",'
+        .. 'kind="readiness",le="' .. b .. '"} 0')
+    end
+    assert.is_nil(text:find("0000000", 1, true), text)
+  end)
+
+  it("target and instance: the URL (password masked), host:port ([v6])",
+    function()
+    local w = probe("w", "http_get", { url = "https://u:pw@example.test:8443/x?y=1" })
+    local t = probe("t", "tcp_socket", { host = "::1", port = 5432 })
+    local g = probe("g", "grpc", { host = "127.0.0.1", port = 50051 })
+    local e = probe("e", "exec", { command = { "true" } })
+    local text = render { w, t, g, e }
+    has(text, 'sonde_probe_state{probe="w",kind="readiness",target='
+      .. '"https://u:xxxxx@example.test:8443/x?y=1",instance='
+      .. '"https://u:xxxxx@example.test:8443/x?y=1",state="success"} 1')
+    has(text, 'sonde_probe_state{probe="t",kind="readiness",target="[::1]:5432",'
+      .. 'instance="[::1]:5432",state="success"} 1')
+    has(text, 'sonde_probe_state{probe="g",kind="readiness",target='
+      .. '"127.0.0.1:50051",instance="127.0.0.1:50051",state="success"} 1')
+    has(text, 'sonde_probe_state{probe="e",kind="readiness",state="success"} 1')
+    assert.is_nil(text:find("pw", 1, true), text)
+  end)
+
+  it("user labels on every series of the probe; instance given replaces "
+    .. "the target's, \"\" drops it", function()
+    local w = probe("w", "http_get", { url = "http://127.0.0.1:1/" },
+      { status = "success", duration = 0.5, http_status = 200,
+        tls = { earliest_expiry = 1800000000, version = "TLS 1.3",
+          cipher = "C", dns_names = {} } })
+    w.labels = { team = "web", zone = 'a"b', instance = "frontend" }
+    local x = probe("x", "tcp_socket", { host = "127.0.0.1", port = 9 },
+      { status = "success", duration = 0.5 })
+    x.labels = { instance = "" }
+    local n = probe("n", "exec", nil, { status = "success", duration = 0,
+      perfdata = { { label = "time", value = 1, uom = "s" } } })
+    n.labels = { team = "ops" }
+    local text = render { w, x, n }
+    local wl = 'probe="w",kind="readiness",target="http://127.0.0.1:1/",'
+      .. 'instance="frontend",team="web",zone="a\\"b"'
+    for line in text:gmatch("[^\n]+") do
+      if line:find('probe="w"', 1, true) then
+        assert.is_truthy(line:find(wl, 1, true), line)
+      end
+    end
+    has(text, "probe_success{" .. wl .. "} 1")
+    has(text, "probe_http_status_code{" .. wl .. "} 200")
+    has(text, "probe_tls_version_info{" .. wl .. ',version="TLS 1.3"} 1')
+    has(text, 'probe_success{probe="x",kind="readiness",target="127.0.0.1:9"} 1')
+    has(text, 'sonde_perfdata{probe="n",label="time",uom="s",team="ops"} 1')
+    has(text, 'sonde_probe_state{probe="n",kind="readiness",team="ops",'
+      .. 'state="success"} 1')
+  end)
+
+  it("HTTP series from the result's phases, sizes, version and TLS; "
+    .. "probe_ip_protocol for HTTP, TCP and gRPC", function()
+    local w = probe("w", "http_get", { url = "https://127.0.0.1:1/" },
+      { status = "success", duration = 0.5, http_status = 200, redirects = 2,
+        phases = { resolve = 0.001, connect = 0.002, tls = 0.003,
+          processing = 0.004, transfer = 0.005 }, http_version = 1.1,
+        content_length = 1234, body_size = 5678, ip_protocol = 6,
+        tls = { version = "TLS 1.3", cipher = "C", dns_names = {} } })
+    local f = probe("f", "http_get", { url = "http://127.0.0.1:1/" },
+      { status = "failure", duration = 0.5, http_version = 0,
+        content_length = -1, body_size = 0, ip_protocol = 0,
+        phases = { resolve = 0.001, connect = 0, tls = 0, processing = 0,
+          transfer = 0 } })
+    local t = probe("t", "tcp_socket", { host = "127.0.0.1", port = 9 },
+      { status = "success", duration = 0.5, ip_protocol = 4 })
+    local text = render { w, f, t }
+    local wl = 'probe="w",kind="readiness",target="https://127.0.0.1:1/",'
+      .. 'instance="https://127.0.0.1:1/"'
+    for _, c in ipairs { { "resolve", "0.001" }, { "connect", "0.002" },
+        { "tls", "0.003" }, { "processing", "0.004" },
+        { "transfer", "0.005" } } do
+      has(text, "probe_http_duration_seconds{" .. wl .. ',phase="' .. c[1]
+        .. '"} ' .. c[2])
+    end
+    has(text, "probe_dns_lookup_time_seconds{" .. wl .. "} 0.001")
+    has(text, "probe_http_content_length{" .. wl .. "} 1234")
+    has(text, "probe_http_uncompressed_body_length{" .. wl .. "} 5678")
+    has(text, "probe_http_redirects{" .. wl .. "} 2")
+    has(text, "probe_http_ssl{" .. wl .. "} 1")
+    has(text, "probe_http_version{" .. wl .. "} 1.1")
+    has(text, "probe_ip_protocol{" .. wl .. "} 6")
+    local fl = 'probe="f",kind="readiness",target="http://127.0.0.1:1/",'
+      .. 'instance="http://127.0.0.1:1/"'
+    has(text, "probe_success{" .. fl .. "} 0")
+    has(text, "probe_http_content_length{" .. fl .. "} -1")
+    has(text, "probe_http_ssl{" .. fl .. "} 0")
+    has(text, "probe_http_version{" .. fl .. "} 0")
+    has(text, "probe_ip_protocol{" .. fl .. "} 0")
+    has(text, 'probe_ip_protocol{probe="t",kind="readiness",target='
+      .. '"127.0.0.1:9",instance="127.0.0.1:9"} 4')
+    assert.is_nil(text:find('probe_http_version{probe="t"', 1, true), text)
+    -- HELP texts are blackbox_exporter's
+    has(text, "# HELP probe_http_duration_seconds Duration of http request by "
+      .. "phase, summed over all redirects")
+    assert.is_truthy(text:find("# HELP probe_success Displays whether or not "
+      .. "the probe was a success\n", 1, true), text)
+  end)
+end)
+
+describe("sonde.probe labels validation", function()
+  local sonde = require "sonde"
+  local helpers = require "helpers"
+  before_each(helpers.fresh)
+  after_each(helpers.fresh)
+  local ok_exec = { command = { "true" } }
+  local function probe_err(labels)
+    return helpers.error_here(function()
+      sonde.probe { name = "l", exec = ok_exec, labels = labels }
+    end)
+  end
+
+  it("names as Prometheus's, not reserved, values UTF-8 strings", function()
+    assert.are.equal('probe "l": labels.team: must be a string, got number',
+      probe_err { team = 5 })
+    assert.are.equal('probe "l": labels: not a valid label name: "a-b" '
+      .. '(Prometheus: [a-zA-Z_][a-zA-Z0-9_]*)', probe_err { ["a-b"] = "x" })
+    assert.are.equal('probe "l": labels: not a valid label name: "1a" '
+      .. '(Prometheus: [a-zA-Z_][a-zA-Z0-9_]*)', probe_err { ["1a"] = "x" })
+    assert.are.equal('probe "l": labels.__x: names starting with __ are '
+      .. 'reserved for Prometheus', probe_err { __x = "x" })
+    for _, r in ipairs { "probe", "kind", "target", "le", "phase", "state",
+        "status" } do
+      assert.are.equal('probe "l": labels.' .. r .. ": is reserved: sonde's "
+        .. "probe series set it", probe_err { [r] = "x" })
+    end
+    assert.are.equal('probe "l": labels.job: is reserved: the scrape sets it '
+      .. "(Prometheus's job_name)", probe_err { job = "x" })
+    assert.are.equal('probe "l": labels: label names must be strings, got '
+      .. "number 1", probe_err { "x" })
+    assert.are.equal('probe "l": labels.t: must be valid UTF-8',
+      probe_err { t = "a\255" })
+    assert.are.equal('probe "l": labels: must be a table of label name = '
+      .. "value, got string", probe_err "team=web")
+    -- accepted: kept as a copy
+    local spec = { team = "web", instance = "x", _y = "" }
+    local p = sonde.probe { name = "ok", exec = ok_exec, labels = spec }
+    spec.team = "changed"
+    assert.are.same({ team = "web", instance = "x", _y = "" }, p.labels)
   end)
 end)

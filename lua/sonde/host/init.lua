@@ -10,8 +10,13 @@
 --
 -- OPTIONS: `--log-format text|json`, `--log-level debug|info|warn|error`
 -- (default info), `--listen ADDR` ("PORT" or ":PORT" = 127.0.0.1 only,
--- "HOST:PORT", "[V6]:PORT").  A manifest is a file named *.yaml, *.yml or
--- *.json, or one that is not Lua and starts like one.
+-- "HOST:PORT", "[V6]:PORT"), `--shard I/N` (sonde.probe_each keeps the
+-- targets of shard I of N, 0 <= I < N, as Prometheus's hashmod of
+-- `__address__`: see sonde.targets), `--otlp URL` with `--otlp-interval
+-- SECONDS` (15), `--otlp-header "Name: value"` and `--otlp-resource
+-- name=value` (push the /metrics series as OTLP/HTTP JSON: sonde.otlp).
+-- A manifest is a file named *.yaml, *.yml or *.json, or one that is not
+-- Lua and starts like one.
 --
 -- Exit codes: 0 fine, 1 failure (once) or a runtime error, 2 usage or
 -- script error, 3 unknown (once).
@@ -22,6 +27,7 @@ local common = require "sonde.host.common"
 local run = require "sonde.host.run"
 local check = require "sonde.host.check"
 local once = require "sonde.host.once"
+local targets = require "sonde.targets"
 local blackbox = require "sonde.blackbox"
 
 local M = {}
@@ -51,6 +57,14 @@ OPTIONS:
                     successful probe run is not logged, at debug it is
   --listen ADDR     serve /metrics, /healthz, /readyz, /status on ADDR
                     (PORT or :PORT = 127.0.0.1 only, HOST:PORT, [V6]:PORT)
+  --shard I/N       sonde.probe_each keeps only the targets of shard I
+                    (0 <= I < N): Prometheus's hashmod of __address__
+  --otlp URL        push the /metrics series as OTLP/HTTP JSON to URL
+                    (e.g. http://127.0.0.1:4318/v1/metrics)
+  --otlp-interval S seconds between two pushes (default 15)
+  --otlp-header H   "Name: value" sent with each push (repeatable)
+  --otlp-resource A "name=value": a resource attribute of the pushes
+                    (repeatable; e.g. service.instance.id=host-a/shard-1)
   --config.file F   a blackbox_exporter configuration (blackbox.yml): serve
                     /probe?target=T&module=M[&debug=true] (with --listen or
                     its alias --web.listen-address); SCRIPT is then optional
@@ -79,6 +93,11 @@ local OPTIONS = {
   ["--listen"] = { global = true, pod = true },
   ["--container"] = { pod = true, check = true, once = true },
   ["--format"] = { once = true },
+  ["--shard"] = { global = true, check = true, once = true },
+  ["--otlp"] = { global = true, pod = true },
+  ["--otlp-interval"] = { global = true, pod = true },
+  ["--otlp-header"] = { global = true, pod = true },
+  ["--otlp-resource"] = { global = true, pod = true },
   -- blackbox_exporter's flags (sonde.blackbox)
   ["--config.file"] = { global = true },
   ["--web.listen-address"] = { global = true },
@@ -115,6 +134,35 @@ local function take(opts, cmd, a, v)
   elseif a == "--container" then
     if not v then return "--container takes a name" end
     opts.container = v
+  elseif a == "--shard" then
+    local s, err = targets.parse_shard(v)
+    if not s then return err end
+    targets.host_shard = s
+  elseif a == "--otlp" then
+    if not v or not v:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
+      return "--otlp takes an http:// or https:// URL"
+    end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.url = v
+  elseif a == "--otlp-interval" then
+    local n = tonumber(v)
+    if not n or not (n >= 0.1) or n > 1e9 then
+      return "--otlp-interval takes seconds (at least 0.1)"
+    end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.interval = n
+  elseif a == "--otlp-header" then
+    local name, value = (v or ""):match("^%s*([^:%s]+)%s*:%s*(.-)%s*$")
+    if not name then return "--otlp-header takes \"Name: value\"" end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.headers = opts.otlp.headers or {}
+    opts.otlp.headers[name] = value
+  elseif a == "--otlp-resource" then
+    local name, value = (v or ""):match("^%s*([^=%s]+)%s*=(.*)$")
+    if not name then return "--otlp-resource takes name=value" end
+    opts.otlp = opts.otlp or {}
+    opts.otlp.resource = opts.otlp.resource or {}
+    opts.otlp.resource[name] = value
   elseif a == "--format" then
     if v ~= "text" and v ~= "json" then return "--format takes text or json" end
     opts.format = v
@@ -169,18 +217,26 @@ function M.main(args)
       return usage_error("--config.file runs with a SCRIPT or alone, not "
         .. "with %s", cmd)
     end
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
+    end
     return run.main(cmd and common.source(cmd) or { name = opts.config_file,
       load = function() end }, table.move(args, i + 1, #args, 1, {}),
       -- blackbox_exporter listens on :9115 by default (sonde: loopback)
-      opts.listen or { host = "127.0.0.1", port = 9115 },
+      opts.listen or { host = "127.0.0.1", port = 9115 }, opts.otlp,
       { path = opts.config_file,
         offset = opts.timeout_offset or 0.5 })
   end
   if cmd == nil then return usage_error("no script given") end
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
   if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
+    end
     return run.main(common.source(cmd), table.move(args, i + 1, #args, 1, {}),
-      opts.listen)
+      opts.listen, opts.otlp)
   end
   -- the command's own arguments: options anywhere, then the path and
   -- (once) probe names
@@ -206,7 +262,12 @@ function M.main(args)
     return usage_error("%s: unexpected argument %s", cmd, rest[2])
   end
   if cmd == "pod" then
-    return run.main(common.source(path, opts.container, true), {}, opts.listen)
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
+    end
+    return run.main(common.source(path, opts.container, true), {}, opts.listen,
+      opts.otlp)
   elseif cmd == "check" then
     return check.main(common.source(path, opts.container))
   end

@@ -82,7 +82,7 @@ function M.main(source, names, format)
         output = r.output, duration = r.duration, time = r.time,
         exit_code = r.exit_code, signal = r.signal,
         http_status = r.http_status, grpc_status = r.grpc_status,
-        serving_status = r.serving_status, error = r.error,
+        serving_status = r.serving_status, rcode = r.rcode, error = r.error,
       }, "\n")
     else
       io.stdout:write(string.format("%-20s %-8s %-16s %7.3fs  %s\n", r.probe,

@@ -33,6 +33,8 @@ local config = require "sonde.config"
 local endpoints = require "sonde.endpoints"
 local blackbox = require "sonde.blackbox"
 local common = require "sonde.host.common"
+local metrics = require "sonde.metrics"
+local otlp = require "sonde.otlp"
 
 local M = {}
 
@@ -69,11 +71,15 @@ end
 -- @tparam table source see sonde.host.common.source
 -- @tparam table args the script's arguments
 -- @tparam[opt] table listen `{ host, port }` for the endpoints
+-- @tparam[opt] table push `{ url, interval, headers, resource }`: the OTLP push of
+-- the series /metrics serves (sonde.otlp); it belongs to the host, not to
+-- a load: it goes on over reloads (with the new load's series) and ends
+-- with the host
 -- @tparam[opt] table bb `{ path, offset }`: a blackbox_exporter
 -- configuration read at each load (before the script, which may use its
 -- modules: sonde.module) and served on `/probe` (sonde.endpoints)
 -- @treturn integer exit code
-function M.main(source, args, listen, bb)
+function M.main(source, args, listen, push, bb)
   core.set_subreaper(true)
   common.guard_exit()
   task.hosted = true
@@ -98,7 +104,17 @@ function M.main(source, args, listen, bb)
     end }
     endpoints.timeout_offset = bb.offset
   end
-  local current, err = config.load(source.load, args, { name = source.name })
+  local current, err
+  local exporter, push_scope
+  if push then
+    local ok, e = pcall(otlp.exporter, { url = push.url,
+      interval = push.interval, headers = push.headers,
+      resource = push.resource,
+      collect = function() return metrics.render(current) end })
+    if not ok then common.err("--otlp: %s", task.text_of(e)) return 2 end
+    exporter = e
+  end
+  current, err = config.load(source.load, args, { name = source.name })
   if not current then common.err("%s", common.load_error(err)) return 2 end
   if listen then
     local port, lerr = endpoints.listen(listen.host, listen.port,
@@ -110,7 +126,7 @@ function M.main(source, args, listen, bb)
     end
     log.event("info", "listen", { host = listen.host, port = port })
   end
-  if current:empty() and not listen then
+  if current:empty() and not listen and not exporter then
     -- nothing declared: a plain script, run until its work is done.
     -- What it declares after it first waited starts at once, but the host
     -- does not handle signals for it: declare first.
@@ -144,6 +160,10 @@ function M.main(source, args, listen, bb)
     watchdog, trimmer = nil, nil
     core.sd_notify("STOPPING=1")
     endpoints.close()
+    if push_scope then                      -- its timers and request
+      exporter:stop()
+      push_scope:close()
+    end
     -- the load stops, and every escaped descendant (the services' too)
     -- gets SIGTERM now and SIGKILL when the services' grace is over; the
     -- signals are watched until both are done
@@ -216,6 +236,10 @@ function M.main(source, args, listen, bb)
     shutdown("script")
   end
   current:start()
+  if exporter and not stopping then
+    push_scope = task.scope { name = "otlp" }
+    task.within(push_scope, exporter.start, exporter)
+  end
   -- what loading left behind (validation, the top level's garbage) goes
   -- back to the system: with thousands of probes it is most of the peak
   collectgarbage()

@@ -20,7 +20,7 @@ describe("sonde.probe validation messages", function()
 
   it("a missing handler", function()
     assert.are.equal('probe "nh": must specify a handler type (exec, '
-      .. 'http_get, tcp_socket, grpc or check)', probe_err { name = "nh",
+      .. 'http_get, tcp_socket, grpc, icmp, dns or check)', probe_err { name = "nh",
         period = 5 })
   end)
 
