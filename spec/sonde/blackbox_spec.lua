@@ -511,6 +511,17 @@ os.exit(0)
 ]]) }
     assert.are.equal(0, code, err)
     local out
+    -- check and once take it too
+    local probes = H.script("mp.lua", [[
+local sonde = require "sonde"
+sonde.probe { name = "m", module = sonde.module("tcp_connect"), target = "127.0.0.1:1" }
+]])
+    code, out = H.host_run { "--config.file", conf, "check", probes }
+    assert.are.equal(0, code)
+    assert.matches("probe   m ", out, 1, true)
+    code, out = H.host_run { "--config.file", conf, "once", probes }
+    assert.are.equal(1, code)
+    assert.matches("failure  connect_refused", out, 1, true)
     code, out = H.host_run { "--config.check", "--config.file", conf }
     assert.are.equal(0, code)
     assert.matches("config file is ok: 1 module", out, 1, true)

@@ -210,13 +210,12 @@ function M.main(args)
       common.plural(#conf.names, "module")))
     return 0
   end
-  if opts.config_file then
+  if opts.config_file and cmd == "pod" then
+    return usage_error("--config.file runs with a SCRIPT or alone, not with pod")
+  end
+  if opts.config_file and cmd ~= "check" and cmd ~= "once" then
     -- blackbox_exporter's command line: the configuration, and a script
     -- or none
-    if cmd == "check" or cmd == "once" or cmd == "pod" then
-      return usage_error("--config.file runs with a SCRIPT or alone, not "
-        .. "with %s", cmd)
-    end
     if opts.otlp and not opts.otlp.url then
       return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
         .. "need --otlp URL")
@@ -261,6 +260,12 @@ function M.main(args)
   if cmd ~= "once" and rest[2] then
     return usage_error("%s: unexpected argument %s", cmd, rest[2])
   end
+  -- check and once with --config.file: the script's modules come from it
+  local function source(p, c)
+    local src = common.source(p, c)
+    if opts.config_file then src = run.with_blackbox(src, opts.config_file) end
+    return src
+  end
   if cmd == "pod" then
     if opts.otlp and not opts.otlp.url then
       return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
@@ -269,9 +274,9 @@ function M.main(args)
     return run.main(common.source(path, opts.container, true), {}, opts.listen,
       opts.otlp)
   elseif cmd == "check" then
-    return check.main(common.source(path, opts.container))
+    return check.main(source(path, opts.container))
   end
-  return once.main(common.source(path, opts.container),
+  return once.main(source(path, opts.container),
     table.move(rest, 2, #rest, 1, {}), opts.format)
 end
 

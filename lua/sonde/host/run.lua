@@ -67,6 +67,29 @@ local function status_line(cfg)
   return plural(#cfg.probes, "probe") .. ", " .. plural(#cfg.services, "service")
 end
 
+--- `source` (see sonde.host.common.source) with a blackbox_exporter
+-- configuration read first at each load: the load fails with its error,
+-- or the configuration becomes the one `sonde.module` takes modules from
+-- and the load's `/probe` serves; `loaded(ok)` is told which (the
+-- /metrics reload gauges).  Used by run, check and once with
+-- `--config.file`.
+function M.with_blackbox(source, path, loaded)
+  local inner = source.load
+  return { name = source.name, manifest = source.manifest, load = function(...)
+    local conf, err = blackbox.load(path)
+    if loaded then loaded(conf ~= nil) end
+    if not conf then error(err, 0) end
+    blackbox.current = conf
+    config.ambient().blackbox = conf
+    if type(inner) == "string" then
+      local chunk, lerr = loadfile(inner)
+      if not chunk then error(lerr, 0) end
+      return chunk(...)
+    end
+    return inner(...)
+  end }
+end
+
 --- Run the command.
 -- @tparam table source see sonde.host.common.source
 -- @tparam table args the script's arguments
@@ -85,23 +108,10 @@ function M.main(source, args, listen, push, bb)
   task.hosted = true
   common.set_arg(source.name, args)
   if bb then
-    local inner = source.load
-    source = { name = source.name, load = function(...)
-      local conf, err = blackbox.load(bb.path)
-      if not conf then
-        endpoints.config_ok = false
-        error(err, 0)
-      end
-      endpoints.config_ok, endpoints.config_time = true, core.wall_time()
-      blackbox.current = conf
-      config.ambient().blackbox = conf
-      if type(inner) == "string" then
-        local chunk, lerr = loadfile(inner)
-        if not chunk then error(lerr, 0) end
-        return chunk(...)
-      end
-      return inner(...)
-    end }
+    source = M.with_blackbox(source, bb.path, function(ok)
+      endpoints.config_ok = ok
+      if ok then endpoints.config_time = core.wall_time() end
+    end)
     endpoints.timeout_offset = bb.offset
   end
   local current, err
