@@ -140,6 +140,47 @@ modules:
       assert.matches("invalid syntax", err)
     end)
 
+    it("sends basic_auth, bearer_token and Host as configured, and drops "
+      .. "Authorization on a redirect to another host, as Go's client", function()
+      local web = H.fixture { log = true }
+      local conf = assert(blackbox.parse(string.format([[
+modules:
+  basic:
+    prober: http
+    http:
+      basic_auth: { username: user, password: pass }
+      headers: { Host: "vhost.example:8080", X-Probe: "1" }
+  bearer:
+    prober: http
+    http:
+      bearer_token: s3cret
+]]), "bb.yml"))
+      local to = H.urlencode("http://localhost:" .. web.port .. "/ok")
+      local results = H.run(function()
+        local task = require "sonde.task"
+        local out = {}
+        for _, c in ipairs { { "basic", web:url("/ok") },
+            { "bearer", web:url("/redirect?to=" .. to) } } do
+          out[#out + 1] = task.await("spec", function(k)
+            return conf.modules[c[1]]:run(c[2], { timeout = 5 }, k)
+          end).success
+        end
+        return out
+      end, 20)
+      assert.are.same({ true, true }, results)
+      local reqs = web:requests()
+      assert.are.equal(3, #reqs)
+      assert.are.same({ "Authorization: Basic dXNlcjpwYXNz" }, H.header_lines(reqs[1], "Authorization"))
+      assert.are.same({ "Host: vhost.example:8080" }, H.header_lines(reqs[1], "Host"))
+      assert.are.same({ "X-Probe: 1" }, H.header_lines(reqs[1], "X-Probe"))
+      assert.are.same({ "Authorization: Bearer s3cret" }, H.header_lines(reqs[2], "Authorization"))
+      assert.are.same({ "Host: 127.0.0.1:" .. web.port }, H.header_lines(reqs[2], "Host"))
+      -- the redirect went to another host name: no Authorization there
+      assert.are.same({}, H.header_lines(reqs[3], "Authorization"))
+      assert.are.same({ "Host: localhost:" .. web.port }, H.header_lines(reqs[3], "Host"))
+      web:stop()
+    end)
+
     it("maps RE2 to POSIX ERE, or refuses with the reason", function()
       local regex = require "sonde.blackbox.regex"
       local cases = {
