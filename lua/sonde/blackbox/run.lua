@@ -397,6 +397,66 @@ local function host_of(authority)
   return authority:match("^%[(.-)%]") or authority:match("^([^:]*)")
 end
 
+-- A probe's cookie jar (blackbox gives each probe a fresh Go cookiejar):
+-- the Set-Cookie lines of a response (sonde joins repeats with ", ")
+-- stored by name, domain and path; `header(url)` the Cookie line for a
+-- request.  Host-only cookies go to their host, a Domain cookie to the
+-- domain and its subdomains; Path is a prefix; Secure needs https;
+-- Max-Age <= 0 removes one.  (Expires dates and public suffixes are not
+-- interpreted.)
+local function jar()
+  local cookies = {}
+  local J = {}
+  function J.store(url, set_cookie)
+    if type(set_cookie) ~= "string" then return end
+    local host = host_of(authority_of(url))
+    local path = (url:match("^%a[%w+.-]*://[^/?#]*(/[^?#]*)") or "/")
+    local dir = path:match("^(.*)/[^/]*$")
+    if not dir or dir == "" then dir = "/" end
+    -- one cookie per ", name=" boundary
+    local text = ", " .. set_cookie
+    local starts = {}
+    for at in text:gmatch("(), [%w!#$%%&'*+.^_`|~-]+=") do starts[#starts + 1] = at end
+    for i, at in ipairs(starts) do
+      local one = text:sub(at + 2, (starts[i + 1] or #text + 1) - 1)
+      local name, value = one:match("^([^=;]+)=([^;]*)")
+      if name then
+        local c = { name = name, value = value, host = host, path = dir }
+        for attr in one:gmatch(";%s*([^;]+)") do
+          local k, v = attr:match("^([^=]+)=?(.*)$")
+          k = k:lower():gsub("%s+$", "")
+          if k == "domain" and v ~= "" then
+            c.domain = v:gsub("^%.", ""):lower()
+          elseif k == "path" and v:sub(1, 1) == "/" then c.path = v
+          elseif k == "secure" then c.secure = true
+          elseif k == "max-age" and tonumber(v) and tonumber(v) <= 0 then c.gone = true
+          end
+        end
+        if not c.domain or host == c.domain or host:sub(-#c.domain - 1) == "." .. c.domain then
+          local key = name .. "\0" .. (c.domain or host) .. "\0" .. c.path
+          cookies[key] = not c.gone and c or nil
+        end
+      end
+    end
+  end
+  function J.header(url)
+    local host = host_of(authority_of(url))
+    local https = url:lower():match("^https:") ~= nil
+    local path = url:match("^%a[%w+.-]*://[^/?#]*(/[^?#]*)") or "/"
+    local out = {}
+    for _, c in pairs(cookies) do
+      local ok = c.domain and (host == c.domain or host:sub(-#c.domain - 1) == "." .. c.domain)
+        or (not c.domain and host == c.host)
+      if ok and path:sub(1, #c.path) == c.path and (https or not c.secure) then
+        out[#out + 1] = c.name .. "=" .. c.value
+      end
+    end
+    table.sort(out)
+    return #out > 0 and table.concat(out, "; ") or nil
+  end
+  return J
+end
+
 -- The requests of one probe, redirects followed as Go's client does for
 -- blackbox_exporter: any host, at most 10, 301/302/303 turning other
 -- methods into GET without a body, 307/308 keeping both; a custom Host
@@ -409,16 +469,22 @@ local function follow(h, spec, first_tls, other_tls, log, deadline, cb)
   local acc = { resolve = 0, connect = 0, tls = 0, processing = 0, transfer = 0 }
   local first_authority = authority_of(spec.url)
   local first_host = host_of(first_authority)
+  local cookies = jar()
   local function hop(url, method, body, host_header, auth, n)
     local s = {}
     for k, v in pairs(spec) do s[k] = v end
     s.url, s.method, s.body = url, method, body
     s.follow_redirects = "none"
     s.headers = {}
+    local has_cookie
     for _, e in ipairs(spec.headers) do
       local l = e.name:lower()
+      if l == "cookie" then has_cookie = true end
       if l ~= "host" and l ~= "authorization" then s.headers[#s.headers + 1] = e end
     end
+    -- the jar's cookies go to the host the URL names (Go's jar: req.URL)
+    local c = not has_cookie and cookies.header(url)
+    if c then s.headers[#s.headers + 1] = { name = "Cookie", value = c } end
     if host_header then s.headers[#s.headers + 1] = { name = "Host", value = host_header } end
     if auth then s.headers[#s.headers + 1] = { name = "Authorization", value = auth } end
     s.tls = authority_of(url) == first_authority and first_tls or other_tls
@@ -436,6 +502,7 @@ local function follow(h, spec, first_tls, other_tls, log, deadline, cb)
       end
       if n > 1 then acc.resolve = acc.resolve + (ph.resolve or 0) end
       r.phases = acc
+      cookies.store(url, r.headers and r.headers["set-cookie"])
       local loc = r.headers and r.headers.location
       if r.http_status and REDIRECT[r.http_status] and loc and loc ~= "" then
         log("info", "Received redirect", "location", loc)
