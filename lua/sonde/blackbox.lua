@@ -42,6 +42,7 @@
 --     `ca_file`, `cert_file`, `key_file`, `server_name`, `min_version`
 --     (TLS10 .. TLS13).
 -- @module sonde.blackbox
+local core = require "sonde.core"
 local regex = require "sonde.blackbox.regex"
 local run = require "sonde.blackbox.run"
 local task = require "sonde.task"
@@ -470,7 +471,19 @@ local function rr_validator(ctx, v, field)
   v = mapping(ctx, v, field)
   known_fields(ctx, v, RR_KNOWN, field .. ".")
   local out = {}
-  for k in pairs(RR_KNOWN) do out[k] = regex_list(ctx, v[k], field .. "." .. k) end
+  for k in pairs(RR_KNOWN) do
+    local f = field .. "." .. k
+    out[k] = regex_list(ctx, v[k], f)
+    -- the dns prober matches records with its own RE2 mapping: what it
+    -- refuses is refused here, at load, rather than at each run
+    for i, re in ipairs(out[k]) do
+      local err = core.dns_check and core.dns_check("regex", re.source)
+      if err then
+        fail(ctx, fmt("%s[%d]", f, i - 1), "regular expression %s cannot be "
+          .. "used: %s", show(re.source), err)
+      end
+    end
+  end
   return out
 end
 

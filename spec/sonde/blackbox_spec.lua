@@ -111,6 +111,10 @@ modules:
         .. 'of the expect regexp\'s submatches ($1, ${name}) are not supported by sonde',
         parse_err("modules:\n  m:\n    prober: tcp\n    tcp:\n      query_response:\n"
           .. "        - { expect: '^(.*)$', send: 'x ${1}' }\n"))
+      assert.matches('^bb.yml: module "m": dns.validate_answer_rrs.fail_if_matches_regexp%[0%]: '
+        .. 'regular expression "a%*%?b" cannot be used: ',
+        parse_err("modules:\n  m:\n    prober: dns\n    dns:\n      query_name: x\n"
+          .. "      validate_answer_rrs: { fail_if_matches_regexp: ['a*?b'] }\n"))
       assert.are.equal('bb.yml: module "m": dns.query_name: query name must be set for DNS module',
         parse_err("modules:\n  m:\n    prober: dns\n    dns: { query_type: A }\n"))
       assert.are.equal('bb.yml: module "m": icmp.source_ip_address: must be an IP address, got "here"',
