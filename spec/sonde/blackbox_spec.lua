@@ -494,6 +494,24 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
       assert.matches("\nblackbox_exporter_config_last_reload_successful 1\n", m, 1, true)
     end)
 
+    it("bounds a probe by the scrape's timeout header minus the offset", function()
+      for _, port in ipairs { bbx_port, sonde_port } do
+        local url = string.format("http://127.0.0.1:%d/probe?module=tcp_ping&"
+          .. "target=%s&debug=true", port, H.urlencode("127.0.0.1:" .. line.port))
+        local _, body = curl(url, "X-Prometheus-Scrape-Timeout-Seconds: 3")
+        assert.matches("timeout_seconds=2.5\n", body, 1, true)
+        -- the module's own timeout when shorter (tcp_connect: 5s)
+        url = string.format("http://127.0.0.1:%d/probe?module=tcp_connect&"
+          .. "target=%s&debug=true", port, H.urlencode("127.0.0.1:" .. line.port))
+        _, body = curl(url, "X-Prometheus-Scrape-Timeout-Seconds: 30")
+        assert.matches("timeout_seconds=5\n", body, 1, true)
+        local code
+        code, body = curl(url, "X-Prometheus-Scrape-Timeout-Seconds: soon")
+        assert.are.equal(500, code)
+        assert.matches("^Failed to parse timeout from Prometheus header: ", body)
+      end
+    end)
+
     it("debug=true gives the logs, the series and the module", function()
       local code, body = probe(sonde_port, "http_2xx", web:url("/ok"), true)
       assert.are.equal(200, code)
