@@ -445,6 +445,17 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
       same("grpc_plain", "127.0.0.1:" .. H.closed_port(), false)
       same("grpc_bare", "127.0.0.1:" .. grpc_ok.port, false)
     end)
+
+    it("TLS", function()
+      local g = H.grpc_server { "--status", "=SERVING", "--cert", pki.good.cert,
+        "--key", pki.good.key }
+      local s = same("grpc_tls", "127.0.0.1:" .. g.port, true)
+      assert.are.equal(1, s.probe_grpc_ssl)
+      assert.are.equal(H.not_after(pki.good.cert), s.probe_ssl_earliest_cert_expiry)
+      -- a plaintext server: the handshake fails in both
+      same("grpc_tls", "127.0.0.1:" .. grpc_ok.port, false)
+      g:stop()
+    end)
   end)
 
   -- dns and icmp modules run through sonde's dns and icmp probers: compared
