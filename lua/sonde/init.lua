@@ -508,9 +508,13 @@ end
 -- @return the probe object
 -- @raise `FILE:LINE: probe "NAME": FIELD: reason` on a bad spec
 function sonde.probe(spec)
-  -- a blackbox_exporter module run against a target (sonde.blackbox)
+  -- a blackbox_exporter module run against a target (sonde.blackbox):
+  -- the target is its series' target label
   if type(spec) == "table" and rawget(spec, "module") ~= nil then
-    spec = blackbox.probe_spec(spec)
+    local target = rawget(spec, "target")
+    local p = config.ambient():probe(blackbox.probe_spec(spec))
+    rawset(p, "blackbox_target", target)
+    return p
   end
   return config.ambient():probe(spec)
 end

@@ -577,12 +577,21 @@ sonde.probe { name = "bad", module = sonde.module("http_2xx"), target = %q,
   period = 0.2, timeout = 2,
   on_result = function(r) sonde.log.info("bad %%s %%s", r.status, r.reason) end }
 ]], conf, web:url("/ok"), web:url("/status/500")))
-    local _, text = H.host_until({ "--log-level", "info", script }, function(h)
+    local metrics_text
+    local _, text = H.host_until({ "--log-level", "info", "--listen", "127.0.0.1:0",
+        "--log-format", "json", script }, function(h)
       local e = h:stderr()
-      return e:find("seen success 200 probe_success 1", 1, true)
-        and e:find("bad failure expect", 1, true)
+      if e:find("seen success 200 probe_success 1", 1, true)
+          and e:find("bad failure expect", 1, true) then
+        local r = H.fetch(H.listen_port(h), "/metrics")
+        metrics_text = r.body
+        return true
+      end
     end)
     assert.matches("seen success 200", text, 1, true)
+    -- the target is the series' target label
+    assert.matches('probe_success{probe="ok",kind="readiness",target="'
+      .. web:url("/ok"):gsub("%p", "%%%0") .. '"', metrics_text)
     local code, _, err = H.host_run { H.script("nomod.lua", [[
 local sonde = require "sonde"
 sonde.probe { name = "x", module = sonde.module("nope"), target = "x" }
