@@ -67,6 +67,7 @@ CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c \
                src/ltargets.c
+CORE_SRC    += src/lregex.c src/resolve_op.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so
@@ -78,7 +79,7 @@ RAW         := $(BUILD)/bench/raw
 all: $(MODULE) $(HOST)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsonde.h \
-                   src/logq.h
+                   src/logq.h src/resolve_op.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -115,6 +116,7 @@ TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
              prometheus python3 lua-socket curl \
              python3-grpcio python3-grpc-tools \
              dnsmasq-base
+TEST_PKGS += prometheus-blackbox-exporter
 .PHONY: deps test-deps
 deps:
 	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"
@@ -222,6 +224,8 @@ install: all
 	install -m 755 $(MODULE) $(DESTDIR)$(LIBDIR)/sonde/core.so
 	install -m 644 lua/sonde/*.lua $(DESTDIR)$(LUADIR)/sonde/
 	install -m 644 lua/sonde/host/*.lua $(DESTDIR)$(LUADIR)/sonde/host/
+	install -d $(DESTDIR)$(LUADIR)/sonde/blackbox
+	install -m 644 lua/sonde/blackbox/*.lua $(DESTDIR)$(LUADIR)/sonde/blackbox/
 	install -d $(DESTDIR)$(DOCDIR)
 	install -m 644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 755 $(HOST) $(DESTDIR)$(BINDIR)/sonde

@@ -5,7 +5,19 @@
  *   core.listen(host, port, handler [, limits]) -> bound port | nil, err
  *   core.unlisten()
  *
- * handler(method, path, query) -> status, body [, content_type]; it runs on
+ * handler(method, path, query, headers, id) -> status, body [, content_type];
+ * `headers` is a table of the request's headers (lowercase name -> value;
+ * the last of a repeated name), `id` an integer naming the request.  The
+ * handler may instead return the string "defer": the request stays open
+ * (its request_timeout disarmed, and the connection's idle timeout too)
+ * until core.listen_reply(id, status, body [, content_type]) answers it,
+ * from any later callback (blackbox_exporter's /probe answers when its
+ * probe is done).  listen_reply returns false when there is no such
+ * pending request (already answered, or the server closed: closing
+ * answers every pending request 503, written as far as the socket takes
+ * it at once).  A client that went away meanwhile
+ * is noticed by evhttp; the answer is then dropped (listen_reply still
+ * returns true).  It runs on
  * the main thread in protected mode, like any callback (an error answers
  * 500 and goes to core.on_error's handler, or is kept for run() to
  * raise).  To a HEAD request the answer is the headers only, with the
@@ -111,6 +123,16 @@ struct server {
   int in_request;                /* inside the Lua handler */
   int closing;                   /* unlisten: no more Lua, freed soon */
   struct server *next_server;    /* all open servers (errorcb lookup) */
+  struct pending *pending;       /* deferred requests */
+  lua_Integer next_id;           /* of the next request */
+  struct timeval idle_tv;        /* the connections' idle timeout */
+};
+
+/* A request the handler deferred ("defer"), until core.listen_reply. */
+struct pending {
+  lua_Integer id;
+  struct evhttp_request *req;
+  struct pending *next;
 };
 
 struct lhttpd {
@@ -286,6 +308,79 @@ static struct conn *conn_of(struct server *s, struct evhttp_request *req) {
 
 /* ---- requests ------------------------------------------------------------- */
 
+/* The request's headers as a table: lowercase name -> value. */
+static void push_headers(lua_State *L, struct evhttp_request *req) {
+  struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+  lua_newtable(L);
+  if (!h) return;
+  for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (const char *p = kv->key; *p; p++)
+      luaL_addchar(&b, (*p >= 'A' && *p <= 'Z') ? (char)(*p + 32) : *p);
+    luaL_pushresult(&b);
+    lua_pushstring(L, kv->value);
+    lua_rawset(L, -3);
+  }
+}
+
+/* Keep `req` open for core.listen_reply: no request_timeout nor idle
+ * timeout while its answer is being made. */
+static int defer(struct server *s, struct evhttp_request *req,
+                 lua_Integer id) {
+  struct pending *p = malloc(sizeof *p);
+  if (!p) return -1;
+  p->id = id;
+  p->req = req;
+  p->next = s->pending;
+  s->pending = p;
+  struct conn *c = conn_of(s, req);
+  if (c && c->deadline) evtimer_del(c->deadline);
+  struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+  struct bufferevent *bev =
+      evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+  if (bev) bufferevent_set_timeouts(bev, NULL, NULL);
+  return 0;
+}
+
+/* Answer a deferred request (and free its entry). */
+static void answer(struct server *s, struct pending *p, int status,
+                   const char *body, size_t n, const char *ctype) {
+  struct evhttp_request *req = p->req;
+  free(p);
+  struct evbuffer *out = evbuffer_new();
+  struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+  if (evcon) {
+    /* the connection lives on: its timeouts again */
+    evhttp_connection_set_timeout_tv(evcon, &s->idle_tv);
+    struct conn *c = s->closing ? NULL : conn_of(s, req);
+    if (c && c->deadline) evtimer_add(c->deadline, &s->request_tv);
+  }
+  if (!out) {
+    evhttp_send_error(req, 500, NULL);
+    return;
+  }
+  if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+    char len[32];
+    snprintf(len, sizeof len, "%zu", body ? n : (size_t)0);
+    evhttp_add_header(evhttp_request_get_output_headers(req),
+                      "Content-Length", len);
+  } else if (body) {
+    evbuffer_add(out, body, n);
+  }
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                    ctype ? ctype : "text/plain; charset=utf-8");
+  if (status < 100 || status > 599) status = 500;
+  struct bufferevent *bev =
+      evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+  evhttp_send_reply(req, status, NULL, out);
+  evbuffer_free(out);
+  /* closing: evhttp goes before this answer is written, write what the
+   * socket takes now (best effort) */
+  if (s->closing && bev)
+    evbuffer_write(bufferevent_get_output(bev), bufferevent_getfd(bev));
+}
+
 static void on_request(struct evhttp_request *req, void *arg) {
   struct server *s = arg;
   lua_State *L = s->closing ? NULL : sonde_lua_thread(s->core);
@@ -306,8 +401,20 @@ static void on_request(struct evhttp_request *req, void *arg) {
     lua_pushstring(L, path && *path ? path : "/");
     if (query) lua_pushstring(L, query);
     else lua_pushnil(L);
+    push_headers(L, req);
+    lua_Integer id = ++s->next_id;
+    lua_pushinteger(L, id);
     s->in_request++;
-    if (sonde_lua_pcall(s->core, 3, 3) == 0) {
+    int ok = sonde_lua_pcall(s->core, 5, 3) == 0;
+    if (ok && lua_type(L, -3) == LUA_TSTRING &&
+        strcmp(lua_tostring(L, -3), "defer") == 0) {
+      s->in_request--;
+      lua_settop(L, top);
+      evbuffer_free(out);
+      if (defer(s, req, id) != 0) evhttp_send_error(req, 500, NULL);
+      return;
+    }
+    if (ok) {
       status = (int)luaL_optinteger(L, -3, 500);
       size_t n = 0;
       const char *body = lua_tolstring(L, -2, &n);
@@ -384,6 +491,12 @@ static void server_close(struct server *s) {
   if (s->attach) event_free(s->attach);
   s->resume = s->attach = NULL;
   if (s->listener) evconnlistener_disable(s->listener);
+  while (s->pending) {            /* before evhttp frees their connections */
+    struct pending *p = s->pending;
+    s->pending = p->next;
+    static const char msg[] = "shutting down\n";
+    answer(s, p, 503, msg, sizeof msg - 1, NULL);
+  }
   if (s->in_request) {
     struct timeval now = {0, 0};
     if (event_base_once(s->base, -1, EV_TIMEOUT, on_deferred_free, s, &now) == 0)
@@ -474,8 +587,8 @@ static int l_core_listen(lua_State *L) {
       EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_PATCH);
   evhttp_set_gencb(s->http, on_request, s);
   evhttp_set_bevcb(s->http, new_bev, s);
-  struct timeval idle_tv = to_tv(idle);
-  evhttp_set_timeout_tv(s->http, &idle_tv);
+  s->idle_tv = to_tv(idle);
+  evhttp_set_timeout_tv(s->http, &s->idle_tv);
   evhttp_set_max_headers_size(s->http, (ev_ssize_t)max_header);
   evhttp_set_max_body_size(s->http, 0);
   s->next_server = servers;
@@ -511,8 +624,36 @@ static int l_core_listen(lua_State *L) {
   return 1;
 }
 
+/* core.listen_reply(id, status, body [, content_type]) -> boolean */
+static int l_core_listen_reply(lua_State *L) {
+  lua_Integer id = luaL_checkinteger(L, 1);
+  int status = (int)luaL_checkinteger(L, 2);
+  size_t n = 0;
+  const char *body = luaL_optlstring(L, 3, "", &n);
+  const char *ctype = luaL_optstring(L, 4, NULL);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &httpd_key);
+  struct lhttpd *h = lua_touserdata(L, -1);
+  struct server *s = h ? h->s : NULL;
+  if (!s || s->closing) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  for (struct pending **pp = &s->pending; *pp; pp = &(*pp)->next) {
+    if ((*pp)->id == id) {
+      struct pending *p = *pp;
+      *pp = p->next;
+      answer(s, p, status, body, n, ctype);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
-    {"listen", l_core_listen}, {"unlisten", l_core_unlisten}, {NULL, NULL}};
+    {"listen", l_core_listen}, {"unlisten", l_core_unlisten},
+    {"listen_reply", l_core_listen_reply}, {NULL, NULL}};
 
 void sonde_open_httpd(lua_State *L) {
   sonde_open_logq(L);           /* [module, loop] -> [module, loop] */

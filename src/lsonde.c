@@ -51,6 +51,7 @@
 #include <arpa/inet.h>
 
 #include "lsonde.h"
+#include "resolve_op.h"
 #include "sonde/sonde.h"
 #include "sonde/tls.h"
 
@@ -666,11 +667,13 @@ static int l_core_http(lua_State *L) {
 
 /* Read core.tcp's options (host, port, timeout, tls: see
  * sonde_lua_tls_opts, steps) from the table at t; steps: array of
- * { kind = "expect" | "send" | "starttls", data = string, name = string }
+ * { kind = "expect" | "send" | "starttls" | "expect_re", data = string,
+ * name = string }
  * (sonde/tcp.h), read into a userdata left on the stack (returns 1, else
  * 0). */
 int sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
-  static const char *const kinds[] = {"expect", "send", "starttls", NULL};
+  static const char *const kinds[] = {"expect", "send", "starttls",
+                                      "expect_re", NULL};
   memset(o, 0, sizeof *o);
   o->host = opt_str(L, t, "host", NULL);
   if (!o->host) luaL_error(L, "sonde.core: host: string expected");
@@ -999,6 +1002,16 @@ static int l_core_timer(lua_State *L) {
   return started(L, c, sonde_timer_start(c->loop, s, call_timer, c), 2);
 }
 
+/* core.resolve(name, timeout, cb) -> id: the name's addresses (cb gets a
+ * result whose output lists them one per line; resolve_op.c). */
+static int l_core_resolve(lua_State *L) {
+  struct lcore *c = sonde_lua_core(L);
+  const char *name = luaL_checkstring(L, 1);
+  double s = luaL_checknumber(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  return started(L, c, sonde_resolve_start(c->loop, name, s, call_back, c), 3);
+}
+
 /* core.cancel(id) -> boolean (true if it was pending).  Safe from any
  * callback, the operation's own included: from its on_output it stops the
  * output and the result callback never runs; from its own result callback
@@ -1305,6 +1318,7 @@ static const luaL_Reg core_funcs[] = {
     {"dns", l_core_dns},
     {"dns_check", l_core_dns_check},
     {"timer", l_core_timer},
+    {"resolve", l_core_resolve},
     {"cancel", l_core_cancel},
     {"run", l_core_run},
     {"on_error", l_core_on_error},
@@ -1363,6 +1377,7 @@ int luaopen_sonde_core(lua_State *L) {
   sonde_open_procstat(L);
   sonde_open_notify(L);
   sonde_open_deadline(L);
+  sonde_open_regex(L);
   sonde_open_targets(L);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &streams_key);

@@ -102,6 +102,9 @@ void sonde_open_notify(lua_State *L);
 /* Register core.set_deadline, deadline_hit, clear_deadline. */
 void sonde_open_deadline(lua_State *L);
 
+/* Register core.regex (POSIX ERE, lregex.c) into the table on top. */
+void sonde_open_regex(lua_State *L);
+
 /* Add core.md5 and core.file_stamp (ltargets.c) to the table on top. */
 void sonde_open_targets(lua_State *L);
 

@@ -42,6 +42,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <net/if.h>
+#include <regex.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -569,7 +570,8 @@ static void fail_errno(struct tcp_op *t, const struct sonde_tcp_step *st,
 /* Match the lines in buf against the expect step; 1 when one matched
  * (consumed through it), 0 when none did (all complete lines consumed),
  * -1 when the op has ended. */
-static int scan_lines(struct tcp_op *t, const struct sonde_tcp_step *st) {
+static int scan_lines_with(struct tcp_op *t, const struct sonde_tcp_step *st,
+                           regex_t *re) {
   for (;;) {
     char *nl = memchr(t->buf, '\n', t->blen);
     size_t len, used;
@@ -588,8 +590,16 @@ static int scan_lines(struct tcp_op *t, const struct sonde_tcp_step *st) {
     memcpy(t->buf + LAST_AT, t->buf, shown);
     t->last_len = len;
     t->lines++;
-    int m = sonde_pattern_find_steps(t->buf, len, st->data, st->len, NULL,
-                                     NULL, &t->match_steps);
+    int m;
+    if (st->kind == SONDE_TCP_EXPECT_RE) {
+      regmatch_t rm[1];
+      rm[0].rm_so = 0;
+      rm[0].rm_eo = (regoff_t)len;
+      m = regexec(re, t->buf, 1, rm, REG_STARTEND) == 0;
+    } else {
+      m = sonde_pattern_find_steps(t->buf, len, st->data, st->len, NULL,
+                                   NULL, &t->match_steps);
+    }
     if (m == 1) {
       struct sonde_result *r = &t->op.res;
       if (sonde_result_set_output(r, t->buf, len) == 0)
@@ -608,6 +618,25 @@ static int scan_lines(struct tcp_op *t, const struct sonde_tcp_step *st) {
       return -1;
     }
   }
+}
+
+static int scan_lines(struct tcp_op *t, const struct sonde_tcp_step *st) {
+  if (st->kind != SONDE_TCP_EXPECT_RE) return scan_lines_with(t, st, NULL);
+  /* compiled for this scan: a step's regex lives as long as the scan */
+  regex_t re;
+  int rc = regcomp(&re, st->data, REG_EXTENDED);
+  if (rc != 0) {
+    char msg[1024], err[256];
+    regerror(rc, &re, err, sizeof err);
+    regfree(&re);
+    snprintf(msg, sizeof msg, "%s: regular expression does not compile: %s",
+             st->name, err);
+    converse_fail(t, SONDE_R_CONFIG, 0, msg);
+    return -1;
+  }
+  int m = scan_lines_with(t, st, &re);
+  regfree(&re);
+  return m;
 }
 
 /* send() or, once TLS is on, SSL_write: bytes written, or -1 with errno

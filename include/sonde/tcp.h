@@ -106,7 +106,13 @@
 enum sonde_tcp_step_kind {
   SONDE_TCP_EXPECT,   /* data: a Lua pattern */
   SONDE_TCP_SEND,     /* data: the bytes to write */
-  SONDE_TCP_STARTTLS  /* the TLS handshake (needs use_tls) */
+  SONDE_TCP_STARTTLS, /* the TLS handshake (needs use_tls) */
+  SONDE_TCP_EXPECT_RE /* as SONDE_TCP_EXPECT, data a POSIX extended regular
+                         expression (regcomp REG_EXTENDED, matched with
+                         REG_STARTEND against the line; blackbox_exporter's
+                         query_response `expect` mapped from RE2); a
+                         pattern that does not compile fails the step,
+                         reason config */
 };
 
 struct sonde_tcp_step {

@@ -52,6 +52,7 @@ local log = require "sonde.log"
 local json = require "sonde.json"
 local metrics = require "sonde.metrics"
 local redact = require "sonde.redact"
+local blackbox = require "sonde.blackbox"
 
 local M = {}
 
@@ -143,6 +144,113 @@ local function find(cfg, name, kind)
   if p and p.kind == kind then return p end
 end
 
+---------------------------------------------------------------------------
+-- blackbox_exporter's /probe (a load with a blackbox configuration: the
+-- host's --config.file)
+---------------------------------------------------------------------------
+
+--- Seconds taken off the scrape's X-Prometheus-Scrape-Timeout-Seconds
+-- (blackbox_exporter's --timeout-offset).
+M.timeout_offset = 0.5
+
+--- /probe requests that named no known module (blackbox_module_unknown_total).
+M.module_unknown = 0
+
+--- The last load of the blackbox configuration (the host sets them):
+-- whether it succeeded, and when it last did (seconds since the epoch):
+-- blackbox_exporter_config_last_reload_successful and
+-- blackbox_exporter_config_last_reload_success_timestamp_seconds.
+M.config_ok, M.config_time = nil, nil
+
+-- A query string's values, decoded as Go's url.ParseQuery does ('+' is a
+-- space, %XX a byte); the first value of a repeated name.
+local function query_values(query)
+  local out = {}
+  if type(query) ~= "string" then return out end
+  for pair in query:gmatch("[^&;]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    local function dec(x)
+      return (x:gsub("+", " "):gsub("%%(%x%x)", function(h)
+        return string.char(tonumber(h, 16))
+      end))
+    end
+    k = dec(k)
+    if out[k] == nil then out[k] = dec(v) end
+  end
+  return out
+end
+
+--- Answer `/probe?target=T&module=M[&debug=true][&hostname=H]` as
+-- blackbox_exporter (hostname: the Host header of an http module):
+-- 400 "Unknown module" / "Target parameter is missing", else one probe of
+-- the module on the loop, answered (core.listen_reply) when it is done,
+-- with its series or, with debug=true, its logs, series and module.
+-- @return status, body, content type; or "defer" (answered later)
+function M.probe(cfg, method, query, headers, id)
+  local conf = cfg.blackbox
+  local q = query_values(query)
+  local name = q.module
+  if name == nil or name == "" then name = "http_2xx" end
+  local module = conf.modules[name]
+  if not module then
+    M.module_unknown = M.module_unknown + 1
+    return 400, string.format("Unknown module %q\n", name)
+  end
+  local timeout, terr = blackbox.timeout(module,
+    headers and headers["x-prometheus-scrape-timeout-seconds"], M.timeout_offset)
+  if not timeout then
+    return 500, "Failed to parse timeout from Prometheus header: " .. terr .. "\n"
+  end
+  local target = q.target
+  if target == nil or target == "" then
+    return 400, "Target parameter is missing\n"
+  end
+  local debug = q.debug == "true"
+  local hostname = q.hostname
+  if hostname == "" or module.prober ~= "http" then hostname = nil end
+  if hostname then
+    local clash = module:host_conflict(hostname)
+    if clash then return 400, clash .. "\n" end
+  end
+  local ok, err = pcall(module.run, module, target, { timeout = timeout,
+      hostname = hostname },
+    function(res)
+      local body, ctype
+      if debug then
+        body, ctype = blackbox.debug_text(res), "text/plain"
+      else
+        body = blackbox.render(res)
+        ctype = "text/plain; version=0.0.4; charset=utf-8"
+      end
+      core.listen_reply(id, 200, body, ctype)
+    end)
+  if not ok then
+    log.event("error", "http_error", { path = "/probe", error = tostring(err) })
+    return 500, "internal error\n"
+  end
+  return "defer"
+end
+
+-- blackbox_exporter's own series, after sonde's.
+local function blackbox_metrics()
+  local out = "# HELP blackbox_module_unknown_total Count of unknown modules "
+    .. "requested by probes\n# TYPE blackbox_module_unknown_total counter\n"
+    .. "blackbox_module_unknown_total " .. M.module_unknown .. "\n"
+  if M.config_ok ~= nil then
+    out = out .. "# HELP blackbox_exporter_config_last_reload_successful "
+      .. "Blackbox exporter config loaded successfully.\n"
+      .. "# TYPE blackbox_exporter_config_last_reload_successful gauge\n"
+      .. "blackbox_exporter_config_last_reload_successful "
+      .. (M.config_ok and 1 or 0) .. "\n"
+      .. "# HELP blackbox_exporter_config_last_reload_success_timestamp_seconds "
+      .. "Timestamp of the last successful configuration reload.\n"
+      .. "# TYPE blackbox_exporter_config_last_reload_success_timestamp_seconds gauge\n"
+      .. "blackbox_exporter_config_last_reload_success_timestamp_seconds "
+      .. string.format("%.3f", M.config_time or 0) .. "\n"
+  end
+  return out
+end
+
 --- Answer one request.
 -- @tparam table cfg the load
 -- @tparam string method
@@ -156,7 +264,8 @@ function M.route(cfg, method, path, query)
     return 405, "method not allowed\n"
   end
   if path == "/metrics" then
-    return 200, metrics.render(cfg), "text/plain; version=0.0.4; charset=utf-8"
+    return 200, metrics.render(cfg) .. (cfg.blackbox and blackbox_metrics()
+      or ""), "text/plain; version=0.0.4; charset=utf-8"
   elseif path == "/healthz" then
     return 200, "ok\n"
   elseif path == "/readyz" then
@@ -212,9 +321,15 @@ function M.listen(host, port, get_cfg, limits)
   local l = {}
   for k, v in pairs(M.limits) do l[k] = v end
   for k, v in pairs(limits or {}) do l[k] = v end
-  return core.listen(host, port, function(method, path, query)
-    local ok, status, body, ctype = pcall(M.route, get_cfg(), method, path,
-      query)
+  return core.listen(host, port, function(method, path, query, headers, id)
+    local cfg = get_cfg()
+    local ok, status, body, ctype
+    if path == "/probe" and cfg.blackbox and (method == "GET"
+        or method == "HEAD") then
+      ok, status, body, ctype = pcall(M.probe, cfg, method, query, headers, id)
+    else
+      ok, status, body, ctype = pcall(M.route, cfg, method, path, query)
+    end
     if not ok then
       log.event("error", "http_error", { path = path, error = tostring(status) })
       return 500, "internal error\n"

@@ -52,6 +52,7 @@ local targets = require "sonde.targets"
 local each = require "sonde.each"
 local metrics = require "sonde.metrics"
 local otlp = require "sonde.otlp"
+local blackbox = require "sonde.blackbox"
 
 local sonde = { version = core.version }
 
@@ -507,6 +508,14 @@ end
 -- @return the probe object
 -- @raise `FILE:LINE: probe "NAME": FIELD: reason` on a bad spec
 function sonde.probe(spec)
+  -- a blackbox_exporter module run against a target (sonde.blackbox):
+  -- the target is its series' target label
+  if type(spec) == "table" and rawget(spec, "module") ~= nil then
+    local target = rawget(spec, "target")
+    local p = config.ambient():probe(blackbox.probe_spec(spec))
+    rawset(p, "blackbox_target", target)
+    return p
+  end
   return config.ambient():probe(spec)
 end
 
@@ -554,6 +563,37 @@ sonde.metrics = {
   gauge = function(...) return config.ambient().registry:gauge(...) end,
   counter = function(...) return config.ambient().registry:counter(...) end,
 }
+
+--- blackbox_exporter configurations (lua/sonde/blackbox.lua):
+-- `sonde.blackbox.load(path)` reads a blackbox.yml (raising
+-- `PATH: module "NAME": FIELD: reason` when sonde cannot run it) and makes
+-- it the configuration `sonde.module` takes its modules from and the
+-- host's `/probe` serves (under the host, `--config.file` is loaded
+-- first); it returns `{ path, modules = { NAME = module } }`.  `module:run(target, { timeout = s }, cb)` runs one
+-- probe (cb gets `{ success, duration, result, logs }`),
+-- `sonde.blackbox.render(res)` gives the series /probe would answer.
+sonde.blackbox = {
+  load = function(path)
+    local conf, err = blackbox.load(path)
+    if not conf then validate.raise(err) end
+    blackbox.current = conf
+    -- served on /probe too (with --listen)
+    config.ambient().blackbox = conf
+    return conf
+  end,
+  parse = blackbox.parse,
+  render = blackbox.render,
+}
+
+--- A module of the blackbox configuration loaded (`--config.file` or
+-- `sonde.blackbox.load`), for `sonde.probe { module = sonde.module(NAME),
+-- target = "http://...", ... }` (thresholds, hooks and actions as usual).
+-- @raise when no configuration is loaded or it has no such module
+function sonde.module(name)
+  local ok, m = pcall(blackbox.module, name)
+  if not ok then validate.raise(tostring(m):gsub("^[^:]*:%d+: ", "")) end
+  return m
+end
 
 --- Push the load's series (what `/metrics` serves) as OTLP/HTTP JSON every
 -- `interval` seconds to an OpenTelemetry Collector or Prometheus >= 3's

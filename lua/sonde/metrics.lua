@@ -246,6 +246,8 @@ M.TARGETS = {
 
 --- The target of probe `p` (a sonde.probe), or nil.
 function M.target(p)
+  -- a probe of a blackbox_exporter module (sonde.probe { module, target })
+  if rawget(p, "blackbox_target") then return p.blackbox_target end
   local f = M.TARGETS[p.handler]
   return f and p.opts and f(p.opts) or nil
 end

@@ -153,6 +153,7 @@ spec:
     local app = index_of(evs, "service_start", { service = "app" })
     assert.is_truthy(fail and restart and ok and app, h:stderr())
     assert.is_true(fail < restart and restart < ok and ok < app, h:stderr())
+    await(h, function() return #order() >= 3 end, "the app's line")
     assert.are.same({ "try", "try", "app" }, order())
     assert.are.equal(2, #h:events("service_start", { service = "setup" }))
     term_clean(h)
@@ -239,6 +240,8 @@ spec:
     command: ["sh", "-c", "echo app >> @W@/order; exec sleep 600"]
 ]])
     await(h, has("service_start", { service = "app" }), "the app's start")
+    -- (the app's shell writes its line after its start is logged)
+    await(h, function() return #order() >= 3 end, "the app's line")
     assert.are.same({ "proxy", "setup", "app" }, order())
     local evs = h:events()
     local started = index_of(evs, "state_change", { probe = "proxy-startup",

@@ -28,6 +28,7 @@ local run = require "sonde.host.run"
 local check = require "sonde.host.check"
 local once = require "sonde.host.once"
 local targets = require "sonde.targets"
+local blackbox = require "sonde.blackbox"
 
 local M = {}
 
@@ -64,6 +65,11 @@ OPTIONS:
   --otlp-header H   "Name: value" sent with each push (repeatable)
   --otlp-resource A "name=value": a resource attribute of the pushes
                     (repeatable; e.g. service.instance.id=host-a/shard-1)
+  --config.file F   a blackbox_exporter configuration (blackbox.yml): serve
+                    /probe?target=T&module=M[&debug=true] (with --listen or
+                    its alias --web.listen-address); SCRIPT is then optional
+  --timeout-offset S  seconds taken off the scrape's timeout header (0.5)
+  --config.check    check the --config.file and exit (0 ok, 1 not)
 ]]
 
 -- "9100", ":9100" -> 127.0.0.1; "0.0.0.0:9100"; "[::1]:9100"
@@ -92,6 +98,11 @@ local OPTIONS = {
   ["--otlp-interval"] = { global = true, pod = true },
   ["--otlp-header"] = { global = true, pod = true },
   ["--otlp-resource"] = { global = true, pod = true },
+  -- blackbox_exporter's flags (sonde.blackbox)
+  ["--config.file"] = { global = true },
+  ["--web.listen-address"] = { global = true },
+  ["--timeout-offset"] = { global = true },
+  ["--config.check"] = { global = true },
 }
 
 -- Take option `a` with value `v` into `opts`; an error text when wrong.
@@ -109,9 +120,16 @@ local function take(opts, cmd, a, v)
       return "--log-level takes debug, info, warn or error"
     end
     log.set_level(v)
-  elseif a == "--listen" then
+  elseif a == "--config.file" then
+    if not v or v == "" then return "--config.file takes a path" end
+    opts.config_file = v
+  elseif a == "--timeout-offset" then
+    local n = tonumber(v or "")
+    if not n or n < 0 then return "--timeout-offset takes seconds (>= 0)" end
+    opts.timeout_offset = n
+  elseif a == "--listen" or a == "--web.listen-address" then
     local host, port = parse_listen(v or "")
-    if not host then return "--listen takes PORT, :PORT, HOST:PORT or [V6]:PORT" end
+    if not host then return a .. " takes PORT, :PORT, HOST:PORT or [V6]:PORT" end
     opts.listen = { host = host, port = port }
   elseif a == "--container" then
     if not v then return "--container takes a name" end
@@ -172,11 +190,43 @@ function M.main(args)
       io.stdout:write(USAGE)
       return 0
     end
-    local e = take(opts, "global", a, args[i + 1])
-    if e then return usage_error("%s", e) end
-    i = i + 2
+    local name, val = a:match("^(%-%-[^=]+)=(.*)$")    -- --flag=value
+    if a == "--config.check" then               -- a switch, as blackbox's
+      opts.config_check = true
+      i = i + 1
+    else
+      local e = take(opts, "global", name or a, name and val or args[i + 1])
+      if e then return usage_error("%s", e) end
+      i = i + (name and 1 or 2)
+    end
   end
   local cmd = args[i]
+  if opts.config_check then
+    -- blackbox_exporter's --config.check: load the configuration, say so
+    if not opts.config_file then return usage_error("--config.check needs --config.file") end
+    local conf, err = blackbox.load(opts.config_file)
+    if not conf then common.err("%s", err) return 1 end
+    print(string.format("%s: config file is ok: %s", opts.config_file,
+      common.plural(#conf.names, "module")))
+    return 0
+  end
+  if opts.config_file and cmd == "pod" then
+    return usage_error("--config.file runs with a SCRIPT or alone, not with pod")
+  end
+  if opts.config_file and cmd ~= "check" and cmd ~= "once" then
+    -- blackbox_exporter's command line: the configuration, and a script
+    -- or none
+    if opts.otlp and not opts.otlp.url then
+      return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
+        .. "need --otlp URL")
+    end
+    return run.main(cmd and common.source(cmd) or { name = opts.config_file,
+      load = function() end }, table.move(args, i + 1, #args, 1, {}),
+      -- blackbox_exporter listens on :9115 by default (sonde: loopback)
+      opts.listen or { host = "127.0.0.1", port = 9115 }, opts.otlp,
+      { path = opts.config_file,
+        offset = opts.timeout_offset or 0.5 })
+  end
   if cmd == nil then return usage_error("no script given") end
   if cmd == "-h" then io.stdout:write(USAGE) return 0 end
   if cmd ~= "check" and cmd ~= "once" and cmd ~= "pod" then
@@ -210,6 +260,12 @@ function M.main(args)
   if cmd ~= "once" and rest[2] then
     return usage_error("%s: unexpected argument %s", cmd, rest[2])
   end
+  -- check and once with --config.file: the script's modules come from it
+  local function source(p, c)
+    local src = common.source(p, c)
+    if opts.config_file then src = run.with_blackbox(src, opts.config_file) end
+    return src
+  end
   if cmd == "pod" then
     if opts.otlp and not opts.otlp.url then
       return usage_error("--otlp-interval, --otlp-header and --otlp-resource "
@@ -218,9 +274,9 @@ function M.main(args)
     return run.main(common.source(path, opts.container, true), {}, opts.listen,
       opts.otlp)
   elseif cmd == "check" then
-    return check.main(common.source(path, opts.container))
+    return check.main(source(path, opts.container))
   end
-  return once.main(common.source(path, opts.container),
+  return once.main(source(path, opts.container),
     table.move(rest, 2, #rest, 1, {}), opts.format)
 end
 

@@ -31,6 +31,7 @@ local log = require "sonde.log"
 local task = require "sonde.task"
 local config = require "sonde.config"
 local endpoints = require "sonde.endpoints"
+local blackbox = require "sonde.blackbox"
 local common = require "sonde.host.common"
 local metrics = require "sonde.metrics"
 local otlp = require "sonde.otlp"
@@ -66,6 +67,29 @@ local function status_line(cfg)
   return plural(#cfg.probes, "probe") .. ", " .. plural(#cfg.services, "service")
 end
 
+--- `source` (see sonde.host.common.source) with a blackbox_exporter
+-- configuration read first at each load: the load fails with its error,
+-- or the configuration becomes the one `sonde.module` takes modules from
+-- and the load's `/probe` serves; `loaded(ok)` is told which (the
+-- /metrics reload gauges).  Used by run, check and once with
+-- `--config.file`.
+function M.with_blackbox(source, path, loaded)
+  local inner = source.load
+  return { name = source.name, manifest = source.manifest, load = function(...)
+    local conf, err = blackbox.load(path)
+    if loaded then loaded(conf ~= nil) end
+    if not conf then error(err, 0) end
+    blackbox.current = conf
+    config.ambient().blackbox = conf
+    if type(inner) == "string" then
+      local chunk, lerr = loadfile(inner)
+      if not chunk then error(lerr, 0) end
+      return chunk(...)
+    end
+    return inner(...)
+  end }
+end
+
 --- Run the command.
 -- @tparam table source see sonde.host.common.source
 -- @tparam table args the script's arguments
@@ -74,12 +98,22 @@ end
 -- the series /metrics serves (sonde.otlp); it belongs to the host, not to
 -- a load: it goes on over reloads (with the new load's series) and ends
 -- with the host
+-- @tparam[opt] table bb `{ path, offset }`: a blackbox_exporter
+-- configuration read at each load (before the script, which may use its
+-- modules: sonde.module) and served on `/probe` (sonde.endpoints)
 -- @treturn integer exit code
-function M.main(source, args, listen, push)
+function M.main(source, args, listen, push, bb)
   core.set_subreaper(true)
   common.guard_exit()
   task.hosted = true
   common.set_arg(source.name, args)
+  if bb then
+    source = M.with_blackbox(source, bb.path, function(ok)
+      endpoints.config_ok = ok
+      if ok then endpoints.config_time = core.wall_time() end
+    end)
+    endpoints.timeout_offset = bb.offset
+  end
   local current, err
   local exporter, push_scope
   if push then
