@@ -571,8 +571,44 @@ describe("examples/fleet", function()
       assert(ok, err)
     end)
 
-    pending("blackbox.yml loads with sonde --config.file (the /probe "
-      .. "endpoint is not on this branch yet)")
+    it("blackbox.yml passes sonde --config.file F --config.check: its 6 "
+      .. "modules", function()
+      local path = FLEET .. "probe/blackbox.yml"
+      local rc, out, err = helpers.host_run({ "--config.file", path,
+        "--config.check" })
+      assert.are.equal(0, rc, out .. err)
+      assert.are.equal(path .. ": config file is ok: 6 modules\n", out)
+    end)
+
+    it("a sonde on blackbox.yml answers /probe: http_2xx and tcp_connect "
+      .. "against the fixture succeed, the module's timeout bounds the "
+      .. "probe", function()
+      local srv = server {}
+      local h = start({ "--log-format", "json", "--config.file",
+        FLEET .. "probe/blackbox.yml", "--web.listen-address", "127.0.0.1:0" })
+      local port = helpers.listen_port(h)
+      local function probe(module, target, extra)
+        local r = helpers.fetch(port, "/probe?module=" .. module .. "&target="
+          .. helpers.urlencode(target) .. (extra or ""))
+        assert.are.equal(200, r.http_status, r.body)
+        return r.body
+      end
+      local http = probe("http_2xx", srv:url("/ok"))
+      local tcp = probe("tcp_connect", "127.0.0.1:" .. srv.port)
+      local closed = probe("tcp_connect", "127.0.0.1:" .. helpers.closed_port())
+      local dbg = probe("http_2xx", srv:url("/ok"), "&debug=true")
+      local m = helpers.fetch(port, "/metrics").body
+      assert.are.equal(0, h:term(), h:stderr())
+      assert.is_truthy(http:find("\nprobe_success 1\n", 1, true), http)
+      assert.is_truthy(http:find("\nprobe_http_status_code 200\n", 1, true), http)
+      assert.is_truthy(tcp:find("\nprobe_success 1\n", 1, true), tcp)
+      assert.is_truthy(closed:find("\nprobe_success 0\n", 1, true), closed)
+      -- the module's timeout (5s) is shorter than the default scrape
+      -- timeout's 120 s less the offset
+      assert.is_truthy(dbg:find("timeout_seconds=5", 1, true), dbg)
+      assert.is_truthy(m:find("\nblackbox_exporter_config_last_reload_successful 1\n",
+        1, true), m)
+    end)
   end)
 
   describe("shards (self-scheduled, pushing OTLP)", function()
