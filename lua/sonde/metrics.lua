@@ -740,7 +740,8 @@ function M.render(cfg)
   -- probes whose last result came over TLS
   local tls = {}
   for _, p in ipairs(probes) do
-    local t = last[p] and last[p].tls
+    -- (a module probe's TLS series are its module's: module_families)
+    local t = last[p] and not last[p].blackbox_fams and last[p].tls
     if type(t) == "table" then tls[#tls + 1] = { p, t } end
   end
   if #tls > 0 then
