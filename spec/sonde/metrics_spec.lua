@@ -474,7 +474,11 @@ describe("metrics: module probes (sonde.probe { module = ... })", function()
         earliest_expiry = 1, has_earliest_expiry = true, version = "TLS 1.3",
         cipher = "x", dns_names = {} }, blackbox_fams = fams(200) }),
       probe("b", { status = "failure", duration = 0.1,
-        blackbox_fams = fams(500) }),
+        blackbox_fams = (function()
+          local f = fams(500)
+          f.probe_ssl_earliest_cert_expiry = nil      -- plain HTTP
+          return f
+        end)() }),
     } })
     for _, line in ipairs {
       'probe_http_status_code{probe="a",kind="readiness"} 200',
