@@ -64,6 +64,8 @@ struct http_op {
   char *rbody;               /* response body of the current hop */
   size_t rbody_len, rbody_cap; /* grows up to max_body (+1 for a NUL) */
   size_t rbody_seen;         /* body bytes curl delivered on this hop */
+  char *cut_loc;             /* a capped hop's Location, resolved against
+                                its URL (curl_free) */
   struct sonde_header *rh;   /* response headers of the current hop */
   size_t nrh;
   struct sonde_tls_opts tls; /* expiry thresholds (the strings are not
@@ -250,6 +252,8 @@ static void http_release(struct sonde_op *op, int cancelled) {
   if (!h->shared_hdrs) curl_slist_free_all(h->hdrs);
   h->hdrs = NULL;
   free(h->url);
+  curl_free(h->cut_loc);
+  h->cut_loc = NULL;
   free(h->orig_scheme);
   free(h->orig_host);
   free(h->method);
@@ -457,6 +461,27 @@ static void finish_error(struct http_op *h) {
 
 static int start_hop(struct http_op *h);
 
+/* The Location of a hop whose body reached the cap, resolved against the
+ * hop's URL, or NULL.  (curl computes the redirect URL only for a
+ * transfer that completed; the cap ends it early.  Go's client, the
+ * kubelet's, follows a redirect whatever its body.) */
+static const char *capped_location(struct http_op *h) {
+  const char *v = NULL;
+  for (size_t i = 0; i < h->nrh; i++)
+    if (strcasecmp(h->rh[i].name, "Location") == 0) v = h->rh[i].value;
+  if (!v || !*v) return NULL;
+  CURLU *u = curl_url();
+  if (!u) return NULL;
+  curl_free(h->cut_loc);
+  h->cut_loc = NULL;
+  if (curl_url_set(u, CURLUPART_URL, h->url, 0) != CURLUE_OK ||
+      curl_url_set(u, CURLUPART_URL, v, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_URL, &h->cut_loc, 0) != CURLUE_OK)
+    h->cut_loc = NULL;
+  curl_url_cleanup(u);
+  return h->cut_loc;
+}
+
 static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   struct http_op *h = (struct http_op *)(void *)((char *)owner -
                                                 offsetof(struct http_op, owner));
@@ -483,6 +508,8 @@ static void on_done(struct sonde_curl_owner *owner, CURLcode code) {
   curl_easy_getinfo(h->easy, CURLINFO_RESPONSE_CODE, &status);
   h->status = status;
   curl_easy_getinfo(h->easy, CURLINFO_REDIRECT_URL, &loc);
+  if (!loc && h->capped && status >= 300 && status < 400)
+    loc = (char *)(uintptr_t)capped_location(h);
   int is_redirect = (status == 301 || status == 302 || status == 303 ||
                      status == 307 || status == 308) && loc && *loc;
   if (!is_redirect) {

@@ -751,6 +751,8 @@ function M.probe_spec(spec)
       end
     end
     r.blackbox = run.render(res)
+    -- its families, for /metrics (sonde.metrics)
+    r.blackbox_fams = res.families and res.families.fams
     r.duration = nil
     return r
   end

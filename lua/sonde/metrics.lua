@@ -53,6 +53,10 @@
 --     issuer,subjectalternative,serialnumber}` 1,
 --     `probe_tls_version_info{version}` 1, `probe_tls_cipher_info{cipher}`
 --     1;
+--   * probes of a blackbox_exporter module (`sonde.probe { module =
+--     sonde.module(NAME), target = T }`): the series /probe answers for
+--     their last run (blackbox_exporter's, per prober), with the probe's
+--     labels before the module's own, in the families of the same name;
 --   * `sonde_probe_runs_total{status}` runs by result status (counter);
 --   * `sonde_probe_state{state}` 1 for the current state (success,
 --     failure, unknown), 0 for the others;
@@ -453,9 +457,57 @@ end
 --- The /metrics text of a load: its probes, services and series.
 -- @tparam table cfg a load (sonde.config): `probes`, `services`, `registry`
 -- @treturn string
+-- The series of module probes' last runs (sonde.probe { module = ... }:
+-- what blackbox_exporter's /probe answers for them, r.blackbox_fams), by
+-- family name: { help, type, lines }, with each probe's labels before the
+-- module's own.  probe_success and probe_duration_seconds are left out:
+-- every probe has them.
+local function module_families(probes, last)
+  local mod
+  for _, p in ipairs(probes) do
+    local r = last[p]
+    local fams = r and r.blackbox_fams
+    if type(fams) == "table" then
+      mod = mod or {}
+      local c = probe_labels(p)
+      for name, f in pairs(fams) do
+        if name ~= "probe_success" and name ~= "probe_duration_seconds" then
+          local m = mod[name]
+          if not m then
+            m = { help = f.help, type = f.type, lines = {} }
+            mod[name] = m
+          end
+          local keys = {}
+          for k in pairs(f.samples) do keys[#keys + 1] = k end
+          table.sort(keys)
+          for _, k in ipairs(keys) do
+            local lbl = k == "" and c.pl or c.pl:sub(1, -2) .. "," .. k:sub(2)
+            m.lines[#m.lines + 1] = name .. lbl .. " " .. num(f.samples[k])
+          end
+        end
+      end
+    end
+  end
+  return mod
+end
+
 function M.render(cfg)
   local out = {}
+  -- module probes' families: their lines follow those of the family of
+  -- the same name this renderer writes, or come on their own (below)
+  local mod, pending
+  local function flush()
+    if pending then
+      for _, l in ipairs(pending) do out[#out + 1] = l end
+      pending = nil
+    end
+  end
   local function family(name, kind, help)
+    flush()
+    local m = mod and mod[name]
+    if m and not m.done then
+      m.done, pending = true, m.lines
+    end
     out[#out + 1] = fmt("# HELP %s %s", name, help_escape(help))
     out[#out + 1] = fmt("# TYPE %s %s", name, kind)
   end
@@ -476,6 +528,7 @@ function M.render(cfg)
   for _, p in ipairs(probes) do
     state[p], last[p], stats[p] = p.state, p.last_result, p.stats
   end
+  mod = module_families(probes, last)
   local clean = true
   for _, p in ipairs(probes) do
     if not probe_labels(p).clean then clean = false end
@@ -687,7 +740,8 @@ function M.render(cfg)
   -- probes whose last result came over TLS
   local tls = {}
   for _, p in ipairs(probes) do
-    local t = last[p] and last[p].tls
+    -- (a module probe's TLS series are its module's: module_families)
+    local t = last[p] and not last[p].blackbox_fams and last[p].tls
     if type(t) == "table" then tls[#tls + 1] = { p, t } end
   end
   if #tls > 0 then
@@ -734,6 +788,18 @@ function M.render(cfg)
       { "cipher" }, function(t)
         return { cipher = t.cipher }
       end)
+  end
+  -- the module probes' families this renderer has no family for
+  flush()
+  if mod then
+    local names = {}
+    for n, m in pairs(mod) do
+      if not m.done then names[#names + 1] = n end
+    end
+    table.sort(names)
+    for _, n in ipairs(names) do
+      family(n, mod[n].type, mod[n].help)    -- (its lines: pending)
+    end
   end
   family("sonde_probe_runs_total", "counter", "Probe runs by result status.")
   for _, p in ipairs(probes) do

@@ -104,6 +104,12 @@ describe("sonde.http_get", function()
       assert.are.equal(1, srv:connections())
     end)
 
+    it("follows a redirect whose body reaches max_body (as Go's client)", function()
+      local r = http { url = srv:url("/a"), max_body = 1 }
+      assert.are.same({ "success", 200, 1, srv:url("/b") },
+        { r.status, r.http_status, r.redirects, r.url })
+    end)
+
     it("follows a same-host relative redirect (/a -> /b)", function()
       local r = http { url = srv:url("/a") }
       assert.are.same({ "success", "ok", "b", 1, srv:url("/b") },

@@ -592,6 +592,22 @@ sonde.probe { name = "bad", module = sonde.module("http_2xx"), target = %q,
     -- the target is the series' target label
     assert.matches('probe_success{probe="ok",kind="readiness",target="'
       .. web:url("/ok"):gsub("%p", "%%%0") .. '"', metrics_text)
+    -- the module's own series, with the probe's labels, one family each
+    local function L(name)
+      return ('{probe="%s",kind="readiness",target="%s",instance="%s"'):format(
+        name, web:url(name == "ok" and "/ok" or "/status/500"),
+        web:url(name == "ok" and "/ok" or "/status/500")):gsub("%p", "%%%0")
+    end
+    assert.matches("\nprobe_http_status_code" .. L("ok") .. "} 200\n", metrics_text)
+    assert.matches("\nprobe_http_status_code" .. L("bad") .. "} 500\n", metrics_text)
+    assert.matches("\nprobe_http_duration_seconds" .. L("ok")
+      .. ',phase="processing"} [%d.e-]+\n', metrics_text)
+    assert.matches("\nprobe_http_version" .. L("ok") .. "} 1.1\n", metrics_text)
+    for _, fam in ipairs { "probe_http_status_code", "probe_http_duration_seconds",
+        "probe_success", "probe_ip_protocol" } do
+      local _, n = metrics_text:gsub("# TYPE " .. fam .. " ", "")
+      assert.are.equal(1, n, fam .. "\n" .. metrics_text)
+    end
     local code, _, err = H.host_run { H.script("nomod.lua", [[
 local sonde = require "sonde"
 sonde.probe { name = "x", module = sonde.module("nope"), target = "x" }

@@ -443,3 +443,59 @@ describe("sonde.probe labels validation", function()
     assert.are.same({ team = "web", instance = "x", _y = "" }, p.labels)
   end)
 end)
+
+describe("metrics: module probes (sonde.probe { module = ... })", function()
+  local metrics = require "sonde.metrics"
+  local core = require "sonde.core"
+  local function probe(name, last)
+    local buckets = {}
+    for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
+    return { name = name, kind = "readiness", handler = "check", opts = {},
+      state = "success", last_result = last,
+      stats = { counts = { success = 1, warning = 0, failure = 0,
+        unknown = 0 }, buckets = buckets, sum = 0, n = 1 } }
+  end
+  local function fams(code)
+    return {
+      probe_success = { help = "h", type = "gauge", samples = { [""] = 1 } },
+      probe_http_status_code = { help = "Response HTTP status code",
+        type = "gauge", samples = { [""] = code } },
+      probe_http_duration_seconds = { help = "d", type = "gauge", samples = {
+        ['{phase="connect"}'] = 0.25, ['{phase="tls"}'] = 0.5 } },
+      probe_ssl_earliest_cert_expiry = { help = "e", type = "gauge",
+        samples = { [""] = 1800000000 } },
+    }
+  end
+
+  it("gives each family once, the module's samples with the probe's labels, "
+    .. "and no second TLS series from the result's tls facts", function()
+    local text = metrics.render({ services = {}, probes = {
+      probe("a", { status = "success", duration = 0.1, tls = {
+        earliest_expiry = 1, has_earliest_expiry = true, version = "TLS 1.3",
+        cipher = "x", dns_names = {} }, blackbox_fams = fams(200) }),
+      probe("b", { status = "failure", duration = 0.1,
+        blackbox_fams = (function()
+          local f = fams(500)
+          f.probe_ssl_earliest_cert_expiry = nil      -- plain HTTP
+          return f
+        end)() }),
+    } })
+    for _, line in ipairs {
+      'probe_http_status_code{probe="a",kind="readiness"} 200',
+      'probe_http_status_code{probe="b",kind="readiness"} 500',
+      'probe_http_duration_seconds{probe="a",kind="readiness",phase="connect"} 0.25',
+      'probe_ssl_earliest_cert_expiry{probe="a",kind="readiness"} 1800000000',
+      'probe_success{probe="b",kind="readiness"} 0',
+    } do
+      assert.is_truthy(helpers.has_line(text, line), line .. "\n" .. text)
+    end
+    for _, fam in ipairs { "probe_http_status_code", "probe_success",
+        "probe_http_duration_seconds", "probe_ssl_earliest_cert_expiry" } do
+      local _, n = text:gsub("\n# TYPE " .. fam .. " ", "")
+      assert.are.equal(1, n, fam .. "\n" .. text)
+    end
+    local _, n = text:gsub("\nprobe_ssl_earliest_cert_expiry{", "")
+    assert.are.equal(1, n, text)
+    assert.is_nil(text:find("probe_tls_version_info", 1, true), text)
+  end)
+end)
