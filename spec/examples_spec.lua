@@ -571,6 +571,85 @@ describe("examples/fleet", function()
       assert(ok, err)
     end)
 
+    it("end to end on loopback: Prometheus scrapes three sondes on "
+      .. "blackbox.yml through the example's relabeling, every target up "
+      .. "with probe_success 1", function()
+      assert.are.equal(0, (helpers.sh("command -v prometheus")),
+        "prometheus is not installed (Debian: prometheus)")
+      local dir = helpers.scratch()
+      local web, db = server {}, server {}
+      local sondes = {}
+      for i = 0, 2 do
+        local h = start({ "--log-format", "json", "--config.file",
+          FLEET .. "probe/blackbox.yml", "--listen", "127.0.0.1:0" })
+        sondes[i] = { h = h, port = helpers.listen_port(h) }
+      end
+      -- the example, its sondes on loopback, scraped every second; its
+      -- targets replaced by the fixture servers' (nothing else contacted)
+      local conf = helpers.read_file(FLEET .. "probe/prometheus.yml")
+      conf = conf:gsub("sonde%-(%d)%.example:9115", function(i)
+        return "127.0.0.1:" .. sondes[tonumber(i)].port
+      end):gsub("scrape_interval: 30s", "scrape_interval: 1s")
+        :gsub("scrape_timeout: 10s", "scrape_timeout: 1s")
+      assert.is_falsy(conf:find("%.example"), conf)
+      helpers.write(dir .. "/prometheus.yml", conf)
+      local http = { web:url("/ok"), web:url("/"), web:url("/b"),
+        web:url("/echo"), db:url("/ok") }
+      local tcp = { "127.0.0.1:" .. web.port, "127.0.0.1:" .. db.port }
+      local json = require "sonde.json"
+      helpers.write(dir .. "/targets-http.json",
+        json.encode { { targets = http, labels = { team = "web" } } })
+      helpers.write(dir .. "/targets-tcp.json",
+        json.encode { { targets = tcp, labels = { team = "data" } } })
+      local port = helpers.closed_port()
+      local rc, out = helpers.sh(string.format("cd %s && (prometheus "
+        .. "--config.file=prometheus.yml --storage.tsdb.path=data "
+        .. "--web.listen-address=127.0.0.1:%d >prometheus.log 2>&1 & echo $!)",
+        helpers.q(dir), port))
+      assert.are.equal(0, rc)
+      local pid = tonumber(out:match("%d+"))
+      local ok, err = pcall(function()
+        local want = #http + #tcp
+        local got
+        local deadline = helpers.now() + 90
+        repeat
+          helpers.sleep(0.5)
+          local r = helpers.fetch(port,
+            "/api/v1/query?query=probe_success%7Bjob%3D~%22blackbox-.%2A%22%7D")
+          local doc = r.http_status == 200 and helpers.json_decode(r.body)
+          if doc and doc.data and #doc.data.result == want then
+            got = doc.data.result
+          end
+        until got or helpers.now() > deadline
+        assert.is_table(got, "no probe_success for every target: "
+          .. (helpers.read_file(dir .. "/prometheus.log") or ""))
+        local seen = {}
+        for _, x in ipairs(got) do
+          assert.are.equal("1", x.value[2], x.metric.instance)
+          seen[x.metric.instance] = x.metric.team
+        end
+        for _, t in ipairs(http) do assert.are.equal("web", seen[t], t) end
+        for _, t in ipairs(tcp) do assert.are.equal("data", seen[t], t) end
+        -- each target's scrapes went to its shard's sonde, which answered
+        local r = helpers.fetch(port, "/api/v1/targets")
+        local doc = helpers.json_decode(r.body)
+        local n = 0
+        for _, t in ipairs(doc.data.activeTargets) do
+          if t.labels.job ~= "sonde" then
+            n = n + 1
+            local shard = targets.shard_of({ labels = {
+              __address__ = t.discoveredLabels.__address__ } }, 3)
+            assert.is_truthy(t.scrapeUrl:find("^http://127%.0%.0%.1:"
+              .. sondes[shard].port .. "/probe%?"), t.scrapeUrl)
+          end
+        end
+        assert.are.equal(want, n)
+      end)
+      os.execute("kill " .. pid .. " 2>/dev/null")
+      for i = 0, 2 do sondes[i].h:term() end
+      assert(ok, err)
+    end)
+
     it("blackbox.yml passes sonde --config.file F --config.check: its 6 "
       .. "modules", function()
       local path = FLEET .. "probe/blackbox.yml"
