@@ -161,25 +161,26 @@ function Reg:family(name, help, typ)
   return f
 end
 
--- Set a sample: labels a list of { name, value } pairs (sorted by name).
-function Reg:set(name, help, value, labels)
-  local f = self:family(name, help)
+-- A sample's key: its labels, a list of { name, value } pairs (sorted by
+-- name), as the exposition writes them ("" for none).
+local function sample_key(labels)
   local parts = {}
   for _, l in ipairs(labels or {}) do
     parts[#parts + 1] = fmt('%s="%s"', l[1], metrics.escape(l[2]))
   end
-  local key = #parts > 0 and "{" .. table.concat(parts, ",") .. "}" or ""
-  f.samples[key] = value
+  return #parts > 0 and "{" .. table.concat(parts, ",") .. "}" or ""
 end
 
+-- Set a sample.
+function Reg:set(name, help, value, labels)
+  self:family(name, help).samples[sample_key(labels)] = value
+end
+
+-- Add to a sample (from 0).
 function Reg:add(name, help, value, labels)
-  local f = self:family(name, help)
-  local parts = {}
-  for _, l in ipairs(labels or {}) do
-    parts[#parts + 1] = fmt('%s="%s"', l[1], metrics.escape(l[2]))
-  end
-  local key = #parts > 0 and "{" .. table.concat(parts, ",") .. "}" or ""
-  f.samples[key] = (f.samples[key] or 0) + value
+  local samples = self:family(name, help).samples
+  local key = sample_key(labels)
+  samples[key] = (samples[key] or 0) + value
 end
 
 --- The text exposition of a probe's series (families by name; a family
