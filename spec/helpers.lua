@@ -463,6 +463,17 @@ function H.gone(pid)
   return st == nil or st.state == "Z"
 end
 
+--- SIGTERM process `pid`, wait up to `grace` seconds (3) for it to go,
+-- then SIGKILL it.
+function H.terminate(pid, grace)
+  os.execute(string.format("kill -TERM %d 2>/dev/null", pid))
+  local deadline = H.now() + (grace or 3)
+  while not H.gone(pid) and H.now() < deadline do H.sleep(0.02) end
+  if not H.gone(pid) then
+    os.execute(string.format("kill -KILL %d 2>/dev/null", pid))
+  end
+end
+
 function H.kill_groups(pids)
   for _, pid in ipairs(pids) do
     pid = math.tointeger(pid)

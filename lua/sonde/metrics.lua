@@ -607,36 +607,30 @@ function M.render(cfg)
       "Returns the version of HTTP of the probe response",
       function(r) return tonumber(r.http_version) or 0 end)
   end
+  -- One gauge family over the probes that have run whose handler is a key
+  -- of `by` (nothing when none): value(p, r) of each.
+  local function handler_gauge(name, help, by, value)
+    local ps = {}
+    for _, p in ipairs(probes) do
+      if by[p.handler] and last[p] then ps[#ps + 1] = p end
+    end
+    if #ps == 0 then return end
+    family(name, "gauge", help)
+    for _, p in ipairs(ps) do
+      local c = probe_labels(p)
+      psample(c, name, c.pl, tonumber(value(p, last[p])) or 0)
+    end
+  end
   -- the time the lookup of the target's name took, one family for every
   -- handler that times one (M.LOOKUP_TIME)
-  local lookup = {}
-  for _, p in ipairs(probes) do
-    if M.LOOKUP_TIME[p.handler] and last[p] then lookup[#lookup + 1] = p end
-  end
-  if #lookup > 0 then
-    family("probe_dns_lookup_time_seconds", "gauge",
-      "Returns the time taken for probe dns lookup in seconds")
-    for _, p in ipairs(lookup) do
-      local c = probe_labels(p)
-      psample(c, "probe_dns_lookup_time_seconds", c.pl,
-        tonumber(M.LOOKUP_TIME[p.handler](last[p])) or 0)
-    end
-  end
+  handler_gauge("probe_dns_lookup_time_seconds",
+    "Returns the time taken for probe dns lookup in seconds", M.LOOKUP_TIME,
+    function(p, r) return M.LOOKUP_TIME[p.handler](r) end)
   -- IP protocol of the connection (4 or 6; 0: none made), as
   -- blackbox_exporter's http, tcp and grpc probers give it
-  local ipp = {}
-  for _, p in ipairs(probes) do
-    if M.IP_HANDLERS[p.handler] and last[p] then ipp[#ipp + 1] = p end
-  end
-  if #ipp > 0 then
-    family("probe_ip_protocol", "gauge",
-      "Specifies whether probe ip protocol is IP4 or IP6")
-    for _, p in ipairs(ipp) do
-      local c = probe_labels(p)
-      psample(c, "probe_ip_protocol", c.pl,
-        tonumber(last[p].ip_protocol) or 0)
-    end
-  end
+  handler_gauge("probe_ip_protocol",
+    "Specifies whether probe ip protocol is IP4 or IP6", M.IP_HANDLERS,
+    function(_, r) return r.ip_protocol end)
   family("probe_grpc_status_code", "gauge", "gRPC status of the last run "
     .. "(-1: none received).")
   for _, p in ipairs(probes) do

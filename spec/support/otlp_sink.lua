@@ -81,12 +81,7 @@ end
 function Sink:stop()
   if self.pid and not self.stopped then
     self.stopped = true
-    os.execute(string.format("kill -TERM %d 2>/dev/null", self.pid))
-    local deadline = H.now() + 3
-    while not H.gone(self.pid) and H.now() < deadline do H.sleep(0.02) end
-    if not H.gone(self.pid) then
-      os.execute(string.format("kill -KILL %d 2>/dev/null", self.pid))
-    end
+    H.terminate(self.pid)
   end
   os.remove(self.out)
 end

@@ -37,33 +37,9 @@ function M.base64(s)
 end
 
 --- A float as Go's strconv.FormatFloat(v, 'g', -1, 64) prints it (what
--- blackbox_exporter's exposition shows: 1.804258986e+09, 0.000123).
-function M.gofloat(v)
-  if v ~= v then return "NaN" end
-  if v == math.huge then return "+Inf" end
-  if v == -math.huge then return "-Inf" end
-  if v == 0 then return (1 / v < 0) and "-0" or "0" end
-  local e
-  for p = 0, 16 do
-    e = fmt("%." .. p .. "e", v)
-    if tonumber(e) == v then break end
-  end
-  local sign, d1, rest, exp = e:match("^(-?)(%d)%.?(%d*)e([-+]%d+)$")
-  local digits = (d1 .. rest):gsub("0+$", "")
-  if digits == "" then digits = "0" end
-  exp = tonumber(exp)
-  local nd, dp = #digits, exp + 1
-  local eprec = 6
-  if eprec > nd and nd >= dp then eprec = nd end
-  if exp < -4 or exp >= eprec then
-    local m = digits:sub(1, 1)
-    if nd > 1 then m = m .. "." .. digits:sub(2) end
-    return fmt("%s%se%s%02d", sign, m, exp < 0 and "-" or "+", math.abs(exp))
-  end
-  if dp <= 0 then return sign .. "0." .. ("0"):rep(-dp) .. digits end
-  if dp >= nd then return sign .. digits .. ("0"):rep(dp - nd) end
-  return sign .. digits:sub(1, dp) .. "." .. digits:sub(dp + 1)
-end
+-- blackbox_exporter's exposition shows: 1.804258986e+09, 0.000123):
+-- sonde.metrics.float.
+M.gofloat = metrics.float
 
 -- The address of "ip:port" / "[v6]:port".
 local function addr_ip(a)
@@ -161,25 +137,26 @@ function Reg:family(name, help, typ)
   return f
 end
 
--- Set a sample: labels a list of { name, value } pairs (sorted by name).
-function Reg:set(name, help, value, labels)
-  local f = self:family(name, help)
+-- A sample's key: its labels, a list of { name, value } pairs (sorted by
+-- name), as the exposition writes them ("" for none).
+local function sample_key(labels)
   local parts = {}
   for _, l in ipairs(labels or {}) do
     parts[#parts + 1] = fmt('%s="%s"', l[1], metrics.escape(l[2]))
   end
-  local key = #parts > 0 and "{" .. table.concat(parts, ",") .. "}" or ""
-  f.samples[key] = value
+  return #parts > 0 and "{" .. table.concat(parts, ",") .. "}" or ""
 end
 
+-- Set a sample.
+function Reg:set(name, help, value, labels)
+  self:family(name, help).samples[sample_key(labels)] = value
+end
+
+-- Add to a sample (from 0).
 function Reg:add(name, help, value, labels)
-  local f = self:family(name, help)
-  local parts = {}
-  for _, l in ipairs(labels or {}) do
-    parts[#parts + 1] = fmt('%s="%s"', l[1], metrics.escape(l[2]))
-  end
-  local key = #parts > 0 and "{" .. table.concat(parts, ",") .. "}" or ""
-  f.samples[key] = (f.samples[key] or 0) + value
+  local samples = self:family(name, help).samples
+  local key = sample_key(labels)
+  samples[key] = (samples[key] or 0) + value
 end
 
 --- The text exposition of a probe's series (families by name; a family
