@@ -403,3 +403,392 @@ describe("examples/sonde.service", function()
     -- be installed where the suite runs.
   end)
 end)
+
+-- examples/fleet/: the three shapes of a fleet (README, "Fleet").  Every
+-- configuration is checked by the tool that reads it (promtool, sonde);
+-- what runs here runs on loopback only: the example hosts (*.example) are
+-- replaced by 127.0.0.1 addresses before anything could contact them.
+local FLEET = EXAMPLES .. "fleet/"
+
+describe("examples/fleet", function()
+  local sinks = require "support.otlp_sink"
+  local targets = require "sonde.targets"
+  local start, server = helpers.host_start, helpers.fixture
+
+  teardown(function()
+    helpers.cleanup_hosts()
+    helpers.stop_fixtures()
+    sinks.stop_all()
+  end)
+
+  local function promtool_ok(path)
+    assert.are.equal(0, (helpers.sh("command -v promtool")),
+      "promtool is not installed (Debian: prometheus)")
+    local rc, out = helpers.sh("promtool check config " .. helpers.q(path))
+    assert.are.equal(0, rc, out)
+    assert.is_truthy(out:find("SUCCESS", 1, true), out)
+    assert.is_falsy(out:find("WARNING", 1, true), out)
+  end
+
+  local function sonde_check(args, env)
+    local rc, out, err = helpers.host_run(args, env)
+    assert.are.equal(0, rc, out .. err)
+    return out, err
+  end
+
+  -- label="value" pairs of the series `name` in an exposition, one table
+  -- per line
+  local function series(text, name)
+    local out = {}
+    for lbls, v in text:gmatch("\n" .. name .. "(%b{}) (%S+)") do
+      local l = { value = tonumber(v) }
+      for k, x in lbls:gmatch('([%w_]+)="(.-)"[,}]') do l[k] = x end
+      out[#out + 1] = l
+    end
+    return out
+  end
+
+  describe("per-host (one sonde per host, scraped)", function()
+    it("prometheus.yml passes promtool check config", function()
+      promtool_ok(FLEET .. "per-host/prometheus.yml")
+      local text = helpers.read_file(FLEET .. "per-host/prometheus.yml")
+      assert.is_truthy(text:find("honor_labels: true", 1, true))
+    end)
+
+    it("probes.lua passes sonde check: web, db, disk", function()
+      local out = sonde_check({ "check", FLEET .. "per-host/probes.lua" })
+      assert.is_truthy(out:find("3 probes", 1, true), out)
+    end)
+
+    it("runs: /metrics has web and db with this host's instance and "
+      .. "their team", function()
+      local web, db = server {}, server {}
+      local h = start({ "--log-format", "json", "--listen", "127.0.0.1:0",
+        FLEET .. "per-host/probes.lua" }, {
+        SONDE_HTTP_PORT = tostring(web.port), SONDE_TCP_PORT = tostring(db.port),
+        SONDE_HOST = "web-1", SONDE_PERIOD = "0.2" })
+      local port = helpers.listen_port(h)
+      local text
+      local ok = h:wait_for(function()
+        local r = helpers.fetch(port, "/metrics")
+        text = r.body or ""
+        local got = {}
+        for _, s in ipairs(series(text, "probe_success")) do got[s.probe] = s end
+        return got.web and got.db and got
+      end, 15)
+      assert.are.equal(0, h:term(), h:stderr())
+      assert.is_truthy(ok, text)
+      assert.are.same({ 1, "web-1:" .. web.port, "web",
+        "http://127.0.0.1:" .. web.port .. "/" },
+        { ok.web.value, ok.web.instance, ok.web.team, ok.web.target })
+      assert.are.same({ 1, "web-1:" .. db.port, "data",
+        "127.0.0.1:" .. db.port },
+        { ok.db.value, ok.db.instance, ok.db.team, ok.db.target })
+    end)
+  end)
+
+  describe("probe (sondes behind Prometheus's /probe, sharded)", function()
+    it("prometheus.yml passes promtool check config", function()
+      promtool_ok(FLEET .. "probe/prometheus.yml")
+    end)
+
+    it("Prometheus sends every target to the one sonde of its shard, the "
+      .. "shard sonde --shard gives it", function()
+      assert.are.equal(0, (helpers.sh("command -v prometheus")),
+        "prometheus is not installed (Debian: prometheus)")
+      local dir = helpers.scratch()
+      -- the sondes' addresses -> loopback ports where nothing listens
+      local ports, seen = {}, {}
+      for i = 0, 2 do
+        local p
+        repeat p = helpers.closed_port() until not seen[p]
+        seen[p], ports[i] = true, p
+      end
+      local conf = helpers.read_file(FLEET .. "probe/prometheus.yml")
+      local n
+      conf, n = conf:gsub("sonde%-(%d)%.example:9115", function(i)
+        return "127.0.0.1:" .. ports[tonumber(i)]
+      end)
+      assert.are.equal(6, n)
+      assert.is_falsy(conf:find("%.example:%d"), "an address left: " .. conf)
+      helpers.write(dir .. "/prometheus.yml", conf)
+      local want = {}     -- job -> { target = true }
+      for _, f in ipairs { "http", "tcp" } do
+        local json = helpers.read_file(FLEET .. "probe/targets-" .. f .. ".json")
+        helpers.write(dir .. "/targets-" .. f .. ".json", json)
+        local job = "blackbox-" .. f
+        want[job] = {}
+        for _, g in ipairs(helpers.json_decode(json)) do
+          for _, t in ipairs(g.targets) do want[job][t] = true end
+        end
+      end
+      local port = helpers.closed_port()
+      local rc, out = helpers.sh(string.format("cd %s && (prometheus "
+        .. "--config.file=prometheus.yml --storage.tsdb.path=data "
+        .. "--web.listen-address=127.0.0.1:%d >prometheus.log 2>&1 & echo $!)",
+        helpers.q(dir), port))
+      assert.are.equal(0, rc)
+      local pid = tonumber(out:match("%d+"))
+      local ok, err = pcall(function()
+        local active
+        local deadline = helpers.now() + 90
+        repeat
+          helpers.sleep(0.5)
+          local r = helpers.fetch(port, "/api/v1/targets")
+          local doc = r.http_status == 200 and helpers.json_decode(r.body)
+          if doc and doc.data and #doc.data.activeTargets >= 9 then
+            active = doc.data.activeTargets
+          end
+        until active or helpers.now() > deadline
+        assert.is_table(active, "prometheus did not list its targets: "
+          .. (helpers.read_file(dir .. "/prometheus.log") or ""))
+        local got = {}
+        for _, t in ipairs(active) do
+          local job = t.labels.job
+          if want[job] then
+            local target = t.discoveredLabels.__address__
+            assert.is_nil((got[job] or {})[target], "twice: " .. target)
+            got[job] = got[job] or {}
+            got[job][target] = true
+            local shard = targets.shard_of({ labels = { __address__ = target } }, 3)
+            local host = t.scrapeUrl:match("^http://([^/]+)/probe%?")
+            assert.are.equal("127.0.0.1:" .. ports[shard], host, t.scrapeUrl)
+            assert.are.equal(target, t.labels.instance)
+            assert.is_truthy(t.scrapeUrl:find("target=", 1, true), t.scrapeUrl)
+          end
+        end
+        assert.are.same(want, got)
+        -- the targets spread over the shards (else this proves little)
+        local used = {}
+        for _, ts in pairs(want) do
+          for t in pairs(ts) do
+            used[targets.shard_of({ labels = { __address__ = t } }, 3)] = true
+          end
+        end
+        assert.is_true(used[0] and used[1] and used[2] or false)
+      end)
+      os.execute("kill " .. pid .. " 2>/dev/null")
+      assert(ok, err)
+    end)
+
+    it("end to end on loopback: Prometheus scrapes three sondes on "
+      .. "blackbox.yml through the example's relabeling, every target up "
+      .. "with probe_success 1", function()
+      assert.are.equal(0, (helpers.sh("command -v prometheus")),
+        "prometheus is not installed (Debian: prometheus)")
+      local dir = helpers.scratch()
+      local web, db = server {}, server {}
+      local sondes = {}
+      for i = 0, 2 do
+        local h = start({ "--log-format", "json", "--config.file",
+          FLEET .. "probe/blackbox.yml", "--listen", "127.0.0.1:0" })
+        sondes[i] = { h = h, port = helpers.listen_port(h) }
+      end
+      -- the example, its sondes on loopback, scraped every second; its
+      -- targets replaced by the fixture servers' (nothing else contacted)
+      local conf = helpers.read_file(FLEET .. "probe/prometheus.yml")
+      conf = conf:gsub("sonde%-(%d)%.example:9115", function(i)
+        return "127.0.0.1:" .. sondes[tonumber(i)].port
+      end):gsub("scrape_interval: 30s", "scrape_interval: 1s")
+        :gsub("scrape_timeout: 10s", "scrape_timeout: 1s")
+      assert.is_falsy(conf:find("%.example"), conf)
+      helpers.write(dir .. "/prometheus.yml", conf)
+      local http = { web:url("/ok"), web:url("/"), web:url("/b"),
+        web:url("/echo"), db:url("/ok") }
+      local tcp = { "127.0.0.1:" .. web.port, "127.0.0.1:" .. db.port }
+      local json = require "sonde.json"
+      helpers.write(dir .. "/targets-http.json",
+        json.encode { { targets = http, labels = { team = "web" } } })
+      helpers.write(dir .. "/targets-tcp.json",
+        json.encode { { targets = tcp, labels = { team = "data" } } })
+      local port = helpers.closed_port()
+      local rc, out = helpers.sh(string.format("cd %s && (prometheus "
+        .. "--config.file=prometheus.yml --storage.tsdb.path=data "
+        .. "--web.listen-address=127.0.0.1:%d >prometheus.log 2>&1 & echo $!)",
+        helpers.q(dir), port))
+      assert.are.equal(0, rc)
+      local pid = tonumber(out:match("%d+"))
+      local ok, err = pcall(function()
+        local want = #http + #tcp
+        local got
+        local deadline = helpers.now() + 90
+        repeat
+          helpers.sleep(0.5)
+          local r = helpers.fetch(port,
+            "/api/v1/query?query=probe_success%7Bjob%3D~%22blackbox-.%2A%22%7D")
+          local doc = r.http_status == 200 and helpers.json_decode(r.body)
+          if doc and doc.data and #doc.data.result == want then
+            got = doc.data.result
+          end
+        until got or helpers.now() > deadline
+        assert.is_table(got, "no probe_success for every target: "
+          .. (helpers.read_file(dir .. "/prometheus.log") or ""))
+        local seen = {}
+        for _, x in ipairs(got) do
+          assert.are.equal("1", x.value[2], x.metric.instance)
+          seen[x.metric.instance] = x.metric.team
+        end
+        for _, t in ipairs(http) do assert.are.equal("web", seen[t], t) end
+        for _, t in ipairs(tcp) do assert.are.equal("data", seen[t], t) end
+        -- each target's scrapes went to its shard's sonde, which answered
+        local r = helpers.fetch(port, "/api/v1/targets")
+        local doc = helpers.json_decode(r.body)
+        local n = 0
+        for _, t in ipairs(doc.data.activeTargets) do
+          if t.labels.job ~= "sonde" then
+            n = n + 1
+            local shard = targets.shard_of({ labels = {
+              __address__ = t.discoveredLabels.__address__ } }, 3)
+            assert.is_truthy(t.scrapeUrl:find("^http://127%.0%.0%.1:"
+              .. sondes[shard].port .. "/probe%?"), t.scrapeUrl)
+          end
+        end
+        assert.are.equal(want, n)
+      end)
+      os.execute("kill " .. pid .. " 2>/dev/null")
+      for i = 0, 2 do sondes[i].h:term() end
+      assert(ok, err)
+    end)
+
+    it("blackbox.yml passes sonde --config.file F --config.check: its 6 "
+      .. "modules", function()
+      local path = FLEET .. "probe/blackbox.yml"
+      local rc, out, err = helpers.host_run({ "--config.file", path,
+        "--config.check" })
+      assert.are.equal(0, rc, out .. err)
+      assert.are.equal(path .. ": config file is ok: 6 modules\n", out)
+    end)
+
+    it("a sonde on blackbox.yml answers /probe: http_2xx and tcp_connect "
+      .. "against the fixture succeed, the module's timeout bounds the "
+      .. "probe", function()
+      local srv = server {}
+      local h = start({ "--log-format", "json", "--config.file",
+        FLEET .. "probe/blackbox.yml", "--web.listen-address", "127.0.0.1:0" })
+      local port = helpers.listen_port(h)
+      local function probe(module, target, extra)
+        local r = helpers.fetch(port, "/probe?module=" .. module .. "&target="
+          .. helpers.urlencode(target) .. (extra or ""))
+        assert.are.equal(200, r.http_status, r.body)
+        return r.body
+      end
+      local http = probe("http_2xx", srv:url("/ok"))
+      local tcp = probe("tcp_connect", "127.0.0.1:" .. srv.port)
+      local closed = probe("tcp_connect", "127.0.0.1:" .. helpers.closed_port())
+      local dbg = probe("http_2xx", srv:url("/ok"), "&debug=true")
+      local m = helpers.fetch(port, "/metrics").body
+      assert.are.equal(0, h:term(), h:stderr())
+      assert.is_truthy(http:find("\nprobe_success 1\n", 1, true), http)
+      assert.is_truthy(http:find("\nprobe_http_status_code 200\n", 1, true), http)
+      assert.is_truthy(tcp:find("\nprobe_success 1\n", 1, true), tcp)
+      assert.is_truthy(closed:find("\nprobe_success 0\n", 1, true), closed)
+      -- the module's timeout (5s) is shorter than the default scrape
+      -- timeout's 120 s less the offset
+      assert.is_truthy(dbg:find("timeout_seconds=5", 1, true), dbg)
+      assert.is_truthy(m:find("\nblackbox_exporter_config_last_reload_successful 1\n",
+        1, true), m)
+    end)
+  end)
+
+  describe("shards (self-scheduled, pushing OTLP)", function()
+    it("shard.lua passes sonde check on the example targets: every target "
+      .. "on exactly one of 3 shards", function()
+      local names = {}
+      for i = 0, 2 do
+        local out = sonde_check({ "check", "--shard", i .. "/3",
+          FLEET .. "shards/shard.lua" },
+          { SONDE_TARGETS = FLEET .. "shards/targets.json" })
+        for name in out:gmatch("\nprobe%s+(%S+)") do
+          assert.is_nil(names[name], "twice: " .. name)
+          names[name] = i
+        end
+      end
+      local n = 0
+      for _ in pairs(names) do n = n + 1 end
+      assert.are.equal(8, n)
+    end)
+
+    it("otelcol.yaml has an otlp receiver over http feeding a metrics "
+      .. "pipeline (the collector itself is not run here)", function()
+      local yaml = require "lyaml"
+      local c = yaml.load(helpers.read_file(FLEET .. "shards/otelcol.yaml"))
+      assert.is_table(c.receivers.otlp.protocols.http)
+      assert.are.equal("0.0.0.0:4318", c.receivers.otlp.protocols.http.endpoint)
+      assert.are.same({ "otlp" }, c.service.pipelines.metrics.receivers)
+      for _, e in ipairs(c.service.pipelines.metrics.exporters) do
+        assert.is_table(c.exporters[e], e)
+      end
+    end)
+
+    it("runs as shard 0 of 2: probes shard 0's targets only and pushes "
+      .. "their series to an OTLP receiver", function()
+      local web = server {}
+      local closed = helpers.closed_port()
+      local http, tcp = {}, {}
+      http[1] = "127.0.0.1:" .. web.port
+      for i = 2, 5 do http[#http + 1] = "127.0.0." .. i .. ":" .. closed end
+      for i = 6, 9 do tcp[#tcp + 1] = "127.0.0." .. i .. ":" .. closed end
+      local dir = helpers.scratch()
+      local file = helpers.write(dir .. "/targets.json",
+        require("sonde.json").encode {
+          { targets = http, labels = { team = "web", scheme = "http" } },
+          { targets = tcp, labels = { team = "data", check = "tcp" } } })
+      local want, other = {}, 0
+      for _, list in ipairs { http, tcp } do
+        for _, a in ipairs(list) do
+          if targets.shard_of({ labels = { __address__ = a } }, 2) == 0 then
+            want[list == http and "http://" .. a .. "/" or a] = true
+          else
+            other = other + 1
+          end
+        end
+      end
+      assert.is_truthy(next(want) and other > 0, "all targets on one shard")
+      local sink = sinks.start()
+      local h = start({ "--log-format", "json", "--listen", "127.0.0.1:0",
+        "--shard", "0/2", "--otlp", sink:url(), "--otlp-interval", "0.5",
+        "--otlp-resource", "service.instance.id=sonde-0",
+        FLEET .. "shards/shard.lua" },
+        { SONDE_TARGETS = file, SONDE_PERIOD = "0.2" })
+      local port = helpers.listen_port(h)
+      -- /metrics: probe_success of exactly shard 0's targets
+      local text
+      local got = h:wait_for(function()
+        text = helpers.fetch(port, "/metrics").body or ""
+        local g = {}
+        for _, s in ipairs(series(text, "probe_success")) do g[s.target] = true end
+        for t in pairs(want) do if not g[t] then return nil end end
+        return g
+      end, 15)
+      assert.are.same(want, got, text)
+      -- the push: the same targets' probe_success, this shard's instance id
+      local pushed, res
+      h:wait_for(function()
+        for _, req in ipairs(sink:requests()) do
+          local rm = req.body.resourceMetrics[1]
+          for _, m in ipairs(rm.scopeMetrics[1].metrics) do
+            if m.name == "probe_success" then
+              local g = {}
+              for _, p in ipairs(m.gauge.dataPoints) do
+                for _, kv in ipairs(p.attributes) do
+                  if kv.key == "target" then g[kv.value.stringValue] = true end
+                end
+              end
+              local all = true
+              for t in pairs(want) do all = all and g[t] end
+              if all then pushed, res = g, rm.resource end
+            end
+          end
+        end
+        return pushed
+      end, 15)
+      assert.are.equal(0, h:term(), h:stderr())
+      assert.are.same(want, pushed)
+      local id
+      for _, kv in ipairs(res.attributes) do
+        if kv.key == "service.instance.id" then id = kv.value.stringValue end
+      end
+      assert.are.equal("sonde-0", id)
+    end)
+  end)
+end)
