@@ -61,6 +61,15 @@ local function fail(ctx, field, reason, ...)
   error({ bb = where .. ": " .. fmt(reason, ...) }, 0)
 end
 
+-- Raise what sonde cannot honour in a module blackbox_exporter would take:
+-- the module is left out (M.parse: `unsupported`), the others load.
+local function unsupported(ctx, field, reason, ...)
+  local ok, e = pcall(fail, ctx, field, reason, ...)
+  assert(not ok)
+  e.unsupported = true
+  error(e, 0)
+end
+
 local function show(v)
   if type(v) == "string" then return fmt("%q", v) end
   return tostring(v)
@@ -111,9 +120,10 @@ local function known_fields(ctx, t, known, prefix, what)
   end
   table.sort(bad)
   if bad[1] then
-    local msg = known[bad[1]] == false and "is not supported by sonde"
-      or ("unknown field" .. (what and (" of " .. what) or ""))
-    fail(ctx, prefix .. bad[1], "%s", msg)
+    if known[bad[1]] == false then
+      unsupported(ctx, prefix .. bad[1], "is not supported by sonde")
+    end
+    fail(ctx, prefix .. bad[1], "unknown field%s", what and (" of " .. what) or "")
   end
 end
 
@@ -163,7 +173,10 @@ local function readable(ctx, v, field)
   v = string_(ctx, v, field)
   if v == nil or v == "" then return nil end
   local f, err = io.open(v, "rb")
-  if not f then fail(ctx, field, "cannot be read: %s", err) end
+  -- (blackbox_exporter reads it at each probe, which then fails; sonde's
+  -- probers read their files when the probe is made: the module is left
+  -- out until a reload finds the file)
+  if not f then unsupported(ctx, field, "cannot be read: %s", err) end
   f:close()
   return v
 end
@@ -208,7 +221,10 @@ local function compiled(ctx, v, field)
   if type(v) ~= "string" then fail(ctx, field, "must be a string, got %s", show(v)) end
   local re, err = regex.compile(v)
   if not re then
-    fail(ctx, field, "regular expression %s cannot be used: %s", show(v), err)
+    -- valid RE2 that POSIX cannot express: unsupported; else invalid
+    local raise = (err:find("not supported", 1, true) or err:find("POSIX", 1, true))
+      and unsupported or fail
+    raise(ctx, field, "regular expression %s cannot be used: %s", show(v), err)
   end
   return re
 end
@@ -311,7 +327,7 @@ local function http_module(ctx, v)
     "http.fail_if_header_not_matches")
   local comp = string_(ctx, v.compression, "http.compression", "")
   if comp ~= "" and comp:lower() ~= "identity" then
-    fail(ctx, "http.compression", "only \"\" or identity is supported by "
+    unsupported(ctx, "http.compression", "only \"\" or identity is supported by "
       .. "sonde (it asks for no compression), got %s", show(comp))
   end
   if v.body_size_limit ~= nil then
@@ -412,14 +428,14 @@ local function tcp_module(ctx, v)
     end
     e.send = string_(ctx, q.send, f .. ".send", "")
     if e.expect and e.send:find("%$") then
-      fail(ctx, f .. ".send", "substitutions of the expect regexp's "
+      unsupported(ctx, f .. ".send", "substitutions of the expect regexp's "
         .. "submatches ($1, ${name}) are not supported by sonde")
     end
     if #e.send > 65535 then fail(ctx, f .. ".send", "is longer than 65535 bytes") end
     e.starttls = boolean(ctx, q.starttls, f .. ".starttls", false)
     if e.starttls then
       if starttls or t.tls then
-        fail(ctx, f .. ".starttls", "sonde supports one TLS handshake per "
+        unsupported(ctx, f .. ".starttls", "sonde supports one TLS handshake per "
           .. "connection (one starttls step, and not with tls: true)")
       end
       starttls = true
@@ -479,7 +495,7 @@ local function rr_validator(ctx, v, field)
     for i, re in ipairs(out[k]) do
       local err = core.dns_check and core.dns_check("regex", re.source)
       if err then
-        fail(ctx, fmt("%s[%d]", f, i - 1), "regular expression %s cannot be "
+        unsupported(ctx, fmt("%s[%d]", f, i - 1), "regular expression %s cannot be "
           .. "used: %s", show(re.source), err)
       end
     end
@@ -599,8 +615,14 @@ end
 --- Parse configuration text (YAML).
 -- @tparam string text
 -- @tparam[opt] string path for messages
--- @return the configuration `{ path, modules = { NAME = module } }`, or nil
--- and `PATH: module "NAME": FIELD: reason`
+-- What blackbox_exporter itself refuses (YAML, unknown fields, values) is
+-- an error of the whole configuration, as there.  A module blackbox_exporter
+-- takes but sonde cannot honour (a field sonde does not support, a regexp
+-- POSIX cannot express, `${1}` substitutions, a file that cannot be read) is
+-- left out: `unsupported[NAME]` says why (and `unsupported[i]`, in name
+-- order); the other modules load.
+-- @return the configuration `{ path, modules = { NAME = module }, names,
+-- unsupported }`, or nil and `PATH: module "NAME": FIELD: reason`
 function M.parse(text, path)
   path = path or "blackbox.yml"
   local ok, res = pcall(function()
@@ -617,16 +639,25 @@ function M.parse(text, path)
     if doc == nil or doc == lyaml.null then doc = {} end
     if type(doc) ~= "table" then fail(ctx, nil, "must be a mapping") end
     known_fields(ctx, doc, { modules = true }, "", "the configuration")
-    local modules = {}
+    local modules, unusable = {}, {}
     local mods = mapping(ctx, doc.modules, "modules")
     local names = {}
     for k in pairs(mods) do names[#names + 1] = k end
     table.sort(names)
     for _, name in ipairs(names) do
-      modules[name] = module_of(ctx, name, mods[name])
+      local okm, m = pcall(module_of, ctx, name, mods[name])
+      if okm then
+        modules[name] = m
+      elseif type(m) == "table" and m.unsupported then
+        unusable[name] = m.bb
+        unusable[#unusable + 1] = m.bb
+      else
+        error(m, 0)
+      end
       ctx.module = nil
     end
-    return { path = path, modules = modules, names = names }
+    return { path = path, modules = modules, names = names,
+      unsupported = unusable }
   end)
   if ok then return res end
   if type(res) == "table" and res.bb then return nil, res.bb end
@@ -664,7 +695,9 @@ function M.module(name)
       .. "sonde.blackbox.load(path))", 2)
   end
   local m = M.current.modules[name]
-  if not m then
+  if not m and M.current.unsupported and M.current.unsupported[name] then
+    error("sonde.module: " .. M.current.unsupported[name], 2)
+  elseif not m then
     error(fmt("sonde.module: unknown module %q in %s", name, M.current.path), 2)
   end
   return m

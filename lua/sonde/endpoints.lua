@@ -192,6 +192,10 @@ function M.probe(cfg, method, query, headers, id)
   local name = q.module
   if name == nil or name == "" then name = "http_2xx" end
   local module = conf.modules[name]
+  local why = not module and conf.unsupported and conf.unsupported[name]
+  if why then                  -- a module sonde cannot honour (its reason)
+    return 501, why .. "\n"
+  end
   if not module then
     M.module_unknown = M.module_unknown + 1
     return 400, string.format("Unknown module %q\n", name)

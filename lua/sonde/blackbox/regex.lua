@@ -207,6 +207,9 @@ end
 --- Translate an RE2 regex to a POSIX ERE.
 -- @treturn string|nil the ERE
 -- @treturn[2] string why it cannot be mapped
+-- What translate emits for an assertion (it matches no byte).
+local ANCHOR = { ["^"] = true, ["$"] = true, ["\\b"] = true, ["\\B"] = true }
+
 function M.translate(s)
   local ok, res = pcall(function()
     local out = {}
@@ -293,6 +296,15 @@ function M.translate(s)
         flags = saved
         push(")")
         i = i + 1
+      elseif (c == "*" or c == "+" or c == "?" or s:find("^{%d+,?%d*}", i))
+          and ANCHOR[out[#out]] then
+        -- RE2 repeats an assertion (`^+OK`, Debian's pop3s_banner); POSIX
+        -- refuses it.  At least once is the assertion; possibly none
+        -- always holds: nothing.
+        local least = c == "+" and 1 or tonumber(s:match("^{(%d+)", i)) or 0
+        if least == 0 then out[#out] = nil end
+        i = c == "{" and s:match("^{%d+,?%d*}()", i) or i + 1
+        repetition_follows()
       elseif c == "*" or c == "+" or c == "?" then
         push(c)
         i = i + 1

@@ -206,6 +206,9 @@ function M.main(args)
     if not opts.config_file then return usage_error("--config.check needs --config.file") end
     local conf, err = blackbox.load(opts.config_file)
     if not conf then common.err("%s", err) return 1 end
+    -- modules sonde cannot honour: each named, and the check fails
+    for _, why in ipairs(conf.unsupported) do common.err("%s", why) end
+    if #conf.unsupported > 0 then return 1 end
     print(string.format("%s: config file is ok: %s", opts.config_file,
       common.plural(#conf.names, "module")))
     return 0

@@ -81,6 +81,13 @@ function M.with_blackbox(source, path, loaded)
     if not conf then error(err, 0) end
     blackbox.current = conf
     config.ambient().blackbox = conf
+    -- the modules left out, at each load: /probe answers them 501
+    for name, why in pairs(conf.unsupported) do
+      if type(name) == "string" then
+        log.event("error", "blackbox_module_unsupported", { module = name,
+          error = why })
+      end
+    end
     if type(inner) == "string" then
       local chunk, lerr = loadfile(inner)
       if not chunk then error(lerr, 0) end
