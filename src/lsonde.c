@@ -667,13 +667,14 @@ static int l_core_http(lua_State *L) {
 
 /* Read core.tcp's options (host, port, timeout, tls: see
  * sonde_lua_tls_opts, steps) from the table at t; steps: array of
- * { kind = "expect" | "send" | "starttls" | "expect_re", data = string,
+ * { kind = "expect" | "send" | "starttls" | "expect_re" | "send_expand",
+ *   data = string,
  * name = string }
  * (sonde/tcp.h), read into a userdata left on the stack (returns 1, else
  * 0). */
 int sonde_lua_tcp_opts(lua_State *L, int t, struct sonde_tcp_opts *o) {
   static const char *const kinds[] = {"expect", "send", "starttls",
-                                      "expect_re", NULL};
+                                      "expect_re", "send_expand", NULL};
   memset(o, 0, sizeof *o);
   o->host = opt_str(L, t, "host", NULL);
   if (!o->host) luaL_error(L, "sonde.core: host: string expected");

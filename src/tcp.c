@@ -126,6 +126,11 @@ struct tcp_op {
   int eof;                         /* the peer has closed its side */
   long match_steps;                /* matching steps left for the run
                                       (SONDE_PATTERN_STEPS at the start) */
+  char *mline;                     /* the line the last EXPECT_RE step
+                                      matched, or NULL */
+  regmatch_t msub[10];             /* its submatches */
+  char *xbuf;                      /* a SEND_EXPAND step's bytes, or NULL */
+  size_t xlen;
   char host[];                     /* as given */
 };
 
@@ -159,6 +164,10 @@ static void tcp_release(struct sonde_op *op, int cancelled) {
   t->server_name = NULL;
   free(t->buf);
   t->buf = NULL;
+  free(t->mline);
+  t->mline = NULL;
+  free(t->xbuf);
+  t->xbuf = NULL;
 }
 
 static const struct sonde_op_vtable tcp_vt = {"tcp", tcp_release};
@@ -592,10 +601,20 @@ static int scan_lines_with(struct tcp_op *t, const struct sonde_tcp_step *st,
     t->lines++;
     int m;
     if (st->kind == SONDE_TCP_EXPECT_RE) {
-      regmatch_t rm[1];
+      regmatch_t rm[10];
       rm[0].rm_so = 0;
       rm[0].rm_eo = (regoff_t)len;
-      m = regexec(re, t->buf, 1, rm, REG_STARTEND) == 0;
+      m = regexec(re, t->buf, 10, rm, REG_STARTEND) == 0;
+      if (m == 1) {             /* kept for a SEND_EXPAND step */
+        free(t->mline);
+        if (!(t->mline = malloc(len + 1))) {
+          t->buf[len] = keep;
+          converse_fail(t, SONDE_R_RESOURCE, ENOMEM, "out of memory");
+          return -1;
+        }
+        memcpy(t->mline, t->buf, len + 1);
+        memcpy(t->msub, rm, sizeof rm);
+      }
     } else {
       m = sonde_pattern_find_steps(t->buf, len, st->data, st->len, NULL,
                                    NULL, &t->match_steps);
@@ -659,6 +678,39 @@ static ssize_t io_recv(struct tcp_op *t, char *p, size_t n) {
   return tls_io_result(t, io, got);
 }
 
+/* The bytes of SEND_EXPAND step st into t->xbuf, a newline after them
+ * (nothing at all when they are empty): 0, or -1 when out of memory. */
+static int expand(struct tcp_op *t, const struct sonde_tcp_step *st) {
+  size_t cap = st->len + 1, n = 0;
+  for (size_t i = 0; i + 1 < st->len; i++)   /* room for every submatch */
+    if (st->data[i] == '$' && st->data[i + 1] >= '0' &&
+        st->data[i + 1] <= '9' && t->mline)
+      cap += strlen(t->mline);
+  char *x = malloc(cap);
+  if (!x) return -1;
+  for (size_t i = 0; i < st->len; i++) {
+    char c = st->data[i];
+    if (c == '$' && i + 1 < st->len && st->data[i + 1] == '$') {
+      x[n++] = '$';
+      i++;
+    } else if (c == '$' && i + 1 < st->len && st->data[i + 1] >= '0' &&
+               st->data[i + 1] <= '9') {
+      const regmatch_t *g = &t->msub[st->data[i + 1] - '0'];
+      if (t->mline && g->rm_so >= 0 && g->rm_eo >= g->rm_so) {
+        memcpy(x + n, t->mline + g->rm_so, (size_t)(g->rm_eo - g->rm_so));
+        n += (size_t)(g->rm_eo - g->rm_so);
+      }
+      i++;
+    } else {
+      x[n++] = c;
+    }
+  }
+  if (n > 0) x[n++] = '\n';   /* blackbox_exporter: a line, none if empty */
+  t->xbuf = x;
+  t->xlen = n;
+  return 0;
+}
+
 /* Walk the steps from t->step on, until one must wait or all are done. */
 static void converse(struct tcp_op *t) {
   while (t->step < t->nsteps) {
@@ -677,9 +729,19 @@ static void converse(struct tcp_op *t) {
       tls_start(t);
       return;
     }
-    if (st->kind == SONDE_TCP_SEND) {
-      while (t->sent < st->len) {
-        ssize_t n = io_send(t, st->data + t->sent, st->len - t->sent);
+    if (st->kind == SONDE_TCP_SEND || st->kind == SONDE_TCP_SEND_EXPAND) {
+      const char *data = st->data;
+      size_t len = st->len;
+      if (st->kind == SONDE_TCP_SEND_EXPAND) {
+        if (!t->xbuf && expand(t, st) != 0) {
+          converse_fail(t, SONDE_R_RESOURCE, ENOMEM, "out of memory");
+          return;
+        }
+        data = t->xbuf;
+        len = t->xlen;
+      }
+      while (t->sent < len) {
+        ssize_t n = io_send(t, data + t->sent, len - t->sent);
         if (n > 0) {
           t->sent += (size_t)n;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -693,6 +755,8 @@ static void converse(struct tcp_op *t) {
         }
       }
       t->sent = 0;
+      free(t->xbuf);
+      t->xbuf = NULL;
       t->step++;
       continue;
     }
@@ -752,10 +816,11 @@ static void on_converse(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   if (what & EV_TIMEOUT) {
     const struct sonde_tcp_step *st = &t->steps[t->step];
-    if (st->kind == SONDE_TCP_SEND) {
+    if (st->kind == SONDE_TCP_SEND || st->kind == SONDE_TCP_SEND_EXPAND) {
       char msg[256];
       snprintf(msg, sizeof msg, "%s: not all sent by the deadline (%zu of "
-               "%zu bytes)", st->name, t->sent, st->len);
+               "%zu bytes)", st->name, t->sent,
+               st->kind == SONDE_TCP_SEND ? st->len : t->xlen);
       converse_fail(t, SONDE_R_TIMEOUT, ETIMEDOUT, msg);
     } else {
       fail_expect(t, st, SONDE_R_TIMEOUT, "by the deadline");

@@ -107,12 +107,21 @@ enum sonde_tcp_step_kind {
   SONDE_TCP_EXPECT,   /* data: a Lua pattern */
   SONDE_TCP_SEND,     /* data: the bytes to write */
   SONDE_TCP_STARTTLS, /* the TLS handshake (needs use_tls) */
-  SONDE_TCP_EXPECT_RE /* as SONDE_TCP_EXPECT, data a POSIX extended regular
+  SONDE_TCP_EXPECT_RE, /* as SONDE_TCP_EXPECT, data a POSIX extended regular
                          expression (regcomp REG_EXTENDED, matched with
                          REG_STARTEND against the line; blackbox_exporter's
                          query_response `expect` mapped from RE2); a
                          pattern that does not compile fails the step,
                          reason config */
+  SONDE_TCP_SEND_EXPAND /* as SONDE_TCP_SEND, data a template: "$N" (N a
+                           digit) is submatch N of the line the last
+                           SONDE_TCP_EXPECT_RE step matched ("" when it
+                           has no such submatch or none matched), "$$" a
+                           "$"; the expansion is sent with a "\n" after
+                           it, or nothing when it is empty
+                           (blackbox_exporter's query_response send
+                           after an expect, Go's Regexp.Expand: its names
+                           and numbers mapped by sonde.blackbox) */
 };
 
 struct sonde_tcp_step {

@@ -427,9 +427,12 @@ local function tcp_module(ctx, v)
       e.expect = compiled(ctx, q.expect, f .. ".expect")
     end
     e.send = string_(ctx, q.send, f .. ".send", "")
-    if e.expect and e.send:find("%$") then
-      unsupported(ctx, f .. ".send", "substitutions of the expect regexp's "
-        .. "submatches ($1, ${name}) are not supported by sonde")
+    if e.expect and e.send:find("$", 1, true) then
+      -- blackbox_exporter expands the send with the expect's submatches
+      -- (Go's Regexp.Expand): $1, ${1}, $name, ${name}, $$
+      local tpl, terr = regex.expand_template(e.send, e.expect.groups)
+      if not tpl then unsupported(ctx, f .. ".send", "%s", terr) end
+      e.template = tpl
     end
     if #e.send > 65535 then fail(ctx, f .. ".send", "is longer than 65535 bytes") end
     e.starttls = boolean(ctx, q.starttls, f .. ".starttls", false)

@@ -117,10 +117,16 @@ modules:
       assert.are.equal('bb.yml: module "m": http.compression: only "" or identity is '
         .. 'supported by sonde (it asks for no compression), got "gzip"',
         unsup("modules:\n  m:\n    prober: http\n    http:\n      compression: gzip\n"))
-      assert.are.equal('bb.yml: module "m": tcp.query_response[0].send: substitutions '
-        .. 'of the expect regexp\'s submatches ($1, ${name}) are not supported by sonde',
+      -- a send after an expect: expanded with its submatches
+      local qr = assert(blackbox.parse("modules:\n  m:\n    prober: tcp\n    tcp:\n"
+        .. "      query_response:\n"
+        .. "        - { expect: '^(?:a)(.*)(?P<n>b)$', send: 'x ${1} $n $$ ${7}' }\n",
+        "bb.yml")).modules.m.spec.query_response[1]
+      assert.are.equal("x $2 $3 $$ ", qr.template)
+      assert.matches('tcp.query_response%[0%]%.send: the submatch 10 is the regexp\'s '
+        .. 'group 10 as POSIX ERE: at most 9 can be used',
         unsup("modules:\n  m:\n    prober: tcp\n    tcp:\n      query_response:\n"
-          .. "        - { expect: '^(.*)$', send: 'x ${1}' }\n"))
+          .. "        - { expect: '" .. ("(a)"):rep(10) .. "', send: 'x $10' }\n"))
       assert.matches('^bb.yml: module "m": dns.validate_answer_rrs.fail_if_matches_regexp%[0%]: '
         .. 'regular expression "a%*%?b" cannot be used: ',
         unsup("modules:\n  m:\n    prober: dns\n    dns:\n      query_name: x\n"
@@ -437,6 +443,11 @@ describe("sonde --config.file side by side with blackbox_exporter", function()
       assert.are.equal(0, s.probe_failed_due_to_regex)
       s = same("tcp_quit_nomatch", "127.0.0.1:" .. line.port, false)
       assert.are.equal(1, s.probe_failed_due_to_regex)
+      -- a send expanded with the expect's submatches (Go's Regexp.Expand:
+      -- names, numbers past a (?:) group, $$, groups that do not exist)
+      s = same("tcp_expand", "127.0.0.1:" .. line.port, true)
+      assert.are.equal(0, s.probe_failed_due_to_regex)
+      same("tcp_expand_nomatch", "127.0.0.1:" .. line.port, false)
     end)
 
     it("TLS", function()
@@ -654,6 +665,13 @@ sonde.probe { name = "m", module = sonde.module("tcp_connect"), target = "127.0.
     code, out = H.host_run { "--config.check", "--config.file", conf }
     assert.are.equal(0, code)
     assert.matches("config file is ok: 1 module", out, 1, true)
+    -- Debian's own blackbox.yml (prometheus-blackbox-exporter) loads whole,
+    -- irc_banner's `PONG ${1}` and pop3s_banner's `^+OK` included
+    local debian = "/etc/prometheus/blackbox.yml"
+    assert.is_truthy(H.read_file(debian), debian .. " (prometheus-blackbox-exporter)")
+    code, out, err = H.host_run { "--config.check", "--config.file", debian }
+    assert.are.equal(0, code, err)
+    assert.matches("config file is ok: ", out, 1, true)
     H.write(conf, "modules:\n  t:\n    prober: tcp\n    tcp: { source_ip_address: 1.2.3.4 }\n")
     -- a module sonde cannot honour: logged at load, /probe answers 501
     -- with the reason, the rest runs

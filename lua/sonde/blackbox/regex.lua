@@ -211,10 +211,22 @@ end
 local ANCHOR = { ["^"] = true, ["$"] = true, ["\\b"] = true, ["\\B"] = true }
 
 function M.translate(s)
-  local ok, res = pcall(function()
+  local ok, res, groups = pcall(function()
     local out = {}
     local flags = { i = false, s = false }
     local stack = {}
+    -- capturing groups: RE2's number -> ERE's, and names -> RE2's number
+    -- (ERE has no non-capturing group: `(?:` is a group of its own there)
+    local groups = { ere = {}, names = {} }
+    local n_re2, n_ere = 0, 0
+    local function group(name)
+      n_ere = n_ere + 1
+      if name ~= false then
+        n_re2 = n_re2 + 1
+        groups.ere[n_re2] = n_ere
+        if name then groups.names[name] = n_re2 end
+      end
+    end
     local i = 1
     local n = #s
     local function push(t) out[#out + 1] = t end
@@ -259,10 +271,11 @@ function M.translate(s)
       elseif c == "(" then
         local saved = { i = flags.i, s = flags.s }
         if s:sub(i + 1, i + 1) == "?" then
-          local name_end = s:match("^%?P?<[%w_]+>()", i + 1)
+          local gname, name_end = s:match("^%?P?<([%w_]+)>()", i + 1)
           if name_end then
             stack[#stack + 1] = saved
             push("(")
+            group(gname)
             i = name_end
           else
             local f, close, e = s:match("^%?([%a%-]*)([:%)])()", i + 1)
@@ -282,12 +295,14 @@ function M.translate(s)
             if close == ":" then
               stack[#stack + 1] = saved
               push("(")
+              group(false)
             end
             i = e
           end
         else
           stack[#stack + 1] = saved
           push("(")
+          group(nil)
           i = i + 1
         end
       elseif c == ")" then
@@ -334,21 +349,60 @@ function M.translate(s)
       end
     end
     if #stack > 0 then error("missing )", 0) end
-    return table.concat(out)
+    return table.concat(out), groups
   end)
   if not ok then return nil, res end
-  return res
+  return res, nil, groups
 end
 
---- Translate and compile: `{ source, ere, match = function(subject) }`, or
--- nil and why.
+--- Go's Regexp.Expand template (`$1`, `${1}`, `$name`, `${name}`, `$$`)
+-- as a SONDE_TCP_SEND_EXPAND template of the ERE translate made (`$N`, N
+-- the ERE group's digit; `$$`): a name or number the regexp has no group
+-- for is "" (as Go), a malformed `$` stays a `$` (as Go).
+-- @tparam string template
+-- @tparam table groups translate's third value
+-- @treturn string|nil the template, or nil and why (a group past the 9th
+-- of the ERE)
+function M.expand_template(template, groups)
+  local out, i, n = {}, 1, #template
+  while i <= n do
+    local c = template:sub(i, i)
+    if c ~= "$" then
+      out[#out + 1] = c
+      i = i + 1
+    elseif template:sub(i + 1, i + 1) == "$" then
+      out[#out + 1] = "$$"
+      i = i + 2
+    else
+      local name, e = template:match("^{([%w_]+)}()", i + 1)
+      if not name then name, e = template:match("^([%w_]+)()", i + 1) end
+      if not name then                  -- malformed: the "$" as it is
+        out[#out + 1] = "$$"
+        i = i + 1
+      else
+        local num = name:find("^%d+$") and tonumber(name) or groups.names[name]
+        local g = num == 0 and 0 or (num and groups.ere[num])
+        if g and g > 9 then
+          return nil, string.format("the submatch %s is the regexp's group "
+            .. "%d as POSIX ERE: at most 9 can be used", name, g)
+        end
+        if g then out[#out + 1] = "$" .. g end
+        i = e
+      end
+    end
+  end
+  return table.concat(out)
+end
+
+--- Translate and compile: `{ source, ere, groups, match =
+-- function(subject) }` (groups: translate's third value), or nil and why.
 function M.compile(src)
   if type(src) ~= "string" then return nil, "a string expected" end
-  local ere, err = M.translate(src)
+  local ere, err, groups = M.translate(src)
   if not ere then return nil, err end
   local re, cerr = core.regex(ere)
   if not re then return nil, "does not compile as POSIX ERE " .. ere .. ": " .. cerr end
-  return { source = src, ere = ere, match = function(subject)
+  return { source = src, ere = ere, groups = groups, match = function(subject)
     return re:match(subject)
   end }
 end

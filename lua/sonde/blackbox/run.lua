@@ -770,7 +770,10 @@ local function tcp_probe(m, target, timeout, log, reg, done)
       steps[#steps + 1] = { kind = "expect_re", data = q.expect.ere,
         name = fmt("query_response[%d].expect", i - 1) }
     end
-    if q.send ~= "" then
+    if q.template then     -- expanded with the expect's submatches
+      steps[#steps + 1] = { kind = "send_expand", data = q.template,
+        name = fmt("query_response[%d].send", i - 1) }
+    elseif q.send ~= "" then
       steps[#steps + 1] = { kind = "send", data = q.send .. "\n",
         name = fmt("query_response[%d].send", i - 1) }
     end
