@@ -225,6 +225,33 @@ describe("sonde.targets", function()
       assert.are.same({ 1, 0 }, changes)
       end)
     end)
+
+    it("refuses what is not a regular file (a FIFO would block the loop, "
+      .. "a device never end) and a directory, logged", function()
+      local dir = helpers.scratch()
+      local fifo = dir .. "/t.json"
+      assert.is_true(os.execute("mkfifo " .. helpers.q(fifo)))
+      -- a writer that gives the FIFO a valid list, if it were ever opened
+      local pidfile = dir .. "/pid"
+      os.execute(string.format("(printf '[{\"targets\":[\"127.0.0.1:1\"]}]' "
+        .. ">%s & echo $! >%s)", helpers.q(fifo), helpers.q(pidfile)))
+      local pid = tonumber(helpers.read_file(pidfile):match("%d+"))
+      local ok, err = pcall(function()
+        local zero = dir .. "/zero.json"
+        assert.is_true(os.execute("ln -s /dev/zero " .. helpers.q(zero)))
+        local d = dir .. "/d.json"
+        assert.is_true(os.execute("mkdir " .. helpers.q(d)))
+        for _, path in ipairs { fifo, zero, d } do
+          assert.are.same({}, sonde.targets.file_sd(path):list())
+        end
+        local ev = log:events("targets_error")
+        assert.are.equal(3, #ev)
+        assert.matches("not a regular file", ev[1].error)
+        assert.matches("not a regular file", ev[2].error)
+      end)
+      os.execute("kill " .. pid .. " 2>/dev/null")
+      assert(ok, err)
+    end)
   end)
 
   describe("sonde.probe_each", function()
