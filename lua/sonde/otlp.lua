@@ -29,7 +29,7 @@
 -- Delivery (the OTLP/HTTP specification's rules): one request in flight
 -- at a time, through libcurl on the loop.  A 2xx is delivered.  No
 -- answer (connection refused, timeout, ...), 429 or 5xx are retried with
--- a back-off (`backoff` seconds, doubling to `max_backoff`; a
+-- a back-off (`backoff` seconds, doubling to `max_backoff`; a longer
 -- `Retry-After` of a number of seconds is followed, up to 300 s) while
 -- newer batches queue behind (a batch that failed goes back in front, so
 -- batches arrive in the order they were read); another answer (4xx, a
@@ -591,7 +591,10 @@ function Exporter:answered(body, r)
     local prev = self.delay
     self.delay = prev and math.min(prev * 2, self.spec.max_backoff)
       or self.spec.backoff
-    local wait = retry_after(r) or self.delay
+    -- a Retry-After waits longer than the back-off, never shorter (as the
+    -- OpenTelemetry Collector's exporters: the larger of the two), or a
+    -- server answering `429, Retry-After: 0` would get a storm of retries
+    local wait = math.max(retry_after(r) or 0, self.delay)
     if not prev then
       event("warn", { url = self.url_label, status = "failed",
         http_status = code ~= 0 and code or nil,

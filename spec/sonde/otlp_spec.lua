@@ -284,6 +284,22 @@ describe("sonde.otlp", function()
         tostring(reqs[2].time - reqs[1].time))
     end)
 
+    it("a Retry-After shorter than the back-off (0) does not shorten it: "
+      .. "no storm of retries", function()
+      sink:control("answers=429,429,429&retry_after=0")
+      with_exporter({ backoff = 0.2, max_backoff = 0.2 }, function(e)
+        e:push()
+        assert.is_truthy(helpers.eventually(function() return e.sent == 1 end, 20))
+      end)
+      local reqs = bodies(sink)
+      assert.are.equal(4, #reqs)
+      for i = 2, #reqs do
+        -- (lower bounds only: the back-off is 0.2 s)
+        assert.is_true(reqs[i].time - reqs[i - 1].time >= 0.15,
+          tostring(reqs[i].time - reqs[i - 1].time))
+      end
+    end)
+
     it("400 is not retried: that batch is dropped, the next goes", function()
       sink:control("answers=400")
       local log = helpers.capture()
