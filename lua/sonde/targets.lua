@@ -388,9 +388,39 @@ function decoders.json(text)
   return doc
 end
 
+--- Levels of nesting a YAML file_sd file may have at most: Prometheus's
+-- YAML reader (go-yaml) refuses more ("exceeded max depth of 10000").
+M.YAML_MAX_DEPTH = 10000
+
+-- Deeper than M.YAML_MAX_DEPTH?  Told from libyaml's events, before the
+-- document is built: libyaml takes time quadratic in the depth (100000
+-- levels, 200 KB: about 20 s of the loop), so the scan stops at the bound.
+-- A text that does not parse is left to lyaml.load to report.
+local function too_deep(text)
+  local okr, yaml = pcall(require, "yaml")
+  if not okr or type(yaml.parser) ~= "function" then return false end
+  local deep = false
+  pcall(function()
+    local depth = 0
+    for ev in yaml.parser(text) do
+      local t = ev.type
+      if t == "SEQUENCE_START" or t == "MAPPING_START" then
+        depth = depth + 1
+        if depth > M.YAML_MAX_DEPTH then deep = true break end
+      elseif t == "SEQUENCE_END" or t == "MAPPING_END" then
+        depth = depth - 1
+      end
+    end
+  end)
+  return deep
+end
+
 function decoders.yaml(text)
   local ok, lyaml = pcall(require, "lyaml")
   if not ok then return nil, "reading YAML needs lua-yaml (Debian: lua-yaml)" end
+  if too_deep(text) then
+    return nil, fmt("YAML: nested deeper than %d levels", M.YAML_MAX_DEPTH)
+  end
   local okp, doc = pcall(lyaml.load, text)
   if not okp then return nil, "YAML: " .. tostring(doc) end
   return doc

@@ -226,6 +226,23 @@ describe("sonde.targets", function()
       end)
     end)
 
+    it("refuses YAML nested deeper than Prometheus's YAML reader takes "
+      .. "(10000), before building it (libyaml is quadratic in the depth)",
+        function()
+      local dir = helpers.scratch()
+      local n = 30000
+      local deep = helpers.write(dir .. "/deep.yml",
+        string.rep("[", n) .. string.rep("]", n) .. "\n")
+      assert.are.same({}, sonde.targets.file_sd(deep):list())
+      local ev = log:events("targets_error")
+      assert.are.equal(1, #ev)
+      assert.matches("nested deeper than 10000", ev[1].error)
+      -- at the bound and below: read (and refused for what it is)
+      local ok = helpers.write(dir .. "/ok.yml", "- targets: "
+        .. string.rep("[", 1) .. "'127.0.0.1:1'" .. string.rep("]", 1) .. "\n")
+      assert.are.equal(1, #sonde.targets.file_sd(ok):list())
+    end)
+
     it("refuses what is not a regular file (a FIFO would block the loop, "
       .. "a device never end) and a directory, logged", function()
       local dir = helpers.scratch()
