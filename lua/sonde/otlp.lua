@@ -408,7 +408,7 @@ Exporter.__index = Exporter
 
 local SCHEMA = validate.schema {
   { "url", "string", required = true },
-  { "interval", "seconds", default = 15 },
+  { "interval", "seconds", default = 15, min = 0.01 },   -- else a busy loop
   { "timeout", "seconds", default = 10 },
   { "headers", "table" },
   { "buffer", "count", default = 100 },
@@ -426,8 +426,8 @@ M.MAX_RETRY_AFTER = 300
 --- A new exporter (not started).
 --
 -- spec fields: `url` (required: the full URL, `.../v1/metrics`),
--- `interval` (seconds between two batches, default 15), `timeout` (of a
--- request, default 10), `headers` (map name -> value, e.g.
+-- `interval` (seconds between two batches, default 15, at least 0.01),
+-- `timeout` (of a request, default 10), `headers` (map name -> value, e.g.
 -- `Authorization`; as http_get's), `buffer` (batches waiting at most,
 -- default 100), `buffer_bytes` (their bytes at most, default 16 MiB),
 -- `backoff` (first retry delay, default 1), `max_backoff` (default 60),

@@ -55,6 +55,10 @@ local fail = validate.fail
 M.FILE_REFRESH = 300
 --- Default seconds between two requests of http_sd (Prometheus's).
 M.HTTP_REFRESH = 60
+--- The shortest refresh (seconds) of file_sd and http_sd: a shorter one
+-- would poll in a busy loop (http_sd: a storm of requests, each timing out
+-- at once, its timeout being the refresh by default).
+M.MIN_REFRESH = 0.01
 --- Default bytes of an http_sd response read at most.
 M.HTTP_MAX_BODY = 16 * 1024 * 1024
 
@@ -375,7 +379,7 @@ end
 ---------------------------------------------------------------------------
 
 local FILE_OPTS = validate.schema {
-  { "refresh", "seconds", default = M.FILE_REFRESH },
+  { "refresh", "seconds", default = M.FILE_REFRESH, min = M.MIN_REFRESH },
 }
 
 local decoders = {}
@@ -452,7 +456,7 @@ end
 -- matches nothing; a path that is not a regular file (a directory, a
 -- FIFO, a device) is an error, never read.  Each target gets the label `__meta_filepath`.
 -- @tparam string path
--- @tparam[opt] table opts `refresh` (seconds, default 300)
+-- @tparam[opt] table opts `refresh` (seconds, default 300, at least 0.01)
 -- @treturn table the source
 -- @raise on a path without a known extension or a bad option
 function M.file_sd(path, opts)
@@ -496,7 +500,7 @@ end
 ---------------------------------------------------------------------------
 
 local HTTP_OPTS = validate.schema {
-  { "refresh", "seconds", default = M.HTTP_REFRESH },
+  { "refresh", "seconds", default = M.HTTP_REFRESH, min = M.MIN_REFRESH },
   { "timeout", "seconds" },
   { "max_body", "count", default = M.HTTP_MAX_BODY, min = 1 },
   { "headers", "table" },
@@ -522,7 +526,8 @@ end
 -- error is logged, `targets_error`).  Each target gets the label
 -- `__meta_url`.  Before the first answer the list is empty.
 -- @tparam string url http:// or https://
--- @tparam[opt] table opts `refresh` (seconds, default 60), `timeout`
+-- @tparam[opt] table opts `refresh` (seconds, default 60, at least
+-- 0.01), `timeout`
 -- (seconds, default the refresh, at most 30), `max_body` (bytes, default
 -- 16 MiB: a longer answer is an error), `headers`, `tls` (as http_get's)
 -- @treturn table the source

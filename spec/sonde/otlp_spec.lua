@@ -219,6 +219,7 @@ describe("sonde.otlp", function()
         { {}, "url" },
         { { url = "ftp://x/" }, "url" },
         { { url = "http://127.0.0.1:1/", interval = 0 }, "interval" },
+        { { url = "http://127.0.0.1:1/", interval = 1e-6 }, "interval" },
         { { url = "http://127.0.0.1:1/", buffer = 0 }, "buffer" },
         { { url = "http://127.0.0.1:1/", headers = { ["Bad Name"] = "x" } },
           "headers" },

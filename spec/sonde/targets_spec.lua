@@ -193,6 +193,14 @@ describe("sonde.targets", function()
       assert.has_error(function()
         sonde.targets.file_sd(j, { refresh = 0 })
       end)
+      -- a refresh that would poll in a busy loop (or, for http_sd, send a
+      -- storm of requests that all time out at once) is refused
+      for _, f in ipairs { sonde.targets.file_sd, sonde.targets.http_sd } do
+        local ok, err = pcall(f, f == sonde.targets.file_sd and j
+          or "http://127.0.0.1:1/", { refresh = 1e-6 })
+        assert.is_false(ok)
+        assert.matches("refresh: must be >= 0.01", tostring(err))
+      end
     end)
 
     it("a broken file keeps the last good list (logged); a missing one has "
