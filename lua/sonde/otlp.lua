@@ -35,7 +35,8 @@
 -- batches arrive in the order they were read); another answer (4xx, a
 -- 3xx not followed) is not retryable: that batch is dropped and logged at
 -- error.  Batches waiting are bounded (`buffer` batches, `buffer_bytes`
--- bytes): past either bound the oldest is dropped.  Counted in sonde's
+-- bytes): past either bound the oldest is dropped (a batch over
+-- `buffer_bytes` on its own is never queued).  Counted in sonde's
 -- own series: `sonde_otlp_sent_total` (batches delivered),
 -- `sonde_otlp_failed_total` (requests that failed, retried or not),
 -- `sonde_otlp_dropped_total{reason}` (`buffer_full`, `rejected`) and
@@ -46,8 +47,8 @@
 -- interval), `failed` (warn; the first failure of a run of them, with
 -- `http_status` or `error`, and `retry_in`), `rejected` (error: a
 -- non-retryable answer, with `http_status` and the body's first 200
--- bytes), `dropped` (warn: a batch pushed out of the full buffer; the
--- first of a run of failures), `resumed` (info: delivered again after
+-- bytes), `dropped` (warn: a batch pushed out of the full buffer, or
+-- over `buffer_bytes` on its own; the first of a run of failures), `resumed` (info: delivered again after
 -- failures, with `failed` and `dropped` meanwhile).
 -- @module sonde.otlp
 local core = require "sonde.core"
@@ -515,6 +516,12 @@ function Exporter:enqueue(body, first)
   local s = self.spec
   if #body > s.buffer_bytes then
     self.dropped.buffer_full = self.dropped.buffer_full + 1
+    if not self.drop_logged then
+      self.drop_logged = true
+      event("warn", { url = self.url_label, status = "dropped",
+        pending = #self.queue, detail = fmt("a batch of %d bytes, over "
+          .. "buffer_bytes (%d) on its own", #body, s.buffer_bytes) })
+    end
     return false
   end
   if first then table.insert(self.queue, 1, body)

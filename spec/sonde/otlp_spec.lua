@@ -355,6 +355,23 @@ describe("sonde.otlp", function()
       assert.are.equal(0, #e.queue)
     end)
 
+    it("a batch larger than buffer_bytes on its own is dropped, counted "
+      .. "and logged (once in a run of them)", function()
+      local log = helpers.capture()
+      local e = with_exporter({ buffer_bytes = 100,
+        collect = function() return "big " .. string.rep("1", 200) .. "\n" end },
+        function(e)
+          e:push()
+          e:push()
+        end)
+      local evs = log:events("otlp", { status = "dropped" })
+      log:close()
+      assert.are.equal(2, e.dropped.buffer_full)
+      assert.are.equal(0, #bodies(sink))
+      assert.are.equal(1, #evs, "a drop no log line tells")
+      assert.matches("buffer_bytes", evs[1].detail)
+    end)
+
     it("a stopped load ends its exporter: the hanging request and the "
       .. "timers go, no descriptor is left", function()
       -- (libcurl and the loop keep what they keep for their lifetime)
