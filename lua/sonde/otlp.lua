@@ -48,8 +48,9 @@
 -- `http_status` or `error`, and `retry_in`), `rejected` (error: a
 -- non-retryable answer, with `http_status` and the body's first 200
 -- bytes), `dropped` (warn: a batch pushed out of the full buffer, or
--- over `buffer_bytes` on its own; the first of a run of failures), `resumed` (info: delivered again after
--- failures, with `failed` and `dropped` meanwhile).
+-- over `buffer_bytes` on its own; the first of a run of failures),
+-- `resumed` (info: delivered again after failures, with `failed` and
+-- `dropped` meanwhile).
 -- @module sonde.otlp
 local core = require "sonde.core"
 local json = require "sonde.json"

@@ -454,7 +454,8 @@ end
 -- keeps the last good list (the error is logged, `targets_error`); a file
 -- that does not exist (any more) has no targets, as a file_sd glob that
 -- matches nothing; a path that is not a regular file (a directory, a
--- FIFO, a device) is an error, never read.  Each target gets the label `__meta_filepath`.
+-- FIFO, a device) is an error, never read.  Each target gets the label
+-- `__meta_filepath`.
 -- @tparam string path
 -- @tparam[opt] table opts `refresh` (seconds, default 300, at least 0.01)
 -- @treturn table the source
