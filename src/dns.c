@@ -666,6 +666,7 @@ struct dns_op {
   int closing;            /* teardown in progress: ares callbacks ignored */
   int starting;           /* inside sonde_dns_start */
   int finished;
+  int tcp_connected;      /* the TCP socket was seen connected */
   struct event ares_timer, deadline;
   int timers_set;
   struct sock_slot socks[SOCK_SLOTS];
@@ -863,6 +864,11 @@ static void verdict(struct dns_op *t) {
       r->reason = SONDE_R_RESOURCE;
       r->code = fds ? fds : ENOMEM;
       sonde_result_set_error(r, "%s", fds ? strerror(fds) : "out of memory");
+    } else if (st == ARES_ECONNREFUSED && t->tcp_connected) {
+      /* c-ares says "refused" for a TCP connection the server closed
+       * before a whole reply too: that one had been accepted */
+      r->reason = SONDE_R_PROTOCOL;
+      sonde_result_set_error(r, "connection closed before a whole reply");
     } else if (st == ARES_ECONNREFUSED) {
       r->reason = SONDE_R_CONNECT_REFUSED;
       r->code = ECONNREFUSED;
@@ -1001,6 +1007,13 @@ static void on_ares_timer(evutil_socket_t fd, short what, void *arg) {
 
 static void on_sock(evutil_socket_t fd, short what, void *arg) {
   struct dns_op *t = arg;
+  if (t->transport == SONDE_DNS_TCP && !t->tcp_connected) {
+    /* (before c-ares may close it) a peer: the connection was made */
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &plen) == 0)
+      t->tcp_connected = 1;
+  }
   ares_process_fd(t->ch, (what & EV_READ) ? fd : ARES_SOCKET_BAD,
                   (what & EV_WRITE) ? fd : ARES_SOCKET_BAD);
   after_ares(t);

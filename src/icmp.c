@@ -608,7 +608,8 @@ static void on_lookup_timeout(evutil_socket_t fd, short what, void *arg) {
        t->o.host);
 }
 
-/* An IP literal into *ss; 1 when it is one. */
+/* An IP literal into *ss; 1 when it is one.  An IPv4-mapped IPv6 address
+ * gives its IPv4 address. */
 static int parse_literal(const char *host, struct sockaddr_storage *ss,
                          socklen_t *len) {
   memset(ss, 0, sizeof *ss);
@@ -627,6 +628,17 @@ static int parse_literal(const char *host, struct sockaddr_storage *ss,
   buf[n] = '\0';
   struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
   if (inet_pton(AF_INET6, buf, &in6->sin6_addr) != 1) return 0;
+  if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+    /* ::ffff:a.b.c.d is a.b.c.d (Go's To4, as blackbox_exporter's
+     * chooseProtocol takes it): echoed over ICMPv4 */
+    struct in_addr a4;
+    memcpy(&a4, &in6->sin6_addr.s6_addr[12], sizeof a4);
+    memset(ss, 0, sizeof *ss);
+    in->sin_family = AF_INET;
+    in->sin_addr = a4;
+    *len = sizeof *in;
+    return 1;
+  }
   in6->sin6_family = AF_INET6;
   if (pct) {
     char *end;

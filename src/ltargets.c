@@ -5,7 +5,9 @@
  *     bytes), for Prometheus's `hashmod` relabel action (sharding);
  *   core.file_stamp(path) -> "dev:ino:size:mtime_ns:ctime_ns" | nil, err,
  *     what tells that a file_sd file changed (another inode after a
- *     rename, another size or modification or change time).
+ *     rename, another size or modification or change time); a path
+ *     that is not a regular file (after symlinks) is an error (EINVAL),
+ *     as reading a FIFO would block and a device might never end.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +39,13 @@ static int l_core_file_stamp(lua_State *L) {
     lua_pushnil(L);
     lua_pushfstring(L, "%s: %s", path, strerror(e));
     lua_pushinteger(L, e);
+    return 3;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    /* a FIFO would block the reader (and the loop), a device never end */
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: not a regular file", path);
+    lua_pushinteger(L, EINVAL);
     return 3;
   }
   char buf[160];

@@ -77,6 +77,9 @@
  *                          tcp: connection refused"
  *   a reply that cannot be parsed
  *                          failure protocol, "... malformed reply: ..."
+ *   TCP: the server closed the connection before a whole reply
+ *                          failure protocol, "query to ADDR over tcp:
+ *                          connection closed before a whole reply"
  *   other socket errors    failure network
  *   a name c-ares cannot encode, a regexp that does not compile
  *                          failure config (the Lua binding refuses both

@@ -15,7 +15,9 @@
  * taken; when there is none and `fallback` is set, the first address of
  * the other family; else the probe fails (dns, "lookup NAME: no suitable
  * address found").  An IP literal of the other family counts the same way
- * (with fallback off, "127.0.0.1" under ip_protocol 6 fails).
+ * (with fallback off, "127.0.0.1" under ip_protocol 6 fails); an
+ * IPv4-mapped IPv6 literal ("::ffff:127.0.0.1") is its IPv4 address, as
+ * Go's To4 makes it for blackbox_exporter.
  *
  * Socket (blackbox_exporter's choice, Linux): first an unprivileged ICMP
  * datagram socket (socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), or AF_INET6

@@ -29,13 +29,14 @@
 -- Delivery (the OTLP/HTTP specification's rules): one request in flight
 -- at a time, through libcurl on the loop.  A 2xx is delivered.  No
 -- answer (connection refused, timeout, ...), 429 or 5xx are retried with
--- a back-off (`backoff` seconds, doubling to `max_backoff`; a
+-- a back-off (`backoff` seconds, doubling to `max_backoff`; a longer
 -- `Retry-After` of a number of seconds is followed, up to 300 s) while
 -- newer batches queue behind (a batch that failed goes back in front, so
 -- batches arrive in the order they were read); another answer (4xx, a
 -- 3xx not followed) is not retryable: that batch is dropped and logged at
 -- error.  Batches waiting are bounded (`buffer` batches, `buffer_bytes`
--- bytes): past either bound the oldest is dropped.  Counted in sonde's
+-- bytes): past either bound the oldest is dropped (a batch over
+-- `buffer_bytes` on its own is never queued).  Counted in sonde's
 -- own series: `sonde_otlp_sent_total` (batches delivered),
 -- `sonde_otlp_failed_total` (requests that failed, retried or not),
 -- `sonde_otlp_dropped_total{reason}` (`buffer_full`, `rejected`) and
@@ -46,9 +47,10 @@
 -- interval), `failed` (warn; the first failure of a run of them, with
 -- `http_status` or `error`, and `retry_in`), `rejected` (error: a
 -- non-retryable answer, with `http_status` and the body's first 200
--- bytes), `dropped` (warn: a batch pushed out of the full buffer; the
--- first of a run of failures), `resumed` (info: delivered again after
--- failures, with `failed` and `dropped` meanwhile).
+-- bytes), `dropped` (warn: a batch pushed out of the full buffer, or
+-- over `buffer_bytes` on its own; the first of a run of failures),
+-- `resumed` (info: delivered again after failures, with `failed` and
+-- `dropped` meanwhile).
 -- @module sonde.otlp
 local core = require "sonde.core"
 local json = require "sonde.json"
@@ -408,7 +410,7 @@ Exporter.__index = Exporter
 
 local SCHEMA = validate.schema {
   { "url", "string", required = true },
-  { "interval", "seconds", default = 15 },
+  { "interval", "seconds", default = 15, min = 0.01 },   -- else a busy loop
   { "timeout", "seconds", default = 10 },
   { "headers", "table" },
   { "buffer", "count", default = 100 },
@@ -426,8 +428,8 @@ M.MAX_RETRY_AFTER = 300
 --- A new exporter (not started).
 --
 -- spec fields: `url` (required: the full URL, `.../v1/metrics`),
--- `interval` (seconds between two batches, default 15), `timeout` (of a
--- request, default 10), `headers` (map name -> value, e.g.
+-- `interval` (seconds between two batches, default 15, at least 0.01),
+-- `timeout` (of a request, default 10), `headers` (map name -> value, e.g.
 -- `Authorization`; as http_get's), `buffer` (batches waiting at most,
 -- default 100), `buffer_bytes` (their bytes at most, default 16 MiB),
 -- `backoff` (first retry delay, default 1), `max_backoff` (default 60),
@@ -515,6 +517,12 @@ function Exporter:enqueue(body, first)
   local s = self.spec
   if #body > s.buffer_bytes then
     self.dropped.buffer_full = self.dropped.buffer_full + 1
+    if not self.drop_logged then
+      self.drop_logged = true
+      event("warn", { url = self.url_label, status = "dropped",
+        pending = #self.queue, detail = fmt("a batch of %d bytes, over "
+          .. "buffer_bytes (%d) on its own", #body, s.buffer_bytes) })
+    end
     return false
   end
   if first then table.insert(self.queue, 1, body)
@@ -591,7 +599,10 @@ function Exporter:answered(body, r)
     local prev = self.delay
     self.delay = prev and math.min(prev * 2, self.spec.max_backoff)
       or self.spec.backoff
-    local wait = retry_after(r) or self.delay
+    -- a Retry-After waits longer than the back-off, never shorter (as the
+    -- OpenTelemetry Collector's exporters: the larger of the two), or a
+    -- server answering `429, Retry-After: 0` would get a storm of retries
+    local wait = math.max(retry_after(r) or 0, self.delay)
     if not prev then
       event("warn", { url = self.url_label, status = "failed",
         http_status = code ~= 0 and code or nil,

@@ -55,6 +55,10 @@ local fail = validate.fail
 M.FILE_REFRESH = 300
 --- Default seconds between two requests of http_sd (Prometheus's).
 M.HTTP_REFRESH = 60
+--- The shortest refresh (seconds) of file_sd and http_sd: a shorter one
+-- would poll in a busy loop (http_sd: a storm of requests, each timing out
+-- at once, its timeout being the refresh by default).
+M.MIN_REFRESH = 0.01
 --- Default bytes of an http_sd response read at most.
 M.HTTP_MAX_BODY = 16 * 1024 * 1024
 
@@ -375,7 +379,7 @@ end
 ---------------------------------------------------------------------------
 
 local FILE_OPTS = validate.schema {
-  { "refresh", "seconds", default = M.FILE_REFRESH },
+  { "refresh", "seconds", default = M.FILE_REFRESH, min = M.MIN_REFRESH },
 }
 
 local decoders = {}
@@ -388,9 +392,39 @@ function decoders.json(text)
   return doc
 end
 
+--- Levels of nesting a YAML file_sd file may have at most: Prometheus's
+-- YAML reader (go-yaml) refuses more ("exceeded max depth of 10000").
+M.YAML_MAX_DEPTH = 10000
+
+-- Deeper than M.YAML_MAX_DEPTH?  Told from libyaml's events, before the
+-- document is built: libyaml takes time quadratic in the depth (100000
+-- levels, 200 KB: about 20 s of the loop), so the scan stops at the bound.
+-- A text that does not parse is left to lyaml.load to report.
+local function too_deep(text)
+  local okr, yaml = pcall(require, "yaml")
+  if not okr or type(yaml.parser) ~= "function" then return false end
+  local deep = false
+  pcall(function()
+    local depth = 0
+    for ev in yaml.parser(text) do
+      local t = ev.type
+      if t == "SEQUENCE_START" or t == "MAPPING_START" then
+        depth = depth + 1
+        if depth > M.YAML_MAX_DEPTH then deep = true break end
+      elseif t == "SEQUENCE_END" or t == "MAPPING_END" then
+        depth = depth - 1
+      end
+    end
+  end)
+  return deep
+end
+
 function decoders.yaml(text)
   local ok, lyaml = pcall(require, "lyaml")
   if not ok then return nil, "reading YAML needs lua-yaml (Debian: lua-yaml)" end
+  if too_deep(text) then
+    return nil, fmt("YAML: nested deeper than %d levels", M.YAML_MAX_DEPTH)
+  end
   local okp, doc = pcall(lyaml.load, text)
   if not okp then return nil, "YAML: " .. tostring(doc) end
   return doc
@@ -419,9 +453,11 @@ end
 -- inode, size, modification or change time).  A file that does not parse
 -- keeps the last good list (the error is logged, `targets_error`); a file
 -- that does not exist (any more) has no targets, as a file_sd glob that
--- matches nothing.  Each target gets the label `__meta_filepath`.
+-- matches nothing; a path that is not a regular file (a directory, a
+-- FIFO, a device) is an error, never read.  Each target gets the label
+-- `__meta_filepath`.
 -- @tparam string path
--- @tparam[opt] table opts `refresh` (seconds, default 300)
+-- @tparam[opt] table opts `refresh` (seconds, default 300, at least 0.01)
 -- @treturn table the source
 -- @raise on a path without a known extension or a bad option
 function M.file_sd(path, opts)
@@ -465,7 +501,7 @@ end
 ---------------------------------------------------------------------------
 
 local HTTP_OPTS = validate.schema {
-  { "refresh", "seconds", default = M.HTTP_REFRESH },
+  { "refresh", "seconds", default = M.HTTP_REFRESH, min = M.MIN_REFRESH },
   { "timeout", "seconds" },
   { "max_body", "count", default = M.HTTP_MAX_BODY, min = 1 },
   { "headers", "table" },
@@ -491,7 +527,8 @@ end
 -- error is logged, `targets_error`).  Each target gets the label
 -- `__meta_url`.  Before the first answer the list is empty.
 -- @tparam string url http:// or https://
--- @tparam[opt] table opts `refresh` (seconds, default 60), `timeout`
+-- @tparam[opt] table opts `refresh` (seconds, default 60, at least
+-- 0.01), `timeout`
 -- (seconds, default the refresh, at most 30), `max_body` (bytes, default
 -- 16 MiB: a longer answer is an error), `headers`, `tls` (as http_get's)
 -- @treturn table the source

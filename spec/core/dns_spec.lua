@@ -398,6 +398,33 @@ describe("sonde.dns", function()
         "query to 127.0.0.1:" .. port .. " over tcp: connection refused" },
         { r.status, r.reason, r.output })
     end)
+
+    it("a TCP server that accepts, then closes before a whole reply (a "
+      .. "length of 65535, then nothing): failure protocol, not "
+      .. "connect_refused", function()
+      local dir = helpers.scratch()
+      local out = dir .. "/out"
+      -- accepts, reads the query, sends a length and a few bytes, closes
+      os.execute(string.format([[(python3 -c '
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+print("PORT %%d" %% s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept(); c.recv(4096); c.sendall(b"\xff\xff" + bytes(10)); c.close()
+' >%s 2>/dev/null </dev/null & echo "PID $!" >>%s.pid)]], helpers.q(out),
+        helpers.q(out)))
+      local pid = tonumber(helpers.read_file(out .. ".pid"):match("PID (%d+)"))
+      finally(function() os.execute("kill " .. pid .. " 2>/dev/null") end)
+      assert.is_truthy(helpers.eventually(function()
+        return (helpers.read_file(out) or ""):match("PORT (%d+)")
+      end, 10))
+      local port = (helpers.read_file(out)):match("PORT (%d+)")
+      local r = dns { server = "127.0.0.1:" .. port, name = "www.example.test",
+        type = "A", transport = "tcp", timeout = 5 }
+      assert.are.same({ "failure", "protocol",
+        "query to 127.0.0.1:" .. port .. " over tcp: connection closed "
+        .. "before a whole reply" }, { r.status, r.reason, r.output })
+    end)
   end)
 
   describe("resources", function()

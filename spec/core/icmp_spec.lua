@@ -138,6 +138,14 @@ describe("sonde.icmp", function()
     assert.are.equal(fnv1a(("\0"):rep(15) .. "\1"), r.ip_addr_hash)
   end)
 
+  it("an IPv4-mapped IPv6 literal is its IPv4 address (Go's To4, as "
+    .. "blackbox_exporter's chooseProtocol takes it)", function()
+    local r = icmp { host = "::ffff:127.0.0.1", timeout = 5 }
+    assert.are.same({ "success", "ok", "127.0.0.1", 4 },
+      { r.status, r.reason, r.remote_addr, r.ip_protocol })
+    assert.are.equal(fnv1a("\127\0\0\1"), r.ip_addr_hash)
+  end)
+
   it("works without a callback inside sonde.spawn", function()
     local r = helpers.run(function() return sonde.icmp { host = "127.0.0.1" } end)
     assert.are.equal("success", r.status)

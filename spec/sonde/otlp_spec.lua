@@ -219,6 +219,7 @@ describe("sonde.otlp", function()
         { {}, "url" },
         { { url = "ftp://x/" }, "url" },
         { { url = "http://127.0.0.1:1/", interval = 0 }, "interval" },
+        { { url = "http://127.0.0.1:1/", interval = 1e-6 }, "interval" },
         { { url = "http://127.0.0.1:1/", buffer = 0 }, "buffer" },
         { { url = "http://127.0.0.1:1/", headers = { ["Bad Name"] = "x" } },
           "headers" },
@@ -284,6 +285,22 @@ describe("sonde.otlp", function()
         tostring(reqs[2].time - reqs[1].time))
     end)
 
+    it("a Retry-After shorter than the back-off (0) does not shorten it: "
+      .. "no storm of retries", function()
+      sink:control("answers=429,429,429&retry_after=0")
+      with_exporter({ backoff = 0.2, max_backoff = 0.2 }, function(e)
+        e:push()
+        assert.is_truthy(helpers.eventually(function() return e.sent == 1 end, 20))
+      end)
+      local reqs = bodies(sink)
+      assert.are.equal(4, #reqs)
+      for i = 2, #reqs do
+        -- (lower bounds only: the back-off is 0.2 s)
+        assert.is_true(reqs[i].time - reqs[i - 1].time >= 0.15,
+          tostring(reqs[i].time - reqs[i - 1].time))
+      end
+    end)
+
     it("400 is not retried: that batch is dropped, the next goes", function()
       sink:control("answers=400")
       local log = helpers.capture()
@@ -336,6 +353,23 @@ describe("sonde.otlp", function()
       end
       assert.are.same({ 6, 7, 8 }, seqs)
       assert.are.equal(0, #e.queue)
+    end)
+
+    it("a batch larger than buffer_bytes on its own is dropped, counted "
+      .. "and logged (once in a run of them)", function()
+      local log = helpers.capture()
+      local e = with_exporter({ buffer_bytes = 100,
+        collect = function() return "big " .. string.rep("1", 200) .. "\n" end },
+        function(e)
+          e:push()
+          e:push()
+        end)
+      local evs = log:events("otlp", { status = "dropped" })
+      log:close()
+      assert.are.equal(2, e.dropped.buffer_full)
+      assert.are.equal(0, #bodies(sink))
+      assert.are.equal(1, #evs, "a drop no log line tells")
+      assert.matches("buffer_bytes", evs[1].detail)
     end)
 
     it("a stopped load ends its exporter: the hanging request and the "

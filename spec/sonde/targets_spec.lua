@@ -193,6 +193,14 @@ describe("sonde.targets", function()
       assert.has_error(function()
         sonde.targets.file_sd(j, { refresh = 0 })
       end)
+      -- a refresh that would poll in a busy loop (or, for http_sd, send a
+      -- storm of requests that all time out at once) is refused
+      for _, f in ipairs { sonde.targets.file_sd, sonde.targets.http_sd } do
+        local ok, err = pcall(f, f == sonde.targets.file_sd and j
+          or "http://127.0.0.1:1/", { refresh = 1e-6 })
+        assert.is_false(ok)
+        assert.matches("refresh: must be >= 0.01", tostring(err))
+      end
     end)
 
     it("a broken file keeps the last good list (logged); a missing one has "
@@ -224,6 +232,50 @@ describe("sonde.targets", function()
       end))
       assert.are.same({ 1, 0 }, changes)
       end)
+    end)
+
+    it("refuses YAML nested deeper than Prometheus's YAML reader takes "
+      .. "(10000), before building it (libyaml is quadratic in the depth)",
+        function()
+      local dir = helpers.scratch()
+      local n = 30000
+      local deep = helpers.write(dir .. "/deep.yml",
+        string.rep("[", n) .. string.rep("]", n) .. "\n")
+      assert.are.same({}, sonde.targets.file_sd(deep):list())
+      local ev = log:events("targets_error")
+      assert.are.equal(1, #ev)
+      assert.matches("nested deeper than 10000", ev[1].error)
+      -- at the bound and below: read (and refused for what it is)
+      local ok = helpers.write(dir .. "/ok.yml", "- targets: "
+        .. string.rep("[", 1) .. "'127.0.0.1:1'" .. string.rep("]", 1) .. "\n")
+      assert.are.equal(1, #sonde.targets.file_sd(ok):list())
+    end)
+
+    it("refuses what is not a regular file (a FIFO would block the loop, "
+      .. "a device never end) and a directory, logged", function()
+      local dir = helpers.scratch()
+      local fifo = dir .. "/t.json"
+      assert.is_true(os.execute("mkfifo " .. helpers.q(fifo)))
+      -- a writer that gives the FIFO a valid list, if it were ever opened
+      local pidfile = dir .. "/pid"
+      os.execute(string.format("(printf '[{\"targets\":[\"127.0.0.1:1\"]}]' "
+        .. ">%s & echo $! >%s)", helpers.q(fifo), helpers.q(pidfile)))
+      local pid = tonumber(helpers.read_file(pidfile):match("%d+"))
+      local ok, err = pcall(function()
+        local zero = dir .. "/zero.json"
+        assert.is_true(os.execute("ln -s /dev/zero " .. helpers.q(zero)))
+        local d = dir .. "/d.json"
+        assert.is_true(os.execute("mkdir " .. helpers.q(d)))
+        for _, path in ipairs { fifo, zero, d } do
+          assert.are.same({}, sonde.targets.file_sd(path):list())
+        end
+        local ev = log:events("targets_error")
+        assert.are.equal(3, #ev)
+        assert.matches("not a regular file", ev[1].error)
+        assert.matches("not a regular file", ev[2].error)
+      end)
+      os.execute("kill " .. pid .. " 2>/dev/null")
+      assert(ok, err)
     end)
   end)
 
