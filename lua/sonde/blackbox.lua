@@ -594,7 +594,9 @@ local function module_of(ctx, name, v)
   end
   local timeout = 0
   if v.timeout ~= nil then
-    timeout = M.duration(v.timeout)
+    -- (a string: blackbox_exporter refuses a number, `cannot unmarshal
+    -- !!int`, as yaml.v3 does for a time.Duration)
+    timeout = type(v.timeout) == "string" and M.duration(v.timeout)
     if not timeout or timeout < 0 then
       fail(ctx, "timeout", "must be a duration (5s, 500ms, 1m), got %s",
         show(v.timeout))

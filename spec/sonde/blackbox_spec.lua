@@ -103,6 +103,8 @@ modules:
         parse_err("modules:\n  m:\n    prober: ftp\n"))
       assert.are.equal('bb.yml: module "m": timeout: must be a duration (5s, 500ms, 1m), got "soon"',
         parse_err("modules:\n  m:\n    prober: tcp\n    timeout: soon\n"))
+      assert.are.equal('bb.yml: module "m": timeout: must be a duration (5s, 500ms, 1m), got 5',
+        parse_err("modules:\n  m:\n    prober: tcp\n    timeout: 5\n"))
       assert.matches('^bb.yml: module "m": http.fail_if_body_matches_regexp%[1%]: '
         .. 'regular expression "%(%?m%)%^a" cannot be used: the multi%-line flag',
         unsup("modules:\n  m:\n    prober: http\n    http:\n"
