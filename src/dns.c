@@ -202,166 +202,11 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...) {
   b->len += (size_t)n;
 }
 
-/* ---- RE2 -> POSIX ERE --------------------------------------------------- */
+/* ---- regular expressions ------------------------------------------------ */
 
-static const char *class_of(char c, int *negated) {
-  *negated = isupper((unsigned char)c) != 0;
-  switch (tolower((unsigned char)c)) {
-  case 'd': return "[:digit:]";
-  case 's': return "[:space:]";
-  case 'w': return "[:alnum:]_";
-  default: return NULL;
-  }
-}
-
-static int hexval(int c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  c = tolower(c);
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
-/* A control escape (\t ...) or \xHH at s (after the backslash): the byte,
- * and *used the characters consumed; -1 when not one. */
-static int byte_escape(const char *s, size_t *used) {
-  static const char from[] = "tnrfv", to[] = "\t\n\r\f\v";
-  const char *p = strchr(from, *s);
-  if (*s && p) {
-    *used = 1;
-    return (unsigned char)to[p - from];
-  }
-  if (*s == 'x' && hexval((unsigned char)s[1]) >= 0 &&
-      hexval((unsigned char)s[2]) >= 0) {
-    *used = 3;
-    return hexval((unsigned char)s[1]) * 16 + hexval((unsigned char)s[2]);
-  }
-  return -1;
-}
-
-/* Rewrite an RE2 regexp as a POSIX ERE (see sonde/dns.h).  Returns the
- * malloc'd ERE and *icase, or NULL with the reason in err. */
-static char *re2_to_ere(const char *re, int *icase, char *err, size_t n) {
-  struct sbuf b = {0};
-  *icase = 0;
-  const char *p = re;
-  if (strncmp(p, "(?i)", 4) == 0) {
-    *icase = 1;
-    p += 4;
-  }
-  sb_puts(&b, "");
-  while (*p) {
-    char c = *p;
-    if (c == '\\') {
-      size_t used;
-      int v = byte_escape(p + 1, &used);
-      int neg;
-      const char *cls = class_of(p[1], &neg);
-      if (v >= 0) {
-        if (v == 0) {
-          snprintf(err, n, "a NUL byte (\\x00) cannot be matched");
-          goto fail;
-        }
-        if (strchr(".[]()*+?{}|^$\\", v)) sb_putc(&b, '\\');
-        sb_putc(&b, (char)v);
-        p += 1 + used;
-      } else if (cls) {
-        sb_printf(&b, "[%s%s]", neg ? "^" : "", cls);
-        p += 2;
-      } else if (p[1] && ispunct((unsigned char)p[1])) {
-        if (strchr(".[]()*+?{}|^$\\", p[1])) sb_putc(&b, '\\');
-        sb_putc(&b, p[1]);
-        p += 2;
-      } else {
-        snprintf(err, n, "the escape \\%c has no POSIX equivalent",
-                 p[1] ? p[1] : ' ');
-        goto fail;
-      }
-      continue;
-    }
-    if (c == '(' && p[1] == '?') {
-      if (p[2] == ':') {
-        sb_putc(&b, '(');
-        p += 3;
-        continue;
-      }
-      snprintf(err, n, "the group \"(?%c\" has no POSIX equivalent "
-               "(only a leading (?i) and (?: are rewritten)",
-               p[2] ? p[2] : ' ');
-      goto fail;
-    }
-    if ((c == '*' || c == '+' || c == '?' || c == '}') && p[1] == '?') {
-      snprintf(err, n, "the lazy quantifier %c? has no POSIX equivalent", c);
-      goto fail;
-    }
-    if (c == '[') {
-      /* a bracket expression, copied up to its closing ']' */
-      sb_putc(&b, '[');
-      p++;
-      if (*p == '^') sb_putc(&b, *p++);
-      if (*p == ']') sb_putc(&b, *p++);
-      while (*p && *p != ']') {
-        if (p[0] == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=')) {
-          char close = p[1];
-          const char *end = p + 2;
-          while (*end && !(end[0] == close && end[1] == ']')) end++;
-          if (!*end) break;
-          sb_put(&b, p, (size_t)(end + 2 - p));
-          p = end + 2;
-          continue;
-        }
-        if (*p == '\\') {
-          size_t used;
-          int v = byte_escape(p + 1, &used);
-          int neg;
-          const char *cls = class_of(p[1], &neg);
-          if (v > 0) {
-            sb_putc(&b, (char)v);
-            p += 1 + used;
-          } else if (cls && !neg) {
-            sb_puts(&b, cls);        /* "[:digit:]", "[:alnum:]_" ... */
-            p += 2;
-          } else if (p[1] == '\\' || p[1] == '.' || p[1] == '[' ||
-                     (p[1] && ispunct((unsigned char)p[1]) &&
-                      !strchr("]-^", p[1]))) {
-            sb_putc(&b, p[1]);
-            p += 2;
-          } else {
-            snprintf(err, n, "\\%c inside brackets has no POSIX equivalent "
-                     "(write ']' first and '-' last; no negated classes)",
-                     p[1] ? p[1] : ' ');
-            goto fail;
-          }
-          continue;
-        }
-        sb_putc(&b, *p++);
-      }
-      if (*p != ']') {
-        snprintf(err, n, "missing closing ]");
-        goto fail;
-      }
-      sb_putc(&b, *p++);
-      continue;
-    }
-    sb_putc(&b, c);
-    p++;
-  }
-  if (b.oom) {
-    snprintf(err, n, "out of memory");
-    goto fail;
-  }
-  return b.p;
-fail:
-  free(b.p);
-  return NULL;
-}
-
-/* Compile an RE2 regexp (rewritten) into *rx: 0, or -1 with err. */
+/* Compile a POSIX ERE into *rx: 0, or -1 with err. */
 static int compile(regex_t *rx, const char *re, char *err, size_t n) {
-  int icase;
-  char *ere = re2_to_ere(re, &icase, err, n);
-  if (!ere) return -1;
-  int rc = regcomp(rx, ere, REG_EXTENDED | REG_NOSUB | (icase ? REG_ICASE : 0));
-  free(ere);
+  int rc = regcomp(rx, re, REG_EXTENDED | REG_NOSUB);
   if (rc != 0) {
     regerror(rc, rx, err, n);
     return -1;
@@ -1089,7 +934,9 @@ static int compile_all(struct dns_op *t, const struct sonde_dns_opts *o,
       t->n[s][k] = o->validate[s].n[k];
       for (size_t j = 0; j < o->validate[s].n[k]; j++, i++) {
         const char *re = o->validate[s].re[k][j];
-        t->rx_src[i] = strdup(re);
+        const char *shown = o->validate[s].shown[k]
+                                ? o->validate[s].shown[k][j] : re;
+        t->rx_src[i] = strdup(shown);
         t->nrx = i + 1;
         if (!t->rx_src[i]) {
           snprintf(err, n, "out of memory");
@@ -1098,7 +945,7 @@ static int compile_all(struct dns_op *t, const struct sonde_dns_opts *o,
         char why[200];
         if (compile(&t->rx[i], re, why, sizeof why) != 0) {
           snprintf(err, n, "validate_%s_rrs.%s: regexp \"%.200s\": %s",
-                   SECTION_NAMES[s], RULE_NAMES[k], re, why);
+                   SECTION_NAMES[s], RULE_NAMES[k], shown, why);
           return -1;
         }
         t->nrx_ok = i + 1;

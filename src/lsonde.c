@@ -798,7 +798,8 @@ static int l_core_icmp(lua_State *L) {
  * (array of rcode numbers), validate = { answer = V, authority = V,
  * additional = V } with V = { fail_if_matches_regexp = {...},
  * fail_if_all_match_regexp, fail_if_not_matches_regexp,
- * fail_if_none_matches_regexp } (arrays of strings).  The regexps'
+ * fail_if_none_matches_regexp } (arrays of POSIX EREs), shown (the same
+ * shape: the regexps as written, for messages; optional).  The regexps'
  * vectors go into one userdata left on the stack (returns 1; 0 when
  * there are none); their strings stay in the tables of t. */
 int sonde_lua_dns_opts(lua_State *L, int t, struct sonde_dns_opts *o) {
@@ -843,7 +844,13 @@ int sonde_lua_dns_opts(lua_State *L, int t, struct sonde_dns_opts *o) {
     return 0;
   }
   int v = lua_gettop(L);
-  /* count, then fill one vector */
+  int sh = 0;                         /* shown: the same shape, or nil */
+  if (lua_getfield(L, t, "shown") == LUA_TTABLE)
+    sh = lua_gettop(L);
+  else
+    lua_pop(L, 1);
+  /* count, then fill one vector: the EREs, then (shown) the same as
+   * written */
   size_t total = 0;
   for (int s = 0; s < SONDE_DNS_SECTIONS; s++) {
     if (lua_getfield(L, v, sections[s]) == LUA_TTABLE) {
@@ -855,30 +862,44 @@ int sonde_lua_dns_opts(lua_State *L, int t, struct sonde_dns_opts *o) {
     }
     lua_pop(L, 1);
   }
-  const char **vec = lua_newuserdatauv(L, sizeof(char *) * (total + 1), 0);
+  const char **vec = lua_newuserdatauv(L, sizeof(char *) * (2 * total + 1), 0);
   size_t at = 0;
-  for (int s = 0; s < SONDE_DNS_SECTIONS; s++) {
-    if (lua_getfield(L, v, sections[s]) == LUA_TTABLE) {
-      for (int k = 0; k < SONDE_DNS_RULES; k++) {
-        if (lua_getfield(L, -1, rules[k]) == LUA_TTABLE) {
-          lua_Integer n = luaL_len(L, -1);
-          o->validate[s].re[k] = vec + at;
-          for (lua_Integer i = 1; i <= n && at < total; i++) {
-            if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
-              luaL_error(L, "sonde.core: validate.%s.%s[%d]: string expected",
-                         sections[s], rules[k], (int)i);
-            vec[at++] = lua_tostring(L, -1);  /* anchored by the table */
-            o->validate[s].n[k]++;
-            lua_pop(L, 1);
+  for (int pass = 0; pass < (sh ? 2 : 1); pass++) {
+    int from = pass ? sh : v;
+    for (int s = 0; s < SONDE_DNS_SECTIONS; s++) {
+      if (lua_getfield(L, from, sections[s]) == LUA_TTABLE) {
+        for (int k = 0; k < SONDE_DNS_RULES; k++) {
+          if (lua_getfield(L, -1, rules[k]) == LUA_TTABLE) {
+            lua_Integer n = luaL_len(L, -1);
+            if (pass)
+              o->validate[s].shown[k] = vec + at;
+            else
+              o->validate[s].re[k] = vec + at;
+            size_t got = 0;
+            for (lua_Integer i = 1; i <= n && at < 2 * total; i++) {
+              if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+                luaL_error(L, "sonde.core: %s.%s.%s[%d]: string expected",
+                           pass ? "shown" : "validate", sections[s], rules[k],
+                           (int)i);
+              vec[at++] = lua_tostring(L, -1);  /* anchored by the table */
+              got++;
+              lua_pop(L, 1);
+            }
+            if (!pass)
+              o->validate[s].n[k] = got;
+            else if (got != o->validate[s].n[k])
+              luaL_error(L, "sonde.core: shown.%s.%s: not as many as in "
+                         "validate", sections[s], rules[k]);
           }
+          lua_pop(L, 1);
         }
-        lua_pop(L, 1);
       }
+      lua_pop(L, 1);
     }
-    lua_pop(L, 1);
   }
   vec[at] = NULL;
   lua_remove(L, v);                   /* the userdata stays */
+  if (sh) lua_remove(L, sh - 1);      /* (shifted down by v's removal) */
   return 1;
 }
 

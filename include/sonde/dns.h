@@ -31,17 +31,13 @@
  *                              no record at all fails too;
  *        fail_if_none_matches  fails when no record matches one of them;
  *                              no record at all fails too.
- * Regular expressions: blackbox_exporter's are Go's (RE2 syntax); here
- * they are POSIX extended regular expressions (regcomp, glibc), searched
- * anywhere in the record's text as Go's MatchString does, after these RE2
- * forms are rewritten: a leading "(?i)" (case-insensitive), "(?:" (a
- * plain group), the escapes \t \n \r \f \v \xHH, and \d \D \s \S \w \W
- * (outside and inside brackets).  RE2 forms with no POSIX equivalent are
- * refused (sonde_dns_regex_check): lazy quantifiers (*? +? ?? }?), other
- * flag groups, \b \B \A \z \p \P \Q \E and other letter escapes, and an
- * escaped ']', '-' or '^' inside brackets (write ']' first and '-' last,
- * as POSIX has it).  Matching is by bytes (Go's, by UTF-8 runes, differs
- * only for '.' and classes against non-ASCII text).
+ * Regular expressions: POSIX extended regular expressions (regcomp,
+ * glibc), searched anywhere in the record's text as Go's MatchString does.
+ * blackbox_exporter's are Go's (RE2 syntax): the Lua side (sonde.dns,
+ * blackbox.yml modules) maps them to POSIX EREs with sonde.regex, one
+ * mapping for every prober, and gives them as written in `shown`, for
+ * messages.  Matching is by bytes (Go's, by UTF-8 runes, differs only for
+ * '.' and classes against non-ASCII text).
  *
  * Record text (miekg/dns RR.String()): "NAME\tTTL\tCLASS\tTYPE\tRDATA",
  * NAME absolute with a final '.', e.g.
@@ -122,7 +118,10 @@ enum {
 };
 
 struct sonde_dns_validator {
-  const char *const *re[SONDE_DNS_RULES]; /* regexps (see above) */
+  const char *const *re[SONDE_DNS_RULES];    /* POSIX EREs (see above) */
+  const char *const *shown[SONDE_DNS_RULES]; /* the same regexps as the
+                                                user wrote them (RE2), for
+                                                messages, or NULL: re */
   size_t n[SONDE_DNS_RULES];
 };
 
@@ -167,8 +166,8 @@ uint64_t sonde_dns_start(struct sonde_loop *loop,
 /* Free a reply and what it holds (NULL is fine). */
 void sonde_dns_reply_free(struct sonde_dns_reply *reply);
 
-/* Check a regexp as the prober will use it: 0, or -1 with the reason in
- * err (n bytes). */
+/* Check a POSIX ERE as the prober will compile it: 0, or -1 with the
+ * reason in err (n bytes). */
 int sonde_dns_regex_check(const char *re, char *err, size_t n);
 
 /* Type and class numbers by name (miekg/dns's names: "A", "AAAA", "MX",

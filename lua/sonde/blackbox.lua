@@ -14,7 +14,7 @@
 -- value sonde does not support) makes the load fail with
 -- `PATH: module "NAME": FIELD: reason`; nothing is silently ignored.
 -- Regular expressions (Go RE2) are mapped to POSIX ERE
--- (sonde.blackbox.regex) or refused at load.
+-- (sonde.regex) or refused at load.
 --
 -- Supported fields:
 --
@@ -42,8 +42,7 @@
 --     `ca_file`, `cert_file`, `key_file`, `server_name`, `min_version`
 --     (TLS10 .. TLS13).
 -- @module sonde.blackbox
-local core = require "sonde.core"
-local regex = require "sonde.blackbox.regex"
+local regex = require "sonde.regex"
 local run = require "sonde.blackbox.run"
 local task = require "sonde.task"
 
@@ -493,15 +492,6 @@ local function rr_validator(ctx, v, field)
   for k in pairs(RR_KNOWN) do
     local f = field .. "." .. k
     out[k] = regex_list(ctx, v[k], f)
-    -- the dns prober matches records with its own RE2 mapping: what it
-    -- refuses is refused here, at load, rather than at each run
-    for i, re in ipairs(out[k]) do
-      local err = core.dns_check and core.dns_check("regex", re.source)
-      if err then
-        unsupported(ctx, fmt("%s[%d]", f, i - 1), "regular expression %s cannot be "
-          .. "used: %s", show(re.source), err)
-      end
-    end
   end
   return out
 end

@@ -468,10 +468,9 @@ end
 --     matches each (blackbox_exporter's code, whatever the name says);
 --     fail_if_not_matches and fail_if_none_matches fail on an empty
 --     section.  The regexps are RE2 (Go) syntax as in blackbox.yml, run as
---     POSIX extended regexps after rewriting `(?i)`, `(?:`, `\t`, `\n`,
---     `\d`, `\s`, `\w` and the like; what POSIX cannot do (lazy
---     quantifiers, `\b`, other flag groups) is refused at declaration,
---     naming the field (see include/sonde/dns.h).
+--     POSIX extended regexps as sonde.regex maps them; what POSIX cannot
+--     do (`(?m)`, `\p{..}`, back-references) is refused at declaration,
+--     naming the field.
 --
 -- Outcomes: the rcode valid and every validation passed is success, reason
 -- ok, output "NOERROR: 1 answer, 0 authority, 0 additional records"; an

@@ -9,6 +9,7 @@
 --   local id = h.start(opts, function(result) ... end)     -- an operation id
 -- @module sonde.probers
 local core = require "sonde.core"
+local regex = require "sonde.regex"
 local validate = require "sonde.validate"
 local nagios = require "sonde.nagios"
 local redact = require "sonde.redact"
@@ -578,20 +579,24 @@ local function dns_rcodes(ctx, v, field)
   return out
 end
 
+-- RE2 regexps (blackbox.yml's) as sonde.regex compiles them: a list of
+-- { source, ere }.
 local function dns_regexps(ctx, v, field)
   validate.checks.strings(ctx, v, field)
+  local out = {}
   for i, re in ipairs(v) do
-    local err = core.dns_check("regex", re)
-    if err then
+    local c, err = regex.compile(re)
+    if not c then
       fail(ctx, fmt("%s[%d]", field, i), "regexp %s: %s", show(re), err)
     end
+    out[i] = c
   end
-  return v
+  return out
 end
 
 --- The rules of one section's validation (blackbox_exporter's
--- DNSRRValidator): arrays of regexps (RE2 syntax rewritten as POSIX ERE,
--- see sonde/dns.h).
+-- DNSRRValidator): arrays of regexps (RE2 syntax, as POSIX EREs by
+-- sonde.regex).
 M.dns_validator_schema = validate.schema {
   { "fail_if_matches_regexp", dns_regexps },
   { "fail_if_all_match_regexp", dns_regexps },
@@ -624,11 +629,18 @@ local function dns_prepare(ctx, spec)
     recursion_desired = s.recursion_desired, timeout = s.timeout }
   -- (set only when given: see http_prepare)
   if s.valid_rcodes then o.valid_rcodes = s.valid_rcodes end
-  if s.validate_answer_rrs or s.validate_authority_rrs
-      or s.validate_additional_rrs then
-    o.validate = { answer = s.validate_answer_rrs,
+  -- the core takes the regexps as POSIX EREs (`validate`) and as written
+  -- (`shown`, for its messages)
+  for sec, v in pairs { answer = s.validate_answer_rrs,
       authority = s.validate_authority_rrs,
-      additional = s.validate_additional_rrs }
+      additional = s.validate_additional_rrs } do
+    o.validate, o.shown = o.validate or {}, o.shown or {}
+    o.validate[sec], o.shown[sec] = {}, {}
+    for rule, list in pairs(v) do
+      local eres, srcs = {}, {}
+      for i, c in ipairs(list) do eres[i], srcs[i] = c.ere, c.source end
+      o.validate[sec][rule], o.shown[sec][rule] = eres, srcs
+    end
   end
   return o
 end

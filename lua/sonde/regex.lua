@@ -17,7 +17,7 @@
 -- classes.  Refused (with the reason): `(?m)`, Unicode classes `\p`,
 -- `\C`, back-references and octal escapes, `[[:^class:]]`, negated
 -- escapes inside brackets, non-ASCII bytes inside brackets.
--- @module sonde.blackbox.regex
+-- @module sonde.regex
 local core = require "sonde.core"
 
 local M = {}
