@@ -404,9 +404,15 @@ describe("host robustness", function()
       .. i_start .. ") came before the old service_exit (event " .. i_exit
       .. ")")
     assert.is_true(helpers.gone(old.pid))
-    local cmd = helpers.read_file(string.format("/proc/%d/cmdline", starts[2].pid))
-      or ""
-    assert.are.equal("sleep\0" .. t2, (cmd:gsub("%z$", "")))
+    -- (its start is logged when spawned: its exec may not be done yet, and
+    -- /proc shows no command line while the exec replaces the image)
+    local cmd
+    h:wait_for(function()
+      cmd = (helpers.read_file(string.format("/proc/%d/cmdline",
+        starts[2].pid)) or ""):gsub("%z$", "")
+      return cmd == "sleep\0" .. t2
+    end, 5)
+    assert.are.equal("sleep\0" .. t2, cmd)
     term_ok(h, 5)
     assert.is_true(helpers.gone(starts[2].pid))
   end)
