@@ -58,16 +58,13 @@ ALL_CFLAGS  := -std=c11 -fPIC $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude \
 
 CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/curlerr.c src/exec.c src/http.c src/resolve.c src/tcp.c \
-               src/pb.c src/grpc.c \
-               src/icmp.c \
-               src/dns.c \
+               src/pb.c src/grpc.c src/icmp.c src/dns.c \
                src/tls.c src/tls_io.c \
                src/pattern.c src/expect.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c \
-               src/ltargets.c
-CORE_SRC    += src/lregex.c src/resolve_op.c
+               src/ltargets.c src/lregex.c src/resolve_op.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o
 MODULE      := $(BUILD)/lib/sonde/core.so
@@ -114,9 +111,8 @@ DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
              libc-ares-dev
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
              prometheus python3 lua-socket curl \
-             python3-grpcio python3-grpc-tools \
-             dnsmasq-base
-TEST_PKGS += prometheus-blackbox-exporter
+             python3-grpcio python3-grpc-tools dnsmasq-base \
+             prometheus-blackbox-exporter
 .PHONY: deps test-deps
 deps:
 	@$(MAKE) -s install-pkgs PKGS="$(DEB_PKGS)"
