@@ -5,8 +5,9 @@
 -- with `--web.enable-otlp-receiver`
 -- (`http://HOST:9090/api/v1/otlp/v1/metrics`).
 --
---   local e = otlp.exporter {         -- otlp: this module url = "http://127.0.0.1:4318/v1/metrics",
---     interval = 15, collect = function() return metrics.render(cfg) end }
+--   local e = otlp.exporter {         -- otlp: this module
+--     url = "http://127.0.0.1:4318/v1/metrics", interval = 15,
+--     collect = function() return metrics.render(cfg) end }
 --   e:start()      -- timers and requests belong to the current task scope
 --   e:stop()
 --
