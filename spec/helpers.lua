@@ -463,6 +463,32 @@ function H.gone(pid)
   return st == nil or st.state == "Z"
 end
 
+--- Start a server in the background, outside the sanitizers' preloads
+-- (make check SANITIZE=1), its output (stdout and stderr) into file `out`,
+-- and wait up to `seconds` until that output has a line matching
+-- `ready` (a grep basic regexp) or the server is gone.
+-- @tparam string cmd the command line, already quoted (H.q)
+-- @treturn integer|nil the server's pid
+-- @treturn string its output so far (first line: "PID n")
+function H.spawn_ready(cmd, out, ready, seconds)
+  local p = assert(io.popen(table.concat({
+    "exec </dev/null;",
+    "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS",
+    cmd, ">" .. H.q(out), "2>&1 &",
+    "pid=$!; echo \"PID $pid\";",
+    "end=$(( $(date +%s%N) + " .. math.floor(seconds * 1e9) .. " ));",
+    "while [ \"$(date +%s%N)\" -lt \"$end\" ]; do",
+    "  grep -q " .. H.q(ready) .. " " .. H.q(out) .. " && break;",
+    "  kill -0 $pid 2>/dev/null || break;",
+    "  sleep 0.02;",
+    "done;",
+    "cat " .. H.q(out),
+  }, " "), "r"))
+  local text = p:read("a")
+  p:close()
+  return tonumber(text:match("PID (%d+)")), text
+end
+
 --- SIGTERM process `pid`, wait up to `grace` seconds (3) for it to go,
 -- then SIGKILL it.
 function H.terminate(pid, grace)

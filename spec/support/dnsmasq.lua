@@ -60,23 +60,9 @@ return function(H)
         "--pid-file=" }
       for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
       for i, a in ipairs(argv) do argv[i] = q(a) end
-      local p = assert(io.popen(table.concat({
-        "exec </dev/null;",
-        "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS PATH=/usr/sbin:/sbin:$PATH",
-        table.concat(argv, " "), ">" .. q(out), "2>&1 &",
-        "pid=$!; echo \"PID $pid\";",
-        "end=$(( $(date +%s%N) + 10000000000 ));",
-        "while [ \"$(date +%s%N)\" -lt \"$end\" ]; do",
-        "  grep -q 'started, version' " .. q(out) .. " && break;",
-        "  kill -0 $pid 2>/dev/null || break;",
-        "  sleep 0.02;",
-        "done;",
-        "cat " .. q(out),
-      }, " "), "r"))
-      local text = p:read("a")
-      p:close()
-      local srv = setmetatable({ out = out, port = port,
-        pid = tonumber(text:match("PID (%d+)")) }, Server)
+      local pid, text = H.spawn_ready("PATH=/usr/sbin:/sbin:$PATH "
+        .. table.concat(argv, " "), out, "started, version", 10)
+      local srv = setmetatable({ out = out, port = port, pid = pid }, Server)
       if srv:alive() and text:find("started, version", 1, true)
           and #H.listening(port) > 0 then
         return remember(srv)

@@ -21,24 +21,8 @@ return function(H)
     local out = os.tmpname()
     local argv = { "/usr/bin/python3", q(script), "--stubs", q(stubs) }
     for _, a in ipairs(args or {}) do argv[#argv + 1] = q(a) end
-    -- not under the sanitizers' preloads (make check SANITIZE=1)
-    local p = assert(io.popen(table.concat({
-      "exec </dev/null;",
-      "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS",
-      table.concat(argv, " "), ">" .. q(out), "2>&1 &",
-      "pid=$!; echo \"PID $pid\";",
-      "end=$(( $(date +%s%N) + 20000000000 ));",
-      "while [ \"$(date +%s%N)\" -lt \"$end\" ]; do",
-      "  grep -q '^PORT ' " .. q(out) .. " && break;",
-      "  kill -0 $pid 2>/dev/null || break;",
-      "  sleep 0.02;",
-      "done;",
-      "cat " .. q(out),
-    }, " "), "r"))
-    local text = p:read("a")
-    p:close()
-    local srv = setmetatable({ out = out,
-      pid = tonumber(text:match("PID (%d+)")),
+    local pid, text = H.spawn_ready(table.concat(argv, " "), out, "^PORT ", 20)
+    local srv = setmetatable({ out = out, pid = pid,
       port = tonumber(text:match("\nPORT (%d+)")) }, Server)
     if not srv.port then
       srv:stop()

@@ -37,22 +37,8 @@ function M.start(opts)
   local argv = { "/usr/bin/python3", H.q(H.root .. "/spec/fixtures/otlp-sink.py"),
     "--proto", H.q(H.root .. "/spec/fixtures/otlp-proto"), "--stubs", H.q(stubs) }
   if opts.port then argv[#argv + 1] = "--port " .. opts.port end
-  local p = assert(io.popen(table.concat({
-    "exec </dev/null;",
-    "env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS",
-    table.concat(argv, " "), ">" .. H.q(out), "2>&1 &",
-    "pid=$!; echo \"PID $pid\";",
-    "end=$(( $(date +%s%N) + 20000000000 ));",
-    "while [ \"$(date +%s%N)\" -lt \"$end\" ]; do",
-    "  grep -q '^PORT ' " .. H.q(out) .. " && break;",
-    "  kill -0 $pid 2>/dev/null || break;",
-    "  sleep 0.02;",
-    "done;",
-    "cat " .. H.q(out),
-  }, " "), "r"))
-  local text = p:read("a")
-  p:close()
-  local s = setmetatable({ out = out, pid = tonumber(text:match("PID (%d+)")),
+  local pid, text = H.spawn_ready(table.concat(argv, " "), out, "^PORT ", 20)
+  local s = setmetatable({ out = out, pid = pid,
     port = tonumber(text:match("\nPORT (%d+)")) }, Sink)
   started[#started + 1] = s
   if not s.port then
