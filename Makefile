@@ -64,6 +64,7 @@ CORE_SRC    := src/expand.c src/result.c src/loop.c src/curlsock.c \
                src/lsonde.c \
                src/lhttpd.c src/lprocstat.c src/lnotify.c \
                src/ldeadline.c src/logq.c src/worker.c src/lworker.c \
+               src/expo.c src/lexpo.c \
                src/ltargets.c src/lregex.c src/resolve_op.c
 CORE_OBJ    := $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ    := $(BUILD)/obj/host/main.o

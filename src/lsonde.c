@@ -1397,6 +1397,7 @@ int luaopen_sonde_core(lua_State *L) {
   lua_pop(L, 1);
   luaL_setfuncs(L, core_funcs, 1);        /* upvalue: the loop userdata */
   sonde_open_procstat(L);
+  sonde_open_expo(L);
   sonde_open_notify(L);
   sonde_open_deadline(L);
   sonde_open_regex(L);

@@ -52,6 +52,19 @@ lua_State *sonde_lua_thread(struct lcore *c);
 int sonde_lua_pcall(struct lcore *c, int nargs, int nres);
 
 struct sonde_result;
+struct sonde_expo_probe;
+struct lworker;
+
+/* The worker userdata at idx (lworker.c), or NULL when it is not one. */
+struct lworker *sonde_lworker_test(lua_State *L, int idx);
+/* Its series as sonde/expo.h writes them; returns 0 (p->w NULL) when they
+ * are not to be written (no set_series yet, or the loop is closed), 2
+ * when it has extra lines (sonde_lworker_extras), else 1. */
+int sonde_lworker_view(const struct lworker *lw, struct sonde_expo_probe *p);
+/* Push the worker's extra lines of `family` (at idx) and return 1, or
+ * return 0 with nothing pushed. */
+int sonde_lworker_extras(lua_State *L, int idx, int family);
+
 struct sonde_exec_opts;
 struct sonde_http_opts;
 struct sonde_tcp_opts;
@@ -92,6 +105,10 @@ void sonde_open_worker(lua_State *L);
 
 /* Register core.listen / core.unlisten: stack [module, loop] -> [module]. */
 void sonde_open_httpd(lua_State *L);
+
+/* Register core.expo_family, core.expo_stream and the exposition's
+ * number and escape functions (lexpo.c) into the table on top. */
+void sonde_open_expo(lua_State *L);
 
 /* Register core.process_stats into the table on top. */
 void sonde_open_procstat(lua_State *L);

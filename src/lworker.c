@@ -55,6 +55,7 @@
 #include <string.h>
 
 #include "lsonde.h"
+#include "sonde/expo.h"
 #include "sonde/sonde.h"
 #include "sonde/worker.h"
 
@@ -63,6 +64,11 @@
 struct lworker {
   struct sonde_worker *w;
   struct lcore *c;
+  /* its series (set_series): the label pairs, anchored in UV_BASE */
+  const char *base;
+  size_t base_len;
+  int histogram;             /* write the run-duration histogram */
+  int has_extras;            /* UV_EXTRAS holds lines (set_series_extras) */
   /* the handler's options (struct sonde_exec_opts, sonde_http_opts,
    * sonde_tcp_opts, sonde_grpc_opts or sonde_icmp_opts) follow in the
    * same block: only the size of its own */
@@ -87,7 +93,8 @@ static size_t opts_size(sonde_handler h) {
 }
 
 /* The userdata's user values. */
-enum { UV_ON_EVENT = 1, UV_CTX, UV_LOOP, UV_OPTS, UV_ANCHORS, UV__COUNT };
+enum { UV_ON_EVENT = 1, UV_CTX, UV_LOOP, UV_OPTS, UV_ANCHORS, UV_BASE,
+       UV_EXTRAS, UV__COUNT };
 
 /* Registry key of the weak table lightuserdata(struct lworker) -> userdata. */
 static const char workers_key = 'w';
@@ -456,6 +463,60 @@ static int w_stats(lua_State *L) {
   return 1;
 }
 
+/* set_series(base [, histogram]): the probe's label pairs as its series
+ * print them (`probe="a",kind="liveness",...`, escaped, no braces) and
+ * whether its run-duration histogram is written (default true).  The
+ * series of a worker without them are not written (core.expo_stream). */
+static int w_set_series(lua_State *L) {
+  struct lworker *lw = luaL_checkudata(L, 1, WORKER_MT);
+  size_t n;
+  const char *base = luaL_checklstring(L, 2, &n);
+  luaL_argcheck(L, n > 0, 2, "the label pairs may not be empty");
+  lw->histogram = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, UV_BASE);      /* anchors base */
+  lw->base = base;
+  lw->base_len = n;
+  return 0;
+}
+
+/* set_series_extras(t | nil): lines of the probe's own in families by
+ * index (core.expo_family): { [index] = "name{...} 1\n..." }, written
+ * after the worker's own lines of that family.  The table is kept as it
+ * is: give a new one for new lines. */
+static int w_set_series_extras(lua_State *L) {
+  struct lworker *lw = luaL_checkudata(L, 1, WORKER_MT);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lw->has_extras = !lua_isnil(L, 2);
+  lua_setiuservalue(L, 1, UV_EXTRAS);
+  return 0;
+}
+
+struct lworker *sonde_lworker_test(lua_State *L, int idx) {
+  return luaL_testudata(L, idx, WORKER_MT);
+}
+
+int sonde_lworker_view(const struct lworker *lw, struct sonde_expo_probe *p) {
+  p->w = lw->base && lw->c->loop ? lw->w : NULL;
+  p->base = lw->base;
+  p->base_len = lw->base_len;
+  p->histogram = lw->histogram;
+  return p->w ? 1 + (lw->has_extras != 0) : 0;
+}
+
+int sonde_lworker_extras(lua_State *L, int idx, int family) {
+  struct lworker *lw = lua_touserdata(L, idx);
+  if (!lw || !lw->has_extras) return 0;
+  lua_getiuservalue(L, idx, UV_EXTRAS);
+  if (lua_rawgeti(L, -1, family) == LUA_TSTRING) {
+    lua_remove(L, -2);
+    return 1;
+  }
+  lua_pop(L, 2);
+  return 0;
+}
+
 /* last() -> the last handler result as core's callbacks get it, and the
  * wall-clock start of its run; nil before the first */
 static int w_last(lua_State *L) {
@@ -558,6 +619,7 @@ static const luaL_Reg methods[] = {
     {"state", w_state},         {"stats", w_stats},
     {"last", w_last},           {"runs", w_runs},
     {"seq", w_seq},             {"finished", w_finished},
+    {"set_series", w_set_series}, {"set_series_extras", w_set_series_extras},
     {NULL, NULL}};
 
 static const luaL_Reg funcs[] = {{"worker", l_worker},

@@ -46,6 +46,9 @@ struct sonde_worker {
   struct sonde_probe_stats stats;
   struct sonde_result last;
   int has_last;
+  int committed;             /* a result has been counted: the two below */
+  sonde_status last_status;  /* of the last result counted */
+  double last_duration;      /* seconds */
   double last_wall;
   const struct sonde_worker_hooks *hooks;
   void *arg;
@@ -337,6 +340,9 @@ int sonde_worker_commit(struct sonde_worker *w, sonde_status status,
   if ((unsigned)status > SONDE_UNKNOWN) status = SONDE_UNKNOWN;
   if (!(duration >= 0)) duration = 0;
   s->counts[status]++;
+  w->committed = 1;
+  w->last_status = status;
+  w->last_duration = duration;
   s->sum += duration;
   s->n++;
   for (int i = SONDE_DURATION_BUCKETS - 1; i >= 0; i--) {
@@ -372,6 +378,20 @@ const struct sonde_probe_stats *sonde_worker_stats(
     const struct sonde_worker *w) {
   return &w->stats;
 }
+
+int sonde_worker_committed(const struct sonde_worker *w, sonde_status *status,
+                           double *duration) {
+  if (!w->committed) return 0;
+  *status = w->last_status;
+  *duration = w->last_duration;
+  return 1;
+}
+
+sonde_handler sonde_worker_handler(const struct sonde_worker *w) {
+  return w->handler;
+}
+
+const void *sonde_worker_opts(const struct sonde_worker *w) { return w->opts; }
 
 const struct sonde_result *sonde_worker_last(const struct sonde_worker *w,
                                              double *wall) {

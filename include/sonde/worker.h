@@ -247,6 +247,14 @@ void sonde_worker_reset(struct sonde_worker *w);
 const struct sonde_count *sonde_worker_count(const struct sonde_worker *w);
 const struct sonde_probe_stats *sonde_worker_stats(
     const struct sonde_worker *w);
+/* The status and duration (seconds) of the last result counted
+ * (sonde_worker_commit: after the caller's hooks, what the thresholds
+ * saw); 0 before the first. */
+int sonde_worker_committed(const struct sonde_worker *w, sonde_status *status,
+                           double *duration);
+/* The handler and options the worker was made with. */
+sonde_handler sonde_worker_handler(const struct sonde_worker *w);
+const void *sonde_worker_opts(const struct sonde_worker *w);
 /* The last handler result (NULL before the first) and the wall-clock time
  * its run started (seconds since the epoch). */
 const struct sonde_result *sonde_worker_last(const struct sonde_worker *w,

@@ -86,8 +86,6 @@ local redact = require "sonde.redact"
 
 local M = {}
 
--- bounds of the run-duration histogram, counted in place by the C worker
-local BUCKETS = core.DURATION_BUCKETS
 local fmt = string.format
 
 local byte = string.byte
@@ -370,39 +368,16 @@ end
 -- Rendering
 ---------------------------------------------------------------------------
 
+
 local HELP_ESC = { ["\\"] = "\\\\", ["\n"] = "\\n" }
 -- HELP text: backslash and newline escaped, valid UTF-8 (like labels).
 local function help_escape(s)
   return text_escape(s, "[\\%c]", HELP_ESC)
 end
 
-local STATUSES = { "success", "warning", "failure", "unknown" }
-local STATES = { "success", "failure", "unknown" }
-
--- The label sets of a probe's series, made once per probe (its name,
--- kind, target and labels never change: another spec is another probe):
--- `{probe="..",kind="..",<tail>}` and the same with status, state, phase,
--- le ...; `tail` is `,target="..",instance="..",team=".."` (target and
--- instance when the probe has a target, then the user's labels by name),
--- `clean` when escaping left the name as it was.
-local label_cache = setmetatable({}, { __mode = "k" })
--- HealthCheckResponse.ServingStatus names (probe_grpc_healthcheck_response)
-local SERVING = { "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" }
--- blackbox_exporter's HTTP phases (probe_http_duration_seconds)
-local PHASES = { "resolve", "connect", "tls", "processing", "transfer" }
-
 --- Handlers whose results carry `ip_protocol` (probe_ip_protocol).
 M.IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true,
   icmp = true, dns = true }
-
---- By handler, the seconds a result's name lookup took
--- (probe_dns_lookup_time_seconds, one family for all of them): an HTTP
--- probe's resolve phase.
-local function resolve_phase(r)
-  return type(r.phases) == "table" and r.phases.resolve or 0
-end
-M.LOOKUP_TIME = { http_get = resolve_phase, icmp = resolve_phase,
-  dns = function(r) return r.lookup_time or 0 end }
 
 local function probe_tail(p)
   local parts = {}
@@ -424,90 +399,217 @@ local function probe_tail(p)
   return #parts > 0 and "," .. table.concat(parts, ",") or ""
 end
 
-local function probe_labels(p)
-  local c = label_cache[p]
-  if c and c.name == p.name and c.kind == p.kind then return c end
-  local name, kind = M.escape(p.name), M.escape(p.kind)
-  local tail = probe_tail(p)
-  local base = fmt('probe="%s",kind="%s"', name, kind) .. tail
-  c = { name = p.name, kind = p.kind, clean = name == p.name, base = base,
-        tail = tail, pl = "{" .. base .. "}", status = {}, state = {},
-        le = {}, le_inf = fmt('{%s,le="+Inf"}', base) }
-  for _, st in ipairs(STATUSES) do
-    c.status[st] = fmt('{%s,status="%s"}', base, st)
+--- Check a probe's `metrics` options (sonde.probe `metrics = { histogram =
+-- false }`): `histogram` (boolean, default true) writes its run-duration
+-- histogram, `sonde_probe_run_duration_seconds` (11 buckets, +Inf, sum
+-- and count: 14 of a TCP probe's 24 lines; without it a scrape of 10,000
+-- TCP probes is about 40 % of the bytes).
+-- @raise naming the field
+-- @treturn table a copy
+function M.check_options(ctx, v, field)
+  if type(v) ~= "table" then
+    validate.fail(ctx, field, "must be a table ({ histogram = false }), got %s",
+      type(v))
   end
-  for _, st in ipairs(STATES) do
-    c.state[st] = fmt('{%s,state="%s"}', base, st)
+  local out = {}
+  for k, val in pairs(v) do
+    if k ~= "histogram" then
+      validate.fail(ctx, field .. "." .. tostring(k), "unknown field (known: "
+        .. "histogram)")
+    end
+    if type(val) ~= "boolean" then
+      validate.fail(ctx, field .. "." .. k, "must be a boolean, got %s",
+        type(val))
+    end
+    out[k] = val
   end
-  c.serving = {}
-  for _, st in ipairs(SERVING) do
-    c.serving[st] = fmt('{%s,serving_status="%s"}', base, st)
-  end
-  c.phase = {}
-  for _, ph in ipairs(PHASES) do
-    c.phase[ph] = fmt('{%s,phase="%s"}', base, ph)
-  end
-  for i, b in ipairs(BUCKETS) do
-    c.le[i] = fmt('{%s,le="%s"}', base, M.float(b))
-  end
-  label_cache[p] = c
-  return c
+  return out
 end
 
---- The /metrics text of a load: its probes, services and series.
--- @tparam table cfg a load (sonde.config): `probes`, `services`, `registry`
--- @treturn string
--- The series of module probes' last runs (sonde.probe { module = ... }:
--- what blackbox_exporter's /probe answers for them, r.blackbox_fams), by
--- family name: { help, type, lines }, with each probe's labels before the
--- module's own.  probe_success and probe_duration_seconds are left out:
--- every probe has them.
-local function module_families(probes, last)
-  local mod
-  for _, p in ipairs(probes) do
-    local r = last[p]
-    local fams = r and r.blackbox_fams
-    if type(fams) == "table" then
-      mod = mod or {}
-      local c = probe_labels(p)
-      for name, f in pairs(fams) do
-        if name ~= "probe_success" and name ~= "probe_duration_seconds" then
-          local m = mod[name]
-          if not m then
-            m = { help = f.help, type = f.type, lines = {} }
-            mod[name] = m
-          end
-          local keys = {}
-          for k in pairs(f.samples) do keys[#keys + 1] = k end
-          table.sort(keys)
-          for _, k in ipairs(keys) do
-            local lbl = k == "" and c.pl or c.pl:sub(1, -2) .. "," .. k:sub(2)
-            m.lines[#m.lines + 1] = name .. lbl .. " " .. num(f.samples[k])
-          end
+-- Escaped probe names of probes whose name escaping changed, by that text
+-- (weak values): two probes whose names print alike would write the same
+-- series; the second is left out (and told once).
+local printed_as = setmetatable({}, { __mode = "v" })
+
+-- Give probe p's worker its label pairs (once) and return true, or false
+-- when its series are left out (its name prints as another probe's).
+local function ensure_series(p, cfg)
+  local base = rawget(p, "series_base")
+  local hist = not (p.metrics_opts and p.metrics_opts.histogram == false)
+  if base == nil then
+    local name = M.escape(p.name)
+    if name ~= p.name then
+      local other = printed_as[name]
+      if (other and other ~= p) or (cfg.probe_by_name
+          and cfg.probe_by_name[name]) then
+        if not rawget(p, "series_clash") then
+          rawset(p, "series_clash", true)
+          require("sonde.log").event("warn", "metrics_name_clash", {
+            probe = name, why = "its name prints as another probe's once "
+              .. "escaped: its series are left out" })
+        end
+        return false
+      end
+      printed_as[name] = p
+    end
+    base = fmt('probe="%s",kind="%s"', name, M.escape(p.kind)) .. probe_tail(p)
+    rawset(p, "series_base", base)
+    rawset(p, "series_hist", hist)
+    p.worker:set_series(base, hist)
+  elseif rawget(p, "series_hist") ~= hist then
+    rawset(p, "series_hist", hist)
+    p.worker:set_series(base, hist)
+  end
+  return true
+end
+
+-- Family indexes by name (core.expo_family).
+local fam_index = {}
+local function family_index(name, kind, help)
+  local i = fam_index[name]
+  if not i then
+    i = core.expo_family(name, kind, help)
+    fam_index[name] = i
+  end
+  return i
+end
+
+local function labels(t, keys)
+  if not keys or #keys == 0 then return "" end
+  local parts = {}
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = fmt('%s="%s"', k, M.escape(t[k] or ""))
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+-- Nagios plugin performance data series: family, field of a perfdata item
+local PERF = { { "sonde_perfdata", "value" }, { "sonde_perfdata_warn", "warn_value" },
+  { "sonde_perfdata_crit", "crit_value" }, { "sonde_perfdata_min", "min" },
+  { "sonde_perfdata_max", "max" } }
+local PL = { "probe", "label", "uom" }
+
+--- Set probe p's series that come from its last result `r` in Lua (the
+-- worker writes the others): a nagios plugin's performance data
+-- (`sonde_perfdata*`) and a blackbox_exporter module probe's series (what
+-- /probe answers for its run, r.blackbox_fams, but probe_success and
+-- probe_duration_seconds, which every probe has), each with the probe's
+-- labels before its own.  sonde.probe calls it after each such result.
+function M.set_extras(p, r)
+  if not ensure_series(p, {}) then return end
+  local base = rawget(p, "series_base")
+  local ex
+  local function add(i, line)
+    ex = ex or {}
+    ex[i] = (ex[i] or "") .. line
+  end
+  local fams = r.blackbox_fams
+  if type(fams) == "table" then
+    local names = {}
+    for name in pairs(fams) do
+      if name ~= "probe_success" and name ~= "probe_duration_seconds" then
+        names[#names + 1] = name
+      end
+    end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      local f = fams[name]
+      local i = family_index(name, f.type, f.help)
+      local keys = {}
+      for k in pairs(f.samples) do keys[#keys + 1] = k end
+      table.sort(keys)
+      local out = {}
+      for _, k in ipairs(keys) do
+        local lbl = k == "" and "{" .. base .. "}"
+          or "{" .. base .. "," .. k:sub(2)
+        out[#out + 1] = name .. lbl .. " " .. num(f.samples[k]) .. "\n"
+      end
+      add(i, table.concat(out))
+    end
+  end
+  if type(r.perfdata) == "table" and #r.perfdata > 0 then
+    local tail = probe_tail(p)
+    for _, m in ipairs(PERF) do
+      local seen = {}
+      for _, item in ipairs(r.perfdata) do   -- a repeated label: the first
+        local lbl = labels({ probe = p.name, label = item.label,
+          uom = item.uom }, PL)
+        if tail ~= "" then lbl = lbl:sub(1, -2) .. tail .. "}" end
+        if item[m[2]] ~= nil and not seen[lbl] then
+          seen[lbl] = true
+          add(family_index(m[1], "gauge", ""), m[1] .. lbl .. " "
+            .. num(item[m[2]]) .. "\n")
         end
       end
     end
   end
-  return mod
+  if ex or rawget(p, "series_extras") then
+    rawset(p, "series_extras", ex ~= nil)
+    p.worker:set_series_extras(ex)
+  end
 end
 
-function M.render(cfg)
-  local out = {}
-  -- module probes' families: their lines follow those of the family of
-  -- the same name this renderer writes, or come on their own (below)
-  local mod, pending
-  local function flush()
-    if pending then
-      for _, l in ipairs(pending) do out[#out + 1] = l end
-      pending = nil
+--- Bytes of exposition a stream's producer gives per call (about).
+M.SLICE = 65536
+
+--- The /metrics text of a load, a slice at a time: a function that
+-- returns the next text (about M.SLICE bytes, whole lines) at each call,
+-- then nil.  The probes' series are written by the C core from their
+-- workers' live state (src/lexpo.c: each family's lines for every probe,
+-- read when the family's turn comes), then the services', sonde's own,
+-- the process's and the script's series, then each M.extra's and
+-- `more()`'s text.  A call costs about the time to write M.SLICE bytes,
+-- whatever the number of probes: the endpoint (sonde.endpoints) makes one
+-- call per loop turn.
+-- @tparam table cfg a load (sonde.config): `probes`, `services`, `registry`
+-- @tparam[opt] function more returns text to add at the end
+-- @treturn function
+function M.stream(cfg, more)
+  local ws, n = {}, 0
+  for _, p in ipairs(cfg.probes) do
+    if ensure_series(p, cfg) then
+      n = n + 1
+      ws[n] = p.worker
     end
   end
-  local function family(name, kind, help)
-    flush()
-    local m = mod and mod[name]
-    if m and not m.done then
-      m.done, pending = true, m.lines
+  local s = core.expo_stream(ws)
+  local rest = true
+  return function()
+    if s then
+      local t = s:read(M.SLICE)
+      if t then return t end
+      s = nil
     end
+    if rest then
+      rest = false
+      local t = M.render_rest(cfg)
+      for _, f in ipairs(M.extra) do t = t .. f() end
+      if more then t = t .. more() end
+      return t
+    end
+    return nil
+  end
+end
+
+--- The /metrics text of a load, whole (sonde.otlp's push, `sonde check`):
+-- M.stream's slices joined.
+-- @tparam table cfg a load (sonde.config)
+-- @treturn string
+function M.render(cfg)
+  local parts, n = {}, 0
+  for t in M.stream(cfg) do
+    n = n + 1
+    parts[n] = t
+  end
+  return table.concat(parts)
+end
+
+--- The series of a load that are not its probes': services, sonde's
+-- build, the process, the script's own (sonde.metrics.gauge / counter).
+-- @treturn string exposition text (whole families)
+function M.render_rest(cfg)
+  local out = {}
+  local function family(name, kind, help)
     out[#out + 1] = fmt("# HELP %s %s", name, help_escape(help))
     out[#out + 1] = fmt("# TYPE %s %s", name, kind)
   end
@@ -519,332 +621,6 @@ function M.render(cfg)
     if seen[series] then return end
     seen[series] = true
     out[#out + 1] = series .. " " .. num(v)
-  end
-  -- A probe's own series: probe names are unique, so they can only print
-  -- alike when escaping changed a name; then (rarely) `seen` decides.
-  local probes = cfg.probes
-  -- what the C workers hold, read once per probe
-  local state, last, stats = {}, {}, {}
-  for _, p in ipairs(probes) do
-    state[p], last[p], stats[p] = p.state, p.last_result, p.stats
-  end
-  mod = module_families(probes, last)
-  local clean = true
-  for _, p in ipairs(probes) do
-    if not probe_labels(p).clean then clean = false end
-  end
-  local function psample(_, name, lbl, v)
-    if clean then
-      out[#out + 1] = name .. lbl .. " " .. num(v)
-    else
-      sample(name, lbl, v)
-    end
-  end
-  -- the last run's outcome, as blackbox_exporter's (1: success or
-  -- warning); none before the first run.  The state after the thresholds
-  -- is sonde_probe_state.
-  family("probe_success", "gauge",
-    "Displays whether or not the probe was a success")
-  for _, p in ipairs(probes) do
-    local r = last[p]
-    if r then
-      local c = probe_labels(p)
-      psample(c, "probe_success", c.pl,
-        (r.status == "success" or r.status == "warning") and 1 or 0)
-    end
-  end
-  family("probe_duration_seconds", "gauge",
-    "Returns how long the probe took to complete in seconds")
-  for _, p in ipairs(probes) do
-    if last[p] then
-      local c = probe_labels(p)
-      psample(c, "probe_duration_seconds", c.pl, last[p].duration or 0)
-    end
-  end
-  family("probe_http_status_code", "gauge", "Response HTTP status code")
-  for _, p in ipairs(probes) do
-    if p.handler == "http_get" and last[p] then
-      local c = probe_labels(p)
-      psample(c, "probe_http_status_code", c.pl,
-        last[p].http_status or 0)
-    end
-  end
-  -- blackbox_exporter's HTTP series (prober/http.go, prober/utils.go,
-  -- v0.23), from the last result of each http_get probe: 0 (-1 for the
-  -- content length) where the run did not get that far, as blackbox_exporter
-  local http = {}
-  for _, p in ipairs(probes) do
-    if p.handler == "http_get" and last[p] then http[#http + 1] = p end
-  end
-  if #http > 0 then
-    family("probe_http_duration_seconds", "gauge",
-      "Duration of http request by phase, summed over all redirects")
-    for _, p in ipairs(http) do
-      local c, ph = probe_labels(p), last[p].phases
-      ph = type(ph) == "table" and ph or {}
-      for _, name in ipairs(PHASES) do
-        psample(c, "probe_http_duration_seconds", c.phase[name],
-          tonumber(ph[name]) or 0)
-      end
-    end
-    local function gauge(name, help, value)
-      family(name, "gauge", help)
-      for _, p in ipairs(http) do
-        local c = probe_labels(p)
-        psample(c, name, c.pl, value(last[p]))
-      end
-    end
-    gauge("probe_http_content_length", "Length of http content response",
-      function(r) return tonumber(r.content_length) or -1 end)
-    gauge("probe_http_uncompressed_body_length",
-      "Length of uncompressed response body",
-      function(r) return tonumber(r.body_size) or 0 end)
-    gauge("probe_http_redirects", "The number of redirects",
-      function(r) return tonumber(r.redirects) or 0 end)
-    gauge("probe_http_ssl", "Indicates if SSL was used for the final redirect",
-      function(r) return type(r.tls) == "table" and 1 or 0 end)
-    gauge("probe_http_version",
-      "Returns the version of HTTP of the probe response",
-      function(r) return tonumber(r.http_version) or 0 end)
-  end
-  -- One gauge family over the probes that have run whose handler is a key
-  -- of `by` (nothing when none): value(p, r) of each.
-  local function handler_gauge(name, help, by, value)
-    local ps = {}
-    for _, p in ipairs(probes) do
-      if by[p.handler] and last[p] then ps[#ps + 1] = p end
-    end
-    if #ps == 0 then return end
-    family(name, "gauge", help)
-    for _, p in ipairs(ps) do
-      local c = probe_labels(p)
-      psample(c, name, c.pl, tonumber(value(p, last[p])) or 0)
-    end
-  end
-  -- the time the lookup of the target's name took, one family for every
-  -- handler that times one (M.LOOKUP_TIME)
-  handler_gauge("probe_dns_lookup_time_seconds",
-    "Returns the time taken for probe dns lookup in seconds", M.LOOKUP_TIME,
-    function(p, r) return M.LOOKUP_TIME[p.handler](r) end)
-  -- IP protocol of the connection (4 or 6; 0: none made), as
-  -- blackbox_exporter's http, tcp and grpc probers give it
-  handler_gauge("probe_ip_protocol",
-    "Specifies whether probe ip protocol is IP4 or IP6", M.IP_HANDLERS,
-    function(_, r) return r.ip_protocol end)
-  family("probe_grpc_status_code", "gauge", "gRPC status of the last run "
-    .. "(-1: none received).")
-  for _, p in ipairs(probes) do
-    if p.handler == "grpc" and last[p] then
-      local c = probe_labels(p)
-      psample(c, "probe_grpc_status_code", c.pl, last[p].grpc_status or -1)
-    end
-  end
-  family("probe_grpc_healthcheck_response", "gauge", "1 for the serving "
-    .. "status the last run received.")
-  for _, p in ipairs(probes) do
-    if p.handler == "grpc" and last[p] then
-      local c = probe_labels(p)
-      for _, st in ipairs(SERVING) do
-        psample(c, "probe_grpc_healthcheck_response", c.serving[st],
-          last[p].serving_status == st and 1 or 0)
-      end
-    end
-  end
-  -- blackbox_exporter's icmp series (prober/icmp.go, prober/utils.go
-  -- chooseProtocol), for ICMP probes that have run
-  local icmp = {}
-  for _, p in ipairs(probes) do
-    if p.handler == "icmp" and last[p] then icmp[#icmp + 1] = p end
-  end
-  if #icmp > 0 then
-    local function with(c, k, v)   -- {probe=..,kind=..,k="v"}
-      return c.pl:sub(1, -2) .. fmt(',%s="%s"}', k, v)
-    end
-    family("probe_icmp_duration_seconds", "gauge",
-      "Duration of icmp request by phase")
-    for _, p in ipairs(icmp) do
-      local c, ph = probe_labels(p), last[p].phases or {}
-      c.icmp_phase = c.icmp_phase or { resolve = with(c, "phase", "resolve"),
-        setup = with(c, "phase", "setup"), rtt = with(c, "phase", "rtt") }
-      for _, k in ipairs { "resolve", "setup", "rtt" } do
-        psample(c, "probe_icmp_duration_seconds", c.icmp_phase[k], ph[k] or 0)
-      end
-    end
-    family("probe_icmp_reply_hop_limit", "gauge",
-      "Replied packet hop limit (TTL for ipv4)")
-    for _, p in ipairs(icmp) do
-      local r = last[p]
-      if r.status == "success" and r.reply_ttl then
-        local c = probe_labels(p)
-        psample(c, "probe_icmp_reply_hop_limit", c.pl, r.reply_ttl)
-      end
-    end
-    -- (probe_ip_protocol: with the other handlers', M.IP_HANDLERS)
-    family("probe_ip_addr_hash", "gauge", "Specifies the hash of IP address. "
-      .. "It's useful to detect if the IP address changes.")
-    for _, p in ipairs(icmp) do
-      local c = probe_labels(p)
-      psample(c, "probe_ip_addr_hash", c.pl, last[p].ip_addr_hash or 0)
-    end
-  end
-  -- blackbox_exporter's DNS series (prober/dns.go), for dns probes that
-  -- have run: the counts are 0 and query_succeeded 0 when no reply came;
-  -- probe_dns_serial only for SOA queries that got a reply (0 when no SOA
-  -- answered), as blackbox_exporter registers it
-  local dns = {}
-  for _, p in ipairs(probes) do
-    if p.handler == "dns" and last[p] then dns[#dns + 1] = p end
-  end
-  if #dns > 0 then
-    local DNS = {
-      { "probe_dns_answer_rrs", "Returns number of entries in the answer "
-        .. "resource record list", function(r) return r.answer_rrs or 0 end },
-      { "probe_dns_authority_rrs", "Returns number of entries in the "
-        .. "authority resource record list",
-        function(r) return r.authority_rrs or 0 end },
-      { "probe_dns_additional_rrs", "Returns number of entries in the "
-        .. "additional resource record list",
-        function(r) return r.additional_rrs or 0 end },
-      { "probe_dns_query_succeeded", "Displays whether or not the query was "
-        .. "executed successfully", function(r) return r.rcode and 1 or 0 end },
-    }
-    for _, m in ipairs(DNS) do
-      family(m[1], "gauge", m[2])
-      for _, p in ipairs(dns) do
-        local c = probe_labels(p)
-        psample(c, m[1], c.pl, m[3](last[p]))
-      end
-    end
-    local soa = {}
-    for _, p in ipairs(dns) do
-      if p.opts and p.opts.qtype == 6 and last[p].rcode then
-        soa[#soa + 1] = p
-      end
-    end
-    if #soa > 0 then
-      family("probe_dns_serial", "gauge", "Returns the serial number of the "
-        .. "zone")
-      for _, p in ipairs(soa) do
-        local c = probe_labels(p)
-        psample(c, "probe_dns_serial", c.pl, last[p].serial or 0)
-      end
-    end
-  end
-  -- blackbox_exporter's TLS series (prober/http.go, prober/tls.go), for
-  -- probes whose last result came over TLS
-  local tls = {}
-  for _, p in ipairs(probes) do
-    -- (a module probe's TLS series are its module's: module_families)
-    local t = last[p] and not last[p].blackbox_fams and last[p].tls
-    if type(t) == "table" then tls[#tls + 1] = { p, t } end
-  end
-  if #tls > 0 then
-    family("probe_ssl_earliest_cert_expiry", "gauge",
-      "Returns last SSL chain expiry in unixtime")
-    for _, e in ipairs(tls) do
-      if e[2].earliest_expiry then
-        local c = probe_labels(e[1])
-        psample(c, "probe_ssl_earliest_cert_expiry", c.pl,
-          e[2].earliest_expiry)
-      end
-    end
-    family("probe_ssl_last_chain_expiry_timestamp_seconds", "gauge",
-      "Returns last SSL chain expiry in timestamp")
-    for _, e in ipairs(tls) do
-      if e[2].last_chain_expiry then
-        local c = probe_labels(e[1])
-        psample(c, "probe_ssl_last_chain_expiry_timestamp_seconds", c.pl,
-          e[2].last_chain_expiry)
-      end
-    end
-    local function info(name, help, keys, values)
-      family(name, "gauge", help)
-      for _, e in ipairs(tls) do
-        local lbl = labels(values(e[2]), keys)   -- {k="v",...}
-        sample(name, "{" .. probe_labels(e[1]).base .. "," .. lbl:sub(2), 1)
-      end
-    end
-    info("probe_ssl_last_chain_info", "Contains SSL leaf certificate information",
-      { "fingerprint_sha256", "subject", "issuer",
-        "subjectalternative", "serialnumber" }, function(t)
-        return { fingerprint_sha256 = t.fingerprint_sha256,
-          subject = t.subject, issuer = t.issuer,
-          subjectalternative = table.concat(t.dns_names or {}, ","),
-          serialnumber = t.serial }
-      end)
-    info("probe_tls_version_info",
-      "Returns the TLS version used or NaN when unknown",
-      { "version" }, function(t)
-        return { version = t.version }
-      end)
-    info("probe_tls_cipher_info",
-      "Returns the TLS cipher negotiated during handshake",
-      { "cipher" }, function(t)
-        return { cipher = t.cipher }
-      end)
-  end
-  -- the module probes' families this renderer has no family for
-  flush()
-  if mod then
-    local names = {}
-    for n, m in pairs(mod) do
-      if not m.done then names[#names + 1] = n end
-    end
-    table.sort(names)
-    for _, n in ipairs(names) do
-      family(n, mod[n].type, mod[n].help)    -- (its lines: pending)
-    end
-  end
-  family("sonde_probe_runs_total", "counter", "Probe runs by result status.")
-  for _, p in ipairs(probes) do
-    local c = probe_labels(p)
-    for _, st in ipairs(STATUSES) do
-      psample(c, "sonde_probe_runs_total", c.status[st],
-        stats[p].counts[st])
-    end
-  end
-  family("sonde_probe_state", "gauge", "1 for the probe's current state.")
-  for _, p in ipairs(probes) do
-    local c = probe_labels(p)
-    for _, st in ipairs(STATES) do
-      psample(c, "sonde_probe_state", c.state[st], state[p] == st and 1 or 0)
-    end
-  end
-  family("sonde_probe_run_duration_seconds", "histogram",
-    "Durations of probe runs.")
-  for _, p in ipairs(probes) do
-    local s, c = stats[p], probe_labels(p)
-    for i = 1, #BUCKETS do
-      psample(c, "sonde_probe_run_duration_seconds_bucket", c.le[i],
-        s and s.buckets[i] or 0)
-    end
-    psample(c, "sonde_probe_run_duration_seconds_bucket", c.le_inf,
-      s and s.n or 0)
-    psample(c, "sonde_probe_run_duration_seconds_sum", c.pl, s and s.sum or 0)
-    psample(c, "sonde_probe_run_duration_seconds_count", c.pl, s and s.n or 0)
-  end
-  -- Nagios plugin performance data of each probe's last run
-  local PERF = { { "sonde_perfdata", "value", "Plugin performance data value." },
-    { "sonde_perfdata_warn", "warn_value", "Plugin warning threshold (plain numbers only)." },
-    { "sonde_perfdata_crit", "crit_value", "Plugin critical threshold (plain numbers only)." },
-    { "sonde_perfdata_min", "min", "Plugin minimum." },
-    { "sonde_perfdata_max", "max", "Plugin maximum." } }
-  local PL = { "probe", "label", "uom" }
-  for _, m in ipairs(PERF) do
-    local first = true
-    for _, p in ipairs(probes) do
-      local pd = last[p] and last[p].perfdata
-      for _, item in ipairs(pd or {}) do  -- a repeated label: the first counts
-        local lbl = labels({ probe = p.name, label = item.label,
-          uom = item.uom }, PL)
-        local tail = probe_labels(p).tail   -- target, user labels
-        if tail ~= "" then lbl = lbl:sub(1, -2) .. tail .. "}" end
-        if item[m[2]] ~= nil and not seen[m[1] .. lbl] then
-          if first then family(m[1], "gauge", m[3]) first = false end
-          sample(m[1], lbl, item[m[2]])
-        end
-      end
-    end
   end
   family("sonde_service_up", "gauge", "1 while the service's process runs.")
   for _, s in ipairs(cfg.services) do
@@ -883,9 +659,7 @@ function M.render(cfg)
       sample(s.name, labels(e.l or {}, s.labels), e.v)
     end
   end
-  local text = table.concat(out, "\n") .. "\n"
-  for _, more in ipairs(M.extra) do text = text .. more() end
-  return text
+  return table.concat(out, "\n") .. "\n"
 end
 
 --- Functions called by each `render`, each returning exposition text
@@ -894,3 +668,4 @@ end
 M.extra = {}
 
 return M
+

@@ -18,6 +18,9 @@
 --                                        -- this probe triggers (default:
 --                                        -- the service's grace)
 --     labels = { team = "web" },         -- on its /metrics series
+--     metrics = { histogram = true },    -- its /metrics series: false
+--                                        -- leaves out its run-duration
+--                                        -- histogram (14 of its series)
 --   }
 --
 -- Defaults are the kubelet's (reference section 9): initial_delay 0,
@@ -180,6 +183,9 @@ M.schema = validate.schema {
   -- labels of its series on /metrics (sonde.metrics.check_labels)
   { "labels", function(ctx, v, field)
       return metrics.check_labels(ctx, v, field) end },
+  -- which of its series /metrics writes (sonde.metrics.check_options)
+  { "metrics", function(ctx, v, field)
+      return metrics.check_options(ctx, v, field) end },
 }
 
 -- The handler's own spec, with the probe's timeout, env and ports.
@@ -253,6 +259,7 @@ function M.new(spec, owner)
     on_failure = s.on_failure, on_recovery = s.on_recovery,
     opts = handler ~= "check" and handler_opts(ctx, s, spec, handler) or nil,
     labels = s.labels,                  -- nil when not given
+    metrics_opts = s.metrics,           -- nil when not given
   }, Probe)
   self.worker = core.worker {
     kind = kind, period = self.period, service = self.service ~= nil,
@@ -275,6 +282,8 @@ end
 function Probe:filtered()
   return self.spec.on_result ~= nil
     or (self.opts ~= nil and self.opts.expect_json ~= nil)
+    -- a nagios plugin's performance data: its own series (sonde.metrics)
+    or (self.opts ~= nil and self.opts.nagios == true)
 end
 
 --- Back to the seed state (the counting state; counters stay).
@@ -589,6 +598,10 @@ function Probe:handle(r)
   if type(r.reason) ~= "string" then r.reason = tostring(r.reason) end
   self.last_r, self.last_seq = r, self.worker:seq()
   self:after(r, self.worker:commit(r.status, r.duration))
+  -- series of its own from this result (perfdata, a module's series)
+  if r.perfdata or r.blackbox_fams or rawget(self, "series_extras") then
+    metrics.set_extras(self, r)
+  end
 end
 
 -- A counted result: its log line, then what its transition `t` (or nil)
