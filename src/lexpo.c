@@ -8,10 +8,13 @@
  *       registered with its type and HELP text at its first call and
  *       written after sonde's probe families up to probe_tls_cipher_info.
  *       Indexes key a worker's set_series_extras table.
- *   core.expo_stream(workers) -> stream
+ *   core.expo_stream(workers [, more]) -> stream
  *       `workers`: a list of core.worker userdata in the order their lines
  *       are to be written (the load's probes).  The stream holds the list
- *       (and so the workers) until it is collected.
+ *       (and so the workers) until it is collected.  `more`: text given
+ *       after the probes' families, or a function returning it (called
+ *       once, when the probes' families are done; its error is raised by
+ *       that read).
  *   stream:read(max_bytes) -> text | nil
  *       The next lines, about max_bytes of them (at least one probe's
  *       lines of one family, whole lines always), or nil once everything
@@ -112,6 +115,7 @@ struct stream {
   int *order, norder;           /* family indexes in writing order */
   int oi, bi;                   /* where the next read goes on */
   int header;                   /* order[oi]'s HELP and TYPE written */
+  int more_done;                /* `more` given */
   struct sonde_expo_buf out, lines;
 };
 
@@ -131,17 +135,21 @@ static int stream_gc(lua_State *L) {
   return 0;
 }
 
-/* core.expo_stream(workers) -> stream */
+/* core.expo_stream(workers [, more]) -> stream */
 static int l_expo_stream(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 1);
+  if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TSTRING)
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
   int n = (int)luaL_len(L, 1);
   struct dynfams *d = dynfams(L);
-  struct stream *s = lua_newuserdatauv(L, sizeof *s, 1);     /* 2 */
+  struct stream *s = lua_newuserdatauv(L, sizeof *s, 2);     /* 3 */
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, STREAM_MT);
   lua_pushvalue(L, 1);
-  lua_setiuservalue(L, 2, 1);
+  lua_setiuservalue(L, 3, 1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 3, 2);
   s->w = calloc(n > 0 ? (size_t)n : 1, sizeof *s->w);
   s->order = calloc((size_t)(SONDE_EXPO__COUNT + d->n), sizeof *s->order);
   if (!s->w || !s->order) return luaL_error(L, "sonde: out of memory");
@@ -175,29 +183,32 @@ static void family_header(lua_State *L, struct stream *s, int f) {
   sonde_expo_header(&s->out, fam->name, fam->type, fam->help);
 }
 
-/* stream:read(max_bytes) -> text | nil */
-static int stream_read(lua_State *L) {
-  struct stream *s = luaL_checkudata(L, 1, STREAM_MT);
-  lua_Integer max = luaL_optinteger(L, 2, 65536);
+/* Fill s->out with the next lines (about max bytes); at the end of the
+ * families, the text of the stream's `more` (user value 2: a string, or a
+ * function called once, whose error propagates).  Returns 0 once
+ * everything was given (s->out empty). */
+static int stream_fill(lua_State *L, int idx, struct stream *s, size_t max) {
+  idx = lua_absindex(L, idx);
   if (max < 1) max = 1;
-  lua_settop(L, 2);
-  lua_getiuservalue(L, 1, 1);                                  /* 3: list */
   s->out.n = 0;
-  while (s->oi < s->norder && s->out.n < (size_t)max) {
+  int top = lua_gettop(L);
+  lua_getiuservalue(L, idx, 1);                             /* the list */
+  int list = lua_gettop(L);
+  while (s->oi < s->norder && s->out.n < max) {
     int f = s->order[s->oi];
     if (!s->header && f < SONDE_EXPO__COUNT && sonde_expo_family(f)->always) {
       family_header(L, s, f);
       s->header = 1;
     }
-    for (; s->bi < s->n && s->out.n < (size_t)max; s->bi++) {
+    for (; s->bi < s->n && s->out.n < max; s->bi++) {
       struct sonde_expo_probe p;
       int v = sonde_lworker_view(s->w[s->bi], &p);
       if (!v) continue;
       s->lines.n = 0;
       if (f < SONDE_EXPO__COUNT) sonde_expo_lines(&s->lines, f, &p);
       if (v == 2) {                      /* lines set from Lua */
-        lua_rawgeti(L, 3, s->bi + 1);
-        if (sonde_lworker_extras(L, 4, f)) {
+        lua_rawgeti(L, list, s->bi + 1);
+        if (sonde_lworker_extras(L, lua_gettop(L), f)) {
           size_t len;
           const char *t = lua_tolstring(L, -1, &len);
           sonde_expo_add(&s->lines, t, len);
@@ -218,8 +229,35 @@ static int stream_read(lua_State *L) {
       s->header = 0;
     }
   }
+  lua_settop(L, top);
   if (s->out.oom || s->lines.oom) return luaL_error(L, "sonde: out of memory");
-  if (s->out.n == 0 && s->oi >= s->norder) {
+  if (s->out.n == 0 && s->oi >= s->norder && !s->more_done) {
+    s->more_done = 1;
+    int t = lua_getiuservalue(L, idx, 2);
+    if (t == LUA_TFUNCTION) {
+      lua_call(L, 0, 1);
+      t = lua_type(L, -1);
+    }
+    if (t == LUA_TSTRING) {
+      size_t len;
+      const char *m = lua_tolstring(L, -1, &len);
+      sonde_expo_add(&s->out, m, len);
+    } else if (t != LUA_TNIL) {
+      return luaL_error(L, "core.expo_stream: more: a string expected, got %s",
+                        lua_typename(L, t));
+    }
+    lua_pop(L, 1);
+    if (s->out.oom) return luaL_error(L, "sonde: out of memory");
+  }
+  return s->out.n > 0;
+}
+
+/* stream:read(max_bytes) -> text | nil */
+static int stream_read(lua_State *L) {
+  struct stream *s = luaL_checkudata(L, 1, STREAM_MT);
+  lua_Integer max = luaL_optinteger(L, 2, 65536);
+  lua_settop(L, 1);
+  if (!stream_fill(L, 1, s, max > 0 ? (size_t)max : 1)) {
     stream_free(s);
     lua_pushnil(L);
     return 1;
@@ -232,6 +270,24 @@ static int stream_read(lua_State *L) {
     s->out.cap = 0;
   }
   return 1;
+}
+
+int sonde_lexpo_step(lua_State *L) {
+  struct stream *s = luaL_checkudata(L, 1, STREAM_MT);
+  lua_Integer max = luaL_optinteger(L, 2, 65536);
+  lua_settop(L, 1);
+  if (!stream_fill(L, 1, s, max > 0 ? (size_t)max : 1)) {
+    stream_free(s);
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushlightuserdata(L, s->out.p);
+  lua_pushinteger(L, (lua_Integer)s->out.n);
+  return 2;
+}
+
+int sonde_lexpo_is_stream(lua_State *L, int idx) {
+  return luaL_testudata(L, idx, STREAM_MT) != NULL;
 }
 
 /* core.expo_number(v) -> text: a sample value as the exposition prints it */

@@ -106,6 +106,14 @@ void sonde_open_worker(lua_State *L);
 /* Register core.listen / core.unlisten: stack [module, loop] -> [module]. */
 void sonde_open_httpd(lua_State *L);
 
+/* A lua_CFunction (stream, max_bytes) -> lightuserdata, length | nil: the
+ * next bytes of a core.expo_stream (about max_bytes, in the stream's own
+ * buffer, valid until its next read), without making a Lua string; nil
+ * once everything was given.  Raises like stream:read. */
+int sonde_lexpo_step(lua_State *L);
+/* 1 when the value at idx is a core.expo_stream. */
+int sonde_lexpo_is_stream(lua_State *L, int idx);
+
 /* Register core.expo_family, core.expo_stream and the exposition's
  * number and escape functions (lexpo.c) into the table on top. */
 void sonde_open_expo(lua_State *L);

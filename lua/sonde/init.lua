@@ -513,6 +513,7 @@ function sonde.probe(spec)
     local target = rawget(spec, "target")
     local p = config.ambient():probe(blackbox.probe_spec(spec))
     rawset(p, "blackbox_target", target)
+    metrics.prepare(p)               -- its target label
     return p
   end
   return config.ambient():probe(spec)

@@ -2,6 +2,17 @@
 -- the Prometheus text exposition (format 0.0.4) of a load, served by
 -- sonde.endpoints on `/metrics`.
 --
+-- How a scrape is written: a declared probe's series are written by the C
+-- core straight from its worker's live state (its last result, counters
+-- and state; src/expo.c), family by family, a slice of about M.SLICE
+-- bytes at a time (M.source, M.stream): the endpoint sends each slice as
+-- it is made, gzip-compressed when the scraper accepts it, and the loop
+-- runs probes between slices.  Nothing is rendered ahead or kept between
+-- scrapes; the label pairs of each probe are made once, when it is
+-- declared (M.prepare).  A family's lines are those of every probe at the
+-- time that family is written: a run that ends during a scrape shows in
+-- the families written after it.
+--
 -- Series (names, HELP texts and meanings follow blackbox_exporter v0.23
 -- where one exists).  Every series of a declared probe has the labels
 -- `probe` and `kind`; a probe with a network target also `target` (the
@@ -60,7 +71,9 @@
 --   * `sonde_probe_runs_total{status}` runs by result status (counter);
 --   * `sonde_probe_state{state}` 1 for the current state (success,
 --     failure, unknown), 0 for the others;
---   * `sonde_probe_run_duration_seconds` histogram of run durations;
+--   * `sonde_probe_run_duration_seconds` histogram of run durations
+--     (11 buckets; a probe with `metrics = { histogram = false }` has
+--     none: 14 lines fewer per probe);
 --   * `sonde_perfdata{probe,label,uom}` (and the probe's own labels):
 --     performance data of the last run of a `codes = "nagios"` exec
 --     probe, with `sonde_perfdata_warn`, `_crit` (when the threshold is a
@@ -426,41 +439,58 @@ function M.check_options(ctx, v, field)
   return out
 end
 
--- Escaped probe names of probes whose name escaping changed, by that text
--- (weak values): two probes whose names print alike would write the same
--- series; the second is left out (and told once).
-local printed_as = setmetatable({}, { __mode = "v" })
-
--- Give probe p's worker its label pairs (once) and return true, or false
--- when its series are left out (its name prints as another probe's).
-local function ensure_series(p, cfg)
-  local base = rawget(p, "series_base")
+--- Give probe p's worker the label pairs of its series (sonde.probe
+-- calls it once it is made, and again when its target changes): its
+-- name, kind, target, instance and `labels`, escaped.  Done once per
+-- probe, so that a scrape only reads numbers.
+function M.prepare(p)
+  local name = M.escape(p.name)
+  local base = fmt('probe="%s",kind="%s"', name, M.escape(p.kind))
+    .. probe_tail(p)
   local hist = not (p.metrics_opts and p.metrics_opts.histogram == false)
-  if base == nil then
-    local name = M.escape(p.name)
-    if name ~= p.name then
-      local other = printed_as[name]
-      if (other and other ~= p) or (cfg.probe_by_name
-          and cfg.probe_by_name[name]) then
+  rawset(p, "series_base", base)
+  -- a name the escaping changed may print as another probe's (M.stream)
+  rawset(p, "series_name", name ~= p.name and name or nil)
+  p.worker:set_series(base, hist)
+end
+
+-- The workers whose series a load's /metrics writes, in its probes'
+-- order: made again when its probe list changed.  The list changes by
+-- appending (a declaration into a running load, sonde.probe_each) or by
+-- being replaced (Config:remove_probes); a reload makes a new load.  So
+-- the list table and its length tell a change.  Two probes whose names
+-- print alike once escaped would write the same series: the second is
+-- left out, and told once.
+local function series_list(cfg)
+  local c = rawget(cfg, "series_cache")
+  local probes = cfg.probes
+  if c and c.probes == probes and c.n == #probes then return c.ws end
+  local ws, k, printed = {}, 0, nil
+  for _, p in ipairs(probes) do
+    if not rawget(p, "series_base") then M.prepare(p) end
+    local name = rawget(p, "series_name")
+    local ok = true
+    if name then                 -- (rare: escaping changed the name)
+      printed = printed or {}
+      local by = cfg.probe_by_name
+      if printed[name] or (by and by[name] and by[name] ~= p) then
+        ok = false
         if not rawget(p, "series_clash") then
           rawset(p, "series_clash", true)
           require("sonde.log").event("warn", "metrics_name_clash", {
             probe = name, why = "its name prints as another probe's once "
               .. "escaped: its series are left out" })
         end
-        return false
       end
-      printed_as[name] = p
+      printed[name] = true
     end
-    base = fmt('probe="%s",kind="%s"', name, M.escape(p.kind)) .. probe_tail(p)
-    rawset(p, "series_base", base)
-    rawset(p, "series_hist", hist)
-    p.worker:set_series(base, hist)
-  elseif rawget(p, "series_hist") ~= hist then
-    rawset(p, "series_hist", hist)
-    p.worker:set_series(base, hist)
+    if ok then
+      k = k + 1
+      ws[k] = p.worker
+    end
   end
-  return true
+  rawset(cfg, "series_cache", { probes = probes, n = #probes, ws = ws })
+  return ws
 end
 
 -- Family indexes by name (core.expo_family).
@@ -496,7 +526,7 @@ local PL = { "probe", "label", "uom" }
 -- probe_duration_seconds, which every probe has), each with the probe's
 -- labels before its own.  sonde.probe calls it after each such result.
 function M.set_extras(p, r)
-  if not ensure_series(p, {}) then return end
+  if not rawget(p, "series_base") then M.prepare(p) end
   local base = rawget(p, "series_base")
   local ex
   local function add(i, line)
@@ -565,30 +595,29 @@ M.SLICE = 65536
 -- @tparam[opt] function more returns text to add at the end
 -- @treturn function
 function M.stream(cfg, more)
-  local ws, n = {}, 0
-  for _, p in ipairs(cfg.probes) do
-    if ensure_series(p, cfg) then
-      n = n + 1
-      ws[n] = p.worker
-    end
-  end
-  local s = core.expo_stream(ws)
-  local rest = true
+  local s = M.source(cfg, more)
   return function()
     if s then
       local t = s:read(M.SLICE)
       if t then return t end
       s = nil
     end
-    if rest then
-      rest = false
-      local t = M.render_rest(cfg)
-      for _, f in ipairs(M.extra) do t = t .. f() end
-      if more then t = t .. more() end
-      return t
-    end
     return nil
   end
+end
+
+--- The same as a core.expo_stream (`s:read(max_bytes) -> text | nil`),
+-- which sonde.endpoints hands to the HTTP server as it is: the server
+-- reads it without making Lua strings (src/lhttpd.c).
+-- @tparam table cfg a load
+-- @tparam[opt] function more returns text to add at the end
+function M.source(cfg, more)
+  return core.expo_stream(series_list(cfg), function()
+    local t = M.render_rest(cfg)
+    for _, f in ipairs(M.extra) do t = t .. f() end
+    if more then t = t .. more() end
+    return t
+  end)
 end
 
 --- The /metrics text of a load, whole (sonde.otlp's push, `sonde check`):

@@ -272,6 +272,7 @@ function M.new(spec, owner)
   if handler == "check" then
     self.on_done = function(r) self:handle(r) end
   end
+  metrics.prepare(self)            -- its series' labels, made once
   return self
 end
 
