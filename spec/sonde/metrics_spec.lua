@@ -1,8 +1,36 @@
 -- sonde.metrics: the registry's checks of script-defined series
--- (sonde.metrics.gauge / counter), in this process.  The exposition text
--- as served is in spec/sonde/endpoints_spec.lua.
+-- (sonde.metrics.gauge / counter), and the series of declared probes as
+-- metrics.render writes them (from the probes' C workers: src/expo.c),
+-- in this process, with real probes against loopback servers.  The
+-- exposition text as served is in spec/sonde/endpoints_spec.lua; a scrape
+-- of thousands of probes in spec/sonde/metrics_scale_spec.lua.
 local sonde = require "sonde"
 local helpers = require "helpers"
+
+-- Run the load until every probe of `ps` has ended `n` runs (1), at
+-- most `max` seconds; the load is stopped after it (its probes' workers
+-- stopped: nothing changes any more).
+local function run_until_ran(ps, n, max)
+  local core = require "sonde.core"
+  n = n or 1
+  local function all_ran()
+    for _, p in ipairs(ps) do
+      if p.runs < n then return false end
+    end
+    return true
+  end
+  local t
+  local function poll()
+    t = nil
+    if all_ran() then helpers.stop_now() else t = core.timer(0.02, poll) end
+  end
+  local ok, err = pcall(helpers.run_for, max or 15, { at = { { 0.02, poll } } })
+  if t then core.cancel(t) end
+  assert(ok, err)
+  for _, p in ipairs(ps) do
+    assert.is_true(p.runs >= n, p.name .. " ran " .. p.runs .. " times")
+  end
+end
 
 describe("sonde.metrics.gauge / counter validation", function()
   local metrics = sonde.metrics
@@ -133,98 +161,6 @@ describe("sonde.metrics label values", function()
   end)
 end)
 
-describe("sonde.metrics.render", function()
-  local metrics = require "sonde.metrics"
-  local core = require "sonde.core"
-  -- a probe as render reads it: `stats` in the shape of the C worker's
-  local function probe(name)
-    local buckets = {}
-    for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
-    return { name = name, kind = "readiness", handler = "exec",
-      state = "success", last_result = { duration = 0.01,
-        status = "success" },
-      stats = { counts = { success = 0, warning = 0, failure = 0,
-        unknown = 0 }, buckets = buckets, sum = 0, n = 0 } }
-  end
-
-  it("probes whose names print alike once escaped: each series once, the "
-    .. "first probe's", function()
-    local text = metrics.render({ services = {}, probes = {
-      probe("a\255"), probe("a\254"), probe("a\239\191\189"), probe("b") } })
-    local n = 0
-    for _ in text:gmatch('\nprobe_success{probe="a\239\191\189",kind="readiness"} 1') do
-      n = n + 1
-    end
-    assert.are.equal(1, n, text)
-    assert.is_truthy(text:find('\nprobe_success{probe="b",kind="readiness"} 1',
-      1, true))
-    -- every series once
-    local seen = {}
-    for line in text:gmatch("[^\n]+") do
-      if not line:find("^#") then
-        local series = line:match("^(.-) [^ ]+$")
-        assert.is_nil(seen[series], series)
-        seen[series] = true
-      end
-    end
-  end)
-
-  it("a gRPC probe whose last result came over TLS: the TLS series "
-    .. "beside the gRPC ones (keyed on result.tls, whatever the handler)",
-    function()
-    local g = probe("api")
-    g.handler = "grpc"
-    g.last_result = { duration = 0.01, status = "success", grpc_status = 0,
-      serving_status = "SERVING", tls = { earliest_expiry = 1804258986,
-        last_chain_expiry = 1804258986, verified = true,
-        subject = "CN=api", issuer = "CN=ca", dns_names = { "api", "b" },
-        serial = "1000", fingerprint_sha256 = "ab12", version = "TLS 1.3",
-        cipher = "TLS_AES_128_GCM_SHA256" } }
-    local plain = probe("plain")
-    plain.handler = "grpc"
-    plain.last_result = { duration = 0.01, status = "success",
-      grpc_status = 0, serving_status = "SERVING" }
-    local text = metrics.render({ services = {}, probes = { g, plain } })
-    local pl = 'probe="api",kind="readiness"'
-    for _, line in ipairs {
-      "probe_ssl_earliest_cert_expiry{" .. pl .. "} 1804258986",
-      "probe_ssl_last_chain_expiry_timestamp_seconds{" .. pl
-        .. "} 1804258986",
-      "probe_ssl_last_chain_info{" .. pl .. ',fingerprint_sha256="ab12",'
-        .. 'subject="CN=api",issuer="CN=ca",subjectalternative="api,b",'
-        .. 'serialnumber="1000"} 1',
-      "probe_tls_version_info{" .. pl .. ',version="TLS 1.3"} 1',
-      "probe_tls_cipher_info{" .. pl .. ',cipher="TLS_AES_128_GCM_SHA256"} 1',
-      "probe_grpc_status_code{" .. pl .. "} 0",
-    } do
-      assert.is_truthy(text:find("\n" .. line .. "\n", 1, true),
-        line .. "\n" .. text)
-    end
-    assert.is_nil(text:find('probe_ssl_earliest_cert_expiry{probe="plain"',
-      1, true), text)
-    assert.is_nil(text:find('probe_tls_version_info{probe="plain"', 1, true),
-      text)
-  end)
-
-  it("the same text, series for series, when rendered again (label sets "
-    .. "are kept per probe)", function()
-    local ps = { probe("x"), probe("y") }
-    -- one failure of 0.2 s, as the worker counts it
-    local st = ps[1].stats
-    st.counts.failure, st.sum, st.n = 1, 0.2, 1
-    for i, b in ipairs(core.DURATION_BUCKETS) do
-      if 0.2 <= b then st.buckets[i] = 1 end
-    end
-    local a = metrics.render({ services = {}, probes = ps }):gsub("process_[^\n]*\n", "")
-    local b = metrics.render({ services = {}, probes = ps }):gsub("process_[^\n]*\n", "")
-    assert.are.equal(a, b)
-    assert.is_truthy(a:find('sonde_probe_runs_total{probe="x",kind="readiness",'
-      .. 'status="failure"} 1', 1, true), a)
-    assert.is_truthy(a:find('sonde_probe_run_duration_seconds_bucket{probe="x",'
-      .. 'kind="readiness",le="0.25"} 1', 1, true), a)
-  end)
-end)
-
 describe("sonde.metrics.float (Go's strconv.FormatFloat(v, 'g', -1, 64))",
   function()
   local metrics = require "sonde.metrics"
@@ -258,147 +194,396 @@ describe("sonde.metrics.float (Go's strconv.FormatFloat(v, 'g', -1, 64))",
   end)
 end)
 
+-- The series of declared probes, written by the C core from each probe's
+-- worker (src/expo.c): real probes against loopback servers, run until
+-- each has run, then rendered.  Values that cannot be known in advance
+-- (durations, phases) are checked against the probe's own last result.
 describe("sonde.metrics.render of declared probes", function()
   local metrics = require "sonde.metrics"
+  local config = require "sonde.config"
   local core = require "sonde.core"
-  local function probe(name, handler, opts, last)
-    local buckets = {}
-    for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
-    return { name = name, kind = "readiness", handler = handler or "exec",
-      opts = opts, state = "success", last_result = last,
-      stats = { counts = { success = 0, warning = 0, failure = 0,
-        unknown = 0 }, buckets = buckets, sum = 0, n = 0 } }
-  end
-  local function render(ps)
-    return metrics.render { services = {}, probes = ps }
+  before_each(helpers.fresh)
+  after_each(function()
+    helpers.fresh()
+    helpers.stop_fixtures()
+    helpers.stop_grpc_servers()
+    helpers.stop_s_servers()
+  end)
+
+  -- a value as the exposition prints it (integral below 2^53: integer)
+  local function num(v)
+    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then
+      return string.format("%d", math.tointeger(v))
+    end
+    return metrics.float(v)
   end
   local function has(text, line)
-    assert.is_truthy(text:find("\n" .. line .. "\n", 1, true),
+    assert.is_truthy(helpers.has_line(text, line),
       line .. "\n--- in:\n" .. text)
   end
+  -- every series once
+  local function unique(text)
+    local seen = {}
+    for line in text:gmatch("[^\n]+") do
+      if not line:find("^#") then
+        local series = line:match("^(.-) [^ ]+$")
+        assert.is_nil(seen[series], series)
+        seen[series] = true
+      end
+    end
+  end
+  local function tcp(name, port, extra)
+    local s = { name = name, period = 60, initial_delay = 0.01, timeout = 2,
+      tcp_socket = { host = "127.0.0.1", port = port } }
+    for k, v in pairs(extra or {}) do s[k] = v end
+    return sonde.probe(s)
+  end
+
+  it("probes whose names print alike once escaped: each series once, the "
+    .. "first probe's; the other is left out, with a warning", function()
+    local web = helpers.fixture {}
+    local closed = helpers.closed_port()
+    local a = tcp("a\255", web.port)
+    local a2 = tcp("a\254", closed)
+    local b = tcp("b", web.port)
+    local cfg = config.ambient()
+    run_until_ran { a, a2, b }
+    local log = helpers.capture()
+    local ok, text = pcall(metrics.render, cfg)
+    local clash, logged = log:events("metrics_name_clash"), log:text()
+    log:close()
+    assert(ok, text)
+    local al = 'probe="a\239\191\189",kind="readiness",target="127.0.0.1:'
+      .. web.port .. '",instance="127.0.0.1:' .. web.port .. '"'
+    has(text, "probe_success{" .. al .. "} 1")
+    -- the second probe's series are all left out
+    assert.is_nil(text:find(":" .. closed .. '"', 1, true), text)
+    local n = 0
+    for _ in text:gmatch('\nprobe_success{probe="a\239\191\189"') do
+      n = n + 1
+    end
+    assert.are.equal(1, n, text)
+    has(text, 'probe_success{probe="b",kind="readiness",target="127.0.0.1:'
+      .. web.port .. '",instance="127.0.0.1:' .. web.port .. '"} 1')
+    unique(text)
+    assert.are.equal(1, #clash, logged)
+    assert.are.equal("a\239\191\189", clash[1].probe)
+    -- told once: not again at the next scrape
+    log = helpers.capture()
+    local again = metrics.render(cfg)
+    assert.are.equal(0, #log:events("metrics_name_clash"))
+    log:close()
+    assert.is_nil(again:find(":" .. closed .. '"', 1, true), again)
+  end)
+
+  it("a gRPC probe over TLS: the TLS series beside the gRPC ones (from the "
+    .. "result's TLS facts, whatever the handler)", function()
+    local pki = helpers.pki(helpers.scratch())
+    local gt = helpers.grpc_server { "--status", "=SERVING", "--cert",
+      pki.good.cert, "--key", pki.good.key }
+    local gp = helpers.grpc_server { "--status", "=SERVING" }
+    local api = sonde.probe { name = "api", period = 60, initial_delay = 0.01, timeout = 5,
+      grpc = { host = "127.0.0.1", port = gt.port,
+        tls = { verify = true, ca_file = pki.ca } } }
+    local plain = sonde.probe { name = "plain", period = 60, initial_delay = 0.01, timeout = 5,
+      grpc = { host = "127.0.0.1", port = gp.port } }
+    local cfg = config.ambient()
+    run_until_ran({ api, plain }, 1, 30)
+    local r = api.last_result
+    assert.are.equal("success", r.status, r.output)
+    assert.is_table(r.tls)
+    local text = metrics.render(cfg)
+    local pl = 'probe="api",kind="readiness",target="127.0.0.1:' .. gt.port
+      .. '",instance="127.0.0.1:' .. gt.port .. '"'
+    local expiry = helpers.not_after(pki.good.cert)
+    local t = r.tls
+    for _, line in ipairs {
+      "probe_ssl_earliest_cert_expiry{" .. pl .. "} " .. num(expiry),
+      "probe_ssl_last_chain_expiry_timestamp_seconds{" .. pl .. "} "
+        .. num(t.last_chain_expiry),
+      "probe_ssl_last_chain_info{" .. pl .. ',fingerprint_sha256="'
+        .. t.fingerprint_sha256 .. '",subject="' .. metrics.escape(t.subject)
+        .. '",issuer="' .. metrics.escape(t.issuer) .. '",subjectalternative="'
+        .. table.concat(t.dns_names, ",") .. '",serialnumber="' .. t.serial
+        .. '"} 1',
+      "probe_tls_version_info{" .. pl .. ',version="' .. t.version .. '"} 1',
+      "probe_tls_cipher_info{" .. pl .. ',cipher="' .. t.cipher .. '"} 1',
+      "probe_grpc_status_code{" .. pl .. "} 0",
+      "probe_grpc_healthcheck_response{" .. pl
+        .. ',serving_status="SERVING"} 1',
+      "probe_ip_protocol{" .. pl .. "} 4",
+    } do
+      has(text, line)
+    end
+    assert.is_truthy(t.subject:find("good.sonde.test", 1, true), t.subject)
+    assert.are.equal(expiry, t.earliest_expiry)
+    has(text, 'probe_grpc_status_code{probe="plain",kind="readiness",target='
+      .. '"127.0.0.1:' .. gp.port .. '",instance="127.0.0.1:' .. gp.port
+      .. '"} 0')
+    for _, fam in ipairs { "probe_ssl_earliest_cert_expiry",
+        "probe_ssl_last_chain_info", "probe_tls_version_info",
+        "probe_tls_cipher_info", "probe_ssl_last_chain_expiry_timestamp_seconds" } do
+      assert.is_nil(text:find("\n" .. fam .. '{probe="plain"', 1, true), text)
+    end
+    unique(text)
+  end)
+
+  it("the same text, series for series, when rendered again (the probes "
+    .. "stopped)", function()
+    local web = helpers.fixture {}
+    local x = tcp("x", helpers.closed_port())
+    local y = tcp("y", web.port)
+    local cfg = config.ambient()
+    run_until_ran { x, y }
+    x.worker:stop()
+    y.worker:stop()
+    local a = metrics.render(cfg):gsub("process_[^\n]*\n", "")
+    local b = metrics.render(cfg):gsub("process_[^\n]*\n", "")
+    assert.are.equal(a, b)
+    local st = x.stats
+    assert.is_true(st.counts.failure >= 1)
+    local xl = 'probe="x",kind="readiness",target="127.0.0.1:'
+    assert.is_truthy(a:find("\nsonde_probe_runs_total{" .. xl .. "%d+\","
+      .. 'instance="127.0.0.1:%d+",status="failure"} ' .. st.counts.failure
+      .. "\n"), a)
+    assert.is_truthy(a:find("\nsonde_probe_run_duration_seconds_count{" .. xl
+      .. '%d+",instance="127.0.0.1:%d+"} ' .. st.n .. "\n"), a)
+    assert.is_truthy(a:find("\nsonde_probe_run_duration_seconds_sum{" .. xl
+      .. '%d+",instance="127.0.0.1:%d+"} ' .. num(st.sum):gsub("%p", "%%%0")
+      .. "\n"), a)
+    unique(a)
+  end)
 
   it("probe_success is the last run's outcome (success or warning: 1), "
     .. "whatever the state; none before the first run", function()
-    local a = probe("a", nil, nil, { status = "failure", duration = 0.1 })
-    local b = probe("b", nil, nil, { status = "warning", duration = 0.1 })
-    b.state = "failure"
-    local c = probe("c", nil, nil, { status = "unknown", duration = 0.1 })
-    local d = probe("d")                    -- never ran
-    local text = render { a, b, c, d }
-    has(text, 'probe_success{probe="a",kind="readiness"} 0')
-    has(text, 'sonde_probe_state{probe="a",kind="readiness",state="success"} 1')
-    has(text, 'probe_success{probe="b",kind="readiness"} 1')
-    has(text, 'sonde_probe_state{probe="b",kind="readiness",state="failure"} 1')
-    has(text, 'probe_success{probe="c",kind="readiness"} 0')
+    local closed = helpers.closed_port()
+    -- failing, but not enough times to publish failure (a liveness
+    -- probe starts at success)
+    local a = sonde.probe { name = "a", kind = "liveness", period = 60,
+      initial_delay = 0.01, failure_threshold = 5,
+      exec = { command = { "sh", "-c", "echo down; exit 2" },
+        codes = "nagios" } }
+    -- a warning (success) that is not enough to publish success (a
+    -- readiness probe starts at failure)
+    local b = sonde.probe { name = "b", period = 60, initial_delay = 0.01,
+      success_threshold = 3,
+      exec = { command = { "sh", "-c", "echo WARNING - slow; exit 1" },
+        codes = "nagios" } }
+    local c = sonde.probe { name = "c", period = 60, initial_delay = 0.01,
+      exec = { command = { "sh", "-c", "echo UNKNOWN - what; exit 3" },
+        codes = "nagios" } }
+    local d = sonde.probe { name = "d", period = 60, initial_delay = 3600,
+      tcp_socket = { host = "127.0.0.1", port = closed } }
+    local cfg = config.ambient()
+    run_until_ran { a, b, c }
+    assert.are.same({ "failure", "warning", "unknown" },
+      { a.last_result.status, b.last_result.status, c.last_result.status })
+    assert.are.equal(0, d.runs)
+    assert.are.equal("success", a.state)
+    assert.are.equal("failure", b.state)
+    local text = metrics.render(cfg)
+    local function l(n)
+      return '{probe="' .. n .. '",kind="' .. (n == "a" and "liveness"
+        or "readiness") .. '"'
+    end
+    has(text, "probe_success" .. l("a") .. "} 0")
+    has(text, "sonde_probe_state" .. l("a") .. ',state="' .. a.state .. '"} 1')
+    has(text, "sonde_probe_state" .. l("a") .. ',state="failure"} 0')
+    has(text, "probe_success" .. l("b") .. "} 1")
+    has(text, "sonde_probe_state" .. l("b") .. ',state="success"} 0')
+    has(text, "sonde_probe_state" .. l("b") .. ',state="' .. b.state .. '"} 1')
+    has(text, "probe_success" .. l("c") .. "} 0")
     assert.is_nil(text:find('probe_success{probe="d"', 1, true), text)
-    has(text, 'sonde_probe_state{probe="d",kind="readiness",state="success"} 1')
+    assert.is_nil(text:find('probe_duration_seconds{probe="d"', 1, true), text)
+    has(text, 'sonde_probe_state{probe="d",kind="readiness",target="127.0.0.1:'
+      .. closed .. '",instance="127.0.0.1:' .. closed .. '",state="'
+      .. d.state .. '"} 1')
+    has(text, "probe_duration_seconds" .. l("b") .. "} "
+      .. num(b.last_result.duration))
   end)
 
-  it("bucket bounds print as Prometheus does: le=\"0.005\", le=\"1\"",
-    function()
-    local text = render { probe("h") }
-    for _, b in ipairs { "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
-        "0.5", "1", "2.5", "5", "10", "+Inf" } do
-      has(text, 'sonde_probe_run_duration_seconds_bucket{probe="h",'
-        .. 'kind="readiness",le="' .. b .. '"} 0')
+  it("bucket bounds print as Prometheus does: le=\"0.005\", le=\"1\"; "
+    .. "counts as the worker's", function()
+    local web = helpers.fixture {}
+    local h = tcp("h", web.port)
+    local cfg = config.ambient()
+    run_until_ran { h }
+    local text = metrics.render(cfg)
+    local hl = 'probe="h",kind="readiness",target="127.0.0.1:' .. web.port
+      .. '",instance="127.0.0.1:' .. web.port .. '"'
+    local st = h.stats
+    local les = { "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+      "0.5", "1", "2.5", "5", "10" }
+    assert.are.equal(#les, #core.DURATION_BUCKETS)
+    for i, b in ipairs(les) do
+      has(text, "sonde_probe_run_duration_seconds_bucket{" .. hl .. ',le="'
+        .. b .. '"} ' .. st.buckets[i])
     end
+    has(text, "sonde_probe_run_duration_seconds_bucket{" .. hl
+      .. ',le="+Inf"} ' .. st.n)
+    assert.is_true(st.buckets[#les] >= 1)
     assert.is_nil(text:find("0000000", 1, true), text)
   end)
 
   it("target and instance: the URL (password masked), host:port ([v6])",
     function()
-    local w = probe("w", "http_get", { url = "https://u:pw@example.test:8443/x?y=1" })
-    local t = probe("t", "tcp_socket", { host = "::1", port = 5432 })
-    local g = probe("g", "grpc", { host = "127.0.0.1", port = 50051 })
-    local e = probe("e", "exec", { command = { "true" } })
-    local text = render { w, t, g, e }
-    has(text, 'sonde_probe_state{probe="w",kind="readiness",target='
-      .. '"https://u:xxxxx@example.test:8443/x?y=1",instance='
-      .. '"https://u:xxxxx@example.test:8443/x?y=1",state="success"} 1')
-    has(text, 'sonde_probe_state{probe="t",kind="readiness",target="[::1]:5432",'
-      .. 'instance="[::1]:5432",state="success"} 1')
+    local v6 = helpers.fixture { host = "::1" }
+    local closed = helpers.closed_port()
+    local url = "http://u:pw@127.0.0.1:" .. closed .. "/x?y=1"
+    local w = sonde.probe { name = "w", period = 60, initial_delay = 0.01, timeout = 2,
+      http_get = { url = url } }
+    local t = sonde.probe { name = "t", period = 60, initial_delay = 0.01, timeout = 2,
+      tcp_socket = { host = "::1", port = v6.port } }
+    local g = sonde.probe { name = "g", period = 60, initial_delay = 0.01, timeout = 2,
+      grpc = { host = "127.0.0.1", port = closed } }
+    local e = sonde.probe { name = "e", period = 60, initial_delay = 0.01,
+      exec = { command = { "true" } } }
+    local cfg = config.ambient()
+    run_until_ran { w, t, g, e }
+    local text = metrics.render(cfg)
+    local masked = "http://u:xxxxx@127.0.0.1:" .. closed .. "/x?y=1"
+    has(text, 'sonde_probe_state{probe="w",kind="readiness",target="' .. masked
+      .. '",instance="' .. masked .. '",state="' .. w.state .. '"} 1')
+    has(text, 'probe_success{probe="t",kind="readiness",target="[::1]:'
+      .. v6.port .. '",instance="[::1]:' .. v6.port .. '"} 1')
+    has(text, 'probe_ip_protocol{probe="t",kind="readiness",target="[::1]:'
+      .. v6.port .. '",instance="[::1]:' .. v6.port .. '"} 6')
     has(text, 'sonde_probe_state{probe="g",kind="readiness",target='
-      .. '"127.0.0.1:50051",instance="127.0.0.1:50051",state="success"} 1')
-    has(text, 'sonde_probe_state{probe="e",kind="readiness",state="success"} 1')
+      .. '"127.0.0.1:' .. closed .. '",instance="127.0.0.1:' .. closed
+      .. '",state="' .. g.state .. '"} 1')
+    has(text, 'sonde_probe_state{probe="e",kind="readiness",state="'
+      .. e.state .. '"} 1')
     assert.is_nil(text:find("pw", 1, true), text)
   end)
 
-  it("user labels on every series of the probe; instance given replaces "
-    .. "the target's, \"\" drops it", function()
-    local w = probe("w", "http_get", { url = "http://127.0.0.1:1/" },
-      { status = "success", duration = 0.5, http_status = 200,
-        tls = { earliest_expiry = 1800000000, version = "TLS 1.3",
-          cipher = "C", dns_names = {} } })
-    w.labels = { team = "web", zone = 'a"b', instance = "frontend" }
-    local x = probe("x", "tcp_socket", { host = "127.0.0.1", port = 9 },
-      { status = "success", duration = 0.5 })
-    x.labels = { instance = "" }
-    local n = probe("n", "exec", nil, { status = "success", duration = 0,
-      perfdata = { { label = "time", value = 1, uom = "s" } } })
-    n.labels = { team = "ops" }
-    local text = render { w, x, n }
-    local wl = 'probe="w",kind="readiness",target="http://127.0.0.1:1/",'
+  it("user labels on every series of the probe (perfdata too); instance "
+    .. "given replaces the target's, \"\" drops it", function()
+    local pki = helpers.pki(helpers.scratch())
+    local tls = helpers.s_server { cert = pki.good }
+    local web = helpers.fixture {}
+    local url = "https://127.0.0.1:" .. tls.port .. "/"
+    local w = sonde.probe { name = "w", period = 60, initial_delay = 0.01, timeout = 5,
+      labels = { team = "web", zone = 'a"b', instance = "frontend" },
+      http_get = { url = url, tls = { verify = true, ca_file = pki.ca } } }
+    local x = tcp("x", web.port, { labels = { instance = "" } })
+    local n = sonde.probe { name = "n", period = 60, initial_delay = 0.01, labels = { team = "ops" },
+      exec = { command = { "sh", "-c",
+        "echo 'OK - fine | time=1s;2;3;0;10 load=0.5'" }, codes = "nagios" } }
+    local cfg = config.ambient()
+    run_until_ran { w, x, n }
+    assert.are.equal("success", w.last_result.status, w.last_result.output)
+    local text = metrics.render(cfg)
+    local wl = 'probe="w",kind="readiness",target="' .. url .. '",'
       .. 'instance="frontend",team="web",zone="a\\"b"'
+    local lines = 0
     for line in text:gmatch("[^\n]+") do
       if line:find('probe="w"', 1, true) then
+        lines = lines + 1
         assert.is_truthy(line:find(wl, 1, true), line)
       end
     end
+    assert.is_true(lines > 20, text)
     has(text, "probe_success{" .. wl .. "} 1")
     has(text, "probe_http_status_code{" .. wl .. "} 200")
-    has(text, "probe_tls_version_info{" .. wl .. ',version="TLS 1.3"} 1')
-    has(text, 'probe_success{probe="x",kind="readiness",target="127.0.0.1:9"} 1')
-    has(text, 'sonde_perfdata{probe="n",label="time",uom="s",team="ops"} 1')
+    has(text, "probe_tls_version_info{" .. wl .. ',version="'
+      .. w.last_result.tls.version .. '"} 1')
+    has(text, 'probe_success{probe="x",kind="readiness",target="127.0.0.1:'
+      .. web.port .. '"} 1')
+    local nl = 'probe="n",label="time",uom="s",team="ops"'
+    has(text, "sonde_perfdata{" .. nl .. "} 1")
+    has(text, "sonde_perfdata_warn{" .. nl .. "} 2")
+    has(text, "sonde_perfdata_crit{" .. nl .. "} 3")
+    has(text, "sonde_perfdata_min{" .. nl .. "} 0")
+    has(text, "sonde_perfdata_max{" .. nl .. "} 10")
+    has(text, 'sonde_perfdata{probe="n",label="load",uom="",team="ops"} 0.5')
     has(text, 'sonde_probe_state{probe="n",kind="readiness",team="ops",'
       .. 'state="success"} 1')
+    unique(text)
   end)
 
   it("HTTP series from the result's phases, sizes, version and TLS; "
     .. "probe_ip_protocol for HTTP, TCP and gRPC", function()
-    local w = probe("w", "http_get", { url = "https://127.0.0.1:1/" },
-      { status = "success", duration = 0.5, http_status = 200, redirects = 2,
-        phases = { resolve = 0.001, connect = 0.002, tls = 0.003,
-          processing = 0.004, transfer = 0.005 }, http_version = 1.1,
-        content_length = 1234, body_size = 5678, ip_protocol = 6,
-        tls = { version = "TLS 1.3", cipher = "C", dns_names = {} } })
-    local f = probe("f", "http_get", { url = "http://127.0.0.1:1/" },
-      { status = "failure", duration = 0.5, http_version = 0,
-        content_length = -1, body_size = 0, ip_protocol = 0,
-        phases = { resolve = 0.001, connect = 0, tls = 0, processing = 0,
-          transfer = 0 } })
-    local t = probe("t", "tcp_socket", { host = "127.0.0.1", port = 9 },
-      { status = "success", duration = 0.5, ip_protocol = 4 })
-    local text = render { w, f, t }
-    local wl = 'probe="w",kind="readiness",target="https://127.0.0.1:1/",'
-      .. 'instance="https://127.0.0.1:1/"'
-    for _, c in ipairs { { "resolve", "0.001" }, { "connect", "0.002" },
-        { "tls", "0.003" }, { "processing", "0.004" },
-        { "transfer", "0.005" } } do
-      has(text, "probe_http_duration_seconds{" .. wl .. ',phase="' .. c[1]
-        .. '"} ' .. c[2])
+    local pki = helpers.pki(helpers.scratch())
+    local tls = helpers.s_server { cert = pki.good }
+    local web = helpers.fixture {}
+    local grpc = helpers.grpc_server { "--status", "=SERVING" }
+    local closed = helpers.closed_port()
+    local url = "https://127.0.0.1:" .. tls.port .. "/"
+    local w = sonde.probe { name = "w", period = 60, initial_delay = 0.01, timeout = 5,
+      http_get = { url = url, tls = { verify = true, ca_file = pki.ca } } }
+    local p = sonde.probe { name = "p", period = 60, initial_delay = 0.01, timeout = 5,
+      http_get = { url = web:url("/ok") } }
+    local f = sonde.probe { name = "f", period = 60, initial_delay = 0.01, timeout = 2,
+      http_get = { url = "http://127.0.0.1:" .. closed .. "/" } }
+    local h10 = sonde.probe { name = "h10", period = 60, initial_delay = 0.01,
+      timeout = 5, http_get = { url = web:url("/http10") } }
+    local t = tcp("t", web.port)
+    local g = sonde.probe { name = "g", period = 60, initial_delay = 0.01, timeout = 5,
+      grpc = { host = "127.0.0.1", port = grpc.port } }
+    local cfg = config.ambient()
+    run_until_ran({ w, p, f, h10, t, g }, 1, 30)
+    local r = w.last_result
+    assert.are.equal("success", r.status, r.output)
+    local text = metrics.render(cfg)
+    local wl = 'probe="w",kind="readiness",target="' .. url .. '",'
+      .. 'instance="' .. url .. '"'
+    for _, ph in ipairs { "resolve", "connect", "tls", "processing",
+        "transfer" } do
+      has(text, "probe_http_duration_seconds{" .. wl .. ',phase="' .. ph
+        .. '"} ' .. num(r.phases[ph]))
     end
-    has(text, "probe_dns_lookup_time_seconds{" .. wl .. "} 0.001")
-    has(text, "probe_http_content_length{" .. wl .. "} 1234")
-    has(text, "probe_http_uncompressed_body_length{" .. wl .. "} 5678")
-    has(text, "probe_http_redirects{" .. wl .. "} 2")
+    assert.is_true(r.phases.tls > 0)
+    has(text, "probe_dns_lookup_time_seconds{" .. wl .. "} "
+      .. num(r.phases.resolve))
+    has(text, "probe_http_content_length{" .. wl .. "} "
+      .. num(r.content_length))
+    has(text, "probe_http_uncompressed_body_length{" .. wl .. "} "
+      .. num(r.body_size))
+    assert.is_true(r.body_size > 0)
+    has(text, "probe_http_redirects{" .. wl .. "} 0")
     has(text, "probe_http_ssl{" .. wl .. "} 1")
-    has(text, "probe_http_version{" .. wl .. "} 1.1")
-    has(text, "probe_ip_protocol{" .. wl .. "} 6")
-    local fl = 'probe="f",kind="readiness",target="http://127.0.0.1:1/",'
-      .. 'instance="http://127.0.0.1:1/"'
+    has(text, "probe_http_version{" .. wl .. "} " .. num(r.http_version))
+    has(text, "probe_ip_protocol{" .. wl .. "} 4")
+    has(text, "probe_ssl_earliest_cert_expiry{" .. wl .. "} "
+      .. num(helpers.not_after(pki.good.cert)))
+    local pr = p.last_result
+    local pl = 'probe="p",kind="readiness",target="' .. web:url("/ok")
+      .. '",instance="' .. web:url("/ok") .. '"'
+    has(text, "probe_http_version{" .. pl .. "} 1.1")
+    has(text, "probe_http_content_length{" .. pl .. "} " .. pr.content_length)
+    has(text, "probe_http_ssl{" .. pl .. "} 0")
+    has(text, "probe_http_status_code{" .. pl .. "} 200")
+    assert.is_nil(text:find("probe_tls_version_info{" .. pl, 1, true), text)
+    local fu = "http://127.0.0.1:" .. closed .. "/"
+    local fl = 'probe="f",kind="readiness",target="' .. fu .. '",instance="'
+      .. fu .. '"'
     has(text, "probe_success{" .. fl .. "} 0")
-    has(text, "probe_http_content_length{" .. fl .. "} -1")
+    has(text, "probe_http_content_length{" .. fl .. "} "
+      .. num(f.last_result.content_length))
     has(text, "probe_http_ssl{" .. fl .. "} 0")
     has(text, "probe_http_version{" .. fl .. "} 0")
-    has(text, "probe_ip_protocol{" .. fl .. "} 0")
-    has(text, 'probe_ip_protocol{probe="t",kind="readiness",target='
-      .. '"127.0.0.1:9",instance="127.0.0.1:9"} 4')
-    assert.is_nil(text:find('probe_http_version{probe="t"', 1, true), text)
+    has(text, "probe_http_status_code{" .. fl .. "} 0")
+    has(text, "probe_ip_protocol{" .. fl .. "} "
+      .. num(f.last_result.ip_protocol or 0))
+    -- HTTP/1.0 without a Content-Length: -1, version 1
+    local hu = web:url("/http10")
+    local hl = 'probe="h10",kind="readiness",target="' .. hu .. '",instance="'
+      .. hu .. '"'
+    has(text, "probe_http_content_length{" .. hl .. "} -1")
+    has(text, "probe_http_version{" .. hl .. "} 1")
+    has(text, "probe_http_uncompressed_body_length{" .. hl .. "} 11")
+    local tl = 'probe="t",kind="readiness",target="127.0.0.1:' .. web.port
+      .. '",instance="127.0.0.1:' .. web.port .. '"'
+    has(text, "probe_ip_protocol{" .. tl .. "} 4")
+    assert.is_nil(text:find("probe_http_version{" .. tl, 1, true), text)
+    has(text, 'probe_ip_protocol{probe="g",kind="readiness",target="127.0.0.1:'
+      .. grpc.port .. '",instance="127.0.0.1:' .. grpc.port .. '"} 4')
     -- HELP texts are blackbox_exporter's
     has(text, "# HELP probe_http_duration_seconds Duration of http request by "
       .. "phase, summed over all redirects")
-    assert.is_truthy(text:find("# HELP probe_success Displays whether or not "
-      .. "the probe was a success\n", 1, true), text)
+    has(text, "# HELP probe_success Displays whether or not the probe was a "
+      .. "success")
+    unique(text)
   end)
 end)
 
@@ -446,56 +631,160 @@ end)
 
 describe("metrics: module probes (sonde.probe { module = ... })", function()
   local metrics = require "sonde.metrics"
+  local config = require "sonde.config"
   local core = require "sonde.core"
-  local function probe(name, last)
-    local buckets = {}
-    for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
-    return { name = name, kind = "readiness", handler = "check", opts = {},
-      state = "success", last_result = last,
-      stats = { counts = { success = 1, warning = 0, failure = 0,
-        unknown = 0 }, buckets = buckets, sum = 0, n = 1 } }
-  end
-  local function fams(code)
-    return {
-      probe_success = { help = "h", type = "gauge", samples = { [""] = 1 } },
-      probe_http_status_code = { help = "Response HTTP status code",
-        type = "gauge", samples = { [""] = code } },
-      probe_http_duration_seconds = { help = "d", type = "gauge", samples = {
-        ['{phase="connect"}'] = 0.25, ['{phase="tls"}'] = 0.5 } },
-      probe_ssl_earliest_cert_expiry = { help = "e", type = "gauge",
-        samples = { [""] = 1800000000 } },
-    }
-  end
+  before_each(helpers.fresh)
+  after_each(function()
+    helpers.fresh()
+    helpers.stop_fixtures()
+    helpers.stop_s_servers()
+  end)
 
   it("gives each family once, the module's samples with the probe's labels, "
     .. "and no second TLS series from the result's tls facts", function()
-    local text = metrics.render({ services = {}, probes = {
-      probe("a", { status = "success", duration = 0.1, tls = {
-        earliest_expiry = 1, has_earliest_expiry = true, version = "TLS 1.3",
-        cipher = "x", dns_names = {} }, blackbox_fams = fams(200) }),
-      probe("b", { status = "failure", duration = 0.1,
-        blackbox_fams = (function()
-          local f = fams(500)
-          f.probe_ssl_earliest_cert_expiry = nil      -- plain HTTP
-          return f
-        end)() }),
-    } })
+    local dir = helpers.scratch()
+    local pki = helpers.pki(dir)
+    local tls = helpers.s_server { cert = pki.good }
+    local web = helpers.fixture {}
+    local conf = helpers.write(dir .. "/bb.yml", "modules:\n  web:\n"
+      .. "    prober: http\n    http:\n      valid_status_codes: [200]\n"
+      .. "      tls_config: { ca_file: " .. pki.ca .. " }\n")
+    sonde.blackbox.load(conf)
+    local https = "https://127.0.0.1:" .. tls.port .. "/"
+    local a = sonde.probe { name = "a", module = sonde.module("web"),
+      target = https, period = 60, initial_delay = 0.01, initial_delay = 0.01, labels = { team = "t" } }
+    local b = sonde.probe { name = "b", module = sonde.module("web"),
+      target = web:url("/status/500"), period = 60,
+      initial_delay = 0.01 }
+    local cfg = config.ambient()
+    run_until_ran({ a, b }, 1, 20)
+    assert.are.same({ "success", "failure" },
+      { a.last_result.status, b.last_result.status })
+    local text = metrics.render(cfg)
+    local al = 'probe="a",kind="readiness",target="' .. https
+      .. '",instance="' .. https .. '",team="t"'
+    local bu = web:url("/status/500")
+    local bl = 'probe="b",kind="readiness",target="' .. bu .. '",instance="'
+      .. bu .. '"'
     for _, line in ipairs {
-      'probe_http_status_code{probe="a",kind="readiness"} 200',
-      'probe_http_status_code{probe="b",kind="readiness"} 500',
-      'probe_http_duration_seconds{probe="a",kind="readiness",phase="connect"} 0.25',
-      'probe_ssl_earliest_cert_expiry{probe="a",kind="readiness"} 1800000000',
-      'probe_success{probe="b",kind="readiness"} 0',
+      "probe_http_status_code{" .. al .. "} 200",
+      "probe_http_status_code{" .. bl .. "} 500",
+      "probe_ssl_earliest_cert_expiry{" .. al .. "} "
+        .. string.format("%d", helpers.not_after(pki.good.cert)),
+      "probe_success{" .. al .. "} 1",
+      "probe_success{" .. bl .. "} 0",
+      "probe_http_ssl{" .. al .. "} 1",
     } do
       assert.is_truthy(helpers.has_line(text, line), line .. "\n" .. text)
     end
+    assert.is_truthy(text:find("\nprobe_http_duration_seconds{" .. al
+      .. ',phase="connect"} ', 1, true), text)
+    -- each family once, each series once, whole
+    local types, seen, current = {}, {}, nil
+    for line in text:gmatch("[^\n]+") do
+      local fam = line:match("^# TYPE (%S+) ")
+      if fam then
+        assert.is_nil(types[fam], fam .. "\n" .. text)
+        types[fam], current = true, fam
+      elseif not line:find("^#") then
+        local series, name = line:match("^(.*) [^ ]+$"),
+          line:match("^[%w_:]+")
+        assert.is_truthy(name == current or name:sub(1, #current + 1)
+          == current .. "_", line)
+        assert.is_nil(seen[series], series)
+        seen[series] = true
+      end
+    end
     for _, fam in ipairs { "probe_http_status_code", "probe_success",
         "probe_http_duration_seconds", "probe_ssl_earliest_cert_expiry" } do
-      local _, n = text:gsub("\n# TYPE " .. fam .. " ", "")
-      assert.are.equal(1, n, fam .. "\n" .. text)
+      assert.is_true(types[fam], fam)
     end
     local _, n = text:gsub("\nprobe_ssl_earliest_cert_expiry{", "")
     assert.are.equal(1, n, text)
-    assert.is_nil(text:find("probe_tls_version_info", 1, true), text)
+    local _, v = text:gsub("\nprobe_tls_version_info{", "")
+    assert.is_true(v <= 1, text)
+  end)
+end)
+
+describe("sonde.probe metrics = { histogram = false }", function()
+  local metrics = require "sonde.metrics"
+  local config = require "sonde.config"
+  local core = require "sonde.core"
+  before_each(helpers.fresh)
+  after_each(function()
+    helpers.fresh()
+    helpers.stop_fixtures()
+  end)
+
+  it("leaves out exactly that probe's run-duration histogram", function()
+    local web = helpers.fixture {}
+    local function tcp(name, m)
+      return sonde.probe { name = name, period = 60, initial_delay = 0.01, metrics = m,
+        tcp_socket = { host = "127.0.0.1", port = web.port } }
+    end
+    local on, off, dflt = tcp("on", { histogram = true }),
+      tcp("off", { histogram = false }), tcp("dflt")
+    local cfg = config.ambient()
+    run_until_ran { on, off, dflt }
+    local text = metrics.render(cfg)
+    local by = { on = {}, off = {}, dflt = {} }
+    for line in text:gmatch("[^\n]+") do
+      local name, probe = line:match('^([%w_]+){probe="(%w+)"')
+      if name then by[probe][#by[probe] + 1] = line end
+    end
+    local function strip(lines, p)
+      local out = {}
+      for _, l in ipairs(lines) do
+        out[#out + 1] = (l:gsub('probe="' .. p .. '"', 'probe="X"')
+          :gsub(" [^ ]+$", ""))
+      end
+      return out
+    end
+    -- the same series but the histogram's, in the same order
+    local want = {}
+    for _, l in ipairs(strip(by.on, "on")) do
+      if not l:find("^sonde_probe_run_duration_seconds") then
+        want[#want + 1] = l
+      end
+    end
+    assert.are.equal(#by.on - 14, #want)
+    assert.are.same(want, strip(by.off, "off"))
+    assert.are.same(strip(by.on, "on"), strip(by.dflt, "dflt"))
+    -- the family is still there (the others have it)
+    assert.are.equal(1, select(2, text:gsub(
+      "\n# TYPE sonde_probe_run_duration_seconds histogram\n", "")))
+    -- and with no probe keeping it, the family's HELP and TYPE stay
+    helpers.fresh()
+    local lone = tcp("lone", { histogram = false })
+    text = metrics.render(config.ambient())
+    assert.is_truthy(text:find('sonde_probe_state{probe="lone"', 1, true))
+    assert.is_nil(text:find("\nsonde_probe_run_duration_seconds_", 1, true),
+      text)
+    assert.is_truthy(lone)
+  end)
+
+  it("bad values are refused at load, naming the file:line, the field and "
+    .. "the reason", function()
+    local function err(m)
+      return helpers.error_here(function()
+        sonde.probe { name = "m", exec = { command = { "true" } },
+          metrics = m }
+      end)
+    end
+    assert.are.equal('probe "m": metrics: must be a table ({ histogram = '
+      .. 'false }), got boolean', err(false))
+    assert.are.equal('probe "m": metrics: must be a table ({ histogram = '
+      .. 'false }), got string', err("histogram=false"))
+    assert.are.equal('probe "m": metrics.histogram: must be a boolean, got '
+      .. 'string', err { histogram = "no" })
+    assert.are.equal('probe "m": metrics.histogram: must be a boolean, got '
+      .. 'number', err { histogram = 0 })
+    assert.are.equal('probe "m": metrics.buckets: unknown field (known: '
+      .. 'histogram)', err { buckets = { 1 } })
+    assert.are.equal('probe "m": metrics.1: unknown field (known: '
+      .. 'histogram)', err { false })
+    -- the line is this file's, the one of the declaration
+    local _, line = err { histogram = 1 }
+    assert.is_true(line > 0)
   end)
 end)
