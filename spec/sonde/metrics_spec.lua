@@ -276,6 +276,24 @@ describe("sonde.metrics.render of declared probes", function()
     assert.is_nil(again:find(":" .. closed .. '"', 1, true), again)
   end)
 
+  it("a probe whose name the escaping changes, declared again by a new "
+    .. "load (the old one not yet collected): its series, no clash",
+    function()
+    local keep = {}                  -- the old loads' probes stay alive
+    for i, period in ipairs { 60, 30, 20 } do
+      helpers.fresh()
+      local log = helpers.capture()
+      keep[i] = sonde.probe { name = "a\255", period = period,
+        exec = { command = { "true" } } }
+      local text = metrics.render(config.ambient())
+      local clash = log:events("metrics_name_clash")
+      log:close()
+      has(text, 'sonde_probe_state{probe="a\239\191\189",kind="liveness",'
+        .. 'state="success"} 1')
+      assert.are.equal(0, #clash)
+    end
+  end)
+
   it("a gRPC probe over TLS: the TLS series beside the gRPC ones (from the "
     .. "result's TLS facts, whatever the handler)", function()
     local pki = helpers.pki(helpers.scratch())
