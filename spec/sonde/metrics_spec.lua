@@ -288,8 +288,8 @@ describe("sonde.metrics.render of declared probes", function()
       local text = metrics.render(config.ambient())
       local clash = log:events("metrics_name_clash")
       log:close()
-      has(text, 'sonde_probe_state{probe="a\239\191\189",kind="liveness",'
-        .. 'state="success"} 1')
+      has(text, 'sonde_probe_state{probe="a\239\191\189",kind="readiness",'
+        .. 'state="failure"} 1')
       assert.are.equal(0, #clash)
     end
   end)
