@@ -26,13 +26,42 @@
 -- medians of the per-round ratios (systems of one round run minutes
 -- apart at most).  Then 10,000 declared TCP and HTTP probes at period
 -- 10 s (one process each: a warm-up of at least a period, then three
--- windows of a period) and 1,000 at period 10 s for the RSS slope (bytes
--- per probe between 1,000 and 10,000 at the same period).  Finally the
+-- windows of a period, then three with scrapes, below) and 1,000 at
+-- period 10 s for the RSS slope (bytes per probe between 1,000 and
+-- 10,000 at the same period).  Finally the
 -- targets, each with its measured value and "met" or "missed", and the
 -- stripped size of the host and the module.  The benchmark never fails
 -- on a missed target; it exits non-zero only when it cannot measure.
 --
--- Environment: BENCH_QUICK=1 (shorter windows, for development);
+-- Scrapes: the 10,000-probe hosts listen on a free loopback port
+-- (`--listen 127.0.0.1:PORT`) and, after their windows without scrapes,
+-- run as many windows (SCRAPE_WINDOWS) while bench/scraper.py, a separate
+-- /usr/bin/python3 process (its CPU is not the host's), polls GET /metrics
+-- with "Accept-Encoding: gzip" (as Prometheus sends it) and GET /status,
+-- each path once a second on its own schedule (never two of a path at
+-- once: a scrape that runs over makes the next start at its end, counted
+-- as a late start), a new connection each, client timeout 30 s.  The host
+-- (bench/declared.lua) and the scraper agree on the windows through two
+-- files (see both): a window with scrapes lasts until the scrapes started
+-- in it have ended, so their whole cost falls in it.  Printed side by
+-- side, per kind: CPU % of one core of the host, RSS, lateness p50/p99/
+-- max (medians over the windows), runs, skipped, missed, failed, without
+-- and with scrapes.  Per scrape (client side): the /metrics body as sent
+-- (gzip when the answer says Content-Encoding: gzip) and decoded, the
+-- /status body likewise (medians), the time from request to last byte
+-- (median, max), failed or timed-out scrapes and late starts; and the
+-- host's CPU per scrape: (host CPU in the windows with scrapes - the
+-- rate without scrapes x their length) / the scrapes started in them
+-- (either path), in ms.  Then one GET /metrics without Accept-Encoding
+-- (the uncompressed exposition) goes through `promtool check metrics`
+-- (Debian's prometheus package; "promtool not installed" when missing):
+-- pass or fail and its first lines.  The targets add "lateness p99 with
+-- scrapes <= 5 ms", no failed scrape, and promtool clean; the targets on
+-- the 10,000-probe windows above (CPU, RSS, lateness) count only the
+-- windows without scrapes.
+--
+-- Environment: BENCH_QUICK=1 (shorter windows, for development; one
+-- window without scrapes and one with at 10,000 probes);
 -- BENCH_MEMORY=SECONDS (only the no-growth check: 1,000 declared TCP
 -- probes at period 1 s for SECONDS, RSS sampled every 10 s); BENCH_DIR
 -- (a private directory; every process started is appended to

@@ -14,11 +14,13 @@ timeout of TIMEOUT seconds, and a scrape longer than TIMEOUT in all is a
 failure too.
 
 It scrapes only while FILE (--phase, written by bench/declared.lua under
-the host) reads "scrape W" (W: the host's window); "idle" or "pause": no
-new scrape starts (one in flight ends); "done": the threads finish, one
-more GET /metrics without Accept-Encoding is made (the uncompressed
-exposition, saved to --save for promtool, its line marked "identity"),
-then --ack is written and the scraper exits.
+the host) reads "scrape W" (W: the host's window); "idle" or "pause W":
+no new scrape starts; once none is in flight after "pause W", --ack is
+written with "pause W" (the host then ends its window: every scrape
+started in a window ends in it); "done": the threads finish, one more GET
+/metrics without Accept-Encoding is made (the uncompressed exposition,
+saved to --save for promtool, its line marked "identity"), then --ack is
+written with "done" and the scraper exits.
 
 Prints one JSON line per scrape on stdout (flat, no space after ':'):
   path, status (HTTP status, null when none), wire (body bytes as sent:
@@ -33,12 +35,17 @@ import argparse
 import gzip
 import http.client
 import json
+import os
 import re
 import sys
 import threading
 import time
 
 out_lock = threading.Lock()
+# phase reads that start a scrape and the count of scrapes in flight:
+# under one lock, so that "none in flight during pause W" is final
+state_lock = threading.Lock()
+inflight = [0]
 
 
 def emit(rec):
@@ -96,27 +103,38 @@ def scrape(port, path, timeout, gzip_ok, save=None):
     return status, wire, decoded, encoding, time.monotonic() - t0, err
 
 
+def write_ack(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text + "\n")
+    os.replace(path + ".tmp", path)
+
+
 def poller(args, path, stop):
     due = None
     while not stop.is_set():
-        p = phase(args.phase)
+        now = time.monotonic()
+        if due is not None and now < due:
+            time.sleep(min(due - now, 0.02))
+            continue
+        with state_lock:
+            p = phase(args.phase)
+            if p.startswith("scrape"):
+                inflight[0] += 1
         if p == "done":
             return
         if not p.startswith("scrape"):
             due = None   # the schedule restarts at the next window
             time.sleep(0.02)
             continue
-        now = time.monotonic()
-        late = False
-        if due is not None and now < due:
-            time.sleep(min(due - now, 0.02))
-            continue
-        if due is not None and now > due + 0.05:
-            late = True
+        late = due is not None and now > due + 0.05
         window = int(p.split()[1]) if len(p.split()) > 1 else 0
         start = time.monotonic()
-        status, wire, decoded, enc, secs, err = scrape(
-            args.port, path, args.timeout, True)
+        try:
+            status, wire, decoded, enc, secs, err = scrape(
+                args.port, path, args.timeout, True)
+        finally:
+            with state_lock:
+                inflight[0] -= 1
         emit({"path": path, "status": status, "wire": wire,
               "decoded": decoded, "encoding": enc, "seconds": round(secs, 6),
               "late": late, "window": window, "identity": False,
@@ -142,11 +160,19 @@ def main():
     for t in threads:
         t.start()
     t0 = time.monotonic()
-    while phase(args.phase) != "done":
+    acked = None
+    while True:
+        with state_lock:
+            p = phase(args.phase)
+            if p.startswith("pause") and inflight[0] == 0 and p != acked:
+                write_ack(args.ack, p)
+                acked = p
+        if p == "done":
+            break
         if time.monotonic() - t0 > args.max_seconds:
             stop.set()
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     for t in threads:
         t.join(args.timeout + 5)
     if not stop.is_set():
@@ -155,8 +181,7 @@ def main():
         emit({"path": "/metrics", "status": status, "wire": wire,
               "decoded": decoded, "encoding": enc, "seconds": round(secs, 6),
               "late": False, "window": 0, "identity": True, "error": err})
-    with open(args.ack, "w") as f:
-        f.write("done\n")
+    write_ack(args.ack, "done")
 
 
 if __name__ == "__main__":
