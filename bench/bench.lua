@@ -721,11 +721,17 @@ local function bench()
       local total, failed = 0, 0
       for _, path in ipairs({ "/metrics", "/status" }) do
         local n, fail, late, wire, dec, secs, enc = 0, 0, 0, {}, {}, {}, {}
+        local errors, nerrors = {}, 0
         for _, x in ipairs(b.scrapes) do
           if x.path == path and not x.identity and in_window[x.window] then
             n = n + 1
             if x.error then
               fail = fail + 1
+              local e = x.error:gsub("%d+", "N")
+              if not errors[e] then
+                nerrors = nerrors + 1
+                errors[e], errors[nerrors] = true, x.error
+              end
             else
               wire[#wire + 1], dec[#dec + 1] = x.wire, x.decoded
               enc[x.encoding or "?"] = true
@@ -744,6 +750,9 @@ local function bench()
           fail, late, #encs > 0 and table.concat(encs, ",") or "n/a",
           kb(median(wire)), kb(median(dec)),
           #secs > 0 and fmt("%s/%s", ms(median(secs)), ms(mx)) or "n/a"))
+        for i = 1, math.min(nerrors, 3) do
+          print(fmt("  %-5s %-9s failed: %s", kind, path, errors[i]))
+        end
       end
       b.nscrapes, b.failed_scrapes = total, failed
       -- host CPU per scrape: the windows' CPU beyond the rate without

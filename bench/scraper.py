@@ -29,7 +29,10 @@ Prints one JSON line per scrape on stdout (flat, no space after ':'):
   "identity": the Content-Encoding), seconds (from before the connect to
   the last byte read), late (the start was late), window (W), identity
   (the final uncompressed fetch), error (null, or a short text without
-  quotes nor commas).  Loopback only.
+  quotes nor commas: no answer, a timeout, a status other than 200, a
+  body shorter than its Content-Length, an incomplete chunked body, bad
+  gzip, a /status that is not JSON, a /metrics not ending with a
+  newline).  Loopback only.
 """
 import argparse
 import gzip
@@ -88,6 +91,12 @@ def scrape(port, path, timeout, gzip_ok, save=None):
                 raise TimeoutError("longer than %g s" % timeout)
         body = b"".join(parts)
         wire = len(body)
+        # (http.client's read(n) returns what came before the peer closed,
+        # without a word, when that is less than the Content-Length)
+        length = resp.getheader("Content-Length")
+        chunked = "chunked" in (resp.getheader("Transfer-Encoding") or "")
+        if length is not None and not chunked and int(length) != wire:
+            raise ValueError("truncated: %d of %s bytes" % (wire, length))
         if encoding == "gzip":
             body = gzip.decompress(body)
         decoded = len(body)
@@ -96,6 +105,10 @@ def scrape(port, path, timeout, gzip_ok, save=None):
                 f.write(body)
         if status != 200:
             err = "status %d" % status
+        elif path.startswith("/status"):
+            json.loads(body)
+        elif not body.endswith(b"\n"):
+            raise ValueError("the exposition does not end with a newline")
     except Exception as e:  # every failure is a figure, not a crash
         err = clean("%s: %s" % (type(e).__name__, e))
     finally:
