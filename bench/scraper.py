@@ -100,15 +100,15 @@ def scrape(port, path, timeout, gzip_ok, save=None):
         if encoding == "gzip":
             body = gzip.decompress(body)
         decoded = len(body)
-        if save:
-            with open(save, "wb") as f:
-                f.write(body)
         if status != 200:
             err = "status %d" % status
         elif path.startswith("/status"):
             json.loads(body)
         elif not body.endswith(b"\n"):
             raise ValueError("the exposition does not end with a newline")
+        if save and err is None:
+            with open(save, "wb") as f:
+                f.write(body)
     except Exception as e:  # every failure is a figure, not a crash
         err = clean("%s: %s" % (type(e).__name__, e))
     finally:
