@@ -26,13 +26,42 @@
 -- medians of the per-round ratios (systems of one round run minutes
 -- apart at most).  Then 10,000 declared TCP and HTTP probes at period
 -- 10 s (one process each: a warm-up of at least a period, then three
--- windows of a period) and 1,000 at period 10 s for the RSS slope (bytes
--- per probe between 1,000 and 10,000 at the same period).  Finally the
+-- windows of a period, then three with scrapes, below) and 1,000 at
+-- period 10 s for the RSS slope (bytes per probe between 1,000 and
+-- 10,000 at the same period).  Finally the
 -- targets, each with its measured value and "met" or "missed", and the
 -- stripped size of the host and the module.  The benchmark never fails
 -- on a missed target; it exits non-zero only when it cannot measure.
 --
--- Environment: BENCH_QUICK=1 (shorter windows, for development);
+-- Scrapes: the 10,000-probe hosts listen on a free loopback port
+-- (`--listen 127.0.0.1:PORT`) and, after their windows without scrapes,
+-- run as many windows (SCRAPE_WINDOWS) while bench/scraper.py, a separate
+-- /usr/bin/python3 process (its CPU is not the host's), polls GET /metrics
+-- with "Accept-Encoding: gzip" (as Prometheus sends it) and GET /status,
+-- each path once a second on its own schedule (never two of a path at
+-- once: a scrape that runs over makes the next start at its end, counted
+-- as a late start), a new connection each, client timeout 30 s.  The host
+-- (bench/declared.lua) and the scraper agree on the windows through two
+-- files (see both): a window with scrapes lasts until the scrapes started
+-- in it have ended, so their whole cost falls in it.  Printed side by
+-- side, per kind: CPU % of one core of the host, RSS, lateness p50/p99/
+-- max (medians over the windows), runs, skipped, missed, failed, without
+-- and with scrapes.  Per scrape (client side): the /metrics body as sent
+-- (gzip when the answer says Content-Encoding: gzip) and decoded, the
+-- /status body likewise (medians), the time from request to last byte
+-- (median, max), failed or timed-out scrapes and late starts; and the
+-- host's CPU per scrape: (host CPU in the windows with scrapes - the
+-- rate without scrapes x their length) / the scrapes started in them
+-- (either path), in ms.  Then one GET /metrics without Accept-Encoding
+-- (the uncompressed exposition) goes through `promtool check metrics`
+-- (Debian's prometheus package; "promtool not installed" when missing):
+-- pass or fail and its first lines.  The targets add "lateness p99 with
+-- scrapes <= 5 ms", no failed scrape, and promtool clean; the targets on
+-- the 10,000-probe windows above (CPU, RSS, lateness) count only the
+-- windows without scrapes.
+--
+-- Environment: BENCH_QUICK=1 (shorter windows, for development; one
+-- window without scrapes and one with at 10,000 probes);
 -- BENCH_MEMORY=SECONDS (only the no-growth check: 1,000 declared TCP
 -- probes at period 1 s for SECONDS, RSS sampled every 10 s); BENCH_DIR
 -- (a private directory; every process started is appended to
@@ -199,7 +228,8 @@ local ROUNDS = 3
 local WARMUP = QUICK and 1.2 or 1.5      -- at least one period (1 s)
 local SECONDS = QUICK and 2 or 5
 local SECONDS_OF = { exec = QUICK and 3 or 8 }   -- fewer runs: a longer window
-local BIG_WINDOWS = QUICK and 2 or 3     -- 10,000 probes at period 10 s
+local BIG_WINDOWS = QUICK and 1 or 3     -- 10,000 probes at period 10 s
+local SCRAPE_WINDOWS = QUICK and 1 or 3  -- then as many with scrapes
 local BIG_WINDOW = QUICK and 5 or 10
 local N = { tcp = 1000, http = 1000, exec = 100 }
 local KINDS = { "tcp", "http", "exec" }
@@ -254,15 +284,81 @@ end
 -- The host's log (info, its default) goes to a file: the skipped ticks
 -- are counted there when the core has no schedule_stats, and any failed
 -- run shows there.
-local function measure_declared(kind, n, period, warmup, window, windows)
-  local out, err = run(fmt("%s%s bench/declared.lua %s %s %d %g %g %g %d",
-    bounded(warmup + window * windows), q(HOST), kind, q(target(kind)), n,
-    period, warmup, window, windows))
+-- `scrape` (optional): { windows, port, phase, ack }: the host listens
+-- on 127.0.0.1:port and runs that many more windows while the scraper
+-- polls it (see bench/declared.lua).
+local function measure_declared(kind, n, period, warmup, window, windows,
+                                scrape)
+  local listen, extra, more = "", "", 0
+  if scrape then
+    listen = fmt("--listen 127.0.0.1:%d ", scrape.port)
+    extra = fmt(" %d %s %s", scrape.windows, q(scrape.phase), q(scrape.ack))
+    more = scrape.windows * window + 60
+  end
+  local out, err = run(fmt("%s%s %sbench/declared.lua %s %s %d %g %g %g %d%s",
+    bounded(warmup + window * windows + more), q(HOST), listen, kind,
+    q(target(kind)), n, period, warmup, window, windows, extra))
   local list = lines_of(out)
   for _, r in ipairs(list) do
     r.log_skipped = count(err, "probe_skipped")
   end
   return list
+end
+
+local PYTHON = "/usr/bin/python3"
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- 10,000 declared probes at period 10 s: BIG_WINDOWS windows without
+-- scrapes, then SCRAPE_WINDOWS windows while bench/scraper.py polls the
+-- host's /metrics and /status every second.  Returns the host's windows,
+-- the scraper's lines (nil without a python3) and the file holding one
+-- uncompressed /metrics scrape.
+local function measure_big(kind, warm)
+  if not exists(PYTHON) then
+    print(fmt("  no %s: 10,000 %s probes measured without scrapes only",
+      PYTHON, kind))
+    return measure_declared(kind, 10000, 10, warm, BIG_WINDOW, BIG_WINDOWS)
+  end
+  local base = fmt("%s/scrape-%s", DIR, kind)
+  local sc = { windows = SCRAPE_WINDOWS, port = tonumber(sh(q(RAW) .. " port")),
+    phase = base .. ".phase", ack = base .. ".ack" }
+  local save, out = base .. ".metrics", base .. ".out"
+  write(sc.phase, "idle\n")
+  os.remove(sc.ack)
+  local pid = spawn(fmt("%s bench/scraper.py --port %d --phase %s --ack %s "
+    .. "--save %s --interval 1 --timeout 30 --max-seconds %d", PYTHON,
+    sc.port, q(sc.phase), q(sc.ack), q(save),
+    math.ceil(warm + BIG_WINDOW * (BIG_WINDOWS + SCRAPE_WINDOWS) + 180)), out)
+  local list = measure_declared(kind, 10000, 10, warm, BIG_WINDOW,
+    BIG_WINDOWS, sc)
+  write(sc.phase, "done\n")   -- (in case the host ended early)
+  wait_for(function() return not alive(pid) end, 40)
+  stop(pid)
+  return list, lines_of(read(out) or ""), save
+end
+
+-- `promtool check metrics` on a saved exposition: { ok, lines, bytes },
+-- or nil and why not.
+local function promtool(path)
+  local tool = sh("command -v promtool 2>/dev/null"):gsub("%s+$", "")
+  if tool == "" then return nil, "promtool not installed" end
+  local f = io.open(path, "rb")
+  if not f then return nil, "no uncompressed /metrics scrape saved" end
+  local bytes = f:seek("end")
+  f:close()
+  local out = sh(fmt("%s check metrics < %s 2>&1; echo \"rc=$?\"", q(tool),
+    q(path)))
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  local lines = {}
+  for l in out:gmatch("[^\n]+") do
+    if not l:match("^rc=%d+$") then lines[#lines + 1] = l end
+  end
+  return { ok = rc == 0, rc = rc, lines = lines, bytes = bytes }
 end
 
 local BLACKBOX_YML = [[
@@ -409,16 +505,26 @@ local function bench()
   local big = {}
   for _, kind in ipairs({ "tcp", "http" }) do
     local warm = QUICK and 10.5 or 11
-    local l = measure_declared(kind, 10000, 10, warm, BIG_WINDOW, BIG_WINDOWS)
-    for i, r in ipairs(l) do
+    local all, scrapes, saved = measure_big(kind, warm)
+    local l, with = {}, {}
+    for i, r in ipairs(all) do
       r.kind, r.system = kind, "declared"
-      io.write(fmt("  10,000 %-4s window %d: %5.2f %% of a core  %6.1f MB  "
-        .. "runs %6d  ok %6d  skipped %s  p99 %s ms\n", kind, i,
-        r.cpu / r.seconds * 100, r.rss / 1048576, r.runs, r.ok,
-        r.skipped and tostring(r.skipped) or "n/a", ms(r.p99)))
+      if r.scrape then with[#with + 1] = r else l[#l + 1] = r end
+      io.write(fmt("  10,000 %-4s window %d%s: %5.2f %% of a core  %6.1f MB  "
+        .. "runs %6d  ok %6d  skipped %s  p99 %s ms  max %s ms\n", kind, i,
+        r.scrape and " (scrapes)" or "", r.cpu / r.seconds * 100,
+        r.rss / 1048576, r.runs, r.ok,
+        r.skipped and tostring(r.skipped) or "n/a", ms(r.p99), ms(r.max)))
+    end
+    local pt, why
+    if scrapes then
+      io.write(fmt("  10,000 %-4s scrapes: %d lines from the scraper\n", kind,
+        #scrapes))
+      pt, why = promtool(saved)
     end
     local small = measure_declared(kind, 1000, 10, warm, QUICK and 2 or 4, 1)
-    big[kind] = { big = l, small = small[1] }
+    big[kind] = { big = l, with = with, scrapes = scrapes, promtool = pt,
+      promtool_why = why, small = small[1] }
     if small[1] then
       io.write(fmt("  1,000 %-4s at period 10 s: %6.1f MB\n", kind,
         small[1].rss / 1048576))
@@ -561,6 +667,140 @@ local function bench()
     end
   end
 
+  -- the same 10,000 probes without and with scrapes
+  print()
+  print(fmt("10,000 declared probes at period 10 s, without and with an "
+    .. "external scraper polling GET /metrics (Accept-Encoding: gzip) and "
+    .. "GET /status, each every 1 s (%d + %d windows of %g s):",
+    BIG_WINDOWS, SCRAPE_WINDOWS, BIG_WINDOW))
+  print(fmt("  %-5s %-8s %12s %8s %22s %7s %8s %7s %6s", "kind", "scrapes",
+    "% of a core", "RSS MB", "late p50/p99/max ms", "runs", "skipped",
+    "missed", "failed"))
+  local function kb(v) return v and fmt("%.0f", v / 1024) or "n/a" end
+  for _, kind in ipairs({ "tcp", "http" }) do
+    local b = big[kind]
+    for _, side in ipairs({ "without", "with" }) do
+      local list = side == "without" and b.big or b.with
+      local f = figures(list)
+      if f then
+        local pct, rss = {}, 0
+        for _, r in ipairs(list) do
+          pct[#pct + 1] = r.cpu / r.seconds * 100
+          rss = math.max(rss, r.rss)
+        end
+        local late = f.has_late and fmt("%s/%s/%s", ms(median(f.p50)),
+          ms(median(f.p99)), ms(median(f.max))) or "n/a"
+        if side == "with" then
+          b.with_p99 = f.has_late and median(f.p99) or nil
+          b.with_pct = median(pct)
+        end
+        print(fmt("  %-5s %-8s %12.2f %8.1f %22s %7.0f %8s %7d %6d", kind,
+          side, median(pct), rss / 1048576, late, median(f.runs),
+          f.has_skipped and tostring(f.skipped) or "n/a", f.missed, f.fail))
+      else
+        print(fmt("  %-5s %-8s %12s", kind, side, "not measured"))
+      end
+    end
+  end
+  print("  CPU, lateness: medians of the windows; RSS: the largest; skipped, "
+    .. "missed, failed: totals")
+
+  print()
+  print("Scrapes at 10,000 probes (client side, the scraper's requests "
+    .. "started in the windows with scrapes):")
+  print(fmt("  %-5s %-9s %5s %6s %5s %-9s %11s %12s %18s", "kind", "path", "n",
+    "failed", "late", "encoding", "sent KB", "decoded KB",
+    "time med/max ms"))
+  for _, kind in ipairs({ "tcp", "http" }) do
+    local b = big[kind]
+    if not b.scrapes then
+      print(fmt("  %-5s not measured (no %s)", kind, PYTHON))
+    else
+      local in_window = {}
+      for _, r in ipairs(b.with) do in_window[r.window] = r end
+      local total, failed = 0, 0
+      for _, path in ipairs({ "/metrics", "/status" }) do
+        local n, fail, late, wire, dec, secs, enc = 0, 0, 0, {}, {}, {}, {}
+        local errors, nerrors = {}, 0
+        for _, x in ipairs(b.scrapes) do
+          if x.path == path and not x.identity and in_window[x.window] then
+            n = n + 1
+            if x.error then
+              fail = fail + 1
+              local e = x.error:gsub("%d+", "N")
+              if not errors[e] then
+                nerrors = nerrors + 1
+                errors[e], errors[nerrors] = true, x.error
+              end
+            else
+              wire[#wire + 1], dec[#dec + 1] = x.wire, x.decoded
+              enc[x.encoding or "?"] = true
+            end
+            if x.late then late = late + 1 end
+            secs[#secs + 1] = x.seconds
+          end
+        end
+        total, failed = total + n, failed + fail
+        local encs = {}
+        for e in pairs(enc) do encs[#encs + 1] = e end
+        table.sort(encs)
+        local mx = 0
+        for _, v in ipairs(secs) do mx = math.max(mx, v) end
+        print(fmt("  %-5s %-9s %5d %6d %5d %-9s %11s %12s %18s", kind, path, n,
+          fail, late, #encs > 0 and table.concat(encs, ",") or "n/a",
+          kb(median(wire)), kb(median(dec)),
+          #secs > 0 and fmt("%s/%s", ms(median(secs)), ms(mx)) or "n/a"))
+        for i = 1, math.min(nerrors, 3) do
+          print(fmt("  %-5s %-9s failed: %s", kind, path, errors[i]))
+        end
+      end
+      b.nscrapes, b.failed_scrapes = total, failed
+      -- host CPU per scrape: the windows' CPU beyond the rate without
+      -- scrapes, over the scrapes started in them
+      local extra, seconds = 0, 0
+      local idle = b.pct and b.pct / 100
+      for _, r in ipairs(b.with) do
+        if idle then extra = extra + r.cpu - idle * r.seconds end
+        seconds = seconds + r.seconds
+      end
+      if idle and total > 0 then
+        b.cpu_per_scrape = extra / total
+        print(fmt("  %-5s host CPU per scrape: %.1f ms ((%.2f s of CPU in %g s "
+          .. "with scrapes - %.2f %% of a core without) / %d scrapes, either "
+          .. "path)", kind, b.cpu_per_scrape * 1e3, extra + idle * seconds,
+          seconds, idle * 100, total))
+      else
+        print(fmt("  %-5s host CPU per scrape: n/a (%d scrapes)", kind, total))
+      end
+      for _, x in ipairs(b.scrapes) do
+        if x.identity then
+          print(fmt("  %-5s one GET /metrics without Accept-Encoding: %s, "
+            .. "%s KB as sent (%s) in %s ms", kind,
+            x.error or "ok", kb(x.wire), x.encoding or "?", ms(x.seconds)))
+        end
+      end
+      local pt = b.promtool
+      if pt then
+        print(fmt("  %-5s promtool check metrics (that scrape, %.1f MB): %s",
+          kind, pt.bytes / 1048576, pt.ok and "pass"
+            or fmt("fail (exit %s)", tostring(pt.rc))))
+        for i = 1, math.min(#pt.lines, 5) do
+          print("          " .. pt.lines[i]:sub(1, 150))
+        end
+        if #pt.lines > 5 then
+          print(fmt("          (%d more lines)", #pt.lines - 5))
+        end
+      else
+        print(fmt("  %-5s promtool check metrics: skipped, %s", kind,
+          b.promtool_why or "not run"))
+      end
+    end
+  end
+  print("  sent: the body as sent (gzip when the server compresses: "
+    .. "Content-Encoding), decoded: uncompressed; medians over the scrapes;")
+  print("  time: request to last byte on the client (a new connection each); "
+    .. "late: started after its due second (the previous one ran over)")
+
   -- targets
   print()
   print("Targets (the benchmark never fails on a missed one):")
@@ -642,6 +882,29 @@ local function bench()
       missed),
     skipped == 0 and missed == 0)
   local hs, ms_ = stripped_size()
+  local worst_s, known_s, failed_s, nscr = 0, true, 0, 0
+  local pt_ok, pt_known = true, false
+  for _, kind in ipairs({ "tcp", "http" }) do
+    local b = big[kind]
+    if b.with_p99 then worst_s = math.max(worst_s, b.with_p99)
+    else known_s = false end
+    failed_s = failed_s + (b.failed_scrapes or 0)
+    nscr = nscr + (b.nscrapes or 0)
+    if b.promtool then
+      pt_known = true
+      pt_ok = pt_ok and b.promtool.ok
+    end
+  end
+  target_line("10,000 probes: lateness p99 with scrapes <= 5 ms",
+    known_s and fmt("p99 %.2f ms (worst)", worst_s * 1e3) or "n/a",
+    check(known_s and worst_s or nil, function(x) return x <= 0.005 end))
+  target_line("10,000 probes: no scrape failed or timed out",
+    fmt("%d of %d failed", failed_s, nscr),
+    check(nscr > 0 and failed_s or nil, function(x) return x == 0 end))
+  local pt_verdict = nil
+  if pt_known then pt_verdict = pt_ok end
+  target_line("10,000 probes: promtool check metrics clean",
+    pt_known and (pt_ok and "pass" or "fail") or "n/a", pt_verdict)
   target_line("stripped host + module < 300 KB", hs and fmt("%d + %d = %d KB",
     hs // 1024, ms_ // 1024, (hs + ms_) // 1024) or "n/a",
     check(hs and hs + ms_, function(x) return x < 300 * 1024 end))

@@ -1,8 +1,8 @@
 -- bench/declared.lua: N declared probes under the host, measured from
 -- inside (bench/bench.lua runs it).
 --
---   build/bin/sonde bench/declared.lua KIND TARGET N PERIOD WARMUP WINDOW \
---     WINDOWS
+--   build/bin/sonde [--listen ADDR] bench/declared.lua KIND TARGET N PERIOD \
+--     WARMUP WINDOW WINDOWS [SCRAPE_WINDOWS PHASE ACK]
 --
 -- Declares N probes `sonde.probe { name = "bench-<i>", period = PERIOD,
 -- tcp_socket | http_get | exec = ... }` (KIND tcp: TARGET a port on
@@ -26,6 +26,18 @@
 -- over their tickers, and skipped and the lateness are null: the
 -- skipped ticks are then only in the log (`probe_skipped`, counted by
 -- bench.lua from stderr).
+--
+-- With SCRAPE_WINDOWS (the host started with --listen), SCRAPE_WINDOWS
+-- more windows follow the WINDOWS ones, while bench/scraper.py polls
+-- /metrics and /status: this script tells it when through the file PHASE
+-- ("idle" until then; "scrape W" from the start of window W, after the
+-- figures are reset, to its end; then "pause W", and the window goes on
+-- until the scraper writes "pause W" to ACK: no scrape in flight, so
+-- that every scrape started in the window ends in it; "done" after the
+-- last window, and this script waits for "done" in ACK, the scraper's
+-- last fetch done, before exiting).  Those waits are 60 s at most.
+-- Each line has "scrape": true or false, and "seconds" is then the
+-- window's actual length.
 local sonde = require "sonde"
 local core = require "sonde.core"
 
@@ -33,8 +45,32 @@ local kind, target = arg[1], arg[2]
 local N, PERIOD = tonumber(arg[3]), tonumber(arg[4])
 local WARMUP, WINDOW, WINDOWS = tonumber(arg[5]), tonumber(arg[6]),
   tonumber(arg[7])
-assert(kind and target and N and PERIOD and WARMUP and WINDOW and WINDOWS,
-  "usage: declared.lua KIND TARGET N PERIOD WARMUP WINDOW WINDOWS")
+local SCRAPE_WINDOWS, PHASE, ACK = tonumber(arg[8] or "0"), arg[9], arg[10]
+assert(kind and target and N and PERIOD and WARMUP and WINDOW and WINDOWS
+  and SCRAPE_WINDOWS and (SCRAPE_WINDOWS == 0 or (PHASE and ACK)),
+  "usage: declared.lua KIND TARGET N PERIOD WARMUP WINDOW WINDOWS "
+  .. "[SCRAPE_WINDOWS PHASE ACK]")
+
+-- Waits (60 s at most) until ACK reads `s`.
+local function wait_ack(s)
+  for _ = 1, 3000 do
+    local f = io.open(ACK)
+    local v = f and f:read("l")
+    if f then f:close() end
+    if v == s then return true end
+    sonde.sleep(0.02)
+  end
+  return false
+end
+
+local function set_phase(s)
+  if not PHASE then return end
+  local tmp = PHASE .. ".tmp"
+  local f = assert(io.open(tmp, "w"))
+  f:write(s, "\n")
+  f:close()
+  assert(os.rename(tmp, PHASE))
+end
 
 local handler, spec
 if kind == "tcp" then
@@ -72,15 +108,22 @@ local function num(v)
 end
 
 sonde.sleep(WARMUP)
-for w = 1, WINDOWS do
+for w = 1, WINDOWS + SCRAPE_WINDOWS do
+  local scrape = w > WINDOWS
   -- (reading every probe's counters takes a while with 10,000 probes:
   -- done before the figures are reset and after they are read)
   local runs0, ok0, missed0 = sums()
   collectgarbage()     -- (and its garbage is not the window's)
   if stats then stats(true) end
-  local cpu0 = os.clock()
+  local cpu0, t0 = os.clock(), core.now()
+  if scrape then set_phase("scrape " .. w) end
   sonde.sleep(WINDOW)
-  local cpu = os.clock() - cpu0
+  if scrape then
+    set_phase("pause " .. w)
+    wait_ack("pause " .. w)
+  end
+  local cpu, seconds = os.clock() - cpu0, WINDOW
+  if scrape then seconds = core.now() - t0 end
   local s = stats and stats(false)
   local st = core.process_stats()
   local runs, ok, missed = sums()
@@ -94,11 +137,15 @@ for w = 1, WINDOWS do
     .. '"period":%g,"seconds":%g,"window":%d,"cpu":%.6f,"runs":%d,"ok":%d,'
     .. '"fail":%d,'
     .. '"skipped":%s,"missed":%d,"rss":%d,"p50":%s,"p99":%s,"max":%s,'
-    .. '"schedule_stats":%s}\n', kind, N, PERIOD, WINDOW, w, cpu, runs, ok,
-    fail,
+    .. '"schedule_stats":%s,"scrape":%s}\n', kind, N, PERIOD, seconds, w,
+    cpu, runs, ok, fail,
     skipped and string.format("%d", skipped) or "null", missed,
     math.floor(st.rss_bytes), num(s and s.p50), num(s and s.p99),
-    num(s and s.max), s and "true" or "false"))
+    num(s and s.max), s and "true" or "false", tostring(scrape)))
   io.stdout:flush()
+end
+if SCRAPE_WINDOWS > 0 then
+  set_phase("done")
+  wait_ack("done")
 end
 os.exit(0)
