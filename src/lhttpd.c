@@ -5,12 +5,18 @@
  *   core.listen(host, port, handler [, limits]) -> bound port | nil, err
  *   core.unlisten()
  *
- * handler(method, path, query, headers, id) -> status, body [, content_type];
+ * handler(method, path, query, headers, id)
+ *   -> status, body [, content_type [, encoding]];
  * `headers` is a table of the request's headers (lowercase name -> value;
- * the last of a repeated name), `id` an integer naming the request.  The
+ * the last of a repeated name), `id` an integer naming the request.
+ * `status` an integer (outside 100..599: 500), `body` a string, nil, or a
+ * function (a producer, below), `content_type` a string (default
+ * "text/plain; charset=utf-8"), `encoding` nil or "gzip".  Another shape
+ * is an error (500, reported as below).  The
  * handler may instead return the string "defer": the request stays open
  * (its request_timeout disarmed, and the connection's idle timeout too)
- * until core.listen_reply(id, status, body [, content_type]) answers it,
+ * until core.listen_reply(id, status, body [, content_type [, encoding]])
+ * answers it (body a string),
  * from any later callback (blackbox_exporter's /probe answers when its
  * probe is done).  listen_reply returns false when there is no such
  * pending request (already answered, or the server closed: closing
@@ -24,6 +30,43 @@
  * body's Content-Length.  One server per Lua state.  The handler may call
  * core.unlisten (or core.listen): the server is then freed from the loop
  * once the handler has returned, never under evhttp's feet.
+ *
+ * encoding "gzip": the body is compressed with zlib (gzip wrapper, RFC
+ * 1952; level 1), with `Content-Encoding: gzip` and `Vary:
+ * Accept-Encoding`; a HEAD answer's Content-Length is the compressed
+ * length.  Whether the client accepts gzip is the handler's business
+ * (its Accept-Encoding header); nothing here reads it.
+ *
+ * A producer (body a function) makes the body in steps: it is called
+ * with no argument, once per step, in protected mode like any callback,
+ * and returns a string to send (may be ""), or nil when the body is done.
+ * The answer goes with chunked transfer encoding (HTTP/1.1; to an
+ * HTTP/1.0 request without it, `Connection: close`, the body ending with
+ * the connection) and no Content-Length; gzip'd, each output is deflated
+ * (Z_NO_FLUSH: zlib may keep it for later) and the end flushes the rest.
+ * Flow control: after a step whose bytes were handed to evhttp, the next
+ * step runs only once they were written to the socket (evhttp's chunk
+ * callback), at the next loop turn; after a step with no bytes out, at
+ * the next loop turn (a zero timeout).  So one step costs the loop what
+ * one call of the producer does, timers and other connections run
+ * between steps, and a client that reads slowly is not buffered for.
+ * While a body streams, the connection's request_timeout is disarmed
+ * (armed again once the body is done); the idle timeout stays: a client
+ * that reads nothing (or a producer that returns only "") for that long
+ * has its connection closed, as does a client that goes away.  Then, or
+ * at core.unlisten, a new core.listen, or the state's close, the stream
+ * is freed: the producer is no longer called and is unreferenced (it is
+ * kept in the registry while the stream lives), zlib's state ended, its
+ * event freed.  A producer that raises, or returns something else than a
+ * string or nil (an error naming the type), has its error reported as any
+ * callback's; the connection is then closed without the terminating
+ * chunk, what was queued before written as far as the socket takes it:
+ * the client sees an incomplete reply, never one that looks whole (an
+ * HTTP/1.0 one, whose end is the close, is reset).  To a HEAD request, or
+ * with a status that has no body (1xx, 204, 304), the head only (no
+ * Content-Length) and the producer is never called.  One stream per
+ * connection at a time (evhttp reads the next request once an answer is
+ * done).
  *
  * limits (every field optional; the defaults in parentheses):
  *   max_connections   connections open at once (64).  At the cap the
@@ -53,7 +96,14 @@
  * count while they go on.
  *
  * Ownership: the server state (struct server) is malloc'd and pointed to
- * by a userdata kept in the registry; unlisten and __gc close it.
+ * by a userdata kept in the registry; unlisten and __gc close it.  A
+ * stream (struct stream) is malloc'd, on its server's list and its
+ * connection's (struct conn) `stream`; its producer is a registry
+ * reference.  It is freed at its end (before evhttp_send_reply_end), by
+ * the connection's close callback, or by the server's close (which closes
+ * its connection first).  A connection that fails mid-stream leaves its
+ * request to us (evhttp_connection_incoming_fail): the close callback
+ * frees it (evhttp_send_reply_end without a connection).
  *
  * Counting connections (libevent 2.1 has no cap of its own): evhttp asks
  * new_bev (evhttp_set_bevcb) for the bufferevent of each connection it
