@@ -64,7 +64,9 @@
  * the client sees an incomplete reply, never one that looks whole (an
  * HTTP/1.0 one, whose end is the close, is reset).  To a HEAD request, or
  * with a status that has no body (1xx, 204, 304), the head only (no
- * Content-Length) and the producer is never called.  One stream per
+ * Content-Length) and the producer is never called (nor is a string body
+ * sent with such a status); a handler that closed the server (core.unlisten)
+ * and returns a producer is answered 503.  One stream per
  * connection at a time (evhttp reads the next request once an answer is
  * done).
  *
@@ -833,6 +835,11 @@ static void on_request(struct evhttp_request *req, void *arg) {
                         "cannot stream a reply (out of memory): 500");
         evhttp_remove_header(oh, "Content-Type");
         status = 500;
+      } else if (lua_type(L, -3) == LUA_TFUNCTION && s->closing) {
+        /* core.unlisten from the handler: no stream to a closed server */
+        static const char msg[] = "shutting down\n";
+        status = 503;
+        evbuffer_add(out, msg, sizeof msg - 1);
       } else if (lua_type(L, -3) == LUA_TFUNCTION) {
         /* HEAD, or a status without a body: the head only, no
          * Content-Length (the producer is not called) */
