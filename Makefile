@@ -85,7 +85,7 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard include/sonde/*.h) src/internal.h src/lsond
 $(MODULE): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $^ $(CURL_LIBS) $(EVENT_LIBS) $(SSL_LIBS) \
-	  $(CARES_LIBS) -lm
+	  $(CARES_LIBS) -lz -lm
 
 # The host exports Lua's symbols (-Wl,-E) so that C modules it loads link;
 # it holds no copy of the core: it loads the module (sonde.core) as any
@@ -109,7 +109,7 @@ $(RAW): bench/raw.c
 # (`make deps`, `make test-deps`).
 DEB_PKGS  := gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev \
              libevent-dev libssl-dev lua-yaml lua-cjson \
-             libc-ares-dev
+             libc-ares-dev zlib1g-dev
 TEST_PKGS := lua-busted luarocks procps openssl monitoring-plugins-basic \
              prometheus python3 lua-socket curl \
              python3-grpcio python3-grpc-tools dnsmasq-base \

@@ -31,6 +31,8 @@ external_dependencies = {
   OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
   -- DNS probes (libc-ares-dev)
   CARES = { header = "ares.h", library = "cares" },
+  -- gzip-compressed endpoint answers (zlib1g-dev)
+  ZLIB = { header = "zlib.h", library = "z" },
 }
 build = {
   type = "make",

@@ -5,12 +5,18 @@
  *   core.listen(host, port, handler [, limits]) -> bound port | nil, err
  *   core.unlisten()
  *
- * handler(method, path, query, headers, id) -> status, body [, content_type];
+ * handler(method, path, query, headers, id)
+ *   -> status, body [, content_type [, encoding]];
  * `headers` is a table of the request's headers (lowercase name -> value;
- * the last of a repeated name), `id` an integer naming the request.  The
+ * the last of a repeated name), `id` an integer naming the request.
+ * `status` an integer (outside 100..599: 500), `body` a string, nil, or a
+ * function (a producer, below), `content_type` a string (default
+ * "text/plain; charset=utf-8"), `encoding` nil or "gzip".  Another shape
+ * is an error (500, reported as below).  The
  * handler may instead return the string "defer": the request stays open
  * (its request_timeout disarmed, and the connection's idle timeout too)
- * until core.listen_reply(id, status, body [, content_type]) answers it,
+ * until core.listen_reply(id, status, body [, content_type [, encoding]])
+ * answers it (body a string),
  * from any later callback (blackbox_exporter's /probe answers when its
  * probe is done).  listen_reply returns false when there is no such
  * pending request (already answered, or the server closed: closing
@@ -24,6 +30,45 @@
  * body's Content-Length.  One server per Lua state.  The handler may call
  * core.unlisten (or core.listen): the server is then freed from the loop
  * once the handler has returned, never under evhttp's feet.
+ *
+ * encoding "gzip": the body is compressed with zlib (gzip wrapper, RFC
+ * 1952; level 1), with `Content-Encoding: gzip` and `Vary:
+ * Accept-Encoding`; a HEAD answer's Content-Length is the compressed
+ * length.  Whether the client accepts gzip is the handler's business
+ * (its Accept-Encoding header); nothing here reads it.
+ *
+ * A producer (body a function) makes the body in steps: it is called
+ * with no argument, once per step, in protected mode like any callback,
+ * and returns a string to send (may be ""), or nil when the body is done.
+ * The answer goes with chunked transfer encoding (HTTP/1.1; to an
+ * HTTP/1.0 request without it, `Connection: close`, the body ending with
+ * the connection) and no Content-Length; gzip'd, each output is deflated
+ * (Z_NO_FLUSH: zlib may keep it for later) and the end flushes the rest.
+ * Flow control: after a step whose bytes were handed to evhttp, the next
+ * step runs only once they were written to the socket (evhttp's chunk
+ * callback), at the next loop turn; after a step with no bytes out, at
+ * the next loop turn (a zero timeout).  So one step costs the loop what
+ * one call of the producer does, timers and other connections run
+ * between steps, and a client that reads slowly is not buffered for.
+ * While a body streams, the connection's request_timeout is disarmed
+ * (armed again once the body is done); the idle timeout stays: a client
+ * that reads nothing (or a producer that returns only "") for that long
+ * has its connection closed, as does a client that goes away.  Then, or
+ * at core.unlisten, a new core.listen, or the state's close, the stream
+ * is freed: the producer is no longer called and is unreferenced (it is
+ * kept in the registry while the stream lives), zlib's state ended, its
+ * event freed.  A producer that raises, or returns something else than a
+ * string or nil (an error naming the type), has its error reported as any
+ * callback's; the connection is then closed without the terminating
+ * chunk, what was queued before written as far as the socket takes it:
+ * the client sees an incomplete reply, never one that looks whole (an
+ * HTTP/1.0 one, whose end is the close, is reset).  To a HEAD request, or
+ * with a status that has no body (1xx, 204, 304), the head only (no
+ * Content-Length) and the producer is never called (nor is a string body
+ * sent with such a status); a handler that closed the server (core.unlisten)
+ * and returns a producer is answered 503.  One stream per
+ * connection at a time (evhttp reads the next request once an answer is
+ * done).
  *
  * limits (every field optional; the defaults in parentheses):
  *   max_connections   connections open at once (64).  At the cap the
@@ -53,7 +98,14 @@
  * count while they go on.
  *
  * Ownership: the server state (struct server) is malloc'd and pointed to
- * by a userdata kept in the registry; unlisten and __gc close it.
+ * by a userdata kept in the registry; unlisten and __gc close it.  A
+ * stream (struct stream) is malloc'd, on its server's list and its
+ * connection's (struct conn) `stream`; its producer is a registry
+ * reference.  It is freed at its end (before evhttp_send_reply_end), by
+ * the connection's close callback, or by the server's close (which closes
+ * its connection first).  A connection that fails mid-stream leaves its
+ * request to us (evhttp_connection_incoming_fail): the close callback
+ * frees it (evhttp_send_reply_end without a connection).
  *
  * Counting connections (libevent 2.1 has no cap of its own): evhttp asks
  * new_bev (evhttp_set_bevcb) for the bufferevent of each connection it
@@ -70,11 +122,14 @@
  * every conn (close callbacks unset) before evhttp frees the connections.
  */
 #define _GNU_SOURCE
+#define ZLIB_CONST
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <lauxlib.h>
@@ -84,6 +139,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
+#include <zlib.h>
 
 #include "logq.h"
 #include "lsonde.h"
@@ -103,6 +160,7 @@ struct conn {
   struct bufferevent *bev;       /* until on_attach (a reference of ours) */
   struct evhttp_connection *evcon;   /* from on_attach */
   struct event *deadline;        /* request_timeout */
+  struct stream *stream;         /* the reply being streamed on it */
   struct conn *prev, *next;
 };
 
@@ -126,6 +184,23 @@ struct server {
   struct pending *pending;       /* deferred requests */
   lua_Integer next_id;           /* of the next request */
   struct timeval idle_tv;        /* the connections' idle timeout */
+  struct stream *streams;        /* replies being streamed */
+};
+
+/* A reply whose body a Lua producer makes, one call per step. */
+struct stream {
+  struct server *s;
+  struct conn *c;
+  struct evhttp_request *req;
+  struct event *step;            /* the next producer call (a loop turn) */
+  lua_State *L;                  /* the main thread (the producer's ref) */
+  int ref;                       /* registry: the producer */
+  int gzip;                      /* z is set up */
+  z_stream z;
+  int http10;                    /* an HTTP/1.0 request: no chunks */
+  int in_call;                   /* inside the producer */
+  int dead;                      /* closed during the call: freed after */
+  struct stream *prev, *next;
 };
 
 /* A request the handler deferred ("defer"), until core.listen_reply. */
@@ -226,10 +301,24 @@ static void conn_free(struct conn *c) {
 
 /* evhttp frees the connection (end of the exchange, idle timeout, error,
  * request_timeout below, evhttp_free). */
+static void stream_release(struct stream *st);
+
 static void on_close(struct evhttp_connection *evcon, void *arg) {
   struct conn *c = arg;
   struct server *s = c->s;
   (void)evcon;
+  if (c->stream) {       /* mid-stream: the client went, or a timeout */
+    struct stream *st = c->stream;
+    struct evhttp_request *req = st->req;
+    /* a failed connection leaves its unfinished request to its user
+     * (evhttp_connection_incoming_fail); one freed otherwise is freed
+     * with the connection */
+    int ours = !st->dead && evhttp_request_get_connection(req) == NULL;
+    c->stream = NULL;
+    st->c = NULL;
+    stream_release(st);
+    if (ours) evhttp_send_reply_end(req);     /* frees it */
+  }
   conn_free(c);
   maybe_accept(s);
 }
@@ -324,6 +413,320 @@ static void push_headers(lua_State *L, struct evhttp_request *req) {
   }
 }
 
+/* A status with no body (RFC 9110 6.4.1): 1xx, 204, 304. */
+static int bodiless(int status) {
+  return status < 200 || status == 204 || status == 304;
+}
+
+/* ---- gzip ----------------------------------------------------------------- */
+
+/* A gzip stream (RFC 1952), level 1: zlib's deflate with its gzip wrapper
+ * (windowBits 15 + 16).  0, or -1 (no memory). */
+static int gz_init(z_stream *z) {
+  memset(z, 0, sizeof *z);
+  return deflateInit2(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) ==
+                 Z_OK
+             ? 0
+             : -1;
+}
+
+/* Deflate `n` bytes at `in` onto `out`; flush Z_NO_FLUSH (zlib may keep
+ * them for later) or Z_FINISH (the end of the stream: everything out).
+ * 0, or -1 (no memory, or zlib failed). */
+static int gz_put(z_stream *z, const char *in, size_t n, int flush,
+                  struct evbuffer *out) {
+  if (n == 0 && flush == Z_NO_FLUSH) return 0;
+  for (;;) {
+    size_t take = n > (1u << 30) ? (size_t)1 << 30 : n;
+    int f = take == n ? flush : Z_NO_FLUSH;
+    z->next_in = (const Bytef *)in;
+    z->avail_in = (uInt)take;
+    for (;;) {
+      struct evbuffer_iovec v;
+      if (evbuffer_reserve_space(out, 16384, &v, 1) < 1) return -1;
+      if (v.iov_len > (1u << 30)) v.iov_len = (size_t)1 << 30;
+      z->next_out = v.iov_base;
+      z->avail_out = (uInt)v.iov_len;
+      int rc = deflate(z, f);
+      v.iov_len -= z->avail_out;
+      if (evbuffer_commit_space(out, &v, 1) != 0) return -1;
+      if (rc == Z_STREAM_END) return 0;
+      if (rc != Z_OK && rc != Z_BUF_ERROR) return -1;
+      if (z->avail_out != 0 && z->avail_in == 0) {
+        if (f != Z_FINISH) break;
+        if (rc == Z_BUF_ERROR) return -1;     /* no progress at the end */
+      }
+    }
+    in += take;
+    n -= take;
+    if (n == 0) return 0;
+  }
+}
+
+/* The body of a whole answer: `n` bytes at `body` (NULL: none) onto
+ * `out`, gzip-compressed when asked (with Content-Encoding and Vary).  To
+ * a HEAD request only its Content-Length (evhttp 2.1 writes whatever is
+ * in the buffer, and a body after a HEAD answer would be read as the
+ * start of the next answer on a kept connection).  0, or -1 (no memory:
+ * nothing added). */
+static int put_body(struct evhttp_request *req, struct evbuffer *out,
+                    const char *body, size_t n, int gzip) {
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  int head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+  size_t len = body ? n : 0;
+  if (body && gzip) {
+    struct evbuffer *z_out = head ? evbuffer_new() : out;
+    z_stream z;
+    int rc = -1;
+    if (z_out && gz_init(&z) == 0) {
+      rc = gz_put(&z, body, n, Z_FINISH, z_out);
+      deflateEnd(&z);
+    }
+    len = z_out ? evbuffer_get_length(z_out) : 0;
+    if (head && z_out) evbuffer_free(z_out);
+    if (rc != 0) {
+      if (!head) evbuffer_drain(out, evbuffer_get_length(out));
+      return -1;
+    }
+    evhttp_add_header(h, "Content-Encoding", "gzip");
+    evhttp_add_header(h, "Vary", "Accept-Encoding");
+  } else if (body && !head) {
+    if (evbuffer_add(out, body, n) != 0) return -1;
+  }
+  if (head) {
+    char num[32];
+    snprintf(num, sizeof num, "%zu", len);
+    evhttp_add_header(h, "Content-Length", num);
+  }
+  return 0;
+}
+
+/* ---- streamed replies ----------------------------------------------------- */
+
+static const struct timeval zero_tv = {0, 0};
+
+static void on_written(struct evhttp_connection *evcon, void *arg);
+
+/* Free a stream (its producer unreferenced, zlib ended, its event
+ * freed), or, inside its producer's call, mark it for the caller to
+ * free.  Its request is not touched. */
+static void stream_free(struct stream *st) {
+  struct server *s = st->s;
+  if (st->prev) st->prev->next = st->next;
+  else s->streams = st->next;
+  if (st->next) st->next->prev = st->prev;
+  if (st->c && st->c->stream == st) st->c->stream = NULL;
+  if (st->step) event_free(st->step);
+  if (st->gzip) deflateEnd(&st->z);
+  if (st->ref != LUA_NOREF && st->ref != LUA_REFNIL &&
+      lua_checkstack(st->L, 4))
+    luaL_unref(st->L, LUA_REGISTRYINDEX, st->ref);
+  free(st);
+}
+
+static void stream_release(struct stream *st) {
+  if (st->c && st->c->stream == st) st->c->stream = NULL;
+  st->c = NULL;
+  if (st->in_call) {
+    st->dead = 1;
+    if (st->step) event_del(st->step);
+    return;
+  }
+  stream_free(st);
+}
+
+/* End a stream without its end: what is queued (the head, the chunks
+ * before) is written as far as the socket takes it at once, then the
+ * connection is closed, without the terminating chunk: the client sees
+ * an incomplete reply.  An HTTP/1.0 reply, whose end is the close, is
+ * reset instead (SO_LINGER 0), so that it does not look whole. */
+/* Reset the connection on `fd` (RST, not FIN), leaving the descriptor
+ * number open for its owner to shut down and close (evhttp shuts down
+ * before closing, which would send a FIN): the socket, lingering 0 s, is
+ * replaced by /dev/null (dup3 closes it). */
+static void reset_socket(evutil_socket_t fd) {
+  struct linger lg = {1, 0};
+  int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null < 0) return;
+  if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0)
+    dup3(null, fd, O_CLOEXEC);
+  close(null);
+}
+
+static void stream_abort(struct stream *st) {
+  struct evhttp_connection *evcon =
+      st->dead ? NULL : evhttp_request_get_connection(st->req);
+  int reset = st->http10;
+  stream_release(st);
+  if (!evcon) return;
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+  if (bev) {
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    evbuffer_write(bufferevent_get_output(bev), fd);
+    if (reset) reset_socket(fd);
+  }
+  evhttp_connection_free(evcon);     /* on_close frees the conn */
+}
+
+/* call_producer(producer) -> string | nil; raises for anything else. */
+static int call_producer(lua_State *L) {
+  lua_call(L, 0, 1);
+  int t = lua_type(L, -1);
+  if (t != LUA_TSTRING && t != LUA_TNIL)
+    return luaL_error(L, "core.listen: a body producer returned a %s "
+                      "(a string or nil expected)", lua_typename(L, t));
+  return 1;
+}
+
+/* The stream's end: the rest of zlib's output, the terminating chunk, the
+ * connection's request_timeout again. */
+static void stream_end(struct stream *st, struct evbuffer *rest) {
+  struct server *s = st->s;
+  struct evhttp_request *req = st->req;
+  struct conn *c = st->c;
+  if (evbuffer_get_length(rest) > 0) evhttp_send_reply_chunk(req, rest);
+  if (c && c->deadline && !s->closing)
+    evtimer_add(c->deadline, &s->request_tv);
+  stream_free(st);                /* before evhttp may close the conn */
+  evhttp_send_reply_end(req);
+}
+
+/* One step: one call of the producer, its bytes handed to evhttp.  The
+ * next step runs from on_written once they went out, or at the next loop
+ * turn when there were none (gzip kept them, or ""). */
+static void on_step(evutil_socket_t fd, short what, void *arg) {
+  struct stream *st = arg;
+  struct server *s = st->s;
+  (void)fd;
+  (void)what;
+  lua_State *L = s->closing ? NULL : sonde_lua_thread(s->core);
+  if (!L) {
+    stream_abort(st);
+    return;
+  }
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, call_producer);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, st->ref);
+  st->in_call = 1;
+  s->in_request++;
+  int ok = sonde_lua_pcall(s->core, 1, 1) == 0;
+  s->in_request--;
+  st->in_call = 0;
+  if (st->dead) {                 /* closed meanwhile (core.unlisten) */
+    lua_settop(L, top);
+    stream_free(st);
+    return;
+  }
+  struct evbuffer *buf = ok ? evbuffer_new() : NULL;
+  size_t n = 0;
+  const char *p = ok ? lua_tolstring(L, -1, &n) : NULL;
+  int rc = buf ? 0 : -1;
+  if (rc == 0 && st->gzip)
+    rc = gz_put(&st->z, p ? p : "", p ? n : 0, p ? Z_NO_FLUSH : Z_FINISH,
+                buf);
+  else if (rc == 0 && p)
+    rc = evbuffer_add(buf, p, n);
+  lua_settop(L, top);
+  if (rc != 0) {
+    if (ok)
+      sonde_logq_push(SONDE_LOG_ERROR, "http_stream",
+                      "out of memory streaming a reply: connection closed");
+    stream_abort(st);
+  } else if (!p) {
+    stream_end(st, buf);
+  } else if (evbuffer_get_length(buf) > 0) {
+    evhttp_send_reply_chunk_with_cb(st->req, buf, on_written, st);
+  } else {
+    evtimer_add(st->step, &zero_tv);
+  }
+  if (buf) evbuffer_free(buf);
+}
+
+/* The chunk went out (evhttp's output buffer is empty): the next step, at
+ * the next loop turn. */
+static void on_written(struct evhttp_connection *evcon, void *arg) {
+  struct stream *st = arg;
+  (void)evcon;
+  evtimer_add(st->step, &zero_tv);
+}
+
+/* Answer `req` with the producer on top of L's stack (popped): the head
+ * now, the body in steps.  0, or -1 (nothing sent, nothing kept). */
+static int stream_start(struct server *s, lua_State *L,
+                        struct evhttp_request *req, int status, int gzip) {
+  struct conn *c = conn_of(s, req);
+  struct stream *st = c && !c->stream ? calloc(1, sizeof *st) : NULL;
+  if (!st) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  st->s = s;
+  st->req = req;
+  st->L = s->core->main;
+  st->http10 = req->major < 1 || (req->major == 1 && req->minor < 1);
+  st->step = evtimer_new(s->base, on_step, st);
+  if (gzip && gz_init(&st->z) == 0) st->gzip = 1;
+  if (!st->step || (gzip && !st->gzip)) {
+    if (st->step) event_free(st->step);
+    if (st->gzip) deflateEnd(&st->z);
+    free(st);
+    lua_pop(L, 1);
+    return -1;
+  }
+  st->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  st->c = c;
+  c->stream = st;
+  st->next = s->streams;
+  if (s->streams) s->streams->prev = st;
+  s->streams = st;
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  if (gzip) {
+    evhttp_add_header(h, "Content-Encoding", "gzip");
+    evhttp_add_header(h, "Vary", "Accept-Encoding");
+  }
+  if (st->http10) {
+    /* the body ends with the connection: an HTTP/1.0 keep-alive would
+     * make evhttp 2.1 announce Content-Length: 0 */
+    evhttp_remove_header(evhttp_request_get_input_headers(req), "Connection");
+    evhttp_add_header(h, "Connection", "close");
+  }
+  /* the body may take longer than request_timeout: only the idle
+   * timeout (no byte read nor written for that long) cuts it */
+  if (c->deadline) evtimer_del(c->deadline);
+  evhttp_send_reply_start(req, status, NULL);
+  evtimer_add(st->step, &zero_tv);
+  return 0;
+}
+
+/* call_handler(handler, method, path, query, headers, id) -> status, body,
+ * content_type, encoding; or "defer".  Raises for answers of the wrong
+ * shape. */
+static int call_handler(lua_State *L) {
+  lua_call(L, 5, 4);
+  if (lua_type(L, -4) == LUA_TSTRING && strcmp(lua_tostring(L, -4), "defer") == 0)
+    return 4;
+  int isnum;
+  lua_Integer status = lua_tointegerx(L, -4, &isnum);
+  if (!isnum && !lua_isnil(L, -4))
+    return luaL_error(L, "core.listen: the handler's status is a %s "
+                      "(an integer expected)", luaL_typename(L, -4));
+  (void)status;
+  int t = lua_type(L, -3);
+  if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TFUNCTION &&
+      t != LUA_TNIL)
+    return luaL_error(L, "core.listen: the handler's body is a %s (a "
+                      "string, a function or nil expected)",
+                      lua_typename(L, t));
+  if (!lua_isnil(L, -2) && lua_type(L, -2) != LUA_TSTRING)
+    return luaL_error(L, "core.listen: the handler's content type is a %s "
+                      "(a string expected)", luaL_typename(L, -2));
+  if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TSTRING ||
+                            strcmp(lua_tostring(L, -1), "gzip") != 0))
+    return luaL_error(L, "core.listen: the handler's encoding must be nil "
+                      "or \"gzip\"");
+  return 4;
+}
+
 /* Keep `req` open for core.listen_reply: no request_timeout nor idle
  * timeout while its answer is being made. */
 static int defer(struct server *s, struct evhttp_request *req,
@@ -345,7 +748,7 @@ static int defer(struct server *s, struct evhttp_request *req,
 
 /* Answer a deferred request (and free its entry). */
 static void answer(struct server *s, struct pending *p, int status,
-                   const char *body, size_t n, const char *ctype) {
+                   const char *body, size_t n, const char *ctype, int gzip) {
   struct evhttp_request *req = p->req;
   free(p);
   struct evbuffer *out = evbuffer_new();
@@ -360,17 +763,14 @@ static void answer(struct server *s, struct pending *p, int status,
     evhttp_send_error(req, 500, NULL);
     return;
   }
-  if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
-    char len[32];
-    snprintf(len, sizeof len, "%zu", body ? n : (size_t)0);
-    evhttp_add_header(evhttp_request_get_output_headers(req),
-                      "Content-Length", len);
-  } else if (body) {
-    evbuffer_add(out, body, n);
+  if (status < 100 || status > 599) status = 500;
+  if (put_body(req, out, bodiless(status) ? NULL : body, n, gzip) != 0) {
+    evhttp_send_error(req, 500, NULL);
+    evbuffer_free(out);
+    return;
   }
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     ctype ? ctype : "text/plain; charset=utf-8");
-  if (status < 100 || status > 599) status = 500;
   struct bufferevent *bev =
       evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
   evhttp_send_reply(req, status, NULL, out);
@@ -390,12 +790,14 @@ static void on_request(struct evhttp_request *req, void *arg) {
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
   const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
   const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+  struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
   if (!out) {
     evhttp_send_error(req, 500, NULL);
     return;
   }
   if (L) {
     int top = lua_gettop(L);
+    lua_pushcfunction(L, call_handler);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &handler_key);
     lua_pushstring(L, method_name(evhttp_request_get_command(req)));
     lua_pushstring(L, path && *path ? path : "/");
@@ -405,43 +807,64 @@ static void on_request(struct evhttp_request *req, void *arg) {
     lua_Integer id = ++s->next_id;
     lua_pushinteger(L, id);
     s->in_request++;
-    int ok = sonde_lua_pcall(s->core, 5, 3) == 0;
-    if (ok && lua_type(L, -3) == LUA_TSTRING &&
-        strcmp(lua_tostring(L, -3), "defer") == 0) {
-      s->in_request--;
+    int ok = sonde_lua_pcall(s->core, 6, 4) == 0;
+    s->in_request--;
+    if (ok && lua_type(L, -4) == LUA_TSTRING &&
+        strcmp(lua_tostring(L, -4), "defer") == 0) {
       lua_settop(L, top);
       evbuffer_free(out);
       if (defer(s, req, id) != 0) evhttp_send_error(req, 500, NULL);
       return;
     }
     if (ok) {
-      status = (int)luaL_optinteger(L, -3, 500);
-      size_t n = 0;
-      const char *body = lua_tolstring(L, -2, &n);
-      /* HEAD: the length GET would have, no body (evhttp 2.1 writes
-       * whatever is in the buffer, and a body after a HEAD answer would
-       * be read as the start of the next answer on a kept connection) */
-      if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
-        char len[32];
-        snprintf(len, sizeof len, "%zu", body ? n : (size_t)0);
-        evhttp_add_header(evhttp_request_get_output_headers(req),
-                          "Content-Length", len);
-      } else if (body) {
-        evbuffer_add(out, body, n);
+      status = lua_isnil(L, -4) ? 500 : (int)lua_tointeger(L, -4);
+      if (status < 100 || status > 599) status = 500;
+      int gzip = !lua_isnil(L, -1);
+      if (lua_type(L, -2) == LUA_TSTRING) ctype = lua_tostring(L, -2);
+      evhttp_add_header(oh, "Content-Type", ctype);
+      if (lua_type(L, -3) == LUA_TFUNCTION &&
+          evhttp_request_get_command(req) != EVHTTP_REQ_HEAD &&
+          !bodiless(status) && !s->closing) {
+        lua_pushvalue(L, -3);
+        if (stream_start(s, L, req, status, gzip) == 0) {
+          lua_settop(L, top);
+          evbuffer_free(out);
+          return;
+        }
+        sonde_logq_push(SONDE_LOG_ERROR, "http_stream",
+                        "cannot stream a reply (out of memory): 500");
+        evhttp_remove_header(oh, "Content-Type");
+        status = 500;
+      } else if (lua_type(L, -3) == LUA_TFUNCTION && s->closing) {
+        /* core.unlisten from the handler: no stream to a closed server */
+        static const char msg[] = "shutting down\n";
+        status = 503;
+        evbuffer_add(out, msg, sizeof msg - 1);
+      } else if (lua_type(L, -3) == LUA_TFUNCTION) {
+        /* HEAD, or a status without a body: the head only, no
+         * Content-Length (the producer is not called) */
+        if (gzip) {
+          evhttp_add_header(oh, "Content-Encoding", "gzip");
+          evhttp_add_header(oh, "Vary", "Accept-Encoding");
+        }
+      } else {
+        size_t n = 0;
+        const char *body = lua_tolstring(L, -3, &n);
+        if (bodiless(status)) body = NULL;
+        if (put_body(req, out, body, n, gzip) != 0) {
+          sonde_logq_push(SONDE_LOG_ERROR, "http_stream",
+                          "cannot compress a reply (out of memory): 500");
+          evhttp_remove_header(oh, "Content-Encoding");
+          evhttp_remove_header(oh, "Vary");
+          status = 500;
+        }
       }
-      if (lua_type(L, -1) == LUA_TSTRING) ctype = lua_tostring(L, -1);
-      evhttp_add_header(evhttp_request_get_output_headers(req),
-                        "Content-Type", ctype);
     }
-    s->in_request--;
     lua_settop(L, top);
   }
-  if (status < 100 || status > 599) status = 500;
   /* RFC 9110 15.5.6: a 405 names the methods allowed; the endpoints
    * (sonde.endpoints) answer GET and HEAD only */
-  if (status == 405)
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
-                      "GET, HEAD");
+  if (status == 405) evhttp_add_header(oh, "Allow", "GET, HEAD");
   if (!s->closing) {              /* the next request's deadline */
     struct conn *c = conn_of(s, req);
     if (c && c->deadline) evtimer_add(c->deadline, &s->request_tv);
@@ -481,6 +904,11 @@ static void server_close(struct server *s) {
       *p = s->next_server;
       break;
     }
+  struct stream *next;
+  for (struct stream *st = s->streams; st; st = next) {
+    next = st->next;              /* (one in its producer's call stays) */
+    if (!st->dead) stream_abort(st);
+  }
   while (s->conns) {              /* forget them: evhttp closes them */
     struct conn *c = s->conns;
     if (c->evcon) evhttp_connection_set_closecb(c->evcon, NULL, NULL);
@@ -495,7 +923,7 @@ static void server_close(struct server *s) {
     struct pending *p = s->pending;
     s->pending = p->next;
     static const char msg[] = "shutting down\n";
-    answer(s, p, 503, msg, sizeof msg - 1, NULL);
+    answer(s, p, 503, msg, sizeof msg - 1, NULL, 0);
   }
   if (s->in_request) {
     struct timeval now = {0, 0};
@@ -624,13 +1052,17 @@ static int l_core_listen(lua_State *L) {
   return 1;
 }
 
-/* core.listen_reply(id, status, body [, content_type]) -> boolean */
+/* core.listen_reply(id, status, body [, content_type [, encoding]]) ->
+ * boolean */
 static int l_core_listen_reply(lua_State *L) {
   lua_Integer id = luaL_checkinteger(L, 1);
   int status = (int)luaL_checkinteger(L, 2);
   size_t n = 0;
   const char *body = luaL_optlstring(L, 3, "", &n);
   const char *ctype = luaL_optstring(L, 4, NULL);
+  const char *enc = luaL_optstring(L, 5, NULL);
+  luaL_argcheck(L, !enc || strcmp(enc, "gzip") == 0, 5,
+                "encoding must be nil or \"gzip\"");
   lua_rawgetp(L, LUA_REGISTRYINDEX, &httpd_key);
   struct lhttpd *h = lua_touserdata(L, -1);
   struct server *s = h ? h->s : NULL;
@@ -642,7 +1074,7 @@ static int l_core_listen_reply(lua_State *L) {
     if ((*pp)->id == id) {
       struct pending *p = *pp;
       *pp = p->next;
-      answer(s, p, status, body, n, ctype);
+      answer(s, p, status, body, n, ctype, enc != NULL);
       lua_pushboolean(L, 1);
       return 1;
     }

@@ -34,11 +34,11 @@ Server.__index = Server
 
 local servers = {}
 
-local function start(limits)
+local function start(limits, text)
   local dir = helpers.scratch()
   local s = setmetatable({ out = dir .. "/out", err = dir .. "/err",
     pidfile = dir .. "/pid", rcfile = dir .. "/rc" }, Server)
-  local script = helpers.write(dir .. "/server.lua", SERVER)
+  local script = helpers.write(dir .. "/server.lua", text or SERVER)
   local lua = os.getenv("SONDE_LUA") or "lua5.4"
   local inner = string.format("%s %s %s %s </dev/null >%s 2>%s & echo $! >%s; "
     .. "wait $!; echo $? >%s", helpers.lua_env(), q(lua), q(script), q(limits),
@@ -303,5 +303,346 @@ describe("libevent's own messages", function()
     for _, e in ipairs(evs) do dropped = dropped + (e.dropped or 0) end
     assert.are.equal(50 - #texts, dropped, out)
     assert.are.equal(1, #helpers.select(evs, "log_dropped"), out)
+  end)
+end)
+
+-- The streaming server: producers of every kind, and what they did
+-- (GET /calls: the producers' calls so far; GET /ticks: a 10 ms timer's
+-- ticks while /busy streamed).  Errors of callbacks go to stderr, one
+-- "ERR" line each.
+local STREAM_SERVER = [[
+local core = require "sonde.core"
+local log = require "sonde.log"
+log.set_format("json")
+local limits = load("return " .. arg[1])()
+core.on_error(function(e)
+  io.stderr:write("ERR ", (tostring(e):gsub("\n", " | ")), "\n")
+  io.stderr:flush()
+end)
+local calls, ticks, during = 0, 0, nil
+local quit
+local function tick()
+  ticks = ticks + 1
+  if not quit then core.timer(0.01, tick) end
+end
+core.timer(0.01, tick)
+-- piece i of a body: its number, padded, repeated to `size` bytes
+local function piece(i, size)
+  local unit = ("%08d\n"):format(i)
+  return unit:rep(size // #unit + 1):sub(1, size)
+end
+local function pieces(n, size)
+  local i = 0
+  return function()
+    calls = calls + 1
+    i = i + 1
+    if i > n then return nil end
+    return piece(i, size)
+  end
+end
+local function arg_of(q, k) return tonumber((q or ""):match(k .. "=(%d+)")) end
+local port = assert(core.listen("127.0.0.1", 0, function(method, path, q)
+  local n, size = arg_of(q, "n") or 80, arg_of(q, "size") or 65536
+  if path == "/stream" then
+    return 200, pieces(n, size), "text/plain"
+  elseif path == "/gzstream" then
+    return 200, pieces(n, size), "text/plain", "gzip"
+  elseif path == "/gz" then
+    return 200, piece(1, size), "text/plain", "gzip"
+  elseif path == "/empty" then       -- "" steps, then a few bytes
+    local i = 0
+    return 200, function()
+      calls = calls + 1
+      i = i + 1
+      if i <= 50 then return "" end
+      if i == 51 then return "end\n" end
+    end
+  elseif path == "/raise" then
+    local next_piece = pieces(1000, 1000)
+    local i = 0
+    return 200, function()
+      i = i + 1
+      if i > 3 then error("producer failed on purpose") end
+      return next_piece()
+    end, "text/plain", q == "gzip" and "gzip" or nil
+  elseif path == "/table" then
+    return 200, function() return {} end
+  elseif path == "/endless" then   -- until the client goes
+    return 200, function()
+      calls = calls + 1
+      return piece(calls, 65536)
+    end
+  elseif path == "/busy" then      -- 200 steps of 2 ms of CPU each
+    local i = 0
+    return 200, function()
+      calls = calls + 1
+      i = i + 1
+      if i == 1 then during = ticks end
+      if i > 200 then
+        during = ticks - during
+        return nil
+      end
+      local t = os.clock()
+      while os.clock() - t < 0.002 do end
+      return "x"
+    end
+  elseif path == "/calls" then
+    return 200, tostring(calls) .. "\n"
+  elseif path == "/ticks" then
+    return 200, tostring(during) .. "\n"
+  elseif path == "/quit" then
+    quit = true
+    core.unlisten()
+    return 200, "bye\n"
+  end
+  return 404, "no\n"
+end, limits))
+io.stdout:write(port, "\n")
+io.stdout:flush()
+core.run()
+io.stdout:write("done\n")
+io.stdout:flush()
+]]
+
+-- What curl got: its exit code, the body (decoded with --compressed),
+-- the head; opts: path, compressed, http10, head (-I), raw.
+local function curl(port, path, opts)
+  opts = opts or {}
+  local dir = helpers.scratch()
+  local cmd = string.format("env -u LD_PRELOAD -u ASAN_OPTIONS -u UBSAN_OPTIONS "
+    .. "curl -sS --max-time 20 %s %s %s %s -D %s -o %s %s 2>%s",
+    opts.compressed and "--compressed" or "", opts.http10 and "--http1.0" or "",
+    opts.head and "-I" or "", opts.raw and "--raw" or "",
+    q(dir .. "/head"), q(dir .. "/body"),
+    q("http://127.0.0.1:" .. port .. path), q(dir .. "/err"))
+  local ok, _, rc = os.execute(cmd)
+  return ok and 0 or rc, helpers.read_file(dir .. "/body") or "",
+    helpers.read_file(dir .. "/head") or "", helpers.read_file(dir .. "/err")
+end
+
+-- A whole exchange on a raw connection: what came until the server
+-- closed it.
+local function raw_exchange(port, request)
+  local c = connect(port)
+  c:settimeout(10)
+  c:send(request)
+  local got, err, partial = c:receive("*a")
+  return got or partial, err
+end
+
+local function expected(n, size)
+  local parts = {}
+  for i = 1, n do
+    local unit = ("%08d\n"):format(i)
+    parts[i] = unit:rep(size // #unit + 1):sub(1, size)
+  end
+  return table.concat(parts)
+end
+
+-- The body of a chunked message (after the head), and whether it ended
+-- with the terminating chunk.
+local function dechunk(text)
+  local out, i = {}, 1
+  while true do
+    local size, j = text:match("^(%x+)\r\n()", i)
+    if not size then return table.concat(out), false end
+    size = tonumber(size, 16)
+    if size == 0 then return table.concat(out), text:sub(j, j + 1) == "\r\n" end
+    out[#out + 1] = text:sub(j, j + size - 1)
+    i = j + size + 2
+  end
+end
+
+local function value(s, path)
+  local _, body = curl(s.port, path)
+  return tonumber(body)
+end
+
+describe("core.listen: streamed replies", function()
+  local s
+  setup(function()
+    s = start("{ idle_timeout = 5, request_timeout = 1 }", STREAM_SERVER)
+  end)
+  after_each(function()
+    for _, c in ipairs(clients) do c:close() end
+    clients = {}
+    for _, x in ipairs(servers) do
+      if x ~= s then x:kill() end
+    end
+    servers = { s }
+  end)
+  teardown(function()
+    if s then s:kill() end
+    servers = {}
+    if s then assert.is_nil(s:stderr():find("AddressSanitizer", 1, true), s:stderr()) end
+  end)
+
+  it("a producer's 80 pieces of 64 KiB arrive whole and in order, chunked",
+    function()
+    local rc, body, head = curl(s.port, "/stream?n=80&size=65536")
+    assert.are.equal(0, rc)
+    assert.are.equal(80 * 65536, #body)
+    assert.is_true(body == expected(80, 65536), "the body differs")
+    assert.is_truthy(head:find("Transfer-Encoding: chunked", 1, true), head)
+    assert.is_nil(head:find("Content-Length", 1, true), head)
+    -- on the wire: chunks, the terminating one last; a reply that takes
+    -- longer than request_timeout (1 s) is not cut by it (a slow reader:
+    -- 32 MiB, more than the kernel's buffers, and a pause of 1.5 s)
+    local c = connect(s.port)
+    c:send("GET /stream?n=512&size=65536 HTTP/1.1\r\nHost: x\r\n\r\n")
+    local head_lines = {}
+    repeat
+      local line = assert(c:receive("*l"))
+      head_lines[#head_lines + 1] = line
+    until line == ""
+    assert.are.equal("HTTP/1.1 200 OK", head_lines[1])
+    local parts = {}
+    while true do
+      if #parts == 10 then helpers.sleep(1.5) end
+      local size = tonumber(assert(c:receive("*l")), 16)
+      if size == 0 then break end
+      parts[#parts + 1] = assert(c:receive(size))
+      assert.are.equal("", (c:receive("*l")))
+    end
+    assert.are.equal("", (c:receive("*l")))    -- the end of the last chunk
+    -- and the connection serves the next request (at once: the
+    -- request_timeout counts again from the end of the answer)
+    c:send("GET /calls HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert.are.equal("HTTP/1.1 200 OK", (c:receive("*l")))
+    assert.is_true(table.concat(parts) == expected(512, 65536))
+  end)
+
+  it("steps with no bytes out go on at the next loop turns", function()
+    local rc, body = curl(s.port, "/empty")
+    assert.are.equal(0, rc)
+    assert.are.equal("end\n", body)
+  end)
+
+  it("gzip: a string body and a streamed one decode to the original",
+    function()
+    local rc, body, head = curl(s.port, "/gz?size=100000", { compressed = true })
+    assert.are.equal(0, rc)
+    assert.is_true(body == expected(1, 100000), "the body differs")
+    assert.is_truthy(head:find("Content-Encoding: gzip", 1, true), head)
+    assert.is_truthy(head:find("Vary: Accept-Encoding", 1, true), head)
+    local clen = tonumber(head:match("Content%-Length: (%d+)"))
+    assert.is_truthy(clen and clen < 100000, head)
+    rc, body, head = curl(s.port, "/gzstream?n=80&size=65536", { compressed = true })
+    assert.are.equal(0, rc)
+    assert.is_true(body == expected(80, 65536), "the body differs")
+    assert.is_truthy(head:find("Content-Encoding: gzip", 1, true), head)
+    assert.is_truthy(head:find("Transfer-Encoding: chunked", 1, true), head)
+    -- compressed on the wire (the raw bytes are a gzip stream)
+    local _, raw = curl(s.port, "/gzstream?n=80&size=65536")
+    assert.is_true(#raw < 80 * 65536 // 4, "raw " .. #raw)
+    assert.are.equal("\31\139", raw:sub(1, 2))
+  end)
+
+  it("HEAD: the head only, the producer is never called", function()
+    local before = value(s, "/calls")
+    local got = raw_exchange(s.port,
+      "HEAD /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert.are.equal("HTTP/1.1 200 OK", got:match("^[^\r]*"))
+    assert.is_nil(got:find("Content-Length", 1, true), got)
+    assert.are.equal("\r\n\r\n", got:sub(-4), got)
+    assert.are.equal(before, value(s, "/calls"))
+  end)
+
+  it("HTTP/1.0: the body without chunks, ended by the close", function()
+    local got = raw_exchange(s.port, "GET /stream?n=10&size=1000 HTTP/1.0\r\n"
+      .. "Connection: keep-alive\r\n\r\n")
+    local head, body = got:match("^(.-\r\n\r\n)(.*)$")
+    assert.is_truthy(head, got:sub(1, 300))
+    assert.is_nil(head:find("chunked", 1, true), head)
+    assert.is_nil(head:find("Content-Length", 1, true), head)
+    assert.is_true(body == expected(10, 1000), "the body differs")
+  end)
+
+  it("a producer that raises: reported, and the reply ends without its "
+    .. "last chunk", function()
+    local rc, body = curl(s.port, "/raise")
+    assert.are.equal(18, rc)     -- CURLE_PARTIAL_FILE
+    assert.are.equal(3000, #body)
+    assert.is_truthy(until_true(function()
+      return s:stderr():find("ERR [^\n]*producer failed on purpose")
+    end), s:stderr())
+    local got = raw_exchange(s.port, "GET /raise HTTP/1.1\r\nHost: x\r\n\r\n")
+    local _, complete = dechunk(got:match("\r\n\r\n(.*)$"))
+    assert.is_false(complete)
+    -- gzip'd too; and HTTP/1.0 (whose end is the close) is reset
+    rc = curl(s.port, "/raise?gzip", { compressed = true })
+    assert.is_true(rc ~= 0)
+    rc = curl(s.port, "/raise", { http10 = true })
+    assert.are.equal(56, rc)     -- CURLE_RECV_ERROR: reset
+  end)
+
+  it("a producer returning a table: an error naming the type", function()
+    local rc = curl(s.port, "/table")
+    assert.are.equal(18, rc)
+    assert.is_truthy(until_true(function()
+      return s:stderr():find("ERR [^\n]*a body producer returned a table")
+    end), s:stderr())
+  end)
+
+  it("a client gone mid-stream frees the stream: no more calls, its "
+    .. "socket closed", function()
+    local base = s:sockets()
+    local c = connect(s.port)
+    c:send("GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.is_truthy(c:receive(200000))
+    c:close()
+    assert.is_truthy(until_true(function() return s:sockets() == base end),
+      "sockets " .. s:sockets() .. ", base " .. base)
+    local calls = value(s, "/calls")
+    helpers.sleep(0.3)
+    assert.are.equal(calls, value(s, "/calls") - 0)
+    -- many times over: the descriptors come back each time
+    for _ = 1, 20 do
+      c = connect(s.port)
+      c:send("GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+      assert.is_truthy(c:receive(1000))
+      c:close()
+    end
+    assert.is_truthy(until_true(function() return s:sockets() == base end),
+      "sockets " .. s:sockets() .. ", base " .. base)
+  end)
+
+  it("a client that stops reading is cut at the idle timeout", function()
+    local s2 = start("{ idle_timeout = 0.5, request_timeout = 60 }", STREAM_SERVER)
+    local base = s2:sockets()
+    local c = connect(s2.port)
+    c:send("GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.is_truthy(c:receive(1000))
+    -- the kernel's buffers fill, then nothing moves for 0.5 s
+    assert.is_truthy(until_true(function() return s2:sockets() == base end),
+      "sockets " .. s2:sockets() .. ", base " .. base)
+    assert.is_true(closed_within(c, 10))
+  end)
+
+  it("timers run between steps", function()
+    local rc, body = curl(s.port, "/busy")
+    assert.are.equal(0, rc)
+    assert.are.equal(200, #body)
+    -- 200 steps of 2 ms: a 10 ms timer fired in between (a loop held for
+    -- the whole body would show none)
+    local ticks = value(s, "/ticks")
+    assert.is_truthy(ticks and ticks >= 5, "ticks " .. tostring(ticks))
+  end)
+
+  it("core.unlisten during a stream: the stream ends unfinished, the "
+    .. "loop returns", function()
+    local s2 = start("{}", STREAM_SERVER)
+    local c = connect(s2.port)
+    c:send("GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert.is_truthy(c:receive(1000))
+    assert.are.equal("HTTP/1.1 200 OK", (exchange(s2.port,
+      "GET /quit HTTP/1.1\r\nHost: x\r\n\r\n")))
+    assert.are.equal(0, s2:wait(10), s2:stderr())
+    assert.are.equal(s2.port .. "\ndone\n", s2:stdout())
+    c:settimeout(5)
+    local rest, err, partial = c:receive("*a")
+    local _, complete = dechunk(((rest or partial or ""):match("\r\n\r\n(.*)$")) or "")
+    assert.is_false(complete, tostring(err))
+    assert.is_nil(s2:stderr():find("AddressSanitizer", 1, true), s2:stderr())
   end)
 end)

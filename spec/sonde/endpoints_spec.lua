@@ -540,3 +540,226 @@ describe("sonde.endpoints.route: text bodies", function()
     assert.are.equal(503, status)
   end)
 end)
+
+describe("/status for many probes: one, by pages, whole; gzip", function()
+  local socket = require "socket"
+  local N = 3000
+  local dir, h, port
+  -- (a probe name with bytes a URL must escape)
+  local ODD = "odd name/é&x=1"
+
+  -- curl, outside the sanitizers' preloads: exit code, body, head
+  local function curl(path, args)
+    local d = helpers.scratch()
+    local ok, _, rc = os.execute(string.format("env -u LD_PRELOAD -u ASAN_OPTIONS "
+      .. "-u UBSAN_OPTIONS curl -sS --max-time 30 %s -D %s -o %s %s 2>/dev/null",
+      args or "", q(d .. "/head"), q(d .. "/body"),
+      q("http://127.0.0.1:" .. port .. path)))
+    local head = helpers.read_file(d .. "/head") or ""
+    return ok and 0 or rc, helpers.read_file(d .. "/body") or "", head,
+      tonumber(head:match("^HTTP/%S+ (%d+)"))
+  end
+
+  local function json_of(path, args)
+    local rc, body, head, status = curl(path, args)
+    assert.are.equal(0, rc, path)
+    assert.are.equal(200, status, path .. ": " .. head .. body:sub(1, 200))
+    local v, err = helpers.json_decode(body)
+    assert.is_truthy(v, path .. ": invalid JSON (" .. tostring(err) .. ")")
+    return v, head, body
+  end
+
+  local function count(t)
+    local n = 0
+    for _ in pairs(t) do n = n + 1 end
+    return n
+  end
+
+  setup(function()
+    dir = helpers.tmpdir()
+    -- a loopback port where nothing listens
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, closed = s:getsockname()
+    s:close()
+    local path = helpers.write(dir .. "/many.lua", string.format([[
+      local sonde = require "sonde"
+      sonde.service { name = "sleeper", command = { "sleep", "600" } }
+      for i = 1, %d do
+        sonde.probe { name = "tcp-" .. i, kind = "readiness", period = 3600,
+          tcp_socket = { host = "127.0.0.1", port = %d } }
+      end
+      sonde.probe { name = %q, kind = "liveness", period = 3600,
+        exec = { command = { "true" } } }
+    ]], N - 1, closed, ODD))
+    h = helpers.host_start { "--log-format", "json", "--listen", "127.0.0.1:0",
+      path }
+    port = listen_port(h)
+  end)
+
+  teardown(function()
+    if h then h:cleanup() end
+    if dir then helpers.rmtree(dir) end
+  end)
+
+  it("the whole /status is streamed: valid JSON with every probe", function()
+    local st, head = json_of("/status")
+    assert.is_truthy(head:find("Transfer-Encoding: chunked", 1, true), head)
+    assert.is_nil(head:find("Content-Encoding", 1, true), head)
+    assert.are.equal(N, count(st.probes))
+    for i = 1, N - 1 do
+      local p = st.probes["tcp-" .. i]
+      assert.is_truthy(p, "tcp-" .. i)
+      assert.are.equal("readiness", p.kind)
+    end
+    assert.are.equal("liveness", st.probes[ODD].kind)
+    assert.are.equal("running", st.services.sleeper.state)
+    assert.is_string(st.version)
+    assert.is_nil(st.page)
+  end)
+
+  it("?probe=NAME: that probe only; 404 for none", function()
+    local st = json_of("/status?probe=tcp-17")
+    assert.are.same({ "tcp-17" }, (function()
+      local k = {}
+      for name in pairs(st.probes) do k[#k + 1] = name end
+      return k
+    end)())
+    assert.are.equal("readiness", st.probes["tcp-17"].kind)
+    assert.is_nil(st.services)
+    assert.is_nil(st.pods)
+    assert.is_string(st.version)
+    -- percent-decoded
+    st = json_of("/status?probe=odd%20name%2F%C3%A9%26x%3D1")
+    assert.are.equal("liveness", st.probes[ODD].kind)
+    local _, body, _, status = curl("/status?probe=tcp-999999")
+    assert.are.equal(404, status)
+    assert.are.equal("no probe named tcp-999999\n", body)
+  end)
+
+  it("pages: every probe once, in declaration order, with total and next",
+    function()
+    local seen, order, offset, pages = {}, {}, 0, 0
+    while offset do
+      local st = json_of("/status?limit=700&offset=" .. offset
+        .. (pages == 1 and "&output=1" or ""))
+      pages = pages + 1
+      assert.are.equal(offset, math.tointeger(st.page.offset))
+      assert.are.equal(700, math.tointeger(st.page.limit))
+      assert.are.equal(N, math.tointeger(st.page.total))
+      assert.are.equal("running", st.services.sleeper.state)
+      local n = count(st.probes)
+      assert.are.equal(math.min(700, N - offset), n)
+      for name in pairs(st.probes) do
+        assert.is_nil(seen[name], name .. " twice")
+        seen[name] = true
+        order[#order + 1] = name
+      end
+      if offset + 700 < N then
+        assert.are.equal(offset + 700, math.tointeger(st.page.next))
+      else
+        assert.is_nil(st.page.next)
+      end
+      offset = math.tointeger(st.page.next)
+    end
+    assert.are.equal(5, pages)
+    assert.are.equal(N, count(seen))
+    -- declaration order: page k holds tcp-(700k+1) .. tcp-(700k+700)
+    local st = json_of("/status?limit=2&offset=699")
+    assert.is_truthy(st.probes["tcp-700"] and st.probes["tcp-701"])
+    st = json_of("/status?limit=5&offset=" .. (N - 1))
+    assert.is_truthy(st.probes[ODD])
+    assert.is_nil(st.page.next)
+    st = json_of("/status?offset=" .. (N + 10))
+    assert.are.equal(0, count(st.probes))
+    assert.are.equal(10000, math.tointeger(st.page.limit))
+  end)
+
+  it("bad paging values: 400 naming the parameter", function()
+    for _, c in ipairs {
+      { "limit=0", "limit" }, { "limit=10001", "limit" },
+      { "limit=abc", "limit" }, { "limit=", "limit" },
+      { "limit=-5", "limit" }, { "offset=-1", "offset" },
+      { "offset=x&limit=3", "offset" }, { "limit=5&offset=1.5", "offset" },
+      { "offset=99999999999999999999999", "offset" },
+    } do
+      local _, body, _, status = curl("/status?" .. c[1])
+      assert.are.equal(400, status, c[1])
+      assert.is_truthy(body:find("^" .. c[2] .. " must be"), c[1] .. ": " .. body)
+    end
+  end)
+
+  it("gzip when Accept-Encoding accepts it, plain when not", function()
+    local _, raw, head = curl("/status", "-H 'Accept-Encoding: gzip'")
+    assert.is_truthy(head:find("Content-Encoding: gzip", 1, true), head)
+    assert.is_truthy(head:find("Vary: Accept-Encoding", 1, true), head)
+    assert.are.equal("\31\139", raw:sub(1, 2))
+    local st, _, plain = json_of("/status", "--compressed")
+    assert.are.equal(N, count(st.probes))
+    assert.is_true(#raw < #plain // 4, ("gzip %d, plain %d"):format(#raw, #plain))
+    -- /metrics too
+    _, raw, head = curl("/metrics", "-H 'Accept-Encoding: deflate, GZip;q=0.5'")
+    assert.is_truthy(head:find("Content-Encoding: gzip", 1, true), head)
+    local rc, text = curl("/metrics", "--compressed")
+    assert.are.equal(0, rc)
+    assert.is_truthy(text:find("\nsonde_build_info{", 1, true), text:sub(1, 300))
+    -- refused, or not asked: plain
+    for _, ae in ipairs { "gzip;q=0", "identity", "br, *;q=0", "" } do
+      _, raw, head = curl("/status", "-H 'Accept-Encoding: " .. ae .. "'")
+      assert.is_nil(head:find("Content-Encoding", 1, true), ae .. ": " .. head)
+      assert.is_truthy(helpers.json_decode(raw), ae)
+    end
+    -- the short answers stay plain
+    _, raw, head = curl("/healthz", "-H 'Accept-Encoding: gzip'")
+    assert.is_nil(head:find("Content-Encoding", 1, true), head)
+    assert.are.equal("ok\n", raw)
+    -- HEAD: the head of a gzip'd stream, no body
+    local rc2, _, head2 = curl("/status", "-I -H 'Accept-Encoding: gzip'")
+    assert.are.equal(0, rc2)
+    assert.is_truthy(head2:find("Content-Encoding: gzip", 1, true), head2)
+    assert.is_nil(head2:find("Content-Length", 1, true), head2)
+  end)
+end)
+
+describe("sonde.endpoints.accepts_gzip", function()
+  local endpoints = require "sonde.endpoints"
+  it("reads Accept-Encoding as RFC 9110 says", function()
+    local yes = { "gzip", "GZIP", "deflate, gzip", "gzip;q=0.5", " gzip ; q=1",
+      "*", "br, *", "x-gzip", "gzip;q=0.001, *;q=0" }
+    local no = { false, "", "identity", "gzip;q=0", "gzip; q=0.000", "deflate",
+      "*;q=0", "gzip;q=0, *", "br, gzip;q=0, *;q=1", "gzipx", "gzip;q=abc" }
+    for _, v in ipairs(yes) do
+      assert.is_true(endpoints.accepts_gzip(v), v)
+    end
+    for _, v in ipairs(no) do
+      assert.is_false(endpoints.accepts_gzip(v or nil), tostring(v))
+    end
+  end)
+
+  it("the streamed /status has the content of json.encode(M.status)",
+    function()
+    local json = require "sonde.json"
+    local probes, by = {}, {}
+    for i = 1, 100 do
+      local p = { name = "p" .. i, kind = "readiness", state = "success",
+        runs = i, stats = { counts = { success = i } },
+        streak_count = function() return i end,
+        last_result = { status = "success", output = ("o"):rep(300),
+          url = "http://u:secret@h/", body = "b" } }
+      probes[i], by[p.name] = p, p
+    end
+    local cfg = { probes = probes, probe_by_name = by, services = {
+      { name = "s", state = "running", restarts = 0, pid = 1 } } }
+    for _, full in ipairs { false, true } do
+      local prod, parts = endpoints.status_producer(cfg, full), {}
+      while true do
+        local s = prod()
+        if s == nil then break end
+        parts[#parts + 1] = s
+      end
+      assert.is_true(#parts > 100 // endpoints.STATUS_BATCH)
+      local got = assert(helpers.json_decode(table.concat(parts)))
+      local want = helpers.json_decode(json.encode(endpoints.status(cfg, full)))
+      assert.are.same(want, got)
+    end
+  end)
+end)
