@@ -9,8 +9,10 @@
  *   -> status, body [, content_type [, encoding]];
  * `headers` is a table of the request's headers (lowercase name -> value;
  * the last of a repeated name), `id` an integer naming the request.
- * `status` an integer (outside 100..599: 500), `body` a string, nil, or a
- * function (a producer, below), `content_type` a string (default
+ * `status` an integer (outside 100..599: 500), `body` a string, nil, a
+ * function (a producer, below) or a core.expo_stream (src/lexpo.c: read
+ * like a producer, STREAM_SLICE bytes per step, straight from C, without
+ * a Lua string per step), `content_type` a string (default
  * "text/plain; charset=utf-8"), `encoding` nil or "gzip".  Another shape
  * is an error (500, reported as below).  The
  * handler may instead return the string "defer": the request stays open
@@ -152,6 +154,7 @@
 #define BACKOFF_FIRST 0.05
 #define BACKOFF_MAX 1.0
 #define ACCEPT_LOG_EVERY 10.0    /* seconds between http_accept lines */
+#define STREAM_SLICE 65536       /* bytes read from a core.expo_stream per step */
 
 struct server;
 
@@ -605,11 +608,15 @@ static void on_step(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   int top = lua_gettop(L);
-  lua_pushcfunction(L, call_producer);
   lua_rawgeti(L, LUA_REGISTRYINDEX, st->ref);
+  int source = sonde_lexpo_is_stream(L, -1);  /* C bytes, no Lua string */
+  lua_pop(L, 1);
+  lua_pushcfunction(L, source ? sonde_lexpo_step : call_producer);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, st->ref);
+  if (source) lua_pushinteger(L, STREAM_SLICE);
   st->in_call = 1;
   s->in_request++;
-  int ok = sonde_lua_pcall(s->core, 1, 1) == 0;
+  int ok = sonde_lua_pcall(s->core, source ? 2 : 1, source ? 2 : 1) == 0;
   s->in_request--;
   st->in_call = 0;
   if (st->dead) {                 /* closed meanwhile (core.unlisten) */
@@ -619,7 +626,14 @@ static void on_step(evutil_socket_t fd, short what, void *arg) {
   }
   struct evbuffer *buf = ok ? evbuffer_new() : NULL;
   size_t n = 0;
-  const char *p = ok ? lua_tolstring(L, -1, &n) : NULL;
+  const char *p = NULL;
+  if (ok && source && lua_islightuserdata(L, -2)) {
+    p = lua_touserdata(L, -2);
+    n = (size_t)lua_tointeger(L, -1);
+    if (!p) p = "";
+  } else if (ok && !source) {
+    p = lua_tolstring(L, -1, &n);
+  }
   int rc = buf ? 0 : -1;
   if (rc == 0 && st->gzip)
     rc = gz_put(&st->z, p ? p : "", p ? n : 0, p ? Z_NO_FLUSH : Z_FINISH,
@@ -713,10 +727,10 @@ static int call_handler(lua_State *L) {
   (void)status;
   int t = lua_type(L, -3);
   if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TFUNCTION &&
-      t != LUA_TNIL)
+      t != LUA_TNIL && !sonde_lexpo_is_stream(L, -3))
     return luaL_error(L, "core.listen: the handler's body is a %s (a "
-                      "string, a function or nil expected)",
-                      lua_typename(L, t));
+                      "string, a function, a core.expo_stream or nil "
+                      "expected)", lua_typename(L, t));
   if (!lua_isnil(L, -2) && lua_type(L, -2) != LUA_TSTRING)
     return luaL_error(L, "core.listen: the handler's content type is a %s "
                       "(a string expected)", luaL_typename(L, -2));
@@ -822,7 +836,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
       int gzip = !lua_isnil(L, -1);
       if (lua_type(L, -2) == LUA_TSTRING) ctype = lua_tostring(L, -2);
       evhttp_add_header(oh, "Content-Type", ctype);
-      if (lua_type(L, -3) == LUA_TFUNCTION &&
+      int streamed = lua_type(L, -3) == LUA_TFUNCTION ||
+                     sonde_lexpo_is_stream(L, -3);
+      if (streamed &&
           evhttp_request_get_command(req) != EVHTTP_REQ_HEAD &&
           !bodiless(status) && !s->closing) {
         lua_pushvalue(L, -3);
@@ -835,12 +851,12 @@ static void on_request(struct evhttp_request *req, void *arg) {
                         "cannot stream a reply (out of memory): 500");
         evhttp_remove_header(oh, "Content-Type");
         status = 500;
-      } else if (lua_type(L, -3) == LUA_TFUNCTION && s->closing) {
+      } else if (streamed && s->closing) {
         /* core.unlisten from the handler: no stream to a closed server */
         static const char msg[] = "shutting down\n";
         status = 503;
         evbuffer_add(out, msg, sizeof msg - 1);
-      } else if (lua_type(L, -3) == LUA_TFUNCTION) {
+      } else if (streamed) {
         /* HEAD, or a status without a body: the head only, no
          * Content-Length (the producer is not called) */
         if (gzip) {

@@ -426,8 +426,9 @@ function M.route(cfg, method, path, query, headers)
   local gzip = M.accepts_gzip(headers and headers["accept-encoding"])
     and "gzip" or nil
   if path == "/metrics" then
-    return 200, metrics.render(cfg) .. (cfg.blackbox and blackbox_metrics()
-      or ""), "text/plain; version=0.0.4; charset=utf-8", gzip
+    -- written a slice per loop turn by the C core (sonde.metrics.source)
+    return 200, metrics.source(cfg, cfg.blackbox and blackbox_metrics or nil),
+      "text/plain; version=0.0.4; charset=utf-8", gzip
   elseif path == "/healthz" then
     return 200, "ok\n"
   elseif path == "/readyz" then
