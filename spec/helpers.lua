@@ -72,6 +72,8 @@
 --   H.run_logged(seconds[, opts])  run_for with the log captured: the
 --                              events it logged
 --   H.stop_now()               stop the run_for in progress now
+--   H.run_until_ran(ps[, n, max])  run the current load until each probe
+--                              of `ps` ended `n` runs (1), then stop it
 --   H.kill_services(cfg)       SIGKILL the groups of a load's services
 --   H.scripted(dir, codes[, after])  a command exiting with codes in turn
 --   H.error_here(fn, ...)      the message of the error fn(...) raises,

@@ -96,6 +96,7 @@ local core = require "sonde.core"
 local validate = require "sonde.validate"
 local json = require "sonde.json"
 local redact = require "sonde.redact"
+local log = require "sonde.log"
 
 local M = {}
 
@@ -477,7 +478,7 @@ local function series_list(cfg)
         ok = false
         if not rawget(p, "series_clash") then
           rawset(p, "series_clash", true)
-          require("sonde.log").event("warn", "metrics_name_clash", {
+          log.event("warn", "metrics_name_clash", {
             probe = name, why = "its name prints as another probe's once "
               .. "escaped: its series are left out" })
         end

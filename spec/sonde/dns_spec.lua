@@ -136,43 +136,68 @@ describe("declared dns probes", function()
 end)
 
 describe("metrics: the dns block", function()
-  local function probe(name, last, qtype)
-    local buckets = {}
-    for i = 1, #core.DURATION_BUCKETS do buckets[i] = 0 end
-    return { name = name, kind = "readiness", handler = "dns",
-      opts = { qtype = qtype or 1, server = "127.0.0.1", port = 53 }, state = "failure", last_result = last,
-      stats = { counts = { success = 0, warning = 0, failure = 0,
-        unknown = 0 }, buckets = buckets, sum = 0, n = 0 } }
-  end
+  local metrics = require "sonde.metrics"
+  local config = require "sonde.config"
+  local d
+
+  lazy_setup(function()
+    d = helpers.dnsmasq { "--local=/example.test/", "--local-ttl=300",
+      "--host-record=www.example.test,127.0.0.5",
+      "--host-record=www.example.test,127.0.0.6",
+      "--dns-rr=example.test,6," .. SOA }
+  end)
+  lazy_teardown(helpers.stop_dnsmasqs)
+  before_each(helpers.fresh)
+  after_each(helpers.fresh)
 
   it("a reply's counts; zeros and query_succeeded 0 without one; the "
     .. "serial only for SOA queries answered; nothing before a run",
     function()
-    local text = metrics.render({ services = {}, probes = {
-      probe("a", { duration = 0.01, rcode = "NOERROR", lookup_time = 0.5,
-        answer_rrs = 2, authority_rrs = 1, additional_rrs = 3 }),
-      probe("t", { duration = 1, lookup_time = 1 }),
-      probe("s", { duration = 0.01, rcode = "NOERROR", lookup_time = 0.5,
-        answer_rrs = 1, authority_rrs = 0, additional_rrs = 0,
-        serial = 42 }, 6),
-      probe("fresh", nil),
-    } })
+    local silent = helpers.silent_udp()
+    finally(silent.close)
+    local function dns(name, spec, extra)
+      local s = { name = name, kind = "readiness", period = 60,
+        initial_delay = 0.01, timeout = 0.2, dns = spec }
+      for k, v in pairs(extra or {}) do s[k] = v end
+      return sonde.probe(s)
+    end
+    local server = "127.0.0.1:" .. d.port
+    local a = dns("a", { server = server, name = "www.example.test",
+      type = "A" })
+    local t = dns("t", { server = "127.0.0.1:" .. silent.port, name = "x.test" })
+    local s = dns("s", { server = server, name = "example.test",
+      type = "SOA" })
+    dns("fresh", { server = server, name = "x.test" },
+      { initial_delay = 3600 })
+    local cfg = config.ambient()
+    helpers.run_until_ran { a, t, s }
+    local text = metrics.render(cfg)
+    local function L(name, port)
+      return ('{probe="%s",kind="readiness",target="127.0.0.1:%d",instance='
+        .. '"127.0.0.1:%d"}'):format(name, port, port)
+    end
+    local ra, rs = a.last_result, s.last_result
     for _, line in ipairs {
-      'probe_dns_lookup_time_seconds{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0.5',
-      'probe_dns_answer_rrs{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 2',
-      'probe_dns_authority_rrs{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 1',
-      'probe_dns_additional_rrs{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 3',
-      'probe_dns_query_succeeded{probe="a",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 1',
-      'probe_dns_answer_rrs{probe="t",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0',
-      'probe_dns_query_succeeded{probe="t",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0',
-      'probe_dns_serial{probe="s",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 42',
+      "probe_dns_lookup_time_seconds" .. L("a", d.port) .. " "
+        .. metrics.float(ra.lookup_time),
+      "probe_dns_answer_rrs" .. L("a", d.port) .. " 2",
+      "probe_dns_authority_rrs" .. L("a", d.port) .. " 0",
+      "probe_dns_additional_rrs" .. L("a", d.port) .. " 0",
+      "probe_dns_query_succeeded" .. L("a", d.port) .. " 1",
+      "probe_dns_answer_rrs" .. L("t", silent.port) .. " 0",
+      "probe_dns_query_succeeded" .. L("t", silent.port) .. " 0",
+      "probe_dns_serial" .. L("s", d.port) .. " 2026120501",
+      "probe_dns_query_succeeded" .. L("s", d.port) .. " 1",
       "# TYPE probe_dns_serial gauge",
     } do
       assert.is_truthy(helpers.has_line(text, line), line .. "\n" .. text)
     end
-    assert.is_nil(text:find('probe_dns_serial{probe="a"', 1, true))
-    assert.is_nil(text:find('probe="fresh",kind="readiness",target="127.0.0.1:53",instance="127.0.0.1:53"} 0\n'
-      .. "# HELP probe_dns", 1, true))
-    assert.is_nil(text:find('probe_dns_answer_rrs{probe="fresh"', 1, true))
+    assert.are.equal(2, ra.answer_rrs)
+    assert.are.equal(2026120501, rs.serial)
+    -- the serial only for an SOA query; nothing of a probe before its run
+    assert.is_nil(text:find('probe_dns_serial{probe="a"', 1, true), text)
+    assert.is_nil(text:find('probe_dns_serial{probe="t"', 1, true), text)
+    assert.is_nil(text:find('probe_dns_[a-z_]+{probe="fresh"'), text)
+    assert.is_nil(text:find('probe_success{probe="fresh"', 1, true), text)
   end)
 end)

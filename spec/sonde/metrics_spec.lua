@@ -7,30 +7,7 @@
 local sonde = require "sonde"
 local helpers = require "helpers"
 
--- Run the load until every probe of `ps` has ended `n` runs (1), at
--- most `max` seconds; the load is stopped after it (its probes' workers
--- stopped: nothing changes any more).
-local function run_until_ran(ps, n, max)
-  local core = require "sonde.core"
-  n = n or 1
-  local function all_ran()
-    for _, p in ipairs(ps) do
-      if p.runs < n then return false end
-    end
-    return true
-  end
-  local t
-  local function poll()
-    t = nil
-    if all_ran() then helpers.stop_now() else t = core.timer(0.02, poll) end
-  end
-  local ok, err = pcall(helpers.run_for, max or 15, { at = { { 0.02, poll } } })
-  if t then core.cancel(t) end
-  assert(ok, err)
-  for _, p in ipairs(ps) do
-    assert.is_true(p.runs >= n, p.name .. " ran " .. p.runs .. " times")
-  end
-end
+local run_until_ran = helpers.run_until_ran
 
 describe("sonde.metrics.gauge / counter validation", function()
   local metrics = sonde.metrics

@@ -98,6 +98,31 @@ return function(H)
     H.kill_groups(pids)
   end
 
+  --- Run the load until every probe of `ps` has ended `n` runs (1), at
+  -- most `max` seconds (15); the load is stopped after it (its probes'
+  -- workers stopped: nothing changes any more).
+  function H.run_until_ran(ps, n, max)
+    local core = require "sonde.core"
+    n = n or 1
+    local function all_ran()
+      for _, p in ipairs(ps) do
+        if p.runs < n then return false end
+      end
+      return true
+    end
+    local t
+    local function poll()
+      t = nil
+      if all_ran() then H.stop_now() else t = core.timer(0.02, poll) end
+    end
+    local ok, err = pcall(H.run_for, max or 15, { at = { { 0.02, poll } } })
+    if t then core.cancel(t) end
+    assert(ok, err)
+    for _, p in ipairs(ps) do
+      assert(p.runs >= n, p.name .. " ran " .. p.runs .. " times")
+    end
+  end
+
   --- Returns whether the load's stop completed.
   function H.run_for(seconds, opts)
     opts = opts or {}
