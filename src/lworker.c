@@ -35,7 +35,8 @@
  * set_gated(b), set_filter(b), set_notify(success, other),
  * commit(status, duration) -> t | nil, force(to) -> t, reset(),
  * count() -> state, last|nil, run, hold, state() -> string,
- * stats() -> table, last() -> result table | nil, wall time, runs() ->
+ * stats() -> table, last() -> result table | nil, wall time, version()
+ * -> a number that changes with every change the others show, runs() ->
  * runs finished (their results came in), seq() -> handler results so far
  * (tells a new last()), finished() (a custom check's run has ended).
  *
@@ -426,6 +427,11 @@ static int w_seq(lua_State *L) {
   return 1;
 }
 
+static int w_version(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sonde_worker_version(check(L)->w));
+  return 1;
+}
+
 static int w_state(lua_State *L) {
   push_pstate(L, sonde_worker_count(check(L)->w)->state);
   return 1;
@@ -619,6 +625,7 @@ static const luaL_Reg methods[] = {
     {"state", w_state},         {"stats", w_stats},
     {"last", w_last},           {"runs", w_runs},
     {"seq", w_seq},             {"finished", w_finished},
+    {"version", w_version},
     {"set_series", w_set_series}, {"set_series_extras", w_set_series_extras},
     {NULL, NULL}};
 

@@ -46,6 +46,7 @@ struct sonde_worker {
   struct sonde_probe_stats stats;
   struct sonde_result last;
   int has_last;
+  uint64_t version;          /* bumped by every change a reader can see */
   int committed;             /* a result has been counted: the two below */
   sonde_status last_status;  /* of the last result counted */
   double last_duration;      /* seconds */
@@ -174,6 +175,7 @@ static void no_run(struct sonde_worker *w) {
   w->has_last = 1;
   w->stats.results++;
   w->last_wall = w->run_wall;
+  w->version++;
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
@@ -240,6 +242,7 @@ static void on_result(const struct sonde_result *r, void *arg) {
   sonde_result_take(&w->last, r);
   w->has_last = 1;
   w->stats.results++;
+  w->version++;
   w->last_wall = w->run_wall;
   if (w->filter) {
     if (w->hooks->result) w->hooks->result(w, w->arg);
@@ -340,6 +343,7 @@ int sonde_worker_commit(struct sonde_worker *w, sonde_status status,
   if ((unsigned)status > SONDE_UNKNOWN) status = SONDE_UNKNOWN;
   if (!(duration >= 0)) duration = 0;
   s->counts[status]++;
+  w->version++;
   w->committed = 1;
   w->last_status = status;
   w->last_duration = duration;
@@ -361,13 +365,22 @@ void sonde_worker_force(struct sonde_worker *w, sonde_pstate to,
   t->to = to;
   t->changed = w->count.state != to;
   w->count.state = to;
+  w->version++;
   alerting(w, t);
 }
 
-void sonde_worker_finished(struct sonde_worker *w) { w->stats.results++; }
+void sonde_worker_finished(struct sonde_worker *w) {
+  w->stats.results++;
+  w->version++;
+}
 
 void sonde_worker_reset(struct sonde_worker *w) {
   w->count = sonde_count_seed(w->th.kind);
+  w->version++;
+}
+
+uint64_t sonde_worker_version(const struct sonde_worker *w) {
+  return w->version;
 }
 
 const struct sonde_count *sonde_worker_count(const struct sonde_worker *w) {

@@ -252,6 +252,10 @@ const struct sonde_probe_stats *sonde_worker_stats(
  * saw); 0 before the first. */
 int sonde_worker_committed(const struct sonde_worker *w, sonde_status *status,
                            double *duration);
+/* A number that changes whenever what the views below show changes (a
+ * result taken, counted, forced or reset): a reader that keeps what it
+ * made of them knows when to make it again. */
+uint64_t sonde_worker_version(const struct sonde_worker *w);
 /* The handler and options the worker was made with. */
 sonde_handler sonde_worker_handler(const struct sonde_worker *w);
 const void *sonde_worker_opts(const struct sonde_worker *w);
