@@ -763,3 +763,59 @@ describe("sonde.endpoints.accepts_gzip", function()
     end
   end)
 end)
+
+describe("/status entries kept between requests", function()
+  local sonde = require "sonde"
+  local config = require "sonde.config"
+  local endpoints = require "sonde.endpoints"
+  before_each(helpers.fresh)
+  after_each(helpers.fresh)
+
+  local function status(cfg, full)
+    local prod, parts = endpoints.status_producer(cfg, full), {}
+    for s in prod do parts[#parts + 1] = s end
+    return assert(helpers.json_decode(table.concat(parts)))
+  end
+
+  it("an entry is made again once its probe ran (or output=1 is asked), "
+    .. "kept otherwise", function()
+    local core = require "sonde.core"
+    local n = 0
+    local p = sonde.probe { name = "c", period = 0.5, initial_delay = 0.01,
+      check = function()
+        n = n + 1
+        return { status = n == 1 and "success" or "failure",
+          output = ("o"):rep(300) }
+      end }
+    local q = sonde.probe { name = "idle", period = 60, initial_delay = 3600,
+      check = function() return "success" end }
+    local cfg = config.ambient()
+    local a, b, full, kept, same, t
+    local function poll()
+      t = nil
+      if not a and p.runs == 1 then
+        a = status(cfg)
+        kept = rawget(q, "status_json")
+        status(cfg)
+        same = rawget(q, "status_json") == kept  -- nothing of idle changed
+        full = status(cfg, true)                  -- made again, whole
+      elseif a and p.runs >= 2 then
+        b = status(cfg)
+        helpers.stop_now()
+        return
+      end
+      t = core.timer(0.01, poll)
+    end
+    helpers.run_for(15, { at = { { 0.01, poll } } })
+    if t then core.cancel(t) end
+    assert.are.same({ 1, "success", 256 }, { a.probes.c.runs,
+      a.probes.c.last.status, #a.probes.c.last.output })
+    assert.is_table(kept)
+    assert.is_true(same)
+    assert.are.equal(300, #full.probes.c.last.output)
+    -- the second run shows
+    assert.are.same({ 2, "failure", 256 }, { b.probes.c.runs,
+      b.probes.c.last.status, #b.probes.c.last.output })
+    assert.are.equal(1, b.probes.c.counts.failure)
+  end)
+end)
