@@ -169,6 +169,36 @@ describe("sonde.metrics.float (Go's strconv.FormatFloat(v, 'g', -1, 64))",
       assert.is_true(#digits <= 17, s)
     end
   end)
+
+  it("the C core prints numbers and escapes label values as this module "
+    .. "does (src/expo.c: the series of declared probes)", function()
+    local core = require "sonde.core"
+    math.randomseed(12)
+    local specials = { 0.0, -0.0, 1 / 0, -1 / 0, 0 / 0, 5e-324, 2.5e-310,
+      2 ^ 53, 2 ^ 53 + 2, -(2 ^ 53), 1e21, 0.005, 1e-5, 123456.5, 1e6,
+      1764950000, -3, 0.1 + 0.2 }
+    for _, v in ipairs(specials) do
+      assert.are.equal(metrics.float(v), core.expo_float(v), tostring(v))
+    end
+    for _ = 1, 20000 do
+      local v = (math.random() - 0.5) * 10 ^ math.random(-320, 300)
+      assert.are.equal(metrics.float(v), core.expo_float(v),
+        string.format("%.17g", v))
+      local i = math.random(-2 ^ 40, 2 ^ 40) + 0.0
+      assert.are.equal(string.format("%d", math.tointeger(i)),
+        core.expo_number(i))
+    end
+    for _ = 1, 5000 do
+      local t = {}
+      for k = 1, math.random(0, 12) do t[k] = string.char(math.random(0, 255)) end
+      local v = table.concat(t)
+      assert.are.equal(metrics.escape(v), core.expo_escape(v), ("%q"):format(v))
+    end
+    for _, v in ipairs { "é€😀", "a\"b\\c\nd\1e\127", "\237\160\128",
+        "\192\175", "\244\144\128\128", "\255", "" } do
+      assert.are.equal(metrics.escape(v), core.expo_escape(v), ("%q"):format(v))
+    end
+  end)
 end)
 
 -- The series of declared probes, written by the C core from each probe's
