@@ -402,10 +402,13 @@ local function status_answer(cfg, query)
   offset, why = integer_arg(decode(offset or "0"), 0, math.maxinteger)
   if not offset then return 400, "offset " .. why .. "\n" end
   local total = #cfg.probes
+  -- (offset may be near math.maxinteger: compared with total - limit, and
+  -- clamped to total, so that offset + limit never wraps)
+  local more = offset < total - limit
   local page = { offset = offset, limit = limit, total = total,
-    next = offset + limit < total and offset + limit or nil }
-  return 200, M.status_producer(cfg, full, { first = offset + 1,
-    last = math.min(offset + limit, total), page = page }), "application/json"
+    next = more and offset + limit or nil }
+  return 200, M.status_producer(cfg, full, { first = math.min(offset, total) + 1,
+    last = more and offset + limit or total, page = page }), "application/json"
 end
 
 --- Answer one request.

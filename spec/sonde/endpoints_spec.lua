@@ -541,6 +541,48 @@ describe("sonde.endpoints.route: text bodies", function()
   end)
 end)
 
+describe("sonde.endpoints.route: /status pages at the integers' end", function()
+  local endpoints = require "sonde.endpoints"
+
+  -- The whole text a /status producer gives (or the error it raised).
+  local function drain(prod)
+    local parts = {}
+    for _ = 1, 1000 do
+      local ok, s = pcall(prod)
+      if not ok then return nil, s end
+      if s == nil then return table.concat(parts) end
+      parts[#parts + 1] = s
+    end
+    error("the producer never ended")
+  end
+
+  it("an offset near math.maxinteger is an empty last page, not a "
+    .. "producer error (offset + limit must not wrap)", function()
+    local probes, by = {}, {}
+    for i = 1, 3 do
+      local p = { name = "p" .. i, kind = "readiness", state = "success",
+        runs = 0, stats = { counts = {} },
+        streak_count = function() return 0 end }
+      probes[i], by[p.name] = p, p
+    end
+    local cfg = { probes = probes, probe_by_name = by, services = {} }
+    for _, q in ipairs {
+      "limit=1&offset=" .. math.maxinteger,
+      "limit=10000&offset=" .. (math.maxinteger - 9999),
+      "offset=" .. math.maxinteger,
+    } do
+      local status, prod = endpoints.route(cfg, "GET", "/status", q)
+      assert.are.equal(200, status, q)
+      local text, err = drain(prod)
+      assert.is_truthy(text, q .. ": " .. tostring(err))
+      local st = assert(helpers.json_decode(text), q)
+      assert.is_nil(next(st.probes), q)
+      assert.are.equal(3, math.tointeger(st.page.total), q)
+      assert.is_nil(st.page.next, q)
+    end
+  end)
+end)
+
 describe("/status for many probes: one, by pages, whole; gzip", function()
   local socket = require "socket"
   local N = 3000
