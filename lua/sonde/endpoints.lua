@@ -35,7 +35,8 @@
 --     `/status?output=1` gives `output` whole and `body` too.  URL
 --     credentials are masked (`user:xxxxx@`, sonde.redact).  A result
 --     that came over TLS keeps its `tls` facts table.  The whole /status
---     is streamed (chunked), M.STATUS_BATCH probes per loop turn, probes
+--     is streamed (chunked), M.STATUS_BATCH probes per loop turn (fewer
+--     once a turn's text reaches M.STATUS_SLICE bytes), probes
 --     in declaration order, so that a host with many probes does not
 --     hold its loop to serialise them;
 --   * `/status?probe=NAME` (NAME percent-decoded): `{ probes = { NAME =
@@ -138,9 +139,16 @@ end
 -- refused connection's result: steps of 16 take 0.5 ms, median, os.clock).
 M.STATUS_BATCH = 16
 
+--- The bytes after which a step of a streamed /status stops, however few
+-- probes it holds (at least one): with `output=1`, entries carry whole
+-- bodies and outputs (up to a probe's `max_body` / `max_output`), and 16
+-- of them would be one long step.
+M.STATUS_SLICE = 65536
+
 --- The /status JSON text as a producer (core.listen): the probes of
 -- `cfg.probes` from index `first` to `last` (all by default), M.STATUS_BATCH
--- of them per call, each entry encoded by sonde.json; then the services,
+-- of them per call (fewer when they reach M.STATUS_SLICE bytes: at least
+-- one), each entry encoded by sonde.json; then the services,
 -- the pods, the version and, when given, `page`.  The same content as
 -- json.encode(M.status(cfg, full)) (key order aside: probes in declaration
 -- order).  The list of probes is taken when this is called; the services
@@ -159,15 +167,18 @@ function M.status_producer(cfg, full, range)
       stage = "probes"
       return '{"probes":{'
     elseif stage == "probes" then
-      local parts, n = {}, 0
+      local parts, n, bytes = {}, 0, 0
       local stop = math.min(i + M.STATUS_BATCH - 1, last)
-      for j = i, stop do
+      local j = i
+      while j <= stop and bytes < M.STATUS_SLICE do
         local p = list[j]
         n = n + 1
         parts[n] = (j > first and "," or "") .. json.string(p.name) .. ":"
           .. json.encode(probe_status(p, full))
+        bytes = bytes + #parts[n]
+        j = j + 1
       end
-      i = stop + 1
+      i = j
       if i > last then stage = "tail" end
       return table.concat(parts)
     elseif stage == "tail" then

@@ -583,6 +583,40 @@ describe("sonde.endpoints.route: /status pages at the integers' end", function()
   end)
 end)
 
+describe("sonde.endpoints.status_producer: a step's size", function()
+  local endpoints = require "sonde.endpoints"
+
+  it("stops a step once it holds M.STATUS_SLICE bytes: /status?output=1 "
+    .. "of probes with big bodies is not 16 bodies per loop turn", function()
+    local probes, by = {}, {}
+    local body = ("\1\"\\a"):rep(64 * 1024)     -- 256 KiB, 6x as JSON
+    for i = 1, 40 do
+      local p = { name = "p" .. i, kind = "readiness", state = "success",
+        runs = 1, stats = { counts = { success = 1 } },
+        streak_count = function() return 1 end,
+        last_result = { status = "success", output = "o", body = body } }
+      probes[i], by[p.name] = p, p
+    end
+    local cfg = { probes = probes, probe_by_name = by, services = {} }
+    local prod, parts = endpoints.status_producer(cfg, true), {}
+    while true do
+      local s = prod()
+      if s == nil then break end
+      parts[#parts + 1] = s
+      local _, n = s:gsub('"p%d+":{', "")
+      assert.is_true(n <= 1, ("a step of %d probes, %d bytes"):format(n, #s))
+    end
+    local st = assert(helpers.json_decode(table.concat(parts)))
+    assert.are.equal(body, st.probes.p40.last.body)
+    -- small entries still go M.STATUS_BATCH at a time
+    for _, p in ipairs(probes) do p.last_result.body = nil end
+    prod = endpoints.status_producer(cfg, true)
+    prod()                                      -- the head
+    local _, n = prod():gsub('"p%d+":{', "")
+    assert.are.equal(endpoints.STATUS_BATCH, n)
+  end)
+end)
+
 describe("/status for many probes: one, by pages, whole; gzip", function()
   local socket = require "socket"
   local N = 3000
