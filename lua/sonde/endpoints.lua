@@ -39,9 +39,9 @@
 --     once a turn's text reaches M.STATUS_SLICE bytes), probes
 --     in declaration order, so that a host with many probes does not
 --     hold its loop to serialise them;
---   * `/status?probe=NAME` (NAME percent-decoded): `{ probes = { NAME =
---     ... }, version }`, that probe only (no services nor pods); 404 when
---     no probe has that name;
+--   * `/status?probe=NAME` (NAME percent-decoded, `+` a space, as Go's
+--     url.ParseQuery): `{ probes = { NAME = ... }, version }`, that probe
+--     only (no services nor pods); 404 when no probe has that name;
 --   * `/status?limit=N&offset=K`: a page of the probes in declaration
 --     order, K skipped (default 0), N at most (1..10000; default 10000),
 --     with services and pods whole as in `/status`, and `page = { offset,
@@ -215,6 +215,12 @@ end
 -- Percent-decoded.
 local function decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- A query string's value percent-decoded, '+' a space (as query_values
+-- below and Go's url.ParseQuery).
+local function query_decode(s)
+  return decode((s:gsub("+", " ")))
 end
 
 -- /readyz?container=NAME: that container of a pod.
@@ -396,7 +402,7 @@ local function status_answer(cfg, query)
   full = full ~= nil and full ~= "0" and full ~= ""
   local name = query_arg(query, "probe")
   if name then
-    name = decode(name)
+    name = query_decode(name)
     local p = cfg.probe_by_name[name]
     if not p then return 404, "no probe named " .. text(name) .. "\n" end
     return 200, json.encode({ probes = { [p.name] = probe_status(p, full) },
@@ -407,10 +413,10 @@ local function status_answer(cfg, query)
     return 200, M.status_producer(cfg, full), "application/json"
   end
   local why
-  limit, why = integer_arg(decode(limit or tostring(M.STATUS_PAGE_MAX)), 1,
+  limit, why = integer_arg(query_decode(limit or tostring(M.STATUS_PAGE_MAX)), 1,
     M.STATUS_PAGE_MAX)
   if not limit then return 400, "limit " .. why .. "\n" end
-  offset, why = integer_arg(decode(offset or "0"), 0, math.maxinteger)
+  offset, why = integer_arg(query_decode(offset or "0"), 0, math.maxinteger)
   if not offset then return 400, "offset " .. why .. "\n" end
   local total = #cfg.probes
   -- (offset may be near math.maxinteger: compared with total - limit, and

@@ -583,6 +583,32 @@ describe("sonde.endpoints.route: /status pages at the integers' end", function()
   end)
 end)
 
+describe("sonde.endpoints.route: /status?probe= decoded as a query", function()
+  local endpoints = require "sonde.endpoints"
+
+  it("'+' is a space, as /probe?target= and Go's url.ParseQuery read it "
+    .. "(Go's url.Values.Encode and Python's urlencode write a space so)",
+    function()
+    local p = { name = "web front+1", kind = "readiness", state = "success",
+      runs = 0, stats = { counts = {} }, streak_count = function() return 0 end }
+    local cfg = { probes = { p }, probe_by_name = { [p.name] = p },
+      services = {} }
+    for _, q in ipairs { "probe=web+front%2B1", "probe=web%20front%2B1",
+      "probe=web+front%2b1&limit=x" } do
+      local status, body = endpoints.route(cfg, "GET", "/status", q)
+      assert.are.equal(200, status, q)
+      assert.is_truthy(body:find('"web front+1"', 1, true), q)
+    end
+    local status, body = endpoints.route(cfg, "GET", "/status",
+      "probe=web+front+1")
+    assert.are.equal(404, status)
+    assert.are.equal("no probe named web front 1\n", body)
+    -- a page's numbers too
+    status = endpoints.route(cfg, "GET", "/status", "limit=+5")
+    assert.are.equal(400, status)
+  end)
+end)
+
 describe("sonde.endpoints.status_producer: a step's size", function()
   local endpoints = require "sonde.endpoints"
 
