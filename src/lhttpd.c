@@ -41,7 +41,9 @@
  *
  * A producer (body a function) makes the body in steps: it is called
  * with no argument, once per step, in protected mode like any callback,
- * and returns a string to send (may be ""), or nil when the body is done.
+ * and returns a string to send (may be ""), or a list of strings sent in
+ * turn (so that pieces the caller keeps need no new string joining
+ * them), or nil when the body is done.
  * The answer goes with chunked transfer encoding (HTTP/1.1; to an
  * HTTP/1.0 request without it, `Connection: close`, the body ending with
  * the connection) and no Content-Length; gzip'd, each output is deflated
@@ -575,9 +577,20 @@ static void stream_abort(struct stream *st) {
 static int call_producer(lua_State *L) {
   lua_call(L, 0, 1);
   int t = lua_type(L, -1);
-  if (t != LUA_TSTRING && t != LUA_TNIL)
+  if (t == LUA_TTABLE) {          /* a list of strings: checked here */
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+        return luaL_error(L, "core.listen: a body producer returned a "
+                          "list whose item %d is a %s (strings expected)",
+                          (int)i, luaL_typename(L, -1));
+      lua_pop(L, 1);
+    }
+  } else if (t != LUA_TSTRING && t != LUA_TNIL) {
     return luaL_error(L, "core.listen: a body producer returned a %s "
-                      "(a string or nil expected)", lua_typename(L, t));
+                      "(a string, a list of strings or nil expected)",
+                      lua_typename(L, t));
+  }
   return 1;
 }
 
@@ -627,14 +640,30 @@ static void on_step(evutil_socket_t fd, short what, void *arg) {
   struct evbuffer *buf = ok ? evbuffer_new() : NULL;
   size_t n = 0;
   const char *p = NULL;
+  int rc = buf ? 0 : -1;
   if (ok && source && lua_islightuserdata(L, -2)) {
     p = lua_touserdata(L, -2);
     n = (size_t)lua_tointeger(L, -1);
     if (!p) p = "";
+  } else if (ok && !source && lua_istable(L, -1)) {
+    /* a list of strings: each written in turn (no Lua string made of
+     * them) */
+    p = "";
+    lua_Integer k = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= k && rc == 0; i++) {
+      lua_rawgeti(L, -1, i);
+      size_t len;
+      const char *piece = lua_tolstring(L, -1, &len);
+      if (piece && st->gzip)
+        rc = gz_put(&st->z, piece, len, Z_NO_FLUSH, buf);
+      else if (piece)
+        rc = evbuffer_add(buf, piece, len);
+      lua_pop(L, 1);
+    }
+    n = 0;
   } else if (ok && !source) {
     p = lua_tolstring(L, -1, &n);
   }
-  int rc = buf ? 0 : -1;
   if (rc == 0 && st->gzip)
     rc = gz_put(&st->z, p ? p : "", p ? n : 0, p ? Z_NO_FLUSH : Z_FINISH,
                 buf);
@@ -679,6 +708,9 @@ static int stream_start(struct server *s, lua_State *L,
   st->L = s->core->main;
   st->http10 = req->major < 1 || (req->major == 1 && req->minor < 1);
   st->step = evtimer_new(s->base, on_step, st);
+  /* a step waits for a turn with nothing else due: probes' timers and
+   * I/O, and other connections, go first (sonde/loop.h) */
+  if (st->step) event_priority_set(st->step, SONDE_LOOP_PRIO_IDLE);
   if (gzip && gz_init(&st->z) == 0) st->gzip = 1;
   if (!st->step || (gzip && !st->gzip)) {
     if (st->step) event_free(st->step);

@@ -75,6 +75,10 @@ struct sonde_loop *sonde_loop_new(struct event_base *base) {
     event_config_free(cfg);
     loop->own_base = 1;
     if (!loop->base) goto fail;
+    /* SONDE_LOOP_PRIORITIES: every event at the default, the middle one;
+     * work that may wait (a streamed reply's next step) at the lowest,
+     * run only in a loop turn where nothing else is due */
+    event_base_priority_init(loop->base, SONDE_LOOP_PRIORITIES);
   }
   if (sonde_curl_init(loop) != 0) goto fail;
   return loop;

@@ -35,6 +35,16 @@ struct sonde_loop;
  * Returns NULL when out of memory or libcurl/libevent fail to initialise. */
 struct sonde_loop *sonde_loop_new(struct event_base *base);
 
+/* The priorities of a loop's own base (libevent's event_priority_set):
+ * events are made at the default, 1; SONDE_LOOP_PRIO_IDLE is for work
+ * that waits for a loop turn in which no other event is active (libevent
+ * runs the active events of the best priority only), such as the next
+ * step of a streamed HTTP reply, so that probes' timers and I/O never
+ * queue behind it.  A base given to sonde_loop_new keeps its own
+ * priorities (setting one it lacks fails and changes nothing). */
+#define SONDE_LOOP_PRIORITIES 3
+#define SONDE_LOOP_PRIO_IDLE 2
+
 /* The event_base the loop runs on. */
 struct event_base *sonde_loop_base(struct sonde_loop *loop);
 

@@ -35,12 +35,13 @@
 --     `/status?output=1` gives `output` whole and `body` too.  URL
 --     credentials are masked (`user:xxxxx@`, sonde.redact).  A result
 --     that came over TLS keeps its `tls` facts table.  The whole /status
---     is streamed (chunked), M.STATUS_BATCH probes per loop turn, probes
+--     is streamed (chunked), M.STATUS_BATCH probes per loop turn (fewer
+--     once a turn's text reaches M.STATUS_SLICE bytes), probes
 --     in declaration order, so that a host with many probes does not
 --     hold its loop to serialise them;
---   * `/status?probe=NAME` (NAME percent-decoded): `{ probes = { NAME =
---     ... }, version }`, that probe only (no services nor pods); 404 when
---     no probe has that name;
+--   * `/status?probe=NAME` (NAME percent-decoded, `+` a space, as Go's
+--     url.ParseQuery): `{ probes = { NAME = ... }, version }`, that probe
+--     only (no services nor pods); 404 when no probe has that name;
 --   * `/status?limit=N&offset=K`: a page of the probes in declaration
 --     order, K skipped (default 0), N at most (1..10000; default 10000),
 --     with services and pods whole as in `/status`, and `page = { offset,
@@ -158,9 +159,16 @@ end
 -- refused connection's result: steps of 16 take 0.5 ms, median, os.clock).
 M.STATUS_BATCH = 16
 
+--- The bytes after which a step of a streamed /status stops, however few
+-- probes it holds (at least one): with `output=1`, entries carry whole
+-- bodies and outputs (up to a probe's `max_body` / `max_output`), and 16
+-- of them would be one long step.
+M.STATUS_SLICE = 65536
+
 --- The /status JSON text as a producer (core.listen): the probes of
 -- `cfg.probes` from index `first` to `last` (all by default), M.STATUS_BATCH
--- of them per call, each entry encoded by sonde.json; then the services,
+-- of them per call (fewer when they reach M.STATUS_SLICE bytes: at least
+-- one), each entry encoded by sonde.json; then the services,
 -- the pods, the version and, when given, `page`.  The same content as
 -- json.encode(M.status(cfg, full)) (key order aside: probes in declaration
 -- order).  The list of probes is taken when this is called; the services
@@ -168,7 +176,8 @@ M.STATUS_BATCH = 16
 -- @tparam table cfg a load
 -- @tparam[opt] boolean full as M.status
 -- @tparam[opt] table range `{ first, last, page = table }`
--- @treturn function the producer: a string per call, then nil
+-- @treturn function the producer: a string or a list of strings per
+-- call, then nil
 function M.status_producer(cfg, full, range)
   local list = table.move(cfg.probes, 1, #cfg.probes, 1, {})
   local first = range and range.first or 1
@@ -179,16 +188,24 @@ function M.status_producer(cfg, full, range)
       stage = "probes"
       return '{"probes":{'
     elseif stage == "probes" then
-      local parts, n = {}, 0
+      local parts, n, bytes = {}, 0, 0
       local stop = math.min(i + M.STATUS_BATCH - 1, last)
-      for j = i, stop do
+      local j = i
+      while j <= stop and bytes < M.STATUS_SLICE do
         local p = list[j]
         n = n + 1
-        parts[n] = (j > first and "," or "") .. entry_json(p, full)
+        local e = entry_json(p, full)
+        if j > first then
+          parts[n] = ","
+          n = n + 1
+        end
+        parts[n] = e         -- (kept on the probe: no new string)
+        bytes = bytes + #e
+        j = j + 1
       end
-      i = stop + 1
+      i = j
       if i > last then stage = "tail" end
-      return table.concat(parts)
+      return parts           -- (core.listen writes the pieces in turn)
     elseif stage == "tail" then
       stage = "done"
       local services, pods = services_status(cfg)
@@ -223,6 +240,12 @@ end
 -- Percent-decoded.
 local function decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- A query string's value percent-decoded, '+' a space (as query_values
+-- below and Go's url.ParseQuery).
+local function query_decode(s)
+  return decode((s:gsub("+", " ")))
 end
 
 -- /readyz?container=NAME: that container of a pod.
@@ -404,7 +427,7 @@ local function status_answer(cfg, query)
   full = full ~= nil and full ~= "0" and full ~= ""
   local name = query_arg(query, "probe")
   if name then
-    name = decode(name)
+    name = query_decode(name)
     local p = cfg.probe_by_name[name]
     if not p then return 404, "no probe named " .. text(name) .. "\n" end
     return 200, json.encode({ probes = { [p.name] = probe_status(p, full) },
@@ -415,16 +438,19 @@ local function status_answer(cfg, query)
     return 200, M.status_producer(cfg, full), "application/json"
   end
   local why
-  limit, why = integer_arg(decode(limit or tostring(M.STATUS_PAGE_MAX)), 1,
+  limit, why = integer_arg(query_decode(limit or tostring(M.STATUS_PAGE_MAX)), 1,
     M.STATUS_PAGE_MAX)
   if not limit then return 400, "limit " .. why .. "\n" end
-  offset, why = integer_arg(decode(offset or "0"), 0, math.maxinteger)
+  offset, why = integer_arg(query_decode(offset or "0"), 0, math.maxinteger)
   if not offset then return 400, "offset " .. why .. "\n" end
   local total = #cfg.probes
+  -- (offset may be near math.maxinteger: compared with total - limit, and
+  -- clamped to total, so that offset + limit never wraps)
+  local more = offset < total - limit
   local page = { offset = offset, limit = limit, total = total,
-    next = offset + limit < total and offset + limit or nil }
-  return 200, M.status_producer(cfg, full, { first = offset + 1,
-    last = math.min(offset + limit, total), page = page }), "application/json"
+    next = more and offset + limit or nil }
+  return 200, M.status_producer(cfg, full, { first = math.min(offset, total) + 1,
+    last = more and offset + limit or total, page = page }), "application/json"
 end
 
 --- Answer one request.

@@ -366,7 +366,14 @@ local port = assert(core.listen("127.0.0.1", 0, function(method, path, q)
       return next_piece()
     end, "text/plain", q == "gzip" and "gzip" or nil
   elseif path == "/table" then
-    return 200, function() return {} end
+    return 200, function() return { "ok", {} } end
+  elseif path == "/list" then      -- lists of strings, written in turn
+    local i = 0
+    return 200, function()
+      i = i + 1
+      if i > 3 then return nil end
+      return { "a" .. i, "", ("b"):rep(i) }
+    end, "text/plain", q == "gzip" and "gzip" or nil
   elseif path == "/endless" then   -- until the client goes
     return 200, function()
       calls = calls + 1
@@ -576,12 +583,23 @@ describe("core.listen: streamed replies", function()
     assert.are.equal(56, rc)     -- CURLE_RECV_ERROR: reset
   end)
 
-  it("a producer returning a table: an error naming the type", function()
+  it("a producer returning a list with an item not a string: an error "
+    .. "naming it", function()
     local rc = curl(s.port, "/table")
     assert.are.equal(18, rc)
     assert.is_truthy(until_true(function()
-      return s:stderr():find("ERR [^\n]*a body producer returned a table")
+      return s:stderr():find("ERR [^\n]*a body producer returned a list "
+        .. "whose item 2 is a table")
     end), s:stderr())
+  end)
+
+  it("a producer returning lists of strings: each written in turn, plain "
+    .. "and gzip'd", function()
+    for _, q in ipairs { "", "?gzip" } do
+      local rc, body = curl(s.port, "/list" .. q, { compressed = q ~= "" })
+      assert.are.equal(0, rc)
+      assert.are.equal("a1ba2bba3bbb", body)
+    end
   end)
 
   it("a client gone mid-stream frees the stream: no more calls, its "

@@ -541,6 +541,109 @@ describe("sonde.endpoints.route: text bodies", function()
   end)
 end)
 
+describe("sonde.endpoints.route: /status pages at the integers' end", function()
+  local endpoints = require "sonde.endpoints"
+
+  -- The whole text a /status producer gives (or the error it raised).
+  local function drain(prod)
+    local parts = {}
+    for _ = 1, 1000 do
+      local ok, s = pcall(prod)
+      if not ok then return nil, s end
+      if s == nil then return table.concat(parts) end
+      parts[#parts + 1] = type(s) == "table" and table.concat(s) or s
+    end
+    error("the producer never ended")
+  end
+
+  it("an offset near math.maxinteger is an empty last page, not a "
+    .. "producer error (offset + limit must not wrap)", function()
+    local probes, by = {}, {}
+    for i = 1, 3 do
+      local p = { name = "p" .. i, kind = "readiness", state = "success",
+        runs = 0, stats = { counts = {} },
+        streak_count = function() return 0 end }
+      probes[i], by[p.name] = p, p
+    end
+    local cfg = { probes = probes, probe_by_name = by, services = {} }
+    for _, q in ipairs {
+      "limit=1&offset=" .. math.maxinteger,
+      "limit=10000&offset=" .. (math.maxinteger - 9999),
+      "offset=" .. math.maxinteger,
+    } do
+      local status, prod = endpoints.route(cfg, "GET", "/status", q)
+      assert.are.equal(200, status, q)
+      local text, err = drain(prod)
+      assert.is_truthy(text, q .. ": " .. tostring(err))
+      local st = assert(helpers.json_decode(text), q)
+      assert.is_nil(next(st.probes), q)
+      assert.are.equal(3, math.tointeger(st.page.total), q)
+      assert.is_nil(st.page.next, q)
+    end
+  end)
+end)
+
+describe("sonde.endpoints.route: /status?probe= decoded as a query", function()
+  local endpoints = require "sonde.endpoints"
+
+  it("'+' is a space, as /probe?target= and Go's url.ParseQuery read it "
+    .. "(Go's url.Values.Encode and Python's urlencode write a space so)",
+    function()
+    local p = { name = "web front+1", kind = "readiness", state = "success",
+      runs = 0, stats = { counts = {} }, streak_count = function() return 0 end }
+    local cfg = { probes = { p }, probe_by_name = { [p.name] = p },
+      services = {} }
+    for _, q in ipairs { "probe=web+front%2B1", "probe=web%20front%2B1",
+      "probe=web+front%2b1&limit=x" } do
+      local status, body = endpoints.route(cfg, "GET", "/status", q)
+      assert.are.equal(200, status, q)
+      assert.is_truthy(body:find('"web front+1"', 1, true), q)
+    end
+    local status, body = endpoints.route(cfg, "GET", "/status",
+      "probe=web+front+1")
+    assert.are.equal(404, status)
+    assert.are.equal("no probe named web front 1\n", body)
+    -- a page's numbers too
+    status = endpoints.route(cfg, "GET", "/status", "limit=+5")
+    assert.are.equal(400, status)
+  end)
+end)
+
+describe("sonde.endpoints.status_producer: a step's size", function()
+  local endpoints = require "sonde.endpoints"
+
+  it("stops a step once it holds M.STATUS_SLICE bytes: /status?output=1 "
+    .. "of probes with big bodies is not 16 bodies per loop turn", function()
+    local probes, by = {}, {}
+    local body = ("\1\"\\a"):rep(64 * 1024)     -- 256 KiB, 6x as JSON
+    for i = 1, 40 do
+      local p = { name = "p" .. i, kind = "readiness", state = "success",
+        runs = 1, stats = { counts = { success = 1 } },
+        streak_count = function() return 1 end,
+        last_result = { status = "success", output = "o", body = body } }
+      probes[i], by[p.name] = p, p
+    end
+    local cfg = { probes = probes, probe_by_name = by, services = {} }
+    local prod, parts = endpoints.status_producer(cfg, true), {}
+    while true do
+      local s = prod()
+      if s == nil then break end
+      if type(s) == "table" then s = table.concat(s) end
+      parts[#parts + 1] = s
+      local _, n = s:gsub('"p%d+":{', "")
+      assert.is_true(n <= 1, ("a step of %d probes, %d bytes"):format(n, #s))
+    end
+    local st = assert(helpers.json_decode(table.concat(parts)))
+    assert.are.equal(body, st.probes.p40.last.body)
+    -- small entries still go M.STATUS_BATCH at a time
+    for _, p in ipairs(probes) do p.last_result.body = nil end
+    prod = endpoints.status_producer(cfg, true)
+    prod()                                      -- the head
+    local _, n = table.concat(prod()):gsub('"p%d+":{', "")
+    assert.are.equal(endpoints.STATUS_BATCH, n)
+  end)
+end)
+
 describe("/status for many probes: one, by pages, whole; gzip", function()
   local socket = require "socket"
   local N = 3000
@@ -754,7 +857,7 @@ describe("sonde.endpoints.accepts_gzip", function()
       while true do
         local s = prod()
         if s == nil then break end
-        parts[#parts + 1] = s
+        parts[#parts + 1] = type(s) == "table" and table.concat(s) or s
       end
       assert.is_true(#parts > 100 // endpoints.STATUS_BATCH)
       local got = assert(helpers.json_decode(table.concat(parts)))
@@ -773,7 +876,9 @@ describe("/status entries kept between requests", function()
 
   local function status(cfg, full)
     local prod, parts = endpoints.status_producer(cfg, full), {}
-    for s in prod do parts[#parts + 1] = s end
+    for s in prod do
+      parts[#parts + 1] = type(s) == "table" and table.concat(s) or s
+    end
     return assert(helpers.json_decode(table.concat(parts)))
   end
 

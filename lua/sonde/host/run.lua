@@ -112,6 +112,15 @@ end
 function M.main(source, args, listen, push, bb)
   core.set_subreaper(true)
   common.guard_exit()
+  -- Lua's generational collector: a host's heap is mostly long-lived
+  -- (thousands of probes and their tables) and its garbage short-lived
+  -- (scrapes, results read, log lines).  The incremental collector walks
+  -- the whole heap at every cycle, and a scrape's garbage started cycles
+  -- whose steps held the loop for tens of ms at 10,000 probes (probe
+  -- lateness p99 with a scraper polling /metrics and /status every
+  -- second: 37-82 ms); the young collections of the generational one
+  -- walk what is new (p99 0.3-2.9 ms the same way).
+  collectgarbage("generational")
   task.hosted = true
   common.set_arg(source.name, args)
   if bb then
