@@ -252,16 +252,23 @@ static int stream_fill(lua_State *L, int idx, struct stream *s, size_t max) {
   return s->out.n > 0;
 }
 
+/* The stream at 1 with its next slice in s->out (about arg 2's bytes,
+ * default 65536), or NULL (nil pushed) once everything was given. */
+static struct stream *next_slice(lua_State *L, lua_Integer *max) {
+  struct stream *s = luaL_checkudata(L, 1, STREAM_MT);
+  *max = luaL_optinteger(L, 2, 65536);
+  lua_settop(L, 1);
+  if (stream_fill(L, 1, s, *max > 0 ? (size_t)*max : 1)) return s;
+  stream_free(s);
+  lua_pushnil(L);
+  return NULL;
+}
+
 /* stream:read(max_bytes) -> text | nil */
 static int stream_read(lua_State *L) {
-  struct stream *s = luaL_checkudata(L, 1, STREAM_MT);
-  lua_Integer max = luaL_optinteger(L, 2, 65536);
-  lua_settop(L, 1);
-  if (!stream_fill(L, 1, s, max > 0 ? (size_t)max : 1)) {
-    stream_free(s);
-    lua_pushnil(L);
-    return 1;
-  }
+  lua_Integer max;
+  struct stream *s = next_slice(L, &max);
+  if (!s) return 1;
   lua_pushlstring(L, s->out.p, s->out.n);
   /* a large buffer is not kept between reads */
   if (s->out.cap > (size_t)max * 4) {
@@ -273,14 +280,9 @@ static int stream_read(lua_State *L) {
 }
 
 int sonde_lexpo_step(lua_State *L) {
-  struct stream *s = luaL_checkudata(L, 1, STREAM_MT);
-  lua_Integer max = luaL_optinteger(L, 2, 65536);
-  lua_settop(L, 1);
-  if (!stream_fill(L, 1, s, max > 0 ? (size_t)max : 1)) {
-    stream_free(s);
-    lua_pushnil(L);
-    return 1;
-  }
+  lua_Integer max;
+  struct stream *s = next_slice(L, &max);
+  if (!s) return 1;
   lua_pushlightuserdata(L, s->out.p);
   lua_pushinteger(L, (lua_Integer)s->out.n);
   return 2;

@@ -505,14 +505,6 @@ local function family_index(name, kind, help)
   return i
 end
 
-local function labels(t, keys)
-  if not keys or #keys == 0 then return "" end
-  local parts = {}
-  for _, k in ipairs(keys) do
-    parts[#parts + 1] = fmt('%s="%s"', k, M.escape(t[k] or ""))
-  end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
 
 -- Nagios plugin performance data series: family, field of a perfdata item
 local PERF = { { "sonde_perfdata", "value" }, { "sonde_perfdata_warn", "warn_value" },
