@@ -26,7 +26,7 @@ const struct sonde_expo_family *sonde_expo_family(int f) {
 /* ---- the buffer ----------------------------------------------------------- */
 
 void sonde_expo_add(struct sonde_expo_buf *b, const char *s, size_t n) {
-  if (b->oom) return;
+  if (b->oom || n == 0) return;     /* (memcpy takes no NULL, even for 0) */
   if (b->cap - b->n < n) {
     size_t cap = b->cap ? b->cap : 4096;
     while (cap - b->n < n) {
