@@ -231,15 +231,19 @@ static void series(struct sonde_expo_buf *b, const char *name,
   ADD_LIT(b, "} ");
 }
 
+/* The value text `num` (n bytes, room for one more) and the newline. */
+static int end_line(struct sonde_expo_buf *b, char *num, size_t n) {
+  num[n++] = '\n';
+  sonde_expo_add(b, num, n);
+  return 1;
+}
+
 static int line(struct sonde_expo_buf *b, const char *name,
                 const struct sonde_expo_probe *p, const char *k,
                 const char *v, double value) {
   char num[40];
   series(b, name, p, k, v);
-  size_t n = sonde_expo_number(num, value);
-  num[n++] = '\n';
-  sonde_expo_add(b, num, n);
-  return 1;
+  return end_line(b, num, sonde_expo_number(num, value));
 }
 
 static int line_u64(struct sonde_expo_buf *b, const char *name,
@@ -247,10 +251,7 @@ static int line_u64(struct sonde_expo_buf *b, const char *name,
                     const char *v, uint64_t value) {
   char num[40];
   series(b, name, p, k, v);
-  size_t n = u64_text(num, value);
-  num[n++] = '\n';
-  sonde_expo_add(b, num, n);
-  return 1;
+  return end_line(b, num, u64_text(num, value));
 }
 
 /* An info series: name{base,k1="v1",...} 1, the values escaped. */

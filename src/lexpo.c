@@ -18,7 +18,11 @@
  *   stream:read(max_bytes) -> text | nil
  *       The next lines, about max_bytes of them (at least one probe's
  *       lines of one family, whole lines always), or nil once everything
- *       was read.  Each family's HELP and TYPE come before its first line.
+ *       was read.
+ *   core.expo_number(v), core.expo_float(v), core.expo_escape(s) -> text
+ *       A sample value, Go's FormatFloat(v, 'g', -1, 64) and a label value
+ *       escaped, as the streams print them (sonde/expo.h); for checking
+ *       them against sonde.metrics.  Each family's HELP and TYPE come before its first line.
  *       Values are read when their family's turn comes: a probe whose
  *       run ends between two reads shows its new values in the families
  *       read after it (the text stays valid: each family has each probe's

@@ -38,7 +38,9 @@
  * stats() -> table, last() -> result table | nil, wall time, version()
  * -> a number that changes with every change the others show, runs() ->
  * runs finished (their results came in), seq() -> handler results so far
- * (tells a new last()), finished() (a custom check's run has ended).
+ * (tells a new last()), finished() (a custom check's run has ended),
+ * set_series(base [, histogram]) and set_series_extras(t | nil) (what
+ * core.expo_stream writes of it: see each below).
  *
  * Ownership: the userdata owns its worker; on_event, ctx, the options
  * table with the values anchoring its C view, and the loop's userdata

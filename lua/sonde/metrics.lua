@@ -389,10 +389,6 @@ local function help_escape(s)
   return text_escape(s, "[\\%c]", HELP_ESC)
 end
 
---- Handlers whose results carry `ip_protocol` (probe_ip_protocol).
-M.IP_HANDLERS = { http_get = true, tcp_socket = true, grpc = true,
-  icmp = true, dns = true }
-
 local function probe_tail(p)
   local parts = {}
   local target, user = M.target(p), p.labels or {}
